@@ -1,0 +1,9 @@
+#!/bin/sh
+# npm test: Zig unit + multi-rank tests, then bun tests. Runs after `bootstrap.sh --build`.
+set -eu
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+echo "== zig build test"
+( cd zig && zig build test -Doptimize=ReleaseSafe -Dnvcc="$root/.tools/bin/nvcc" --summary all 2>&1 | tail -n 40 )
+echo "== bun test"
+bun test

@@ -1,0 +1,66 @@
+// The data plane as the control plane sees it. src/native/engine.ts implements it over
+// libmoonring (bun:ffi); nothing else in src/ touches bun:ffi.
+import type { CollectiveName, DTypeName, RedOpName } from "../ops/table";
+
+/** Memory owned by native code (stable address); `bytes` views it. Free with release(). */
+export interface NativeBuffer {
+  readonly bytes: Uint8Array;
+  /** Host address, or device pointer when device >= 0 (then `bytes` is empty). */
+  readonly address: bigint;
+  readonly byteLength: number;
+  readonly device: number; // -1 = host
+  release(): void;
+}
+
+export interface NativeOp {
+  kind: CollectiveName;
+  dtype: DTypeName;
+  redop?: RedOpName;
+  /** Agreed by the group; identical on every participant. */
+  opId: bigint;
+  /** Global ranks taking part, ascending. */
+  ranks: number[];
+  /** Global rank: root of rooted collectives, or the peer of send/recv. */
+  root?: number;
+  /** Element count, see docs/architecture.md "Native op shapes". */
+  count: number;
+  /** alltoall only: element counts per global rank of ranks (group order). */
+  sendCounts?: number[];
+  recvCounts?: number[];
+  send?: NativeBuffer;
+  recv?: NativeBuffer;
+  timeoutMs: number;
+}
+
+/** A native failure: `code` is the MR_E* name, `failedPeer` the global rank that broke it. */
+export class NativeError extends Error {
+  constructor(
+    message: string,
+    readonly code: "EINVAL" | "ENOMEM" | "EPEER" | "ETIMEOUT" | "ECANCELED" | "EPROTO" | "ENODEV" | "EIO",
+    readonly failedPeer: number | null = null,
+  ) {
+    super(message);
+    this.name = "NativeError";
+  }
+}
+
+export interface DataPlane {
+  readonly rank: number;
+  readonly dataPort: number;
+  readonly hostId: bigint;
+  setPeer(rank: number, host: string, port: number, hostId: bigint): void;
+  peerDown(rank: number): void;
+  alloc(byteLength: number, device?: number): NativeBuffer;
+  /** Resolves when this rank's part is done; rejects with NativeError. */
+  run(op: NativeOp): Promise<void>;
+  close(): void;
+}
+
+export interface DataPlaneOptions {
+  rank: number;
+  worldSizeMax: number;
+  clusterId: string;
+  token?: string;
+  listenHost: string;
+  listenPort?: number;
+}

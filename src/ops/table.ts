@@ -1,0 +1,53 @@
+// The op x dtype table (src/ops/table.json) as TypeScript: names, codes, validation.
+// The same JSON generates the Zig enums and the CUDA kernel instantiations at build time.
+import table from "./table.json" with { type: "json" };
+
+export type DTypeKind = "float" | "int" | "bool";
+export type DTypeName =
+  | "float16" | "bfloat16" | "float32" | "float64"
+  | "int8" | "uint8" | "int16" | "int32" | "int64" | "bool";
+export type RedOpName = "sum" | "prod" | "min" | "max" | "avg" | "band" | "bor" | "bxor";
+export type CollectiveName =
+  | "allreduce" | "reduce" | "broadcast" | "allgather" | "gather" | "scatter"
+  | "reduce_scatter" | "alltoall" | "barrier" | "send" | "recv";
+
+export interface DTypeInfo { name: DTypeName; short: string; code: number; bytes: number; kind: DTypeKind }
+export interface RedOpInfo { name: RedOpName; code: number; kinds: DTypeKind[] }
+
+export const dtypes: readonly DTypeInfo[] = table.dtypes as DTypeInfo[];
+export const redops: readonly RedOpInfo[] = table.redops as RedOpInfo[];
+export const collectives: readonly { name: CollectiveName; code: number }[] =
+  table.collectives as { name: CollectiveName; code: number }[];
+
+export const dtypeNames = dtypes.map((d) => d.name) as [DTypeName, ...DTypeName[]];
+export const redopNames = redops.map((r) => r.name) as [RedOpName, ...RedOpName[]];
+
+const dtypeByName = new Map(dtypes.map((d) => [d.name, d]));
+const redopByName = new Map(redops.map((r) => [r.name, r]));
+const collectiveByName = new Map(collectives.map((c) => [c.name, c]));
+
+export function dtypeInfo(name: DTypeName): DTypeInfo {
+  const info = dtypeByName.get(name);
+  if (!info) throw new Error(`unknown dtype ${name}`);
+  return info;
+}
+
+export function redopInfo(name: RedOpName): RedOpInfo {
+  const info = redopByName.get(name);
+  if (!info) throw new Error(`unknown reduce op ${name}`);
+  return info;
+}
+
+export function collectiveCode(name: CollectiveName): number {
+  const info = collectiveByName.get(name);
+  if (!info) throw new Error(`unknown collective ${name}`);
+  return info.code;
+}
+
+/** null when `redop` is defined for `dtype`, else why not (for a 400 message). */
+export function redopRejection(redop: RedOpName, dtype: DTypeName): string | null {
+  const kind = dtypeInfo(dtype).kind;
+  if (redopInfo(redop).kinds.includes(kind)) return null;
+  if (redop === "avg") return `reduce op avg needs a floating dtype, got ${dtype}`;
+  return `reduce op ${redop} is not defined for ${kind} dtype ${dtype}`;
+}

@@ -1,0 +1,75 @@
+//! Builds libmoonring.so (the native core) and the CUDA fatbin it embeds.
+//!   zig build                     -> zig-out/lib/libmoonring.so, zig-out/lib/moonring.fatbin
+//!   zig build test                -> Zig unit and multi-rank (threads) tests
+//!   -Dnvcc=PATH                   -> nvcc for CUDA 13.0 (scripts/bootstrap.sh passes it)
+const std = @import("std");
+const builtin = @import("builtin");
+
+/// The one Zig version this project builds with (also in scripts/toolchain.env).
+const zig_version_required = "0.14.1";
+
+comptime {
+    if (!std.mem.eql(u8, builtin.zig_version_string, zig_version_required)) {
+        @compileError("moonring builds only with Zig " ++ zig_version_required ++ ", this is Zig " ++
+            builtin.zig_version_string ++ ": run `sh scripts/bootstrap.sh` and use .tools/bin/zig");
+    }
+}
+
+pub fn build(b: *std.Build) void {
+    const target = b.standardTargetOptions(.{});
+    const optimize = b.standardOptimizeOption(.{ .preferred_optimize_mode = .ReleaseFast });
+    const nvcc = b.option([]const u8, "nvcc", "nvcc for CUDA 13.0 (default: nvcc on PATH)") orelse "nvcc";
+
+    // The op x dtype table -> ops_table.zig + ops_table.cuh.
+    const gen_exe = b.addExecutable(.{
+        .name = "gen_ops",
+        .root_module = b.createModule(.{
+            .root_source_file = b.path("tools/gen_ops.zig"),
+            .target = b.graph.host,
+            .optimize = .Debug,
+        }),
+    });
+    const gen = b.addRunArtifact(gen_exe);
+    gen.addFileArg(b.path("../src/ops/table.json"));
+    const ops_table_zig = gen.addOutputFileArg("ops_table.zig");
+    const ops_table_cuh = gen.addOutputFileArg("ops_table.cuh");
+
+    // CUDA kernels -> one fatbin: SASS for sm_80 and sm_90, PTX for compute_90 (JIT on newer).
+    const nvcc_cmd = b.addSystemCommand(&.{
+        nvcc,                                          "-fatbin", "-O3", "-std=c++17",
+        "-gencode=arch=compute_80,code=sm_80",         "-gencode=arch=compute_90,code=sm_90",
+        "-gencode=arch=compute_90,code=compute_90",
+    });
+    nvcc_cmd.addPrefixedDirectoryArg("-I", ops_table_cuh.dirname());
+    nvcc_cmd.addArg("-o");
+    const fatbin = nvcc_cmd.addOutputFileArg("moonring.fatbin");
+    nvcc_cmd.addFileArg(b.path("../cuda/kernels.cu"));
+    // nvcc reads headers next to kernels.cu; rerun when any of them changes.
+    var cuda_dir = std.fs.cwd().openDir(b.pathFromRoot("../cuda"), .{ .iterate = true }) catch @panic("cuda/ missing");
+    defer cuda_dir.close();
+    var it = cuda_dir.iterate();
+    while (it.next() catch null) |entry| {
+        if (entry.kind == .file and (std.mem.endsWith(u8, entry.name, ".cuh") or std.mem.endsWith(u8, entry.name, ".h")))
+            nvcc_cmd.addFileInput(b.path(b.fmt("../cuda/{s}", .{entry.name})));
+    }
+    b.getInstallStep().dependOn(&b.addInstallLibFile(fatbin, "moonring.fatbin").step);
+
+    const root_module = b.createModule(.{
+        .root_source_file = b.path("src/root.zig"),
+        .target = target,
+        .optimize = optimize,
+        .link_libc = true, // the real dlopen for libcuda.so.1 / libibverbs.so.1
+    });
+    root_module.addAnonymousImport("ops_table", .{ .root_source_file = ops_table_zig });
+    root_module.addAnonymousImport("moonring_fatbin", .{ .root_source_file = fatbin });
+    root_module.addIncludePath(b.path("include"));
+
+    const lib = b.addLibrary(.{ .linkage = .dynamic, .name = "moonring", .root_module = root_module });
+    b.installArtifact(lib);
+
+    const tests = b.addTest(.{ .root_module = root_module });
+    const run_tests = b.addRunArtifact(tests);
+    run_tests.has_side_effects = true;
+    const test_step = b.step("test", "Run the Zig unit and multi-rank tests");
+    test_step.dependOn(&run_tests.step);
+}

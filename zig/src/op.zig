@@ -1,0 +1,39 @@
+//! One operation as the algorithms see it: group-local ranks, typed element counts, buffers.
+//! The engine builds an OpDesc from mr_submit()'s arguments (global ranks -> group order).
+const std = @import("std");
+const ops = @import("ops_table");
+
+pub const DType = ops.DType;
+pub const RedOp = ops.RedOp;
+pub const Collective = ops.Collective;
+
+/// Ranks of the world; bounded so a group is one u64 mask.
+pub const world_size_max = 64;
+
+pub const OpDesc = struct {
+    kind: Collective,
+    dtype: DType,
+    redop: RedOp,
+    /// Group rank of the root (reduce/gather dst, broadcast/scatter src) or the p2p peer.
+    root: u32,
+    /// Element counts, per the "native op shapes" table in docs/architecture.md:
+    ///   allreduce: send/recv `count` · reduce: send `count`, recv `count` on root ·
+    ///   broadcast: recv `count` (root's data in send, or in recv when send == recv) ·
+    ///   allgather: send `count`, recv `count * n` · gather: send `count`, recv `count * n` on root ·
+    ///   scatter: send `count * n` on root, recv `count` · reduce_scatter: send `count * n`, recv `count` ·
+    ///   alltoall: send_counts / recv_counts per group rank, packed in group order ·
+    ///   barrier: nothing · send: send `count` to root · recv: recv `count` from root.
+    count: u64,
+    send_counts: []const u64 = &.{},
+    recv_counts: []const u64 = &.{},
+    send: [*]const u8,
+    recv: [*]u8,
+
+    pub fn elementBytes(self: OpDesc) u64 {
+        return self.dtype.bytes();
+    }
+};
+
+comptime {
+    std.debug.assert(world_size_max <= 64); // ranks_mask is a u64
+}
