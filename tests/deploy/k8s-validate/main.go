@@ -1,0 +1,190 @@
+// k8s-validate renders kustomizations (sigs.k8s.io/kustomize/api, what `kubectl apply -k` uses)
+// and decodes every resource strictly into the typed Kubernetes API structs (k8s.io/api):
+// an unknown field, a wrong type or an unparsable quantity is an error. Then it checks what
+// moonring's deployment relies on. No cluster and no downloaded JSON schemas are needed.
+//
+//	cd tests/deploy/k8s-validate && go run .    (default: deploy/k8s/base and deploy/k8s/gpu)
+//
+// Prints one line per check and "N passed, N failed"; exits 1 on any failure.
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"sigs.k8s.io/kustomize/api/krusty"
+	"sigs.k8s.io/kustomize/kyaml/filesys"
+	"sigs.k8s.io/yaml"
+)
+
+var passed, failed int
+
+func check(name string, ok bool, detail string) {
+	if ok {
+		passed++
+		fmt.Printf("  ok   %s\n", name)
+		return
+	}
+	failed++
+	fmt.Printf("  FAIL %s: %s\n", name, detail)
+}
+
+type typeMeta struct {
+	APIVersion string `json:"apiVersion"`
+	Kind       string `json:"kind"`
+}
+
+func envValue(c corev1.Container, name string) (string, bool) {
+	for _, e := range c.Env {
+		if e.Name == name {
+			return e.Value, true
+		}
+	}
+	return "", false
+}
+
+func validateDir(dir string) {
+	fmt.Printf("== %s\n", dir)
+	k := krusty.MakeKustomizer(krusty.MakeDefaultOptions())
+	resMap, err := k.Run(filesys.MakeFsOnDisk(), dir)
+	if err != nil {
+		check("kustomize build", false, err.Error())
+		return
+	}
+	out, err := resMap.AsYaml()
+	check("kustomize build", err == nil, fmt.Sprint(err))
+
+	var services []corev1.Service
+	var sets []appsv1.StatefulSet
+	for _, doc := range bytes.Split(out, []byte("\n---\n")) {
+		if len(bytes.TrimSpace(doc)) == 0 {
+			continue
+		}
+		var tm typeMeta
+		if err := yaml.Unmarshal(doc, &tm); err != nil {
+			check("parse", false, err.Error())
+			continue
+		}
+		name := tm.APIVersion + " " + tm.Kind
+		switch name {
+		case "v1 Service":
+			var s corev1.Service
+			err := yaml.UnmarshalStrict(doc, &s)
+			check("strict decode Service "+s.Name, err == nil, fmt.Sprint(err))
+			services = append(services, s)
+		case "apps/v1 StatefulSet":
+			var s appsv1.StatefulSet
+			err := yaml.UnmarshalStrict(doc, &s)
+			check("strict decode StatefulSet "+s.Name, err == nil, fmt.Sprint(err))
+			sets = append(sets, s)
+		default:
+			check("known kind "+name, false, "no typed check for this kind")
+		}
+	}
+	check("one StatefulSet and one Service", len(sets) == 1 && len(services) == 1, fmt.Sprintf("%d, %d", len(sets), len(services)))
+	if len(sets) != 1 || len(services) != 1 {
+		return
+	}
+	ss, svc := sets[0], services[0]
+	spec := ss.Spec
+	pod := spec.Template.Spec
+
+	check("headless Service (clusterIP None)", svc.Spec.ClusterIP == corev1.ClusterIPNone, svc.Spec.ClusterIP)
+	check("Service publishes not-ready addresses (rendezvous before readiness)", svc.Spec.PublishNotReadyAddresses, "false")
+	check("StatefulSet.serviceName is the headless Service", spec.ServiceName == svc.Name, spec.ServiceName)
+	check("podManagementPolicy Parallel (pod 0 is Ready only after all ranks join)",
+		spec.PodManagementPolicy == appsv1.ParallelPodManagement, string(spec.PodManagementPolicy))
+	sel := spec.Selector.MatchLabels
+	matches := len(sel) > 0
+	for k, v := range sel {
+		if spec.Template.Labels[k] != v || svc.Spec.Selector[k] != v {
+			matches = false
+		}
+	}
+	check("selector matches pod labels and Service selector", matches, fmt.Sprint(sel))
+	check("one container", len(pod.Containers) == 1, fmt.Sprint(len(pod.Containers)))
+	if len(pod.Containers) != 1 {
+		return
+	}
+	c := pod.Containers[0]
+	replicas := int32(1)
+	if spec.Replicas != nil {
+		replicas = *spec.Replicas
+	}
+	ws, _ := envValue(c, "WORLD_SIZE")
+	check("WORLD_SIZE equals replicas", ws == fmt.Sprint(replicas), ws+" vs "+fmt.Sprint(replicas))
+	fromHost, _ := envValue(c, "MOONRING_RANK_FROM_HOSTNAME")
+	podName := false
+	for _, e := range c.Env {
+		if e.Name == "POD_NAME" && e.ValueFrom != nil && e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "metadata.name" {
+			podName = true
+		}
+	}
+	check("rank from the pod ordinal (POD_NAME + MOONRING_RANK_FROM_HOSTNAME=1)", fromHost == "1" && podName, fromHost)
+	master, _ := envValue(c, "MASTER_ADDR")
+	check("MASTER_ADDR is pod 0 behind the headless Service",
+		strings.HasPrefix(master, ss.Name+"-0."+svc.Name), master)
+	port := int32(0)
+	for _, p := range c.Ports {
+		if p.Name == "http" {
+			port = p.ContainerPort
+		}
+	}
+	mp, _ := envValue(c, "MOONRING_PORT")
+	mport, _ := envValue(c, "MASTER_PORT")
+	check("control-plane port: container port = MOONRING_PORT = MASTER_PORT", port != 0 && mp == fmt.Sprint(port) && mport == mp, fmt.Sprint(port, " ", mp, " ", mport))
+	svcPortOk := len(svc.Spec.Ports) == 1 && svc.Spec.Ports[0].TargetPort == intstr.FromString("http")
+	check("Service targets the http port", svcPortOk, fmt.Sprint(svc.Spec.Ports))
+
+	rp := c.ReadinessProbe
+	check("readinessProbe GET /health", rp != nil && rp.HTTPGet != nil && rp.HTTPGet.Path == "/health", fmt.Sprint(rp))
+	lp := c.LivenessProbe
+	check("livenessProbe on /health (entrypoint health --live)", lp != nil && lp.Exec != nil &&
+		strings.Join(lp.Exec.Command, " ") == "moonring-entrypoint health --live", fmt.Sprint(lp))
+	req := c.Resources.Requests
+	check("cpu and memory requests", !req.Cpu().IsZero() && !req.Memory().IsZero(), fmt.Sprint(req))
+	sc := c.SecurityContext
+	check("non-root, no privilege escalation, read-only root fs",
+		pod.SecurityContext != nil && pod.SecurityContext.RunAsNonRoot != nil && *pod.SecurityContext.RunAsNonRoot &&
+			sc != nil && sc.AllowPrivilegeEscalation != nil && !*sc.AllowPrivilegeEscalation &&
+			sc.ReadOnlyRootFilesystem != nil && *sc.ReadOnlyRootFilesystem, "")
+
+	gpu := c.Resources.Limits[corev1.ResourceName("nvidia.com/gpu")]
+	if strings.Contains(dir, "gpu") {
+		one := resource.MustParse("1")
+		check("GPU variant: nvidia.com/gpu limit 1 (and request)", gpu.Cmp(one) == 0 &&
+			c.Resources.Requests.Name("nvidia.com/gpu", resource.DecimalSI).Cmp(one) == 0, gpu.String())
+		check("GPU variant keeps the base's probes and env", rp != nil && lp != nil && ws != "", "")
+	} else {
+		check("CPU variant: no GPU", gpu.IsZero(), gpu.String())
+	}
+}
+
+func main() {
+	dirs := os.Args[1:]
+	if len(dirs) == 0 {
+		// Default: the repository's two variants, found from the current directory upwards.
+		base := "."
+		for i := 0; i < 4; i++ {
+			if st, err := os.Stat(filepath.Join(base, "deploy", "k8s", "base")); err == nil && st.IsDir() {
+				break
+			}
+			base = filepath.Join(base, "..")
+		}
+		dirs = []string{filepath.Join(base, "deploy/k8s/base"), filepath.Join(base, "deploy/k8s/gpu")}
+	}
+	for _, d := range dirs {
+		validateDir(d)
+	}
+	fmt.Printf("%d passed, %d failed\n", passed, failed)
+	if failed > 0 {
+		os.Exit(1)
+	}
+}
