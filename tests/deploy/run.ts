@@ -81,7 +81,8 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 function skip(reason: string): never {
   console.log(`SKIP deploy e2e: ${reason}`);
-  process.exit(0);
+  console.log(`${passed} passed, ${failed} failed, 1 skipped`);
+  process.exit(failed === 0 ? 0 : 1);
 }
 
 function aptInstall(pkgs: string[]): boolean {
@@ -352,7 +353,20 @@ async function waitReady(ranks: number[], timeoutMs: number): Promise<Map<number
   return last;
 }
 
+/** Kubernetes manifests: typed decode of the rendered kustomizations (no cluster needed). */
+function validateK8s() {
+  if (!has("go")) {
+    log("SKIP k8s manifest validation: no Go toolchain (tests/deploy/k8s-validate)");
+    return;
+  }
+  const r = spawnSync("go", ["run", "."], { cwd: join(root, "tests/deploy/k8s-validate"), encoding: "utf8", timeout: 600_000 });
+  const lines = `${r.stdout ?? ""}`.trim().split("\n");
+  for (const l of lines.filter((l) => l.includes("FAIL"))) console.log(`    ${l.trim()}`);
+  check(`k8s manifests (kustomize build + strict k8s.io/api decode): ${lines.at(-1)}`, r.status === 0, (r.stderr ?? "").trim().slice(-500));
+}
+
 async function main() {
+  validateK8s();
   await ensureDocker();
   const compose = composeCommand();
   const server = sh(["docker", "info", "--format", "{{.ServerVersion}}"]).out.trim();
@@ -388,7 +402,7 @@ async function main() {
     const logFile = join(tmpdir(), `moonring-docker-build-${process.pid}.log`);
     log(`docker build -t ${image} . (log: ${logFile})`);
     const tb = performance.now();
-    const code = await shLogged(["docker", "build", "--build-arg", `BASE_IMAGE=${base}`, "-t", image, "."], logFile);
+    const code = await shLogged(["docker", "build", "--force-rm", "--build-arg", `BASE_IMAGE=${base}`, "-t", image, "."], logFile);
     buildSeconds = (performance.now() - tb) / 1000;
     for (const f of copied) rmSync(f, { force: true });
     check("docker build", code === 0, tail(logFile));
