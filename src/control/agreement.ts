@@ -1,0 +1,52 @@
+// A rank's side of agreement: sends its CallDesc to the matcher on rank 0 (in-process on
+// rank 0 itself, over the control link elsewhere) and turns the decision into a GoDecision
+// or a typed error (409 mismatch, 504 timeout, ...), identical on every member.
+import { ApiError, CollectiveMismatch, InvalidRequest, NotReady, PeerFailed, Timeout } from "../server/errors";
+import type { CoordinatorLink } from "./link";
+import type { CallDesc, Decision, GoDecision, Matcher } from "./matcher";
+
+/** How long past timeout_ms a rank waits for rank 0's verdict before giving up on rank 0. */
+export const COORDINATOR_GRACE_MS = 5_000;
+
+export class Agreement {
+  constructor(
+    private rank: number,
+    private matcher: Matcher | null,
+    private link: CoordinatorLink | null,
+  ) {}
+
+  join(desc: CallDesc): Promise<GoDecision> {
+    if (this.matcher) {
+      const matcher = this.matcher;
+      return new Promise((resolve, reject) => {
+        matcher.join(this.rank, desc, (d) => (d.ok ? resolve(d) : reject(decisionError(d))));
+      });
+    }
+    const link = this.link!;
+    return link.request({ t: "join", d: desc }, desc.timeoutMs + COORDINATOR_GRACE_MS).then(
+      (msg) => {
+        const d = msg.d as Decision;
+        if (d.ok) return d;
+        throw decisionError(d);
+      },
+      (e: Error) => {
+        throw new PeerFailed(`rank ${this.rank}: ${desc.op} could not reach the coordinator (rank 0): ${e.message}`, {
+          failed_ranks: [0],
+        });
+      },
+    );
+  }
+}
+
+export function decisionError(d: Exclude<Decision, GoDecision>): ApiError {
+  switch (d.code) {
+    case "collective_mismatch":
+      return new CollectiveMismatch(d.message, d.details as { calls: { rank: number; call: string }[] });
+    case "timeout":
+      return new Timeout(d.message, d.details as { missing_ranks: number[] });
+    case "invalid_request":
+      return new InvalidRequest(d.message, d.details);
+    case "not_ready":
+      return new NotReady(d.message, d.details);
+  }
+}

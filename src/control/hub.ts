@@ -1,0 +1,116 @@
+// Rank 0's end of the control links: one WebSocket per other rank. Dispatches agreement
+// requests to the matcher and pushes messages (membership views) to ranks.
+import type { ServerWebSocket } from "bun";
+import { Logger } from "../util/log";
+import type { CallDesc, Decision, Matcher } from "./matcher";
+
+export interface LinkData {
+  rank: number;
+  instance: string;
+}
+
+export class CoordinatorHub {
+  private sockets = new Map<number, ServerWebSocket<LinkData>>();
+  /** Called when a rank's link closes (fault tolerance hooks in here). */
+  onRankDisconnected: (rank: number) => void = () => {};
+  onRankConnected: (rank: number) => void = () => {};
+  /** Extra request kinds ({t: kind}) other modules handle on rank 0; return the answer body. */
+  private handlers = new Map<string, (rank: number, msg: Record<string, unknown>) => Promise<Record<string, unknown>> | Record<string, unknown>>();
+
+  constructor(
+    private matcher: Matcher,
+    private log: Logger,
+  ) {}
+
+  connectedRanks(): number[] {
+    return [...this.sockets.keys()].sort((a, b) => a - b);
+  }
+
+  handle(kind: string, fn: (rank: number, msg: Record<string, unknown>) => Promise<Record<string, unknown>> | Record<string, unknown>): void {
+    this.handlers.set(kind, fn);
+  }
+
+  /** Bun websocket handlers (mounted by the server for /internal/ws). */
+  readonly websocket = {
+    open: (ws: ServerWebSocket<LinkData>) => {
+      const prev = this.sockets.get(ws.data.rank);
+      if (prev && prev !== ws) {
+        try {
+          prev.close(4000, "replaced by a new link");
+        } catch {
+          // gone already
+        }
+      }
+      this.sockets.set(ws.data.rank, ws);
+      this.log.debug(`control link from rank ${ws.data.rank} open`);
+      this.onRankConnected(ws.data.rank);
+    },
+    message: (ws: ServerWebSocket<LinkData>, text: string | Buffer) => {
+      let msg: Record<string, unknown>;
+      try {
+        msg = JSON.parse(typeof text === "string" ? text : text.toString());
+      } catch {
+        return;
+      }
+      const rank = ws.data.rank;
+      const id = msg.id;
+      if (msg.t === "join") {
+        this.matcher.join(rank, msg.d as CallDesc, (d: Decision) => {
+          ws.send(JSON.stringify({ t: "res", id, d }));
+        });
+        return;
+      }
+      const h = this.handlers.get(msg.t as string);
+      if (!h) {
+        if (id !== undefined) ws.send(JSON.stringify({ t: "res", id, error: `unknown request ${String(msg.t)}` }));
+        return;
+      }
+      Promise.resolve()
+        .then(() => h(rank, msg))
+        .then(
+          (body) => {
+            if (id !== undefined) ws.send(JSON.stringify({ ...body, t: "res", id }));
+          },
+          (e: Error) => {
+            if (id !== undefined) ws.send(JSON.stringify({ t: "res", id, error: e.message }));
+          },
+        );
+    },
+    close: (ws: ServerWebSocket<LinkData>, code: number) => {
+      if (this.sockets.get(ws.data.rank) !== ws) return;
+      this.sockets.delete(ws.data.rank);
+      this.log.debug(`control link from rank ${ws.data.rank} closed (code ${code})`);
+      this.onRankDisconnected(ws.data.rank);
+    },
+  };
+
+  /** Pushes a message to every connected rank (not to rank 0 itself). */
+  broadcast(msg: Record<string, unknown>): void {
+    const text = JSON.stringify(msg);
+    for (const ws of this.sockets.values()) {
+      try {
+        ws.send(text);
+      } catch {
+        // link going down; its close handler reports it
+      }
+    }
+  }
+
+  sendTo(rank: number, msg: Record<string, unknown>): boolean {
+    const ws = this.sockets.get(rank);
+    if (!ws) return false;
+    ws.send(JSON.stringify(msg));
+    return true;
+  }
+
+  closeAll(): void {
+    for (const ws of this.sockets.values()) {
+      try {
+        ws.close(1001, "rank 0 shutting down");
+      } catch {
+        // ignore
+      }
+    }
+    this.sockets.clear();
+  }
+}

@@ -1,0 +1,334 @@
+// Agreement / matching: runs on rank 0 (the coordinator). Every rank sends it a CallDesc for
+// each collective call before any bytes move; when every member of the group has joined the
+// same collective, the matcher compares what each called and answers every member with the
+// same decision: go (with the op_id all ranks pass to the data plane), 409 mismatch, or — when
+// the earliest joiner's timeout passes first — 504 timeout naming the missing ranks.
+//
+// Matching rule (contract): untagged calls of a group match in arrival order: a rank's k-th
+// pending call joins the group's k-th open collective. A collective that ends in 409/504 is
+// removed (abandoned by every rank that joined it); ranks that had not joined owe nothing, so
+// every rank's next call starts a fresh collective. Tagged calls match by (group, tag), in any
+// order and several at once; a tag reused while an earlier one is still open queues the same way.
+import type { DTypeName, RedOpName } from "../ops/table";
+import type { CollectiveOp } from "../server/schemas";
+import type { Membership } from "./membership";
+
+export interface CallDesc {
+  op: CollectiveOp;
+  group: string;
+  tag: string | null;
+  /** null where this rank doesn't know it (scatter on a non-root rank, barrier). */
+  dtype: DTypeName | null;
+  /** Elements per block (native `count`); -1 where not known or not compared (scatter non-root, alltoall). */
+  count: number;
+  /** Shape of this rank's tensor / of one block. */
+  shape: number[] | null;
+  /** alltoall: shape of the block this rank sends to each group member (group order). */
+  shapes?: number[][];
+  root: number | null;
+  redop: RedOpName | null;
+  timeoutMs: number;
+}
+
+export type Decision = GoDecision | FailDecision;
+
+export interface GoDecision {
+  ok: true;
+  seq: number;
+  /** Decimal u64; identical on every member. */
+  opId: string;
+  /** Members, ascending global rank (group order). */
+  ranks: number[];
+  /** allgather/gather: each member's shape (group order). alltoall: shape of the block each member sends to the receiver. */
+  shapes?: number[][];
+  /** scatter: dtype and block shape (from the root). */
+  dtype?: DTypeName;
+  shape?: number[];
+}
+
+export interface FailDecision {
+  ok: false;
+  seq: number;
+  status: number;
+  code: "collective_mismatch" | "timeout" | "invalid_request" | "not_ready";
+  message: string;
+  details: Record<string, unknown>;
+}
+
+export type Reply = (d: Decision) => void;
+
+interface Joined {
+  desc: CallDesc;
+  reply: Reply;
+}
+
+interface OpenCollective {
+  key: string;
+  group: string;
+  tag: string | null;
+  seq: number;
+  members: number[];
+  joined: Map<number, Joined>;
+  deadline: number;
+  timer: ReturnType<typeof setTimeout> | null;
+  createdAt: number;
+}
+
+export interface MatcherEvents {
+  /** A collective was decided (for /debug and metrics on rank 0). */
+  decided?: (info: { seq: number; group: string; tag: string | null; op: string; outcome: string; members: number[] }) => void;
+}
+
+export class Matcher {
+  private open = new Map<string, OpenCollective[]>();
+  private groupSeq = new Map<string, number>();
+  private nextOpId = 1n;
+
+  constructor(
+    private membership: Membership,
+    private events: MatcherEvents = {},
+  ) {}
+
+  /** Number of collectives waiting for members (for /debug, tests). */
+  pendingCount(): number {
+    let n = 0;
+    for (const l of this.open.values()) n += l.length;
+    return n;
+  }
+
+  pending(): { group: string; tag: string | null; seq: number; members: number[]; joined: number[] }[] {
+    const out = [];
+    for (const list of this.open.values()) {
+      for (const c of list) out.push({ group: c.group, tag: c.tag, seq: c.seq, members: c.members, joined: [...c.joined.keys()] });
+    }
+    return out;
+  }
+
+  join(rank: number, desc: CallDesc, reply: Reply): void {
+    const key = desc.tag === null ? `u\u0000${desc.group}` : `t\u0000${desc.group}\u0000${desc.tag}`;
+    let list = this.open.get(key);
+    let c: OpenCollective | undefined;
+    if (list) {
+      for (const x of list) {
+        if (!x.joined.has(rank) && x.members.includes(rank)) {
+          c = x;
+          break;
+        }
+      }
+    }
+    const now = performance.now();
+    if (!c) {
+      const members = this.membership.groupRanks(desc.group);
+      if (!members.includes(rank)) {
+        reply({
+          ok: false,
+          seq: 0,
+          status: 503,
+          code: "not_ready",
+          message: `rank ${rank} is not an active member of group ${JSON.stringify(desc.group)} (active: ${members.join(", ")})`,
+          details: { rank, active_ranks: members },
+        });
+        return;
+      }
+      const seq = (this.groupSeq.get(desc.group) ?? 0) + 1;
+      this.groupSeq.set(desc.group, seq);
+      c = { key, group: desc.group, tag: desc.tag, seq, members, joined: new Map(), deadline: Infinity, timer: null, createdAt: now };
+      if (!list) {
+        list = [];
+        this.open.set(key, list);
+      }
+      list.push(c);
+    }
+    c.joined.set(rank, { desc, reply });
+    if (c.joined.size === c.members.length) {
+      this.finish(c);
+      this.decide(c);
+      return;
+    }
+    const deadline = now + desc.timeoutMs;
+    if (deadline < c.deadline) {
+      c.deadline = deadline;
+      if (c.timer) clearTimeout(c.timer);
+      const coll = c;
+      c.timer = setTimeout(() => this.expire(coll), Math.max(0, deadline - now));
+    }
+  }
+
+  /** Removes ranks from every open collective (fault tolerance: a rank failed or left). */
+  dropRanks(ranks: number[]): void {
+    for (const list of [...this.open.values()]) {
+      for (const c of [...list]) {
+        const before = c.members.length;
+        c.members = c.members.filter((r) => !ranks.includes(r));
+        for (const r of ranks) c.joined.delete(r);
+        if (c.members.length !== before && c.joined.size === c.members.length && c.members.length > 0) {
+          this.finish(c);
+          this.decide(c);
+        }
+      }
+    }
+  }
+
+  private finish(c: OpenCollective): void {
+    if (c.timer) clearTimeout(c.timer);
+    c.timer = null;
+    const list = this.open.get(c.key);
+    if (!list) return;
+    const i = list.indexOf(c);
+    if (i >= 0) list.splice(i, 1);
+    if (list.length === 0) this.open.delete(c.key);
+  }
+
+  private expire(c: OpenCollective): void {
+    c.timer = null;
+    if (!this.open.get(c.key)?.includes(c)) return;
+    this.finish(c);
+    const joinedRanks = [...c.joined.keys()].sort((a, b) => a - b);
+    const missing = c.members.filter((r) => !c.joined.has(r));
+    const first = c.joined.values().next().value as Joined;
+    const waited = Math.round(performance.now() - c.createdAt);
+    const message =
+      `timeout in group ${JSON.stringify(c.group)}${c.tag !== null ? ` tag ${JSON.stringify(c.tag)}` : ""} (seq ${c.seq}): ` +
+      `rank${missing.length > 1 ? "s" : ""} ${missing.join(", ")} did not call ${describeCall(first.desc)} within ` +
+      `${first.desc.timeoutMs} ms (waited ${waited} ms; joined: ${joinedRanks.join(", ")})`;
+    const d: FailDecision = {
+      ok: false,
+      seq: c.seq,
+      status: 504,
+      code: "timeout",
+      message,
+      details: { missing_ranks: missing, joined_ranks: joinedRanks, seq: c.seq },
+    };
+    this.events.decided?.({ seq: c.seq, group: c.group, tag: c.tag, op: first.desc.op, outcome: "timeout", members: c.members });
+    for (const j of c.joined.values()) safeReply(j.reply, d);
+  }
+
+  private decide(c: OpenCollective): void {
+    const ranks = c.members;
+    const descs = ranks.map((r) => c.joined.get(r)!.desc);
+    const failure = this.compare(c, descs);
+    if (failure) {
+      this.events.decided?.({ seq: c.seq, group: c.group, tag: c.tag, op: descs[0]!.op, outcome: failure.code, members: ranks });
+      for (const r of ranks) safeReply(c.joined.get(r)!.reply, failure);
+      return;
+    }
+    const opId = (this.nextOpId++).toString();
+    const op = descs[0]!.op;
+    this.events.decided?.({ seq: c.seq, group: c.group, tag: c.tag, op, outcome: "ok", members: ranks });
+    if (op === "allgather" || op === "gather") {
+      const d: GoDecision = { ok: true, seq: c.seq, opId, ranks, shapes: descs.map((x) => x.shape!) };
+      for (const r of ranks) safeReply(c.joined.get(r)!.reply, d);
+      return;
+    }
+    if (op === "scatter") {
+      const root = descs[0]!.root!;
+      const rd = descs[ranks.indexOf(root)]!;
+      const d: GoDecision = { ok: true, seq: c.seq, opId, ranks, dtype: rd.dtype!, shape: rd.shape! };
+      for (const r of ranks) safeReply(c.joined.get(r)!.reply, d);
+      return;
+    }
+    if (op === "alltoall") {
+      for (let i = 0; i < ranks.length; i++) {
+        const shapes = descs.map((x) => x.shapes![i]!);
+        safeReply(c.joined.get(ranks[i]!)!.reply, { ok: true, seq: c.seq, opId, ranks, shapes });
+      }
+      return;
+    }
+    const d: GoDecision = { ok: true, seq: c.seq, opId, ranks };
+    for (const r of ranks) safeReply(c.joined.get(r)!.reply, d);
+  }
+
+  private compare(c: OpenCollective, descs: CallDesc[]): FailDecision | null {
+    const ranks = c.members;
+    const first = descs[0]!;
+    let same = true;
+    for (let i = 1; i < descs.length && same; i++) same = sameCall(first, descs[i]!);
+    if (first.op === "scatter" && same) {
+      const root = first.root!;
+      const ri = ranks.indexOf(root);
+      if (ri < 0) return invalidRoot(c, first, "src", root);
+      if (descs[ri]!.dtype === null) {
+        return {
+          ok: false,
+          seq: c.seq,
+          status: 400,
+          code: "invalid_request",
+          message: `scatter (seq ${c.seq}): src rank ${root} did not give "tensors"`,
+          details: { seq: c.seq },
+        };
+      }
+    }
+    if (!same) {
+      const calls = ranks.map((r, i) => ({ rank: r, call: describeCall(descs[i]!) }));
+      const message =
+        `collective mismatch in group ${JSON.stringify(c.group)}${c.tag !== null ? ` tag ${JSON.stringify(c.tag)}` : ""} ` +
+        `(seq ${c.seq}): ` + calls.map((x) => `rank ${x.rank} called ${x.call}`).join("; ");
+      return { ok: false, seq: c.seq, status: 409, code: "collective_mismatch", message, details: { calls, seq: c.seq } };
+    }
+    if (first.root !== null && !ranks.includes(first.root)) {
+      return invalidRoot(c, first, first.op === "broadcast" || first.op === "scatter" ? "src" : "dst", first.root);
+    }
+    if (first.op === "alltoall") {
+      for (let i = 0; i < descs.length; i++) {
+        if (descs[i]!.shapes!.length !== ranks.length) {
+          return {
+            ok: false,
+            seq: c.seq,
+            status: 400,
+            code: "invalid_request",
+            message: `alltoall (seq ${c.seq}): rank ${ranks[i]} gave ${descs[i]!.shapes!.length} tensors for ${ranks.length} active ranks`,
+            details: { seq: c.seq },
+          };
+        }
+      }
+    }
+    return null;
+  }
+}
+
+function invalidRoot(c: OpenCollective, d: CallDesc, name: string, root: number): FailDecision {
+  return {
+    ok: false,
+    seq: c.seq,
+    status: 400,
+    code: "invalid_request",
+    message: `${d.op} (seq ${c.seq}): ${name} ${root} is not an active rank of group ${JSON.stringify(c.group)} (members: ${c.members.join(", ")})`,
+    details: { seq: c.seq, members: c.members },
+  };
+}
+
+function safeReply(reply: Reply, d: Decision): void {
+  try {
+    reply(d);
+  } catch {
+    // a member whose link broke: it will time out locally
+  }
+}
+
+/** Whether two ranks' calls agree on what the contract says must match. */
+export function sameCall(a: CallDesc, b: CallDesc): boolean {
+  if (a.op !== b.op || a.root !== b.root) return false;
+  switch (a.op) {
+    case "barrier":
+      return true;
+    case "scatter":
+      // non-root ranks don't know dtype/count; the root's call defines them
+      return a.dtype === null || b.dtype === null || (a.dtype === b.dtype && a.count === b.count);
+    case "alltoall":
+      return a.dtype === b.dtype;
+    default:
+      return a.dtype === b.dtype && a.count === b.count && a.redop === b.redop;
+  }
+}
+
+/** Human-readable call, for mismatch messages: allreduce(float32, count 4, op sum). */
+export function describeCall(d: CallDesc): string {
+  const parts: string[] = [];
+  if (d.dtype) parts.push(d.dtype);
+  if (d.op === "alltoall" && d.shapes) parts.push(`counts [${d.shapes.map((s) => s.reduce((a, b) => a * b, 1)).join(", ")}]`);
+  else if (d.count >= 0 && d.op !== "barrier") parts.push(`count ${d.count}`);
+  if (d.redop) parts.push(`op ${d.redop}`);
+  if (d.root !== null) parts.push(`${d.op === "broadcast" || d.op === "scatter" ? "src" : "dst"} ${d.root}`);
+  if (d.tag !== null) parts.push(`tag ${JSON.stringify(d.tag)}`);
+  return `${d.op}(${parts.join(", ")})`;
+}

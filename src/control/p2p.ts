@@ -1,0 +1,206 @@
+// Point to point. Sender and receiver match by (src, dst, tag, per-pair sequence): the sender
+// numbers its sends per (dst, tag); the receiver takes them in that order, one per recv call.
+// Metadata (dtype, shape) goes over the control plane (the sender "offers" to the receiver's
+// service); bytes go over the data plane (kinds "send"/"recv") with an op_id both sides derive
+// from (src, dst, tag, seq), so the sender starts its native send at once and the offer's HTTP
+// answer says the receiver has the data. One HTTP round trip per message.
+import type { DataPlane, NativeBuffer } from "../native/types";
+import { dtypeInfo, type DTypeName } from "../ops/table";
+import { InvalidRequest, PeerFailed, Timeout } from "../server/errors";
+import type { P2POffer } from "../server/schemas";
+import type { Logger } from "../util/log";
+import type { Metrics } from "../util/metrics";
+import { toApiError } from "./collective";
+import type { Membership } from "./membership";
+import type { PeerClient } from "./peers";
+
+const MASK63 = (1n << 63n) - 1n;
+
+/** op_id of a p2p message: top bit set (collective ids from rank 0 never set it). */
+export function p2pOpId(src: number, dst: number, tag: string, seq: number): bigint {
+  // FNV-1a 64 over "src>dst\0tag\0seq"
+  let h = 0xcbf29ce484222325n;
+  const s = `${src}>${dst}\u0000${tag}\u0000${seq}`;
+  for (let i = 0; i < s.length; i++) {
+    h ^= BigInt(s.charCodeAt(i));
+    h = (h * 0x100000001b3n) & 0xffffffffffffffffn;
+  }
+  return (1n << 63n) | (h & MASK63);
+}
+
+interface OfferEntry {
+  offer: P2POffer;
+  tomb: boolean;
+  resolve: () => void;
+  reject: (e: Error) => void;
+  timer: ReturnType<typeof setTimeout> | null;
+  deadline: number;
+}
+
+interface Waiter {
+  resolve: (r: ReceivedTensor) => void;
+  reject: (e: Error) => void;
+  timer: ReturnType<typeof setTimeout> | null;
+  deadline: number;
+}
+
+interface PairState {
+  nextSeq: number;
+  offers: Map<number, OfferEntry>;
+  waiters: Waiter[];
+}
+
+export interface ReceivedTensor {
+  dtype: DTypeName;
+  shape: number[];
+  buf: NativeBuffer;
+  byteLength: number;
+}
+
+export class P2P {
+  private sendSeq = new Map<string, number>();
+  private pairs = new Map<string, PairState>();
+
+  constructor(
+    private rank: number,
+    private dataPlane: DataPlane,
+    private membership: Membership,
+    private peers: PeerClient,
+    private metrics: Metrics,
+    private log: Logger,
+  ) {}
+
+  private checkPeer(peer: number, what: string): void {
+    if (peer === this.rank) throw new InvalidRequest(`${what}: rank ${this.rank} cannot exchange with itself`);
+    if (peer >= this.membership.worldSize) {
+      throw new InvalidRequest(`${what}: rank ${peer} is out of range (world size ${this.membership.worldSize})`);
+    }
+    if (!this.membership.isActive(peer)) throw new PeerFailed(`${what}: rank ${peer} is not active`, { failed_ranks: [peer] });
+  }
+
+  /** /p2p/send: resolves once the receiver has the data. */
+  async send(dst: number, tag: string, dtype: DTypeName, shape: number[], buf: NativeBuffer, timeoutMs: number): Promise<void> {
+    this.checkPeer(dst, "p2p send");
+    const key = `${dst}\u0000${tag}`;
+    const seq = this.sendSeq.get(key) ?? 0;
+    this.sendSeq.set(key, seq + 1);
+    const count = shape.reduce((a, b) => a * b, 1);
+    const opId = p2pOpId(this.rank, dst, tag, seq);
+    const ranks = this.rank < dst ? [this.rank, dst] : [dst, this.rank];
+    const nativeSend =
+      count > 0
+        ? this.dataPlane.run({ kind: "send", dtype, opId, ranks, root: dst, count, send: buf, timeoutMs })
+        : Promise.resolve();
+    nativeSend.catch(() => {}); // observed below; avoid an unhandled rejection if the offer fails first
+    const url = `${this.membership.get(dst)!.url}/internal/p2p/offer`;
+    const offer: P2POffer = { src: this.rank, tag, seq, dtype, shape, timeout_ms: timeoutMs };
+    await this.peers.post(url, offer, timeoutMs + 5000, `rank ${this.rank}: p2p send to rank ${dst}`);
+    try {
+      await nativeSend;
+    } catch (e) {
+      throw toApiError(e, this.rank, `p2p send to rank ${dst}`, null);
+    }
+  }
+
+  private pair(src: number, tag: string): PairState {
+    const key = `${src}\u0000${tag}`;
+    let st = this.pairs.get(key);
+    if (!st) {
+      st = { nextSeq: 0, offers: new Map(), waiters: [] };
+      this.pairs.set(key, st);
+    }
+    return st;
+  }
+
+  /** /internal/p2p/offer (from the sender's service): resolves when this rank has the bytes. */
+  offer(o: P2POffer): Promise<void> {
+    if (!this.membership.get(o.src)) throw new InvalidRequest(`p2p offer from unknown rank ${o.src}`);
+    const st = this.pair(o.src, o.tag);
+    if (o.seq < st.nextSeq || st.offers.has(o.seq)) {
+      throw new InvalidRequest(`p2p offer from rank ${o.src} tag ${JSON.stringify(o.tag)} seq ${o.seq} is a duplicate`);
+    }
+    return new Promise<void>((resolve, reject) => {
+      const e: OfferEntry = { offer: o, tomb: false, resolve, reject, timer: null, deadline: performance.now() + o.timeout_ms };
+      e.timer = setTimeout(() => {
+        e.timer = null;
+        if (e.tomb) return;
+        e.tomb = true; // the receiver skips this seq: the sender gave up on it
+        reject(
+          new Timeout(
+            `p2p: rank ${this.rank} did not call recv(src ${o.src}${o.tag ? `, tag ${JSON.stringify(o.tag)}` : ""}) within ${o.timeout_ms} ms`,
+            { missing_ranks: [this.rank] },
+          ),
+        );
+        this.match(o.src, o.tag);
+      }, o.timeout_ms);
+      st.offers.set(o.seq, e);
+      this.match(o.src, o.tag);
+    });
+  }
+
+  /** /p2p/recv */
+  recv(src: number, tag: string, timeoutMs: number): Promise<ReceivedTensor> {
+    this.checkPeer(src, "p2p recv");
+    const st = this.pair(src, tag);
+    return new Promise<ReceivedTensor>((resolve, reject) => {
+      const w: Waiter = { resolve, reject, timer: null, deadline: performance.now() + timeoutMs };
+      w.timer = setTimeout(() => {
+        w.timer = null;
+        const i = st.waiters.indexOf(w);
+        if (i >= 0) st.waiters.splice(i, 1);
+        reject(
+          new Timeout(
+            `p2p: rank ${this.rank} got no send from rank ${src}${tag ? ` (tag ${JSON.stringify(tag)})` : ""} within ${timeoutMs} ms`,
+            { missing_ranks: [src] },
+          ),
+        );
+      }, timeoutMs);
+      st.waiters.push(w);
+      this.match(src, tag);
+    });
+  }
+
+  private match(src: number, tag: string): void {
+    const st = this.pair(src, tag);
+    for (let guard = 0; guard < 1_000_000; guard++) {
+      const e = st.offers.get(st.nextSeq);
+      if (!e) return;
+      if (e.tomb) {
+        st.offers.delete(st.nextSeq);
+        st.nextSeq++;
+        continue;
+      }
+      const w = st.waiters.shift();
+      if (!w) return;
+      st.offers.delete(st.nextSeq);
+      const seq = st.nextSeq++;
+      if (e.timer) clearTimeout(e.timer);
+      if (w.timer) clearTimeout(w.timer);
+      e.tomb = true;
+      void this.receive(src, tag, seq, e, w);
+    }
+  }
+
+  private async receive(src: number, tag: string, seq: number, e: OfferEntry, w: Waiter): Promise<void> {
+    const { dtype, shape } = e.offer;
+    const count = shape.reduce((a, b) => a * b, 1);
+    const bytes = count * dtypeInfo(dtype).bytes;
+    let buf: NativeBuffer | null = null;
+    try {
+      buf = this.dataPlane.alloc(Math.max(bytes, 1));
+      if (count > 0) {
+        const ranks = this.rank < src ? [this.rank, src] : [src, this.rank];
+        const timeoutMs = Math.max(1000, Math.round(Math.min(e.deadline, w.deadline) - performance.now()));
+        await this.dataPlane.run({ kind: "recv", dtype, opId: p2pOpId(src, this.rank, tag, seq), ranks, root: src, count, recv: buf, timeoutMs });
+      }
+      e.resolve();
+      w.resolve({ dtype, shape, buf, byteLength: bytes });
+    } catch (err) {
+      buf?.release();
+      const api = toApiError(err, this.rank, `p2p recv from rank ${src}`, null);
+      this.log.warn(api.message);
+      e.reject(api);
+      w.reject(api);
+    }
+  }
+}

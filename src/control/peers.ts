@@ -1,0 +1,52 @@
+// HTTP to other rank services (metadata only): keep-alive fetch with the bearer token and
+// typed errors relayed from the peer's JSON error body.
+import { apiErrorFromJSON, PeerFailed } from "../server/errors";
+
+export class PeerClient {
+  constructor(private token: string | undefined) {}
+
+  headers(json = true): Record<string, string> {
+    const h: Record<string, string> = {};
+    if (json) h["content-type"] = "application/json";
+    if (this.token) h.authorization = `Bearer ${this.token}`;
+    return h;
+  }
+
+  /** POST JSON; resolves with the parsed 2xx body, throws the peer's ApiError otherwise. */
+  async post<T = unknown>(url: string, body: unknown, timeoutMs: number, what: string): Promise<T> {
+    let res: Response;
+    try {
+      res = await fetch(url, {
+        method: "POST",
+        headers: this.headers(),
+        body: JSON.stringify(body),
+        signal: AbortSignal.timeout(timeoutMs),
+      });
+    } catch (e) {
+      throw new PeerFailed(`${what}: ${url} unreachable: ${(e as Error).message}`);
+    }
+    return this.read<T>(res, url, what);
+  }
+
+  async get<T = unknown>(url: string, timeoutMs: number, what: string): Promise<T> {
+    let res: Response;
+    try {
+      res = await fetch(url, { headers: this.headers(false), signal: AbortSignal.timeout(timeoutMs) });
+    } catch (e) {
+      throw new PeerFailed(`${what}: ${url} unreachable: ${(e as Error).message}`);
+    }
+    return this.read<T>(res, url, what);
+  }
+
+  private async read<T>(res: Response, url: string, what: string): Promise<T> {
+    const text = await res.text();
+    let body: unknown = null;
+    try {
+      body = text ? JSON.parse(text) : null;
+    } catch {
+      body = { error: { code: "internal", message: `${what}: non-JSON answer from ${url}: ${text.slice(0, 120)}` } };
+    }
+    if (res.ok) return body as T;
+    throw apiErrorFromJSON(res.status, body);
+  }
+}

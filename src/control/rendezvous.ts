@@ -1,0 +1,191 @@
+// Rendezvous through rank 0's control plane.
+//   1. every rank (rank 0 too, over its own HTTP) registers: control URL, data-plane host/port,
+//      host id, pid, a per-process instance id; duplicate ranks and world-size disagreement
+//      are refused with 409 conflict.
+//   2. every rank long-polls the rank table until all N initial ranks registered (epoch 1),
+//      then tells its data plane where each peer listens (setPeer).
+//   3. every rank reports ready; rank services answer /health 200 once all N have.
+// Joiners (`serve --join`) register as "awaiting" (inactive) and are admitted later.
+import type { RegisterBody } from "../server/schemas";
+import { Conflict, InvalidRequest } from "../server/errors";
+import type { Logger } from "../util/log";
+import { sleep } from "../util/net";
+import type { Membership, MembershipView, RankRecord } from "./membership";
+import type { PeerClient } from "./peers";
+
+export class RendezvousServer {
+  private complete = false;
+  private readySet = new Set<number>();
+  private tableWaiters: (() => void)[] = [];
+  private readyWaiters: (() => void)[] = [];
+  /** Called when the view changes after the world is complete (joiners): rank 0 pushes it. */
+  onViewChange: (view: MembershipView) => void = () => {};
+
+  constructor(
+    private membership: Membership,
+    private log: Logger,
+  ) {}
+
+  get isComplete(): boolean {
+    return this.complete;
+  }
+
+  get allReady(): boolean {
+    return this.readySet.size >= this.membership.initialWorldSize;
+  }
+
+  register(b: RegisterBody): { ok: true; epoch: number; complete: boolean } {
+    const m = this.membership;
+    const N = m.initialWorldSize;
+    const M = m.worldSize;
+    const from = `rank ${b.rank} (pid ${b.pid} at ${b.url})`;
+    if (b.world_size !== N && b.world_size !== M) {
+      throw new Conflict(
+        `world size disagreement: ${from} says world size ${b.world_size}, rank 0 (master) has ${N}${M !== N ? ` (max ${M})` : ""}`,
+        { rank: b.rank, world_size: b.world_size, master_world_size: N },
+      );
+    }
+    if (b.rank >= M) {
+      throw new InvalidRequest(`${from}: rank ${b.rank} is out of range for world size ${M}`, { rank: b.rank });
+    }
+    const join = b.join === true || b.rank >= N;
+    const prev = m.get(b.rank);
+    if (prev && prev.instance !== b.instance) {
+      const replaceable = prev.state === "failed" || prev.state === "left";
+      if (!replaceable || !join) {
+        throw new Conflict(
+          `duplicate rank ${b.rank}: already registered by pid ${prev.pid} at ${prev.url}; refusing ${from}` +
+            (replaceable ? " (a replacement must start with --join)" : ""),
+          { rank: b.rank, registered_pid: prev.pid, registered_url: prev.url },
+        );
+      }
+    }
+    if (prev && prev.instance === b.instance) return { ok: true, epoch: m.epoch, complete: this.complete }; // a retry
+    const record: RankRecord = {
+      rank: b.rank,
+      url: b.url,
+      dataHost: b.data_host,
+      dataPort: b.data_port,
+      hostId: b.host_id,
+      pid: b.pid,
+      instance: b.instance,
+      state: join ? "awaiting" : "healthy",
+      active: !join,
+    };
+    m.upsert(record);
+    this.log.info(`rendezvous: registered ${from}${join ? " as a joiner (awaiting)" : ""}`);
+    if (!this.complete) {
+      let n = 0;
+      for (let r = 0; r < N; r++) if (m.get(r)?.active) n++;
+      if (n === N) {
+        this.complete = true;
+        m.setEpoch(1);
+        this.log.info(`rendezvous: all ${N} ranks registered (epoch 1)`);
+        for (const w of this.tableWaiters.splice(0)) w();
+      }
+    } else {
+      m.update([]); // new epoch with the joiner in it
+      this.onViewChange(m.view());
+    }
+    return { ok: true, epoch: m.epoch, complete: this.complete };
+  }
+
+  async table(waitMs: number): Promise<{ complete: boolean; view: MembershipView }> {
+    if (!this.complete && waitMs > 0) {
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(() => {
+          this.tableWaiters = this.tableWaiters.filter((w) => w !== done);
+          resolve();
+        }, waitMs);
+        const done = () => {
+          clearTimeout(t);
+          resolve();
+        };
+        this.tableWaiters.push(done);
+      });
+    }
+    return { complete: this.complete, view: this.membership.view() };
+  }
+
+  async ready(rank: number, waitMs: number): Promise<{ all_ready: boolean }> {
+    this.readySet.add(rank);
+    if (this.allReady) for (const w of this.readyWaiters.splice(0)) w();
+    if (!this.allReady && waitMs > 0) {
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(() => {
+          this.readyWaiters = this.readyWaiters.filter((w) => w !== done);
+          resolve();
+        }, waitMs);
+        const done = () => {
+          clearTimeout(t);
+          resolve();
+        };
+        this.readyWaiters.push(done);
+      });
+    }
+    return { all_ready: this.allReady };
+  }
+}
+
+/** Thrown when rank 0 refuses this rank for good (duplicate rank, world-size disagreement). */
+export class RendezvousRefused extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "RendezvousRefused";
+  }
+}
+
+/** A rank's side: register (retrying with back-off while rank 0 is not up), fetch the table, report ready. */
+export class RendezvousClient {
+  constructor(
+    private masterUrl: string,
+    private peers: PeerClient,
+    private log: Logger,
+    private deadlineMs: number,
+  ) {}
+
+  private async retrying<T>(what: string, fn: () => Promise<T>): Promise<T> {
+    const until = Date.now() + this.deadlineMs;
+    let delay = 50;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await fn();
+      } catch (e) {
+        const err = e as Error & { status?: number; code?: string };
+        if (err.status === 409 || err.status === 400 || err.status === 401) {
+          throw new RendezvousRefused(`rendezvous refused by rank 0 at ${this.masterUrl}: ${err.message}`);
+        }
+        if (Date.now() + delay > until) {
+          throw new Error(`rendezvous: ${what} failed for ${Math.round(this.deadlineMs / 1000)} s; last error: ${err.message}`);
+        }
+        if (attempt === 1 || attempt % 10 === 0) {
+          this.log.info(`rendezvous: waiting for rank 0 at ${this.masterUrl} (${what}, attempt ${attempt}): ${err.message}; retrying in ${delay} ms`);
+        }
+        await sleep(delay);
+        delay = Math.min(Math.round(delay * 1.6), 2000);
+      }
+    }
+  }
+
+  register(body: RegisterBody): Promise<{ ok: true; epoch: number; complete: boolean }> {
+    return this.retrying("register", () => this.peers.post(`${this.masterUrl}/internal/rendezvous/register`, body, 5000, "register"));
+  }
+
+  async table(): Promise<MembershipView> {
+    for (;;) {
+      const r = await this.retrying("rank table", () =>
+        this.peers.get<{ complete: boolean; view: MembershipView }>(`${this.masterUrl}/internal/rendezvous/table?wait_ms=10000`, 15000, "table"),
+      );
+      if (r.complete) return r.view;
+    }
+  }
+
+  async ready(rank: number): Promise<void> {
+    for (;;) {
+      const r = await this.retrying("ready", () =>
+        this.peers.post<{ all_ready: boolean }>(`${this.masterUrl}/internal/rendezvous/ready?wait_ms=10000`, { rank }, 15000, "ready"),
+      );
+      if (r.all_ready) return;
+    }
+  }
+}

@@ -1,0 +1,45 @@
+// The Hono app of a rank service: auth, error mapping, routes. Every error is
+// {"error": {"code", "message", ...details}}; anything not an ApiError is a bug (500, logged).
+import { Hono } from "hono";
+import { ApiError, NotFound, Unauthorized } from "./errors";
+import { collectiveRoutes } from "./routes/collective";
+import { internalRoutes } from "./routes/internal";
+import { introspectionRoutes } from "./routes/introspection";
+import { p2pRoutes } from "./routes/p2p";
+import type { RankService } from "./service";
+
+export function createApp(svc: RankService) {
+  const app = new Hono();
+  const token = svc.config.token;
+  const bearer = token ? `Bearer ${token}` : null;
+
+  app.use("*", async (c, next) => {
+    svc.metrics.request();
+    if (bearer && c.req.header("authorization") !== bearer && c.req.path !== "/health") {
+      throw new Unauthorized();
+    }
+    await next();
+  });
+
+  app.onError((err, c) => {
+    if (err instanceof ApiError) {
+      svc.metrics.error(err.code);
+      return c.json(err.toJSON(), err.status as 400);
+    }
+    svc.metrics.error("internal");
+    svc.log.error(`${c.req.method} ${c.req.path}: ${err.stack ?? err}`);
+    return c.json({ error: { code: "internal", message: `rank ${svc.rank}: internal error: ${err.message}` } }, 500);
+  });
+
+  app.notFound((c) => {
+    const e = new NotFound(`no route ${c.req.method} ${c.req.path} (see GET /openapi.json)`);
+    svc.metrics.error(e.code);
+    return c.json(e.toJSON(), 404);
+  });
+
+  introspectionRoutes(app, svc);
+  collectiveRoutes(app, svc);
+  p2pRoutes(app, svc);
+  internalRoutes(app, svc);
+  return app;
+}

@@ -1,0 +1,76 @@
+// Request bodies: size limits (413 before reading when Content-Length says so), JSON parsing
+// (400 on malformed JSON), and raw octet-stream bodies read straight into native memory.
+import type { Context } from "hono";
+import type { NativeBuffer } from "../native/types";
+import { InvalidRequest, TooLarge } from "./errors";
+
+export function checkContentLength(c: Context, maxBodyBytes: number): void {
+  const len = c.req.header("content-length");
+  if (len !== undefined && Number(len) > maxBodyBytes) {
+    throw new TooLarge(`request body of ${len} bytes is over the limit of ${maxBodyBytes} bytes`, {
+      limit_bytes: maxBodyBytes,
+      bytes: Number(len),
+    });
+  }
+}
+
+export async function readJson(c: Context, maxBodyBytes: number): Promise<unknown> {
+  checkContentLength(c, maxBodyBytes);
+  let text: string;
+  try {
+    text = await c.req.text();
+  } catch (e) {
+    throw new InvalidRequest(`could not read the request body: ${(e as Error).message}`);
+  }
+  if (text.length > maxBodyBytes) {
+    throw new TooLarge(`request body is over the limit of ${maxBodyBytes} bytes`, { limit_bytes: maxBodyBytes });
+  }
+  if (text.length === 0) return {};
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new InvalidRequest(`malformed JSON: ${(e as Error).message}`);
+  }
+}
+
+export function isOctetStream(c: Context): boolean {
+  const ct = c.req.header("content-type");
+  return ct !== undefined && ct.startsWith("application/octet-stream");
+}
+
+export function wantsOctetStream(c: Context): boolean {
+  const a = c.req.header("accept");
+  return a !== undefined && a.startsWith("application/octet-stream");
+}
+
+/** Streams the body into `target` (exactly target.byteLength bytes expected). */
+export async function readBodyInto(c: Context, target: NativeBuffer, expected: number): Promise<void> {
+  const body = c.req.raw.body;
+  let off = 0;
+  if (body) {
+    const reader = body.getReader();
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      if (off + value.byteLength > expected) {
+        await reader.cancel().catch(() => {});
+        throw new InvalidRequest(`octet-stream body is longer than dtype and shape need (${expected} bytes)`, {
+          expected_bytes: expected,
+        });
+      }
+      target.bytes.set(value, off);
+      off += value.byteLength;
+    }
+  }
+  if (off !== expected) {
+    throw new InvalidRequest(`octet-stream body has ${off} bytes but dtype and shape need ${expected}`, {
+      expected_bytes: expected,
+      got_bytes: off,
+    });
+  }
+}
+
+/** Metadata of an octet-stream request: query parameter, else x-moonring-<name> header. */
+export function octetParam(c: Context, name: string): string | undefined {
+  return c.req.query(name) ?? c.req.header(`x-moonring-${name.replace(/_/g, "-")}`);
+}

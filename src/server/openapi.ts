@@ -1,0 +1,101 @@
+// /openapi.json, generated from the zod schemas (z.toJSONSchema), built once on first request.
+import { z } from "zod";
+import {
+  collectiveOps,
+  collectiveResponseSchema,
+  collectiveSchemas,
+  errorSchema,
+  p2pRecvSchema,
+  p2pSendSchema,
+} from "./schemas";
+
+function js(schema: z.ZodType, io: "input" | "output" = "input"): Record<string, unknown> {
+  const out = z.toJSONSchema(schema, { io, unrepresentable: "any" }) as Record<string, unknown>;
+  delete out.$schema;
+  return out;
+}
+
+const ERRORS: Record<string, string> = {
+  "400": "invalid_request: malformed JSON, unknown dtype/op, data length != product(shape), root out of range, list of wrong length, avg on integers, bitwise op on floats",
+  "401": "unauthorized: MOONRING_TOKEN is set and the bearer token is missing or wrong",
+  "409": "collective_mismatch: ranks made different calls at the same point; details.calls names each rank and its call",
+  "413": "too_large: body or tensor over the configured limit",
+  "503": "not_ready: before rendezvous completes (or peer_failed: a peer broke while bytes moved)",
+  "504": "timeout: not every rank arrived within timeout_ms; details.missing_ranks",
+};
+
+function errorResponses(): Record<string, unknown> {
+  const schema = js(errorSchema, "output");
+  return Object.fromEntries(
+    Object.entries(ERRORS).map(([status, description]) => [status, { description, content: { "application/json": { schema } } }]),
+  );
+}
+
+const DESCRIPTIONS: Record<string, string> = {
+  allreduce: "the reduction of all ranks' tensors, on every rank",
+  reduce: "dst gets the reduction; others get null",
+  broadcast: "every rank gets src's tensor (non-src ranks send a tensor of the same dtype and shape)",
+  allgather: "list of N tensors, index j = rank j's tensor",
+  gather: "dst gets the list of N tensors; others null",
+  scatter: "rank r gets tensors[r] of src (tensors given on src only)",
+  reduce_scatter: "rank r gets the reduction over ranks of tensors[r]",
+  alltoall: "list of N: index j = rank j's tensors[r] (sizes may differ)",
+  barrier: "null, once every rank has entered",
+};
+
+export function buildOpenApi(): Record<string, unknown> {
+  const paths: Record<string, unknown> = {};
+  const responseSchema = js(collectiveResponseSchema, "output");
+  for (const op of collectiveOps) {
+    paths[`/collective/${op}`] = {
+      post: {
+        operationId: op,
+        summary: `${op}: ${DESCRIPTIONS[op]}`,
+        description:
+          "Every rank of the group makes the same call. Untagged calls match in arrival order per group; tagged calls by (group, tag). " +
+          "Extension: single-tensor ops also accept application/octet-stream bodies (metadata in query or x-moonring-* headers) and answer in kind.",
+        requestBody: { required: true, content: { "application/json": { schema: js(collectiveSchemas[op]) } } },
+        responses: { "200": { description: "done on this rank", content: { "application/json": { schema: responseSchema } } }, ...errorResponses() },
+      },
+    };
+  }
+  paths["/p2p/send"] = {
+    post: {
+      operationId: "p2p_send",
+      summary: "send a tensor to rank dst; returns once the receiver has the data",
+      requestBody: { required: true, content: { "application/json": { schema: js(p2pSendSchema) } } },
+      responses: { "200": { description: '{"ok": true}' }, ...errorResponses() },
+    },
+  };
+  paths["/p2p/recv"] = {
+    post: {
+      operationId: "p2p_recv",
+      summary: "receive the next tensor from rank src (same tag: in order)",
+      requestBody: { required: true, content: { "application/json": { schema: js(p2pRecvSchema) } } },
+      responses: { "200": { description: '{"result": tensor}' }, ...errorResponses() },
+    },
+  };
+  paths["/health"] = {
+    get: {
+      operationId: "health",
+      summary: "200 once rendezvous is complete, 503 with ready:false before; pid, state, rank, world_size",
+      responses: { "200": { description: "ready" }, "503": { description: "not ready" } },
+    },
+  };
+  paths["/cluster"] = { get: { operationId: "cluster", summary: "membership: epoch, world_size, active_ranks, ranks", responses: { "200": { description: "membership" } } } };
+  paths["/metrics"] = { get: { operationId: "metrics", summary: "Prometheus text metrics", responses: { "200": { description: "text/plain" } } } };
+  paths["/debug/recent"] = { get: { operationId: "debug_recent", summary: "the last collectives on this rank (seq, op, sizes, timing, outcome)", responses: { "200": { description: "recent" } } } };
+  paths["/openapi.json"] = { get: { operationId: "openapi", summary: "this document", responses: { "200": { description: "OpenAPI 3.1" } } } };
+  return {
+    openapi: "3.1.0",
+    info: {
+      title: "moonring rank service",
+      version: "1",
+      description: "Collective communication as a service. Contract: docs/api-contract.md; extensions: docs/api-extensions.md.",
+    },
+    components: {
+      securitySchemes: { bearer: { type: "http", scheme: "bearer", description: "required on every route but /health when MOONRING_TOKEN is set" } },
+    },
+    paths,
+  };
+}

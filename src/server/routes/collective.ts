@@ -1,0 +1,307 @@
+// POST /collective/{op}: body -> metadata (zod) -> tensor bytes into native memory (codec)
+// -> CollectiveRunner (agreement + data plane) -> response in the request's format.
+//
+// Extension: a single-tensor body may be raw little-endian bytes (Content-Type:
+// application/octet-stream) with metadata in query parameters or x-moonring-* headers
+// (dtype, shape "2,3", op, dst/src, group, tag, timeout_ms); the answer is then raw bytes too
+// (see docs/api-extensions.md).
+import type { Context, Hono } from "hono";
+import type { CollectiveCall, CollectiveResult, ResultTensor, ResultValue } from "../../control/collective";
+import type { NativeBuffer } from "../../native/types";
+import { dtypeInfo, redopRejection, type DTypeName, type RedOpName } from "../../ops/table";
+import { checkShape, encodeTensor, numel, writeTensor, type JsonTensor, type WireFormat } from "../../tensor/codec";
+import { InvalidRequest, NotReady, TooLarge } from "../errors";
+import { checkContentLength, isOctetStream, octetParam, readBodyInto, readJson, wantsOctetStream } from "../body";
+import { collectiveOps, collectiveSchemas, DEFAULT_TIMEOUT_MS, formatIssues, type CollectiveOp } from "../schemas";
+import type { RankService } from "../service";
+
+const opSet = new Set<string>(collectiveOps);
+const ROOT_FIELD: Partial<Record<CollectiveOp, "dst" | "src">> = { reduce: "dst", gather: "dst", broadcast: "src", scatter: "src" };
+const REDOP_OPS = new Set<CollectiveOp>(["allreduce", "reduce", "reduce_scatter"]);
+
+export function requireReady(svc: RankService): void {
+  if (svc.ready) return;
+  if (svc.phase === "ready") throw new NotReady(`rank ${svc.rank} is ${svc.state}: not an active member (awaiting activation)`);
+  throw new NotReady(`rank ${svc.rank} is not ready: rendezvous ${svc.phase === "failed" ? `failed: ${svc.failure}` : "in progress"}`, {
+    state: svc.state,
+  });
+}
+
+export function collectiveRoutes(app: Hono, svc: RankService): void {
+  app.post("/collective/:op", async (c) => {
+    const startedAt = performance.now();
+    const op = c.req.param("op");
+    if (!opSet.has(op)) {
+      throw new InvalidRequest(`unknown collective ${JSON.stringify(op)}; expected one of ${collectiveOps.join(", ")}`);
+    }
+    requireReady(svc);
+    const owned: NativeBuffer[] = [];
+    try {
+      const octet = isOctetStream(c);
+      const { call, format } = octet
+        ? await decodeOctet(c, svc, op as CollectiveOp, startedAt, owned)
+        : decodeJson(await readJson(c, svc.config.maxBodyBytes), svc, op as CollectiveOp, startedAt, owned);
+      const res = await svc.collectives.run(call);
+      owned.push(...res.owned);
+      if (format === "octet" || wantsOctetStream(c)) return octetResponse(res, startedAt);
+      return c.json({
+        op: res.op,
+        seq: res.seq,
+        result: encodeResult(res.result, format),
+        active_ranks: res.activeRanks,
+        failed_ranks: res.failedRanks,
+        contributors: res.contributors,
+        elapsed_ms: Math.round((performance.now() - startedAt) * 1000) / 1000,
+      });
+    } finally {
+      for (const b of owned) b.release();
+    }
+  });
+}
+
+function encodeResult(r: ResultValue, format: WireFormat): unknown {
+  if (r === null) return null;
+  const f = format === "octet" ? "b64" : format;
+  if (Array.isArray(r)) return r.map((t) => (t ? encodeTensor(t.dtype, t.shape, t.bytes, f) : null));
+  return encodeTensor(r.dtype, r.shape, r.bytes, f);
+}
+
+function octetResponse(res: CollectiveResult, startedAt: number): Response {
+  const headers: Record<string, string> = {
+    "content-type": "application/octet-stream",
+    "x-moonring-op": res.op,
+    "x-moonring-seq": String(res.seq),
+    "x-moonring-active-ranks": res.activeRanks.join(","),
+    "x-moonring-contributors": res.contributors.join(","),
+    "x-moonring-elapsed-ms": String(Math.round((performance.now() - startedAt) * 1000) / 1000),
+  };
+  const r = res.result;
+  if (r === null) {
+    headers["x-moonring-result"] = "null";
+    return new Response(null, { status: 200, headers });
+  }
+  if (!Array.isArray(r)) {
+    headers["x-moonring-result"] = "tensor";
+    headers["x-moonring-dtype"] = r.dtype;
+    headers["x-moonring-shape"] = r.shape.join(",");
+    return new Response(r.bytes.slice(), { status: 200, headers });
+  }
+  headers["x-moonring-result"] = "list";
+  const present = r.filter((t): t is ResultTensor => t !== null);
+  headers["x-moonring-dtype"] = present[0]?.dtype ?? "";
+  headers["x-moonring-shapes"] = JSON.stringify(r.map((t) => (t ? t.shape : null)));
+  const total = present.reduce((a, t) => a + t.bytes.byteLength, 0);
+  const out = new Uint8Array(total);
+  let off = 0;
+  for (const t of present) {
+    out.set(t.bytes, off);
+    off += t.bytes.byteLength;
+  }
+  return new Response(out, { status: 200, headers });
+}
+
+function alloc(svc: RankService, bytes: number, owned: NativeBuffer[]): NativeBuffer {
+  let b: NativeBuffer;
+  try {
+    b = svc.dataPlane.alloc(Math.max(bytes, 1));
+  } catch (e) {
+    throw new TooLarge(`rank ${svc.rank}: could not allocate ${bytes} bytes: ${(e as Error).message}`);
+  }
+  owned.push(b);
+  return b;
+}
+
+function checkRoot(svc: RankService, op: CollectiveOp, root: number): void {
+  const ws = svc.membership.worldSize;
+  const field = ROOT_FIELD[op]!;
+  if (root >= ws) throw new InvalidRequest(`${field} ${root} is out of range for world size ${ws}`, { [field]: root });
+  if (!svc.membership.isActive(root)) throw new InvalidRequest(`${field} ${root} is not an active rank`, { [field]: root });
+}
+
+function checkRedop(redop: RedOpName, dtype: DTypeName): void {
+  const why = redopRejection(redop, dtype);
+  if (why) throw new InvalidRequest(why);
+}
+
+/** Decodes a JSON collective body into a call whose inputs live in native memory. */
+export function decodeJson(
+  raw: unknown,
+  svc: RankService,
+  op: CollectiveOp,
+  startedAt: number,
+  owned: NativeBuffer[],
+): { call: CollectiveCall; format: WireFormat } {
+  const parsed = collectiveSchemas[op].safeParse(raw);
+  if (!parsed.success) {
+    throw new InvalidRequest(formatIssues(parsed.error.issues, "body"), {
+      issues: parsed.error.issues.slice(0, 10).map((i) => ({ path: i.path.join("."), message: i.message })),
+    });
+  }
+  const body = parsed.data as {
+    tensor?: JsonTensor;
+    tensors?: (JsonTensor | null)[];
+    op?: RedOpName;
+    dst?: number;
+    src?: number;
+    group?: string;
+    tag?: string;
+    timeout_ms?: number;
+    format?: "data" | "b64";
+  };
+  const maxT = svc.config.maxTensorBytes;
+  const call: CollectiveCall = {
+    op,
+    group: body.group ?? "world",
+    tag: body.tag ?? null,
+    timeoutMs: body.timeout_ms ?? DEFAULT_TIMEOUT_MS,
+    redop: REDOP_OPS.has(op) ? (body.op ?? "sum") : null,
+    root: null,
+    dtype: null,
+    shape: null,
+    count: -1,
+    send: null,
+    startedAt,
+  };
+  let format: WireFormat = body.format ?? "data";
+  const rootField = ROOT_FIELD[op];
+  if (rootField) {
+    call.root = body[rootField]!;
+    checkRoot(svc, op, call.root);
+  }
+
+  if (body.tensor) {
+    const t = body.tensor;
+    const bytes = checkShape(t, "tensor", maxT);
+    const buf = alloc(svc, bytes, owned);
+    format = writeTensor(t, buf.bytes.subarray(0, bytes), "tensor");
+    call.dtype = t.dtype;
+    call.shape = t.shape;
+    call.count = numel(t.shape);
+    call.send = buf;
+    if (call.redop) checkRedop(call.redop, t.dtype);
+    return { call, format };
+  }
+
+  if (op === "barrier") return { call, format };
+  if (op === "scatter" && call.root !== svc.rank) return { call, format }; // non-src ranks send nothing
+
+  const list = body.tensors;
+  if (!list) throw new InvalidRequest(op === "scatter" ? `scatter: src rank ${call.root} must give "tensors" (one per rank)` : `${op}: "tensors" is required`);
+  const ranks = svc.membership.activeRanks();
+  const index = svc.membership.listIndexForActive(list.length);
+  if (!index) {
+    throw new InvalidRequest(
+      `tensors has ${list.length} entries; expected ${svc.membership.worldSize} (one per rank)` +
+        (ranks.length !== svc.membership.worldSize ? ` or ${ranks.length} (one per active rank)` : ""),
+      { expected: svc.membership.worldSize, got: list.length },
+    );
+  }
+  const blocks = index.map((i, j) => {
+    const t = list[i];
+    if (!t) throw new InvalidRequest(`tensors[${i}] is null but rank ${ranks[j]} is active`);
+    return { t, where: `tensors[${i}]` };
+  });
+  const first = blocks[0]!.t;
+  let total = 0;
+  const sizes = blocks.map(({ t, where }) => {
+    if (t.dtype !== first.dtype) throw new InvalidRequest(`${where}: dtype ${t.dtype} differs from tensors[${index[0]}] (${first.dtype}); all must match`);
+    if (op !== "alltoall" && !sameShape(t.shape, first.shape)) {
+      throw new InvalidRequest(`${where}: shape ${JSON.stringify(t.shape)} differs from ${JSON.stringify(first.shape)}; ${op} needs equal shapes`);
+    }
+    const b = checkShape(t, where, maxT);
+    total += b;
+    return b;
+  });
+  if (total > maxT) throw new TooLarge(`tensors total ${total} bytes, over the tensor limit of ${maxT} bytes`, { limit_bytes: maxT, bytes: total });
+  const buf = alloc(svc, total, owned);
+  let off = 0;
+  blocks.forEach(({ t, where }, j) => {
+    const f = writeTensor(t, buf.bytes.subarray(off, off + sizes[j]!), where);
+    if (j === 0) format = f;
+    off += sizes[j]!;
+  });
+  call.dtype = first.dtype;
+  call.shape = first.shape;
+  call.count = numel(first.shape);
+  call.send = buf;
+  call.blockRanks = ranks;
+  if (op === "alltoall") {
+    call.blockShapes = blocks.map(({ t }) => t.shape);
+    call.count = -1;
+  }
+  if (call.redop) checkRedop(call.redop, first.dtype);
+  return { call, format };
+}
+
+function sameShape(a: number[], b: number[]): boolean {
+  return a.length === b.length && a.every((d, i) => d === b[i]);
+}
+
+const OCTET_OPS = new Set<CollectiveOp>(["allreduce", "reduce", "broadcast", "allgather", "gather"]);
+
+async function decodeOctet(
+  c: Context,
+  svc: RankService,
+  op: CollectiveOp,
+  startedAt: number,
+  owned: NativeBuffer[],
+): Promise<{ call: CollectiveCall; format: WireFormat }> {
+  if (!OCTET_OPS.has(op)) {
+    throw new InvalidRequest(`application/octet-stream bodies carry one tensor: ${[...OCTET_OPS].join(", ")}; use JSON for ${op}`);
+  }
+  checkContentLength(c, svc.config.maxBodyBytes);
+  const meta: Record<string, unknown> = {};
+  const dtype = octetParam(c, "dtype");
+  const shapeText = octetParam(c, "shape");
+  if (dtype === undefined) throw new InvalidRequest('octet-stream body: give "dtype" as a query parameter or x-moonring-dtype header');
+  if (shapeText === undefined) throw new InvalidRequest('octet-stream body: give "shape" (e.g. 2,3; empty for a scalar) as a query parameter or x-moonring-shape header');
+  let shape: unknown;
+  const st = shapeText.trim();
+  if (st.startsWith("[")) {
+    try {
+      shape = JSON.parse(st);
+    } catch {
+      throw new InvalidRequest(`shape ${JSON.stringify(shapeText)} is not a list`);
+    }
+  } else {
+    shape = st === "" ? [] : st.split(",").map((x) => (/^\s*\d+\s*$/.test(x) ? Number(x) : NaN));
+  }
+  meta.tensor = { dtype, shape, data: [] };
+  for (const k of ["op", "group", "tag"]) {
+    const v = octetParam(c, k);
+    if (v !== undefined) meta[k] = v;
+  }
+  for (const k of ["dst", "src", "timeout_ms"]) {
+    const v = octetParam(c, k);
+    if (v !== undefined) meta[k] = /^\d+$/.test(v) ? Number(v) : v;
+  }
+  const parsed = collectiveSchemas[op].safeParse(meta);
+  if (!parsed.success) throw new InvalidRequest(formatIssues(parsed.error.issues, "query"));
+  const body = parsed.data as { tensor: JsonTensor; op?: RedOpName; dst?: number; src?: number; group?: string; tag?: string; timeout_ms?: number };
+  const t = body.tensor;
+  const bytes = checkShape(t, "tensor", svc.config.maxTensorBytes);
+  const call: CollectiveCall = {
+    op,
+    group: body.group ?? "world",
+    tag: body.tag ?? null,
+    timeoutMs: body.timeout_ms ?? DEFAULT_TIMEOUT_MS,
+    redop: REDOP_OPS.has(op) ? (body.op ?? "sum") : null,
+    root: null,
+    dtype: t.dtype,
+    shape: t.shape,
+    count: numel(t.shape),
+    send: null,
+    startedAt,
+  };
+  const rootField = ROOT_FIELD[op];
+  if (rootField) {
+    call.root = body[rootField]!;
+    checkRoot(svc, op, call.root);
+  }
+  if (call.redop) checkRedop(call.redop, t.dtype);
+  const buf = alloc(svc, bytes, owned);
+  await readBodyInto(c, buf, bytes);
+  call.send = buf;
+  void dtypeInfo;
+  return { call, format: "octet" };
+}

@@ -1,0 +1,145 @@
+// zod schemas for request metadata. Tensor values (`data`, `b64`) are NOT checked by zod:
+// the codec writes them straight into native memory. Schemas are built once at module load
+// (no per-call compilation); /openapi.json is generated from them.
+import { z } from "zod";
+import { dtypeNames, redopNames } from "../ops/table";
+import { InvalidRequest } from "./errors";
+
+export const DEFAULT_TIMEOUT_MS = 30_000;
+export const MAX_TIMEOUT_MS = 24 * 3600 * 1000;
+
+export const dtypeSchema = z.enum(dtypeNames).meta({ description: "element type" });
+export const redopSchema = z.enum(redopNames).meta({
+  description: "reduce op: sum, prod, min, max, avg (floating dtypes), band, bor, bxor (integer and bool dtypes)",
+});
+
+export const tensorSchema = z
+  .object({
+    dtype: dtypeSchema,
+    shape: z.array(z.number().int().min(0)).meta({ description: "dimensions; [] is a scalar" }),
+    data: z
+      .unknown()
+      .optional()
+      .meta({
+        description:
+          'flat row-major values; int64 as numbers or decimal strings (returned as strings); "NaN", "Infinity", "-Infinity" for non-finite floats; true/false for bool',
+        type: "array",
+        items: { type: ["number", "string", "boolean"] },
+      }),
+    b64: z.string().optional().meta({ description: "little-endian bytes, base64 (instead of data); a request with b64 gets b64 back" }),
+  })
+  .meta({ id: "Tensor" });
+
+const rank = z.number().int().min(0);
+const common = {
+  group: z.string().min(1).max(256).optional().meta({ description: 'matching group (default "world")' }),
+  tag: z.string().max(256).optional().meta({ description: "match across ranks by tag instead of by call order" }),
+  timeout_ms: z.number().int().min(1).max(MAX_TIMEOUT_MS).optional().meta({ description: `default ${DEFAULT_TIMEOUT_MS}` }),
+  format: z
+    .enum(["data", "b64"])
+    .optional()
+    .meta({ description: "extension: result encoding when this rank sends no tensor (scatter on non-src ranks); otherwise the input's encoding is used" }),
+};
+const tensorList = z
+  .array(tensorSchema.nullable())
+  .meta({ description: "one tensor per rank (index = rank); null allowed for inactive slots" });
+
+export const collectiveSchemas = {
+  allreduce: z.object({ tensor: tensorSchema, op: redopSchema.optional(), ...common }),
+  reduce: z.object({ tensor: tensorSchema, dst: rank, op: redopSchema.optional(), ...common }),
+  broadcast: z.object({ tensor: tensorSchema, src: rank, ...common }),
+  allgather: z.object({ tensor: tensorSchema, ...common }),
+  gather: z.object({ tensor: tensorSchema, dst: rank, ...common }),
+  scatter: z.object({ src: rank, tensors: tensorList.optional().meta({ description: "N tensors, on src only" }), ...common }),
+  reduce_scatter: z.object({ tensors: tensorList, op: redopSchema.optional(), ...common }),
+  alltoall: z.object({ tensors: tensorList, ...common }),
+  barrier: z.object({ ...common }),
+} as const;
+
+export type CollectiveOp = keyof typeof collectiveSchemas;
+export const collectiveOps = Object.keys(collectiveSchemas) as CollectiveOp[];
+
+export const p2pSendSchema = z.object({
+  tensor: tensorSchema,
+  dst: rank,
+  tag: z.string().max(256).optional(),
+  timeout_ms: common.timeout_ms,
+});
+export const p2pRecvSchema = z.object({
+  src: rank,
+  tag: z.string().max(256).optional(),
+  timeout_ms: common.timeout_ms,
+  format: z.enum(["data", "b64"]).optional().meta({ description: "extension: result encoding (default data)" }),
+});
+
+// ---- internal (rank service to rank service) ----
+export const registerSchema = z.object({
+  rank,
+  world_size: z.number().int().min(1).max(64),
+  world_size_max: z.number().int().min(1).max(64).optional(),
+  url: z.string().min(1),
+  data_host: z.string().min(1),
+  data_port: z.number().int().min(0).max(65535),
+  host_id: z.string().regex(/^\d+$/),
+  pid: z.number().int(),
+  instance: z.string().min(1),
+  join: z.boolean().optional(),
+});
+export type RegisterBody = z.infer<typeof registerSchema>;
+
+export const p2pOfferSchema = z.object({
+  src: rank,
+  tag: z.string(),
+  seq: z.number().int().min(0),
+  dtype: dtypeSchema,
+  shape: z.array(z.number().int().min(0)),
+  timeout_ms: z.number().int().min(1),
+});
+export type P2POffer = z.infer<typeof p2pOfferSchema>;
+
+// ---- responses (documentation) ----
+export const collectiveResponseSchema = z
+  .object({
+    op: z.string(),
+    seq: z.number().int(),
+    result: z.union([tensorSchema, z.array(tensorSchema.nullable()), z.null()]),
+    active_ranks: z.array(z.number().int()),
+    failed_ranks: z.array(z.number().int()),
+    contributors: z.array(z.number().int()),
+    elapsed_ms: z.number(),
+  })
+  .meta({ id: "CollectiveResponse" });
+
+export const errorSchema = z
+  .object({
+    error: z.looseObject({
+      code: z.enum(["invalid_request", "unauthorized", "not_found", "collective_mismatch", "too_large", "not_ready", "timeout", "peer_failed", "conflict", "internal"]),
+      message: z.string(),
+    }),
+  })
+  .meta({ id: "Error" });
+
+/** Parses with a prebuilt schema; zod issues become one readable 400 message. */
+export function parseOrThrow<T extends z.ZodType>(schema: T, value: unknown, where = "body"): z.output<T> {
+  const r = schema.safeParse(value);
+  if (r.success) return r.data;
+  throw new InvalidRequest(formatIssues(r.error.issues, where), {
+    issues: r.error.issues.slice(0, 10).map((i) => ({ path: i.path.join("."), message: i.message })),
+  });
+}
+
+export function formatIssues(issues: readonly z.core.$ZodIssue[], where: string): string {
+  return issues
+    .slice(0, 5)
+    .map((i) => {
+      const path = i.path.length ? i.path.map(String).join(".") : where;
+      if (i.code === "invalid_value" && i.path[i.path.length - 1] === "dtype") {
+        return `${path}: unknown dtype; expected one of ${dtypeNames.join(", ")}`;
+      }
+      if (i.code === "invalid_value" && i.path[i.path.length - 1] === "op") {
+        return `${path}: unknown reduce op; expected one of ${redopNames.join(", ")}`;
+      }
+      return `${path}: ${i.message}`;
+    })
+    .join("; ");
+}
