@@ -6,9 +6,10 @@
 #   moonring-entrypoint CMD ...                     anything else is exec'd as is
 #
 # Rank: RANK, else with MOONRING_RANK_FROM_HOSTNAME=1 the ordinal suffix of the pod/host name
-# (a StatefulSet's moonring-3 -> 3). World: WORLD_SIZE, MASTER_ADDR, MASTER_PORT (rank 0's
-# control-plane address). Service: MOONRING_PORT (control plane), MOONRING_HOST (bind address),
-# MOONRING_TOKEN (bearer token), MOONRING_DATA_PORT (fixed data-plane port, when set).
+# (a StatefulSet's moonring-3 -> 3). Everything else is read by `serve` from the environment:
+# WORLD_SIZE, MASTER_ADDR, MASTER_PORT (rank 0's control-plane address), MOONRING_PORT,
+# MOONRING_HOST (bind address), MOONRING_ADVERTISE_HOST, MOONRING_DATA_PORT, MOONRING_TOKEN,
+# MOONRING_DEVICE (cpu|cuda); see `bun src/cli.ts serve --help`.
 set -eu
 
 app=${MOONRING_APP:-/app}
@@ -30,13 +31,10 @@ case "$cmd" in
       RANK=$(rank_from_hostname)
       export RANK
     fi
-    for v in RANK WORLD_SIZE MASTER_ADDR MASTER_PORT; do
-      eval "val=\${$v:-}"
-      [ -n "$val" ] || { echo "moonring-entrypoint: $v is not set" >&2; exit 64; }
-    done
-    set -- serve --rank "$RANK" --world-size "$WORLD_SIZE" --master "$MASTER_ADDR:$MASTER_PORT" \
-      --port "${MOONRING_PORT:-29500}" "$@"
-    echo "moonring-entrypoint: rank $RANK of $WORLD_SIZE, master $MASTER_ADDR:$MASTER_PORT, port ${MOONRING_PORT:-29500}" >&2
+    # serve reads RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT and MOONRING_* itself (and says
+    # which one is missing); flags given here override them.
+    echo "moonring-entrypoint: rank ${RANK:-?} of ${WORLD_SIZE:-?}, master ${MASTER_ADDR:-?}:${MASTER_PORT:-?}, port ${MOONRING_PORT:-?}" >&2
+    set -- serve "$@"
     cd "$app"
     exec bun src/cli.ts "$@"
     ;;

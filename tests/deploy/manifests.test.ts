@@ -111,21 +111,26 @@ describe("Dockerfile and entrypoint", () => {
     expect(dockerfile).toMatch(/^HEALTHCHECK .*\n\s+CMD \["moonring-entrypoint", "health"\]$/m);
   });
 
-  test("entrypoint takes the rank from the ordinal and refuses a missing variable", () => {
+  test("entrypoint takes the rank from the pod ordinal, else leaves RANK to serve", () => {
     const ep = join(root, "deploy/docker-entrypoint.sh");
-    // `serve` with the exec replaced by echo: run the script up to the exec via sh -c.
-    const run = (env: Record<string, string>) =>
-      spawnSync("sh", ["-c", `sed 's/^    exec bun src\\/cli.ts "\\$@"/    echo "$@"; exit 0/' "${ep}" | sh -s serve`], {
+    // `serve` with the final exec replaced by printing RANK and the arguments.
+    const script = readFileSync(ep, "utf8").replace('exec bun src/cli.ts "$@"', 'echo "RANK=${RANK:-} $*"; exit 0');
+    expect(script).toContain('echo "RANK=');
+    const run = (env: Record<string, string>, ...extra: string[]) =>
+      spawnSync("sh", ["-s", "serve", ...extra], {
+        input: script,
         env: { PATH: process.env.PATH!, MOONRING_APP: root, ...env },
         encoding: "utf8",
       });
-    const ok = run({ POD_NAME: "moonring-3", MOONRING_RANK_FROM_HOSTNAME: "1", WORLD_SIZE: "4", MASTER_ADDR: "m", MASTER_PORT: "29500" });
-    expect(ok.status).toBe(0);
-    expect(ok.stdout.trim()).toBe("serve --rank 3 --world-size 4 --master m:29500 --port 29500");
-    const bad = run({ POD_NAME: "moonring", MOONRING_RANK_FROM_HOSTNAME: "1", WORLD_SIZE: "4", MASTER_ADDR: "m" });
+    const fromPod = run({ POD_NAME: "moonring-3", MOONRING_RANK_FROM_HOSTNAME: "1" }, "--device", "cuda");
+    expect(fromPod.status).toBe(0);
+    expect(fromPod.stdout.trim()).toBe("RANK=3 serve --device cuda");
+    const explicit = run({ RANK: "1", POD_NAME: "moonring-3", MOONRING_RANK_FROM_HOSTNAME: "1" });
+    expect(explicit.stdout.trim()).toBe("RANK=1 serve");
+    const off = run({ POD_NAME: "moonring-3" });
+    expect(off.stdout.trim()).toBe("RANK= serve");
+    const bad = run({ POD_NAME: "moonring", MOONRING_RANK_FROM_HOSTNAME: "1" });
     expect(bad.status).toBe(64);
-    const missing = run({ RANK: "0", MASTER_ADDR: "m", MASTER_PORT: "1" });
-    expect(missing.status).toBe(64);
-    expect(missing.stderr).toContain("WORLD_SIZE is not set");
+    expect(bad.stderr).toContain("cannot take a rank from host name 'moonring'");
   });
 });

@@ -131,6 +131,17 @@ func validateDir(dir string) {
 	master, _ := envValue(c, "MASTER_ADDR")
 	check("MASTER_ADDR is pod 0 behind the headless Service",
 		strings.HasPrefix(master, ss.Name+"-0."+svc.Name), master)
+	adv, _ := envValue(c, "MOONRING_ADVERTISE_HOST")
+	podIP := false
+	for _, e := range c.Env {
+		if e.Name == "MOONRING_ADVERTISE_HOST" {
+			break
+		}
+		if e.Name == "POD_IP" && e.ValueFrom != nil && e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "status.podIP" {
+			podIP = true
+		}
+	}
+	check("ranks advertise the pod IP (POD_IP defined before its use)", adv == "$(POD_IP)" && podIP, adv)
 	port := int32(0)
 	for _, p := range c.Ports {
 		if p.Name == "http" {
@@ -162,6 +173,8 @@ func validateDir(dir string) {
 		check("GPU variant: nvidia.com/gpu limit 1 (and request)", gpu.Cmp(one) == 0 &&
 			c.Resources.Requests.Name("nvidia.com/gpu", resource.DecimalSI).Cmp(one) == 0, gpu.String())
 		check("GPU variant keeps the base's probes and env", rp != nil && lp != nil && ws != "", "")
+		dev, _ := envValue(c, "MOONRING_DEVICE")
+		check("GPU variant: MOONRING_DEVICE=cuda", dev == "cuda", dev)
 	} else {
 		check("CPU variant: no GPU", gpu.IsZero(), gpu.String())
 	}
