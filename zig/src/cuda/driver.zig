@@ -174,7 +174,7 @@ const symbol_names = .{
     .{ "cuIpcOpenMemHandle", .{"cuIpcOpenMemHandle_v2"} },
 };
 
-fn symbolsOf(comptime field: []const u8) []const [:0]const u8 {
+pub fn symbolsOf(comptime field: []const u8) []const [:0]const u8 {
     inline for (symbol_names) |entry| {
         if (comptime std.mem.eql(u8, entry[0], field)) {
             comptime var names: []const [:0]const u8 = &.{};
