@@ -197,7 +197,10 @@ export class RankService {
   private async runRendezvous(): Promise<void> {
     const c = this.config;
     this.phase = "rendezvous";
-    const client = new RendezvousClient(this.masterUrl, this.peers, this.log, c.rendezvousTimeoutMs);
+    // Rank 0 registers with itself directly (its master name may not resolve yet, e.g. in k8s).
+    const bind = c.host === "0.0.0.0" ? "127.0.0.1" : c.host === "::" ? "::1" : c.host;
+    const rzUrl = c.rank === 0 ? httpUrl(bind, this.port) : this.masterUrl;
+    const client = new RendezvousClient(rzUrl, this.peers, this.log, c.rendezvousTimeoutMs);
     await client.register({
       rank: c.rank,
       world_size: c.worldSize,

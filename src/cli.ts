@@ -1,0 +1,205 @@
+#!/usr/bin/env bun
+// moonring CLI: argument parsing only; the work lives in src/server/{serve,launch}.ts.
+//   launch --nproc N --port P [--device cpu|cuda] [--host 127.0.0.1] [--max-world-size M]
+//   serve  --rank R --world-size N --master HOST:PORT --port P [--join]
+//   bench  ...
+import { bytesFlag, helpText, intFlag, parseFlags, UsageError, type FlagSpec } from "./util/args";
+import { parseHostPort } from "./util/net";
+
+const COMMON_LIMITS: Record<string, FlagSpec> = {
+  "max-body-bytes": { type: "string", help: "largest request body (e.g. 1G; env MOONRING_MAX_BODY_BYTES; default 1G)" },
+  "max-tensor-bytes": { type: "string", help: "largest tensor (or list of tensors) in one call (env MOONRING_MAX_TENSOR_BYTES; default 512M)" },
+};
+
+const SERVE_FLAGS: Record<string, FlagSpec> = {
+  rank: { type: "string", help: "this rank (env RANK)" },
+  "world-size": { type: "string", help: "number of ranks that rendezvous (env WORLD_SIZE)" },
+  master: { type: "string", help: "rank 0's control-plane HOST:PORT (env MASTER_ADDR, MASTER_PORT)" },
+  port: { type: "string", help: "control-plane (HTTP) port (env MOONRING_PORT; default 29500 + rank)" },
+  host: { type: "string", help: "bind address (env MOONRING_HOST; default 127.0.0.1)" },
+  "advertise-host": { type: "string", help: "address other ranks use to reach this one (env MOONRING_ADVERTISE_HOST; default: --host, or this host's IP when --host is 0.0.0.0)" },
+  "data-port": { type: "string", help: "data-plane port (env MOONRING_DATA_PORT; default: any free port)" },
+  device: { type: "string", help: "cpu or cuda (default cpu)" },
+  join: { type: "boolean", help: "join a running world: wait in state awaiting until activated" },
+  "max-world-size": { type: "string", help: "slots of the world (>= world size; default = world size)" },
+  "rendezvous-timeout": { type: "string", help: "seconds to keep trying to reach rank 0 (default 300)" },
+  "exit-with-parent": { type: "boolean", help: "exit when stdin closes (used by launch)" },
+  ...COMMON_LIMITS,
+  help: { type: "boolean", help: "show this help" },
+};
+
+const LAUNCH_FLAGS: Record<string, FlagSpec> = {
+  nproc: { type: "string", help: "number of ranks to start on this host" },
+  port: { type: "string", help: "rank r serves HTTP on PORT + r (default 29500)" },
+  host: { type: "string", help: "bind address (default 127.0.0.1)" },
+  device: { type: "string", help: "cpu or cuda (default cpu)" },
+  "max-world-size": { type: "string", help: "slots for joiners: ranks NPROC..M-1 may join later with serve --join" },
+  "ready-timeout": { type: "string", help: "seconds to wait for the world to be ready (default 120)" },
+  ...COMMON_LIMITS,
+  help: { type: "boolean", help: "show this help" },
+};
+
+const TOP_HELP = `moonring: collective communication as a service
+
+Usage:
+  moonring launch --nproc N --port P [--device cpu|cuda] [--host 127.0.0.1] [--max-world-size M]
+  moonring serve  --rank R --world-size N --master HOST:PORT --port P [--join]
+  moonring bench  --nproc N --op OP [--min-bytes B] [--max-bytes B] [--device cpu|cuda] [--json]
+
+  moonring COMMAND --help     flags of a command
+
+Environment: MOONRING_TOKEN (bearer token for REST and the data-plane handshake),
+MOONRING_LOG (debug|info|warn|error), MOONRING_TRANSPORT, MOONRING_LIB.
+The REST API: docs/api-contract.md; a running rank serves GET /openapi.json.`;
+
+function env(name: string): string | undefined {
+  const v = process.env[name];
+  return v === undefined || v === "" ? undefined : v;
+}
+
+function device(v: string | boolean | undefined): "cpu" | "cuda" {
+  const d = v === undefined ? "cpu" : v;
+  if (d !== "cpu" && d !== "cuda") throw new UsageError(`--device must be cpu or cuda, got ${JSON.stringify(d)}`);
+  return d;
+}
+
+function limits(flags: Record<string, string | boolean | undefined>) {
+  return {
+    maxBodyBytes: bytesFlag(flags["max-body-bytes"] ?? env("MOONRING_MAX_BODY_BYTES"), "max-body-bytes") ?? 1024 ** 3,
+    maxTensorBytes: bytesFlag(flags["max-tensor-bytes"] ?? env("MOONRING_MAX_TENSOR_BYTES"), "max-tensor-bytes") ?? 512 * 1024 ** 2,
+  };
+}
+
+async function serve(argv: string[]): Promise<number> {
+  const { flags } = parseFlags(argv, SERVE_FLAGS);
+  if (flags.help) {
+    console.log(helpText("Usage: moonring serve --rank R --world-size N --master HOST:PORT --port P [--join]\n\nStarts one rank service (for containers and multi-host). The torchrun variables RANK,\nWORLD_SIZE, MASTER_ADDR, MASTER_PORT are read when the flags are absent.", SERVE_FLAGS));
+    return 0;
+  }
+  const rank = intFlag(flags.rank ?? env("RANK"), "rank", { min: 0, max: 63 });
+  const worldSize = intFlag(flags["world-size"] ?? env("WORLD_SIZE"), "world-size", { min: 1, max: 64 });
+  if (rank === undefined) throw new UsageError("serve needs --rank (or RANK)");
+  if (worldSize === undefined) throw new UsageError("serve needs --world-size (or WORLD_SIZE)");
+  const maxWorldSize = intFlag(flags["max-world-size"], "max-world-size", { min: worldSize, max: 64 }) ?? worldSize;
+  if (rank >= maxWorldSize) throw new UsageError(`--rank ${rank} is out of range for world size ${maxWorldSize}`);
+  const port = intFlag(flags.port ?? env("MOONRING_PORT"), "port", { min: 0, max: 65535 }) ?? 29500 + rank;
+  const host = (flags.host as string | undefined) ?? env("MOONRING_HOST") ?? "127.0.0.1";
+  let masterText = flags.master as string | undefined;
+  if (masterText === undefined && env("MASTER_ADDR")) masterText = `${env("MASTER_ADDR")}:${env("MASTER_PORT") ?? "29500"}`;
+  if (masterText === undefined) {
+    if (rank !== 0) throw new UsageError("serve needs --master HOST:PORT (or MASTER_ADDR and MASTER_PORT)");
+    masterText = `${host === "0.0.0.0" ? "127.0.0.1" : host}:${port}`;
+  }
+  let master: { host: string; port: number };
+  try {
+    master = parseHostPort(masterText, 29500);
+  } catch (e) {
+    throw new UsageError(`--master: ${(e as Error).message}`);
+  }
+  const { serveMain, defaultAdvertiseHost } = await import("./server/serve");
+  const advertiseHost = (flags["advertise-host"] as string | undefined) ?? env("MOONRING_ADVERTISE_HOST") ?? defaultAdvertiseHost(host);
+  if (rank === 0 && master.port !== port) {
+    process.stderr.write(`moonring serve: warning: rank 0 serves on port ${port} but --master says ${master.port}\n`);
+  }
+  await serveMain(
+    {
+      rank,
+      worldSize,
+      worldSizeMax: maxWorldSize,
+      masterHost: master.host,
+      masterPort: master.port,
+      host,
+      port,
+      advertiseHost,
+      dataPort: intFlag(flags["data-port"] ?? env("MOONRING_DATA_PORT"), "data-port", { min: 0, max: 65535 }),
+      token: env("MOONRING_TOKEN"),
+      device: device(flags.device ?? env("MOONRING_DEVICE")),
+      join: flags.join === true,
+      ...limits(flags),
+      clusterId: env("MOONRING_CLUSTER_ID"),
+      rendezvousTimeoutMs: (intFlag(flags["rendezvous-timeout"], "rendezvous-timeout", { min: 1 }) ?? 300) * 1000,
+    },
+    { exitWithParent: flags["exit-with-parent"] === true },
+  );
+  return -1; // keeps running
+}
+
+async function launch(argv: string[]): Promise<number> {
+  const { flags } = parseFlags(argv, LAUNCH_FLAGS);
+  if (flags.help) {
+    console.log(helpText("Usage: moonring launch --nproc N --port P [--device cpu|cuda] [--host 127.0.0.1] [--max-world-size M]\n\nStarts N rank services on this host (rank r on port P + r), prints `rank R ready http://HOST:PORT`\nper rank once the world is ready, and stays in the foreground; SIGINT/SIGTERM stop every rank.", LAUNCH_FLAGS));
+    return 0;
+  }
+  const nproc = intFlag(flags.nproc, "nproc", { min: 1, max: 64 });
+  if (nproc === undefined) throw new UsageError("launch needs --nproc N");
+  const port = intFlag(flags.port, "port", { min: 1, max: 65535 }) ?? 29500;
+  if (port + nproc - 1 > 65535) throw new UsageError(`--port ${port} + ${nproc} ranks runs past port 65535`);
+  const maxWorldSize = intFlag(flags["max-world-size"], "max-world-size", { min: nproc, max: 64 }) ?? nproc;
+  const serveArgs: string[] = [];
+  for (const k of ["max-body-bytes", "max-tensor-bytes"]) {
+    if (flags[k] !== undefined) serveArgs.push(`--${k}`, String(flags[k]));
+  }
+  limits(flags); // validate now, not in N children
+  const { launchMain } = await import("./server/launch");
+  return launchMain({
+    nproc,
+    port,
+    host: (flags.host as string | undefined) ?? "127.0.0.1",
+    device: device(flags.device),
+    maxWorldSize,
+    readyTimeoutMs: (intFlag(flags["ready-timeout"], "ready-timeout", { min: 1 }) ?? 120) * 1000,
+    serveArgs,
+    cliPath: import.meta.path,
+  });
+}
+
+async function bench(argv: string[]): Promise<number> {
+  // The benchmark runner is another module (src/bench/); use it when it is there.
+  for (const candidate of ["./bench/cli.ts", "./bench/index.ts", "./bench/runner.ts", "./bench/main.ts"]) {
+    const url = new URL(candidate, import.meta.url);
+    if (!(await Bun.file(url).exists())) continue;
+    const mod = (await import(url.href)) as Record<string, unknown>;
+    const fn = (mod.benchMain ?? mod.main ?? mod.runBench ?? mod.default) as ((a: string[]) => Promise<number | void>) | undefined;
+    if (typeof fn === "function") return (await fn(argv)) ?? 0;
+  }
+  if (argv.includes("--help") || argv.includes("-h")) {
+    console.log("Usage: moonring bench --nproc N --op OP [--min-bytes B] [--max-bytes B] [--device cpu|cuda] [--json]\n\nThe benchmark is coming (src/bench/, in progress): it will launch N ranks and print nccl-tests style tables.");
+    return 0;
+  }
+  process.stderr.write("moonring bench: not available yet — the benchmark runner (src/bench/) is being written; see docs/api-contract.md \"Benchmark\".\n");
+  return 2;
+}
+
+async function main(argv: string[]): Promise<number> {
+  const [cmd, ...rest] = argv;
+  switch (cmd) {
+    case undefined:
+    case "help":
+    case "--help":
+    case "-h":
+      console.log(TOP_HELP);
+      return cmd === undefined ? 1 : 0;
+    case "serve":
+      return serve(rest);
+    case "launch":
+      return launch(rest);
+    case "bench":
+      return bench(rest);
+    default:
+      throw new UsageError(`unknown command ${JSON.stringify(cmd)} (launch, serve, bench)`);
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    if (code >= 0) process.exit(code);
+  },
+  (e) => {
+    if (e instanceof UsageError) {
+      process.stderr.write(`moonring: ${e.message}\n(run moonring --help)\n`);
+      process.exit(64);
+    }
+    process.stderr.write(`moonring: ${(e as Error).stack ?? e}\n`);
+    process.exit(1);
+  },
+);

@@ -1,0 +1,113 @@
+// `moonring launch`: N `serve` children on this host (rank r on port P + r), in the foreground.
+// Prints `rank R ready http://HOST:PORT` per rank once the world is ready; forwards SIGINT/
+// SIGTERM and leaves nothing running; when a rank dies after startup the others keep running
+// and the launcher says so. Children watch their stdin pipe, so even a SIGKILLed launcher
+// leaves no ranks behind.
+import type { Subprocess } from "bun";
+import { httpUrl, sleep } from "../util/net";
+
+export interface LaunchOptions {
+  nproc: number;
+  port: number;
+  host: string;
+  device: "cpu" | "cuda";
+  maxWorldSize: number;
+  readyTimeoutMs: number;
+  /** Extra flags passed to every serve child. */
+  serveArgs: string[];
+  cliPath: string;
+}
+
+export async function launchMain(o: LaunchOptions): Promise<number> {
+  const children: (Subprocess<"pipe", "inherit", "inherit"> | null)[] = [];
+  const alive = new Set<number>();
+  let shuttingDown = false;
+  let ready = false;
+  const connectHost = o.host === "0.0.0.0" ? "127.0.0.1" : o.host === "::" ? "::1" : o.host;
+  const say = (line: string) => process.stdout.write(line + "\n");
+  const warn = (line: string) => process.stderr.write(`moonring launch: ${line}\n`);
+
+  let resolveDone!: (code: number) => void;
+  const done = new Promise<number>((r) => (resolveDone = r));
+
+  const shutdown = async (why: string, code: number) => {
+    if (shuttingDown) return;
+    shuttingDown = true;
+    if (why) warn(`${why}; stopping ${alive.size} rank${alive.size === 1 ? "" : "s"}`);
+    for (const r of alive) children[r]?.kill("SIGTERM");
+    const until = Date.now() + 5000;
+    while (alive.size > 0 && Date.now() < until) await sleep(25);
+    for (const r of alive) {
+      warn(`rank ${r} did not stop in 5 s; killing it`);
+      children[r]?.kill("SIGKILL");
+    }
+    await Promise.all(children.map((c) => c?.exited));
+    resolveDone(code);
+  };
+  process.on("SIGINT", () => void shutdown("SIGINT", 0));
+  process.on("SIGTERM", () => void shutdown("SIGTERM", 0));
+
+  for (let r = 0; r < o.nproc; r++) {
+    const args = [
+      process.execPath,
+      o.cliPath,
+      "serve",
+      "--rank", String(r),
+      "--world-size", String(o.nproc),
+      "--master", `${o.host.includes(":") ? `[${connectHost}]` : connectHost}:${o.port}`,
+      "--port", String(o.port + r),
+      "--host", o.host,
+      "--device", o.device,
+      "--exit-with-parent",
+      ...(o.maxWorldSize !== o.nproc ? ["--max-world-size", String(o.maxWorldSize)] : []),
+      ...o.serveArgs,
+    ];
+    const child = Bun.spawn(args, { stdin: "pipe", stdout: "inherit", stderr: "inherit", env: process.env });
+    children.push(child);
+    alive.add(r);
+    void child.exited.then((code) => {
+      alive.delete(r);
+      if (shuttingDown) return;
+      const how = child.signalCode ? `signal ${child.signalCode}` : `code ${code}`;
+      if (!ready) {
+        void shutdown(`rank ${r} (pid ${child.pid}) exited with ${how} before the world was ready`, 1);
+        return;
+      }
+      const rest = [...alive].sort((a, b) => a - b);
+      say(`rank ${r} exited (pid ${child.pid}, ${how}); ${rest.length ? `ranks ${rest.join(", ")} keep running` : "no ranks left"}`);
+      if (rest.length === 0) void shutdown("", 1);
+    });
+  }
+
+  // Wait for every rank's /health to say ready.
+  const urls = Array.from({ length: o.nproc }, (_, r) => httpUrl(connectHost, o.port + r));
+  const shown = Array.from({ length: o.nproc }, (_, r) => httpUrl(o.host, o.port + r));
+  const headers: Record<string, string> = process.env.MOONRING_TOKEN ? { authorization: `Bearer ${process.env.MOONRING_TOKEN}` } : {};
+  const deadline = Date.now() + o.readyTimeoutMs;
+  const isReady = new Array<boolean>(o.nproc).fill(false);
+  while (!shuttingDown && isReady.some((x) => !x)) {
+    if (Date.now() > deadline) {
+      const missing = isReady.flatMap((x, r) => (x ? [] : [r]));
+      void shutdown(`ranks ${missing.join(", ")} not ready after ${Math.round(o.readyTimeoutMs / 1000)} s`, 1);
+      break;
+    }
+    await Promise.all(
+      urls.map(async (u, r) => {
+        if (isReady[r]) return;
+        try {
+          const res = await fetch(`${u}/health`, { headers, signal: AbortSignal.timeout(2000) });
+          const body = (await res.json()) as { ready?: boolean };
+          if (res.status === 200 && body.ready) isReady[r] = true;
+        } catch {
+          // not up yet
+        }
+      }),
+    );
+    if (isReady.some((x) => !x)) await sleep(50);
+  }
+  if (!shuttingDown) {
+    ready = true;
+    for (let r = 0; r < o.nproc; r++) say(`rank ${r} ready ${shown[r]}`);
+  }
+  return done;
+}
