@@ -9,10 +9,32 @@ import {
   p2pSendSchema,
 } from "./schemas";
 
+/** Shared schemas (those with a meta id) land in components.schemas; refs point there. */
+let components: Record<string, unknown> = {};
+
 function js(schema: z.ZodType, io: "input" | "output" = "input"): Record<string, unknown> {
   const out = z.toJSONSchema(schema, { io, unrepresentable: "any" }) as Record<string, unknown>;
   delete out.$schema;
-  return out;
+  const defs = out.$defs as Record<string, Record<string, unknown>> | undefined;
+  delete out.$defs;
+  delete out.id;
+  for (const [name, def] of Object.entries(defs ?? {})) {
+    delete def.id;
+    components[name] = rewriteRefs(def);
+  }
+  return rewriteRefs(out) as Record<string, unknown>;
+}
+
+function rewriteRefs<T>(v: T): T {
+  if (Array.isArray(v)) return v.map(rewriteRefs) as T;
+  if (v && typeof v === "object") {
+    const o: Record<string, unknown> = {};
+    for (const [k, x] of Object.entries(v)) {
+      o[k] = k === "$ref" && typeof x === "string" ? x.replace("#/$defs/", "#/components/schemas/") : rewriteRefs(x);
+    }
+    return o as T;
+  }
+  return v;
 }
 
 const ERRORS: Record<string, string> = {
@@ -44,6 +66,7 @@ const DESCRIPTIONS: Record<string, string> = {
 };
 
 export function buildOpenApi(): Record<string, unknown> {
+  components = {};
   const paths: Record<string, unknown> = {};
   const responseSchema = js(collectiveResponseSchema, "output");
   for (const op of collectiveOps) {
@@ -94,6 +117,7 @@ export function buildOpenApi(): Record<string, unknown> {
       description: "Collective communication as a service. Contract: docs/api-contract.md; extensions: docs/api-extensions.md.",
     },
     components: {
+      schemas: components,
       securitySchemes: { bearer: { type: "http", scheme: "bearer", description: "required on every route but /health when MOONRING_TOKEN is set" } },
     },
     paths,
