@@ -258,6 +258,20 @@ pub fn Fake(comptime cpu: type) type {
                     const count = param(u64, params, 2);
                     const bytes = count * dtype.bytes();
                     if (srcs.count == 0 or srcs.count > driver.reduce_sources_max) return driver.CUDA_ERROR_INVALID_VALUE;
+                    if (dtype == .f16 or dtype == .bf16) {
+                        // The kernel accumulates in f32 and rounds once.
+                        const acc = std.heap.c_allocator.alloc(f32, count) catch return driver.CUDA_ERROR_OUT_OF_MEMORY;
+                        defer std.heap.c_allocator.free(acc);
+                        const next = std.heap.c_allocator.alloc(f32, count) catch return driver.CUDA_ERROR_OUT_OF_MEMORY;
+                        defer std.heap.c_allocator.free(next);
+                        widen(dtype, acc, srcs.ptr[0]);
+                        for (srcs.ptr[1..srcs.count]) |src| {
+                            widen(dtype, next, src);
+                            cpu.reduceInto(.f32, redop, std.mem.sliceAsBytes(acc), std.mem.sliceAsBytes(next));
+                        }
+                        narrow(dtype, dst, acc);
+                        return 0;
+                    }
                     const tmp = std.heap.c_allocator.alloc(u8, bytes) catch return driver.CUDA_ERROR_OUT_OF_MEMORY;
                     defer std.heap.c_allocator.free(tmp);
                     @memcpy(tmp, bytesAt(srcs.ptr[0], bytes));
@@ -370,6 +384,55 @@ pub fn Fake(comptime cpu: type) type {
         fn cuIpcCloseMemHandle(_: CUdeviceptr) callconv(.c) CUresult {
             return 0;
         }
+
+        fn widen(dtype: driver.DType, out: []f32, src: u64) void {
+            const p: [*]align(1) const u16 = @ptrFromInt(src);
+            for (out, 0..) |*x, i| x.* = switch (dtype) {
+                .f16 => @floatCast(@as(f16, @bitCast(p[i]))),
+                .bf16 => @bitCast(@as(u32, p[i]) << 16),
+                else => unreachable,
+            };
+        }
+
+        fn narrow(dtype: driver.DType, dst: u64, values: []const f32) void {
+            const p: [*]align(1) u16 = @ptrFromInt(dst);
+            for (values, 0..) |x, i| p[i] = switch (dtype) {
+                .f16 => @bitCast(@as(f16, @floatCast(x))),
+                .bf16 => blk: {
+                    const bits: u32 = @bitCast(x);
+                    if (std.math.isNan(x)) break :blk @truncate((bits >> 16) | 0x40);
+                    break :blk @truncate((bits + 0x7fff + ((bits >> 16) & 1)) >> 16);
+                },
+                else => unreachable,
+            };
+        }
+
+        // Entry points the GPU tests' own binding (tests/gpu/cuda.ts) uses beyond driver.Api.
+        fn cuCtxSynchronize() callconv(.c) CUresult {
+            return 0;
+        }
+        fn cuMemcpyHtoD(dst: CUdeviceptr, src: *const anyopaque, bytes: usize) callconv(.c) CUresult {
+            return cuMemcpyHtoDAsync(dst, src, bytes, null);
+        }
+        fn cuMemcpyDtoH(dst: *anyopaque, src: CUdeviceptr, bytes: usize) callconv(.c) CUresult {
+            return cuMemcpyDtoHAsync(dst, src, bytes, null);
+        }
+        fn cuMemsetD8(dst: CUdeviceptr, value: c_uint, n: usize) callconv(.c) CUresult {
+            return cuMemsetD8Async(dst, @truncate(value), n, null);
+        }
+        fn cuEventElapsedTime(ms: *f32, _: driver.CUevent, _: driver.CUevent) callconv(.c) CUresult {
+            ms.* = 1.0;
+            return 0;
+        }
+
+        /// (symbol, function) pairs exported by fake_libcuda.zig besides the Api table.
+        pub const extra_symbols = .{
+            .{ "cuCtxSynchronize", &cuCtxSynchronize },
+            .{ "cuMemcpyHtoD_v2", &cuMemcpyHtoD },
+            .{ "cuMemcpyDtoH_v2", &cuMemcpyDtoH },
+            .{ "cuMemsetD8_v2", &cuMemsetD8 },
+            .{ "cuEventElapsedTime_v2", &cuEventElapsedTime },
+        };
 
         pub const api: driver.Api = .{
             .cuInit = cuInit,

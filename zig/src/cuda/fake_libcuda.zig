@@ -17,4 +17,5 @@ comptime {
             @export(function, .{ .name = driver.symbolsOf(field.name)[0] });
         }
     }
+    for (fake.extra_symbols) |entry| @export(entry[1], .{ .name = entry[0] });
 }
