@@ -1,0 +1,54 @@
+// REST 8-byte allreduce latency (p50/p99 per call) at N ranks.
+//   bun tests/support/rest-latency.ts N [null|native] [iterations]
+// null: rank processes with a data plane that moves nothing (control-plane overhead only);
+// native: `launch` with the real engine.
+import { freePortRange, sleep } from "../../src/util/net";
+import { CLI } from "./launch-world";
+
+const n = Number(process.argv[2] ?? 2);
+const mode = process.argv[3] ?? "null";
+const iters = Number(process.argv[4] ?? 3000);
+const port = await freePortRange(n);
+const procs: ReturnType<typeof Bun.spawn>[] = [];
+const env = { ...process.env, MOONRING_LOG: "warn" };
+if (mode === "null") {
+  for (let r = 0; r < n; r++) {
+    procs.push(Bun.spawn([process.execPath, new URL("./nullplane-serve.ts", import.meta.url).pathname, String(r), String(n), String(port), String(port + r)], { stdin: "pipe", stdout: "inherit", stderr: "inherit", env }));
+  }
+} else {
+  procs.push(Bun.spawn([process.execPath, CLI, "launch", "--nproc", String(n), "--port", String(port)], { stdin: "ignore", stdout: "ignore", stderr: "inherit", env }));
+}
+const urls = Array.from({ length: n }, (_, r) => `http://127.0.0.1:${port + r}`);
+try {
+  for (const u of urls) {
+    for (let i = 0; ; i++) {
+      try {
+        if ((await fetch(u + "/health")).status === 200) break;
+      } catch {
+        // starting
+      }
+      if (i > 600) throw new Error(`${u} not ready`);
+      await sleep(50);
+    }
+  }
+  const bodies = urls.map((_, r) => JSON.stringify({ tensor: { dtype: "float64", shape: [1], data: [r] } }));
+  const lat: number[] = [];
+  const headers = { "content-type": "application/json" };
+  for (let i = 0; i < iters + 200; i++) {
+    await Promise.all(
+      urls.map(async (u, r) => {
+        const t0 = performance.now();
+        const res = await fetch(u + "/collective/allreduce", { method: "POST", body: bodies[r], headers });
+        await res.text();
+        if (res.status !== 200) throw new Error(`HTTP ${res.status}`);
+        if (i >= 200) lat.push(performance.now() - t0);
+      }),
+    );
+  }
+  lat.sort((a, b) => a - b);
+  const q = (p: number) => (lat[Math.min(lat.length - 1, Math.floor(lat.length * p))]! * 1000).toFixed(0);
+  console.log(`N=${n} ${mode}: 8-byte allreduce through REST, ${iters} iterations: p50 ${q(0.5)} us, p99 ${q(0.99)} us (per call, all ranks calling concurrently)`);
+} finally {
+  for (const p of procs) p.kill("SIGTERM");
+  await Promise.all(procs.map((p) => p.exited));
+}
