@@ -18,12 +18,10 @@ export async function readJson(c: Context, maxBodyBytes: number): Promise<unknow
   checkContentLength(c, maxBodyBytes);
   let text: string;
   try {
-    text = await c.req.text();
+    text = c.req.header("content-length") !== undefined ? await c.req.text() : await readCapped(c, maxBodyBytes);
   } catch (e) {
+    if (e instanceof TooLarge) throw e;
     throw new InvalidRequest(`could not read the request body: ${(e as Error).message}`);
-  }
-  if (text.length > maxBodyBytes) {
-    throw new TooLarge(`request body is over the limit of ${maxBodyBytes} bytes`, { limit_bytes: maxBodyBytes });
   }
   if (text.length === 0) return {};
   try {
@@ -31,6 +29,26 @@ export async function readJson(c: Context, maxBodyBytes: number): Promise<unknow
   } catch (e) {
     throw new InvalidRequest(`malformed JSON: ${(e as Error).message}`);
   }
+}
+
+/** Reads a body of unknown length (chunked), refusing it once it passes the limit. */
+async function readCapped(c: Context, maxBodyBytes: number): Promise<string> {
+  const body = c.req.raw.body;
+  if (!body) return "";
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  const reader = body.getReader();
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    total += value.byteLength;
+    if (total > maxBodyBytes) {
+      await reader.cancel().catch(() => {});
+      throw new TooLarge(`request body is over the limit of ${maxBodyBytes} bytes`, { limit_bytes: maxBodyBytes });
+    }
+    chunks.push(value);
+  }
+  return Buffer.concat(chunks).toString("utf8");
 }
 
 export function isOctetStream(c: Context): boolean {
