@@ -1,16 +1,239 @@
-//! C ABI exports of libmoonring (declared in ../include/moonring.h, checked by abi_check.zig).
+//! C ABI exports of libmoonring. Every signature uses the types of the header's @cImport
+//! (abi_check.zig), and abi_check.zig asserts at compile time that each export has exactly the
+//! type include/moonring.h declares: the header is the one definition.
 const std = @import("std");
 pub const ops = @import("ops_table");
+const abi = @import("abi_check.zig");
+const c = abi.c;
+const engine_mod = @import("engine.zig");
+const sys = @import("sys.zig");
+const cuda_driver = @import("cuda/driver.zig");
+
+const Engine = engine_mod.Engine;
+const Status = engine_mod.Status;
 
 comptime {
     // Exports that live beside what they wrap.
     _ = @import("cuda/exports.zig");
+    // Header <-> export signature checks.
+    _ = abi;
 }
 
-export fn mr_abi_version() u32 {
-    return 1;
+pub const abi_version: u32 = 1;
+
+fn engineOf(handle: ?*c.mr_engine) ?*Engine {
+    const h = handle orelse {
+        engine_mod.setLastError("engine is NULL", .{});
+        return null;
+    };
+    return @ptrCast(@alignCast(h));
+}
+
+fn bytesOf(ptr: [*c]const u8, len: usize) ?[]const u8 {
+    if (len == 0) return "";
+    if (ptr == null) return null;
+    return ptr[0..len];
+}
+
+// ---- library ----
+
+pub export fn mr_abi_version() u32 {
+    return abi_version;
+}
+
+pub export fn mr_last_error(buf: [*c]u8, cap: usize) usize {
+    // A mr_cuda_* failure after the last engine failure wins (the engine clears the CUDA
+    // message whenever it sets its own).
+    const cuda_message = cuda_driver.lastErrorMessage();
+    const message = if (cuda_message.len > 0) cuda_message else engine_mod.lastError();
+    if (buf != null) {
+        const n = @min(cap, message.len);
+        @memcpy(buf[0..n], message[0..n]);
+    }
+    return message.len;
+}
+
+var host_id_once = std.once(computeHostId);
+var host_id_value: u64 = 0;
+fn computeHostId() void {
+    host_id_value = sys.hostId();
+}
+
+pub export fn mr_host_id() u64 {
+    host_id_once.call();
+    return host_id_value;
+}
+
+// ---- native-owned memory ----
+
+pub export fn mr_alloc(bytes: u64) ?*anyopaque {
+    const ptr = sys.mapAnonymous(bytes) orelse {
+        engine_mod.setLastError("mr_alloc: cannot map {d} bytes", .{bytes});
+        return null;
+    };
+    return ptr;
+}
+
+pub export fn mr_free(ptr: ?*anyopaque, bytes: u64) void {
+    const p = ptr orelse return;
+    sys.unmap(@ptrCast(p), bytes);
+}
+
+// ---- engine ----
+
+pub export fn mr_engine_create(
+    rank: u32,
+    world_size_max: u32,
+    cluster_id: [*c]const u8,
+    cluster_id_len: usize,
+    token: [*c]const u8,
+    token_len: usize,
+    listen_host: [*c]const u8,
+    listen_host_len: usize,
+    listen_port: u16,
+) ?*c.mr_engine {
+    const cluster = bytesOf(cluster_id, cluster_id_len) orelse {
+        engine_mod.setLastError("mr_engine_create: cluster_id is NULL", .{});
+        return null;
+    };
+    const tok = bytesOf(token, token_len) orelse {
+        engine_mod.setLastError("mr_engine_create: token is NULL", .{});
+        return null;
+    };
+    const host = bytesOf(listen_host, listen_host_len) orelse {
+        engine_mod.setLastError("mr_engine_create: listen_host is NULL", .{});
+        return null;
+    };
+    if (cluster.len > 256 or tok.len > 256) {
+        engine_mod.setLastError("mr_engine_create: cluster_id and token are at most 256 bytes", .{});
+        return null;
+    }
+    const engine = Engine.create(std.heap.c_allocator, .{
+        .rank = rank,
+        .world_size_max = world_size_max,
+        .cluster_id = cluster,
+        .token = tok,
+        .listen_host = if (host.len == 0) "0.0.0.0" else host,
+        .listen_port = listen_port,
+        .mode = engine_mod.modeFromEnv(),
+        .host_id = mr_host_id(),
+    }) catch return null;
+    return @ptrCast(engine);
+}
+
+pub export fn mr_engine_data_port(handle: ?*c.mr_engine) u16 {
+    const engine = engineOf(handle) orelse return 0;
+    return engine.dataPort();
+}
+
+pub export fn mr_engine_set_peer(handle: ?*c.mr_engine, rank: u32, host: [*c]const u8, host_len: usize, port: u16, host_id: u64) i32 {
+    const engine = engineOf(handle) orelse return Status.einval;
+    const h = bytesOf(host, host_len) orelse {
+        engine_mod.setLastError("mr_engine_set_peer: host is NULL", .{});
+        return Status.einval;
+    };
+    engine.setPeer(rank, h, port, host_id) catch return Status.einval;
+    return Status.ok;
+}
+
+pub export fn mr_engine_peer_down(handle: ?*c.mr_engine, rank: u32) i32 {
+    const engine = engineOf(handle) orelse return Status.einval;
+    engine.peerDown(rank) catch return Status.einval;
+    return Status.ok;
+}
+
+pub export fn mr_engine_destroy(handle: ?*c.mr_engine) void {
+    const engine = engineOf(handle) orelse return;
+    engine.destroy();
+}
+
+// ---- operations ----
+
+pub export fn mr_submit(
+    handle: ?*c.mr_engine,
+    kind: u32,
+    dtype: u32,
+    redop: u32,
+    op_id: u64,
+    ranks_mask: u64,
+    root: u32,
+    send: ?*const anyopaque,
+    recv: ?*anyopaque,
+    count: u64,
+    counts: [*c]const u64,
+    device: i32,
+    timeout_ms: u32,
+) i64 {
+    const engine = engineOf(handle) orelse return Status.einval;
+    const ticket = engine.submit(.{
+        .kind = kind,
+        .dtype = dtype,
+        .redop = redop,
+        .op_id = op_id,
+        .ranks_mask = ranks_mask,
+        .root = root,
+        .send = @ptrCast(send),
+        .recv = @ptrCast(recv),
+        .count = count,
+        .counts = if (counts == null) null else @ptrCast(counts),
+        .device = device,
+        .timeout_ms = timeout_ms,
+    }) catch |err| return switch (err) {
+        error.InvalidArgument => Status.einval,
+        error.Busy => Status.ebusy,
+        error.NoDevice => Status.enodev,
+    };
+    return @intCast(ticket);
+}
+
+pub export fn mr_poll(handle: ?*c.mr_engine, tickets_out: [*c]u64, status_out: [*c]i32, max: u32) i32 {
+    const engine = engineOf(handle) orelse return Status.einval;
+    if (max == 0) return 0;
+    if (tickets_out == null or status_out == null) {
+        engine_mod.setLastError("mr_poll: NULL output array", .{});
+        return Status.einval;
+    }
+    const n = @min(max, std.math.maxInt(i32));
+    return @intCast(engine.poll(tickets_out[0..n], status_out[0..n]));
+}
+
+pub export fn mr_wait(handle: ?*c.mr_engine, timeout_ms: u32) i32 {
+    const engine = engineOf(handle) orelse return Status.einval;
+    return @intFromBool(engine.wait(timeout_ms));
+}
+
+pub export fn mr_op_error(handle: ?*c.mr_engine, ticket: u64, buf: [*c]u8, cap: usize) usize {
+    const engine = engineOf(handle) orelse return 0;
+    var local: [engine_mod.error_text_bytes_max]u8 = undefined;
+    const len = engine.opError(ticket, &local);
+    if (buf != null) {
+        const n = @min(cap, len);
+        @memcpy(buf[0..n], local[0..n]);
+    }
+    return len;
+}
+
+pub export fn mr_op_failed_peer(handle: ?*c.mr_engine, ticket: u64) i32 {
+    const engine = engineOf(handle) orelse return -1;
+    return engine.opFailedPeer(ticket);
+}
+
+pub export fn mr_cancel(handle: ?*c.mr_engine, ticket: u64) i32 {
+    const engine = engineOf(handle) orelse return Status.einval;
+    engine.cancel(ticket) catch return Status.einval;
+    return Status.ok;
+}
+
+pub export fn mr_release(handle: ?*c.mr_engine, ticket: u64) void {
+    const engine = engineOf(handle) orelse return;
+    engine.release(ticket);
 }
 
 test {
     std.testing.refAllDecls(@This());
+    _ = @import("sys.zig");
+    _ = @import("transport/wire.zig");
+    _ = @import("transport/tcp.zig");
+    _ = @import("transport/shm.zig");
+    _ = @import("engine_test.zig");
 }

@@ -1,0 +1,613 @@
+//! Engine: one per rank (instance-based, so tests run many ranks as threads of one process).
+//! mr_submit() validates an op, turns global ranks into a group (ascending ranks of
+//! ranks_mask) and queues it; a worker thread (a pool that grows on demand up to ops_max, so
+//! every submitted op runs at once and ops never wait on each other) runs it through the
+//! algorithms over the rank's `Net`. Completions go into a bounded queue that JS drains with
+//! mr_poll() (no native thread calls into JS) or waits on with mr_wait().
+const std = @import("std");
+const op = @import("op.zig");
+const sys = @import("sys.zig");
+const transport = @import("transport/transport.zig");
+const netmod = @import("transport/net.zig");
+const dispatch = @import("algo/dispatch.zig");
+
+pub const Collective = op.Collective;
+pub const DType = op.DType;
+pub const RedOp = op.RedOp;
+pub const Mode = netmod.Mode;
+
+pub const Runner = *const fn (transport.Comm, op.OpDesc, std.mem.Allocator) transport.Error!void;
+
+/// Tickets alive at once (submitted, not yet released). Also the worker and completion bound.
+pub const ops_max = 128;
+const worker_stack_bytes = 4 << 20;
+pub const error_text_bytes_max = 400;
+
+comptime {
+    std.debug.assert(ops_max <= 256); // the slot index is a ticket's low byte
+    std.debug.assert(ops_max <= netmod.endpoints_max);
+}
+
+pub const Status = struct {
+    pub const ok: i32 = 0;
+    pub const einval: i32 = -1;
+    pub const enomem: i32 = -2;
+    pub const epeer: i32 = -3;
+    pub const etimeout: i32 = -4;
+    pub const ecanceled: i32 = -5;
+    pub const eproto: i32 = -6;
+    pub const enodev: i32 = -7;
+    pub const eio: i32 = -8;
+    pub const ebusy: i32 = -9;
+
+    pub fn fromError(err: transport.Error) i32 {
+        return switch (err) {
+            error.PeerFailed => epeer,
+            error.Timeout => etimeout,
+            error.Canceled => ecanceled,
+            error.Protocol => eproto,
+            error.OutOfMemory => enomem,
+        };
+    }
+};
+
+// ---- the calling thread's last error (mr_last_error) ----
+
+threadlocal var last_error_buf: [512]u8 = undefined;
+threadlocal var last_error_len: usize = 0;
+
+pub fn setLastError(comptime fmt: []const u8, args: anytype) void {
+    const text = std.fmt.bufPrint(&last_error_buf, fmt, args) catch last_error_buf[0..];
+    last_error_len = text.len;
+}
+
+pub fn lastError() []const u8 {
+    return last_error_buf[0..last_error_len];
+}
+
+pub fn modeFromEnv() Mode {
+    const value = sys.getenv("MOONRING_TRANSPORT") orelse return .auto;
+    if (std.mem.eql(u8, value, "tcp")) return .tcp;
+    if (std.mem.eql(u8, value, "shm")) return .shm;
+    if (!std.mem.eql(u8, value, "auto") and value.len > 0)
+        sys.logLine("MOONRING_TRANSPORT={s} is not tcp|shm|auto; using auto", .{value});
+    return .auto;
+}
+
+pub const Options = struct {
+    rank: u32,
+    world_size_max: u32,
+    cluster_id: []const u8,
+    token: []const u8 = "",
+    listen_host: []const u8 = "127.0.0.1",
+    listen_port: u16 = 0,
+    mode: Mode = .auto,
+    host_id: u64 = 0, // 0 = this host's id
+    runner: Runner = dispatch.run,
+    stash_bytes_max: u64 = netmod.stash_bytes_default,
+    shm_slot_bytes: u32 = 0, // 0 = default
+    shm_slot_count: u32 = 0,
+    tcp_chunk_bytes: u32 = 0,
+};
+
+/// One submission, as mr_submit() received it.
+pub const Submit = struct {
+    kind: u32,
+    dtype: u32,
+    redop: u32,
+    op_id: u64,
+    ranks_mask: u64,
+    root: u32,
+    send: ?[*]const u8,
+    recv: ?[*]u8,
+    count: u64,
+    counts: ?[*]const u64,
+    device: i32,
+    timeout_ms: u32,
+};
+
+const SlotState = enum { free, queued, running, done };
+
+const Slot = struct {
+    state: SlotState = .free,
+    ticket: u64 = 0,
+    release_when_done: bool = false,
+    cancel_requested: bool = false,
+    kind: Collective = .barrier,
+    dtype: DType = .u8,
+    redop: RedOp = .sum,
+    op_id: u64 = 0,
+    group: [op.world_size_max]u32 = undefined,
+    group_size: u32 = 0,
+    group_rank: u32 = 0,
+    root_group: u32 = 0,
+    send: ?[*]const u8 = null,
+    recv: ?[*]u8 = null,
+    count: u64 = 0,
+    send_counts: [op.world_size_max]u64 = undefined,
+    recv_counts: [op.world_size_max]u64 = undefined,
+    timeout_ms: u32 = 0,
+    deadline_ns: u64 = 0,
+    ep: netmod.Endpoint = .{},
+    status: i32 = 0,
+    failed_peer: i32 = -1,
+    error_len: usize = 0,
+    error_text: [error_text_bytes_max]u8 = undefined,
+};
+
+const Completion = struct { ticket: u64, status: i32 };
+
+pub const Engine = struct {
+    alloc: std.mem.Allocator,
+    rank: u32,
+    world_size_max: u32,
+    net: *netmod.Net,
+    runner: Runner,
+
+    mu: std.Thread.Mutex = .{},
+    stopping: bool = false,
+    slots: [ops_max]Slot = [_]Slot{.{}} ** ops_max,
+    serial: u64 = 1,
+    queue: [ops_max]u16 = undefined,
+    queue_head: u32 = 0,
+    queue_len: u32 = 0,
+    work_cond: std.Thread.Condition = .{},
+    workers: [ops_max]std.Thread = undefined,
+    workers_count: u32 = 0,
+    workers_idle: u32 = 0,
+    cq: [ops_max]Completion = undefined,
+    cq_head: u32 = 0,
+    cq_len: u32 = 0,
+    cq_cond: std.Thread.Condition = .{},
+
+    pub fn create(alloc: std.mem.Allocator, options: Options) !*Engine {
+        if (options.world_size_max == 0 or options.world_size_max > op.world_size_max) {
+            setLastError("world_size_max {d} is not in 1..{d}", .{ options.world_size_max, op.world_size_max });
+            return error.InvalidArgument;
+        }
+        if (options.rank >= options.world_size_max) {
+            setLastError("rank {d} is not below world_size_max {d}", .{ options.rank, options.world_size_max });
+            return error.InvalidArgument;
+        }
+        const listen = sys.resolve(options.listen_host, options.listen_port) catch {
+            setLastError("rank {d}: cannot resolve listen host '{s}'", .{ options.rank, options.listen_host });
+            return error.InvalidArgument;
+        };
+        var net_options = netmod.Options{
+            .rank = options.rank,
+            .world_size_max = options.world_size_max,
+            .cluster_id = options.cluster_id,
+            .token = options.token,
+            .listen = listen,
+            .mode = options.mode,
+            .host_id = if (options.host_id != 0) options.host_id else sys.hostId(),
+            .stash_bytes_max = options.stash_bytes_max,
+        };
+        if (options.shm_slot_bytes != 0) net_options.shm_slot_bytes = options.shm_slot_bytes;
+        if (options.shm_slot_count != 0) net_options.shm_slot_count = options.shm_slot_count;
+        if (options.tcp_chunk_bytes != 0) net_options.tcp_chunk_bytes = options.tcp_chunk_bytes;
+        const net = netmod.Net.init(alloc, net_options) catch |err| {
+            setLastError("rank {d}: data-plane listener on {s}:{d} failed: {s}", .{ options.rank, options.listen_host, options.listen_port, @errorName(err) });
+            return error.ListenFailed;
+        };
+        errdefer net.deinit();
+        const engine = alloc.create(Engine) catch {
+            setLastError("rank {d}: out of memory", .{options.rank});
+            return error.OutOfMemory;
+        };
+        engine.* = .{
+            .alloc = alloc,
+            .rank = options.rank,
+            .world_size_max = options.world_size_max,
+            .net = net,
+            .runner = options.runner,
+        };
+        return engine;
+    }
+
+    /// In-flight ops complete with ECANCELED; threads stop; links close; shm segments go.
+    pub fn destroy(engine: *Engine) void {
+        engine.mu.lock();
+        engine.stopping = true;
+        for (&engine.slots) |*slot| {
+            if (slot.state == .running) engine.net.cancel(&slot.ep);
+        }
+        engine.work_cond.broadcast();
+        const workers = engine.workers_count;
+        engine.mu.unlock();
+        for (engine.workers[0..workers]) |thread| thread.join();
+        engine.net.deinit();
+        engine.alloc.destroy(engine);
+    }
+
+    pub fn dataPort(engine: *const Engine) u16 {
+        return engine.net.port;
+    }
+
+    pub fn setPeer(engine: *Engine, peer: u32, host: []const u8, port: u16, host_id: u64) error{InvalidArgument}!void {
+        if (peer >= engine.world_size_max or peer == engine.rank) {
+            setLastError("rank {d}: set_peer: rank {d} is not a peer (world_size_max {d})", .{ engine.rank, peer, engine.world_size_max });
+            return error.InvalidArgument;
+        }
+        if (port == 0) {
+            setLastError("rank {d}: set_peer: rank {d} has port 0", .{ engine.rank, peer });
+            return error.InvalidArgument;
+        }
+        const addr = sys.resolve(host, port) catch {
+            setLastError("rank {d}: set_peer: cannot resolve host '{s}' of rank {d}", .{ engine.rank, host, peer });
+            return error.InvalidArgument;
+        };
+        engine.net.setPeer(peer, addr, host_id);
+    }
+
+    pub fn peerDown(engine: *Engine, peer: u32) error{InvalidArgument}!void {
+        if (peer >= engine.world_size_max or peer == engine.rank) {
+            setLastError("rank {d}: peer_down: rank {d} is not a peer", .{ engine.rank, peer });
+            return error.InvalidArgument;
+        }
+        engine.net.peerDown(peer);
+    }
+
+    // ---- submission ----
+
+    fn invalid(engine: *const Engine, comptime fmt: []const u8, args: anytype) error{InvalidArgument} {
+        var buf: [400]u8 = undefined;
+        const text = std.fmt.bufPrint(&buf, fmt, args) catch buf[0..];
+        setLastError("rank {d}: invalid op: {s}", .{ engine.rank, text });
+        return error.InvalidArgument;
+    }
+
+    pub const SubmitError = error{ InvalidArgument, Busy, NoDevice };
+
+    /// Validates and queues an op; returns its ticket (> 0).
+    pub fn submit(engine: *Engine, s: Submit) SubmitError!u64 {
+        const kind = std.meta.intToEnum(Collective, s.kind) catch return engine.invalid("unknown collective code {d}", .{s.kind});
+        const dtype = std.meta.intToEnum(DType, s.dtype) catch return engine.invalid("unknown dtype code {d}", .{s.dtype});
+        const reduces = kind == .allreduce or kind == .reduce or kind == .reduce_scatter;
+        const redop: RedOp = if (reduces)
+            std.meta.intToEnum(RedOp, s.redop) catch return engine.invalid("unknown reduce op code {d}", .{s.redop})
+        else
+            .sum;
+        if (reduces and !redop.supports(dtype.kind()))
+            return engine.invalid("reduce op {s} is not defined for dtype {s}", .{ @tagName(redop), dtype.name() });
+        if (s.device >= 0) {
+            setLastError("rank {d}: {s} op {d}: device buffers (device {d}) are not supported by the data plane yet", .{ engine.rank, @tagName(kind), s.op_id, s.device });
+            return error.NoDevice;
+        }
+        if (s.device < -1) return engine.invalid("device {d}", .{s.device});
+        if (s.timeout_ms == 0) return engine.invalid("timeout_ms must be > 0", .{});
+
+        const world_mask: u64 = if (engine.world_size_max == 64) std.math.maxInt(u64) else (@as(u64, 1) << @intCast(engine.world_size_max)) - 1;
+        if (s.ranks_mask == 0 or s.ranks_mask & ~world_mask != 0)
+            return engine.invalid("ranks_mask 0x{x} has ranks outside 0..{d}", .{ s.ranks_mask, engine.world_size_max - 1 });
+        if (s.ranks_mask & (@as(u64, 1) << @intCast(engine.rank)) == 0)
+            return engine.invalid("ranks_mask 0x{x} does not contain this rank", .{s.ranks_mask});
+        const rooted = switch (kind) {
+            .reduce, .broadcast, .gather, .scatter, .send, .recv => true,
+            else => false,
+        };
+        if (rooted and (s.root >= engine.world_size_max or s.ranks_mask & (@as(u64, 1) << @intCast(s.root)) == 0))
+            return engine.invalid("root/peer {d} is not in ranks_mask 0x{x}", .{ s.root, s.ranks_mask });
+        if ((kind == .send or kind == .recv) and s.root == engine.rank)
+            return engine.invalid("{s} to itself", .{@tagName(kind)});
+
+        var group: [op.world_size_max]u32 = undefined;
+        var n: u32 = 0;
+        var group_rank: u32 = 0;
+        var root_group: u32 = 0;
+        var mask = s.ranks_mask;
+        while (mask != 0) : (mask &= mask - 1) {
+            const r: u32 = @ctz(mask);
+            if (r == engine.rank) group_rank = n;
+            if (r == s.root) root_group = n;
+            group[n] = r;
+            n += 1;
+        }
+        const elem: u64 = dtype.bytes();
+        const bytes_max = @as(u64, 1) << 40;
+        if (s.count > bytes_max / elem / n) return engine.invalid("count {d} is too large", .{s.count});
+        const bytes = s.count * elem;
+        const is_root = rooted and s.root == engine.rank;
+
+        var send_counts: [op.world_size_max]u64 = undefined;
+        var recv_counts: [op.world_size_max]u64 = undefined;
+        var send_total: u64 = 0;
+        var recv_total: u64 = 0;
+        if (kind == .alltoall) {
+            const counts = s.counts orelse return engine.invalid("alltoall needs counts", .{});
+            if (counts[engine.rank] != counts[engine.world_size_max + engine.rank])
+                return engine.invalid("alltoall send count to itself ({d}) differs from recv count from itself ({d})", .{ counts[engine.rank], counts[engine.world_size_max + engine.rank] });
+            for (group[0..n], 0..) |g, j| {
+                send_counts[j] = counts[g];
+                recv_counts[j] = counts[engine.world_size_max + g];
+                if (send_counts[j] > bytes_max / elem or recv_counts[j] > bytes_max / elem)
+                    return engine.invalid("alltoall count for rank {d} is too large", .{g});
+                send_total += send_counts[j];
+                recv_total += recv_counts[j];
+            }
+            if (send_total > bytes_max / elem or recv_total > bytes_max / elem) return engine.invalid("alltoall counts are too large", .{});
+        }
+
+        // Which buffers this rank must pass (see docs/architecture.md "Native op shapes").
+        const need_send: bool, const need_recv: bool = switch (kind) {
+            .allreduce, .allgather, .reduce_scatter => .{ bytes > 0, bytes > 0 },
+            .reduce, .gather => .{ bytes > 0, bytes > 0 and is_root },
+            .broadcast => .{ false, bytes > 0 },
+            .scatter => .{ bytes > 0 and is_root, bytes > 0 },
+            .alltoall => .{ send_total > 0, recv_total > 0 },
+            .barrier => .{ false, false },
+            .send => .{ bytes > 0, false },
+            .recv => .{ false, bytes > 0 },
+        };
+        if (need_send and s.send == null) return engine.invalid("{s} needs a send buffer", .{@tagName(kind)});
+        if (need_recv and s.recv == null) return engine.invalid("{s} needs a recv buffer", .{@tagName(kind)});
+
+        engine.mu.lock();
+        defer engine.mu.unlock();
+        if (engine.stopping) return engine.invalid("engine is shutting down", .{});
+        var free_index: ?usize = null;
+        for (&engine.slots, 0..) |*slot, i| {
+            if (slot.state == .free) {
+                if (free_index == null) free_index = i;
+            } else if (slot.op_id == s.op_id and (slot.state == .queued or slot.state == .running)) {
+                return engine.invalid("op id {d} is already in flight", .{s.op_id});
+            }
+        }
+        const index = free_index orelse {
+            setLastError("rank {d}: {d} ops submitted and not released", .{ engine.rank, ops_max });
+            return error.Busy;
+        };
+        const slot = &engine.slots[index];
+        const ticket = (engine.serial << 8) | index;
+        engine.serial += 1;
+        slot.* = .{
+            .state = .queued,
+            .ticket = ticket,
+            .kind = kind,
+            .dtype = dtype,
+            .redop = redop,
+            .op_id = s.op_id,
+            .group_size = n,
+            .group_rank = group_rank,
+            .root_group = if (rooted) root_group else 0,
+            .send = s.send,
+            .recv = s.recv,
+            .count = s.count,
+            .timeout_ms = s.timeout_ms,
+            .deadline_ns = sys.monotonicNs() + @as(u64, s.timeout_ms) * std.time.ns_per_ms,
+        };
+        @memcpy(slot.group[0..n], group[0..n]);
+        if (kind == .alltoall) {
+            @memcpy(slot.send_counts[0..n], send_counts[0..n]);
+            @memcpy(slot.recv_counts[0..n], recv_counts[0..n]);
+        }
+        engine.queue[(engine.queue_head + engine.queue_len) % ops_max] = @intCast(index);
+        engine.queue_len += 1;
+        if (engine.queue_len > engine.workers_idle and engine.workers_count < ops_max) {
+            if (std.Thread.spawn(.{ .stack_size = worker_stack_bytes }, workerMain, .{engine})) |thread| {
+                engine.workers[engine.workers_count] = thread;
+                engine.workers_count += 1;
+            } else |_| if (engine.workers_count == 0) {
+                engine.queue_len -= 1;
+                slot.state = .free;
+                setLastError("rank {d}: could not start a worker thread", .{engine.rank});
+                return error.Busy;
+            }
+        }
+        engine.work_cond.signal();
+        return ticket;
+    }
+
+    fn slotOf(engine: *Engine, ticket: u64) ?*Slot {
+        const slot = &engine.slots[@as(usize, @intCast(ticket & 0xff)) % ops_max];
+        if (slot.state == .free or slot.ticket != ticket) return null;
+        return slot;
+    }
+
+    // ---- workers ----
+
+    fn workerMain(engine: *Engine) void {
+        engine.mu.lock();
+        defer engine.mu.unlock();
+        while (true) {
+            while (engine.queue_len == 0 and !engine.stopping) {
+                engine.workers_idle += 1;
+                engine.work_cond.wait(&engine.mu);
+                engine.workers_idle -= 1;
+            }
+            if (engine.queue_len == 0) return; // stopping and drained
+            const index = engine.queue[engine.queue_head];
+            engine.queue_head = (engine.queue_head + 1) % ops_max;
+            engine.queue_len -= 1;
+            const slot = &engine.slots[index];
+            std.debug.assert(slot.state == .queued);
+            slot.state = .running;
+            const canceled = slot.cancel_requested or engine.stopping;
+            engine.mu.unlock();
+            engine.runSlot(slot, canceled);
+            engine.mu.lock();
+            engine.completeLocked(slot);
+        }
+    }
+
+    fn completeLocked(engine: *Engine, slot: *Slot) void {
+        std.debug.assert(slot.state == .running);
+        if (slot.release_when_done) {
+            slot.state = .free;
+            return;
+        }
+        slot.state = .done;
+        std.debug.assert(engine.cq_len < ops_max); // one entry per live slot at most
+        engine.cq[(engine.cq_head + engine.cq_len) % ops_max] = .{ .ticket = slot.ticket, .status = slot.status };
+        engine.cq_len += 1;
+        engine.cq_cond.broadcast();
+    }
+
+    fn setSlotError(engine: *Engine, slot: *Slot, status: i32, peer: i32, comptime fmt: []const u8, args: anytype) void {
+        slot.status = status;
+        slot.failed_peer = peer;
+        const prefix = std.fmt.bufPrint(&slot.error_text, "rank {d}: {s} op {d}: ", .{ engine.rank, @tagName(slot.kind), slot.op_id }) catch unreachable;
+        const rest = std.fmt.bufPrint(slot.error_text[prefix.len..], fmt, args) catch slot.error_text[prefix.len..];
+        slot.error_len = prefix.len + rest.len;
+    }
+
+    const dummy_buffer: [64]u8 align(64) = [_]u8{0} ** 64;
+
+    fn runSlot(engine: *Engine, slot: *Slot, canceled: bool) void {
+        slot.status = Status.ok;
+        slot.failed_peer = -1;
+        slot.error_len = 0;
+        if (canceled) return engine.setSlotError(slot, Status.ecanceled, -1, "canceled before it started", .{});
+        if (sys.monotonicNs() >= slot.deadline_ns)
+            return engine.setSlotError(slot, Status.etimeout, -1, "timed out after {d} ms before it started", .{slot.timeout_ms});
+
+        // Buffers the op shapes let a rank omit (non-root reduce/gather recv, ...) are never
+        // touched by the algorithms; they still get a valid pointer.
+        const recv: ?[*]u8 = slot.recv;
+        var send: ?[*]const u8 = slot.send;
+        if (send == null and (slot.kind == .broadcast or slot.kind == .scatter)) send = recv;
+        const desc = op.OpDesc{
+            .kind = slot.kind,
+            .dtype = slot.dtype,
+            .redop = slot.redop,
+            .root = slot.root_group,
+            .count = slot.count,
+            .send_counts = if (slot.kind == .alltoall) slot.send_counts[0..slot.group_size] else &.{},
+            .recv_counts = if (slot.kind == .alltoall) slot.recv_counts[0..slot.group_size] else &.{},
+            .send = send orelse &dummy_buffer,
+            .recv = recv orelse @constCast(&dummy_buffer),
+        };
+
+        engine.net.open(&slot.ep, slot.op_id, slot.group[0..slot.group_size], slot.group_rank, slot.deadline_ns, slot.timeout_ms) catch |err| {
+            return engine.setSlotError(slot, Status.einval, -1, "cannot register op: {s}", .{@errorName(err)});
+        };
+        // A cancel that raced with the start.
+        engine.mu.lock();
+        const cancel_now = slot.cancel_requested or engine.stopping;
+        engine.mu.unlock();
+        if (cancel_now) engine.net.cancel(&slot.ep);
+
+        var arena_state = std.heap.ArenaAllocator.init(std.heap.c_allocator);
+        defer arena_state.deinit();
+        const result = engine.runner(slot.ep.comm(), desc, arena_state.allocator());
+        engine.net.close(&slot.ep);
+        if (result) |_| {
+            return;
+        } else |err| {
+            if (slot.ep.failure) |failure| {
+                engine.setSlotError(slot, Status.fromError(failure.err), failure.peer, "{s}", .{failure.message()});
+            } else {
+                engine.setSlotError(slot, Status.fromError(err), -1, "algorithm failed: {s}", .{@errorName(err)});
+            }
+        }
+    }
+
+    // ---- completion ----
+
+    pub fn poll(engine: *Engine, tickets: []u64, statuses: []i32) u32 {
+        std.debug.assert(tickets.len == statuses.len);
+        engine.mu.lock();
+        defer engine.mu.unlock();
+        var written: u32 = 0;
+        while (written < tickets.len and engine.cq_len > 0) : (written += 1) {
+            const c = engine.cq[engine.cq_head];
+            engine.cq_head = (engine.cq_head + 1) % ops_max;
+            engine.cq_len -= 1;
+            tickets[written] = c.ticket;
+            statuses[written] = c.status;
+        }
+        return written;
+    }
+
+    /// True when a completion is queued (waiting up to timeout_ms for one).
+    pub fn wait(engine: *Engine, timeout_ms: u32) bool {
+        const deadline = sys.monotonicNs() + @as(u64, timeout_ms) * std.time.ns_per_ms;
+        engine.mu.lock();
+        defer engine.mu.unlock();
+        while (engine.cq_len == 0 and !engine.stopping) {
+            const now = sys.monotonicNs();
+            if (now >= deadline) break;
+            engine.cq_cond.timedWait(&engine.mu, deadline - now) catch {};
+        }
+        return engine.cq_len > 0;
+    }
+
+    /// Copies the error text of a completed ticket; returns its full length (0 if none).
+    pub fn opError(engine: *Engine, ticket: u64, buf: []u8) usize {
+        engine.mu.lock();
+        defer engine.mu.unlock();
+        const slot = engine.slotOf(ticket) orelse return 0;
+        if (slot.state != .done) return 0;
+        const n = @min(buf.len, slot.error_len);
+        @memcpy(buf[0..n], slot.error_text[0..n]);
+        return slot.error_len;
+    }
+
+    pub fn opFailedPeer(engine: *Engine, ticket: u64) i32 {
+        engine.mu.lock();
+        defer engine.mu.unlock();
+        const slot = engine.slotOf(ticket) orelse return -1;
+        if (slot.state != .done) return -1;
+        return slot.failed_peer;
+    }
+
+    pub fn cancel(engine: *Engine, ticket: u64) error{InvalidArgument}!void {
+        engine.mu.lock();
+        defer engine.mu.unlock();
+        const slot = engine.slotOf(ticket) orelse {
+            setLastError("rank {d}: cancel: unknown ticket {d}", .{ engine.rank, ticket });
+            return error.InvalidArgument;
+        };
+        switch (slot.state) {
+            .queued => slot.cancel_requested = true,
+            .running => {
+                slot.cancel_requested = true;
+                engine.net.cancel(&slot.ep);
+            },
+            .done, .free => {},
+        }
+    }
+
+    pub fn release(engine: *Engine, ticket: u64) void {
+        engine.mu.lock();
+        defer engine.mu.unlock();
+        const slot = engine.slotOf(ticket) orelse return;
+        switch (slot.state) {
+            .done => {
+                // Released before polled: its completion goes too, so the queue never holds
+                // more entries than there are slots.
+                engine.removeCompletionLocked(ticket);
+                slot.state = .free;
+            },
+            .queued, .running => slot.release_when_done = true,
+            .free => {},
+        }
+    }
+
+    fn removeCompletionLocked(engine: *Engine, ticket: u64) void {
+        var i: u32 = 0;
+        while (i < engine.cq_len) : (i += 1) {
+            if (engine.cq[(engine.cq_head + i) % ops_max].ticket != ticket) continue;
+            var j = i;
+            while (j + 1 < engine.cq_len) : (j += 1) {
+                engine.cq[(engine.cq_head + j) % ops_max] = engine.cq[(engine.cq_head + j + 1) % ops_max];
+            }
+            engine.cq_len -= 1;
+            return;
+        }
+    }
+
+    /// Blocks until `ticket` completes (tests); returns its status and keeps it unreleased.
+    pub fn waitTicket(engine: *Engine, ticket: u64) i32 {
+        engine.mu.lock();
+        defer engine.mu.unlock();
+        while (true) {
+            const slot = engine.slotOf(ticket) orelse return Status.einval;
+            if (slot.state == .done) {
+                engine.removeCompletionLocked(ticket); // poll() won't report it again
+                return slot.status;
+            }
+            engine.cq_cond.timedWait(&engine.mu, 100 * std.time.ns_per_ms) catch {};
+        }
+    }
+};

@@ -1,0 +1,832 @@
+//! Multi-rank tests of the engine and its transports: N engines (ranks) as threads of this
+//! process on loopback, over TCP and over shm. Transport behaviour first (ordered messages,
+//! chunking, the stash and its backpressure, strangers and garbage, dead / stalled peers),
+//! then every collective through algo/dispatch.zig with references computed here.
+const std = @import("std");
+const engine_mod = @import("engine.zig");
+const transport = @import("transport/transport.zig");
+const wire = @import("transport/wire.zig");
+const op = @import("op.zig");
+const sys = @import("sys.zig");
+const dispatch = @import("algo/dispatch.zig");
+
+const Engine = engine_mod.Engine;
+const Status = engine_mod.Status;
+const Mode = engine_mod.Mode;
+const Submit = engine_mod.Submit;
+const testing = std.testing;
+
+const ranks_max = 5;
+const test_host_id: u64 = 0x7e57;
+var cluster_counter = std.atomic.Value(u32).init(0);
+
+const WorldOptions = struct {
+    mode: Mode = .tcp,
+    runner: engine_mod.Runner = dispatch.run,
+    stash_bytes_max: u64 = 0,
+    tcp_chunk_bytes: u32 = 64 * 1024,
+    shm_slot_bytes: u32 = 16 * 1024,
+    shm_slot_count: u32 = 8,
+};
+
+const World = struct {
+    n: u32,
+    engines: [ranks_max]?*Engine = [_]?*Engine{null} ** ranks_max,
+    cluster_buf: [64]u8 = undefined,
+    cluster_len: usize = 0,
+
+    fn init(n: u32, options: WorldOptions) !World {
+        std.debug.assert(n >= 1 and n <= ranks_max);
+        var world = World{ .n = n };
+        const cluster_id = try std.fmt.bufPrint(&world.cluster_buf, "test-{d}-{d}", .{ std.os.linux.getpid(), cluster_counter.fetchAdd(1, .monotonic) });
+        world.cluster_len = cluster_id.len;
+        errdefer world.deinit();
+        for (0..n) |r| {
+            world.engines[r] = try Engine.create(testing.allocator, .{
+                .rank = @intCast(r),
+                .world_size_max = ranks_max + 1, // one free slot, like launch --max-world-size
+                .cluster_id = cluster_id,
+                .listen_host = "127.0.0.1",
+                .mode = options.mode,
+                .host_id = test_host_id,
+                .runner = options.runner,
+                .stash_bytes_max = if (options.stash_bytes_max != 0) options.stash_bytes_max else 64 << 20,
+                .tcp_chunk_bytes = options.tcp_chunk_bytes,
+                .shm_slot_bytes = options.shm_slot_bytes,
+                .shm_slot_count = options.shm_slot_count,
+            });
+        }
+        for (0..n) |r| for (0..n) |p| {
+            if (r == p) continue;
+            try world.engine(r).setPeer(@intCast(p), "127.0.0.1", world.engine(p).dataPort(), test_host_id);
+        };
+        return world;
+    }
+
+    fn engine(world: *const World, r: usize) *Engine {
+        return world.engines[r].?;
+    }
+
+    fn cluster(world: *const World) []const u8 {
+        return world.cluster_buf[0..world.cluster_len];
+    }
+
+    fn kill(world: *World, r: usize) void {
+        if (world.engines[r]) |e| e.destroy();
+        world.engines[r] = null;
+    }
+
+    fn deinit(world: *World) void {
+        for (0..world.n) |r| world.kill(r);
+    }
+
+    fn fullMask(world: *const World) u64 {
+        return (@as(u64, 1) << @intCast(world.n)) - 1;
+    }
+
+    /// Submits one op per rank (args[r] for rank r), waits for all, returns the statuses.
+    fn run(world: *World, args: []const Submit, statuses: []i32) !void {
+        var tickets: [ranks_max]u64 = undefined;
+        for (args, 0..) |a, r| tickets[r] = try world.engine(r).submit(a);
+        for (args, 0..) |_, r| {
+            statuses[r] = world.engine(r).waitTicket(tickets[r]);
+            if (statuses[r] != Status.ok) {
+                var buf: [512]u8 = undefined;
+                const len = world.engine(r).opError(tickets[r], &buf);
+                std.debug.print("rank {d} status {d}: {s}\n", .{ r, statuses[r], buf[0..@min(len, buf.len)] });
+            }
+            world.engine(r).release(tickets[r]);
+        }
+    }
+
+    fn expectAllOk(world: *World, args: []const Submit) !void {
+        var statuses: [ranks_max]i32 = undefined;
+        try world.run(args, statuses[0..args.len]);
+        for (statuses[0..args.len]) |s| try testing.expectEqual(Status.ok, s);
+    }
+};
+
+var op_id_counter = std.atomic.Value(u64).init(1000);
+
+fn nextOpId() u64 {
+    return op_id_counter.fetchAdd(1, .monotonic);
+}
+
+/// An op whose runner is a test function; `context` reaches it as desc.send.
+fn customOp(op_id: u64, mask: u64, context: *const anyopaque, timeout_ms: u32) Submit {
+    return .{
+        .kind = @intFromEnum(op.Collective.barrier),
+        .dtype = @intFromEnum(op.DType.u8),
+        .redop = 0,
+        .op_id = op_id,
+        .ranks_mask = mask,
+        .root = 0,
+        .send = @ptrCast(context),
+        .recv = null,
+        .count = 0,
+        .counts = null,
+        .device = -1,
+        .timeout_ms = timeout_ms,
+    };
+}
+
+fn contextOf(comptime T: type, desc: op.OpDesc) *const T {
+    return @ptrCast(@alignCast(desc.send));
+}
+
+// ---- transport: ordered messages of many sizes ----
+
+const MessagesTest = struct {
+    messages: u32,
+    size_max: u32,
+    /// Send everything before posting any receive (frames wait in the stash).
+    post_late: bool,
+    /// Only rank 0 sends (to everyone), and receivers post after a pause: with a tiny stash
+    /// the link threads must stop and wait for the posts (backpressure), without deadlock.
+    one_way: bool = false,
+};
+
+fn messageSize(src: u32, dst: u32, i: u32, size_max: u32) usize {
+    return switch (i % 5) {
+        0 => 0,
+        1 => 1 + (src * 7 + dst) % 13,
+        2 => size_max,
+        else => (src * 7919 + dst * 104729 + i * 1299709) % (size_max + 1),
+    };
+}
+
+fn messageByte(src: u32, dst: u32, i: u32, k: usize) u8 {
+    return @truncate(src *% 131 +% dst *% 31 +% i *% 7 +% k *% 13 +% (k >> 8));
+}
+
+fn messagesRunner(comm: transport.Comm, desc: op.OpDesc, scratch: std.mem.Allocator) transport.Error!void {
+    const t = contextOf(MessagesTest, desc);
+    const me = comm.rank;
+    const n = comm.size;
+    const send_bufs = try scratch.alloc([]u8, n);
+    const recv_bufs = try scratch.alloc([]u8, n);
+    if (t.one_way) return oneWay(comm, t, scratch);
+    var i: u32 = 0;
+    while (i < t.messages) : (i += 1) {
+        var reqs: [2 * ranks_max]transport.Request = undefined;
+        var reqs_len: usize = 0;
+        for (0..n) |p_usize| {
+            const p: u32 = @intCast(p_usize);
+            if (p == me) continue;
+            recv_bufs[p] = try scratch.alloc(u8, messageSize(p, me, i, t.size_max));
+            @memset(recv_bufs[p], 0xee);
+            if (!t.post_late) {
+                reqs[reqs_len] = try comm.irecv(p, recv_bufs[p]);
+                reqs_len += 1;
+            }
+        }
+        for (0..n) |p_usize| {
+            const p: u32 = @intCast(p_usize);
+            if (p == me) continue;
+            send_bufs[p] = try scratch.alloc(u8, messageSize(me, p, i, t.size_max));
+            for (send_bufs[p], 0..) |*b, k| b.* = messageByte(me, p, i, k);
+            reqs[reqs_len] = try comm.isend(p, send_bufs[p]);
+            reqs_len += 1;
+        }
+        if (t.post_late) {
+            for (0..n) |p_usize| {
+                const p: u32 = @intCast(p_usize);
+                if (p == me) continue;
+                reqs[reqs_len] = try comm.irecv(p, recv_bufs[p]);
+                reqs_len += 1;
+            }
+        }
+        for (reqs[0..reqs_len]) |r| try comm.wait(r);
+        for (0..n) |p_usize| {
+            const p: u32 = @intCast(p_usize);
+            if (p == me) continue;
+            for (recv_bufs[p], 0..) |b, k| {
+                if (b != messageByte(p, me, i, k)) {
+                    std.debug.print("rank {d}: message {d} from {d}: byte {d} is {d}, expected {d}\n", .{ me, i, p, k, b, messageByte(p, me, i, k) });
+                    return error.Protocol;
+                }
+            }
+            scratch.free(recv_bufs[p]);
+            scratch.free(send_bufs[p]);
+        }
+    }
+}
+
+fn oneWay(comm: transport.Comm, t: *const MessagesTest, scratch: std.mem.Allocator) transport.Error!void {
+    var i: u32 = 0;
+    if (comm.rank == 0) {
+        while (i < t.messages) : (i += 1) {
+            for (1..comm.size) |p| {
+                const buf = try scratch.alloc(u8, messageSize(0, @intCast(p), i, t.size_max));
+                defer scratch.free(buf);
+                for (buf, 0..) |*b, k| b.* = messageByte(0, @intCast(p), i, k);
+                try comm.send(@intCast(p), buf);
+            }
+        }
+        return;
+    }
+    std.Thread.sleep(20 * std.time.ns_per_ms);
+    while (i < t.messages) : (i += 1) {
+        const buf = try scratch.alloc(u8, messageSize(0, comm.rank, i, t.size_max));
+        defer scratch.free(buf);
+        try comm.recv(0, buf);
+        for (buf, 0..) |b, k| if (b != messageByte(0, comm.rank, i, k)) return error.Protocol;
+    }
+}
+
+fn runMessages(mode: Mode, n: u32, t: MessagesTest, stash_bytes_max: u64) !void {
+    var world = try World.init(n, .{ .mode = mode, .runner = messagesRunner, .stash_bytes_max = stash_bytes_max });
+    defer world.deinit();
+    var args: [ranks_max]Submit = undefined;
+    const id = nextOpId();
+    for (0..n) |r| args[r] = customOp(id, world.fullMask(), &t, 20_000);
+    try world.expectAllOk(args[0..n]);
+    // A second op over the same (now established) links.
+    const id2 = nextOpId();
+    for (0..n) |r| args[r] = customOp(id2, world.fullMask(), &t, 20_000);
+    try world.expectAllOk(args[0..n]);
+}
+
+test "tcp: ordered messages of many sizes, 2..5 ranks" {
+    try runMessages(.tcp, 2, .{ .messages = 20, .size_max = 200_000, .post_late = false }, 0);
+    try runMessages(.tcp, 3, .{ .messages = 10, .size_max = 70_000, .post_late = false }, 0);
+    try runMessages(.tcp, 5, .{ .messages = 6, .size_max = 20_000, .post_late = false }, 0);
+}
+
+test "shm: ordered messages of many sizes, 2..5 ranks" {
+    try runMessages(.shm, 2, .{ .messages = 20, .size_max = 200_000, .post_late = false }, 0);
+    try runMessages(.shm, 4, .{ .messages = 8, .size_max = 50_000, .post_late = false }, 0);
+    try runMessages(.shm, 5, .{ .messages = 6, .size_max = 20_000, .post_late = false }, 0);
+}
+
+test "stash: receives posted after the data arrived, and a tiny stash that pushes back" {
+    try runMessages(.tcp, 3, .{ .messages = 10, .size_max = 100_000, .post_late = true }, 0);
+    try runMessages(.shm, 3, .{ .messages = 10, .size_max = 100_000, .post_late = true }, 0);
+    // 32 KiB of stash for messages up to 200 KB: the link threads must wait for the posts.
+    try runMessages(.tcp, 3, .{ .messages = 6, .size_max = 300_000, .post_late = true, .one_way = true }, 32 * 1024);
+    try runMessages(.shm, 3, .{ .messages = 6, .size_max = 300_000, .post_late = true, .one_way = true }, 32 * 1024);
+}
+
+// ---- transport: a big message, chunked ----
+
+const BigTest = struct { bytes: usize, delay_recv_ms: u32 };
+
+fn bigRunner(comm: transport.Comm, desc: op.OpDesc, scratch: std.mem.Allocator) transport.Error!void {
+    const t = contextOf(BigTest, desc);
+    const buf = try scratch.alloc(u8, t.bytes);
+    if (comm.rank == 0) {
+        var rng = std.Random.DefaultPrng.init(42);
+        rng.fill(buf);
+        try comm.send(1, buf);
+    } else {
+        if (t.delay_recv_ms > 0) std.Thread.sleep(@as(u64, t.delay_recv_ms) * std.time.ns_per_ms);
+        try comm.recv(0, buf);
+        var expected = std.Random.DefaultPrng.init(42);
+        var k: usize = 0;
+        var word: [8]u8 = undefined;
+        while (k < buf.len) : (k += 8) {
+            expected.fill(&word);
+            const n = @min(8, buf.len - k);
+            if (!std.mem.eql(u8, buf[k..][0..n], word[0..n])) return error.Protocol;
+        }
+    }
+}
+
+test "big message: 48 MiB in chunks over tcp and shm, receiver late" {
+    for ([_]Mode{ .tcp, .shm }) |mode| {
+        var world = try World.init(2, .{ .mode = mode, .runner = bigRunner, .stash_bytes_max = 1 << 20, .tcp_chunk_bytes = wire.chunk_bytes_max, .shm_slot_bytes = 256 * 1024, .shm_slot_count = 16 });
+        defer world.deinit();
+        const t = BigTest{ .bytes = 48 << 20, .delay_recv_ms = 30 };
+        const id = nextOpId();
+        try world.expectAllOk(&.{ customOp(id, 3, &t, 30_000), customOp(id, 3, &t, 30_000) });
+    }
+}
+
+// ---- failures ----
+
+const WaitTest = struct {
+    /// Group rank to receive one message from.
+    from: u32,
+    bytes: usize = 16,
+};
+
+fn recvOneRunner(comm: transport.Comm, desc: op.OpDesc, scratch: std.mem.Allocator) transport.Error!void {
+    const t = contextOf(WaitTest, desc);
+    const buf = try scratch.alloc(u8, t.bytes);
+    if (comm.rank == t.from) {
+        // The sender side: sends, unless it is the rank the test kills / stalls.
+        return;
+    }
+    try comm.recv(t.from, buf);
+}
+
+fn expectFailure(engine: *Engine, ticket: u64, status: i32, peer: i32, needles: []const []const u8) !void {
+    try testing.expectEqual(status, engine.waitTicket(ticket));
+    try testing.expectEqual(peer, engine.opFailedPeer(ticket));
+    var buf: [512]u8 = undefined;
+    const len = engine.opError(ticket, &buf);
+    const text = buf[0..@min(len, buf.len)];
+    for (needles) |needle| {
+        if (std.mem.indexOf(u8, text, needle) == null) {
+            std.debug.print("error text '{s}' lacks '{s}'\n", .{ text, needle });
+            return error.TestExpectedText;
+        }
+    }
+    engine.release(ticket);
+}
+
+test "timeout: a peer that never sends fails the op by its deadline, naming the peer" {
+    var world = try World.init(2, .{ .mode = .tcp, .runner = recvOneRunner });
+    defer world.deinit();
+    const t = WaitTest{ .from = 1 };
+    const ticket = try world.engine(0).submit(customOp(nextOpId(), 3, &t, 150));
+    try expectFailure(world.engine(0), ticket, Status.etimeout, 1, &.{ "rank 0", "barrier op", "timed out after 150 ms", "from rank 1" });
+}
+
+test "peer down: ops waiting on it fail at once; cancel: ECANCELED" {
+    var world = try World.init(3, .{ .mode = .tcp, .runner = recvOneRunner });
+    defer world.deinit();
+    const t = WaitTest{ .from = 2 };
+    const id = nextOpId();
+    const ticket = try world.engine(0).submit(customOp(id, 7, &t, 60_000));
+    std.Thread.sleep(5 * std.time.ns_per_ms);
+    try world.engine(0).peerDown(2);
+    try expectFailure(world.engine(0), ticket, Status.epeer, 2, &.{ "rank 0", "barrier op", "rank 2 was marked down" });
+    // Later ops with rank 2 fail at once too, until set_peer brings it back.
+    const again = try world.engine(0).submit(customOp(nextOpId(), 7, &t, 60_000));
+    try expectFailure(world.engine(0), again, Status.epeer, 2, &.{"marked down"});
+
+    const t1 = WaitTest{ .from = 1 };
+    const ticket2 = try world.engine(0).submit(customOp(nextOpId(), 3, &t1, 60_000));
+    std.Thread.sleep(5 * std.time.ns_per_ms);
+    try world.engine(0).cancel(ticket2);
+    try expectFailure(world.engine(0), ticket2, Status.ecanceled, -1, &.{"canceled"});
+}
+
+/// Tagged{ .kind = 0, .a = rounds }: every rank exchanges with every other (links come up).
+fn pingRunner(comm: transport.Comm, desc: op.OpDesc, scratch: std.mem.Allocator) transport.Error!void {
+    const t = contextOf(Tagged, desc);
+    _ = scratch;
+    var buf: [64]u8 = undefined;
+    var i: u32 = 0;
+    while (i < t.a) : (i += 1) {
+        // Everyone exchanges with everyone: all links come up.
+        for (0..comm.size) |p| {
+            if (p == comm.rank) continue;
+            var out: [64]u8 = undefined;
+            @memset(&out, @intCast(comm.rank));
+            try comm.sendRecv(@intCast(p), &out, @intCast(p), &buf);
+            if (buf[0] != p) return error.Protocol;
+        }
+    }
+}
+
+fn dualRunner(comm: transport.Comm, desc: op.OpDesc, scratch: std.mem.Allocator) transport.Error!void {
+    // Custom ops carry a context whose first field says which test runner to use.
+    const kind: *const u32 = @ptrCast(@alignCast(desc.send));
+    return switch (kind.*) {
+        0 => pingRunner(comm, desc, scratch),
+        else => recvOneTagged(comm, desc, scratch),
+    };
+}
+
+const Tagged = extern struct { kind: u32, a: u32, b: u32 };
+
+test "peer killed mid-op: survivors fail with EPEER naming it, well before the deadline" {
+    for ([_]Mode{ .tcp, .shm }) |mode| {
+        var world = try World.init(3, .{ .mode = mode, .runner = dualRunner });
+        defer world.deinit();
+        // Bring every link up.
+        const ping = Tagged{ .kind = 0, .a = 1, .b = 0 };
+        const id = nextOpId();
+        var tickets: [3]u64 = undefined;
+        for (0..3) |r| tickets[r] = try world.engine(r).submit(customOp(id, 7, &ping, 10_000));
+        for (0..3) |r| {
+            try testing.expectEqual(Status.ok, world.engine(r).waitTicket(tickets[r]));
+            world.engine(r).release(tickets[r]);
+        }
+        // Ranks 0 and 1 wait for rank 2, which dies. Deadline 60 s: EPEER proves it was fast.
+        const wait2 = Tagged{ .kind = 1, .a = 2, .b = 16 };
+        const id2 = nextOpId();
+        const t0 = try world.engine(0).submit(customOp(id2, 7, &wait2, 60_000));
+        const t1 = try world.engine(1).submit(customOp(id2, 7, &wait2, 60_000));
+        std.Thread.sleep(10 * std.time.ns_per_ms);
+        world.kill(2);
+        try expectFailure(world.engine(0), t0, Status.epeer, 2, &.{ "rank 0", "rank 2 closed its link" });
+        try expectFailure(world.engine(1), t1, Status.epeer, 2, &.{ "rank 1", "rank 2 closed its link" });
+        // The survivors still work together.
+        const ping01 = Tagged{ .kind = 0, .a = 1, .b = 0 };
+        const id3 = nextOpId();
+        const a = try world.engine(0).submit(customOp(id3, 3, &ping01, 10_000));
+        const b = try world.engine(1).submit(customOp(id3, 3, &ping01, 10_000));
+        try testing.expectEqual(Status.ok, world.engine(0).waitTicket(a));
+        try testing.expectEqual(Status.ok, world.engine(1).waitTicket(b));
+        world.engine(0).release(a);
+        world.engine(1).release(b);
+    }
+}
+
+fn recvOneTagged(comm: transport.Comm, desc: op.OpDesc, scratch: std.mem.Allocator) transport.Error!void {
+    const t: *const Tagged = @ptrCast(@alignCast(desc.send));
+    if (comm.rank == t.a) return;
+    const buf = try scratch.alloc(u8, t.b);
+    try comm.recv(t.a, buf);
+}
+
+// ---- strangers ----
+
+fn connectRaw(port: u16) !sys.Fd {
+    return sys.connectTimeout(sys.Address.initIp4(.{ 127, 0, 0, 1 }, port), 2000);
+}
+
+/// True when the engine closed the connection (EOF) within ~3 s.
+fn expectClosedByEngine(fd: sys.Fd) !void {
+    sys.setRecvTimeout(fd, 3000);
+    var buf: [64]u8 = undefined;
+    var reads: u32 = 0;
+    while (reads < 8) : (reads += 1) {
+        _ = sys.recvSome(fd, &buf) catch |err| switch (err) {
+            error.Closed => return,
+            else => return error.TestNotClosed,
+        };
+    }
+    return error.TestNotClosed;
+}
+
+fn helloBytes(buf: []u8, src: u32, dst: u32, world_size: u32, cluster: []const u8, token: []const u8) []u8 {
+    const hello = wire.Hello{
+        .kind = @intFromEnum(wire.LinkKind.tcp),
+        .src_rank = src,
+        .dst_rank = dst,
+        .world_size_max = world_size,
+        .cluster_id_len = @intCast(cluster.len),
+        .token_len = @intCast(token.len),
+        .shm_name_len = 0,
+        .host_id = 1,
+    };
+    var len: usize = 0;
+    for ([_][]const u8{ std.mem.asBytes(&hello), cluster, token }) |part| {
+        @memcpy(buf[len..][0..part.len], part);
+        len += part.len;
+    }
+    return buf[0..len];
+}
+
+test "strangers: garbage, wrong cluster and bad frames close the connection, never the rank" {
+    var world = try World.init(2, .{ .mode = .tcp, .runner = dualRunner });
+    defer world.deinit();
+    const port = world.engine(0).dataPort();
+
+    // 1. Garbage bytes (an HTTP request).
+    {
+        const fd = try connectRaw(port);
+        defer sys.closeFd(fd);
+        try sys.sendAll(fd, "GET / HTTP/1.1\r\nHost: x\r\n\r\n" ++ "x" ** 40);
+        try expectClosedByEngine(fd);
+    }
+    // 2. A well-formed hello for another cluster: a rejecting ack, then close.
+    {
+        const fd = try connectRaw(port);
+        defer sys.closeFd(fd);
+        var buf: [512]u8 = undefined;
+        try sys.sendAll(fd, helloBytes(&buf, 1, 0, ranks_max + 1, "other-cluster", ""));
+        var ack: wire.Ack = undefined;
+        sys.setRecvTimeout(fd, 3000);
+        try sys.recvAll(fd, std.mem.asBytes(&ack));
+        try testing.expectEqual(wire.ack_magic, ack.magic);
+        try testing.expectEqual(wire.AckStatus.bad_cluster, ack.status);
+        try expectClosedByEngine(fd);
+    }
+    // 3. Impersonating rank 1 correctly, then a corrupt frame while rank 0 waits on rank 1:
+    //    the op fails with EPROTO naming rank 1, the link closes.
+    {
+        const wait1 = Tagged{ .kind = 1, .a = 1, .b = 16 };
+        const ticket = try world.engine(0).submit(customOp(nextOpId(), 3, &wait1, 60_000));
+        const fd = try connectRaw(port);
+        defer sys.closeFd(fd);
+        var buf: [512]u8 = undefined;
+        try sys.sendAll(fd, helloBytes(&buf, 1, 0, ranks_max + 1, world.cluster(), ""));
+        var ack: wire.Ack = undefined;
+        sys.setRecvTimeout(fd, 3000);
+        try sys.recvAll(fd, std.mem.asBytes(&ack));
+        try testing.expectEqual(wire.AckStatus.ok, ack.status);
+        var frame = wire.FrameHeader{ .src_rank = 1, .op_id = 5, .seq = 0, .chunk_len = 8, .msg_len = 8, .offset = 0 };
+        frame.seal();
+        frame.offset = 4; // the check no longer matches
+        try sys.sendAll(fd, std.mem.asBytes(&frame));
+        try expectClosedByEngine(fd);
+        try expectFailure(world.engine(0), ticket, Status.eproto, 1, &.{ "rank 0", "rank 1 sent a bad frame" });
+    }
+    // 4. Rank 0 still works with the real rank 1 (set_peer resets the poisoned peer state).
+    try world.engine(0).setPeer(1, "127.0.0.1", world.engine(1).dataPort(), test_host_id);
+    const ping = Tagged{ .kind = 0, .a = 1, .b = 0 };
+    const id = nextOpId();
+    try world.expectAllOk(&.{ customOp(id, 3, &ping, 10_000), customOp(id, 3, &ping, 10_000) });
+}
+
+test "engine: bad submissions are EINVAL with a message" {
+    var world = try World.init(2, .{ .mode = .tcp });
+    defer world.deinit();
+    const e = world.engine(0);
+    var buf: [16]f32 = undefined;
+    const base = Submit{
+        .kind = @intFromEnum(op.Collective.allreduce),
+        .dtype = @intFromEnum(op.DType.f32),
+        .redop = @intFromEnum(op.RedOp.sum),
+        .op_id = 1,
+        .ranks_mask = 3,
+        .root = 0,
+        .send = @ptrCast(&buf),
+        .recv = @ptrCast(&buf),
+        .count = 16,
+        .counts = null,
+        .device = -1,
+        .timeout_ms = 1000,
+    };
+    var s = base;
+    s.kind = 99;
+    try testing.expectError(error.InvalidArgument, e.submit(s));
+    try testing.expect(std.mem.indexOf(u8, engine_mod.lastError(), "unknown collective") != null);
+    s = base;
+    s.redop = @intFromEnum(op.RedOp.band);
+    try testing.expectError(error.InvalidArgument, e.submit(s));
+    try testing.expect(std.mem.indexOf(u8, engine_mod.lastError(), "band") != null);
+    s = base;
+    s.ranks_mask = 2;
+    try testing.expectError(error.InvalidArgument, e.submit(s));
+    s = base;
+    s.ranks_mask = 1 << 40;
+    try testing.expectError(error.InvalidArgument, e.submit(s));
+    s = base;
+    s.send = null;
+    try testing.expectError(error.InvalidArgument, e.submit(s));
+    s = base;
+    s.timeout_ms = 0;
+    try testing.expectError(error.InvalidArgument, e.submit(s));
+    s = base;
+    s.kind = @intFromEnum(op.Collective.reduce);
+    s.root = 4;
+    try testing.expectError(error.InvalidArgument, e.submit(s));
+    s = base;
+    s.device = 0;
+    try testing.expectError(error.NoDevice, e.submit(s));
+}
+
+// ---- every collective through dispatch ----
+
+const Rng = std.Random.DefaultPrng;
+
+fn fillInts(comptime T: type, out: []T, rng: std.Random, lo: i64, hi: i64) void {
+    for (out) |*v| {
+        const x = rng.intRangeAtMost(i64, lo, hi);
+        v.* = switch (@typeInfo(T)) {
+            .float => @floatFromInt(x),
+            .int => @intCast(x),
+            else => unreachable,
+        };
+    }
+}
+
+fn asF64(comptime T: type, v: T) f64 {
+    return switch (@typeInfo(T)) {
+        .float => @floatCast(v),
+        .int => @floatFromInt(v),
+        else => unreachable,
+    };
+}
+
+fn dtypeOf(comptime T: type) op.DType {
+    return switch (T) {
+        f32 => .f32,
+        f64 => .f64,
+        i16 => .i16,
+        i32 => .i32,
+        i64 => .i64,
+        u8 => .u8,
+        else => @compileError("no dtype"),
+    };
+}
+
+fn refReduce(redop: op.RedOp, acc: f64, x: f64) f64 {
+    return switch (redop) {
+        .sum, .avg => acc + x,
+        .prod => acc * x,
+        .min => @min(acc, x),
+        .max => @max(acc, x),
+        else => unreachable,
+    };
+}
+
+fn CollectiveCase(comptime T: type) type {
+    return struct {
+        const Self = @This();
+        world: *World,
+        kind: op.Collective,
+        redop: op.RedOp = .sum,
+        count: usize,
+        root: u32 = 0,
+
+        fn run(self: Self, seed: u64) !void {
+            const n = self.world.n;
+            const a = testing.allocator;
+            var prng = Rng.init(seed);
+            const rng = prng.random();
+            const c = self.count;
+            var sends: [ranks_max][]T = undefined;
+            var recvs: [ranks_max][]T = undefined;
+            var counts: [ranks_max][2 * (ranks_max + 1)]u64 = undefined;
+            const send_len: usize, const recv_len: usize = switch (self.kind) {
+                .allreduce, .reduce, .broadcast => .{ c, c },
+                .allgather, .gather => .{ c, c * n },
+                .scatter, .reduce_scatter => .{ c * n, c },
+                .alltoall => .{ 0, 0 },
+                .barrier => .{ 0, 0 },
+                else => unreachable,
+            };
+            // alltoall: rank j sends (j + 2k) % 3 + c elements to rank k.
+            for (0..n) |r| {
+                var sl = send_len;
+                var rl = recv_len;
+                if (self.kind == .alltoall) {
+                    @memset(&counts[r], 0);
+                    sl = 0;
+                    rl = 0;
+                    for (0..n) |k| {
+                        counts[r][k] = (r + 2 * k) % 3 + c;
+                        counts[r][ranks_max + 1 + k] = (k + 2 * r) % 3 + c;
+                        sl += counts[r][k];
+                        rl += counts[r][ranks_max + 1 + k];
+                    }
+                }
+                sends[r] = try a.alloc(T, sl);
+                recvs[r] = try a.alloc(T, rl);
+                const lo: i64 = if (self.redop == .prod) -2 else -1000;
+                const hi: i64 = if (self.redop == .prod) 2 else 1000;
+                fillInts(T, sends[r], rng, if (@typeInfo(T) == .int and @typeInfo(T).int.signedness == .unsigned) 0 else lo, if (T == u8) 255 else hi);
+                @memset(std.mem.sliceAsBytes(recvs[r]), 0xcd);
+            }
+            defer for (0..n) |r| {
+                a.free(sends[r]);
+                a.free(recvs[r]);
+            };
+            var args: [ranks_max]Submit = undefined;
+            const id = nextOpId();
+            for (0..n) |r| {
+                args[r] = .{
+                    .kind = @intFromEnum(self.kind),
+                    .dtype = @intFromEnum(dtypeOf(T)),
+                    .redop = @intFromEnum(self.redop),
+                    .op_id = id,
+                    .ranks_mask = self.world.fullMask(),
+                    .root = self.root,
+                    .send = if (sends[r].len > 0) @ptrCast(sends[r].ptr) else null,
+                    .recv = if (recvs[r].len > 0 and !(self.kind == .reduce or self.kind == .gather) or r == self.root) @ptrCast(recvs[r].ptr) else null,
+                    .count = c,
+                    .counts = &counts[r],
+                    .device = -1,
+                    .timeout_ms = 20_000,
+                };
+                if (recvs[r].len == 0) args[r].recv = null;
+            }
+            try self.world.expectAllOk(args[0..n]);
+            // References.
+            for (0..n) |r| {
+                switch (self.kind) {
+                    .allreduce, .reduce => {
+                        if (self.kind == .reduce and r != self.root) continue;
+                        for (0..c) |k| {
+                            var acc = asF64(T, sends[0][k]);
+                            for (1..n) |j| acc = refReduce(self.redop, acc, asF64(T, sends[j][k]));
+                            if (self.redop == .avg) acc /= @floatFromInt(n);
+                            try expectClose(T, acc, recvs[r][k]);
+                        }
+                    },
+                    .reduce_scatter => for (0..c) |k| {
+                        var acc = asF64(T, sends[0][r * c + k]);
+                        for (1..n) |j| acc = refReduce(self.redop, acc, asF64(T, sends[j][r * c + k]));
+                        try expectClose(T, acc, recvs[r][k]);
+                    },
+                    .broadcast => try testing.expectEqualSlices(T, sends[self.root], recvs[r]),
+                    .allgather, .gather => {
+                        if (self.kind == .gather and r != self.root) continue;
+                        for (0..n) |j| try testing.expectEqualSlices(T, sends[j], recvs[r][j * c ..][0..c]);
+                    },
+                    .scatter => try testing.expectEqualSlices(T, sends[self.root][r * c ..][0..c], recvs[r]),
+                    .alltoall => {
+                        var at: usize = 0;
+                        for (0..n) |j| {
+                            // Block from j: j's block for r, at j's offset for r.
+                            var off: usize = 0;
+                            for (0..r) |k| off += counts[j][k];
+                            const len = counts[j][r];
+                            try testing.expectEqual(len, counts[r][ranks_max + 1 + j]);
+                            try testing.expectEqualSlices(T, sends[j][off..][0..len], recvs[r][at..][0..len]);
+                            at += len;
+                        }
+                    },
+                    .barrier => {},
+                    else => unreachable,
+                }
+            }
+        }
+    };
+}
+
+fn expectClose(comptime T: type, expected: f64, actual: T) !void {
+    const got = asF64(T, actual);
+    if (@typeInfo(T) == .int) {
+        try testing.expectEqual(@as(T, @intFromFloat(expected)), actual);
+    } else if (@abs(expected - got) > 1e-5 * @max(1.0, @abs(expected))) {
+        std.debug.print("expected {d}, got {d}\n", .{ expected, got });
+        return error.TestExpectedEqual;
+    }
+}
+
+fn runCollectives(mode: Mode, n: u32) !void {
+    var world = try World.init(n, .{ .mode = mode });
+    defer world.deinit();
+    const last = n - 1;
+    var seed: u64 = n * 1000 + @intFromEnum(mode);
+    for ([_]usize{ 7, 20_000 }) |c| {
+        seed += 17;
+        try (CollectiveCase(i32){ .world = &world, .kind = .allreduce, .count = c }).run(seed + 1);
+        try (CollectiveCase(f64){ .world = &world, .kind = .allreduce, .redop = .max, .count = c }).run(seed + 2);
+        try (CollectiveCase(f32){ .world = &world, .kind = .allreduce, .redop = .avg, .count = c }).run(seed + 3);
+        for ([_]u32{ 0, last }) |root| {
+            try (CollectiveCase(i64){ .world = &world, .kind = .reduce, .count = c, .root = root }).run(seed + 4);
+            try (CollectiveCase(u8){ .world = &world, .kind = .broadcast, .count = c, .root = root }).run(seed + 5);
+            try (CollectiveCase(f32){ .world = &world, .kind = .gather, .count = c, .root = root }).run(seed + 6);
+            try (CollectiveCase(i32){ .world = &world, .kind = .scatter, .count = c, .root = root }).run(seed + 7);
+        }
+        try (CollectiveCase(i16){ .world = &world, .kind = .allgather, .count = c }).run(seed + 8);
+        try (CollectiveCase(i32){ .world = &world, .kind = .reduce_scatter, .count = c }).run(seed + 9);
+        try (CollectiveCase(i32){ .world = &world, .kind = .alltoall, .count = c }).run(seed + 10);
+        try (CollectiveCase(i32){ .world = &world, .kind = .barrier, .count = 0 }).run(seed + 11);
+    }
+    if (n >= 2) try runSendRecv(&world, 0, last);
+}
+
+fn runSendRecv(world: *World, src: u32, dst: u32) !void {
+    var data: [1000]i32 = undefined;
+    var got: [1000]i32 = undefined;
+    for (&data, 0..) |*d, i| d.* = @intCast(i * 3 + 1);
+    @memset(&got, 0);
+    const id = nextOpId();
+    const mask = (@as(u64, 1) << @intCast(src)) | (@as(u64, 1) << @intCast(dst));
+    const base = Submit{ .kind = 0, .dtype = @intFromEnum(op.DType.i32), .redop = 0, .op_id = id, .ranks_mask = mask, .root = 0, .send = null, .recv = null, .count = data.len, .counts = null, .device = -1, .timeout_ms = 10_000 };
+    var s = base;
+    s.kind = @intFromEnum(op.Collective.send);
+    s.root = dst;
+    s.send = @ptrCast(&data);
+    var r = base;
+    r.kind = @intFromEnum(op.Collective.recv);
+    r.root = src;
+    r.recv = @ptrCast(&got);
+    const ts = try world.engine(src).submit(s);
+    const tr = try world.engine(dst).submit(r);
+    try testing.expectEqual(Status.ok, world.engine(src).waitTicket(ts));
+    try testing.expectEqual(Status.ok, world.engine(dst).waitTicket(tr));
+    world.engine(src).release(ts);
+    world.engine(dst).release(tr);
+    try testing.expectEqualSlices(i32, &data, &got);
+}
+
+test "collectives over tcp, 1..5 ranks, roots 0 and last" {
+    for (1..ranks_max + 1) |n| try runCollectives(.tcp, @intCast(n));
+}
+
+test "collectives over shm, 2..5 ranks, roots 0 and last" {
+    for (2..ranks_max + 1) |n| try runCollectives(.shm, @intCast(n));
+}
+
+test "completion queue: poll drains tickets, wait blocks until one is there" {
+    var world = try World.init(2, .{ .mode = .tcp });
+    defer world.deinit();
+    var x: [4]f64 = .{ 1, 2, 3, 4 };
+    var y: [4]f64 = .{ 10, 20, 30, 40 };
+    const id = nextOpId();
+    const base = Submit{ .kind = @intFromEnum(op.Collective.allreduce), .dtype = @intFromEnum(op.DType.f64), .redop = 0, .op_id = id, .ranks_mask = 3, .root = 0, .send = @ptrCast(&x), .recv = @ptrCast(&x), .count = 4, .counts = null, .device = -1, .timeout_ms = 10_000 };
+    var b = base;
+    b.send = @ptrCast(&y);
+    b.recv = @ptrCast(&y);
+    const t0 = try world.engine(0).submit(base);
+    const t1 = try world.engine(1).submit(b);
+    for ([_]u64{ t0, t1 }, 0..) |t, r| {
+        const e = world.engine(r);
+        var tickets: [4]u64 = undefined;
+        var statuses: [4]i32 = undefined;
+        var got: u32 = 0;
+        var rounds: u32 = 0;
+        while (got == 0 and rounds < 100) : (rounds += 1) {
+            _ = e.wait(1000);
+            got = e.poll(&tickets, &statuses);
+        }
+        try testing.expectEqual(@as(u32, 1), got);
+        try testing.expectEqual(t, tickets[0]);
+        try testing.expectEqual(Status.ok, statuses[0]);
+        try testing.expectEqual(@as(u32, 0), e.poll(&tickets, &statuses));
+        e.release(t);
+    }
+    try testing.expectEqualSlices(f64, &.{ 11, 22, 33, 44 }, &x);
+    try testing.expectEqualSlices(f64, &.{ 11, 22, 33, 44 }, &y);
+}

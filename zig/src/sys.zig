@@ -1,0 +1,400 @@
+//! Every socket, futex, mmap and file syscall of the engine and transports lives here, as thin
+//! wrappers over raw Linux syscalls that return small error sets (no `unreachable` on an errno
+//! a peer or the kernel can cause: a bad peer never crashes a rank).
+const std = @import("std");
+const linux = std.os.linux;
+
+pub const Fd = i32;
+pub const Address = std.net.Address;
+
+pub const NetError = error{ WouldBlock, Closed, Refused, Failed, TimedOut };
+
+fn errnoOf(rc: usize) linux.E {
+    return linux.E.init(rc);
+}
+
+// ---- time ----
+
+/// Monotonic nanoseconds (CLOCK_MONOTONIC).
+pub fn monotonicNs() u64 {
+    var ts: linux.timespec = undefined;
+    const rc = linux.clock_gettime(.MONOTONIC, &ts);
+    std.debug.assert(errnoOf(rc) == .SUCCESS);
+    return @as(u64, @intCast(ts.sec)) * std.time.ns_per_s + @as(u64, @intCast(ts.nsec));
+}
+
+pub fn sleepNs(ns: u64) void {
+    std.Thread.sleep(ns);
+}
+
+// ---- logging ----
+
+/// One line to stderr (never blocks the data path for long: stderr is unbuffered).
+pub fn logLine(comptime fmt: []const u8, args: anytype) void {
+    var buf: [512]u8 = undefined;
+    const line = std.fmt.bufPrint(&buf, "moonring: " ++ fmt ++ "\n", args) catch blk: {
+        buf[buf.len - 4 ..][0..4].* = "...\n".*;
+        break :blk buf[0..];
+    };
+    _ = linux.write(2, line.ptr, line.len);
+}
+
+// ---- addresses ----
+
+/// Parses an IP literal, else resolves a host name (getaddrinfo); first address wins.
+pub fn resolve(host: []const u8, port: u16) !Address {
+    if (Address.parseIp(host, port)) |addr| return addr else |_| {}
+    if (std.mem.eql(u8, host, "localhost")) return Address.initIp4(.{ 127, 0, 0, 1 }, port);
+    var buf: [4096]u8 = undefined;
+    var fba = std.heap.FixedBufferAllocator.init(&buf);
+    const list = std.net.getAddressList(fba.allocator(), host, port) catch return error.UnknownHost;
+    defer list.deinit();
+    if (list.addrs.len == 0) return error.UnknownHost;
+    return list.addrs[0];
+}
+
+// ---- sockets ----
+
+pub fn closeFd(fd: Fd) void {
+    _ = linux.close(fd);
+}
+
+fn setOpt(fd: Fd, level: i32, name: u32, value: []const u8) void {
+    _ = linux.setsockopt(fd, level, name, value.ptr, @intCast(value.len));
+}
+
+fn setOptInt(fd: Fd, level: i32, name: u32, value: c_int) void {
+    setOpt(fd, level, name, std.mem.asBytes(&value));
+}
+
+pub fn setNoDelay(fd: Fd) void {
+    setOptInt(fd, linux.IPPROTO.TCP, linux.TCP.NODELAY, 1);
+}
+
+/// SO_RCVTIMEO: a blocking recv returns WouldBlock after `ms` without data (0 = never).
+pub fn setRecvTimeout(fd: Fd, ms: u32) void {
+    const tv = linux.timeval{ .sec = @intCast(ms / 1000), .usec = @intCast((ms % 1000) * 1000) };
+    setOpt(fd, linux.SOL.SOCKET, linux.SO.RCVTIMEO, std.mem.asBytes(&tv));
+}
+
+/// SO_SNDTIMEO: a blocking send returns what it wrote (or WouldBlock) after `ms`.
+pub fn setSendTimeout(fd: Fd, ms: u32) void {
+    const tv = linux.timeval{ .sec = @intCast(ms / 1000), .usec = @intCast((ms % 1000) * 1000) };
+    setOpt(fd, linux.SOL.SOCKET, linux.SO.SNDTIMEO, std.mem.asBytes(&tv));
+}
+
+pub fn setBufferSizes(fd: Fd, bytes: u32) void {
+    setOptInt(fd, linux.SOL.SOCKET, linux.SO.SNDBUF, @intCast(bytes));
+    setOptInt(fd, linux.SOL.SOCKET, linux.SO.RCVBUF, @intCast(bytes));
+}
+
+/// A listening TCP socket bound to `addr` (port 0 = any free port).
+pub fn listenTcp(addr: Address) !Fd {
+    const rc = linux.socket(addr.any.family, linux.SOCK.STREAM | linux.SOCK.CLOEXEC, linux.IPPROTO.TCP);
+    if (errnoOf(rc) != .SUCCESS) return error.SocketFailed;
+    const fd: Fd = @intCast(rc);
+    errdefer closeFd(fd);
+    setOptInt(fd, linux.SOL.SOCKET, linux.SO.REUSEADDR, 1);
+    if (errnoOf(linux.bind(fd, &addr.any, addr.getOsSockLen())) != .SUCCESS) return error.BindFailed;
+    if (errnoOf(linux.listen(fd, 128)) != .SUCCESS) return error.ListenFailed;
+    return fd;
+}
+
+pub fn localPort(fd: Fd) u16 {
+    var addr: Address = undefined;
+    var len: linux.socklen_t = @sizeOf(Address);
+    if (errnoOf(linux.getsockname(fd, &addr.any, &len)) != .SUCCESS) return 0;
+    return addr.getPort();
+}
+
+pub const Accepted = struct { fd: Fd, addr: Address };
+
+/// Waits up to `timeout_ms` for a connection; null when none arrived.
+pub fn acceptTimeout(listen_fd: Fd, timeout_ms: i32) NetError!?Accepted {
+    if (!try pollFd(listen_fd, linux.POLL.IN, timeout_ms)) return null;
+    var addr: Address = undefined;
+    var len: linux.socklen_t = @sizeOf(Address);
+    const rc = linux.accept4(listen_fd, &addr.any, &len, linux.SOCK.CLOEXEC);
+    switch (errnoOf(rc)) {
+        .SUCCESS => return .{ .fd = @intCast(rc), .addr = addr },
+        .AGAIN, .INTR, .CONNABORTED, .PROTO, .PERM => return null,
+        .MFILE, .NFILE, .NOBUFS, .NOMEM => {
+            sleepNs(10 * std.time.ns_per_ms); // out of fds: back off instead of spinning
+            return null;
+        },
+        else => return error.Failed,
+    }
+}
+
+/// True when `fd` has one of `events` within `timeout_ms` (-1 = forever).
+pub fn pollFd(fd: Fd, events: i16, timeout_ms: i32) NetError!bool {
+    var fds = [1]linux.pollfd{.{ .fd = fd, .events = events, .revents = 0 }};
+    while (true) {
+        const rc = linux.poll(&fds, 1, timeout_ms);
+        switch (errnoOf(rc)) {
+            .SUCCESS => return rc > 0,
+            .INTR => continue,
+            else => return error.Failed,
+        }
+    }
+}
+
+const pollrdhup: i16 = 0x2000; // POLLRDHUP (Linux)
+
+/// True when the peer closed (or reset) a socket on which it never sends after the handshake.
+pub fn peerHungUp(fd: Fd) bool {
+    var fds = [1]linux.pollfd{.{ .fd = fd, .events = linux.POLL.IN | pollrdhup, .revents = 0 }};
+    const rc = linux.poll(&fds, 1, 0);
+    if (errnoOf(rc) != .SUCCESS or rc == 0) return false;
+    return fds[0].revents & (pollrdhup | linux.POLL.HUP | linux.POLL.ERR | linux.POLL.IN) != 0;
+}
+
+/// A connected TCP socket, or an error within `timeout_ms`.
+pub fn connectTimeout(addr: Address, timeout_ms: u32) NetError!Fd {
+    const rc = linux.socket(addr.any.family, linux.SOCK.STREAM | linux.SOCK.CLOEXEC | linux.SOCK.NONBLOCK, linux.IPPROTO.TCP);
+    if (errnoOf(rc) != .SUCCESS) return error.Failed;
+    const fd: Fd = @intCast(rc);
+    errdefer closeFd(fd);
+    switch (errnoOf(linux.connect(fd, &addr.any, addr.getOsSockLen()))) {
+        .SUCCESS => {},
+        .INPROGRESS, .INTR, .AGAIN => {
+            if (!try pollFd(fd, linux.POLL.OUT, @intCast(@min(timeout_ms, std.math.maxInt(i32))))) return error.TimedOut;
+            var err: c_int = 0;
+            var len: linux.socklen_t = @sizeOf(c_int);
+            if (errnoOf(linux.getsockopt(fd, linux.SOL.SOCKET, linux.SO.ERROR, std.mem.asBytes(&err), &len)) != .SUCCESS)
+                return error.Failed;
+            if (err != 0) {
+                return if (err == @intFromEnum(linux.E.CONNREFUSED)) error.Refused else error.Failed;
+            }
+        },
+        .CONNREFUSED => return error.Refused,
+        else => return error.Failed,
+    }
+    // Back to blocking mode; timeouts come from SO_RCVTIMEO / SO_SNDTIMEO.
+    const flags = linux.fcntl(fd, linux.F.GETFL, 0);
+    _ = linux.fcntl(fd, linux.F.SETFL, flags & ~@as(usize, 1 << @bitOffsetOf(linux.O, "NONBLOCK")));
+    setNoDelay(fd);
+    return fd;
+}
+
+/// One recv: bytes read (> 0), WouldBlock on SO_RCVTIMEO, Closed on EOF/reset.
+pub fn recvSome(fd: Fd, buf: []u8) NetError!usize {
+    std.debug.assert(buf.len > 0);
+    while (true) {
+        const rc = linux.recvfrom(fd, buf.ptr, buf.len, 0, null, null);
+        switch (errnoOf(rc)) {
+            .SUCCESS => return if (rc == 0) error.Closed else rc,
+            .INTR => continue,
+            .AGAIN => return error.WouldBlock,
+            else => return error.Closed,
+        }
+    }
+}
+
+/// One send without SIGPIPE: bytes written, WouldBlock on SO_SNDTIMEO, Closed on a broken link.
+pub fn sendSome(fd: Fd, buf: []const u8, more: bool) NetError!usize {
+    std.debug.assert(buf.len > 0);
+    const flags: u32 = linux.MSG.NOSIGNAL | (if (more) @as(u32, linux.MSG.MORE) else 0);
+    while (true) {
+        const rc = linux.sendto(fd, buf.ptr, buf.len, flags, null, 0);
+        switch (errnoOf(rc)) {
+            .SUCCESS => return rc,
+            .INTR => continue,
+            .AGAIN => return error.WouldBlock,
+            else => return error.Closed,
+        }
+    }
+}
+
+/// Blocking send of all of `buf` (for handshakes); gives up after `timeout_ms` of no progress.
+pub fn sendAll(fd: Fd, buf: []const u8) NetError!void {
+    var done: usize = 0;
+    while (done < buf.len) done += try sendSome(fd, buf[done..], false);
+}
+
+/// Blocking receive of exactly `buf.len` bytes (handshakes; SO_RCVTIMEO bounds each wait).
+pub fn recvAll(fd: Fd, buf: []u8) NetError!void {
+    var done: usize = 0;
+    while (done < buf.len) done += try recvSome(fd, buf[done..]);
+}
+
+/// Wakes threads blocked on `fd` (recv returns EOF); the fd stays open until closeFd().
+pub fn shutdownBoth(fd: Fd) void {
+    _ = linux.shutdown(fd, linux.SHUT.RDWR);
+}
+
+// ---- futex (shared: works across processes on a MAP_SHARED mapping) ----
+
+/// Sleeps while `*word == expected`, at most `timeout_ns`. Spurious wakeups are possible.
+pub fn futexWait(word: *const u32, expected: u32, timeout_ns: u64) void {
+    const ts = linux.timespec{
+        .sec = @intCast(timeout_ns / std.time.ns_per_s),
+        .nsec = @intCast(timeout_ns % std.time.ns_per_s),
+    };
+    _ = linux.futex_wait(@ptrCast(word), linux.FUTEX.WAIT, @bitCast(expected), &ts);
+}
+
+pub fn futexWake(word: *const u32, waiters_max: u32) void {
+    _ = linux.futex_wake(@ptrCast(word), linux.FUTEX.WAKE, @intCast(@min(waiters_max, std.math.maxInt(i32))));
+}
+
+// ---- memory ----
+
+pub const page_bytes = std.heap.page_size_min;
+
+/// Page-aligned, zeroed anonymous memory.
+pub fn mapAnonymous(bytes: u64) ?[*]align(page_bytes) u8 {
+    if (bytes == 0 or bytes > std.math.maxInt(isize)) return null;
+    const rc = linux.mmap(null, @intCast(bytes), linux.PROT.READ | linux.PROT.WRITE, .{ .TYPE = .PRIVATE, .ANONYMOUS = true }, -1, 0);
+    if (errnoOf(rc) != .SUCCESS) return null;
+    return @ptrFromInt(rc);
+}
+
+pub fn unmap(ptr: [*]const u8, bytes: u64) void {
+    if (bytes == 0) return;
+    _ = linux.munmap(ptr, @intCast(bytes));
+}
+
+// ---- shared-memory segments in /dev/shm ----
+
+pub const shm_dir = "/dev/shm/";
+pub const shm_name_bytes_max = 96;
+
+pub const Segment = struct {
+    ptr: [*]align(page_bytes) u8,
+    bytes: u64,
+
+    pub fn unmapSegment(self: Segment) void {
+        unmap(self.ptr, self.bytes);
+    }
+};
+
+fn shmPath(name: []const u8, buf: *[shm_dir.len + shm_name_bytes_max + 1]u8) ![*:0]const u8 {
+    if (name.len == 0 or name.len > shm_name_bytes_max) return error.NameTooLong;
+    for (name) |c| if (c == '/' or c == 0) return error.BadName;
+    @memcpy(buf[0..shm_dir.len], shm_dir);
+    @memcpy(buf[shm_dir.len..][0..name.len], name);
+    buf[shm_dir.len + name.len] = 0;
+    return @ptrCast(buf);
+}
+
+/// Creates (replacing any stale file of that name) and maps a zeroed segment.
+pub fn shmCreate(name: []const u8, bytes: u64) !Segment {
+    var path_buf: [shm_dir.len + shm_name_bytes_max + 1]u8 = undefined;
+    const path = try shmPath(name, &path_buf);
+    _ = linux.unlink(path);
+    const rc = linux.open(path, .{ .ACCMODE = .RDWR, .CREAT = true, .EXCL = true, .CLOEXEC = true }, 0o600);
+    if (errnoOf(rc) != .SUCCESS) return error.ShmOpenFailed;
+    const fd: Fd = @intCast(rc);
+    defer closeFd(fd);
+    errdefer _ = linux.unlink(path);
+    if (errnoOf(linux.ftruncate(fd, @intCast(bytes))) != .SUCCESS) return error.ShmTruncateFailed;
+    return mapShared(fd, bytes);
+}
+
+/// Maps an existing segment; its size must be exactly `bytes_expected` (0 = whatever it is).
+pub fn shmOpen(name: []const u8, bytes_expected: u64) !Segment {
+    var path_buf: [shm_dir.len + shm_name_bytes_max + 1]u8 = undefined;
+    const path = try shmPath(name, &path_buf);
+    const rc = linux.open(path, .{ .ACCMODE = .RDWR, .CLOEXEC = true, .NOFOLLOW = true }, 0);
+    if (errnoOf(rc) != .SUCCESS) return error.ShmOpenFailed;
+    const fd: Fd = @intCast(rc);
+    defer closeFd(fd);
+    var st: linux.Stat = undefined;
+    if (errnoOf(linux.fstat(fd, &st)) != .SUCCESS) return error.ShmStatFailed;
+    const bytes: u64 = @intCast(st.size);
+    if (bytes == 0 or (bytes_expected != 0 and bytes != bytes_expected)) return error.ShmBadSize;
+    return mapShared(fd, bytes);
+}
+
+fn mapShared(fd: Fd, bytes: u64) !Segment {
+    const rc = linux.mmap(null, @intCast(bytes), linux.PROT.READ | linux.PROT.WRITE, .{ .TYPE = .SHARED }, fd, 0);
+    if (errnoOf(rc) != .SUCCESS) return error.ShmMapFailed;
+    return .{ .ptr = @ptrFromInt(rc), .bytes = bytes };
+}
+
+pub fn shmUnlink(name: []const u8) void {
+    var path_buf: [shm_dir.len + shm_name_bytes_max + 1]u8 = undefined;
+    const path = shmPath(name, &path_buf) catch return;
+    _ = linux.unlink(path);
+}
+
+/// Removes every /dev/shm entry whose name starts with `prefix` (what a killed rank left).
+pub fn shmUnlinkPrefix(prefix: []const u8) u32 {
+    var dir = std.fs.openDirAbsolute(shm_dir, .{ .iterate = true }) catch return 0;
+    defer dir.close();
+    var removed: u32 = 0;
+    var it = dir.iterate();
+    var entries_max: u32 = 1 << 16; // bounded scan
+    while (entries_max > 0) : (entries_max -= 1) {
+        const entry = (it.next() catch break) orelse break;
+        if (!std.mem.startsWith(u8, entry.name, prefix)) continue;
+        dir.deleteFile(entry.name) catch continue;
+        removed += 1;
+    }
+    return removed;
+}
+
+// ---- host identity ----
+
+fn readSmallFile(path: [*:0]const u8, buf: []u8) []const u8 {
+    const rc = linux.open(path, .{ .ACCMODE = .RDONLY, .CLOEXEC = true }, 0);
+    if (errnoOf(rc) != .SUCCESS) return "";
+    const fd: Fd = @intCast(rc);
+    defer closeFd(fd);
+    const n = linux.read(fd, buf.ptr, buf.len);
+    if (errnoOf(n) != .SUCCESS) return "";
+    return std.mem.trim(u8, buf[0..n], " \n\r\t");
+}
+
+/// A stable id of this host and shm namespace: boot id, hostname and /dev/shm's inode, so two
+/// containers of one machine (different /dev/shm) differ. Never 0.
+pub fn hostId() u64 {
+    var hasher = std.hash.Wyhash.init(0x6d6f6f6e72696e67); // "moonring"
+    var buf: [256]u8 = undefined;
+    hasher.update(readSmallFile("/proc/sys/kernel/random/boot_id", &buf));
+    var uts: linux.utsname = undefined;
+    if (errnoOf(linux.uname(&uts)) == .SUCCESS) hasher.update(std.mem.sliceTo(&uts.nodename, 0));
+    const rc = linux.open(shm_dir, .{ .ACCMODE = .RDONLY, .DIRECTORY = true, .CLOEXEC = true }, 0);
+    if (errnoOf(rc) == .SUCCESS) {
+        const fd: Fd = @intCast(rc);
+        defer closeFd(fd);
+        var st: linux.Stat = undefined;
+        if (errnoOf(linux.fstat(fd, &st)) == .SUCCESS) {
+            hasher.update(std.mem.asBytes(&st.ino));
+            hasher.update(std.mem.asBytes(&st.dev));
+        }
+    }
+    const id = hasher.final();
+    return if (id == 0) 1 else id;
+}
+
+/// Environment variable (process environment via libc), or null.
+pub fn getenv(name: [*:0]const u8) ?[]const u8 {
+    const value = std.c.getenv(name) orelse return null;
+    return std.mem.sliceTo(value, 0);
+}
+
+test "sys: anonymous map is page aligned and zeroed" {
+    const ptr = mapAnonymous(3 * page_bytes + 1).?;
+    defer unmap(ptr, 3 * page_bytes + 1);
+    try std.testing.expect(@intFromPtr(ptr) % page_bytes == 0);
+    try std.testing.expectEqual(@as(u8, 0), ptr[3 * page_bytes]);
+}
+
+test "sys: host id is stable" {
+    try std.testing.expectEqual(hostId(), hostId());
+}
+
+test "sys: shm segment create, open, unlink" {
+    const name = "moonring-systest-0-seg";
+    const a = try shmCreate(name, 8192);
+    defer a.unmapSegment();
+    const b = try shmOpen(name, 8192);
+    defer b.unmapSegment();
+    a.ptr[100] = 42;
+    try std.testing.expectEqual(@as(u8, 42), b.ptr[100]);
+    try std.testing.expectError(error.ShmBadSize, shmOpen(name, 4096));
+    try std.testing.expectEqual(@as(u32, 1), shmUnlinkPrefix("moonring-systest-0-"));
+    try std.testing.expectError(error.ShmOpenFailed, shmOpen(name, 0));
+}

@@ -1,0 +1,196 @@
+//! TCP link mechanics: the handshake (dial and accept side) and frame I/O with timeouts that
+//! let a blocked reader or writer notice cancellation, deadlines and link closure.
+//! Which frames go where is net.zig's business; this file only moves validated bytes.
+const std = @import("std");
+const sys = @import("../sys.zig");
+const wire = @import("wire.zig");
+
+/// Socket timeout granularity: a blocked send/recv re-checks its abort condition this often.
+pub const io_poll_ms: u32 = 50;
+pub const handshake_timeout_ms: u32 = 2000;
+/// Payloads up to this size are copied next to the header and sent with one syscall.
+const coalesce_bytes_max = 4096;
+
+pub const Identity = struct {
+    rank: u32,
+    world_size_max: u32,
+    cluster_id: []const u8,
+    token: []const u8,
+    host_id: u64,
+};
+
+pub const Offer = struct {
+    kind: wire.LinkKind,
+    shm_name: []const u8 = "",
+};
+
+pub const Dialed = struct {
+    fd: sys.Fd,
+    kind: wire.LinkKind,
+    shm_name_len: usize,
+    shm_name: [wire.shm_name_bytes_max]u8,
+};
+
+pub const DialError = error{ Refused, Unreachable, TimedOut, Rejected, Protocol };
+
+/// Connects to `dst_rank` at `addr` and runs the dialer's side of the handshake.
+pub fn dial(addr: sys.Address, me: Identity, dst_rank: u32, offer: Offer, timeout_ms: u32) DialError!Dialed {
+    std.debug.assert(me.cluster_id.len <= wire.cluster_id_bytes_max and me.token.len <= wire.token_bytes_max);
+    std.debug.assert(offer.shm_name.len <= wire.shm_name_bytes_max);
+    const fd = sys.connectTimeout(addr, @max(timeout_ms, 1)) catch |err| return switch (err) {
+        error.Refused => error.Refused,
+        error.TimedOut => error.TimedOut,
+        else => error.Unreachable,
+    };
+    errdefer sys.closeFd(fd);
+    const hs_ms = @max(@min(timeout_ms, handshake_timeout_ms), 10);
+    sys.setRecvTimeout(fd, hs_ms);
+    sys.setSendTimeout(fd, hs_ms);
+
+    var buf: [@sizeOf(wire.Hello) + wire.cluster_id_bytes_max + wire.token_bytes_max + wire.shm_name_bytes_max]u8 = undefined;
+    const hello = wire.Hello{
+        .kind = @intFromEnum(offer.kind),
+        .src_rank = me.rank,
+        .dst_rank = dst_rank,
+        .world_size_max = me.world_size_max,
+        .cluster_id_len = @intCast(me.cluster_id.len),
+        .token_len = @intCast(me.token.len),
+        .shm_name_len = @intCast(offer.shm_name.len),
+        .host_id = me.host_id,
+    };
+    var len: usize = 0;
+    for ([_][]const u8{ std.mem.asBytes(&hello), me.cluster_id, me.token, offer.shm_name }) |part| {
+        @memcpy(buf[len..][0..part.len], part);
+        len += part.len;
+    }
+    sys.sendAll(fd, buf[0..len]) catch return error.Unreachable;
+
+    var ack: wire.Ack = undefined;
+    sys.recvAll(fd, std.mem.asBytes(&ack)) catch |err| return switch (err) {
+        error.WouldBlock => error.TimedOut,
+        else => error.Rejected, // closed: the acceptor refused us (or is not a moonring rank)
+    };
+    if (ack.magic != wire.ack_magic) return error.Protocol;
+    if (ack.status != .ok) return error.Rejected;
+    if (ack.rank != dst_rank) return error.Protocol;
+    const kind = std.meta.intToEnum(wire.LinkKind, ack.kind) catch return error.Protocol;
+    if (ack.shm_name_len > wire.shm_name_bytes_max) return error.Protocol;
+    if ((kind == .shm) != (ack.shm_name_len > 0)) return error.Protocol;
+    if (kind == .shm and offer.kind != .shm) return error.Protocol;
+    var result = Dialed{ .fd = fd, .kind = kind, .shm_name_len = ack.shm_name_len, .shm_name = undefined };
+    sys.recvAll(fd, result.shm_name[0..ack.shm_name_len]) catch return error.Protocol;
+    return result;
+}
+
+pub const Hello = struct {
+    header: wire.Hello,
+    kind: wire.LinkKind,
+    bytes: [wire.cluster_id_bytes_max + wire.token_bytes_max + wire.shm_name_bytes_max]u8,
+
+    pub fn clusterId(self: *const Hello) []const u8 {
+        return self.bytes[0..self.header.cluster_id_len];
+    }
+    pub fn token(self: *const Hello) []const u8 {
+        return self.bytes[self.header.cluster_id_len..][0..self.header.token_len];
+    }
+    pub fn shmName(self: *const Hello) []const u8 {
+        return self.bytes[@as(usize, self.header.cluster_id_len) + self.header.token_len ..][0..self.header.shm_name_len];
+    }
+};
+
+pub const HelloError = error{ Closed, TimedOut, BadMagic, BadVersion, BadLength };
+
+/// Acceptor side: reads and structurally validates a Hello (within handshake_timeout_ms).
+pub fn readHello(fd: sys.Fd, hello: *Hello) HelloError!void {
+    sys.setRecvTimeout(fd, handshake_timeout_ms);
+    sys.setSendTimeout(fd, handshake_timeout_ms);
+    sys.recvAll(fd, std.mem.asBytes(&hello.header)) catch |err| return switch (err) {
+        error.WouldBlock => error.TimedOut,
+        else => error.Closed,
+    };
+    const h = hello.header;
+    if (h.magic != wire.hello_magic) return error.BadMagic;
+    if (h.version != wire.protocol_version) return error.BadVersion;
+    if (h.cluster_id_len > wire.cluster_id_bytes_max or h.token_len > wire.token_bytes_max or
+        h.shm_name_len > wire.shm_name_bytes_max or h.reserved != 0 or h.reserved2 != 0) return error.BadLength;
+    hello.kind = std.meta.intToEnum(wire.LinkKind, h.kind) catch return error.BadLength;
+    if ((hello.kind == .shm) != (h.shm_name_len > 0)) return error.BadLength;
+    const extra = @as(usize, h.cluster_id_len) + h.token_len + h.shm_name_len;
+    sys.recvAll(fd, hello.bytes[0..extra]) catch |err| return switch (err) {
+        error.WouldBlock => error.TimedOut,
+        else => error.Closed,
+    };
+}
+
+pub fn sendAck(fd: sys.Fd, status: wire.AckStatus, rank: u32, kind: wire.LinkKind, shm_name: []const u8) void {
+    var buf: [@sizeOf(wire.Ack) + wire.shm_name_bytes_max]u8 = undefined;
+    const ack = wire.Ack{ .status = status, .rank = rank, .kind = @intFromEnum(kind), .shm_name_len = @intCast(shm_name.len) };
+    @memcpy(buf[0..@sizeOf(wire.Ack)], std.mem.asBytes(&ack));
+    @memcpy(buf[@sizeOf(wire.Ack)..][0..shm_name.len], shm_name);
+    sys.sendAll(fd, buf[0 .. @sizeOf(wire.Ack) + shm_name.len]) catch {};
+}
+
+/// Constant-time comparison for the token.
+pub fn secretEqual(a: []const u8, b: []const u8) bool {
+    if (a.len != b.len) return false;
+    var diff: u8 = 0;
+    for (a, b) |x, y| diff |= x ^ y;
+    return diff == 0;
+}
+
+/// After the handshake: timeouts become the abort-poll granularity.
+pub fn setStreaming(fd: sys.Fd) void {
+    sys.setRecvTimeout(fd, io_poll_ms);
+    sys.setSendTimeout(fd, io_poll_ms);
+    sys.setNoDelay(fd);
+}
+
+pub const IoError = error{ Closed, Aborted };
+
+/// Writes header + payload. `abort.check()` is asked each time the socket stays full for
+/// io_poll_ms; true aborts (the stream may then be mid-frame: the caller must close the link).
+pub fn writeFrame(fd: sys.Fd, header: *const wire.FrameHeader, payload: []const u8, abort: anytype) IoError!void {
+    std.debug.assert(payload.len == header.chunk_len);
+    if (payload.len <= coalesce_bytes_max) {
+        var buf: [@sizeOf(wire.FrameHeader) + coalesce_bytes_max]u8 = undefined;
+        @memcpy(buf[0..@sizeOf(wire.FrameHeader)], std.mem.asBytes(header));
+        @memcpy(buf[@sizeOf(wire.FrameHeader)..][0..payload.len], payload);
+        return writeAll(fd, buf[0 .. @sizeOf(wire.FrameHeader) + payload.len], false, abort);
+    }
+    try writeAll(fd, std.mem.asBytes(header), true, abort);
+    try writeAll(fd, payload, false, abort);
+}
+
+fn writeAll(fd: sys.Fd, bytes: []const u8, more: bool, abort: anytype) IoError!void {
+    var done: usize = 0;
+    while (done < bytes.len) {
+        done += sys.sendSome(fd, bytes[done..], more) catch |err| switch (err) {
+            error.WouldBlock => {
+                if (abort.check()) return error.Aborted;
+                continue;
+            },
+            else => return error.Closed,
+        };
+    }
+}
+
+/// Reads exactly buf.len bytes; `keep.check()` is asked after each io_poll_ms of silence and
+/// returning true gives up (error.Aborted).
+pub fn readExact(fd: sys.Fd, buf: []u8, abort: anytype) IoError!void {
+    var done: usize = 0;
+    while (done < buf.len) {
+        done += sys.recvSome(fd, buf[done..]) catch |err| switch (err) {
+            error.WouldBlock => {
+                if (abort.check()) return error.Aborted;
+                continue;
+            },
+            else => return error.Closed,
+        };
+    }
+}
+
+test "tcp: secretEqual" {
+    try std.testing.expect(secretEqual("abc", "abc"));
+    try std.testing.expect(!secretEqual("abc", "abd"));
+    try std.testing.expect(!secretEqual("abc", "ab"));
+}
