@@ -1,0 +1,341 @@
+// The data plane over libmoonring: one native engine per rank. run() submits an op (mr_submit)
+// and returns a Promise that a poller settles: it drains the native completion queue with
+// mr_poll (no native thread ever calls into JS), every macrotask turn while ops are in flight
+// (setImmediate: microsecond-level latency), backing off to short timers once ops run long, and
+// leaves no timer behind when nothing is in flight.
+import { toArrayBuffer } from "bun:ffi";
+import { native, statusName } from "./ffi";
+import { collectiveCode, dtypeInfo, redopInfo } from "../ops/table";
+import {
+  NativeError,
+  type DataPlane,
+  type DataPlaneOptions,
+  type NativeBuffer,
+  type NativeOp,
+} from "./types";
+
+type ErrorCode = NativeError["code"];
+const errorCodes: readonly string[] = ["EINVAL", "ENOMEM", "EPEER", "ETIMEOUT", "ECANCELED", "EPROTO", "ENODEV", "EIO"];
+
+function codeOf(status: number): ErrorCode {
+  const name = statusName(status);
+  return (errorCodes.includes(name) ? name : "EIO") as ErrorCode;
+}
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+const messageBuf = new Uint8Array(1024);
+
+/** The calling thread's last native error message. */
+export function lastError(): string {
+  const len = Number(native.mr_last_error(messageBuf, messageBuf.length));
+  return decoder.decode(messageBuf.subarray(0, Math.min(len, messageBuf.length)));
+}
+
+export function hostId(): bigint {
+  return BigInt(native.mr_host_id());
+}
+
+/** Poll scheduling: spin on setImmediate this long after the last submit/completion. */
+const spinMs = 2;
+/** Then timers of this period, growing to slowPollMs once ops have run for longMs. */
+const fastPollMs = 1;
+const slowPollMs = 4;
+const longMs = 50;
+const pollBatch = 64;
+
+/** Host buffers up to this size are recycled (mr_alloc/mr_free are syscalls). */
+const poolBytesMax = 1 << 20;
+const poolPerClassMax = 16;
+
+interface Pending {
+  resolve: () => void;
+  reject: (e: unknown) => void;
+  /** Keeps the op's buffers (and the counts array) alive and unreleased until completion. */
+  buffers: HostOrDeviceBuffer[];
+  counts: BigUint64Array | null;
+}
+
+class HostOrDeviceBuffer implements NativeBuffer {
+  /** Ops in flight using this buffer: release() waits for them. */
+  inflight = 0;
+  private releaseRequested = false;
+  private released = false;
+
+  constructor(
+    private readonly owner: NativeDataPlane,
+    readonly bytes: Uint8Array,
+    readonly address: bigint,
+    readonly byteLength: number,
+    readonly device: number,
+    readonly capacity: number,
+  ) {}
+
+  release(): void {
+    if (this.released) return;
+    this.releaseRequested = true;
+    if (this.inflight > 0) return; // freed when the last op using it completes
+    this.released = true;
+    this.owner.freeBuffer(this);
+  }
+
+  /** An op using it completed. */
+  settle(): void {
+    this.inflight--;
+    if (this.inflight === 0 && this.releaseRequested) this.release();
+  }
+
+  get isReleased(): boolean {
+    return this.released;
+  }
+}
+
+function sizeClass(bytes: number): number {
+  const page = 4096;
+  let c = page;
+  while (c < bytes) c *= 2;
+  return c;
+}
+
+export class NativeDataPlane implements DataPlane {
+  readonly rank: number;
+  readonly dataPort: number;
+  readonly hostId: bigint;
+  readonly worldSizeMax: number;
+  private handle: number | null;
+  private readonly pending = new Map<bigint, Pending>();
+  private polling = false;
+  private lastActivity = 0;
+  private pollTimer: ReturnType<typeof setTimeout> | null = null;
+  private readonly tickets = new BigUint64Array(pollBatch);
+  private readonly statuses = new Int32Array(pollBatch);
+  private readonly pool = new Map<number, { address: number; bytes: Uint8Array }[]>();
+
+  static open(opts: DataPlaneOptions): NativeDataPlane {
+    return new NativeDataPlane(opts);
+  }
+
+  constructor(opts: DataPlaneOptions) {
+    const cluster = encoder.encode(opts.clusterId);
+    const token = encoder.encode(opts.token ?? "");
+    const host = encoder.encode(opts.listenHost);
+    const handle = native.mr_engine_create(
+      opts.rank,
+      opts.worldSizeMax,
+      cluster,
+      cluster.length,
+      token,
+      token.length,
+      host,
+      host.length,
+      opts.listenPort ?? 0,
+    ) as number | null;
+    if (!handle) throw new NativeError(`data plane of rank ${opts.rank}: ${lastError()}`, "EINVAL");
+    this.handle = handle;
+    this.rank = opts.rank;
+    this.worldSizeMax = opts.worldSizeMax;
+    this.dataPort = native.mr_engine_data_port(handle) as number;
+    this.hostId = hostId();
+  }
+
+  private engine(): number {
+    if (this.handle === null) throw new NativeError(`data plane of rank ${this.rank} is closed`, "ECANCELED");
+    return this.handle;
+  }
+
+  setPeer(rank: number, host: string, port: number, hostId: bigint): void {
+    const h = encoder.encode(host);
+    const rc = native.mr_engine_set_peer(this.engine(), rank, h, h.length, port, hostId) as number;
+    if (rc !== 0) throw new NativeError(lastError(), codeOf(rc));
+  }
+
+  peerDown(rank: number): void {
+    const rc = native.mr_engine_peer_down(this.engine(), rank) as number;
+    if (rc !== 0) throw new NativeError(lastError(), codeOf(rc));
+  }
+
+  alloc(byteLength: number, device = -1): NativeBuffer {
+    if (!Number.isSafeInteger(byteLength) || byteLength < 0) {
+      throw new NativeError(`alloc: bad byte length ${byteLength}`, "EINVAL");
+    }
+    if (device >= 0) {
+      const dptr = BigInt(native.mr_cuda_alloc(device, Math.max(byteLength, 1)));
+      if (dptr === 0n) throw new NativeError(`alloc of ${byteLength} bytes on device ${device}: ${lastError()}`, "ENODEV");
+      return new HostOrDeviceBuffer(this, new Uint8Array(0), dptr, byteLength, device, byteLength);
+    }
+    const capacity = byteLength <= poolBytesMax ? sizeClass(Math.max(byteLength, 1)) : byteLength;
+    const cached = this.pool.get(capacity)?.pop();
+    if (cached) {
+      const bytes = cached.bytes.subarray(0, byteLength);
+      bytes.fill(0);
+      return new HostOrDeviceBuffer(this, bytes, BigInt(cached.address), byteLength, -1, capacity);
+    }
+    const address = native.mr_alloc(capacity) as number | null;
+    if (!address) throw new NativeError(`alloc of ${byteLength} bytes: ${lastError()}`, "ENOMEM");
+    const bytes = new Uint8Array(toArrayBuffer(address, 0, capacity)).subarray(0, byteLength);
+    return new HostOrDeviceBuffer(this, bytes, BigInt(address), byteLength, -1, capacity);
+  }
+
+  /** Called by HostOrDeviceBuffer.release() once no op uses it. */
+  freeBuffer(buf: HostOrDeviceBuffer): void {
+    if (buf.device >= 0) {
+      native.mr_cuda_free(buf.device, buf.address);
+      return;
+    }
+    const address = Number(buf.address);
+    if (buf.capacity <= poolBytesMax && this.handle !== null) {
+      let list = this.pool.get(buf.capacity);
+      if (!list) this.pool.set(buf.capacity, (list = []));
+      if (list.length < poolPerClassMax) {
+        list.push({ address, bytes: new Uint8Array(buf.bytes.buffer, 0, buf.capacity) });
+        return;
+      }
+    }
+    native.mr_free(address, buf.capacity);
+  }
+
+  run(op: NativeOp): Promise<void> {
+    try {
+      return this.submit(op);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  private submit(op: NativeOp): Promise<void> {
+    const engine = this.engine();
+    let mask = 0n;
+    for (const r of op.ranks) {
+      if (!Number.isInteger(r) || r < 0 || r >= this.worldSizeMax) {
+        throw new NativeError(`rank ${this.rank}: ${op.kind} op ${op.opId}: rank ${r} is outside the world`, "EINVAL");
+      }
+      mask |= 1n << BigInt(r);
+    }
+    let counts: BigUint64Array | null = null;
+    if (op.kind === "alltoall") {
+      const sendCounts = op.sendCounts ?? [];
+      const recvCounts = op.recvCounts ?? [];
+      if (sendCounts.length !== op.ranks.length || recvCounts.length !== op.ranks.length) {
+        throw new NativeError(`rank ${this.rank}: alltoall op ${op.opId}: need one send and recv count per rank`, "EINVAL");
+      }
+      counts = new BigUint64Array(2 * this.worldSizeMax);
+      op.ranks.forEach((r, i) => {
+        counts![r] = BigInt(sendCounts[i]!);
+        counts![this.worldSizeMax + r] = BigInt(recvCounts[i]!);
+      });
+    }
+    const send = op.send as HostOrDeviceBuffer | undefined;
+    const recv = op.recv as HostOrDeviceBuffer | undefined;
+    for (const b of [send, recv]) {
+      if (b && b.isReleased) throw new NativeError(`rank ${this.rank}: ${op.kind} op ${op.opId}: buffer already released`, "EINVAL");
+    }
+    const device = send?.device ?? recv?.device ?? -1;
+    const dtype = dtypeInfo(op.dtype).code;
+    const redop = op.redop ? redopInfo(op.redop).code : 0;
+    const ticket = BigInt(
+      native.mr_submit(
+        engine,
+        collectiveCode(op.kind),
+        dtype,
+        redop,
+        op.opId,
+        mask,
+        op.root ?? 0,
+        send ? Number(send.address) : null,
+        recv ? Number(recv.address) : null,
+        op.count,
+        counts,
+        device,
+        op.timeoutMs,
+      ),
+    );
+    if (ticket <= 0n) throw new NativeError(lastError(), codeOf(Number(ticket)));
+    const buffers: HostOrDeviceBuffer[] = [];
+    for (const b of [send, recv]) {
+      if (b && !buffers.includes(b)) {
+        b.inflight++;
+        buffers.push(b);
+      }
+    }
+    return new Promise<void>((resolve, reject) => {
+      this.pending.set(ticket, { resolve, reject, buffers, counts });
+      this.lastActivity = performance.now();
+      this.startPolling();
+    });
+  }
+
+  private startPolling(): void {
+    if (this.polling) return;
+    this.polling = true;
+    setImmediate(this.pollOnce);
+  }
+
+  private readonly pollOnce = (): void => {
+    this.pollTimer = null;
+    if (this.handle === null) {
+      this.polling = false;
+      return;
+    }
+    let drained = 0;
+    for (let rounds = 0; rounds < 16; rounds++) {
+      const n = native.mr_poll(this.handle, this.tickets, this.statuses, pollBatch) as number;
+      for (let i = 0; i < n; i++) this.complete(this.tickets[i]!, this.statuses[i]!);
+      drained += n;
+      if (n < pollBatch) break;
+    }
+    if (this.pending.size === 0) {
+      this.polling = false;
+      return;
+    }
+    const now = performance.now();
+    if (drained > 0) this.lastActivity = now;
+    const idle = now - this.lastActivity;
+    if (idle < spinMs) setImmediate(this.pollOnce);
+    else this.pollTimer = setTimeout(this.pollOnce, idle < longMs ? fastPollMs : slowPollMs);
+  };
+
+  private complete(ticket: bigint, status: number): void {
+    const p = this.pending.get(ticket);
+    if (!p) {
+      native.mr_release(this.handle, ticket);
+      return;
+    }
+    this.pending.delete(ticket);
+    let error: NativeError | null = null;
+    if (status !== 0) {
+      const len = Number(native.mr_op_error(this.handle, ticket, messageBuf, messageBuf.length));
+      const text = decoder.decode(messageBuf.subarray(0, Math.min(len, messageBuf.length)));
+      const peer = native.mr_op_failed_peer(this.handle, ticket) as number;
+      error = new NativeError(text || `rank ${this.rank}: op failed (${statusName(status)})`, codeOf(status), peer >= 0 ? peer : null);
+    }
+    native.mr_release(this.handle, ticket);
+    for (const b of p.buffers) b.settle();
+    if (error) p.reject(error);
+    else p.resolve();
+  }
+
+  /** Ops submitted and not yet settled. */
+  get inFlight(): number {
+    return this.pending.size;
+  }
+
+  close(): void {
+    if (this.handle === null) return;
+    const handle = this.handle;
+    if (this.pollTimer) clearTimeout(this.pollTimer);
+    // Stops native threads; in-flight ops end with ECANCELED (drained below).
+    native.mr_engine_destroy(handle);
+    this.handle = null;
+    for (const [ticket, p] of this.pending) {
+      for (const b of p.buffers) b.settle();
+      p.reject(new NativeError(`rank ${this.rank}: op (ticket ${ticket}) canceled: data plane closed`, "ECANCELED"));
+    }
+    this.pending.clear();
+    for (const list of this.pool.values()) for (const { address, bytes } of list) native.mr_free(address, bytes.byteLength);
+    this.pool.clear();
+  }
+}
+
+export function createDataPlane(opts: DataPlaneOptions): NativeDataPlane {
+  return new NativeDataPlane(opts);
+}

@@ -1,0 +1,162 @@
+// The native data plane through bun:ffi: 3 engines (ranks) in this process on loopback.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { NativeDataPlane, lastError } from "../../src/native/engine";
+import { constants, missingSymbols, parsePrototypes, prototypes } from "../../src/native/ffi";
+import { NativeError, type NativeBuffer } from "../../src/native/types";
+
+const n = 3;
+const worldSizeMax = 4;
+let planes: NativeDataPlane[] = [];
+let nextOpId = 1n;
+const all = [0, 1, 2];
+
+function rng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (s * 1664525 + 1013904223) >>> 0;
+    return s / 2 ** 32;
+  };
+}
+
+beforeAll(() => {
+  const clusterId = `bun-test-${process.pid}`;
+  planes = all.map((rank) => new NativeDataPlane({ rank, worldSizeMax, clusterId, token: "s3cret", listenHost: "127.0.0.1" }));
+  for (const a of planes) for (const b of planes) if (a !== b) a.setPeer(b.rank, "127.0.0.1", b.dataPort, b.hostId);
+});
+
+afterAll(() => {
+  for (const p of planes) p.close();
+});
+
+describe("ffi", () => {
+  test("symbols come from moonring.h and all resolve", () => {
+    expect(prototypes.length).toBeGreaterThanOrEqual(20);
+    expect(prototypes.map((p) => p.name)).toContain("mr_submit");
+    expect(missingSymbols).toEqual([]);
+    expect(constants.MR_EPEER).toBe(-3);
+  });
+
+  test("parser maps C types and rejects unknown ones", () => {
+    const [p] = parsePrototypes("int64_t mr_x(mr_engine *e,\n const uint64_t *c, uint32_t k, size_t n);");
+    expect(p!.name).toBe("mr_x");
+    expect(p!.args.length).toBe(4);
+    expect(() => parsePrototypes("float mr_y(void);")).toThrow(/no bun:ffi mapping/);
+  });
+});
+
+describe("collectives over the native data plane", () => {
+  test("engines have ports and one host id", () => {
+    for (const p of planes) expect(p.dataPort).toBeGreaterThan(0);
+    expect(new Set(planes.map((p) => p.hostId)).size).toBe(1);
+  });
+
+  test("allreduce f32 sum of random integers matches an f64 reference", async () => {
+    const count = 1000;
+    const r = rng(7);
+    const inputs = all.map(() => Float32Array.from({ length: count }, () => Math.floor(r() * 2000) - 1000));
+    const bufs = planes.map((p, i) => {
+      const b = p.alloc(count * 4);
+      new Float32Array(b.bytes.buffer, b.bytes.byteOffset, count).set(inputs[i]!);
+      return b;
+    });
+    const opId = nextOpId++;
+    await Promise.all(
+      planes.map((p, i) =>
+        p.run({ kind: "allreduce", dtype: "float32", redop: "sum", opId, ranks: all, count, send: bufs[i], recv: bufs[i], timeoutMs: 10_000 }),
+      ),
+    );
+    for (let i = 0; i < n; i++) {
+      const got = new Float32Array(bufs[i]!.bytes.buffer, bufs[i]!.bytes.byteOffset, count);
+      for (let k = 0; k < count; k++) {
+        const expected = inputs[0]![k]! + inputs[1]![k]! + inputs[2]![k]!;
+        if (got[k] !== expected) throw new Error(`rank ${i} element ${k}: ${got[k]} != ${expected}`);
+      }
+      bufs[i]!.release();
+    }
+  });
+
+  test("allgather int32: block j is rank j's input", async () => {
+    const count = 257;
+    const sends = planes.map((p, i) => {
+      const b = p.alloc(count * 4);
+      const v = new Int32Array(b.bytes.buffer, b.bytes.byteOffset, count);
+      for (let k = 0; k < count; k++) v[k] = i * 100000 + k;
+      return b;
+    });
+    const recvs = planes.map((p) => p.alloc(count * 4 * n));
+    const opId = nextOpId++;
+    await Promise.all(
+      planes.map((p, i) => p.run({ kind: "allgather", dtype: "int32", opId, ranks: all, count, send: sends[i], recv: recvs[i], timeoutMs: 10_000 })),
+    );
+    for (let i = 0; i < n; i++) {
+      const v = new Int32Array(recvs[i]!.bytes.buffer, recvs[i]!.bytes.byteOffset, count * n);
+      for (let j = 0; j < n; j++) for (let k = 0; k < count; k++) expect(v[j * count + k]).toBe(j * 100000 + k);
+      sends[i]!.release();
+      recvs[i]!.release();
+    }
+  });
+
+  test("many small allreduces back to back (latency path), in a subgroup", async () => {
+    const ranks = [0, 2];
+    const bufs = ranks.map((r) => planes[r]!.alloc(8));
+    for (let round = 0; round < 200; round++) {
+      ranks.forEach((r, i) => new Float64Array(bufs[i]!.bytes.buffer, bufs[i]!.bytes.byteOffset, 1).set([r + round]));
+      const opId = nextOpId++;
+      await Promise.all(
+        ranks.map((r, i) =>
+          planes[r]!.run({ kind: "allreduce", dtype: "float64", redop: "sum", opId, ranks, count: 1, send: bufs[i], recv: bufs[i], timeoutMs: 10_000 }),
+        ),
+      );
+      for (const b of bufs) expect(new Float64Array(b.bytes.buffer, b.bytes.byteOffset, 1)[0]).toBe(2 + 2 * round);
+    }
+    for (const b of bufs) b.release();
+    for (const p of planes) expect(p.inFlight).toBe(0);
+  });
+});
+
+describe("errors", () => {
+  test("a bad argument rejects with NativeError EINVAL and a message", async () => {
+    const b = planes[0]!.alloc(16);
+    const opId = nextOpId++;
+    const err = await planes[0]!
+      .run({ kind: "allreduce", dtype: "float32", redop: "band", opId, ranks: all, count: 4, send: b, recv: b, timeoutMs: 1000 })
+      .catch((e) => e);
+    expect(err).toBeInstanceOf(NativeError);
+    expect((err as NativeError).code).toBe("EINVAL");
+    expect((err as NativeError).message).toContain("band");
+    const err2 = await planes[0]!
+      .run({ kind: "allreduce", dtype: "float32", redop: "sum", opId, ranks: [1, 2], count: 4, send: b, recv: b, timeoutMs: 1000 })
+      .catch((e) => e);
+    expect((err2 as NativeError).code).toBe("EINVAL");
+    expect((err2 as NativeError).message).toContain("does not contain this rank");
+    expect(lastError()).toContain("does not contain this rank");
+    b.release();
+  });
+
+  test("a peer that never joins: ETIMEOUT naming it", async () => {
+    const b = planes[0]!.alloc(8);
+    const err = (await planes[0]!
+      .run({ kind: "allreduce", dtype: "float64", redop: "sum", opId: nextOpId++, ranks: [0, 1], count: 1, send: b, recv: b, timeoutMs: 100 })
+      .catch((e) => e)) as NativeError;
+    expect(err).toBeInstanceOf(NativeError);
+    expect(err.code).toBe("ETIMEOUT");
+    expect(err.failedPeer).toBe(1);
+    expect(err.message).toContain("rank 0");
+    expect(err.message).toContain("rank 1");
+    b.release();
+  });
+
+  test("peerDown fails a waiting op at once with EPEER; setPeer brings the peer back", async () => {
+    const b = planes[1]!.alloc(8);
+    const pending = planes[1]!
+      .run({ kind: "allreduce", dtype: "float64", redop: "sum", opId: nextOpId++, ranks: [1, 2], count: 1, send: b, recv: b, timeoutMs: 60_000 })
+      .catch((e) => e);
+    await Bun.sleep(5);
+    planes[1]!.peerDown(2);
+    const err = (await pending) as NativeError;
+    expect(err.code).toBe("EPEER");
+    expect(err.failedPeer).toBe(2);
+    planes[1]!.setPeer(2, "127.0.0.1", planes[2]!.dataPort, planes[2]!.hostId);
+    b.release();
+  });
+});
