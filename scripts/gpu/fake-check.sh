@@ -3,7 +3,8 @@
 # (zig/src/cuda/fake_libcuda.zig: host memory, CPU stand-ins for the kernels). Checks the
 # driver loader (dlopen, _v2 symbols), the mr_cuda_* exports, the FFI signatures and the test
 # harness; NOT the CUDA kernels (that is scripts/gpu/run.sh on a GPU machine).
-# Usage: sh scripts/gpu/fake-check.sh   (after `zig build`; MOONRING_LIB overrides the library)
+# Usage: sh scripts/gpu/fake-check.sh [--bench]   (after `zig build`; MOONRING_LIB overrides the
+# library; --bench also runs tests/gpu/bench.ts --quick, to check the script, not to time)
 set -eu
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
@@ -22,5 +23,9 @@ fatbin="$(dirname "$lib")/moonring.fatbin"
   -Mops_table="$work/ops_table.zig" -Mmoonring_fatbin="$fatbin" \
   --cache-dir zig/.zig-cache
 
-MOONRING_CUDA_DRIVER="$work/libcuda-fake.so" MOONRING_LIB="$lib" MOONRING_GPU_REQUIRED=1 \
-  "$root/.tools/bin/bun" test tests/gpu
+export MOONRING_CUDA_DRIVER="$work/libcuda-fake.so" MOONRING_LIB="$lib"
+MOONRING_GPU_REQUIRED=1 "$root/.tools/bin/bun" test tests/gpu
+if [ "${1:-}" = "--bench" ]; then
+  "$root/.tools/bin/bun" tests/gpu/bench.ts --quick --json "$work/bench.json"
+  test -s "$work/bench.json"
+fi

@@ -556,6 +556,16 @@ pub const Device = struct {
         try self.check(self.driver.api.cuMemFree(dptr), "cuMemFree(0x{x})", .{dptr});
     }
 
+    /// The allocation holding dptr: its base and length (e.g. to send the offset of dptr along
+    /// with its IPC handle, which names the whole allocation).
+    pub fn addressRange(self: *Device, dptr: CUdeviceptr) Error!struct { base: CUdeviceptr, bytes: u64 } {
+        try self.makeCurrent();
+        var base: CUdeviceptr = 0;
+        var size: usize = 0;
+        try self.check(self.driver.api.cuMemGetAddressRange(&base, &size, dptr), "cuMemGetAddressRange(0x{x})", .{dptr});
+        return .{ .base = base, .bytes = size };
+    }
+
     /// Fails with InvalidArgument unless [dptr, dptr + bytes) lies within one device
     /// allocation (cuMemAlloc, cudaMalloc, IPC-opened, ...) visible to this process. Guards the
     /// kernels from faulting (a fault poisons the context for the whole process).

@@ -1,6 +1,9 @@
 //! C ABI exports for CUDA: the mr_cuda_* functions of zig/include/moonring.h, over driver.zig
 //! (libcuda.so.1 opened at run time) and staging.zig. Results are 0 / a negative MR_E* code;
-//! on failure the calling thread's message is driver.lastErrorMessage() (for mr_last_error()).
+//! on failure the calling thread's message is driver.lastErrorMessage() (mr_last_error() shows
+//! it while it is non-empty). Every mr_cuda_* call clears it first, so a stale CUDA message
+//! never hides a later engine error; the engine should call driver.clearError() when it sets
+//! its own message.
 //!
 //! mr_cuda_reduce with redop avg reduces as sum (one step of a collective); the division by
 //! the group size is staging.finalizeAvg, applied once at the end.
@@ -40,21 +43,25 @@ fn result(outcome: driver.Error!void) i32 {
 }
 
 pub export fn mr_cuda_device_count() i32 {
+    driver.clearError();
     const count = staging.deviceCount() catch return 0;
     return @intCast(@min(count, driver.devices_max));
 }
 
 pub export fn mr_cuda_alloc(device: i32, bytes: u64) u64 {
+    driver.clearError();
     const dev = staging.device(device) catch return 0;
     return dev.alloc(bytes) catch 0;
 }
 
 pub export fn mr_cuda_free(device: i32, dptr: u64) i32 {
+    driver.clearError();
     const dev = staging.device(device) catch |err| return code(err);
     return result(dev.free(dptr));
 }
 
 pub export fn mr_cuda_copy_to_device(device: i32, dptr: u64, src: ?*const anyopaque, bytes: u64) i32 {
+    driver.clearError();
     if (bytes == 0) return deviceStatus(device);
     const p = src orelse return code(driver.fail(error.InvalidArgument, "mr_cuda_copy_to_device: src is NULL ({d} bytes)", .{bytes}));
     const host: [*]const u8 = @ptrCast(p);
@@ -62,6 +69,7 @@ pub export fn mr_cuda_copy_to_device(device: i32, dptr: u64, src: ?*const anyopa
 }
 
 pub export fn mr_cuda_copy_to_host(device: i32, dst: ?*anyopaque, dptr: u64, bytes: u64) i32 {
+    driver.clearError();
     if (bytes == 0) return deviceStatus(device);
     const p = dst orelse return code(driver.fail(error.InvalidArgument, "mr_cuda_copy_to_host: dst is NULL ({d} bytes)", .{bytes}));
     const host: [*]u8 = @ptrCast(p);
@@ -69,6 +77,7 @@ pub export fn mr_cuda_copy_to_host(device: i32, dst: ?*anyopaque, dptr: u64, byt
 }
 
 pub export fn mr_cuda_ipc_handle(device: i32, dptr: u64, handle_out: [*c]u8) i32 {
+    driver.clearError();
     if (handle_out == null) return code(driver.fail(error.InvalidArgument, "mr_cuda_ipc_handle: handle_out is NULL", .{}));
     const handle = staging.ipcHandle(device, dptr) catch |err| return code(err);
     @memcpy(handle_out[0..driver.ipc_handle_bytes], &handle.reserved);
@@ -76,6 +85,7 @@ pub export fn mr_cuda_ipc_handle(device: i32, dptr: u64, handle_out: [*c]u8) i32
 }
 
 pub export fn mr_cuda_reduce(device: i32, redop: u32, dtype: u32, dst: u64, src: u64, count: u64) i32 {
+    driver.clearError();
     const op = std.meta.intToEnum(ops.RedOp, redop) catch
         return code(driver.fail(error.InvalidArgument, "mr_cuda_reduce: unknown reduce op code {d}", .{redop}));
     const dt = std.meta.intToEnum(ops.DType, dtype) catch

@@ -100,6 +100,9 @@ test "fake driver: exports allocate, copy, reduce and report errors" {
     try expectMessage("CUDA cuMemAlloc(2147483648 bytes) failed on device 0: CUDA_ERROR_OUT_OF_MEMORY (2): out of memory");
     try testing.expectEqual(exports.MR_EINVAL, mr_cuda_free(0, 0xdead0000));
     try expectMessage("cuMemFree(0xdead0000) failed on device 0: CUDA_ERROR_INVALID_VALUE");
+    // A successful call clears the thread's CUDA message (mr_last_error then shows the engine's).
+    try testing.expectEqual(MR_OK, mr_cuda_free(0, 0));
+    try testing.expectEqual(@as(usize, 0), driver.lastErrorMessage().len);
     // Zero-length work succeeds without touching pointers.
     try testing.expectEqual(MR_OK, mr_cuda_reduce(0, sum, f32_code, 0, 0, 0));
     try testing.expectEqual(MR_OK, mr_cuda_copy_to_host(0, null, 0, 0));
@@ -112,6 +115,9 @@ test "fake driver: exports allocate, copy, reduce and report errors" {
     try testing.expectEqual(MR_OK, mr_cuda_ipc_handle(0, da + 16, &handle));
     try testing.expectEqual(da, std.mem.readInt(u64, handle[0..8], .little));
     try testing.expectEqual(@as(u64, da), try staging.ipcOpen(1, .{ .reserved = handle }));
+    const range = try staging.allocationOf(0, da + 100);
+    try testing.expectEqual(da, range.base);
+    try testing.expectEqual(@as(u64, count * 4), range.bytes);
 
     try testing.expectEqual(MR_OK, mr_cuda_free(0, da));
     try testing.expectEqual(MR_OK, mr_cuda_free(0, db));

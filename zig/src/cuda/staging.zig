@@ -132,6 +132,16 @@ pub fn ipcHandle(ordinal: i32, dptr: u64) Error!IpcMemHandle {
     return dev.ipcHandle(dptr);
 }
 
+/// Base and length of the allocation holding dptr (an IPC handle names the allocation: send
+/// dptr - base with it).
+pub fn allocationOf(ordinal: i32, dptr: u64) Error!struct { base: u64, bytes: u64 } {
+    const dev = try device(ordinal);
+    const range = try dev.addressRange(dptr);
+    return .{ .base = range.base, .bytes = range.bytes };
+}
+
+/// Maps a peer process's allocation on this device; returns its base (add the sender's
+/// offset). Fails in the process that created the handle.
 pub fn ipcOpen(ordinal: i32, handle: IpcMemHandle) Error!u64 {
     const dev = try device(ordinal);
     return dev.ipcOpen(handle);

@@ -1,0 +1,56 @@
+#!/bin/sh
+# Prepares .carry/ (git-ignored) for scripts/gpu/run.sh on the GPU machine, which has no zig,
+# nvcc or internet:
+#   .carry/bun.xz           the pinned bun binary (node_modules), xz -T2
+#   .carry/libmoonring.so   a ReleaseFast build (embeds the CUDA fatbin)
+#   .carry/moonring.fatbin  the same fatbin (tests/gpu/fatbin.test.ts and the bench load it)
+#   .carry/manifest.txt     git revision, checksums, versions
+# Builds into a temporary prefix (never touches zig/zig-out, which others use).
+# Usage: sh scripts/gpu/pack.sh     then, on the GPU machine: sh scripts/gpu/run.sh
+set -eu
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$root"
+carry="$root/.carry"
+carry_bytes_max=$((64 * 1024 * 1024)) # what one run may carry
+mkdir -p "$carry"
+log() { echo "[pack] $*" >&2; }
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT INT TERM
+
+log "building libmoonring (ReleaseFast) + fatbin"
+# build.zig's preferred_optimize_mode turns -Doptimize into -Drelease; accept either form.
+if ( cd zig && "$root/.tools/bin/zig" build -h 2>/dev/null | grep -q -- '-Doptimize=' ); then
+  optimize=-Doptimize=ReleaseFast
+else
+  optimize=-Drelease=true
+fi
+( cd zig && "$root/.tools/bin/zig" build "$optimize" -Dnvcc="$root/.tools/bin/nvcc" -p "$tmp/prefix" ) ||
+  { log "zig build failed"; exit 1; }
+cp "$tmp/prefix/lib/libmoonring.so" "$carry/libmoonring.so"
+cp "$tmp/prefix/lib/moonring.fatbin" "$carry/moonring.fatbin"
+
+bun_bin=$(readlink -f node_modules/.bin/bun 2>/dev/null || true)
+[ -n "$bun_bin" ] && [ -x "$bun_bin" ] || { log "no bun in node_modules: run sh scripts/bootstrap.sh"; exit 1; }
+[ "$(head -c 4 "$bun_bin" | od -An -c | tr -d ' ')" = "177ELF" ] || { log "$bun_bin is not an ELF binary"; exit 1; }
+if [ ! -f "$carry/bun.xz" ] || [ "$bun_bin" -nt "$carry/bun.xz" ]; then
+  log "compressing $bun_bin (xz -T2, about a minute)"
+  xz -T2 -6 -c "$bun_bin" > "$carry/bun.xz.tmp"
+  mv "$carry/bun.xz.tmp" "$carry/bun.xz"
+fi
+
+{
+  echo "git: $(git rev-parse HEAD)$(git diff --quiet HEAD -- cuda zig tests/gpu scripts/gpu || echo ' (+ uncommitted changes)')"
+  echo "packed: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "bun: $("$bun_bin" --version)"
+  echo "nvcc: $("$root/.tools/bin/nvcc" --version | tail -1)"
+  echo "zig: $("$root/.tools/bin/zig" version)"
+  ( cd "$carry" && sha256sum bun.xz libmoonring.so moonring.fatbin )
+} > "$carry/manifest.txt"
+
+total=$(cat "$carry/bun.xz" "$carry/libmoonring.so" "$carry/moonring.fatbin" "$carry/manifest.txt" | wc -c)
+if [ -d "$carry/out" ]; then log "note: $carry/out exists; remove it before carrying"; fi
+cat "$carry/manifest.txt" >&2
+log "carry: $((total / 1024 / 1024)) MiB of $((carry_bytes_max / 1024 / 1024)) MiB"
+[ "$total" -le "$carry_bytes_max" ] || { log "too large to carry"; exit 1; }
+log "on the GPU machine: sh scripts/gpu/run.sh   (carry .carry; logs under \$OUT)"
