@@ -509,6 +509,8 @@ async function main() {
     const exact = reps.every((rep) => rep.status === 200 && sameTensor(rep.body?.result, "int32", [4], expected) === null);
     log(`after kill: survivors' allreduce ${exact ? "completed with the survivors' sum" : "did not complete among the survivors (see above)"}`);
     check("no survivor hangs past timeout_ms on a collective after the kill", reps.every((rep) => rep.status !== 0));
+    const late = await get(0, "/cluster").catch((e) => ({ status: 0, body: String(e) }) as Reply);
+    log(`after kill (+${((performance.now() - tc) / 1000 + 2).toFixed(0)} s): rank 0 /cluster -> ${late.status} active_ranks ${JSON.stringify(late.body?.active_ranks)}, rank ${victim} state ${JSON.stringify(late.body?.ranks?.[victim]?.state)}`);
   } finally {
     if (up) {
       if (failed > 0) {
