@@ -1,38 +1,28 @@
-// The mr_cuda_* entry points of libmoonring for the GPU tests and bench.
+// The mr_cuda_* entry points of libmoonring for the GPU tests and bench, through
+// src/native/ffi.ts (the bun:ffi symbol table parsed from zig/include/moonring.h).
 // MOONRING_LIB=path/to/libmoonring.so selects the library (scripts/gpu/run.sh sets it);
 // default: the repo's zig/zig-out/lib/libmoonring.so.
-// TODO(engine): switch to src/native/ffi.ts (the symbol table parsed from moonring.h) once it
-// exists; this file declares the same signatures by hand, only the CUDA subset.
-import { dlopen, FFIType, type Pointer } from "bun:ffi";
-import { existsSync } from "node:fs";
-import { join } from "node:path";
+import { constants, libraryPath, missingSymbols, native } from "../../src/native/ffi";
 
-export const repoRoot = join(import.meta.dir, "..", "..");
-export const libPath = process.env.MOONRING_LIB ?? join(repoRoot, "zig", "zig-out", "lib", "libmoonring.so");
+export const libPath = libraryPath;
+export const MR = constants;
 
-const cudaSymbols = {
-  mr_cuda_device_count: { args: [], returns: FFIType.i32 },
-  mr_cuda_alloc: { args: [FFIType.i32, FFIType.u64], returns: FFIType.u64 },
-  mr_cuda_free: { args: [FFIType.i32, FFIType.u64], returns: FFIType.i32 },
-  mr_cuda_copy_to_device: { args: [FFIType.i32, FFIType.u64, FFIType.ptr, FFIType.u64], returns: FFIType.i32 },
-  mr_cuda_copy_to_host: { args: [FFIType.i32, FFIType.ptr, FFIType.u64, FFIType.u64], returns: FFIType.i32 },
-  mr_cuda_ipc_handle: { args: [FFIType.i32, FFIType.u64, FFIType.ptr], returns: FFIType.i32 },
-  mr_cuda_reduce: {
-    args: [FFIType.i32, FFIType.u32, FFIType.u32, FFIType.u64, FFIType.u64, FFIType.u64],
-    returns: FFIType.i32,
-  },
-} as const;
-const errorSymbol = {
-  mr_last_error: { args: [FFIType.ptr, FFIType.u64], returns: FFIType.u64 },
-} as const;
-
-export type CudaLib = ReturnType<typeof dlopen<typeof cudaSymbols>>["symbols"];
+/** The CUDA subset of moonring.h, typed. */
+export interface CudaLib {
+  mr_cuda_device_count(): number;
+  mr_cuda_alloc(device: number, bytes: bigint): bigint | number;
+  mr_cuda_free(device: number, dptr: bigint): number;
+  mr_cuda_copy_to_device(device: number, dptr: bigint, src: Uint8Array, bytes: bigint): number;
+  mr_cuda_copy_to_host(device: number, dst: Uint8Array, dptr: bigint, bytes: bigint): number;
+  mr_cuda_ipc_handle(device: number, dptr: bigint, handleOut: Uint8Array): number;
+  mr_cuda_reduce(device: number, redop: number, dtype: number, dst: bigint, src: bigint, count: bigint): number;
+}
 
 export interface Gpu {
   lib: CudaLib;
-  /** mr_last_error(), or a note when the library does not export it yet. */
+  /** mr_last_error(), or a note when the library does not export it. */
   lastError(): string;
-  /** Whether the library exports mr_last_error (the engine's; messages are checked only then). */
+  /** Whether the library exports mr_last_error (messages are checked only then). */
   hasLastError: boolean;
   deviceCount: number;
   /** Why there is no device ("no CUDA device: ..."), or "" when there is one. */
@@ -43,21 +33,14 @@ let cached: Gpu | undefined;
 
 export function openGpu(): Gpu {
   if (cached) return cached;
-  if (!existsSync(libPath)) throw new Error(`libmoonring not found at ${libPath} (build it: zig build, or set MOONRING_LIB)`);
-  const lib = dlopen(libPath, cudaSymbols).symbols;
-  let lastError = () => "(mr_last_error is not exported by this libmoonring)";
-  let hasLastError = false;
-  try {
-    const errLib = dlopen(libPath, errorSymbol).symbols;
-    lastError = () => {
-      const buf = new Uint8Array(1024);
-      const len = Number(errLib.mr_last_error(buf, BigInt(buf.length)));
-      return new TextDecoder().decode(buf.subarray(0, Math.min(len, buf.length)));
-    };
-    hasLastError = true;
-  } catch {
-    // older library without mr_last_error: keep the note
-  }
+  const lib = native as unknown as CudaLib;
+  const hasLastError = !missingSymbols.includes("mr_last_error");
+  const lastError = (): string => {
+    if (!hasLastError) return "(mr_last_error is not exported by this libmoonring)";
+    const buf = new Uint8Array(1024);
+    const len = Number(native.mr_last_error!(buf, BigInt(buf.length)));
+    return new TextDecoder().decode(buf.subarray(0, Math.min(len, buf.length)));
+  };
   const deviceCount = lib.mr_cuda_device_count();
   const reason = deviceCount > 0 ? "" : lastError();
   cached = { lib, lastError, hasLastError, deviceCount, reason };
@@ -96,4 +79,3 @@ export class DeviceBuffer {
   }
 }
 
-export type { Pointer };
