@@ -237,3 +237,4 @@ test {
     _ = @import("transport/shm.zig");
     _ = @import("engine_test.zig");
 }
+test { _ = @import("algo/dispatch.zig"); _ = @import("reduce.zig"); }

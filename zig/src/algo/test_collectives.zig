@@ -704,3 +704,7 @@ test "a peer failing mid-op makes the others return PeerFailed or Timeout, not h
         try runFailure(kind, 3, 2, .absent_silent, tuning_default);
     }
 }
+
+test {
+    _ = mem; // the transport's own tests
+}
