@@ -10,6 +10,7 @@ const sys = @import("sys.zig");
 const transport = @import("transport/transport.zig");
 const netmod = @import("transport/net.zig");
 const dispatch = @import("algo/dispatch.zig");
+const cuda_driver = @import("cuda/driver.zig");
 
 pub const Collective = op.Collective;
 pub const DType = op.DType;
@@ -57,6 +58,7 @@ threadlocal var last_error_buf: [512]u8 = undefined;
 threadlocal var last_error_len: usize = 0;
 
 pub fn setLastError(comptime fmt: []const u8, args: anytype) void {
+    cuda_driver.clearError(); // mr_last_error() reports the newer of the two messages
     const text = std.fmt.bufPrint(&last_error_buf, fmt, args) catch last_error_buf[0..];
     last_error_len = text.len;
 }

@@ -30,7 +30,6 @@ pub const stash_bytes_default: u64 = 256 << 20;
 const orphan_ttl_ns: u64 = 30 * std.time.ns_per_s;
 const rx_idle_wait_ns: u64 = 100 * std.time.ns_per_ms;
 const send_space_wait_ns: u64 = 10 * std.time.ns_per_ms;
-const spin_wait_ns: u64 = 20 * std.time.ns_per_us;
 const connect_timeout_ms_max: u32 = 5000;
 const requests_max = transport.requests_in_flight_max;
 
@@ -539,21 +538,22 @@ pub const Net = struct {
         }
     }
 
+    const SpinReq = struct {
+        ep: *Endpoint,
+        req: *Req,
+        fn ready(self: SpinReq) bool {
+            return self.req.done.load(.acquire) or self.ep.failed.load(.acquire);
+        }
+    };
+
     fn commWait(context: *anyopaque, request: transport.Request) Error!void {
         const ep: *Endpoint = @ptrCast(@alignCast(context));
         const net = ep.net;
         std.debug.assert(request.index < requests_max);
         std.debug.assert(ep.reqs_used & (@as(u64, 1) << @intCast(request.index)) != 0);
         const req = &ep.reqs[request.index];
-        if (!req.done.load(.acquire)) {
-            // Spin briefly: a small message usually lands within microseconds.
-            const spin_until = sys.monotonicNs() + spin_wait_ns;
-            var spins: u32 = 0;
-            while (!req.done.load(.acquire) and !ep.failed.load(.acquire)) : (spins += 1) {
-                std.atomic.spinLoopHint();
-                if (spins % 64 == 63 and sys.monotonicNs() >= spin_until) break;
-            }
-        }
+        // Spin briefly: a small message usually lands within microseconds.
+        _ = sys.spinUntil(SpinReq{ .ep = ep, .req = req }, SpinReq.ready);
         net.mu.lock();
         defer net.mu.unlock();
         var wakeups: u64 = 0;

@@ -15,8 +15,6 @@ pub const slot_bytes_max: u32 = wire.chunk_bytes_max;
 pub const slot_count_max: u32 = 1024;
 const slot_header_bytes = 64;
 const header_bytes = 4096;
-/// Busy-poll iterations before a side goes to sleep on the futex.
-pub const spin_iterations = 2000;
 
 comptime {
     std.debug.assert(@sizeOf(wire.FrameHeader) <= slot_header_bytes);
@@ -96,6 +94,14 @@ pub const Ring = struct {
         return self.slotBase(index) + slot_header_bytes;
     }
 
+    fn hasSpace(self: Ring) bool {
+        return self.tryReserve() != null;
+    }
+
+    fn hasData(self: Ring) bool {
+        return @atomicLoad(u32, &self.header.head, .monotonic) != @atomicLoad(u32, &self.header.tail, .monotonic);
+    }
+
     // ---- producer ----
 
     /// The index of a free slot, or null when the ring is full.
@@ -108,11 +114,7 @@ pub const Ring = struct {
 
     /// Sleeps (at most timeout_ns) until the consumer frees a slot; spurious returns happen.
     pub fn waitSpace(self: Ring, timeout_ns: u64) void {
-        var spins: u32 = 0;
-        while (spins < spin_iterations) : (spins += 1) {
-            if (self.tryReserve() != null) return;
-            std.atomic.spinLoopHint();
-        }
+        if (sys.spinUntil(self, hasSpace)) return;
         // Announce the sleep, then re-check: the consumer reads the flag after moving tail, so
         // either it sees the flag and wakes us or we see its new tail (futex returns at once).
         @atomicStore(u32, &self.header.producer_sleeping, 1, .seq_cst);
@@ -148,11 +150,7 @@ pub const Ring = struct {
 
     /// Spins briefly, then sleeps (at most timeout_ns) until the producer publishes.
     pub fn waitData(self: Ring, timeout_ns: u64) void {
-        var spins: u32 = 0;
-        while (spins < spin_iterations) : (spins += 1) {
-            if (@atomicLoad(u32, &self.header.head, .monotonic) != @atomicLoad(u32, &self.header.tail, .monotonic)) return;
-            std.atomic.spinLoopHint();
-        }
+        if (sys.spinUntil(self, hasData)) return;
         const tail = @atomicLoad(u32, &self.header.tail, .monotonic);
         @atomicStore(u32, &self.header.consumer_sleeping, 1, .seq_cst);
         const head = @atomicLoad(u32, &self.header.head, .seq_cst);
