@@ -11,6 +11,7 @@ const transport = @import("transport/transport.zig");
 const netmod = @import("transport/net.zig");
 const dispatch = @import("algo/dispatch.zig");
 const cuda_driver = @import("cuda/driver.zig");
+const staging = @import("cuda/staging.zig");
 
 pub const Collective = op.Collective;
 pub const DType = op.DType;
@@ -111,6 +112,34 @@ pub const Submit = struct {
 const SlotState = enum { free, queued, running, done };
 
 const Slot = struct {
+    /// Bytes of this rank's send and recv buffers (docs/architecture.md "Native op shapes").
+    fn bufferBytes(slot: *const Slot) struct { u64, u64 } {
+        const c = slot.count * slot.dtype.bytes();
+        const n: u64 = slot.group_size;
+        const root = slot.root_group == slot.group_rank;
+        return switch (slot.kind) {
+            .allreduce => .{ c, c },
+            .reduce => .{ c, if (root) c else 0 },
+            .broadcast => .{ if (root) c else 0, c },
+            .allgather => .{ c, c * n },
+            .gather => .{ c, if (root) c * n else 0 },
+            .scatter => .{ if (root) c * n else 0, c },
+            .reduce_scatter => .{ c * n, c },
+            .alltoall => blk: {
+                var send_total: u64 = 0;
+                var recv_total: u64 = 0;
+                for (slot.send_counts[0..slot.group_size], slot.recv_counts[0..slot.group_size]) |a, b| {
+                    send_total += a;
+                    recv_total += b;
+                }
+                break :blk .{ send_total * slot.dtype.bytes(), recv_total * slot.dtype.bytes() };
+            },
+            .barrier => .{ 0, 0 },
+            .send => .{ c, 0 },
+            .recv => .{ 0, c },
+        };
+    }
+
     state: SlotState = .free,
     ticket: u64 = 0,
     release_when_done: bool = false,
@@ -128,6 +157,8 @@ const Slot = struct {
     count: u64 = 0,
     send_counts: [op.world_size_max]u64 = undefined,
     recv_counts: [op.world_size_max]u64 = undefined,
+    /// -1: host pointers; else the CUDA device the pointers live on (staged through host).
+    device: i32 = -1,
     timeout_ms: u32 = 0,
     deadline_ns: u64 = 0,
     ep: netmod.Endpoint = .{},
@@ -136,6 +167,15 @@ const Slot = struct {
     error_len: usize = 0,
     error_text: [error_text_bytes_max]u8 = undefined,
 };
+
+fn cudaStatus(err: staging.Error) i32 {
+    return switch (err) {
+        error.NoDevice => Status.enodev,
+        error.InvalidArgument => Status.einval,
+        error.OutOfMemory => Status.enomem,
+        error.Cuda => Status.eio,
+    };
+}
 
 const Completion = struct { ticket: u64, status: i32 };
 
@@ -259,7 +299,7 @@ pub const Engine = struct {
         return error.InvalidArgument;
     }
 
-    pub const SubmitError = error{ InvalidArgument, Busy, NoDevice };
+    pub const SubmitError = error{ InvalidArgument, Busy };
 
     /// Validates and queues an op; returns its ticket (> 0).
     pub fn submit(engine: *Engine, s: Submit) SubmitError!u64 {
@@ -272,10 +312,6 @@ pub const Engine = struct {
             .sum;
         if (reduces and !redop.supports(dtype.kind()))
             return engine.invalid("reduce op {s} is not defined for dtype {s}", .{ @tagName(redop), dtype.name() });
-        if (s.device >= 0) {
-            setLastError("rank {d}: {s} op {d}: device buffers (device {d}) are not supported by the data plane yet", .{ engine.rank, @tagName(kind), s.op_id, s.device });
-            return error.NoDevice;
-        }
         if (s.device < -1) return engine.invalid("device {d}", .{s.device});
         if (s.timeout_ms == 0) return engine.invalid("timeout_ms must be > 0", .{});
 
@@ -375,6 +411,7 @@ pub const Engine = struct {
             .send = s.send,
             .recv = s.recv,
             .count = s.count,
+            .device = s.device,
             .timeout_ms = s.timeout_ms,
             .deadline_ns = sys.monotonicNs() + @as(u64, s.timeout_ms) * std.time.ns_per_ms,
         };
@@ -465,9 +502,24 @@ pub const Engine = struct {
 
         // Buffers the op shapes let a rank omit (non-root reduce/gather recv, ...) are never
         // touched by the algorithms; they still get a valid pointer.
-        const recv: ?[*]u8 = slot.recv;
+        var recv: ?[*]u8 = slot.recv;
         var send: ?[*]const u8 = slot.send;
         if (send == null and (slot.kind == .broadcast or slot.kind == .scatter)) send = recv;
+
+        // Device buffers: staged through pinned host mirrors (copy in, host algorithm, copy out).
+        var mirror: ?staging.HostMirror = null;
+        defer if (mirror) |*m| m.release();
+        if (slot.device >= 0) {
+            const send_bytes, const recv_bytes = slot.bufferBytes();
+            const send_dptr: u64 = if (send) |p| @intFromPtr(p) else 0;
+            const recv_dptr: u64 = if (recv) |p| @intFromPtr(p) else 0;
+            mirror = staging.HostMirror.begin(slot.device, send_dptr, send_bytes, recv_dptr, recv_bytes) catch |err| {
+                return engine.setSlotError(slot, cudaStatus(err), -1, "device {d}: {s}", .{ slot.device, cuda_driver.lastErrorMessage() });
+            };
+            send = if (mirror.?.send.len > 0) mirror.?.send.ptr else null;
+            recv = if (mirror.?.recv.len > 0) mirror.?.recv.ptr else null;
+            if (send_dptr != 0 and send_dptr == recv_dptr) send = recv; // in place stays in place
+        }
         const desc = op.OpDesc{
             .kind = slot.kind,
             .dtype = slot.dtype,
@@ -494,6 +546,9 @@ pub const Engine = struct {
         const result = engine.runner(slot.ep.comm(), desc, arena_state.allocator());
         engine.net.close(&slot.ep);
         if (result) |_| {
+            if (mirror) |*m| m.finish() catch |err| {
+                return engine.setSlotError(slot, cudaStatus(err), -1, "device {d}: copying the result back: {s}", .{ slot.device, cuda_driver.lastErrorMessage() });
+            };
             return;
         } else |err| {
             if (slot.ep.failure) |failure| {

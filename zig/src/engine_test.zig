@@ -567,9 +567,17 @@ test "engine: bad submissions are EINVAL with a message" {
     s.kind = @intFromEnum(op.Collective.reduce);
     s.root = 4;
     try testing.expectError(error.InvalidArgument, e.submit(s));
+    // Device pointers without a GPU (or with a bogus pointer): the op fails, the rank lives.
     s = base;
     s.device = 0;
-    try testing.expectError(error.NoDevice, e.submit(s));
+    s.op_id = 77;
+    const ticket = try e.submit(s);
+    const status = e.waitTicket(ticket);
+    try testing.expect(status == Status.enodev or status == Status.einval);
+    var text: [400]u8 = undefined;
+    const len = e.opError(ticket, &text);
+    try testing.expect(std.mem.indexOf(u8, text[0..len], "device 0") != null);
+    e.release(ticket);
 }
 
 // ---- every collective through dispatch ----
@@ -829,4 +837,40 @@ test "completion queue: poll drains tickets, wait blocks until one is there" {
     }
     try testing.expectEqualSlices(f64, &.{ 11, 22, 33, 44 }, &x);
     try testing.expectEqualSlices(f64, &.{ 11, 22, 33, 44 }, &y);
+}
+
+test "shm hygiene: stale segments of a killed rank are removed; nothing is left after destroy" {
+    const cluster = "shm-hygiene-test";
+    var prefix_buf: [64]u8 = undefined;
+    const prefix = try std.fmt.bufPrint(&prefix_buf, "moonring-{x:0>16}-", .{std.hash.Wyhash.hash(0, cluster)});
+    var name_buf: [96]u8 = undefined;
+    // What a killed rank 1 could have left behind.
+    const stale = try std.fmt.bufPrint(&name_buf, "{s}1-0-deadbeef0001", .{prefix});
+    const segment = try sys.shmCreate(stale, 4096);
+    segment.unmapSegment();
+    var engines: [2]*Engine = undefined;
+    for (0..2) |r| engines[r] = try Engine.create(testing.allocator, .{ .rank = @intCast(r), .world_size_max = 2, .cluster_id = cluster, .mode = .shm, .host_id = test_host_id });
+    try testing.expectError(error.ShmOpenFailed, sys.shmOpen(stale, 0)); // rank 1 removed it
+    for (0..2) |r| try engines[r].setPeer(@intCast(1 - r), "127.0.0.1", engines[1 - r].dataPort(), test_host_id);
+    var x: [3]i64 = .{ 1, 2, 3 };
+    var y: [3]i64 = .{ 10, 20, 30 };
+    const base = Submit{ .kind = @intFromEnum(op.Collective.allreduce), .dtype = @intFromEnum(op.DType.i64), .redop = 0, .op_id = nextOpId(), .ranks_mask = 3, .root = 0, .send = @ptrCast(&x), .recv = @ptrCast(&x), .count = 3, .counts = null, .device = -1, .timeout_ms = 10_000 };
+    var b = base;
+    b.send = @ptrCast(&y);
+    b.recv = @ptrCast(&y);
+    const t0 = try engines[0].submit(base);
+    const t1 = try engines[1].submit(b);
+    try testing.expectEqual(Status.ok, engines[0].waitTicket(t0));
+    try testing.expectEqual(Status.ok, engines[1].waitTicket(t1));
+    try testing.expectEqualSlices(i64, &.{ 11, 22, 33 }, &x);
+    for (engines) |e| e.destroy();
+    // Nothing of this cluster remains in /dev/shm.
+    try testing.expectEqual(@as(u32, 0), sys.shmUnlinkPrefix(prefix));
+}
+
+test "engine create: a taken port fails with a message" {
+    const a = try Engine.create(testing.allocator, .{ .rank = 0, .world_size_max = 2, .cluster_id = "port-test" });
+    defer a.destroy();
+    try testing.expectError(error.ListenFailed, Engine.create(testing.allocator, .{ .rank = 1, .world_size_max = 2, .cluster_id = "port-test", .listen_port = a.dataPort() }));
+    try testing.expect(std.mem.indexOf(u8, engine_mod.lastError(), "listener") != null);
 }

@@ -181,7 +181,6 @@ pub export fn mr_submit(
     }) catch |err| return switch (err) {
         error.InvalidArgument => Status.einval,
         error.Busy => Status.ebusy,
-        error.NoDevice => Status.enodev,
     };
     return @intCast(ticket);
 }
