@@ -157,6 +157,13 @@ pub fn reduceInto(dtype: DType, redop: RedOp, dst: []u8, src: []const u8) void {
     }
 }
 
+/// Makes bool elements canonical (0 / 1), as every reduction over two or more ranks leaves
+/// them; a no-op for other dtypes. For a reduction over a group of one.
+pub fn canonicalize(dtype: DType, buf: []u8) void {
+    if (dtype != .bool) return;
+    for (buf) |*b| b.* = @intFromBool(b.* != 0);
+}
+
 fn finalizeTyped(comptime dtype: DType, buf: []u8, group_size: u32) void {
     const L = Lane(dtype);
     const T = L.Storage;

@@ -19,6 +19,7 @@ const std = @import("std");
 const transport = @import("../transport/transport.zig");
 const op = @import("../op.zig");
 const common = @import("common.zig");
+const reduce = @import("../reduce.zig");
 
 pub const Tuning = common.Tuning;
 
@@ -117,7 +118,12 @@ fn runAlone(desc: op.OpDesc) transport.Error!void {
         .barrier => 0,
         .send, .recv => unreachable, // validate(): no peer in a group of one
     };
-    common.move(common.bytesPtrMut(desc.recv, bytes), common.bytesPtr(desc.send, bytes));
+    const recv = common.bytesPtrMut(desc.recv, bytes);
+    common.move(recv, common.bytesPtr(desc.send, bytes));
+    switch (desc.kind) {
+        .allreduce, .reduce, .reduce_scatter => reduce.canonicalize(desc.dtype, recv),
+        else => {},
+    }
 }
 
 test {

@@ -474,6 +474,12 @@ fn checkResults(case: Case, ranks: []RankBuffers, shared: *Shared) !void {
 
 const kinds_all = [_]Collective{ .allreduce, .reduce, .broadcast, .allgather, .gather, .scatter, .reduce_scatter, .alltoall, .barrier, .send };
 
+/// (dtype, redop) pairs the world-size x root x size x tuning matrix cycles through.
+const reduction_mix = [_]struct { DType, RedOp }{
+    .{ .f32, .sum }, .{ .i64, .prod }, .{ .bf16, .max }, .{ .f16, .avg },
+    .{ .bool, .bxor }, .{ .u8, .min }, .{ .f64, .sum }, .{ .i16, .band },
+};
+
 fn sizesFor(n: u32) [5]u64 {
     return .{ 0, 1, 7, n - 1, 1000 };
 }
@@ -487,10 +493,11 @@ test "every collective x world sizes 1..5 x roots 0 and last x sizes x tunings" 
             const roots = [2]u32{ if (kind == .send) 1 else 0, n - 1 };
             const root_count: usize = if (isRooted(kind) or kind == .send) (if (roots[0] == roots[1]) 1 else 2) else 1;
             for (roots[0..root_count]) |root| {
-                for (sizesFor(n)) |count| {
-                    for (tunings_all) |tuning| {
+                for (sizesFor(n), 0..) |count, size_index| {
+                    for (tunings_all, 0..) |tuning, tuning_index| {
+                        const pick = (size_index + tuning_index + n) % reduction_mix.len;
                         const dtype: DType, const redop: RedOp = if (isReduction(kind))
-                            .{ .f32, .sum }
+                            reduction_mix[pick]
                         else
                             .{ if (count % 2 == 0) .bf16 else .i8, .sum };
                         try runCase(.{ .kind = kind, .dtype = dtype, .redop = redop, .n = n, .root = root, .count = count, .tuning = tuning });
