@@ -1,0 +1,174 @@
+// One rank of `bench --via native`: opens the data plane straight from src/native/engine.ts (no
+// HTTP, no control plane), learns its peers from the parent, then times ops on command.
+//   bun src/bench/native-worker.ts RANK N CLUSTER_ID LISTEN_HOST DEVICE
+// Protocol: src/bench/protocol.ts (JSON lines; stdin from the parent, stdout to it).
+//
+// Op ids: every rank runs the same sequence of steps (the parent sends every worker the same
+// commands), and each step takes the next value c of a per-process counter, so a step's id
+// is the same on every rank without any exchange: collectives use c << 8, the send of rank s
+// in a sendrecv step uses (c << 8) | (s + 1) (its receiver computes the same from s).
+import { nativeDataPlaneFactory } from "../server/dataplane";
+import type { DataPlane, NativeBuffer, NativeOp } from "../native/types";
+import { dtypeInfo, type DTypeName } from "../ops/table";
+import { checkOutput, fillSend, hasOutput, poison, tablesFor, viewOf, type CheckContext, type Tables } from "./pattern";
+import { parseLine, type ParentMsg, type WorkerMsg } from "./protocol";
+import { pointShape, type PointShape } from "./spec";
+
+const [rankText, nText, clusterId, listenHost, deviceText] = process.argv.slice(2);
+const rank = Number(rankText);
+const n = Number(nText);
+const device = deviceText === "cuda" ? 0 : -1;
+
+function send(msg: WorkerMsg): void {
+  process.stdout.write(JSON.stringify(msg) + "\n");
+}
+
+let dp: DataPlane;
+try {
+  const factory = await nativeDataPlaneFactory();
+  dp = await factory({ rank, worldSizeMax: n, clusterId: clusterId ?? "moonring-bench", listenHost: listenHost ?? "127.0.0.1" });
+} catch (e) {
+  send({ ev: "error", rank, message: `rank ${rank}: opening the native data plane failed: ${(e as Error).message}` });
+  process.exit(1);
+}
+send({ ev: "ready", rank, dataPort: dp.dataPort, hostId: dp.hostId.toString(), pid: process.pid });
+
+const ranks = Array.from({ length: n }, (_, r) => r);
+let counter = 1n;
+const nextStep = () => counter++;
+
+// Buffers grow to the largest point seen and are reused (like mpi_bench.c's two arrays).
+let sendBuf: NativeBuffer | null = null;
+let recvBuf: NativeBuffer | null = null;
+function ensure(buf: NativeBuffer | null, bytes: number): NativeBuffer {
+  const want = Math.max(bytes, 64);
+  if (buf && buf.byteLength >= want) return buf;
+  buf?.release();
+  return dp.alloc(want, device >= 0 ? device : undefined);
+}
+
+async function barrier(timeoutMs: number): Promise<void> {
+  if (n === 1) return;
+  await dp.run({ kind: "barrier", dtype: "uint8", opId: nextStep() << 8n, ranks, count: 0, timeoutMs });
+}
+
+/** One step of the op; both buffers are ready. */
+function stepRunner(op: string, dtype: DTypeName, redop: string, root: number, shape: PointShape, timeoutMs: number): () => Promise<unknown> {
+  const s = sendBuf!;
+  const r = recvBuf!;
+  const base = { dtype, ranks, timeoutMs };
+  const isRoot = rank === root;
+  const make = (o: Omit<NativeOp, "opId" | "ranks" | "timeoutMs" | "dtype">) => () => dp.run({ ...base, ...o, opId: nextStep() << 8n } as NativeOp);
+  switch (op) {
+    case "allreduce":
+      return make({ kind: "allreduce", redop: redop as NativeOp["redop"], count: shape.count, send: s, recv: r });
+    case "reduce":
+      return make({ kind: "reduce", redop: redop as NativeOp["redop"], root, count: shape.count, send: s, recv: isRoot ? r : undefined });
+    case "broadcast":
+      // In place, like MPI_Bcast: the root sends from the buffer every rank receives into.
+      return make({ kind: "broadcast", root, count: shape.count, send: isRoot ? r : undefined, recv: r });
+    case "allgather":
+      return make({ kind: "allgather", count: shape.part, send: s, recv: r });
+    case "gather":
+      return make({ kind: "gather", root, count: shape.part, send: s, recv: isRoot ? r : undefined });
+    case "scatter":
+      return make({ kind: "scatter", root, count: shape.part, send: isRoot ? s : undefined, recv: r });
+    case "reduce_scatter":
+      return make({ kind: "reduce_scatter", redop: redop as NativeOp["redop"], count: shape.part, send: s, recv: r });
+    case "alltoall": {
+      const counts = ranks.map(() => shape.part);
+      return make({ kind: "alltoall", count: shape.part, sendCounts: counts, recvCounts: counts, send: s, recv: r });
+    }
+    case "sendrecv": {
+      const next = (rank + 1) % n;
+      const prev = (rank - 1 + n) % n;
+      return () => {
+        const c = nextStep() << 8n;
+        return Promise.all([
+          dp.run({ ...base, kind: "send", root: next, count: shape.count, send: s, opId: c | BigInt(rank + 1) }),
+          dp.run({ ...base, kind: "recv", root: prev, count: shape.count, recv: r, opId: c | BigInt(prev + 1) }),
+        ]);
+      };
+    }
+    case "barrier":
+      return () => barrier(timeoutMs);
+  }
+  throw new Error(`unknown op ${op}`);
+}
+
+async function point(m: Extract<ParentMsg, { cmd: "point" }>): Promise<WorkerMsg> {
+  const isz = dtypeInfo(m.dtype).bytes;
+  const shape = pointShape(m.op, m.size, n, isz);
+  // Broadcast runs in place in the recv buffer: the root's input lives there.
+  sendBuf = ensure(sendBuf, shape.sendElems * isz);
+  recvBuf = ensure(recvBuf, Math.max(shape.recvElems, m.op === "broadcast" ? shape.count : 0) * isz);
+  const host = device < 0;
+  const check = host ? m.check : "none";
+  const ctx: CheckContext = { op: m.op, dtype: m.dtype, redop: m.redop, n, rank, root: m.root, shape };
+  const tables: Tables | null = host && m.op !== "barrier" ? tablesFor(m.dtype, m.redop, n) : null;
+  const sendView = () => viewOf(m.dtype, sendBuf!.bytes, shape.sendElems);
+  const recvView = () => viewOf(m.dtype, recvBuf!.bytes, Math.max(shape.recvElems, m.op === "broadcast" ? shape.count : 0));
+  const bcastRoot = m.op === "broadcast" && rank === m.root;
+  const prepare = () => {
+    if (!tables) return;
+    if (bcastRoot) fillSend(ctx, recvView(), tables);
+    else {
+      fillSend(ctx, sendView(), tables);
+      poison(recvBuf!.bytes.subarray(0, shape.recvElems * isz));
+    }
+  };
+  const verify = () => (tables && hasOutput(m.op, rank, m.root) ? checkOutput(ctx, recvView(), tables) : 0);
+  prepare();
+  const step = stepRunner(m.op, m.dtype, m.redop, m.root, shape, m.timeoutMs);
+  let wrong: number | null = check === "none" ? null : 0;
+  const timesUs: number[] = [];
+
+  if (m.sync === "barrier") {
+    for (let it = -m.warmup; it < m.iters; it++) {
+      if (check === "every" && it >= 0 && !bcastRoot) poison(recvBuf!.bytes.subarray(0, shape.recvElems * isz));
+      await barrier(m.timeoutMs);
+      const t0 = performance.now();
+      await step();
+      const dt = performance.now() - t0;
+      if (it >= 0) {
+        timesUs.push(dt * 1000);
+        if (check === "every") wrong! += verify();
+      }
+    }
+  } else {
+    for (let it = 0; it < m.warmup; it++) await step();
+    await barrier(m.timeoutMs);
+    const t0 = performance.now();
+    for (let it = 0; it < m.iters; it++) await step();
+    timesUs.push(((performance.now() - t0) * 1000) / Math.max(1, m.iters));
+  }
+  if (check === "once") {
+    prepare();
+    await barrier(m.timeoutMs);
+    await step();
+    wrong = verify();
+  }
+  return { ev: "point", rank, timesUs, wrong };
+}
+
+for await (const line of console) {
+  const m = parseLine<ParentMsg>(line);
+  if (!m) continue;
+  try {
+    if (m.cmd === "peers") {
+      for (const p of m.peers) if (p.rank !== rank) dp.setPeer(p.rank, p.host, p.port, BigInt(p.hostId));
+      send({ ev: "peered", rank });
+    } else if (m.cmd === "point") {
+      send(await point(m));
+    } else if (m.cmd === "exit") {
+      break;
+    }
+  } catch (e) {
+    const err = e as Error & { code?: string };
+    send({ ev: "error", rank, message: `rank ${rank}: ${err.message}`, code: err.code });
+  }
+}
+(sendBuf as NativeBuffer | null)?.release();
+(recvBuf as NativeBuffer | null)?.release();
+dp.close();
+process.exit(0);
