@@ -1,0 +1,277 @@
+// moonring vs Open MPI on this host, in one run (interleaved per op), plus a memory-bandwidth
+// bound for allreduce and 8-byte latencies.
+//   bun bench/compare-mpi.ts --nproc 2 --ops allreduce,allgather,reduce_scatter,broadcast,alltoall \
+//       --min-bytes 8 --max-bytes 67108864 [--transport auto] [--repeat 1] [--out bench/results] [--no-rest]
+//
+// moonring: `moonring bench --via native --json` (worker processes on the data plane directly).
+// Open MPI: ../shared/bench/mpi_bench.c (built here if needed). It steps sizes x4, so it runs twice
+// (from min and from 2 x min) to cover every x2 size. Both time an iteration as the slowest rank
+// after a barrier, averaged over the same iteration counts (200 / 20 / 5 by size).
+//
+// Allreduce bound (see bench/NOTES.md "Traffic model"): a ring allreduce through a copy-in /
+// copy-out shared-memory channel moves, per rank and per (n-1)/n x S of data: one copy into shm
+// (reduce-scatter send), one reduce of that much from shm + own input into the output, one copy
+// into shm (all-gather send) and one copy out of shm (all-gather receive). With C = memcpy rate and
+// R = rate of out = a + b (bytes written), measured with all n ranks streaming at once on
+// buffers of S bytes:  T >= (n-1)/n x S x (3/C + 1/R),  busbw = 2(n-1)/n x S / T <= 2 / (3/C + 1/R).
+import { existsSync, mkdirSync, statSync, writeFileSync } from "node:fs";
+import { cpus, loadavg } from "node:os";
+import { dirname, join } from "node:path";
+import { renderSvg, seriesFromRuns, sizeLabel } from "../src/bench/plot";
+import { bytesFlag, intFlag, parseFlags, UsageError } from "../src/util/args";
+
+const ROOT = new URL("../", import.meta.url).pathname;
+const CLI = join(ROOT, "src/cli.ts");
+const BUILD = join(ROOT, "bench/.build");
+
+const FLAGS = {
+  nproc: { type: "string", help: "ranks (default 2)" },
+  ops: { type: "string", help: "comma list (default allreduce,allgather,reduce_scatter,broadcast,alltoall)" },
+  "min-bytes": { type: "string", help: "default 8" },
+  "max-bytes": { type: "string", help: "default 64M" },
+  transport: { type: "string", help: "moonring transport: tcp, shm, auto (default auto)" },
+  repeat: { type: "string", help: "run each (moonring, MPI) pair K times, alternating; keep each side's best busbw per size (default 1)" },
+  out: { type: "string", help: "directory for the JSON records and the SVG chart (default bench/results)" },
+  "no-rest": { type: "boolean", help: "skip the REST latency run" },
+  "no-membw": { type: "boolean", help: "skip the memory-bandwidth bound" },
+  "lat-iters": { type: "string", help: "iterations of the 8-byte latency runs (default 2000)" },
+  "mpi-src": { type: "string", help: "mpi_bench.c (default ../shared/bench/mpi_bench.c)" },
+  help: { type: "boolean", help: "show this help" },
+} as const;
+
+interface Rec {
+  peer?: string;
+  op: string;
+  bytes: number;
+  time_us: number;
+  algbw_gbps: number;
+  busbw_gbps: number;
+  wrong?: number | null;
+  p50_us?: number;
+  p99_us?: number;
+  call_p50_us?: number;
+  call_p99_us?: number;
+  [k: string]: unknown;
+}
+
+function sh(cmd: string[], opts: { env?: Record<string, string> } = {}): { code: number; out: string; err: string } {
+  const p = Bun.spawnSync(cmd, { stdout: "pipe", stderr: "pipe", env: { ...(process.env as Record<string, string>), ...opts.env } });
+  return { code: p.exitCode ?? -1, out: p.stdout.toString(), err: p.stderr.toString() };
+}
+
+function log(s: string): void {
+  process.stderr.write(s + "\n");
+}
+
+function newer(a: string, b: string): boolean {
+  return existsSync(a) && statSync(a).mtimeMs >= statSync(b).mtimeMs;
+}
+
+function build(): { mpiBench: string; membw: string } {
+  mkdirSync(BUILD, { recursive: true });
+  const mpiSrc = (args["mpi-src"] as string | undefined) ?? [join(ROOT, "../shared/bench/mpi_bench.c"), "/work/shared/bench/mpi_bench.c"].find(existsSync);
+  if (!mpiSrc || !existsSync(mpiSrc)) throw new Error("mpi_bench.c not found (../shared/bench/mpi_bench.c); pass --mpi-src");
+  const mpiBench = join(BUILD, "mpi_bench");
+  if (!newer(mpiBench, mpiSrc)) {
+    const r = sh(["mpicc", "-O2", "-o", mpiBench, mpiSrc]);
+    if (r.code !== 0) throw new Error(`mpicc failed (apt-get install -y openmpi-bin libopenmpi-dev):\n${r.err}`);
+  }
+  const membwSrc = join(ROOT, "bench/membw.c");
+  const membw = join(BUILD, "membw");
+  if (!newer(membw, membwSrc)) {
+    const r = sh(["cc", "-O3", "-march=native", "-o", membw, membwSrc]);
+    if (r.code !== 0) throw new Error(`cc membw.c failed:\n${r.err}`);
+  }
+  return { mpiBench, membw };
+}
+
+function moonring(op: string, min: number, max: number, extra: string[] = []): Rec[] {
+  const cmd = [process.execPath, CLI, "bench", "--nproc", String(nproc), "--op", op, "--min-bytes", String(min), "--max-bytes", String(max), "--json", "--quiet", "--transport", transport, ...extra];
+  const r = sh(cmd);
+  const recs = r.out
+    .split("\n")
+    .filter((l) => l.startsWith("{"))
+    .map((l) => JSON.parse(l) as Rec);
+  if (r.code !== 0 && r.code !== 3) throw new Error(`moonring bench ${op} failed (code ${r.code}):\n${r.err.slice(-2000)}`);
+  if (r.code === 3) log(`warning: moonring ${op}: wrong results (see #wrong)`);
+  return recs;
+}
+
+function mpi(bin: string, op: string, min: number, max: number): Rec[] {
+  const out: Rec[] = [];
+  for (const start of min * 2 <= max ? [min, min * 2] : [min]) {
+    const r = sh(["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", String(nproc), bin, String(start), String(max), op]);
+    if (r.code !== 0) throw new Error(`mpirun ${op} failed (code ${r.code}):\n${r.err.slice(-2000)}`);
+    for (const line of r.out.split("\n")) {
+      const m = /^(\w+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s*$/.exec(line.trim());
+      if (m && m[1] === op) out.push({ peer: "mpi", op, bytes: Number(m[2]), time_us: Number(m[3]), algbw_gbps: Number(m[4]), busbw_gbps: Number(m[5]), nranks: nproc });
+    }
+  }
+  return out.sort((a, b) => a.bytes - b.bytes);
+}
+
+/** Keeps, per size, the record with the best busbw (lowest time for busbw 0). */
+function best(runs: Rec[][]): Rec[] {
+  const by = new Map<number, Rec>();
+  for (const run of runs) {
+    for (const r of run) {
+      const cur = by.get(r.bytes);
+      if (!cur || r.busbw_gbps > cur.busbw_gbps || (r.busbw_gbps === cur.busbw_gbps && r.time_us < cur.time_us)) by.set(r.bytes, r);
+    }
+  }
+  return [...by.values()].sort((a, b) => a.bytes - b.bytes);
+}
+
+function membwAt(bin: string, size: number): { copy: number; add: number } {
+  const r = sh([bin, String(size), String(nproc), "0.5"]);
+  if (r.code !== 0) throw new Error(`membw failed: ${r.err}`);
+  const o = JSON.parse(r.out.trim()) as { copy_gbps: number; add_gbps: number };
+  return { copy: o.copy_gbps, add: o.add_gbps };
+}
+
+const pad = (s: string | number, w: number) => String(s).padStart(w);
+const f2 = (x: number | undefined) => (x === undefined || !Number.isFinite(x) ? "-" : x.toFixed(2));
+
+// ---- main ----
+let args: Record<string, string | boolean | undefined>;
+try {
+  args = parseFlags(process.argv.slice(2), FLAGS as never).flags;
+} catch (e) {
+  log(`compare-mpi: ${(e as Error).message}`);
+  process.exit(64);
+}
+if (args.help) {
+  console.log("Usage: bun bench/compare-mpi.ts [--nproc 2] [--ops a,b] [--min-bytes 8] [--max-bytes 64M] [--transport auto] [--repeat K] [--out DIR] [--no-rest] [--no-membw]");
+  for (const [k, v] of Object.entries(FLAGS)) console.log(`  --${k.padEnd(12)} ${v.help}`);
+  process.exit(0);
+}
+const nproc = intFlag(args.nproc, "nproc", { min: 2, max: 64 }) ?? 2;
+const ops = ((args.ops as string | undefined) ?? "allreduce,allgather,reduce_scatter,broadcast,alltoall").split(",").map((s) => s.trim());
+const minBytes = bytesFlag(args["min-bytes"], "min-bytes") ?? 8;
+const maxBytes = bytesFlag(args["max-bytes"], "max-bytes") ?? 64 << 20;
+const transport = (args.transport as string | undefined) ?? "auto";
+const repeat = intFlag(args.repeat, "repeat", { min: 1, max: 20 }) ?? 1;
+const latIters = intFlag(args["lat-iters"], "lat-iters", { min: 10 }) ?? 2000;
+const outDir = (args.out as string | undefined) ?? join(ROOT, "bench/results");
+if (!["tcp", "shm", "auto"].includes(transport)) throw new UsageError("--transport must be tcp, shm or auto");
+
+const started = new Date();
+const { mpiBench, membw } = build();
+log(`compare-mpi: ${nproc} ranks, ${ops.join(",")}, ${sizeLabel(minBytes)}B..${sizeLabel(maxBytes)}B, transport ${transport}, repeat ${repeat}`);
+log(`host: ${cpus().length} x ${cpus()[0]?.model ?? "cpu"}; load average ${loadavg().map((x) => x.toFixed(2)).join(" ")} at start`);
+
+const results: Record<string, { moonring: Rec[]; mpi: Rec[] }> = {};
+for (const op of ops) {
+  const mr: Rec[][] = [];
+  const mp: Rec[][] = [];
+  for (let k = 0; k < repeat; k++) {
+    log(`  ${op}: moonring (${k + 1}/${repeat})`);
+    mr.push(moonring(op, minBytes, maxBytes));
+    log(`  ${op}: Open MPI (${k + 1}/${repeat})`);
+    mp.push(mpi(mpiBench, op, minBytes, maxBytes));
+  }
+  results[op] = { moonring: best(mr), mpi: best(mp) };
+}
+
+// Memory-bandwidth bound for allreduce at >= 16 MiB (and 1 MiB for reference).
+const bound = new Map<number, { copy: number; add: number; busbw: number }>();
+if (!args["no-membw"] && results.allreduce) {
+  for (const r of results.allreduce.moonring) {
+    if (r.bytes < 16 << 20 && r.bytes !== 1 << 20) continue;
+    const m = membwAt(membw, r.bytes);
+    bound.set(r.bytes, { ...m, busbw: 2 / (3 / m.copy + 1 / m.add) });
+  }
+}
+
+// 8-byte latencies.
+log("  latency: 8-byte allreduce, native and Open MPI");
+const lat = {
+  native: moonring("allreduce", 8, 8, ["--iters", String(latIters), "--warmup", "50"])[0],
+  mpi: mpi(mpiBench, "allreduce", 8, 8)[0],
+  rest: undefined as Rec | undefined,
+};
+if (!args["no-rest"]) {
+  log("  latency: 8-byte allreduce through REST");
+  lat.rest = moonring("allreduce", 8, 8, ["--via", "rest", "--iters", String(Math.min(latIters, 2000)), "--warmup", "100"])[0];
+}
+
+// ---- report ----
+const lines: string[] = [];
+const say = (s: string) => lines.push(s);
+say(`# moonring vs Open MPI: ${nproc} ranks, float32 (sum), transport ${transport}, ${started.toISOString()}`);
+say(`# busbw in GB/s (nccl-tests factors); ratio = moonring / MPI; best of ${repeat} alternating run(s) per side`);
+say(`# load average at end: ${loadavg().map((x) => x.toFixed(2)).join(" ")}`);
+const verdicts: string[] = [];
+for (const op of ops) {
+  const { moonring: m, mpi: p } = results[op]!;
+  const isAr = op === "allreduce";
+  say("");
+  say(`== ${op}`);
+  say(`${pad("size", 10)} ${pad("moonring", 10)} ${pad("mpi", 10)} ${pad("ratio", 7)} ${pad("mr_us", 10)} ${pad("mpi_us", 10)}${isAr ? `${pad("bound", 8)} ${pad("%bound", 7)}` : ""}`);
+  let minRatio = Infinity;
+  let minRatioAt = 0;
+  for (const r of m) {
+    const q = p.find((x) => x.bytes === r.bytes);
+    const ratio = q && q.busbw_gbps > 0 ? r.busbw_gbps / q.busbw_gbps : NaN;
+    const lo = isAr ? 64 << 10 : 1 << 20;
+    if (r.bytes >= lo && Number.isFinite(ratio) && ratio < minRatio) {
+      minRatio = ratio;
+      minRatioAt = r.bytes;
+    }
+    const b = bound.get(r.bytes);
+    say(
+      `${pad(sizeLabel(r.bytes), 10)} ${pad(f2(r.busbw_gbps), 10)} ${pad(f2(q?.busbw_gbps), 10)} ${pad(Number.isFinite(ratio) ? ratio.toFixed(2) : "-", 7)} ${pad(r.time_us.toFixed(1), 10)} ${pad(q ? q.time_us.toFixed(1) : "-", 10)}` +
+        (isAr ? `${pad(b ? f2(b.busbw) : "", 8)} ${pad(b ? ((100 * r.busbw_gbps) / b.busbw).toFixed(0) + "%" : "", 7)}` : ""),
+    );
+  }
+  if (Number.isFinite(minRatio)) {
+    verdicts.push(`${minRatio >= 1 ? "PASS" : "FAIL"} ${op}: min ratio ${minRatio.toFixed(2)} (at ${sizeLabel(minRatioAt)}B) over ${isAr ? "64K" : "1M"}B..${sizeLabel(maxBytes)}B, target >= 1.00`);
+  }
+  if (isAr && bound.size) {
+    const big = m.filter((r) => r.bytes >= 16 << 20 && bound.has(r.bytes));
+    if (big.length) {
+      const worst = Math.min(...big.map((r) => r.busbw_gbps / bound.get(r.bytes)!.busbw));
+      verdicts.push(`${worst >= 0.85 ? "PASS" : "FAIL"} allreduce: ${(100 * worst).toFixed(0)}% of the memory-bandwidth bound at >= 16M (worst size), target >= 85%`);
+    }
+  }
+}
+if (bound.size) {
+  say("");
+  say("== memory bandwidth (all ranks streaming at once; per process)");
+  say(`${pad("size", 10)} ${pad("memcpy", 8)} ${pad("a+b", 8)} ${pad("bound", 8)}   bound = 2 / (3/memcpy + 1/(a+b)) GB/s busbw`);
+  for (const [s, b] of bound) say(`${pad(sizeLabel(s), 10)} ${pad(f2(b.copy), 8)} ${pad(f2(b.add), 8)} ${pad(f2(b.busbw), 8)}`);
+}
+say("");
+say("== 8-byte allreduce latency");
+if (lat.native) say(`native: mean ${lat.native.time_us.toFixed(2)} us, p50 ${f2(lat.native.p50_us)} us, p99 ${f2(lat.native.p99_us)} us (${latIters} iterations, barrier before each)`);
+if (lat.mpi) say(`Open MPI: mean ${lat.mpi.time_us.toFixed(2)} us (200 iterations, barrier before each)`);
+if (lat.native && lat.mpi) {
+  const x = lat.native.time_us / Math.max(lat.mpi.time_us, 0.05);
+  verdicts.push(`${x <= 2 ? "PASS" : "FAIL"} 8-byte allreduce native ${lat.native.time_us.toFixed(2)} us = ${x.toFixed(1)}x Open MPI ${lat.mpi.time_us.toFixed(2)} us, target <= 2x`);
+}
+if (lat.rest) {
+  say(`REST: batch (all ranks' calls) p50 ${f2(lat.rest.p50_us)} us, p99 ${f2(lat.rest.p99_us)} us; single call p50 ${f2(lat.rest.call_p50_us)} us, p99 ${f2(lat.rest.call_p99_us)} us`);
+  verdicts.push(`${(lat.rest.call_p50_us ?? Infinity) <= 200 ? "PASS" : "FAIL"} REST 8-byte allreduce p50 ${f2(lat.rest.call_p50_us)} us per call (batch ${f2(lat.rest.p50_us)} us), target <= 200 us`);
+}
+say("");
+say("== targets");
+for (const v of verdicts) say(v);
+const report = lines.join("\n");
+console.log(report);
+
+mkdirSync(outDir, { recursive: true });
+const stamp = started.toISOString().replace(/[:.]/g, "-");
+const jsonPath = join(outDir, `compare-${stamp}.json`);
+const all: Rec[] = [];
+for (const op of ops) {
+  for (const r of results[op]!.moonring) all.push({ ...r, source: "moonring" });
+  for (const r of results[op]!.mpi) all.push(r);
+}
+writeFileSync(
+  jsonPath,
+  JSON.stringify({ nproc, transport, repeat, started: started.toISOString(), results: all, bound: Object.fromEntries(bound), latency: lat, verdicts }, null, 1) + "\n",
+);
+writeFileSync(join(outDir, `compare-${stamp}.txt`), report + "\n");
+const svgPath = join(outDir, `compare-${stamp}.svg`);
+writeFileSync(svgPath, renderSvg(seriesFromRuns([{ name: "run", records: all as never }]), { title: `moonring (solid) vs Open MPI (dashed), ${nproc} ranks` }));
+log(`wrote ${jsonPath}, ${svgPath} (${dirname(svgPath)})`);
