@@ -17,7 +17,7 @@ comptime {
 
 pub fn build(b: *std.Build) void {
     const target = b.standardTargetOptions(.{});
-    const optimize = b.standardOptimizeOption(.{ .preferred_optimize_mode = .ReleaseFast });
+    const optimize = b.standardOptimizeOption(.{});
     const nvcc = b.option([]const u8, "nvcc", "nvcc for CUDA 13.0 (default: nvcc on PATH)") orelse "nvcc";
 
     // The op x dtype table -> ops_table.zig + ops_table.cuh.
