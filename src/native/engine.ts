@@ -54,6 +54,8 @@ interface Pending {
   /** Keeps the op's buffers (and the counts array) alive and unreleased until completion. */
   buffers: HostOrDeviceBuffer[];
   counts: BigUint64Array | null;
+  /** The op itself: its buffers stay referenced (even foreign NativeBuffer objects). */
+  op: NativeOp;
 }
 
 class HostOrDeviceBuffer implements NativeBuffer {
@@ -224,10 +226,12 @@ export class NativeDataPlane implements DataPlane {
         counts![this.worldSizeMax + r] = BigInt(recvCounts[i]!);
       });
     }
-    const send = op.send as HostOrDeviceBuffer | undefined;
-    const recv = op.recv as HostOrDeviceBuffer | undefined;
+    const send = op.send;
+    const recv = op.recv;
     for (const b of [send, recv]) {
-      if (b && b.isReleased) throw new NativeError(`rank ${this.rank}: ${op.kind} op ${op.opId}: buffer already released`, "EINVAL");
+      if (b instanceof HostOrDeviceBuffer && b.isReleased) {
+        throw new NativeError(`rank ${this.rank}: ${op.kind} op ${op.opId}: buffer already released`, "EINVAL");
+      }
     }
     const device = send?.device ?? recv?.device ?? -1;
     const dtype = dtypeInfo(op.dtype).code;
@@ -252,13 +256,14 @@ export class NativeDataPlane implements DataPlane {
     if (ticket <= 0n) throw new NativeError(lastError(), codeOf(Number(ticket)));
     const buffers: HostOrDeviceBuffer[] = [];
     for (const b of [send, recv]) {
-      if (b && !buffers.includes(b)) {
+      // Buffers of this data plane are pinned until completion (release() waits for it).
+      if (b instanceof HostOrDeviceBuffer && !buffers.includes(b)) {
         b.inflight++;
         buffers.push(b);
       }
     }
     return new Promise<void>((resolve, reject) => {
-      this.pending.set(ticket, { resolve, reject, buffers, counts });
+      this.pending.set(ticket, { resolve, reject, buffers, counts, op });
       this.lastActivity = performance.now();
       this.startPolling();
     });

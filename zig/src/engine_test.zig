@@ -874,3 +874,80 @@ test "engine create: a taken port fails with a message" {
     try testing.expectError(error.ListenFailed, Engine.create(testing.allocator, .{ .rank = 1, .world_size_max = 2, .cluster_id = "port-test", .listen_port = a.dataPort() }));
     try testing.expect(std.mem.indexOf(u8, engine_mod.lastError(), "listener") != null);
 }
+
+// ---- device buffers (CUDA): skipped without a GPU ----
+
+const cuda = @import("cuda/exports.zig");
+
+test "device buffers: allreduce and allgather staged through the host, tcp and shm" {
+    if (cuda.mr_cuda_device_count() == 0) return error.SkipZigTest;
+    for ([_]Mode{ .tcp, .shm }) |mode| {
+        var world = try World.init(2, .{ .mode = mode });
+        defer world.deinit();
+        const count = 300_000;
+        var inputs: [2][]f32 = undefined;
+        var dptrs: [2]u64 = undefined;
+        var gathered: [2]u64 = undefined;
+        for (0..2) |r| {
+            inputs[r] = try testing.allocator.alloc(f32, count);
+            for (inputs[r], 0..) |*v, k| v.* = @floatFromInt(@as(i64, @intCast((k * 7 + r * 13) % 101)) - 50);
+            dptrs[r] = cuda.mr_cuda_alloc(0, count * 4);
+            gathered[r] = cuda.mr_cuda_alloc(0, 2 * count * 4);
+            try testing.expect(dptrs[r] != 0 and gathered[r] != 0);
+            try testing.expectEqual(@as(i32, 0), cuda.mr_cuda_copy_to_device(0, dptrs[r], inputs[r].ptr, count * 4));
+        }
+        defer for (0..2) |r| {
+            testing.allocator.free(inputs[r]);
+            _ = cuda.mr_cuda_free(0, dptrs[r]);
+            _ = cuda.mr_cuda_free(0, gathered[r]);
+        };
+        var args: [2]Submit = undefined;
+        const id = nextOpId();
+        for (0..2) |r| args[r] = .{ .kind = @intFromEnum(op.Collective.allreduce), .dtype = @intFromEnum(op.DType.f32), .redop = 0, .op_id = id, .ranks_mask = 3, .root = 0, .send = @ptrFromInt(dptrs[r]), .recv = @ptrFromInt(dptrs[r]), .count = count, .counts = null, .device = 0, .timeout_ms = 20_000 };
+        try world.expectAllOk(&args);
+        const out = try testing.allocator.alloc(f32, 2 * count);
+        defer testing.allocator.free(out);
+        for (0..2) |r| {
+            try testing.expectEqual(@as(i32, 0), cuda.mr_cuda_copy_to_host(0, out.ptr, dptrs[r], count * 4));
+            for (0..count) |k| try testing.expectEqual(inputs[0][k] + inputs[1][k], out[k]);
+        }
+        const id2 = nextOpId();
+        for (0..2) |r| args[r] = .{ .kind = @intFromEnum(op.Collective.allgather), .dtype = @intFromEnum(op.DType.f32), .redop = 0, .op_id = id2, .ranks_mask = 3, .root = 0, .send = @ptrFromInt(dptrs[r]), .recv = @ptrFromInt(gathered[r]), .count = count, .counts = null, .device = 0, .timeout_ms = 20_000 };
+        try world.expectAllOk(&args);
+        try testing.expectEqual(@as(i32, 0), cuda.mr_cuda_copy_to_host(0, out.ptr, gathered[1], 2 * count * 4));
+        for (0..count) |k| try testing.expectEqual(inputs[0][k] + inputs[1][k], out[count + k]);
+    }
+}
+
+// ---- latency / bandwidth probe: runs only with MOONRING_BENCH=1 ----
+
+fn benchOnce(world: *World, n: u32, bufs: [][]u8, kind: op.Collective, count: u64) !u64 {
+    var args: [ranks_max]Submit = undefined;
+    const id = nextOpId();
+    for (0..n) |r| args[r] = .{ .kind = @intFromEnum(kind), .dtype = @intFromEnum(op.DType.f32), .redop = 0, .op_id = id, .ranks_mask = world.fullMask(), .root = 0, .send = bufs[r].ptr, .recv = bufs[r].ptr, .count = count, .counts = null, .device = -1, .timeout_ms = 30_000 };
+    const t0 = sys.monotonicNs();
+    try world.expectAllOk(args[0..n]);
+    return sys.monotonicNs() - t0;
+}
+
+test "bench: allreduce latency and bandwidth (MOONRING_BENCH=1)" {
+    if (sys.getenv("MOONRING_BENCH") == null) return error.SkipZigTest;
+    const n: u32 = 2;
+    for ([_]Mode{ .tcp, .shm }) |mode| {
+        var world = try World.init(n, .{ .mode = mode, .tcp_chunk_bytes = wire.chunk_bytes_max, .shm_slot_bytes = 256 * 1024, .shm_slot_count = 16 });
+        defer world.deinit();
+        var bufs: [ranks_max][]u8 = undefined;
+        for (0..n) |r| bufs[r] = try testing.allocator.alloc(u8, 256 << 20);
+        defer for (0..n) |r| testing.allocator.free(bufs[r]);
+        for (0..n) |r| @memset(bufs[r], 0);
+        var times: [1000]u64 = undefined;
+        for (&times) |*t| t.* = try benchOnce(&world, n, bufs[0..n], .allreduce, 2);
+        std.mem.sort(u64, &times, {}, std.sort.asc(u64));
+        std.debug.print("\n{s}: 8-byte allreduce x{d} ranks (in-process, submit->done): p50 {d} us, p90 {d} us, p99 {d} us\n", .{ @tagName(mode), n, times[500] / 1000, times[900] / 1000, times[990] / 1000 });
+        for ([_]u64{ 1 << 20, 16 << 20, 256 << 20 }) |bytes| {
+            var best: u64 = std.math.maxInt(u64);
+            for (0..3) |_| best = @min(best, try benchOnce(&world, n, bufs[0..n], .allreduce, bytes / 4));
+            std.debug.print("{s}: allreduce {d} MiB: {d} us, busbw {d:.2} GB/s\n", .{ @tagName(mode), bytes >> 20, best / 1000, @as(f64, @floatFromInt(bytes)) * 2.0 * @as(f64, @floatFromInt(n - 1)) / @as(f64, @floatFromInt(n)) / @as(f64, @floatFromInt(best)) });
+        }
+    }
+}
