@@ -23,8 +23,11 @@
 namespace mr {
 
 // Threads per block the host launches with (driver.zig: threads_per_block); kernels assume it
-// only through __launch_bounds__.
+// only through __launch_bounds__. kMinBlocksPerSm blocks stay resident per SM (<= 64 registers
+// a thread; driver.zig: blocks_per_sm): 1024 threads x 4 x 16-byte loads in flight is far more
+// than an SM needs to saturate HBM.
 constexpr int kThreads = 512;
+constexpr int kMinBlocksPerSm = 2;
 constexpr int kVecBytes = 16;
 constexpr int kUnroll = 4;
 // Sources of one mr_reduceN_* call, passed by value (kernel parameter space).
@@ -169,27 +172,27 @@ __device__ __forceinline__ void copy_strided(uint8_t* dst, const uint8_t* src, u
 
 }  // namespace mr
 
-#define MR_DEFINE_REDUCE(redop, redop_code, short, c_type, dtype_code, kind)                               \
-  extern "C" __global__ void __launch_bounds__(mr::kThreads)                                               \
-      mr_reduce_##redop##_##short(c_type* dst, const c_type* src, uint64_t count) {                        \
-    mr::reduce_range<mr::op_##redop<mr::kind_##kind>, c_type>(dst, dst, src, count);                      \
-  }                                                                                                        \
-  extern "C" __global__ void __launch_bounds__(mr::kThreads)                                               \
-      mr_reduce2_##redop##_##short(c_type* dst, const c_type* a, const c_type* b, uint64_t count) {        \
-    mr::reduce_range<mr::op_##redop<mr::kind_##kind>, c_type>(dst, a, b, count);                          \
-  }                                                                                                        \
-  extern "C" __global__ void __launch_bounds__(mr::kThreads)                                               \
-      mr_reduceN_##redop##_##short(c_type* dst, mr::Sources srcs, uint64_t count) {                        \
-    mr::reduce_many<mr::op_##redop<mr::kind_##kind>, c_type>(dst, srcs, count);                           \
+#define MR_DEFINE_REDUCE(redop, redop_code, short, c_type, dtype_code, kind)                                   \
+  extern "C" __global__ void __launch_bounds__(mr::kThreads, mr::kMinBlocksPerSm)                              \
+      mr_reduce_##redop##_##short(c_type* dst, const c_type* src, uint64_t count) {                            \
+    mr::reduce_range<mr::op_##redop<mr::kind_##kind>, c_type>(dst, dst, src, count);                           \
+  }                                                                                                            \
+  extern "C" __global__ void __launch_bounds__(mr::kThreads, mr::kMinBlocksPerSm)                              \
+      mr_reduce2_##redop##_##short(c_type* dst, const c_type* a, const c_type* b, uint64_t count) {            \
+    mr::reduce_range<mr::op_##redop<mr::kind_##kind>, c_type>(dst, a, b, count);                               \
+  }                                                                                                            \
+  extern "C" __global__ void __launch_bounds__(mr::kThreads, mr::kMinBlocksPerSm)                              \
+      mr_reduceN_##redop##_##short(c_type* dst, mr::Sources srcs, uint64_t count) {                            \
+    mr::reduce_many<mr::op_##redop<mr::kind_##kind>, c_type>(dst, srcs, count);                                \
   }
 MR_FOR_EACH_REDOP_DTYPE(MR_DEFINE_REDUCE)
 #undef MR_DEFINE_REDUCE
 
 // mr_scale_<dtype> for float dtypes only (avg's final division).
-#define MR_DEFINE_SCALE_float(short, c_type)                                                               \
-  extern "C" __global__ void __launch_bounds__(mr::kThreads)                                               \
-      mr_scale_##short(c_type* dst, uint64_t count, double divisor) {                                      \
-    mr::scale_range<c_type>(dst, count, divisor);                                                         \
+#define MR_DEFINE_SCALE_float(short, c_type)                                                                   \
+  extern "C" __global__ void __launch_bounds__(mr::kThreads, mr::kMinBlocksPerSm)                              \
+      mr_scale_##short(c_type* dst, uint64_t count, double divisor) {                                          \
+    mr::scale_range<c_type>(dst, count, divisor);                                                              \
   }
 #define MR_DEFINE_SCALE_int(short, c_type)
 #define MR_DEFINE_SCALE_bool(short, c_type)
@@ -197,7 +200,7 @@ MR_FOR_EACH_REDOP_DTYPE(MR_DEFINE_REDUCE)
 MR_FOR_EACH_DTYPE(MR_DEFINE_SCALE)
 #undef MR_DEFINE_SCALE
 
-extern "C" __global__ void __launch_bounds__(mr::kThreads)
+extern "C" __global__ void __launch_bounds__(mr::kThreads, mr::kMinBlocksPerSm)
     mr_copy_strided(uint8_t* dst, const uint8_t* src, uint64_t block_bytes, uint64_t blocks, uint64_t dst_stride,
                     uint64_t src_stride) {
   const uint64_t align = reinterpret_cast<uintptr_t>(dst) | reinterpret_cast<uintptr_t>(src) | block_bytes |

@@ -121,9 +121,9 @@ export class Cuda {
     this.check(this.api.cuCtxSynchronize(), "cuCtxSynchronize");
   }
 
-  /** Grid of a grid-stride launch, like driver.zig's gridFor (4 blocks of 512 per SM). */
+  /** Grid of a grid-stride launch, like driver.zig's gridFor (2 blocks of 512 per SM). */
   grid(items: number): number {
-    return Math.max(1, Math.min(Math.ceil(items / threadsPerBlock), this.smCount * 4));
+    return Math.max(1, Math.min(Math.ceil(items / threadsPerBlock), this.smCount * 2));
   }
 
   /** Launches `name` on the NULL stream with blockDim = threadsPerBlock (asynchronous). */

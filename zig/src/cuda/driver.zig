@@ -34,10 +34,10 @@ pub const Error = error{
 pub const driver_soname = "libcuda.so.1";
 /// Device ordinals this library handles (a cache slot each).
 pub const devices_max = 64;
-/// Threads per block of every launch; cuda/kernels.cu declares __launch_bounds__(512).
+/// Threads per block of every launch; cuda/kernels.cu declares __launch_bounds__(512, 2).
 pub const threads_per_block = 512;
-/// Blocks per SM of a grid-stride launch: 4 x 512 threads fills an SM (2048 threads).
-pub const blocks_per_sm = 4;
+/// Blocks per SM of a grid-stride launch: the kernels' __launch_bounds__ minimum (all resident).
+pub const blocks_per_sm = 2;
 /// Sources one mr_reduceN_* launch takes (cuda/kernels.cu: mr::kSourcesMax).
 pub const reduce_sources_max = 8;
 /// Bytes of a CUDA IPC memory handle (CU_IPC_HANDLE_SIZE).
