@@ -20,6 +20,7 @@ export class RestRunner implements Runner {
   private octet: MoonringClient[] = [];
   private b64: MoonringClient[] = [];
   private stderrText = "";
+  private stopping = false;
   readonly label: string;
 
   constructor(private cfg: RunConfig) {
@@ -41,7 +42,8 @@ export class RestRunner implements Runner {
       for await (const chunk of this.proc!.stderr) {
         const s = dec.decode(chunk, { stream: true });
         this.stderrText += s;
-        process.stderr.write(s);
+        if (!this.stopping) process.stderr.write(s); // shutdown chatter is not news
+
       }
     })().catch(() => {});
     void (async () => {
@@ -177,6 +179,7 @@ export class RestRunner implements Runner {
     const p = this.proc;
     this.proc = null;
     if (!p) return;
+    this.stopping = true;
     if (p.exitCode === null) p.kill("SIGTERM");
     const code = await Promise.race([p.exited, sleep(10_000).then(() => null)]);
     if (code === null) {
