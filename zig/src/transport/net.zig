@@ -210,6 +210,7 @@ pub const Net = struct {
     /// Stops the listener and every link; every endpoint must be closed already.
     pub fn deinit(net: *Net) void {
         net.stopping.store(true, .release);
+        sys.shutdownBoth(net.listen_fd); // wakes the listener's poll at once
         if (net.listener) |thread| thread.join();
         sys.closeFd(net.listen_fd);
         net.mu.lock();
