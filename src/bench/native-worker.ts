@@ -34,6 +34,24 @@ try {
 send({ ev: "ready", rank, dataPort: dp.dataPort, hostId: dp.hostId.toString(), pid: process.pid });
 
 const ranks = Array.from({ length: n }, (_, r) => r);
+
+// Experiment knob (bench/NOTES.md): MOONRING_BENCH_COMPLETION=wait blocks this (otherwise idle)
+// JS thread in mr_wait until the op completes, then drains completions at once, instead of
+// letting engine.ts's poller spin on setImmediate. It reaches into NativeDataPlane's private
+// handle/poller, so it only measures what a blocking completion path would give.
+const completionWait = process.env.MOONRING_BENCH_COMPLETION === "wait";
+let runOp = (op: NativeOp): Promise<void> => dp.run(op);
+if (completionWait) {
+  const { native } = await import("../native/ffi");
+  const inner = dp as unknown as { handle: number | null; pollOnce: () => void; inFlight: number };
+  runOp = (op) => {
+    const p = dp.run(op);
+    for (let i = 0; i < 1_000_000 && inner.inFlight > 0 && inner.handle !== null; i++) {
+      if (native.mr_wait(inner.handle, 100)) inner.pollOnce();
+    }
+    return p;
+  };
+}
 let counter = 1n;
 const nextStep = () => counter++;
 
@@ -49,7 +67,7 @@ function ensure(buf: NativeBuffer | null, bytes: number): NativeBuffer {
 
 async function barrier(timeoutMs: number): Promise<void> {
   if (n === 1) return;
-  await dp.run({ kind: "barrier", dtype: "uint8", opId: nextStep() << 8n, ranks, count: 0, timeoutMs });
+  await runOp({ kind: "barrier", dtype: "uint8", opId: nextStep() << 8n, ranks, count: 0, timeoutMs });
 }
 
 /** One step of the op; both buffers are ready. */
@@ -58,7 +76,7 @@ function stepRunner(op: string, dtype: DTypeName, redop: string, root: number, s
   const r = recvBuf!;
   const base = { dtype, ranks, timeoutMs };
   const isRoot = rank === root;
-  const make = (o: Omit<NativeOp, "opId" | "ranks" | "timeoutMs" | "dtype">) => () => dp.run({ ...base, ...o, opId: nextStep() << 8n } as NativeOp);
+  const make = (o: Omit<NativeOp, "opId" | "ranks" | "timeoutMs" | "dtype">) => () => runOp({ ...base, ...o, opId: nextStep() << 8n } as NativeOp);
   switch (op) {
     case "allreduce":
       return make({ kind: "allreduce", redop: redop as NativeOp["redop"], count: shape.count, send: s, recv: r });

@@ -15,6 +15,8 @@ export interface Series {
   points: PlotPoint[];
   /** Peers are drawn dashed. */
   dashed?: boolean;
+  /** Series of one group share a color (e.g. moonring and MPI of one op). */
+  group?: string;
 }
 
 interface Rec {
@@ -75,6 +77,7 @@ export function seriesFromRuns(runs: { name: string; records: Rec[] }[], metric:
   return all.map((g) => ({
     label: [showFile ? g.key.file : "", short(g.key)].filter(Boolean).join(" "),
     dashed: g.key.peer,
+    group: showOp ? g.key.op : undefined,
     points: g.points.sort((a, b) => a.bytes - b.bytes),
   }));
 }
@@ -157,8 +160,11 @@ export function renderSvg(series: Series[], opts: PlotOptions = {}): string {
   out.push(`<text x="${f(ml + pw / 2)}" y="${H - 16}" text-anchor="middle">message size (bytes, log scale)</text>`);
   out.push(`<text transform="translate(18 ${f(mt + ph / 2)}) rotate(-90)" text-anchor="middle">${esc(opts.yLabel ?? "busbw (GB/s, log scale)")}</text>`);
   // series
+  const groups: string[] = [];
   series.forEach((s, i) => {
-    const color = COLORS[i % COLORS.length]!;
+    const key = s.group ?? `#${i}`;
+    if (!groups.includes(key)) groups.push(key);
+    const color = COLORS[groups.indexOf(key) % COLORS.length]!;
     const p = s.points.filter((q) => q.bytes > 0 && q.value > 0);
     const dash = s.dashed ? ` stroke-dasharray="6 4"` : "";
     out.push(`<g class="series" data-label="${esc(s.label)}">`);

@@ -136,10 +136,15 @@ export function algbwGBps(bytes: number, timeUs: number): number {
   return timeUs > 0 ? bytes / timeUs / 1e3 : 0;
 }
 
-/** Rounds a metric the way the JSON carries it (keeps the record short and stable). */
+/** Rounds a time the way the JSON carries it (keeps the record short and stable). */
 function round(x: number, digits: number): number {
   const m = 10 ** digits;
   return Math.round(x * m) / m;
+}
+
+/** Bandwidths keep 5 significant digits, so tiny sizes still plot on a log axis. */
+function sig(x: number): number {
+  return x === 0 || !Number.isFinite(x) ? 0 : Number(x.toPrecision(5));
 }
 
 /** Per-iteration times (µs, slowest rank per iteration) -> mean and percentiles. */
@@ -171,8 +176,8 @@ export function makeResult(args: {
     count: args.shape.count,
     dtype: args.dtype,
     time_us: round(s.mean, 2),
-    algbw_gbps: round(algbw, 3),
-    busbw_gbps: round(algbw * busFactor(args.op, args.nranks), 3),
+    algbw_gbps: sig(algbw),
+    busbw_gbps: sig(algbw * busFactor(args.op, args.nranks)),
     wrong: args.wrong,
     redop: hasRedop(args.op) ? args.redop : null,
     root: isRooted(args.op) ? args.root : -1,

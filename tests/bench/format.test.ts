@@ -103,7 +103,7 @@ describe("results", () => {
     const ag = makeResult({ op: "allgather", shape: pointShape("allgather", 1 << 20, 2, 4), dtype: "float32", redop: "sum", root: 0, nranks: 2, via: "native", timesUs: [100], wrong: null });
     expect(ag.redop).toBeNull();
     expect(ag.algbw_gbps).toBe(10.486);
-    expect(ag.busbw_gbps).toBe(5.243);
+    expect(ag.busbw_gbps).toBe(5.2429);
     const bc = makeResult({ op: "broadcast", shape: pointShape("broadcast", 1000, 2, 4), dtype: "float32", redop: "sum", root: 1, nranks: 2, via: "native", timesUs: [1], wrong: 0 });
     expect(bc.root).toBe(1);
     expect(bc.busbw_gbps).toBe(1);
@@ -113,6 +113,8 @@ describe("results", () => {
     const o = JSON.parse(jsonLine(r)) as Record<string, unknown>;
     expect(Object.keys(o).slice(0, 8)).toEqual(["op", "bytes", "count", "dtype", "time_us", "algbw_gbps", "busbw_gbps", "wrong"]);
     expect(o).toMatchObject({ op: "allreduce", bytes: 8, count: 2, dtype: "float32", time_us: 4, algbw_gbps: 0.002, busbw_gbps: 0.002, wrong: 0 });
+    const tiny = makeResult({ op: "allreduce", shape: pointShape("allreduce", 8, 2, 4), dtype: "float32", redop: "sum", root: 0, nranks: 2, via: "native", timesUs: [1234], wrong: 0 });
+    expect(tiny.busbw_gbps).toBe(0.0000064830); // 5 significant digits, not rounded to 0
     expect(jsonLine(r)).not.toContain("\n");
   });
 });
