@@ -4,6 +4,8 @@
 #   .carry/bun.xz           the pinned bun binary (node_modules), xz -T2
 #   .carry/libmoonring.so   a ReleaseFast build (embeds the CUDA fatbin)
 #   .carry/moonring.fatbin  the same fatbin (tests/gpu/fatbin.test.ts and the bench load it)
+#   .carry/zig-tests.xz     Zig test binary (ReleaseSafe) of the tests that need a GPU to mean
+#                           something: zig/src/cuda/* ("cuda") and the engine's "device buffers"
 #   .carry/manifest.txt     git revision, checksums, versions
 # Builds into a temporary prefix (never touches zig/zig-out, which others use).
 # Usage: sh scripts/gpu/pack.sh     then, on the GPU machine: sh scripts/gpu/run.sh
@@ -30,6 +32,17 @@ fi
 cp "$tmp/prefix/lib/libmoonring.so" "$carry/libmoonring.so"
 cp "$tmp/prefix/lib/moonring.fatbin" "$carry/moonring.fatbin"
 
+log "building the Zig GPU test binary (filters: cuda, device buffers)"
+"$root/.tools/bin/zig" run zig/tools/gen_ops.zig -- src/ops/table.json "$tmp/ops_table.zig" "$tmp/ops_table.cuh"
+rm -f "$carry/zig-tests.xz"
+if "$root/.tools/bin/zig" test -OReleaseSafe -lc -Izig/include --test-filter cuda --test-filter "device buffers" \
+  --test-no-exec -femit-bin="$tmp/zig-tests" --dep ops_table --dep moonring_fatbin -Mroot=zig/src/root.zig \
+  -Mops_table="$tmp/ops_table.zig" -Mmoonring_fatbin="$tmp/prefix/lib/moonring.fatbin" --cache-dir zig/.zig-cache; then
+  xz -T2 -c "$tmp/zig-tests" > "$carry/zig-tests.xz"
+else
+  log "warning: the Zig test binary did not build; run.sh will skip the Zig GPU tests"
+fi
+
 bun_bin=$(readlink -f node_modules/.bin/bun 2>/dev/null || true)
 [ -n "$bun_bin" ] && [ -x "$bun_bin" ] || { log "no bun in node_modules: run sh scripts/bootstrap.sh"; exit 1; }
 [ "$(head -c 4 "$bun_bin" | od -An -c | tr -d ' ')" = "177ELF" ] || { log "$bun_bin is not an ELF binary"; exit 1; }
@@ -45,10 +58,10 @@ fi
   echo "bun: $("$bun_bin" --version)"
   echo "nvcc: $("$root/.tools/bin/nvcc" --version | tail -1)"
   echo "zig: $("$root/.tools/bin/zig" version)"
-  ( cd "$carry" && sha256sum bun.xz libmoonring.so moonring.fatbin )
+  ( cd "$carry" && sha256sum bun.xz libmoonring.so moonring.fatbin $(ls zig-tests.xz 2>/dev/null) )
 } > "$carry/manifest.txt"
 
-total=$(cat "$carry/bun.xz" "$carry/libmoonring.so" "$carry/moonring.fatbin" "$carry/manifest.txt" | wc -c)
+total=$(cat "$carry"/bun.xz "$carry"/libmoonring.so "$carry"/moonring.fatbin "$carry"/manifest.txt $(ls "$carry"/zig-tests.xz 2>/dev/null) | wc -c)
 if [ -d "$carry/out" ]; then log "note: $carry/out exists; remove it before carrying"; fi
 cat "$carry/manifest.txt" >&2
 log "carry: $((total / 1024 / 1024)) MiB of $((carry_bytes_max / 1024 / 1024)) MiB"
