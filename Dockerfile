@@ -45,11 +45,7 @@ RUN mkdir /prod && cp package.json package-lock.json /prod/ \
 COPY zig/ zig/
 COPY cuda/ cuda/
 COPY src/ops/table.json src/ops/table.json
-# (Fallback: at the time of writing `bootstrap.sh --build` passes -Doptimize, which zig/build.zig's
-# preferred_optimize_mode does not accept; --release=fast is the same build. Remove once fixed.)
-RUN { sh scripts/bootstrap.sh --build \
-      || { echo "[Dockerfile] bootstrap.sh --build failed; retrying: zig build --release=fast" >&2; \
-           ( cd zig && ../.tools/bin/zig build --release=fast -Dnvcc=/src/.tools/bin/nvcc ); }; } \
+RUN sh scripts/bootstrap.sh --build \
  && test -s zig/zig-out/lib/libmoonring.so \
  && cp -L node_modules/.bin/bun /usr/local/bin/bun \
  && /usr/local/bin/bun --version
