@@ -951,3 +951,15 @@ test "bench: allreduce latency and bandwidth (MOONRING_BENCH=1)" {
         }
     }
 }
+
+test "strangers: a silent connection is dropped after the handshake timeout; destroy does not wait for it" {
+    var world = try World.init(1, .{ .mode = .tcp });
+    defer world.deinit();
+    const fd = try connectRaw(world.engine(0).dataPort());
+    defer sys.closeFd(fd);
+    try expectClosedByEngine(fd); // after ~2 s of silence
+    const fd2 = try connectRaw(world.engine(0).dataPort());
+    defer sys.closeFd(fd2);
+    world.kill(0); // returns promptly although fd2 is mid-handshake
+    try expectClosedByEngine(fd2);
+}

@@ -129,6 +129,8 @@ const Peer = struct {
     down: bool = false,
     /// A link to it closed and no other is up: receives from it fail at once.
     lost: bool = false,
+    /// Why: it sent a bad frame (else it closed the link).
+    lost_protocol: bool = false,
     dialing: bool = false,
     generation: u32 = 0,
     links: [links_per_peer_max]?*Link = [_]?*Link{null} ** links_per_peer_max,
@@ -504,6 +506,8 @@ pub const Net = struct {
             const p = &net.peers[peer];
             if (p.down) {
                 net.failLocked(ep, error.PeerFailed, @intCast(peer), "rank {d} was marked down", .{peer});
+            } else if (p.lost and p.lost_protocol) {
+                net.failLocked(ep, error.Protocol, @intCast(peer), "rank {d} sent a bad frame", .{peer});
             } else if (p.lost) {
                 net.failLocked(ep, error.PeerFailed, @intCast(peer), "rank {d} closed its link", .{peer});
             }
@@ -912,7 +916,7 @@ pub const Net = struct {
     fn acceptThread(net: *Net, accepted: sys.Accepted) void {
         defer net.threadExit();
         var hello: tcp.Hello = undefined;
-        tcp.readHello(accepted.fd, &hello) catch |err| {
+        tcp.readHello(accepted.fd, &hello, &net.stopping) catch |err| {
             return net.rejectAccepted(accepted, "bad handshake ({s})", .{@errorName(err)});
         };
         const h = hello.header;
@@ -1010,7 +1014,10 @@ pub const Net = struct {
         for (peer.links) |maybe| {
             if (maybe) |other| others = others or !other.closing.load(.acquire);
         }
-        if (!others) peer.lost = true;
+        if (!others) {
+            peer.lost = true;
+            peer.lost_protocol = outcome == .protocol;
+        }
         if (outcome == .protocol) {
             sys.logLine("rank {d}: protocol error on link from rank {d}: closed it", .{ net.rank(), link.peer });
         }

@@ -100,12 +100,23 @@ pub const Hello = struct {
 
 pub const HelloError = error{ Closed, TimedOut, BadMagic, BadVersion, BadLength };
 
-/// Acceptor side: reads and structurally validates a Hello (within handshake_timeout_ms).
-pub fn readHello(fd: sys.Fd, hello: *Hello) HelloError!void {
-    sys.setRecvTimeout(fd, handshake_timeout_ms);
+/// Gives up a handshake read after handshake_timeout_ms, or at once when `stop` is set.
+const HandshakeAbort = struct {
+    deadline_ns: u64,
+    stop: *const std.atomic.Value(bool),
+    pub fn check(self: HandshakeAbort) bool {
+        return self.stop.load(.acquire) or sys.monotonicNs() >= self.deadline_ns;
+    }
+};
+
+/// Acceptor side: reads and structurally validates a Hello (within handshake_timeout_ms;
+/// `stop` cuts the wait short when the rank shuts down).
+pub fn readHello(fd: sys.Fd, hello: *Hello, stop: *const std.atomic.Value(bool)) HelloError!void {
+    sys.setRecvTimeout(fd, io_poll_ms);
     sys.setSendTimeout(fd, handshake_timeout_ms);
-    sys.recvAll(fd, std.mem.asBytes(&hello.header)) catch |err| return switch (err) {
-        error.WouldBlock => error.TimedOut,
+    const abort = HandshakeAbort{ .deadline_ns = sys.monotonicNs() + @as(u64, handshake_timeout_ms) * std.time.ns_per_ms, .stop = stop };
+    readExact(fd, std.mem.asBytes(&hello.header), abort) catch |err| return switch (err) {
+        error.Aborted => error.TimedOut,
         else => error.Closed,
     };
     const h = hello.header;
@@ -116,8 +127,8 @@ pub fn readHello(fd: sys.Fd, hello: *Hello) HelloError!void {
     hello.kind = std.meta.intToEnum(wire.LinkKind, h.kind) catch return error.BadLength;
     if ((hello.kind == .shm) != (h.shm_name_len > 0)) return error.BadLength;
     const extra = @as(usize, h.cluster_id_len) + h.token_len + h.shm_name_len;
-    sys.recvAll(fd, hello.bytes[0..extra]) catch |err| return switch (err) {
-        error.WouldBlock => error.TimedOut,
+    readExact(fd, hello.bytes[0..extra], abort) catch |err| return switch (err) {
+        error.Aborted => error.TimedOut,
         else => error.Closed,
     };
 }
