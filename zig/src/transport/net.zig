@@ -353,11 +353,16 @@ pub const Net = struct {
             } else i += 1;
         }
         if (freed) net.stash_cond.broadcast();
-        net.finished[net.finished_next] = ep.op_id;
-        net.finished_next = (net.finished_next + 1) % finished_ids_max;
-        net.finished_count = @min(net.finished_count + 1, finished_ids_max);
+        net.markFinishedLocked(ep.op_id);
         ep.reqs_used = 0;
         ep.registered = false;
+    }
+
+    /// Frames of `op_id` that arrive from now on are dropped (until it is opened again).
+    fn markFinishedLocked(net: *Net, op_id: u64) void {
+        net.finished[net.finished_next] = op_id;
+        net.finished_next = (net.finished_next + 1) % finished_ids_max;
+        net.finished_count = @min(net.finished_count + 1, finished_ids_max);
     }
 
     fn endpointBusy(ep: *const Endpoint) bool {
@@ -1128,8 +1133,17 @@ pub const Net = struct {
         net.mu.lock();
         defer net.mu.unlock();
         var waits: u64 = 0;
+        var waiting_since_ns: u64 = 0;
         while (true) : (waits += 1) {
             if (link.closing.load(.acquire) or net.stopping.load(.acquire)) return .discard;
+            const registered = net.findEndpointLocked(header.op_id) != null;
+            if (!registered and waits > 0 and sys.monotonicNs() -| waiting_since_ns > orphan_ttl_ns) {
+                // A frame of an op this rank never runs must not block the link forever.
+                sys.logLine("rank {d}: dropping frames of op {d} from rank {d}: the op was not posted here for {d} s", .{ net.rank(), header.op_id, link.peer, orphan_ttl_ns / std.time.ns_per_s });
+                net.markFinishedLocked(header.op_id);
+                return .discard;
+            }
+            if (waits == 0) waiting_since_ns = sys.monotonicNs();
             if (net.findEndpointLocked(header.op_id)) |ep| {
                 if (ep.abandoned.load(.acquire)) return .discard;
                 if (findRecvLocked(ep, link.peer, header.seq)) |req| {
