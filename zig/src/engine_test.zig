@@ -963,3 +963,40 @@ test "strangers: a silent connection is dropped after the handshake timeout; des
     world.kill(0); // returns promptly although fd2 is mid-handshake
     try expectClosedByEngine(fd2);
 }
+
+test "concurrent ops share links: 8 allreduces in flight, submitted in different orders per rank" {
+    for ([_]Mode{ .tcp, .shm }) |mode| {
+        const n = 3;
+        const ops_count = 8;
+        var world = try World.init(n, .{ .mode = mode });
+        defer world.deinit();
+        var bufs: [n][ops_count][]i32 = undefined;
+        var counts: [ops_count]usize = undefined;
+        var ids: [ops_count]u64 = undefined;
+        for (0..ops_count) |o| {
+            counts[o] = 7 + o * 13_001;
+            ids[o] = nextOpId();
+            for (0..n) |r| {
+                bufs[r][o] = try testing.allocator.alloc(i32, counts[o]);
+                for (bufs[r][o], 0..) |*v, k| v.* = @intCast((k * 31 + r * 7 + o) % 1000);
+            }
+        }
+        defer for (0..n) |r| for (0..ops_count) |o| testing.allocator.free(bufs[r][o]);
+        var tickets: [n][ops_count]u64 = undefined;
+        for (0..n) |r| {
+            for (0..ops_count) |i| {
+                const o = if (r % 2 == 0) i else ops_count - 1 - i;
+                tickets[r][o] = try world.engine(r).submit(.{ .kind = @intFromEnum(op.Collective.allreduce), .dtype = @intFromEnum(op.DType.i32), .redop = 0, .op_id = ids[o], .ranks_mask = world.fullMask(), .root = 0, .send = @ptrCast(bufs[r][o].ptr), .recv = @ptrCast(bufs[r][o].ptr), .count = counts[o], .counts = null, .device = -1, .timeout_ms = 30_000 });
+            }
+        }
+        for (0..n) |r| for (0..ops_count) |o| {
+            try testing.expectEqual(Status.ok, world.engine(r).waitTicket(tickets[r][o]));
+            world.engine(r).release(tickets[r][o]);
+        };
+        for (0..ops_count) |o| for (0..counts[o]) |k| {
+            var expected: i32 = 0;
+            for (0..n) |r| expected += @intCast((k * 31 + r * 7 + o) % 1000);
+            for (0..n) |r| try testing.expectEqual(expected, bufs[r][o][k]);
+        };
+    }
+}
