@@ -1000,3 +1000,28 @@ test "concurrent ops share links: 8 allreduces in flight, submitted in different
         };
     }
 }
+
+test "transport choice: auto picks shm for the same host id and tcp otherwise; shm forced works across host ids" {
+    const Case = struct { mode: Mode, same_host: bool, shm: bool };
+    for ([_]Case{
+        .{ .mode = .auto, .same_host = true, .shm = true },
+        .{ .mode = .auto, .same_host = false, .shm = false },
+        .{ .mode = .shm, .same_host = false, .shm = true },
+        .{ .mode = .tcp, .same_host = true, .shm = false },
+    }) |case| {
+        var world = try World.init(2, .{ .mode = case.mode, .runner = dualRunner });
+        defer world.deinit();
+        if (!case.same_host) {
+            try world.engine(0).setPeer(1, "127.0.0.1", world.engine(1).dataPort(), 0xaaaa);
+            try world.engine(1).setPeer(0, "127.0.0.1", world.engine(0).dataPort(), 0xbbbb);
+        }
+        const ping = Tagged{ .kind = 0, .a = 2, .b = 0 };
+        const id = nextOpId();
+        try world.expectAllOk(&.{ customOp(id, 3, &ping, 10_000), customOp(id, 3, &ping, 10_000) });
+        for (0..2) |r| {
+            const counts = world.engine(r).net.linkCounts();
+            try testing.expect(counts.tcp + counts.shm >= 1);
+            if (case.shm) try testing.expectEqual(@as(u32, 0), counts.tcp) else try testing.expectEqual(@as(u32, 0), counts.shm);
+        }
+    }
+}

@@ -281,6 +281,20 @@ pub const Net = struct {
         net.peer_cond.broadcast();
     }
 
+    /// Live links by kind (tests and diagnostics).
+    pub fn linkCounts(net: *Net) struct { tcp: u32, shm: u32 } {
+        net.mu.lock();
+        defer net.mu.unlock();
+        var tcp_links: u32 = 0;
+        var shm_links: u32 = 0;
+        for (net.peers) |peer| for (peer.links) |maybe| {
+            const link = maybe orelse continue;
+            if (link.closing.load(.acquire)) continue;
+            if (link.kind == .shm) shm_links += 1 else tcp_links += 1;
+        };
+        return .{ .tcp = tcp_links, .shm = shm_links };
+    }
+
     fn wantShm(net: *const Net, peer: *const Peer) bool {
         return switch (net.opts.mode) {
             .tcp => false,
@@ -811,7 +825,7 @@ pub const Net = struct {
             const name = dialed.shm_name[0..dialed.shm_name_len];
             defer sys.shmUnlink(name); // both sides have it mapped now: nothing stays in /dev/shm
             const segment = sys.shmOpen(name, 0) catch return error.Protocol;
-            rx = shm.Ring.attach(segment, peer_rank, net.opts.host_id) catch {
+            rx = shm.Ring.attach(segment, peer_rank, null) catch {
                 segment.unmapSegment();
                 return error.Protocol;
             };

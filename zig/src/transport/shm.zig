@@ -67,12 +67,14 @@ pub const Ring = struct {
         return .{ .segment = segment, .header = header, .slot_count = slot_count, .slot_bytes = slot_bytes };
     }
 
-    /// Checks a segment another rank created before trusting its geometry.
-    pub fn attach(segment: sys.Segment, creator_rank: u32, host_id: u64) error{BadRing}!Ring {
+    /// Checks a segment another rank created before trusting its geometry. `host_id`: the
+    /// creator's host id when known (null: any).
+    pub fn attach(segment: sys.Segment, creator_rank: u32, host_id: ?u64) error{BadRing}!Ring {
         if (segment.bytes < header_bytes) return error.BadRing;
         const header: *Header = @ptrCast(@alignCast(segment.ptr));
         if (header.magic != ring_magic or header.version != wire.protocol_version) return error.BadRing;
-        if (header.creator_rank != creator_rank or header.host_id != host_id) return error.BadRing;
+        if (header.creator_rank != creator_rank) return error.BadRing;
+        if (host_id) |id| if (header.host_id != id) return error.BadRing;
         const count = header.slot_count;
         const bytes = header.slot_bytes;
         if (count == 0 or count > slot_count_max or bytes == 0 or bytes > slot_bytes_max or bytes % 64 != 0)
