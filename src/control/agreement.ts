@@ -23,7 +23,7 @@ export class Agreement {
       });
     }
     const link = this.link!;
-    return link.request({ t: "join", d: desc }, desc.timeoutMs + COORDINATOR_GRACE_MS).then(
+    return link.request({ t: "join", d: desc, id: 0 }, desc.timeoutMs + COORDINATOR_GRACE_MS).then(
       (msg) => {
         const d = msg.d as Decision;
         if (d.ok) return d;

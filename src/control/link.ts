@@ -10,7 +10,9 @@ export type LinkMessage = Record<string, unknown> & { t: string };
 interface PendingRequest {
   resolve: (v: LinkMessage) => void;
   reject: (e: Error) => void;
-  timer: ReturnType<typeof setTimeout> | null;
+  /** performance.now() deadline; one sweeper timer checks them all (no timer per request). */
+  deadline: number;
+  timeoutMs: number;
 }
 
 export class LinkClosedError extends Error {
@@ -26,6 +28,7 @@ export class CoordinatorLink {
   private nextId = 1;
   private closing = false;
   private connectedOnce = false;
+  private sweeper: ReturnType<typeof setInterval> | null = null;
   onPush: (msg: LinkMessage) => void = () => {};
   onDown: (why: string) => void = () => {};
 
@@ -87,7 +90,8 @@ export class CoordinatorLink {
         if (this.ws === ws) this.ws = null;
         this.failPending(`control link to rank 0 closed (code ${ev.code}${ev.reason ? `: ${ev.reason}` : ""})`);
         if (!this.closing) {
-          this.log.warn(`control link to rank 0 lost (code ${ev.code}); reconnecting`);
+          if (ev.code === 1001) this.log.info("rank 0 is shutting down; will reconnect if it comes back");
+          else this.log.warn(`control link to rank 0 lost (code ${ev.code}); reconnecting`);
           this.onDown("closed");
           void this.connect(Number.MAX_SAFE_INTEGER).catch(() => {});
         }
@@ -109,7 +113,6 @@ export class CoordinatorLink {
       const p = this.pending.get(id);
       if (!p) return;
       this.pending.delete(id);
-      if (p.timer) clearTimeout(p.timer);
       p.resolve(msg);
       return;
     }
@@ -127,15 +130,24 @@ export class CoordinatorLink {
       return Promise.reject(new LinkClosedError(`no control link to rank 0 (${this.connectedOnce ? "lost" : "not connected yet"})`));
     }
     const id = this.nextId++;
+    if (!this.sweeper) this.startSweeper();
     return new Promise((resolve, reject) => {
-      const p: PendingRequest = { resolve, reject, timer: null };
-      p.timer = setTimeout(() => {
-        this.pending.delete(id);
-        reject(new LinkClosedError(`rank 0 did not answer within ${timeoutMs} ms`));
-      }, timeoutMs);
-      this.pending.set(id, p);
-      ws.send(JSON.stringify({ ...body, id }));
+      this.pending.set(id, { resolve, reject, deadline: performance.now() + timeoutMs, timeoutMs });
+      body.id = id;
+      ws.send(JSON.stringify(body));
     });
+  }
+
+  private startSweeper(): void {
+    this.sweeper = setInterval(() => {
+      const now = performance.now();
+      for (const [id, p] of this.pending) {
+        if (p.deadline > now) continue;
+        this.pending.delete(id);
+        p.reject(new LinkClosedError(`rank 0 did not answer within ${p.timeoutMs} ms`));
+      }
+    }, 250);
+    this.sweeper.unref?.();
   }
 
   /** Fire-and-forget message to rank 0. */
@@ -149,13 +161,14 @@ export class CoordinatorLink {
   private failPending(why: string): void {
     for (const [id, p] of this.pending) {
       this.pending.delete(id);
-      if (p.timer) clearTimeout(p.timer);
       p.reject(new LinkClosedError(why));
     }
   }
 
   close(): void {
     this.closing = true;
+    if (this.sweeper) clearInterval(this.sweeper);
+    this.sweeper = null;
     this.failPending("control link closed");
     try {
       this.ws?.close(1000, "bye");

@@ -34,6 +34,7 @@ export class Membership {
   private records = new Map<number, RankRecord>();
   private listeners: MembershipListener[] = [];
   private activeCache: number[] | null = null;
+  private maskCache: number[] | null = null;
 
   /** worldSize = number of slots (launch --max-world-size M gives M slots, N of them used at start). */
   constructor(
@@ -70,9 +71,12 @@ export class Membership {
 
   /** 0/1 per slot, as in /cluster and responses. */
   activeMask(): number[] {
-    const mask = new Array<number>(this.worldSize).fill(0);
-    for (const r of this.activeRanks()) mask[r] = 1;
-    return mask;
+    if (!this.maskCache) {
+      const mask = new Array<number>(this.worldSize).fill(0);
+      for (const r of this.activeRanks()) mask[r] = 1;
+      this.maskCache = mask;
+    }
+    return this.maskCache.slice();
   }
 
   view(): MembershipView {
@@ -86,6 +90,7 @@ export class Membership {
     this.records = new Map(view.ranks.map((r) => [r.rank, { ...r }]));
     this._epoch = view.epoch;
     this.activeCache = null;
+    this.maskCache = null;
     for (const l of this.listeners) l(this.view(), previous);
     return true;
   }
@@ -94,6 +99,7 @@ export class Membership {
   upsert(record: RankRecord): void {
     this.records.set(record.rank, { ...record });
     this.activeCache = null;
+    this.maskCache = null;
   }
 
   /** Changes ranks' state/activity and bumps the epoch; listeners are told. */
@@ -107,6 +113,7 @@ export class Membership {
     }
     this._epoch++;
     this.activeCache = null;
+    this.maskCache = null;
     for (const l of this.listeners) l(this.view(), previous);
     return this._epoch;
   }

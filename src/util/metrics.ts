@@ -27,7 +27,8 @@ export interface RecentEntry {
   dtype: string | null;
   count: number | null;
   bytes: number;
-  started_at: string;
+  /** epoch ms (rendered as an ISO string by recentEntries) */
+  started_at: number | string;
   elapsed_ms: number;
   agree_ms: number | null;
   data_ms: number | null;
@@ -90,7 +91,8 @@ export class Metrics {
     const n = this.recentRing.length;
     const out: RecentEntry[] = [];
     for (let i = 0; i < Math.min(n, limit); i++) {
-      out.push(this.recentRing[(this.recentNext - 1 - i + n * 2) % n]!);
+      const e = this.recentRing[(this.recentNext - 1 - i + n * 2) % n]!;
+      out.push({ ...e, started_at: typeof e.started_at === "number" ? new Date(e.started_at).toISOString() : e.started_at });
     }
     return out;
   }
