@@ -142,4 +142,33 @@ describe("serve", () => {
     const res = await all([`http://127.0.0.1:${port}`, `http://127.0.0.1:${port + 1}`], "/collective/allreduce", (r) => ({ tensor: { dtype: "int64", shape: [1], data: [String(r + 1)] } }));
     for (const x of res) expect(x.body.result.data).toEqual(["3"]);
   });
+
+  test("launch --max-world-size leaves free slots; serve --join waits in awaiting; lists have null for inactive slots", async () => {
+    const w = await launchWorld(2, { args: ["--max-world-size", "3"] });
+    worlds.push(w);
+    const j = serve(["--rank", "2", "--world-size", "3", "--master", `127.0.0.1:${w.port}`, "--port", String(w.port + 2), "--join"]);
+    const url2 = `http://127.0.0.1:${w.port + 2}`;
+    const until = Date.now() + 20_000;
+    let c: any;
+    for (;;) {
+      c = (await get(w.urls[1]!, "/cluster")).body;
+      if (c.ranks.length === 3 || Date.now() > until) break;
+      await sleep(50);
+    }
+    expect(c).toMatchObject({ epoch: 2, world_size: 3, active_ranks: [1, 1, 0] });
+    expect(c.ranks[2]).toMatchObject({ rank: 2, state: "awaiting", active: false });
+    const h = await get(url2, "/health");
+    expect(h.status).toBe(503);
+    expect(h.body).toMatchObject({ rank: 2, ready: false, state: "awaiting" });
+    expect((await post(url2, "/collective/barrier", {})).body.error.code).toBe("not_ready");
+    const ag = await all(w.urls, "/collective/allgather", (r) => ({ tensor: { dtype: "int32", shape: [1], data: [r] } }));
+    for (const x of ag) {
+      expect(x.status).toBe(200);
+      expect(x.body.active_ranks).toEqual([1, 1, 0]);
+      expect(x.body.result[2]).toBeNull();
+      expect(x.body.result[1].data).toEqual([1]);
+    }
+    j.p.kill("SIGTERM");
+    expect(await j.p.exited).toBe(0);
+  });
 });
