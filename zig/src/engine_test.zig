@@ -1025,3 +1025,36 @@ test "transport choice: auto picks shm for the same host id and tcp otherwise; s
         }
     }
 }
+
+test "bench: a 4.5 GiB send/recv over tcp and shm (MOONRING_BENCH=1)" {
+    if (sys.getenv("MOONRING_BENCH") == null) return error.SkipZigTest;
+    const bytes: usize = (9 << 30) / 2;
+    for ([_]Mode{ .tcp, .shm }) |mode| {
+        var world = try World.init(2, .{ .mode = mode, .tcp_chunk_bytes = wire.chunk_bytes_max, .shm_slot_bytes = 256 * 1024, .shm_slot_count = 16 });
+        defer world.deinit();
+        const src = sys.mapAnonymous(bytes).?;
+        defer sys.unmap(src, bytes);
+        const dst = sys.mapAnonymous(bytes).?;
+        defer sys.unmap(dst, bytes);
+        var k: usize = 0;
+        while (k < bytes) : (k += 4096) src[k] = @truncate(k >> 12);
+        src[bytes - 1] = 0x5a;
+        const id = nextOpId();
+        const base = Submit{ .kind = 0, .dtype = @intFromEnum(op.DType.u8), .redop = 0, .op_id = id, .ranks_mask = 3, .root = 0, .send = null, .recv = null, .count = bytes, .counts = null, .device = -1, .timeout_ms = 120_000 };
+        var s = base;
+        s.kind = @intFromEnum(op.Collective.send);
+        s.root = 1;
+        s.send = src;
+        var r = base;
+        r.kind = @intFromEnum(op.Collective.recv);
+        r.root = 0;
+        r.recv = dst;
+        const t0 = sys.monotonicNs();
+        try world.expectAllOk(&.{ s, r });
+        const ns = sys.monotonicNs() - t0;
+        k = 0;
+        while (k < bytes) : (k += 4096) try testing.expectEqual(@as(u8, @truncate(k >> 12)), dst[k]);
+        try testing.expectEqual(@as(u8, 0x5a), dst[bytes - 1]);
+        std.debug.print("{s}: send/recv {d} MiB in {d} ms ({d:.2} GB/s)\n", .{ @tagName(mode), bytes >> 20, ns / std.time.ns_per_ms, @as(f64, @floatFromInt(bytes)) / @as(f64, @floatFromInt(ns)) });
+    }
+}
