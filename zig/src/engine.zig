@@ -196,7 +196,8 @@ pub const Engine = struct {
     work_cond: std.Thread.Condition = .{},
     workers: [ops_max]std.Thread = undefined,
     workers_count: u32 = 0,
-    workers_idle: u32 = 0,
+    /// Workers running an op (the others are idle or about to take the next queued op).
+    workers_busy: u32 = 0,
     cq: [ops_max]Completion = undefined,
     cq_head: u32 = 0,
     cq_len: u32 = 0,
@@ -422,7 +423,7 @@ pub const Engine = struct {
         }
         engine.queue[(engine.queue_head + engine.queue_len) % ops_max] = @intCast(index);
         engine.queue_len += 1;
-        if (engine.queue_len > engine.workers_idle and engine.workers_count < ops_max) {
+        if (engine.queue_len > engine.workers_count - engine.workers_busy and engine.workers_count < ops_max) {
             if (std.Thread.spawn(.{ .stack_size = worker_stack_bytes }, workerMain, .{engine})) |thread| {
                 engine.workers[engine.workers_count] = thread;
                 engine.workers_count += 1;
@@ -449,11 +450,7 @@ pub const Engine = struct {
         engine.mu.lock();
         defer engine.mu.unlock();
         while (true) {
-            while (engine.queue_len == 0 and !engine.stopping) {
-                engine.workers_idle += 1;
-                engine.work_cond.wait(&engine.mu);
-                engine.workers_idle -= 1;
-            }
+            while (engine.queue_len == 0 and !engine.stopping) engine.work_cond.wait(&engine.mu);
             if (engine.queue_len == 0) return; // stopping and drained
             const index = engine.queue[engine.queue_head];
             engine.queue_head = (engine.queue_head + 1) % ops_max;
@@ -461,11 +458,13 @@ pub const Engine = struct {
             const slot = &engine.slots[index];
             std.debug.assert(slot.state == .queued);
             slot.state = .running;
+            engine.workers_busy += 1;
             const canceled = slot.cancel_requested or engine.stopping;
             engine.mu.unlock();
             engine.runSlot(slot, canceled);
             engine.mu.lock();
             engine.completeLocked(slot);
+            engine.workers_busy -= 1;
         }
     }
 
