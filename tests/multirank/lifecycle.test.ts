@@ -101,6 +101,11 @@ describe("launch", () => {
     expect(big.body.error.code).toBe("too_large");
     const body = await post(w.urls[0]!, "/collective/allreduce", "x".repeat(70 * 1024));
     expect(body.status).toBe(413);
+    const malformed = await post(w.urls[1]!, "/collective/allreduce", "{oops");
+    expect(malformed.status).toBe(400);
+    expect(malformed.body.error.code).toBe("invalid_request");
+    const avg = await post(w.urls[1]!, "/collective/allreduce", { tensor: { dtype: "int8", shape: [1], data: [1] }, op: "avg" });
+    expect(avg.status).toBe(400);
     const ok = await all(w.urls, "/collective/allreduce", (r) => ({ tensor: { dtype: "float64", shape: [2], data: [r, 1] } }));
     for (const x of ok) expect(x.body.result.data).toEqual([1, 2]);
   });
@@ -126,6 +131,9 @@ describe("serve", () => {
     const r1Early = await get(`http://127.0.0.1:${port + 1}`, "/health");
     expect(r1Early.status).toBe(503);
     expect(r1Early.body).toMatchObject({ ready: false, rank: 1, state: "awaiting" });
+    const early = await post(`http://127.0.0.1:${port + 1}`, "/collective/allreduce", { tensor: { dtype: "int32", shape: [1], data: [1] } });
+    expect(early.status).toBe(503);
+    expect(early.body.error.code).toBe("not_ready");
     serve([], env(0));
     const h1 = await waitHealthy(`http://127.0.0.1:${port + 1}`);
     expect(h1).toMatchObject({ rank: 1, world_size: 2, ready: true });
