@@ -11,6 +11,7 @@ import { Membership, type MembershipView, type RankState } from "../control/memb
 import { P2P } from "../control/p2p";
 import { PeerClient } from "../control/peers";
 import { RendezvousClient, RendezvousServer } from "../control/rendezvous";
+import { Sequencer } from "../control/sequencer";
 import type { DataPlane } from "../native/types";
 import { Logger } from "../util/log";
 import { Metrics } from "../util/metrics";
@@ -65,6 +66,8 @@ export class RankService {
   agreement!: Agreement;
   collectives!: CollectiveRunner;
   p2p!: P2P;
+  /** Arrival order of this rank's calls (see control/sequencer.ts). */
+  readonly sequencer = new Sequencer();
   server: Server<LinkData> | null = null;
   readonly app: ReturnType<typeof createApp>;
   private readyResolvers: (() => void)[] = [];

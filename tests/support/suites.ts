@@ -314,6 +314,40 @@ export function agreementCases(n: number, world: WorldRef): void {
     for (const x of expectOk(b, "g2")) expect(x.result.data).toEqual([5 * n * (n - 1)]);
   });
 
+  test(`N=${n} a rank's untagged calls are taken in arrival order even when an earlier body is still uploading`, async () => {
+    const urls = world.urls();
+    const count = 1024;
+    const bigBytes = new Uint8Array(new Float32Array(count).fill(1).buffer);
+    const big = (u: string, slow: boolean) =>
+      fetch(`${u}/collective/allreduce?dtype=float32&shape=${count}`, {
+        method: "POST",
+        headers: { "content-type": "application/octet-stream" },
+        body: slow
+          ? new ReadableStream({
+              async start(ctl) {
+                ctl.enqueue(bigBytes.slice(0, 100));
+                await sleep(300);
+                ctl.enqueue(bigBytes.slice(100));
+                ctl.close();
+              },
+            })
+          : bigBytes,
+      });
+    const h = await import("./http");
+    // every rank: the big call first, then (50 ms later) a small one; rank 0's big body trickles in
+    const bigs = urls.map((u, r) => big(u, r === 0));
+    await sleep(50);
+    const smalls = urls.map((u, r) => h.post(u, "/collective/allreduce", { tensor: { dtype: "int32", shape: [1], data: [r] } }));
+    for (const res of await Promise.all(bigs)) {
+      expect(res.status).toBe(200);
+      expect(new Float32Array(await res.arrayBuffer())[count - 1]).toBe(n);
+    }
+    for (const x of await Promise.all(smalls)) {
+      expect(x.status).toBe(200);
+      expect(x.body.result.data).toEqual([(n * (n - 1)) / 2]);
+    }
+  });
+
   test(`N=${n} p2p: send/recv, per-tag ordering, tags independent`, async () => {
     const urls = world.urls();
     const h = await import("./http");

@@ -36,12 +36,17 @@ export function collectiveRoutes(app: Hono, svc: RankService): void {
     }
     requireReady(svc);
     const owned: NativeBuffer[] = [];
+    const ticket = svc.sequencer.take();
     try {
       const octet = isOctetStream(c);
       const { call, format } = octet
         ? await decodeOctet(c, svc, op as CollectiveOp, startedAt, owned)
         : decodeJson(await readJson(c, svc.config.maxBodyBytes), svc, op as CollectiveOp, startedAt, owned);
-      const res = await svc.collectives.run(call);
+      const wait = svc.sequencer.turn(ticket);
+      if (wait) await wait;
+      const pending = svc.collectives.run(call); // sends its join synchronously
+      svc.sequencer.finish(ticket);
+      const res = await pending;
       owned.push(...res.owned);
       if (format === "octet" || wantsOctetStream(c)) return octetResponse(res, startedAt);
       return c.json({
@@ -54,6 +59,7 @@ export function collectiveRoutes(app: Hono, svc: RankService): void {
         elapsed_ms: Math.round((performance.now() - startedAt) * 1000) / 1000,
       });
     } finally {
+      svc.sequencer.finish(ticket);
       for (const b of owned) b.release();
     }
   });

@@ -13,6 +13,7 @@ export function p2pRoutes(app: Hono, svc: RankService): void {
   app.post("/p2p/send", async (c) => {
     const startedAt = performance.now();
     requireReady(svc);
+    const ticket = svc.sequencer.take();
     let buf: NativeBuffer | null = null;
     let dst: number;
     let tag: string;
@@ -50,8 +51,12 @@ export function p2pRoutes(app: Hono, svc: RankService): void {
         timeoutMs = body.timeout_ms ?? DEFAULT_TIMEOUT_MS;
       }
       const bytes = numel(shape) * dtypeInfo(dtype).bytes;
+      const wait = svc.sequencer.turn(ticket);
+      if (wait) await wait;
       try {
-        await svc.p2p.send(dst, tag, dtype, shape, buf, timeoutMs);
+        const pending = svc.p2p.send(dst, tag, dtype, shape, buf, timeoutMs); // numbers the message synchronously
+        svc.sequencer.finish(ticket);
+        await pending;
       } catch (e) {
         svc.metrics.op("send", (e as { code?: string }).code ?? "error", bytes, (performance.now() - startedAt) / 1000);
         throw e;
@@ -59,6 +64,7 @@ export function p2pRoutes(app: Hono, svc: RankService): void {
       svc.metrics.op("send", "ok", bytes, (performance.now() - startedAt) / 1000);
       return c.json({ ok: true, dst, tag, elapsed_ms: Math.round((performance.now() - startedAt) * 1000) / 1000 });
     } finally {
+      svc.sequencer.finish(ticket);
       buf?.release();
     }
   });
