@@ -23,6 +23,13 @@ export class Sequencer {
     return new Promise((resolve) => this.waiters.set(t.n, resolve));
   }
 
+  /** Waits for a turn at most timeoutMs (an upload that stalls must not wedge the rank). */
+  async bounded(wait: Promise<void>, timeoutMs: number): Promise<void> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([wait, new Promise<void>((r) => (timer = setTimeout(r, timeoutMs)))]);
+    clearTimeout(timer);
+  }
+
   /** Marks a ticket done (idempotent); wakes the next in line. */
   finish(t: Ticket): void {
     if (t.n < this.low || this.done.has(t.n)) return;

@@ -42,8 +42,9 @@ export function collectiveRoutes(app: Hono, svc: RankService): void {
       const { call, format } = octet
         ? await decodeOctet(c, svc, op as CollectiveOp, startedAt, owned)
         : decodeJson(await readJson(c, svc.config.maxBodyBytes), svc, op as CollectiveOp, startedAt, owned);
-      const wait = svc.sequencer.turn(ticket);
-      if (wait) await wait;
+      // untagged calls keep arrival order; tagged ones match by tag and needn't wait
+      const wait = call.tag === null ? svc.sequencer.turn(ticket) : null;
+      if (wait) await svc.sequencer.bounded(wait, call.timeoutMs);
       const pending = svc.collectives.run(call); // sends its join synchronously
       svc.sequencer.finish(ticket);
       const res = await pending;

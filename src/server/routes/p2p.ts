@@ -52,7 +52,7 @@ export function p2pRoutes(app: Hono, svc: RankService): void {
       }
       const bytes = numel(shape) * dtypeInfo(dtype).bytes;
       const wait = svc.sequencer.turn(ticket);
-      if (wait) await wait;
+      if (wait) await svc.sequencer.bounded(wait, timeoutMs);
       try {
         const pending = svc.p2p.send(dst, tag, dtype, shape, buf, timeoutMs); // numbers the message synchronously
         svc.sequencer.finish(ticket);
