@@ -90,7 +90,7 @@ export class CoordinatorLink {
         if (this.ws === ws) this.ws = null;
         this.failPending(`control link to rank 0 closed (code ${ev.code}${ev.reason ? `: ${ev.reason}` : ""})`);
         if (!this.closing) {
-          if (ev.code === 1001) this.log.info("rank 0 is shutting down; will reconnect if it comes back");
+          if (ev.code === 1000 || ev.code === 1001) this.log.info(`rank 0 closed the control link (code ${ev.code}: shutting down?); reconnecting if it comes back`);
           else this.log.warn(`control link to rank 0 lost (code ${ev.code}); reconnecting`);
           this.onDown("closed");
           void this.connect(Number.MAX_SAFE_INTEGER).catch(() => {});
