@@ -1058,3 +1058,27 @@ test "bench: a 4.5 GiB send/recv over tcp and shm (MOONRING_BENCH=1)" {
         std.debug.print("{s}: send/recv {d} MiB in {d} ms ({d:.2} GB/s)\n", .{ @tagName(mode), bytes >> 20, ns / std.time.ns_per_ms, @as(f64, @floatFromInt(bytes)) / @as(f64, @floatFromInt(ns)) });
     }
 }
+
+test "set_peer after the peer already dialed us keeps its link" {
+    for ([_]Mode{ .tcp, .shm }) |mode| {
+        var world = try World.init(2, .{ .mode = mode, .runner = dualRunner });
+        defer world.deinit();
+        // Rank 0 learns rank 1's address only after rank 1 has connected and sent.
+        const cluster_id = world.cluster();
+        world.kill(0);
+        world.engines[0] = try Engine.create(testing.allocator, .{ .rank = 0, .world_size_max = ranks_max + 1, .cluster_id = cluster_id, .mode = mode, .host_id = test_host_id, .runner = dualRunner });
+        try world.engine(1).setPeer(0, "127.0.0.1", world.engine(0).dataPort(), test_host_id);
+        const ping = Tagged{ .kind = 0, .a = 1, .b = 0 };
+        const id = nextOpId();
+        const t1 = try world.engine(1).submit(customOp(id, 3, &ping, 10_000));
+        // Wait until rank 1's link to rank 0 is up (rank 0 can't dial back yet).
+        var waits: u32 = 0;
+        while (world.engine(0).net.linkCounts().tcp + world.engine(0).net.linkCounts().shm == 0 and waits < 1000) : (waits += 1) std.Thread.sleep(std.time.ns_per_ms);
+        try world.engine(0).setPeer(1, "127.0.0.1", world.engine(1).dataPort(), test_host_id);
+        const t0 = try world.engine(0).submit(customOp(id, 3, &ping, 10_000));
+        try testing.expectEqual(Status.ok, world.engine(0).waitTicket(t0));
+        try testing.expectEqual(Status.ok, world.engine(1).waitTicket(t1));
+        world.engine(0).release(t0);
+        world.engine(1).release(t1);
+    }
+}

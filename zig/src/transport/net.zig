@@ -253,8 +253,14 @@ pub const Net = struct {
         net.mu.lock();
         defer net.mu.unlock();
         const peer = &net.peers[peer_rank];
-        const same = if (peer.addr) |old| old.eql(addr) and peer.host_id == host_id else false;
-        if (same and !peer.down and !peer.lost) return;
+        // The first address keeps links the peer already dialed to us (it may have learned our
+        // address first); a changed address, or a peer down / lost, starts over.
+        const changed = if (peer.addr) |old| !old.eql(addr) or peer.host_id != host_id else false;
+        if (!changed and !peer.down and !peer.lost) {
+            peer.addr = addr;
+            peer.host_id = host_id;
+            return;
+        }
         for (peer.links) |maybe| if (maybe) |link| net.closeLinkLocked(link);
         peer.addr = addr;
         peer.host_id = host_id;
