@@ -122,14 +122,15 @@ async function main(): Promise<number> {
     for (const bytes of [8, 1024, 64 * 1024, 1024 * 1024, 16 * 1024 * 1024]) {
       const count = bytes / 4;
       const inputs = ranks.map((r) => tensor("float32", new Float32Array(count).fill(r + 1)));
-      const iters = bytes >= 1 << 20 ? 5 : 50;
+      const iters = bytes >= 1 << 20 ? 5 : 300;
+      const warmup = bytes >= 1 << 20 ? 2 : 100;
       const times: number[] = [];
       try {
-        for (let i = 0; i < iters + 2; i++) {
+        for (let i = 0; i < iters + warmup; i++) {
           const t0 = performance.now();
           const out = await each((r) => co[r]!.allreduce(inputs[r]!, "sum"));
           const dt = performance.now() - t0;
-          if (i >= 2) times.push(dt);
+          if (i >= warmup) times.push(dt);
           if (i === 0 && (out[0]!.data as Float32Array)[count - 1] !== (N * (N + 1)) / 2) throw new Error("wrong result");
         }
         times.sort((a, b) => a - b);

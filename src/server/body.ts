@@ -61,8 +61,23 @@ export function wantsOctetStream(c: Context): boolean {
   return a !== undefined && a.startsWith("application/octet-stream");
 }
 
+const SMALL_BODY_BYTES = 256 * 1024;
+
 /** Streams the body into `target` (exactly target.byteLength bytes expected). */
 export async function readBodyInto(c: Context, target: NativeBuffer, expected: number): Promise<void> {
+  const len = c.req.header("content-length");
+  if (len !== undefined && Number(len) <= SMALL_BODY_BYTES) {
+    // small bodies: one read is cheaper than a stream reader
+    const got = new Uint8Array(await c.req.arrayBuffer());
+    if (got.byteLength !== expected) {
+      throw new InvalidRequest(`octet-stream body has ${got.byteLength} bytes but dtype and shape need ${expected}`, {
+        expected_bytes: expected,
+        got_bytes: got.byteLength,
+      });
+    }
+    target.bytes.set(got);
+    return;
+  }
   const body = c.req.raw.body;
   let off = 0;
   if (body) {
