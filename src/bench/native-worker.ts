@@ -25,7 +25,12 @@ function send(msg: WorkerMsg): void {
 
 let dp: DataPlane;
 try {
-  const factory = await nativeDataPlaneFactory();
+  // Experiment knob (bench/NOTES.md): MOONRING_BENCH_ENGINE=/path/engine.ts benchmarks a
+  // prototype of src/native/engine.ts (same createDataPlane export) without touching it.
+  const proto = process.env.MOONRING_BENCH_ENGINE;
+  const factory = proto
+    ? ((await import(proto)) as { createDataPlane: (o: Parameters<Awaited<ReturnType<typeof nativeDataPlaneFactory>>>[0]) => DataPlane }).createDataPlane
+    : await nativeDataPlaneFactory();
   dp = await factory({ rank, worldSizeMax: n, clusterId: clusterId ?? "moonring-bench", listenHost: listenHost ?? "127.0.0.1" });
 } catch (e) {
   send({ ev: "error", rank, message: `rank ${rank}: opening the native data plane failed: ${(e as Error).message}` });
