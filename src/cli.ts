@@ -45,6 +45,7 @@ Usage:
   moonring launch --nproc N --port P [--device cpu|cuda] [--host 127.0.0.1] [--max-world-size M]
   moonring serve  --rank R --world-size N --master HOST:PORT --port P [--join]
   moonring bench  --nproc N --op OP [--min-bytes B] [--max-bytes B] [--device cpu|cuda] [--json]
+                  [--via native|rest] [--check] [--plot FILE.svg]   (bench --help for all flags)
 
   moonring COMMAND --help     flags of a command
 
@@ -154,20 +155,9 @@ async function launch(argv: string[]): Promise<number> {
 }
 
 async function bench(argv: string[]): Promise<number> {
-  // The benchmark runner is another module (src/bench/); use it when it is there.
-  for (const candidate of ["./bench/cli.ts", "./bench/index.ts", "./bench/runner.ts", "./bench/main.ts"]) {
-    const url = new URL(candidate, import.meta.url);
-    if (!(await Bun.file(url).exists())) continue;
-    const mod = (await import(url.href)) as Record<string, unknown>;
-    const fn = (mod.benchMain ?? mod.main ?? mod.runBench ?? mod.default) as ((a: string[]) => Promise<number | void>) | undefined;
-    if (typeof fn === "function") return (await fn(argv)) ?? 0;
-  }
-  if (argv.includes("--help") || argv.includes("-h")) {
-    console.log("Usage: moonring bench --nproc N --op OP [--min-bytes B] [--max-bytes B] [--device cpu|cuda] [--json]\n\nThe benchmark is coming (src/bench/, in progress): it will launch N ranks and print nccl-tests style tables.");
-    return 0;
-  }
-  process.stderr.write("moonring bench: not available yet — the benchmark runner (src/bench/) is being written; see docs/api-contract.md \"Benchmark\".\n");
-  return 2;
+  // The benchmark lives in src/bench/ (nccl-tests table, JSON, --plot); `bench --help` for flags.
+  const { benchMain } = await import("./bench/cli");
+  return benchMain(argv);
 }
 
 async function main(argv: string[]): Promise<number> {
