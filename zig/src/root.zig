@@ -237,3 +237,4 @@ test {
     _ = @import("engine_test.zig");
 }
 test { _ = @import("algo/dispatch.zig"); _ = @import("reduce.zig"); }
+test { _ = @import("algo/cuda_direct.zig"); }

@@ -1,0 +1,540 @@
+//! The CUDA IPC direct path for device ops (mr_submit with device >= 0) among rank processes
+//! of one host: every rank maps its peers' device buffers (cuda/ipc.zig) and reads or writes
+//! them directly (NVLink / PCIe P2P) with the reduction kernels and cuMemcpyDtoDAsync, instead
+//! of staging through host memory and the CPU algorithms. Small control messages (handles,
+//! barriers) go over the op's ordinary `Comm` (shm / tcp).
+//!
+//! Protocol of one op, every rank of the group (group ranks; messages per pair in order):
+//!  1. hello: each rank sends every peer a `Hello` (IPC refs of its send and recv buffers,
+//!     whether it can do IPC, which peers' handles it has opened before). When any rank can't
+//!     (different hosts, host memory, IPC failed before, MOONRING_CUDA_IPC=0, in-place
+//!     alltoall) every rank sees it and returns .fallback: the engine goes on with host
+//!     staging over the same Comm (its messages come after the hello).
+//!  2. each rank maps the peer buffers it needs (cached). Unless every pair used by this op has
+//!     worked before (`verified`), one "did every open work?" round follows; a failure there
+//!     disables IPC for the engine and the op falls back (nobody touched foreign memory yet).
+//!  3. each rank does its part on its own stream, synchronizes it, and
+//!  4. final barrier, carrying each rank's status: once it passes, every write into this
+//!     rank's buffers has landed and no peer reads them any more. A rank that failed its part
+//!     fails the op on every rank (EIO, naming it).
+//!
+//! | kind           | rank i's part (S_j / R_j: rank j's send / recv; blocks in group order) |
+//! |----------------|-------------------------------------------------------------------------|
+//! | allreduce      | block i of the count: R_i[b_i] = S_0[b_i] op ... op S_n-1[b_i] (one rounding, group order, avg scaled), then push R_i[b_i] into every R_j[b_i] |
+//! | reduce_scatter | R_i = S_0[block i] op ... op S_n-1[block i]                             |
+//! | allgather      | push S_i into every R_j[block i]                                        |
+//! | alltoall       | push S_i[block for j] into R_j[block from i]                            |
+//! | broadcast      | non-root: pull S_root into R_i                                          |
+//! | reduce         | root: R_root = S_0 op ... op S_n-1                                      |
+//! | gather         | push S_i into R_root[block i]                                           |
+//! | scatter        | non-root: pull S_root[block i] into R_i                                 |
+//!
+//! Every element of a reduction is computed by exactly one rank, so results are identical on
+//! every rank. In-place buffers (send == recv) work for all kinds but alltoall: a rank only
+//! overwrites a block after it read it, and blocks other ranks read are never written during
+//! the op. Groups of 2..8 ranks (mr_reduceN takes 8 sources); others use host staging.
+const std = @import("std");
+const transport = @import("../transport/transport.zig");
+const netmod = @import("../transport/net.zig");
+const op = @import("../op.zig");
+const sys = @import("../sys.zig");
+const driver = @import("../cuda/driver.zig");
+const staging = @import("../cuda/staging.zig");
+const ipc = @import("../cuda/ipc.zig");
+
+pub const Cache = ipc.Cache;
+pub const Error = transport.Error || driver.Error;
+pub const Outcome = enum { done, fallback };
+
+/// Largest group of the direct path (mr_reduceN_* sources).
+pub const group_size_max = driver.reduce_sources_max;
+/// Allreduce blocks start at multiples of this many bytes (16-byte vector loads).
+const block_align_bytes = 256;
+const hello_magic: u32 = 0x4D52_4950; // "MRIP"
+const status_magic: u32 = 0x4D52_4453; // "MRDS"
+
+comptime {
+    std.debug.assert(group_size_max <= 8);
+    std.debug.assert(2 * (group_size_max - 1) <= transport.requests_in_flight_max);
+}
+
+/// One device op as the engine hands it over (group order, device pointers; 0 = none).
+pub const Op = struct {
+    kind: op.Collective,
+    dtype: op.DType,
+    redop: op.RedOp,
+    /// Group rank of the root.
+    root: u32,
+    count: u64,
+    /// alltoall: element counts per group rank.
+    send_counts: []const u64 = &.{},
+    recv_counts: []const u64 = &.{},
+    /// Global ranks of the group (ascending).
+    group: []const u32,
+    device: i32,
+    send: u64,
+    recv: u64,
+    /// Every member of the group is on this rank's host (same host id).
+    same_host: bool,
+};
+
+/// Whether the op takes part in the protocol at all. Every rank of an op decides the same
+/// (kind, group size and count are agreed), so no message is exchanged when it doesn't.
+pub fn applies(o: Op) bool {
+    const n = o.group.len;
+    if (n < 2 or n > group_size_max or o.device < 0) return false;
+    return switch (o.kind) {
+        .barrier, .send, .recv => false,
+        .alltoall => true, // counts differ per rank; the hello tells
+        else => o.count > 0,
+    };
+}
+
+/// True when every rank of `group` is on this process's host (the host ids set_peer gave).
+pub fn sameHost(net: *netmod.Net, group: []const u32) bool {
+    net.mu.lock();
+    defer net.mu.unlock();
+    const here = net.opts.host_id;
+    if (here == 0) return false;
+    for (group) |g| {
+        if (g == net.opts.rank) continue;
+        if (net.peers[g].host_id != here) return false;
+    }
+    return true;
+}
+
+const Hello = extern struct {
+    magic: u32 = hello_magic,
+    flags: u32 = 0,
+    /// Global ranks whose handles the sender has opened before.
+    verified: u64 = 0,
+    send: ipc.Ref = .{},
+    recv: ipc.Ref = .{},
+    /// alltoall: where the block from the receiver goes in the sender's recv (bytes) and its
+    /// length.
+    block_offset: u64 = 0,
+    block_bytes: u64 = 0,
+
+    const flag_ipc_ok: u32 = 1;
+    const flag_in_place: u32 = 2;
+};
+
+const StatusMsg = extern struct {
+    magic: u32 = status_magic,
+    ok: u32 = 1,
+    reserved: u64 = 0,
+};
+
+/// Why this rank can't take the direct path (log lines, once per engine each).
+const Reason = enum(u5) { other_host, env, disabled, export_failed, peer_refused, open_failed, in_place_alltoall };
+
+fn say(cache: *Cache, rank: u32, reason: Reason, detail: []const u8) void {
+    if (!cache.firstTime(@intFromEnum(reason))) return;
+    const text = switch (reason) {
+        .other_host => "ranks on different hosts",
+        .env => "MOONRING_CUDA_IPC=0",
+        .disabled => "CUDA IPC failed earlier",
+        .export_failed => "a buffer has no CUDA IPC handle",
+        .peer_refused => "a peer can't use CUDA IPC",
+        .open_failed => "cuIpcOpenMemHandle failed",
+        .in_place_alltoall => "in-place alltoall",
+    };
+    sys.logLine("rank {d}: device ops use host staging, not the CUDA IPC direct path ({s}{s}{s})", .{
+        rank, text, if (detail.len > 0) ": " else "", detail,
+    });
+}
+
+fn ipcEnvDisabled() bool {
+    const value = sys.getenv("MOONRING_CUDA_IPC") orelse return false;
+    return std.mem.eql(u8, value, "0") or std.mem.eql(u8, value, "off");
+}
+
+/// Push copies with the copy engines (cuMemcpyDtoDAsync, default) or SM kernels
+/// (MOONRING_CUDA_COPY=kernel).
+fn copyWithKernel() bool {
+    const value = sys.getenv("MOONRING_CUDA_COPY") orelse return false;
+    return std.mem.eql(u8, value, "kernel");
+}
+
+/// Sends `mine[j]` to every peer j and receives `theirs[j]` from it; waits for every request
+/// it posted, also on error.
+fn exchange(comptime T: type, comm: transport.Comm, mine: []const T, theirs: []T) transport.Error!void {
+    const n = comm.size;
+    var reqs: [2 * group_size_max]transport.Request = undefined;
+    var posted: usize = 0;
+    var first_error: ?transport.Error = null;
+    for (0..n) |j| {
+        if (j == comm.rank) continue;
+        reqs[posted] = comm.irecv(@intCast(j), std.mem.asBytes(&theirs[j])) catch |err| {
+            first_error = err;
+            break;
+        };
+        posted += 1;
+    }
+    if (first_error == null) for (0..n) |j| {
+        if (j == comm.rank) continue;
+        reqs[posted] = comm.isend(@intCast(j), std.mem.asBytes(&mine[j])) catch |err| {
+            first_error = err;
+            break;
+        };
+        posted += 1;
+    };
+    for (reqs[0..posted]) |req| {
+        comm.wait(req) catch |err| {
+            if (first_error == null) first_error = err;
+        };
+    }
+    if (first_error) |err| return err;
+}
+
+/// Bytes of this rank's send and recv buffers (docs/architecture.md "Native op shapes").
+fn bufferBytes(o: Op, me: u32) struct { u64, u64 } {
+    const es = o.dtype.bytes();
+    const c = o.count * es;
+    const n: u64 = o.group.len;
+    const is_root = o.root == me;
+    return switch (o.kind) {
+        .allreduce => .{ c, c },
+        .reduce => .{ c, if (is_root) c else 0 },
+        .broadcast => .{ if (is_root) c else 0, c },
+        .allgather => .{ c, c * n },
+        .gather => .{ c, if (is_root) c * n else 0 },
+        .scatter => .{ if (is_root) c * n else 0, c },
+        .reduce_scatter => .{ c * n, c },
+        .alltoall => .{ sum(o.send_counts) * es, sum(o.recv_counts) * es },
+        .barrier, .send, .recv => .{ 0, 0 },
+    };
+}
+
+fn sum(counts: []const u64) u64 {
+    var total: u64 = 0;
+    for (counts) |c| total += c;
+    return total;
+}
+
+fn prefix(counts: []const u64, j: usize) u64 {
+    var total: u64 = 0;
+    for (counts[0..j]) |c| total += c;
+    return total;
+}
+
+const Need = enum { none, send, recv, both };
+
+/// Which buffers of group rank j group rank i maps for this op (every rank can compute it).
+fn needs(o: Op, i: u32, j: u32) Need {
+    if (i == j) return .none;
+    return switch (o.kind) {
+        .allreduce => .both,
+        .reduce_scatter => .send,
+        .allgather, .alltoall => .recv,
+        .broadcast, .scatter => if (i != o.root and j == o.root) .send else .none,
+        .reduce => if (i == o.root) .send else .none,
+        .gather => if (i != o.root and j == o.root) .recv else .none,
+        .barrier, .send, .recv => .none,
+    };
+}
+
+/// Peer buffers mapped for one op (released at the end).
+const Mapped = struct {
+    cache: *Cache,
+    send: [group_size_max]?ipc.Mapping = [_]?ipc.Mapping{null} ** group_size_max,
+    recv: [group_size_max]?ipc.Mapping = [_]?ipc.Mapping{null} ** group_size_max,
+
+    fn address(m: *const Mapped, comptime which: enum { send, recv }, j: usize) u64 {
+        const slot = if (which == .send) m.send[j] else m.recv[j];
+        return if (slot) |mapping| mapping.address else 0;
+    }
+
+    fn releaseAll(m: *Mapped) void {
+        for (&m.send) |*slot| if (slot.*) |mapping| {
+            m.cache.release(mapping);
+            slot.* = null;
+        };
+        for (&m.recv) |*slot| if (slot.*) |mapping| {
+            m.cache.release(mapping);
+            slot.* = null;
+        };
+    }
+};
+
+/// Runs the op's device part directly, or returns .fallback (on every rank alike) for host
+/// staging. Errors: transport errors of the control messages, or a CUDA error (this rank's,
+/// with driver.lastErrorMessage(), or a peer's: "rank R failed its part").
+pub fn run(cache: *Cache, comm: transport.Comm, o: Op) Error!Outcome {
+    if (!applies(o)) return .fallback;
+    const n: u32 = comm.size;
+    const me: u32 = comm.rank;
+    std.debug.assert(n == o.group.len and me < n);
+    const my_rank = o.group[me];
+    const es = o.dtype.bytes();
+
+    // ---- 1. hello ----
+    var refusal: ?Reason = null;
+    var detail_buf: [240]u8 = undefined;
+    var detail: []const u8 = "";
+    if (!o.same_host) refusal = .other_host;
+    if (refusal == null and ipcEnvDisabled()) refusal = .env;
+    if (refusal == null and cache.disabled.load(.acquire)) refusal = .disabled;
+    const send_bytes, const recv_bytes = bufferBytes(o, me);
+    const in_place = o.send != 0 and o.send == o.recv;
+    if (refusal == null and in_place and o.kind == .alltoall) refusal = .in_place_alltoall;
+    var base: Hello = .{ .verified = cache.verified.load(.acquire) };
+    if (refusal == null) {
+        base.send = ipc.refOf(o.device, o.send, send_bytes) catch blk: {
+            refusal = .export_failed;
+            break :blk .{};
+        };
+        if (refusal == null) base.recv = ipc.refOf(o.device, o.recv, recv_bytes) catch blk: {
+            refusal = .export_failed;
+            break :blk .{};
+        };
+        if (refusal == .export_failed) detail = copyText(&detail_buf, driver.lastErrorMessage());
+    }
+    if (refusal == null) base.flags |= Hello.flag_ipc_ok;
+    if (in_place) base.flags |= Hello.flag_in_place;
+    var mine: [group_size_max]Hello = undefined;
+    var theirs: [group_size_max]Hello = undefined;
+    for (0..n) |j| {
+        mine[j] = base;
+        if (o.kind == .alltoall) {
+            mine[j].block_offset = prefix(o.recv_counts, j) * es;
+            mine[j].block_bytes = o.recv_counts[j] * es;
+        }
+    }
+    mine[me].magic = hello_magic;
+    theirs[me] = mine[me];
+    try exchange(Hello, comm, mine[0..n], theirs[0..n]);
+    for (theirs[0..n]) |h| if (h.magic != hello_magic) return error.Protocol;
+    if (refusal) |reason| {
+        say(cache, my_rank, reason, detail);
+        return .fallback;
+    }
+    for (theirs[0..n]) |h| {
+        if (h.flags & Hello.flag_ipc_ok == 0) {
+            say(cache, my_rank, .peer_refused, "");
+            return .fallback;
+        }
+    }
+
+    // ---- 2. map the peer buffers this rank needs ----
+    var mapped: Mapped = .{ .cache = cache };
+    defer mapped.releaseAll();
+    var local_ok = true;
+    for (0..n) |jj| {
+        const j: u32 = @intCast(jj);
+        const need = needs(o, me, j);
+        if (need == .none) continue;
+        const peer = o.group[j];
+        const h = &theirs[j];
+        if ((need == .send or need == .both) and h.send.present()) {
+            mapped.send[j] = cache.acquire(o.device, peer, &h.send) catch {
+                local_ok = false;
+                break;
+            };
+        }
+        if ((need == .recv or need == .both) and h.recv.present()) {
+            mapped.recv[j] = cache.acquire(o.device, peer, &h.recv) catch {
+                local_ok = false;
+                break;
+            };
+        }
+        // Only alltoall peers may lack a buffer (nothing to receive).
+        const missing_send = (need == .send or need == .both) and !h.send.present();
+        const missing_recv = (need == .recv or need == .both) and !h.recv.present() and o.kind != .alltoall;
+        if (missing_send or missing_recv) {
+            driver.fail(error.InvalidArgument, "rank {d} gave no device {s} buffer", .{ peer, if (missing_send) "send" else "recv" }) catch {};
+            local_ok = false;
+            break;
+        }
+    }
+    if (!local_ok) detail = copyText(&detail_buf, driver.lastErrorMessage());
+    var needs_ack = false;
+    for (0..n) |i| for (0..n) |j| {
+        if (needs(o, @intCast(i), @intCast(j)) == .none) continue;
+        if (theirs[i].verified & (@as(u64, 1) << @intCast(o.group[j])) == 0) needs_ack = true;
+    };
+    if (needs_ack) {
+        var acks_mine: [group_size_max]StatusMsg = undefined;
+        var acks: [group_size_max]StatusMsg = undefined;
+        for (acks_mine[0..n]) |*a| a.* = .{ .ok = @intFromBool(local_ok) };
+        acks[me] = acks_mine[me];
+        try exchange(StatusMsg, comm, acks_mine[0..n], acks[0..n]);
+        var all_ok = true;
+        for (acks[0..n]) |a| {
+            if (a.magic != status_magic) return error.Protocol;
+            if (a.ok == 0) all_ok = false;
+        }
+        if (!all_ok) {
+            cache.disabled.store(true, .release);
+            say(cache, my_rank, if (local_ok) .peer_refused else .open_failed, detail);
+            return .fallback;
+        }
+    }
+
+    // ---- 3. this rank's part ----
+    var part_error: ?driver.Error = null;
+    if (local_ok) {
+        part(cache, o, me, &theirs, &mapped) catch |err| {
+            part_error = err;
+        };
+    } else {
+        part_error = driver.fail(error.Cuda, "{s}", .{detail});
+    }
+    var part_message_buf: [240]u8 = undefined;
+    const part_message = if (part_error != null) copyText(&part_message_buf, driver.lastErrorMessage()) else "";
+
+    // ---- 4. final barrier with status ----
+    var done_mine: [group_size_max]StatusMsg = undefined;
+    var done: [group_size_max]StatusMsg = undefined;
+    for (done_mine[0..n]) |*d| d.* = .{ .ok = @intFromBool(part_error == null) };
+    done[me] = done_mine[me];
+    try exchange(StatusMsg, comm, done_mine[0..n], done[0..n]);
+    if (part_error) |err| return driver.fail(err, "rank {d}: CUDA IPC direct {s}: {s}", .{ my_rank, @tagName(o.kind), part_message });
+    for (done[0..n], 0..) |d, j| {
+        if (d.magic != status_magic) return error.Protocol;
+        if (d.ok == 0) return driver.fail(error.Cuda, "rank {d} failed its part of the CUDA IPC direct {s} (see its log)", .{ o.group[j], @tagName(o.kind) });
+    }
+    _ = cache.completed.fetchAdd(1, .monotonic);
+    return .done;
+}
+
+fn copyText(buf: []u8, text: []const u8) []const u8 {
+    const len = @min(buf.len, text.len);
+    @memcpy(buf[0..len], text[0..len]);
+    return buf[0..len];
+}
+
+/// Element range [begin, end) of allreduce block j of n.
+fn blockRange(count: u64, es: u64, n: u32, j: u32) struct { u64, u64 } {
+    const align_elems = @max(1, block_align_bytes / es);
+    const per = std.math.divCeil(u64, std.math.divCeil(u64, count, n) catch unreachable, align_elems) catch unreachable;
+    const chunk = per * align_elems;
+    const begin = @min(count, chunk * j);
+    const end = @min(count, begin + chunk);
+    return .{ begin, end };
+}
+
+/// dst = srcs[0] op ... op srcs[k-1] (group order), then / n for avg.
+fn reduceInto(stream: driver.Stream, o: Op, dst: u64, srcs: []const u64, count: u64) driver.Error!void {
+    if (count == 0) return;
+    if (srcs.len == 2) {
+        try stream.reduce2(o.redop, o.dtype, dst, srcs[0], srcs[1], count);
+    } else {
+        try stream.reduceN(o.redop, o.dtype, dst, srcs, count);
+    }
+    if (o.redop == .avg) try stream.scale(o.dtype, dst, count, @floatFromInt(srcs.len));
+}
+
+fn copy(stream: driver.Stream, kernel: bool, dst: u64, src: u64, bytes: u64) driver.Error!void {
+    if (bytes == 0 or dst == src) return;
+    if (kernel) {
+        try stream.copyStrided(dst, src, bytes, 1, bytes, bytes);
+    } else {
+        try stream.copyDeviceToDevice(dst, src, bytes);
+    }
+}
+
+fn part(cache: *Cache, o: Op, me: u32, theirs: *const [group_size_max]Hello, mapped: *const Mapped) driver.Error!void {
+    const n: u32 = @intCast(o.group.len);
+    const es = o.dtype.bytes();
+    const stream = try cache.takeStream(o.device);
+    defer cache.putStream(stream);
+    const kernel_copy = copyWithKernel();
+    // Rank j's buffers as this rank addresses them (own: local; peers: mapped; 0: not needed).
+    var send: [group_size_max]u64 = undefined;
+    var recv: [group_size_max]u64 = undefined;
+    for (0..n) |j| {
+        send[j] = mapped.address(.send, j);
+        recv[j] = mapped.address(.recv, j);
+    }
+    send[me] = o.send;
+    recv[me] = o.recv;
+    switch (o.kind) {
+        .allreduce => {
+            const begin, const end = blockRange(o.count, es, n, me);
+            if (end > begin) {
+                var srcs: [group_size_max]u64 = undefined;
+                for (0..n) |j| srcs[j] = send[j] + begin * es;
+                const dst = o.recv + begin * es;
+                try reduceInto(stream, o, dst, srcs[0..n], end - begin);
+                for (0..n) |j| {
+                    if (j == me) continue;
+                    try copy(stream, kernel_copy, recv[j] + begin * es, dst, (end - begin) * es);
+                }
+            }
+        },
+        .reduce_scatter => {
+            var srcs: [group_size_max]u64 = undefined;
+            for (0..n) |j| srcs[j] = send[j] + me * o.count * es;
+            try reduceInto(stream, o, o.recv, srcs[0..n], o.count);
+        },
+        .reduce => if (me == o.root) {
+            try reduceInto(stream, o, o.recv, send[0..n], o.count);
+        },
+        .allgather => {
+            const bytes = o.count * es;
+            for (0..n) |j| try copy(stream, kernel_copy, recv[j] + me * bytes, o.send, bytes);
+        },
+        .gather => {
+            const bytes = o.count * es;
+            try copy(stream, kernel_copy, recv[o.root] + me * bytes, o.send, bytes);
+        },
+        .broadcast => if (me != o.root) {
+            try copy(stream, kernel_copy, o.recv, send[o.root], o.count * es);
+        },
+        .scatter => {
+            const bytes = o.count * es;
+            try copy(stream, kernel_copy, o.recv, send[o.root] + me * bytes, bytes);
+        },
+        .alltoall => {
+            for (0..n) |j| {
+                const bytes = o.send_counts[j] * es;
+                const src = o.send + prefix(o.send_counts, j) * es;
+                if (j == me) {
+                    try copy(stream, kernel_copy, o.recv + prefix(o.recv_counts, j) * es, src, bytes);
+                    continue;
+                }
+                const h = &theirs[j];
+                if (h.block_bytes != bytes) {
+                    return driver.fail(error.InvalidArgument, "alltoall: {d} bytes for rank {d}, which expects {d}", .{ bytes, o.group[j], h.block_bytes });
+                }
+                if (bytes == 0) continue;
+                if (recv[j] == 0) return driver.fail(error.InvalidArgument, "alltoall: rank {d} has no recv buffer for {d} bytes", .{ o.group[j], bytes });
+                try copy(stream, kernel_copy, recv[j] + h.block_offset, src, bytes);
+            }
+        },
+        .barrier, .send, .recv => unreachable,
+    }
+    try stream.synchronize();
+}
+
+test {
+    _ = @import("cuda_direct_test.zig");
+}
+
+test "cuda direct: allreduce blocks tile the count, aligned" {
+    for ([_]u64{ 1, 7, 64, 1000, 1 << 20, (1 << 20) + 3 }) |count| {
+        for ([_]u32{ 2, 3, 8 }) |n| {
+            var next: u64 = 0;
+            for (0..n) |j| {
+                const begin, const end = blockRange(count, 4, n, @intCast(j));
+                try std.testing.expectEqual(next, begin);
+                try std.testing.expect(begin % 64 == 0 or begin == count);
+                next = end;
+            }
+            try std.testing.expectEqual(count, next);
+        }
+    }
+}
+
+test "cuda direct: every rank computes the same mapping needs" {
+    const group = [_]u32{ 0, 2, 5 };
+    const o: Op = .{ .kind = .broadcast, .dtype = .f32, .redop = .sum, .root = 1, .count = 4, .group = &group, .device = 0, .send = 0, .recv = 0, .same_host = true };
+    try std.testing.expectEqual(Need.send, needs(o, 0, 1));
+    try std.testing.expectEqual(Need.none, needs(o, 1, 0));
+    try std.testing.expectEqual(Need.none, needs(o, 0, 2));
+    try std.testing.expect(applies(o));
+    var one = o;
+    one.count = 0;
+    try std.testing.expect(!applies(one));
+}
