@@ -12,6 +12,7 @@ const netmod = @import("transport/net.zig");
 const dispatch = @import("algo/dispatch.zig");
 const cuda_driver = @import("cuda/driver.zig");
 const staging = @import("cuda/staging.zig");
+const cuda_direct = @import("algo/cuda_direct.zig");
 
 pub const Collective = op.Collective;
 pub const DType = op.DType;
@@ -202,6 +203,8 @@ pub const Engine = struct {
     cq_head: u32 = 0,
     cq_len: u32 = 0,
     cq_cond: std.Thread.Condition = .{},
+    /// Peer device buffers mapped by the CUDA IPC direct path (algo/cuda_direct.zig).
+    cuda_ipc: cuda_direct.Cache = .{},
 
     pub fn create(alloc: std.mem.Allocator, options: Options) !*Engine {
         if (options.world_size_max == 0 or options.world_size_max > op.world_size_max) {
@@ -259,6 +262,7 @@ pub const Engine = struct {
         const workers = engine.workers_count;
         engine.mu.unlock();
         for (engine.workers[0..workers]) |thread| thread.join();
+        engine.cuda_ipc.deinit();
         engine.net.deinit();
         engine.alloc.destroy(engine);
     }
@@ -281,6 +285,7 @@ pub const Engine = struct {
             return error.InvalidArgument;
         };
         engine.net.setPeer(peer, addr, host_id);
+        engine.cuda_ipc.dropPeer(peer); // a new process there: old IPC mappings are stale
     }
 
     pub fn peerDown(engine: *Engine, peer: u32) error{InvalidArgument}!void {
@@ -289,6 +294,7 @@ pub const Engine = struct {
             return error.InvalidArgument;
         }
         engine.net.peerDown(peer);
+        engine.cuda_ipc.dropPeer(peer);
     }
 
     // ---- submission ----
@@ -505,6 +511,45 @@ pub const Engine = struct {
         var send: ?[*]const u8 = slot.send;
         if (send == null and (slot.kind == .broadcast or slot.kind == .scatter)) send = recv;
 
+        engine.net.open(&slot.ep, slot.op_id, slot.group[0..slot.group_size], slot.group_rank, slot.deadline_ns, slot.timeout_ms) catch |err| {
+            return engine.setSlotError(slot, Status.einval, -1, "cannot register op: {s}", .{@errorName(err)});
+        };
+        // A cancel that raced with the start.
+        engine.mu.lock();
+        const cancel_now = slot.cancel_requested or engine.stopping;
+        engine.mu.unlock();
+        if (cancel_now) engine.net.cancel(&slot.ep);
+
+        // CUDA IPC direct path (algo/cuda_direct.zig): ranks of one host read and write each
+        // other's device buffers over NVLink. Every rank of the op gets the same outcome;
+        // .fallback (other hosts, no IPC, ...) goes on with host staging over the same endpoint.
+        if (slot.device >= 0) {
+            const direct_op: cuda_direct.Op = .{
+                .kind = slot.kind,
+                .dtype = slot.dtype,
+                .redop = slot.redop,
+                .root = slot.root_group,
+                .count = slot.count,
+                .send_counts = slot.send_counts[0..if (slot.kind == .alltoall) slot.group_size else 0],
+                .recv_counts = slot.recv_counts[0..if (slot.kind == .alltoall) slot.group_size else 0],
+                .group = slot.group[0..slot.group_size],
+                .device = slot.device,
+                .send = if (send) |p| @intFromPtr(p) else 0,
+                .recv = if (recv) |p| @intFromPtr(p) else 0,
+                .same_host = cuda_direct.sameHost(engine.net, slot.group[0..slot.group_size]),
+            };
+            const outcome = cuda_direct.run(&engine.cuda_ipc, slot.ep.comm(), direct_op) catch |err| {
+                engine.net.close(&slot.ep);
+                if (slot.ep.failure) |failure| return engine.setSlotError(slot, Status.fromError(failure.err), failure.peer, "{s}", .{failure.message()});
+                const status = switch (err) {
+                    error.NoDevice, error.InvalidArgument, error.Cuda => |e| cudaStatus(e),
+                    else => |e| Status.fromError(e),
+                };
+                return engine.setSlotError(slot, status, -1, "device {d}: {s}", .{ slot.device, if (status == Status.eio or status == Status.einval or status == Status.enodev) cuda_driver.lastErrorMessage() else @errorName(err) });
+            };
+            if (outcome == .done) return engine.net.close(&slot.ep);
+        }
+
         // Device buffers: staged through pinned host mirrors (copy in, host algorithm, copy out).
         var mirror: ?staging.HostMirror = null;
         defer if (mirror) |*m| m.release();
@@ -513,6 +558,7 @@ pub const Engine = struct {
             const send_dptr: u64 = if (send) |p| @intFromPtr(p) else 0;
             const recv_dptr: u64 = if (recv) |p| @intFromPtr(p) else 0;
             mirror = staging.HostMirror.begin(slot.device, send_dptr, send_bytes, recv_dptr, recv_bytes) catch |err| {
+                engine.net.close(&slot.ep);
                 return engine.setSlotError(slot, cudaStatus(err), -1, "device {d}: {s}", .{ slot.device, cuda_driver.lastErrorMessage() });
             };
             send = if (mirror.?.send.len > 0) mirror.?.send.ptr else null;
@@ -530,15 +576,6 @@ pub const Engine = struct {
             .send = send orelse &dummy_buffer,
             .recv = recv orelse @constCast(&dummy_buffer),
         };
-
-        engine.net.open(&slot.ep, slot.op_id, slot.group[0..slot.group_size], slot.group_rank, slot.deadline_ns, slot.timeout_ms) catch |err| {
-            return engine.setSlotError(slot, Status.einval, -1, "cannot register op: {s}", .{@errorName(err)});
-        };
-        // A cancel that raced with the start.
-        engine.mu.lock();
-        const cancel_now = slot.cancel_requested or engine.stopping;
-        engine.mu.unlock();
-        if (cancel_now) engine.net.cancel(&slot.ep);
 
         var arena_state = std.heap.ArenaAllocator.init(std.heap.c_allocator);
         defer arena_state.deinit();
