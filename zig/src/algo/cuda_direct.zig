@@ -276,6 +276,10 @@ pub fn run(cache: *Cache, comm: transport.Comm, o: Op) Error!Outcome {
     if (refusal == null and ipcEnvDisabled()) refusal = .env;
     if (refusal == null and cache.disabled.load(.acquire)) refusal = .disabled;
     const send_bytes, const recv_bytes = bufferBytes(o, me);
+    // A bad device or buffer fails the op here, before any message (like host staging would).
+    const dev = try staging.device(o.device);
+    if (o.send != 0 and send_bytes > 0) try dev.checkRange(o.send, send_bytes, "direct op (send)");
+    if (o.recv != 0 and recv_bytes > 0) try dev.checkRange(o.recv, recv_bytes, "direct op (recv)");
     const in_place = o.send != 0 and o.send == o.recv;
     if (refusal == null and in_place and o.kind == .alltoall) refusal = .in_place_alltoall;
     var base: Hello = .{ .verified = cache.verified.load(.acquire) };
