@@ -2,6 +2,7 @@
 // {"error": {"code", "message", ...details}}; anything not an ApiError is a bug (500, logged).
 import { Hono } from "hono";
 import { ApiError, NotFound, Unauthorized } from "./errors";
+import { buffersRoutes } from "./routes/buffers";
 import { collectiveRoutes } from "./routes/collective";
 import { internalRoutes } from "./routes/internal";
 import { introspectionRoutes } from "./routes/introspection";
@@ -40,6 +41,7 @@ export function createApp(svc: RankService) {
   introspectionRoutes(app, svc);
   collectiveRoutes(app, svc);
   p2pRoutes(app, svc);
+  buffersRoutes(app, svc); // device buffers (docs/api-extensions.md)
   internalRoutes(app, svc);
   return app;
 }

@@ -13,6 +13,7 @@ import { checkShape, encodeTensor, numel, writeTensor, type JsonTensor, type Wir
 import { InvalidRequest, NotReady, TooLarge } from "../errors";
 import { checkContentLength, isOctetStream, octetParam, readBodyInto, readJson, wantsOctetStream } from "../body";
 import { collectiveOps, collectiveSchemas, DEFAULT_TIMEOUT_MS, formatIssues, type CollectiveOp } from "../schemas";
+import { bufferCollective, usesBuffer } from "./buffers";
 import type { RankService } from "../service";
 
 const opSet = new Set<string>(collectiveOps);
@@ -39,9 +40,12 @@ export function collectiveRoutes(app: Hono, svc: RankService): void {
     const ticket = svc.sequencer.take();
     try {
       const octet = isOctetStream(c);
+      const raw = octet ? null : await readJson(c, svc.config.maxBodyBytes);
+      // {"buffer": id}: in place on a device/host buffer of POST /buffers (routes/buffers.ts)
+      if (op !== "barrier" && usesBuffer(raw)) return await bufferCollective(c, svc, op as CollectiveOp, raw, startedAt, ticket);
       const { call, format } = octet
         ? await decodeOctet(c, svc, op as CollectiveOp, startedAt, owned)
-        : decodeJson(await readJson(c, svc.config.maxBodyBytes), svc, op as CollectiveOp, startedAt, owned);
+        : decodeJson(raw, svc, op as CollectiveOp, startedAt, owned);
       // untagged calls keep arrival order; tagged ones match by tag and needn't wait
       const wait = call.tag === null ? svc.sequencer.turn(ticket) : null;
       if (wait) await svc.sequencer.bounded(wait, call.timeoutMs);

@@ -7,6 +7,7 @@ import { InvalidRequest, TooLarge } from "../errors";
 import { isOctetStream, octetParam, readBodyInto, readJson, wantsOctetStream, checkContentLength } from "../body";
 import { DEFAULT_TIMEOUT_MS, p2pRecvSchema, p2pSendSchema, parseOrThrow } from "../schemas";
 import type { RankService } from "../service";
+import { bufferRecv, bufferSend, usesBuffer } from "./buffers";
 import { requireReady } from "./collective";
 
 export function p2pRoutes(app: Hono, svc: RankService): void {
@@ -42,7 +43,9 @@ export function p2pRoutes(app: Hono, svc: RankService): void {
         tag = body.tag ?? "";
         timeoutMs = body.timeout_ms ?? DEFAULT_TIMEOUT_MS;
       } else {
-        const body = parseOrThrow(p2pSendSchema, await readJson(c, svc.config.maxBodyBytes));
+        const raw = await readJson(c, svc.config.maxBodyBytes);
+        if (usesBuffer(raw)) return await bufferSend(c, svc, raw, startedAt, ticket); // {"buffer": id}
+        const body = parseOrThrow(p2pSendSchema, raw);
         const bytes = checkShape(body.tensor, "tensor", svc.config.maxTensorBytes);
         buf = allocOr413(svc, bytes);
         writeTensor(body.tensor as JsonTensor, buf.bytes.subarray(0, bytes), "tensor");
@@ -72,7 +75,9 @@ export function p2pRoutes(app: Hono, svc: RankService): void {
   app.post("/p2p/recv", async (c) => {
     const startedAt = performance.now();
     requireReady(svc);
-    const body = parseOrThrow(p2pRecvSchema, await readJson(c, svc.config.maxBodyBytes));
+    const raw = await readJson(c, svc.config.maxBodyBytes);
+    if (usesBuffer(raw)) return await bufferRecv(c, svc, raw, startedAt); // {"buffer": id}: in place
+    const body = parseOrThrow(p2pRecvSchema, raw);
     let got;
     try {
       got = await svc.p2p.recv(body.src, body.tag ?? "", body.timeout_ms ?? DEFAULT_TIMEOUT_MS);
