@@ -374,10 +374,15 @@ pub fn Fake(comptime cpu: type) type {
             const a = find(dptr) orelse return driver.CUDA_ERROR_INVALID_VALUE;
             @memset(&h.reserved, 0xAB);
             std.mem.writeInt(u64, h.reserved[0..8], @intFromPtr(a.memory.ptr), .little);
+            std.mem.writeInt(i32, h.reserved[8..12], std.os.linux.getpid(), .little);
             return 0;
         }
+        /// "Device memory" is this process's heap: a handle opens only in the process that made
+        /// it (the other way round from a real driver), so rank processes over the fake fall
+        /// back to host staging instead of reading a foreign address.
         fn cuIpcOpenMemHandle(dptr: *CUdeviceptr, h: driver.IpcMemHandle, flags: c_uint) callconv(.c) CUresult {
             if (flags != driver.CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS or h.reserved[63] != 0xAB) return driver.CUDA_ERROR_INVALID_VALUE;
+            if (std.mem.readInt(i32, h.reserved[8..12], .little) != std.os.linux.getpid()) return driver.CUDA_ERROR_INVALID_VALUE;
             dptr.* = std.mem.readInt(u64, h.reserved[0..8], .little);
             return 0;
         }
