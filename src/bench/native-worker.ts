@@ -17,7 +17,8 @@ import { pointShape, type PointShape } from "./spec";
 const [rankText, nText, clusterId, listenHost, deviceText] = process.argv.slice(2);
 const rank = Number(rankText);
 const n = Number(nText);
-const device = deviceText === "cuda" ? 0 : -1;
+// --device cuda: rank r on GPU r mod count (like launch --device cuda), so 2 ranks use 2 GPUs.
+const device = deviceText === "cuda" ? rank % Math.max(1, (await import("../native/cuda")).cudaDeviceCount()) : -1;
 
 function send(msg: WorkerMsg): void {
   process.stdout.write(JSON.stringify(msg) + "\n");
