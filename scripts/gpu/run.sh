@@ -1,14 +1,18 @@
 #!/bin/sh
 # Runs the GPU tests and benchmarks on a GPU machine (no zig, nvcc or internet needed), from
 # what scripts/gpu/pack.sh put in .carry/: bun (xz), libmoonring.so, moonring.fatbin.
-#   sh scripts/gpu/run.sh [--no-bench]
+#   sh scripts/gpu/run.sh [--no-bench] [--coll-bench]
 # Writes under $OUT (default: a fresh temporary directory, printed):
 #   env.txt (nvidia-smi, manifest, versions), test.log, test-device-N.log (other GPUs),
 #   zig-test.log (Zig tests of zig/src/cuda + the engine's device-buffer tests, if carried),
 #   bench.log + bench.json, torch_ref.log + torch_ref.json (if PyTorch is installed), summary.txt
+#   with --coll-bench (needs 2 GPUs): coll-moonring.jsonl, coll-nccl.jsonl, coll-bench.txt (moonring
+#   `bench --device cuda --via native` next to NCCL via torchrun, 8 B..256 MiB, busbw side by side)
 # Exit status: 0 when the bun GPU tests and the Zig GPU tests pass. Every stage has a time
 # limit; the whole script stays well under 10 minutes on one H100.
-# Overrides: MOONRING_BUN (a bun binary), MOONRING_LIB, MOONRING_FATBIN.
+# Overrides: MOONRING_BUN (a bun binary), MOONRING_LIB, MOONRING_FATBIN, MOONRING_GPU_TESTS (test
+# files for bun test; default tests/gpu; when set, the second-GPU kernel pass is skipped),
+# MOONRING_COLL_OPS (default allreduce,allgather,reduce_scatter), MOONRING_COLL_MAX_BYTES (256M).
 set -u
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
@@ -18,7 +22,14 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT INT TERM
 log() { echo "[gpu] $*" | tee -a "$out/summary.txt" >&2; }
 bench=1
-[ "${1:-}" = "--no-bench" ] && bench=0
+coll_bench=0
+for arg in "$@"; do
+  case "$arg" in
+    --no-bench) bench=0 ;;
+    --coll-bench) coll_bench=1 ;;
+  esac
+done
+gpu_tests=${MOONRING_GPU_TESTS:-tests/gpu}
 
 # --- bun ----------------------------------------------------------------------------------
 bun=${MOONRING_BUN:-}
@@ -59,15 +70,15 @@ limit() { seconds=$1; shift; if command -v timeout >/dev/null 2>&1; then timeout
 
 # --- tests --------------------------------------------------------------------------------
 # MOONRING_GPU_REQUIRED=1: a machine without a visible GPU fails instead of skipping.
-limit 240 env MOONRING_GPU_REQUIRED=1 "$bun" test tests/gpu > "$out/test.log" 2>&1
+limit 240 env MOONRING_GPU_REQUIRED=1 "$bun" test $gpu_tests > "$out/test.log" 2>&1
 status=$?
 # An empty or broken runner "passes" silently: insist on bun's result lines.
 grep -Eq '^ *[0-9]+ pass' "$out/test.log" || { log "no bun test results in test.log"; [ "$status" -eq 0 ] && status=1; }
 tail -5 "$out/test.log" | tee -a "$out/summary.txt" >&2
-log "tests/gpu (device 0): exit $status"
+log "$gpu_tests (device 0): exit $status"
 
 gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
-if [ "${gpus:-0}" -gt 1 ]; then
+if [ "${gpus:-0}" -gt 1 ] && [ -z "${MOONRING_GPU_TESTS:-}" ]; then
   last=$((gpus - 1))
   limit 120 env MOONRING_TEST_DEVICE=$last MOONRING_GPU_REQUIRED=1 "$bun" test tests/gpu/kernels.test.ts > "$out/test-device-$last.log" 2>&1
   s=$?
@@ -109,6 +120,43 @@ if [ "$bench" -eq 1 ]; then
   else
     log "no PyTorch with CUDA: torch reference skipped"
   fi
+fi
+
+# --- collectives: moonring (CUDA IPC direct path) next to NCCL, same machine, same run -------
+if [ "$coll_bench" -eq 1 ]; then
+  ops=${MOONRING_COLL_OPS:-allreduce,allgather,reduce_scatter}
+  max=${MOONRING_COLL_MAX_BYTES:-268435456}
+  : > "$out/coll-moonring.jsonl"
+  for op in $(echo "$ops" | tr , ' '); do
+    limit 100 "$bun" src/cli.ts bench --nproc 2 --device cuda --via native --op "$op" --min-bytes 8 --max-bytes "$max" \
+      --json --quiet >> "$out/coll-moonring.jsonl" 2>> "$out/coll-bench.txt" || log "moonring bench $op failed (exit $?): see coll-bench.txt"
+  done
+  if command -v torchrun >/dev/null 2>&1; then trun="torchrun"; else trun="python3 -m torch.distributed.run"; fi
+  limit 150 $trun --nproc_per_node 2 bench/nccl_bench.py --min-bytes 8 --max-bytes "$max" --ops "$ops" --json \
+    > "$out/coll-nccl.jsonl" 2>> "$out/coll-bench.txt" || log "NCCL bench failed (exit $?): see coll-bench.txt"
+  python3 - "$out/coll-moonring.jsonl" "$out/coll-nccl.jsonl" > "$out/coll-bench.tmp" 2>&1 <<'PY'
+import json, sys
+def load(path):
+    rows = {}
+    for line in open(path):
+        line = line.strip()
+        if line.startswith("{"):
+            r = json.loads(line)
+            rows[(r["op"], r["bytes"])] = r
+    return rows
+mr, nc = load(sys.argv[1]), load(sys.argv[2])
+gpu = next((r.get("gpu") for r in nc.values() if r.get("gpu")), "?")
+print(f"# busbw GB/s, float32, 2 ranks, {gpu}: moonring (bench --device cuda --via native) vs NCCL (torch.distributed)")
+print(f"{'op':>15} {'bytes':>11} {'mr time(us)':>12} {'mr busbw':>9} {'nccl time(us)':>14} {'nccl busbw':>11} {'ratio':>6}")
+for (op, b) in sorted(set(mr) | set(nc), key=lambda k: (k[0], k[1])):
+    m, n = mr.get((op, b)), nc.get((op, b))
+    ratio = m["busbw_gbps"] / n["busbw_gbps"] if m and n and n["busbw_gbps"] > 0 else float("nan")
+    print(f"{op:>15} {b:>11} {m['time_us'] if m else '-':>12} {m['busbw_gbps'] if m else '-':>9} {n['time_us'] if n else '-':>14} {n['busbw_gbps'] if n else '-':>11} {ratio:>6.2f}")
+PY
+  cat "$out/coll-bench.tmp" >> "$out/coll-bench.txt"
+  grep -E ' (67108864|134217728|268435456) ' "$out/coll-bench.tmp" | tee -a "$out/summary.txt" >&2
+  grep -E '^ +allreduce +(8|1024) ' "$out/coll-bench.tmp" | tee -a "$out/summary.txt" >&2
+  rm -f "$out/coll-bench.tmp"
 fi
 
 log "done: exit $status"
