@@ -12,7 +12,7 @@
 # limit; the whole script stays well under 10 minutes on one H100.
 # Overrides: MOONRING_BUN (a bun binary), MOONRING_LIB, MOONRING_FATBIN, MOONRING_GPU_TESTS (test
 # files for bun test; default tests/gpu; when set, the second-GPU kernel pass is skipped),
-# MOONRING_COLL_OPS (default allreduce,allgather,reduce_scatter), MOONRING_COLL_MAX_BYTES (256M).
+# MOONRING_GPU_TEST_LIMIT (s, default 240), MOONRING_COLL_OPS (default allreduce,allgather,reduce_scatter), MOONRING_COLL_MAX_BYTES (256M).
 set -u
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
@@ -70,7 +70,7 @@ limit() { seconds=$1; shift; if command -v timeout >/dev/null 2>&1; then timeout
 
 # --- tests --------------------------------------------------------------------------------
 # MOONRING_GPU_REQUIRED=1: a machine without a visible GPU fails instead of skipping.
-limit 240 env MOONRING_GPU_REQUIRED=1 "$bun" test $gpu_tests > "$out/test.log" 2>&1
+limit "${MOONRING_GPU_TEST_LIMIT:-240}" env MOONRING_GPU_REQUIRED=1 "$bun" test $gpu_tests > "$out/test.log" 2>&1
 status=$?
 # An empty or broken runner "passes" silently: insist on bun's result lines.
 grep -Eq '^ *[0-9]+ pass' "$out/test.log" || { log "no bun test results in test.log"; [ "$status" -eq 0 ] && status=1; }
