@@ -36,6 +36,7 @@ const FLAGS = {
   "no-membw": { type: "boolean", help: "skip the memory-bandwidth bound" },
   "lat-iters": { type: "string", help: "iterations of the 8-byte latency runs (default 2000)" },
   "mpi-src": { type: "string", help: "mpi_bench.c (default ../shared/bench/mpi_bench.c)" },
+  variants: { type: "string", help: "several moonring builds in one run: 'NAME:K=V,K=V;NAME2:K=V' (env per variant, e.g. MOONRING_LIB, MOONRING_BENCH_ENGINE); default one, the current env" },
   help: { type: "boolean", help: "show this help" },
 } as const;
 
@@ -85,15 +86,20 @@ function build(): { mpiBench: string; membw: string } {
   return { mpiBench, membw };
 }
 
-function moonring(op: string, min: number, max: number, extra: string[] = []): Rec[] {
+interface Variant {
+  name: string;
+  env: Record<string, string>;
+}
+
+function moonring(v: Variant, op: string, min: number, max: number, extra: string[] = []): Rec[] {
   const cmd = [process.execPath, CLI, "bench", "--nproc", String(nproc), "--op", op, "--min-bytes", String(min), "--max-bytes", String(max), "--json", "--quiet", "--transport", transport, ...extra];
-  const r = sh(cmd);
+  const r = sh(cmd, { env: v.env });
   const recs = r.out
     .split("\n")
     .filter((l) => l.startsWith("{"))
     .map((l) => JSON.parse(l) as Rec);
   if (r.code !== 0 && r.code !== 3) throw new Error(`moonring bench ${op} failed (code ${r.code}):\n${r.err.slice(-2000)}`);
-  if (r.code === 3) log(`warning: moonring ${op}: wrong results (see #wrong)`);
+  if (r.code === 3) log(`warning: ${v.name} ${op}: wrong results (see #wrong)`);
   return recs;
 }
 
@@ -137,8 +143,8 @@ function membwAt(bin: string, size: number): { copy: number; add: number } {
 }
 
 /** The engine alone (C harness over the C ABI, no JS): 8-byte allreduce at 2 ranks. */
-function engineLatency(iters: number): Rec | undefined {
-  const libPath = process.env.MOONRING_LIB || join(ROOT, "zig/zig-out/lib/libmoonring.so");
+function engineLatency(v: Variant, iters: number): Rec | undefined {
+  const libPath = v.env.MOONRING_LIB || process.env.MOONRING_LIB || join(ROOT, "zig/zig-out/lib/libmoonring.so");
   const src = join(ROOT, "bench/native-latency.c");
   const bin = join(BUILD, "native-latency");
   if (!newer(bin, src)) {
@@ -195,23 +201,41 @@ log(`compare-mpi: ${nproc} ranks, ${ops.join(",")}, ${sizeLabel(minBytes)}B..${s
 const loadStart = loadavg().map((x) => x.toFixed(2)).join(" ");
 log(`host: ${cpus().length} x ${cpus()[0]?.model ?? "cpu"}; load average ${loadStart} at start`);
 
-const results: Record<string, { moonring: Rec[]; mpi: Rec[] }> = {};
+const variants: Variant[] = ((args.variants as string | undefined) ?? "moonring:")
+  .split(";")
+  .filter((x) => x.trim())
+  .map((spec) => {
+    const i = spec.indexOf(":");
+    const name = (i < 0 ? spec : spec.slice(0, i)).trim();
+    const env: Record<string, string> = {};
+    for (const kv of (i < 0 ? "" : spec.slice(i + 1)).split(",").filter((x) => x.includes("="))) {
+      const j = kv.indexOf("=");
+      env[kv.slice(0, j).trim()] = kv.slice(j + 1).trim();
+    }
+    return { name, env };
+  });
+if (new Set(variants.map((v) => v.name)).size !== variants.length) throw new UsageError("--variants: names must differ");
+const vknobs = variants.filter((v) => Object.keys(v.env).length).map((v) => `${v.name}: ${Object.entries(v.env).map(([k, x]) => `${k}=${x}`).join(" ")}`);
+
+const results: Record<string, { mr: Record<string, Rec[]>; mpi: Rec[] }> = {};
 for (const op of ops) {
-  const mr: Rec[][] = [];
+  const mr: Record<string, Rec[][]> = Object.fromEntries(variants.map((v) => [v.name, []]));
   const mp: Rec[][] = [];
   for (let k = 0; k < repeat; k++) {
-    log(`  ${op}: moonring (${k + 1}/${repeat})`);
-    mr.push(moonring(op, minBytes, maxBytes));
+    for (const v of variants) {
+      log(`  ${op}: ${v.name} (${k + 1}/${repeat})`);
+      mr[v.name]!.push(moonring(v, op, minBytes, maxBytes));
+    }
     log(`  ${op}: Open MPI (${k + 1}/${repeat})`);
     mp.push(mpi(mpiBench, op, minBytes, maxBytes));
   }
-  results[op] = { moonring: best(mr), mpi: best(mp) };
+  results[op] = { mr: Object.fromEntries(variants.map((v) => [v.name, best(mr[v.name]!)])), mpi: best(mp) };
 }
 
 // Memory-bandwidth bound for allreduce at >= 16 MiB (and 1 MiB for reference).
 const bound = new Map<number, { copy: number; add: number; busbw: number }>();
 if (!args["no-membw"] && results.allreduce) {
-  for (const r of results.allreduce.moonring) {
+  for (const r of results.allreduce.mr[variants[0]!.name]!) {
     if (r.bytes < 16 << 20 && r.bytes !== 1 << 20) continue;
     const m = membwAt(membw, r.bytes);
     bound.set(r.bytes, { ...m, busbw: 2 / (3 / m.copy + 1 / m.add) });
@@ -220,76 +244,102 @@ if (!args["no-membw"] && results.allreduce) {
 
 // 8-byte latencies.
 log("  latency: 8-byte allreduce, native and Open MPI");
-const lat = {
-  native: moonring("allreduce", 8, 8, ["--iters", String(latIters), "--warmup", "50"])[0],
-  mpi: mpi(mpiBench, "allreduce", 8, 8)[0],
-  rest: undefined as Rec | undefined,
-  engine: nproc === 2 ? engineLatency(latIters) : undefined,
-};
-if (!args["no-rest"]) {
-  log("  latency: 8-byte allreduce through REST");
-  lat.rest = moonring("allreduce", 8, 8, ["--via", "rest", "--iters", String(Math.min(latIters, 2000)), "--warmup", "100"])[0];
+const mpiLat = mpi(mpiBench, "allreduce", 8, 8)[0];
+const lat: Record<string, { native?: Rec; engine?: Rec; rest?: Rec }> = {};
+for (const v of variants) {
+  lat[v.name] = {
+    native: moonring(v, "allreduce", 8, 8, ["--iters", String(latIters), "--warmup", "50"])[0],
+    engine: nproc === 2 ? engineLatency(v, latIters) : undefined,
+  };
+  if (!args["no-rest"]) {
+    log(`  latency: 8-byte allreduce through REST (${v.name})`);
+    lat[v.name]!.rest = moonring(v, "allreduce", 8, 8, ["--via", "rest", "--iters", String(Math.min(latIters, 2000)), "--warmup", "100"])[0];
+  }
 }
 
 // ---- report ----
 const lines: string[] = [];
 const say = (s: string) => lines.push(s);
+const many = variants.length > 1;
 say(`# moonring vs Open MPI: ${nproc} ranks, float32 (sum), transport ${transport}, ${started.toISOString()}`);
 say(`# busbw in GB/s (nccl-tests factors); ratio = moonring / MPI; best of ${repeat} alternating run(s) per side`);
 say(`# git ${rev}${dirty}${knobs ? `; ${knobs}` : ""}`);
+for (const k of vknobs) say(`# variant ${k}`);
 say(`# load average at start: ${loadStart}; at end: ${loadavg().map((x) => x.toFixed(2)).join(" ")}`);
 const verdicts: string[] = [];
+const vn = (v: Variant) => (many ? `${v.name} ` : "");
 for (const op of ops) {
-  const { moonring: m, mpi: p } = results[op]!;
+  const { mr, mpi: p } = results[op]!;
   const isAr = op === "allreduce";
   say("");
   say(`== ${op}`);
-  say(`${pad("size", 10)} ${pad("moonring", 10)} ${pad("mpi", 10)} ${pad("ratio", 7)} ${pad("mr_us", 10)} ${pad("mpi_us", 10)}${isAr ? `${pad("bound", 8)} ${pad("%bound", 7)}` : ""}`);
-  let minRatio = Infinity;
-  let minRatioAt = 0;
-  for (const r of m) {
-    const q = p.find((x) => x.bytes === r.bytes);
-    const ratio = q && q.busbw_gbps > 0 ? r.busbw_gbps / q.busbw_gbps : NaN;
-    const lo = isAr ? 64 << 10 : 1 << 20;
-    if (r.bytes >= lo && Number.isFinite(ratio) && ratio < minRatio) {
-      minRatio = ratio;
-      minRatioAt = r.bytes;
+  const w = Math.max(10, ...variants.map((v) => v.name.length + 1));
+  let header = `${pad("size", 8)}`;
+  for (const v of variants) header += ` ${pad(v.name, w)}`;
+  header += ` ${pad("mpi", 7)}`;
+  for (const v of variants) header += ` ${pad(many ? `ratio:${v.name}` : "ratio", many ? w : 6)}`;
+  for (const v of variants) header += ` ${pad(many ? `us:${v.name}` : "mr_us", many ? w : 9)}`;
+  header += ` ${pad("mpi_us", 9)}`;
+  if (isAr) {
+    header += ` ${pad("bound", 7)}`;
+    for (const v of variants) header += ` ${pad(many ? `%bound:${v.name}` : "%bound", many ? w + 2 : 7)}`;
+  }
+  say(header);
+  const sizes = [...new Set(variants.flatMap((v) => mr[v.name]!.map((r) => r.bytes)))].sort((a, b) => a - b);
+  const minRatio: Record<string, { r: number; at: number }> = {};
+  for (const bytes of sizes) {
+    const q = p.find((x) => x.bytes === bytes);
+    const b = bound.get(bytes);
+    let line = `${pad(sizeLabel(bytes), 8)}`;
+    const rows = variants.map((v) => mr[v.name]!.find((x) => x.bytes === bytes));
+    for (const r of rows) line += ` ${pad(f2(r?.busbw_gbps), w)}`;
+    line += ` ${pad(f2(q?.busbw_gbps), 7)}`;
+    variants.forEach((v, i) => {
+      const r = rows[i];
+      const ratio = r && q && q.busbw_gbps > 0 ? r.busbw_gbps / q.busbw_gbps : NaN;
+      const lo = isAr ? 64 << 10 : 1 << 20;
+      if (bytes >= lo && Number.isFinite(ratio) && ratio < (minRatio[v.name]?.r ?? Infinity)) minRatio[v.name] = { r: ratio, at: bytes };
+      line += ` ${pad(Number.isFinite(ratio) ? ratio.toFixed(2) : "-", many ? w : 6)}`;
+    });
+    for (const r of rows) line += ` ${pad(r ? r.time_us.toFixed(1) : "-", many ? w : 9)}`;
+    line += ` ${pad(q ? q.time_us.toFixed(1) : "-", 9)}`;
+    if (isAr) {
+      line += ` ${pad(b ? f2(b.busbw) : "", 7)}`;
+      for (const r of rows) line += ` ${pad(b && r ? ((100 * r.busbw_gbps) / b.busbw).toFixed(0) + "%" : "", many ? w + 2 : 7)}`;
     }
-    const b = bound.get(r.bytes);
-    say(
-      `${pad(sizeLabel(r.bytes), 10)} ${pad(f2(r.busbw_gbps), 10)} ${pad(f2(q?.busbw_gbps), 10)} ${pad(Number.isFinite(ratio) ? ratio.toFixed(2) : "-", 7)} ${pad(r.time_us.toFixed(1), 10)} ${pad(q ? q.time_us.toFixed(1) : "-", 10)}` +
-        (isAr ? `${pad(b ? f2(b.busbw) : "", 8)} ${pad(b ? ((100 * r.busbw_gbps) / b.busbw).toFixed(0) + "%" : "", 7)}` : ""),
-    );
+    say(line);
   }
-  if (Number.isFinite(minRatio)) {
-    verdicts.push(`${minRatio >= 1 ? "PASS" : "FAIL"} ${op}: min ratio ${minRatio.toFixed(2)} (at ${sizeLabel(minRatioAt)}B) over ${isAr ? "64K" : "1M"}B..${sizeLabel(maxBytes)}B, target >= 1.00`);
-  }
-  if (isAr && bound.size) {
-    const big = m.filter((r) => r.bytes >= 16 << 20 && bound.has(r.bytes));
-    if (big.length) {
-      const worst = Math.min(...big.map((r) => r.busbw_gbps / bound.get(r.bytes)!.busbw));
-      verdicts.push(`${worst >= 0.85 ? "PASS" : "FAIL"} allreduce: ${(100 * worst).toFixed(0)}% of the memory-bandwidth bound at >= 16M (worst size), target >= 85%`);
+  for (const v of variants) {
+    const m = minRatio[v.name];
+    if (m) verdicts.push(`${m.r >= 1 ? "PASS" : "FAIL"} ${vn(v)}${op}: min ratio ${m.r.toFixed(2)} (at ${sizeLabel(m.at)}B) over ${isAr ? "64K" : "1M"}B..${sizeLabel(maxBytes)}B, target >= 1.00`);
+    if (isAr && bound.size) {
+      const big = mr[v.name]!.filter((r) => r.bytes >= 16 << 20 && bound.has(r.bytes));
+      if (big.length) {
+        const worst = Math.min(...big.map((r) => r.busbw_gbps / bound.get(r.bytes)!.busbw));
+        verdicts.push(`${worst >= 0.85 ? "PASS" : "FAIL"} ${vn(v)}allreduce: ${(100 * worst).toFixed(0)}% of the memory-bandwidth bound at >= 16M (worst size), target >= 85%`);
+      }
     }
   }
 }
 if (bound.size) {
   say("");
-  say("== memory bandwidth (all ranks streaming at once; per process)");
+  say("== memory bandwidth (all ranks streaming at once; per process; best of 3)");
   say(`${pad("size", 10)} ${pad("memcpy", 8)} ${pad("a+b", 8)} ${pad("bound", 8)}   bound = 2 / (3/memcpy + 1/(a+b)) GB/s busbw`);
-  for (const [s, b] of bound) say(`${pad(sizeLabel(s), 10)} ${pad(f2(b.copy), 8)} ${pad(f2(b.add), 8)} ${pad(f2(b.busbw), 8)}`);
+  for (const [sz, b] of bound) say(`${pad(sizeLabel(sz), 10)} ${pad(f2(b.copy), 8)} ${pad(f2(b.add), 8)} ${pad(f2(b.busbw), 8)}`);
 }
 say("");
 say("== 8-byte allreduce latency");
-if (lat.native) say(`native: mean ${lat.native.time_us.toFixed(2)} us, p50 ${f2(lat.native.p50_us)} us, p99 ${f2(lat.native.p99_us)} us (${latIters} iterations, barrier before each)`);
-if (lat.engine) say(`engine alone (bench/native-latency.c: C over the C ABI, no JS): mean ${lat.engine.time_us.toFixed(2)} us, p50 ${f2(lat.engine.p50_us)} us, p99 ${f2(lat.engine.p99_us)} us`);
-if (lat.mpi) say(`Open MPI: mean ${lat.mpi.time_us.toFixed(2)} us (200 iterations, barrier before each)`);
-if (lat.native && lat.mpi) {
-  const x = lat.native.time_us / Math.max(lat.mpi.time_us, 0.05);
-  verdicts.push(`${x <= 2 ? "PASS" : "FAIL"} 8-byte allreduce native ${lat.native.time_us.toFixed(2)} us = ${x.toFixed(1)}x Open MPI ${lat.mpi.time_us.toFixed(2)} us, target <= 2x`);
-}
-if (lat.rest) {
-  say(`REST: batch (all ranks' calls) p50 ${f2(lat.rest.p50_us)} us, p99 ${f2(lat.rest.p99_us)} us; single call p50 ${f2(lat.rest.call_p50_us)} us, p99 ${f2(lat.rest.call_p99_us)} us`);
-  verdicts.push(`${(lat.rest.call_p50_us ?? Infinity) <= 200 ? "PASS" : "FAIL"} REST 8-byte allreduce p50 ${f2(lat.rest.call_p50_us)} us per call (batch ${f2(lat.rest.p50_us)} us), target <= 200 us`);
+if (mpiLat) say(`Open MPI: mean ${mpiLat.time_us.toFixed(2)} us (200 iterations, barrier before each)`);
+for (const v of variants) {
+  const l = lat[v.name]!;
+  if (l.native) say(`${v.name} native (bench worker, JS): mean ${l.native.time_us.toFixed(2)} us, p50 ${f2(l.native.p50_us)} us, p99 ${f2(l.native.p99_us)} us (${latIters} iterations, barrier before each)`);
+  if (l.engine) say(`${v.name} engine alone (bench/native-latency.c, no JS): mean ${l.engine.time_us.toFixed(2)} us, p50 ${f2(l.engine.p50_us)} us, p99 ${f2(l.engine.p99_us)} us`);
+  if (l.rest) say(`${v.name} REST: batch (all ranks' calls) p50 ${f2(l.rest.p50_us)} us, p99 ${f2(l.rest.p99_us)} us; single call p50 ${f2(l.rest.call_p50_us)} us, p99 ${f2(l.rest.call_p99_us)} us`);
+  if (l.native && mpiLat) {
+    const x = l.native.time_us / Math.max(mpiLat.time_us, 0.05);
+    verdicts.push(`${x <= 2 ? "PASS" : "FAIL"} ${vn(v)}8-byte allreduce native ${l.native.time_us.toFixed(2)} us = ${x.toFixed(0)}x Open MPI ${mpiLat.time_us.toFixed(2)} us, target <= 2x`);
+  }
+  if (l.rest) verdicts.push(`${(l.rest.call_p50_us ?? Infinity) <= 200 ? "PASS" : "FAIL"} ${vn(v)}REST 8-byte allreduce p50 ${f2(l.rest.call_p50_us)} us per call (batch ${f2(l.rest.p50_us)} us), target <= 200 us`);
 }
 say("");
 say("== targets");
@@ -302,12 +352,12 @@ const stamp = started.toISOString().replace(/[:.]/g, "-");
 const jsonPath = join(outDir, `compare-${stamp}.json`);
 const all: Rec[] = [];
 for (const op of ops) {
-  for (const r of results[op]!.moonring) all.push({ ...r, source: "moonring" });
+  for (const v of variants) for (const r of results[op]!.mr[v.name]!) all.push({ ...r, source: many ? v.name : `moonring ${r.via ?? "native"}` });
   for (const r of results[op]!.mpi) all.push(r);
 }
 writeFileSync(
   jsonPath,
-  JSON.stringify({ nproc, transport, repeat, started: started.toISOString(), git: rev + dirty, knobs, loadStart, results: all, bound: Object.fromEntries(bound), latency: lat, verdicts }, null, 1) + "\n",
+  JSON.stringify({ nproc, transport, repeat, started: started.toISOString(), git: rev + dirty, knobs, variants, loadStart, results: all, bound: Object.fromEntries(bound), latency: { mpi: mpiLat, ...lat }, verdicts }, null, 1) + "\n",
 );
 writeFileSync(join(outDir, `compare-${stamp}.txt`), report + "\n");
 const svgPath = join(outDir, `compare-${stamp}.svg`);

@@ -24,6 +24,8 @@ interface Rec {
   bytes?: number;
   busbw_gbps?: number;
   peer?: string;
+  /** A name for the source (e.g. a build variant); default "moonring <via>". */
+  source?: string;
   via?: string;
   transport?: string;
   nranks?: number;
@@ -59,7 +61,7 @@ export function seriesFromRuns(runs: { name: string; records: Rec[] }[], metric:
   for (const run of runs) {
     for (const r of run.records) {
       if (typeof r.bytes !== "number" || typeof r[metric] !== "number" || !r.op) continue;
-      const source = r.peer ? r.peer : `moonring${r.via ? ` ${r.via}` : ""}${r.transport && r.transport !== "auto" ? ` ${r.transport}` : ""}`;
+      const source = r.peer ? r.peer : r.source ? r.source : `moonring${r.via ? ` ${r.via}` : ""}${r.transport && r.transport !== "auto" ? ` ${r.transport}` : ""}`;
       const key: Key = { file: run.name, source, op: r.op, peer: !!r.peer };
       const id = JSON.stringify(key);
       let g = groups.get(id);
