@@ -350,3 +350,30 @@ test "cuda direct: mappings are cached per (peer, allocation) and dropped when t
     try world.engines[0].peerDown(1);
     try testing.expectEqual(@as(u32, 0), world.engines[0].cuda_ipc.openCount());
 }
+
+test "cuda direct: a new peer allocation overlapping a mapped one (freed there) replaces its mapping" {
+    try install();
+    defer uninstall();
+    const ipc = @import("../cuda/ipc.zig");
+    var cache: ipc.Cache = .{};
+    defer cache.deinit();
+    const a = exports.mr_cuda_alloc(0, 4096);
+    const b = exports.mr_cuda_alloc(0, 4096);
+    defer _ = exports.mr_cuda_free(0, a);
+    defer _ = exports.mr_cuda_free(0, b);
+    const ref_a = try ipc.refOf(0, a, 4096);
+    var ref_b = try ipc.refOf(0, b, 4096);
+    try testing.expectEqual(a, ref_a.owner_base);
+    cache.release(try cache.acquire(0, 1, &ref_a));
+    cache.release(try cache.acquire(0, 1, &ref_b));
+    try testing.expectEqual(@as(u32, 2), cache.openCount());
+    // As if the peer freed a and b got a's address range: a's mapping goes.
+    ref_b.owner_base = a + 100;
+    const m = try cache.acquire(0, 1, &ref_b);
+    try testing.expectEqual(b, m.address);
+    cache.release(m);
+    try testing.expectEqual(@as(u32, 2), cache.openCount()); // b (old entry) + b (new range); a closed
+    // Another peer's entries are untouched by this peer's ranges.
+    cache.release(try cache.acquire(0, 2, &ref_a));
+    try testing.expectEqual(@as(u32, 3), cache.openCount());
+}

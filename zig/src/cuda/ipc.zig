@@ -24,7 +24,7 @@ pub const streams_max = 16;
 
 comptime {
     std.debug.assert(handle_bytes == 64);
-    std.debug.assert(@sizeOf(Ref) == handle_bytes + 16);
+    std.debug.assert(@sizeOf(Ref) == handle_bytes + 32);
 }
 
 /// A device buffer as its owner describes it to a peer process of the same host.
@@ -34,6 +34,10 @@ pub const Ref = extern struct {
     offset: u64 = 0,
     /// Bytes of the buffer (0: no buffer).
     bytes: u64 = 0,
+    /// The allocation's address range in its owner's process: a mapping of an allocation whose
+    /// range overlaps a new one's was freed there (stale).
+    owner_base: u64 = 0,
+    owner_bytes: u64 = 0,
 
     pub fn present(ref: *const Ref) bool {
         return ref.bytes > 0;
@@ -48,7 +52,7 @@ pub fn refOf(ordinal: i32, dptr: u64, bytes: u64) Error!Ref {
     try dev.checkRange(dptr, bytes, "IPC export");
     const range = try dev.addressRange(dptr);
     const handle = try dev.ipcHandle(range.base);
-    return .{ .handle = handle.reserved, .offset = dptr - range.base, .bytes = bytes };
+    return .{ .handle = handle.reserved, .offset = dptr - range.base, .bytes = bytes, .owner_base = range.base, .owner_bytes = range.bytes };
 }
 
 /// A peer buffer mapped here: its address, and the cache entry to release.
@@ -64,6 +68,9 @@ const Entry = struct {
     /// Base of the mapping in this process, and the allocation's length.
     base: u64,
     bytes: u64,
+    /// The allocation's range in the peer process (Ref.owner_base / owner_bytes).
+    owner_base: u64,
+    owner_bytes: u64,
     /// Ops using it now; only unused entries are closed.
     refs: u32,
     /// Close once the last op releases it (its peer went down meanwhile).
@@ -111,6 +118,20 @@ pub const Cache = struct {
             entry.last_use = cache.clock;
             return .{ .address = entry.base + ref.offset, .slot = @intCast(i) };
         }
+        // Mappings of this peer whose allocation overlaps the new one in the peer's address
+        // space: freed there since (live allocations never overlap), so close them. CUDA
+        // refuses to map an allocation's memory twice (CUDA_ERROR_ALREADY_MAPPED), and small
+        // cuMemAllocs share memory, so a stale mapping can block a new one.
+        for (&cache.entries) |*slot| {
+            const entry = &(slot.* orelse continue);
+            if (entry.peer != peer or entry.ordinal != ordinal) continue;
+            const overlaps = entry.owner_base < ref.owner_base + ref.owner_bytes and ref.owner_base < entry.owner_base + entry.owner_bytes;
+            if (!overlaps) continue;
+            if (entry.refs == 0) {
+                closeEntry(entry.*);
+                slot.* = null;
+            } else entry.stale = true;
+        }
         // A free slot, else the least recently used unreferenced entry.
         var victim: ?usize = null;
         for (cache.entries, 0..) |slot, i| {
@@ -127,7 +148,20 @@ pub const Cache = struct {
 
         if (cache.test_fail_open) return driver.fail(error.Cuda, "CUDA cuIpcOpenMemHandle failed (test)", .{});
         const dev = try staging.device(ordinal);
-        const base = try dev.ipcOpen(.{ .reserved = ref.handle });
+        const base = dev.ipcOpen(.{ .reserved = ref.handle }) catch |err| retry: {
+            // Already mapped through another (stale) handle of the same memory: close this
+            // peer's unused mappings and try once more.
+            var closed: u32 = 0;
+            for (&cache.entries) |*slot| {
+                const entry = slot.* orelse continue;
+                if (entry.peer != peer or entry.refs > 0) continue;
+                closeEntry(entry);
+                slot.* = null;
+                closed += 1;
+            }
+            if (closed == 0) return err;
+            break :retry try dev.ipcOpen(.{ .reserved = ref.handle });
+        };
         const range = dev.addressRange(base) catch |err| {
             dev.ipcClose(base) catch {};
             return err;
@@ -142,6 +176,8 @@ pub const Cache = struct {
             .handle = ref.handle,
             .base = base,
             .bytes = range.bytes,
+            .owner_base = ref.owner_base,
+            .owner_bytes = ref.owner_bytes,
             .refs = 1,
             .stale = false,
             .last_use = cache.clock,
