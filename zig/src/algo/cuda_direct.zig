@@ -418,6 +418,25 @@ fn blockRange(count: u64, es: u64, n: u32, j: u32) struct { u64, u64 } {
     return .{ begin, end };
 }
 
+/// Chunks of an allreduce block of `bytes`: 1 below 2 MiB, else one per MiB up to 8.
+fn pipelineChunks(bytes: u64) u64 {
+    if (pipelineDisabled()) return 1;
+    return std.math.clamp(bytes >> 20, 1, 8);
+}
+
+fn pipelineDisabled() bool {
+    const value = sys.getenv("MOONRING_CUDA_PIPELINE") orelse return false;
+    return std.mem.eql(u8, value, "0");
+}
+
+/// Element range of chunk k of [begin, end) in `chunks` (chunks start 256-byte aligned).
+fn chunkRange(begin: u64, end: u64, es: u64, chunks: u64, k: u64) struct { u64, u64 } {
+    const align_elems = @max(1, block_align_bytes / es);
+    const per = std.math.divCeil(u64, std.math.divCeil(u64, end - begin, chunks) catch unreachable, align_elems) catch unreachable;
+    const c_begin = @min(end, begin + per * align_elems * k);
+    return .{ c_begin, @min(end, c_begin + per * align_elems) };
+}
+
 /// dst = srcs[0] op ... op srcs[k-1] (group order), then / n for avg.
 fn reduceInto(stream: driver.Stream, o: Op, dst: u64, srcs: []const u64, count: u64) driver.Error!void {
     if (count == 0) return;
@@ -457,14 +476,31 @@ fn part(cache: *Cache, o: Op, me: u32, theirs: *const [group_size_max]Hello, map
         .allreduce => {
             const begin, const end = blockRange(o.count, es, n, me);
             if (end > begin) {
-                var srcs: [group_size_max]u64 = undefined;
-                for (0..n) |j| srcs[j] = send[j] + begin * es;
-                const dst = o.recv + begin * es;
-                try reduceInto(stream, o, dst, srcs[0..n], end - begin);
-                for (0..n) |j| {
-                    if (j == me) continue;
-                    try copy(stream, kernel_copy, recv[j] + begin * es, dst, (end - begin) * es);
+                // Big blocks: reduce chunk k (stream) while chunk k-1 is pushed (a second
+                // stream, ordered by an event), so the reads and the pushes overlap.
+                const chunks = pipelineChunks((end - begin) * es);
+                const push_stream = if (chunks > 1) try cache.takeStream(o.device) else stream;
+                defer if (chunks > 1) cache.putStream(push_stream);
+                const event = if (chunks > 1) try stream.device.createEvent(false) else null;
+                defer if (event) |e| e.destroy();
+                for (0..chunks) |k| {
+                    const c_begin, const c_end = chunkRange(begin, end, es, chunks, k);
+                    if (c_end == c_begin) continue;
+                    var srcs: [group_size_max]u64 = undefined;
+                    for (0..n) |j| srcs[j] = send[j] + c_begin * es;
+                    const dst = o.recv + c_begin * es;
+                    try reduceInto(stream, o, dst, srcs[0..n], c_end - c_begin);
+                    if (event) |e| {
+                        // cuStreamWaitEvent waits for the record made just before it.
+                        try e.record(stream);
+                        try push_stream.waitEvent(e);
+                    }
+                    for (0..n) |j| {
+                        if (j == me) continue;
+                        try copy(push_stream, kernel_copy, recv[j] + c_begin * es, dst, (c_end - c_begin) * es);
+                    }
                 }
+                if (chunks > 1) try push_stream.synchronize();
             }
         },
         .reduce_scatter => {
@@ -527,6 +563,23 @@ test "cuda direct: allreduce blocks tile the count, aligned" {
                 next = end;
             }
             try std.testing.expectEqual(count, next);
+        }
+    }
+}
+
+test "cuda direct: pipeline chunks tile a block" {
+    try std.testing.expectEqual(@as(u64, 1), pipelineChunks(1 << 20));
+    try std.testing.expectEqual(@as(u64, 2), pipelineChunks(2 << 20));
+    try std.testing.expectEqual(@as(u64, 8), pipelineChunks(128 << 20));
+    for ([_][2]u64{ .{ 0, 1000 }, .{ 64, 1 << 20 }, .{ 1 << 19, (1 << 20) + 5 } }) |range| {
+        for ([_]u64{ 1, 2, 3, 8 }) |chunks| {
+            var next = range[0];
+            for (0..chunks) |k| {
+                const b, const e = chunkRange(range[0], range[1], 4, chunks, k);
+                try std.testing.expectEqual(next, b);
+                next = e;
+            }
+            try std.testing.expectEqual(range[1], next);
         }
     }
 }

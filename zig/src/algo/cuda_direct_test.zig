@@ -294,11 +294,14 @@ test "cuda direct: every collective over the fake driver, 2 and 3 ranks, roots f
             seed += 1;
             try runCase(&world, .{ .kind = kind, .dtype = .f32, .n = n, .root = n - 1, .count = 777, .in_place = true }, seed);
         }
+        // Blocks of >= 2 MiB: the allreduce pipeline (chunks on two streams).
+        try runCase(&world, .{ .kind = .allreduce, .dtype = .f32, .n = n, .count = 1_500_000 }, 97);
+        try runCase(&world, .{ .kind = .allreduce, .dtype = .bf16, .redop = .avg, .n = n, .count = 3_000_001, .in_place = true }, 96);
         try runCase(&world, .{ .kind = .alltoall, .dtype = .i32, .n = n, .count = 5, .uneven = true }, 99);
         try runCase(&world, .{ .kind = .alltoall, .dtype = .u8, .n = n, .count = 0, .uneven = true }, 98);
         try testing.expect(world.directOps() > 0);
         // Every op took the direct path (alltoall in place would not: none here).
-        const ops_per_rank: u64 = kinds.len * dtypes.len * 2 * 3 + 2 + 2;
+        const ops_per_rank: u64 = kinds.len * dtypes.len * 2 * 3 + 2 + 2 + 2;
         try testing.expectEqual(ops_per_rank * n, world.directOps());
     }
 }
