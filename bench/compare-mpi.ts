@@ -18,6 +18,7 @@ import { existsSync, mkdirSync, statSync, writeFileSync } from "node:fs";
 import { cpus, loadavg } from "node:os";
 import { dirname, join } from "node:path";
 import { renderSvg, seriesFromRuns, sizeLabel } from "../src/bench/plot";
+import { sizeSteps } from "../src/bench/spec";
 import { bytesFlag, intFlag, parseFlags, UsageError } from "../src/util/args";
 
 const ROOT = new URL("../", import.meta.url).pathname;
@@ -217,6 +218,20 @@ const variants: Variant[] = ((args.variants as string | undefined) ?? "moonring:
 if (new Set(variants.map((v) => v.name)).size !== variants.length) throw new UsageError("--variants: names must differ");
 const vknobs = variants.filter((v) => Object.keys(v.env).length).map((v) => `${v.name}: ${Object.entries(v.env).map(([k, x]) => `${k}=${x}`).join(" ")}`);
 
+// Memory-bandwidth bound for allreduce at >= 16 MiB (and 1 MiB for reference), measured right
+// after each allreduce round (same load conditions), best over rounds.
+const bound = new Map<number, { copy: number; add: number; busbw: number }>();
+function measureBound(): void {
+  for (const bytes of sizeSteps(minBytes, maxBytes)) {
+    if (bytes < 16 << 20 && bytes !== 1 << 20) continue;
+    const m = membwAt(membw, bytes);
+    const old = bound.get(bytes);
+    const copy = Math.max(m.copy, old?.copy ?? 0);
+    const add = Math.max(m.add, old?.add ?? 0);
+    bound.set(bytes, { copy, add, busbw: 2 / (3 / copy + 1 / add) });
+  }
+}
+
 const results: Record<string, { mr: Record<string, Rec[]>; mpi: Rec[] }> = {};
 for (const op of ops) {
   const mr: Record<string, Rec[][]> = Object.fromEntries(variants.map((v) => [v.name, []]));
@@ -228,19 +243,14 @@ for (const op of ops) {
     }
     log(`  ${op}: Open MPI (${k + 1}/${repeat})`);
     mp.push(mpi(mpiBench, op, minBytes, maxBytes));
+    if (op === "allreduce" && !args["no-membw"]) {
+      log(`  memory bandwidth (${k + 1}/${repeat})`);
+      measureBound();
+    }
   }
   results[op] = { mr: Object.fromEntries(variants.map((v) => [v.name, best(mr[v.name]!)])), mpi: best(mp) };
 }
 
-// Memory-bandwidth bound for allreduce at >= 16 MiB (and 1 MiB for reference).
-const bound = new Map<number, { copy: number; add: number; busbw: number }>();
-if (!args["no-membw"] && results.allreduce) {
-  for (const r of results.allreduce.mr[variants[0]!.name]!) {
-    if (r.bytes < 16 << 20 && r.bytes !== 1 << 20) continue;
-    const m = membwAt(membw, r.bytes);
-    bound.set(r.bytes, { ...m, busbw: 2 / (3 / m.copy + 1 / m.add) });
-  }
-}
 
 // 8-byte latencies.
 log("  latency: 8-byte allreduce, native and Open MPI");
@@ -323,7 +333,7 @@ for (const op of ops) {
 }
 if (bound.size) {
   say("");
-  say("== memory bandwidth (all ranks streaming at once; per process; best of 3)");
+  say(`== memory bandwidth (all ranks streaming at once; per process; best of 3 x ${repeat} round(s), each right after an allreduce round)`);
   say(`${pad("size", 10)} ${pad("memcpy", 8)} ${pad("a+b", 8)} ${pad("bound", 8)}   bound = 2 / (3/memcpy + 1/(a+b)) GB/s busbw`);
   for (const [sz, b] of bound) say(`${pad(sizeLabel(sz), 10)} ${pad(f2(b.copy), 8)} ${pad(f2(b.add), 8)} ${pad(f2(b.busbw), 8)}`);
 }
