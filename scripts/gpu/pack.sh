@@ -6,6 +6,7 @@
 #   .carry/moonring.fatbin  the same fatbin (tests/gpu/fatbin.test.ts and the bench load it)
 #   .carry/zig-tests.xz     Zig test binary (ReleaseSafe) of the tests that need a GPU to mean
 #                           something: zig/src/cuda/* ("cuda") and the engine's "device buffers"
+#   .carry/deps.tar.xz      node_modules/hono + zod (the rank services' runtime dependencies)
 #   .carry/manifest.txt     git revision, checksums, versions
 # Builds into a temporary prefix (never touches zig/zig-out, which others use).
 # Usage: sh scripts/gpu/pack.sh     then, on the GPU machine: sh scripts/gpu/run.sh
@@ -43,6 +44,10 @@ else
   log "warning: the Zig test binary did not build; run.sh will skip the Zig GPU tests"
 fi
 
+# The runtime dependencies of the rank services (REST tests launch ranks on the GPU machine).
+tar -C "$root" -cJf "$carry/deps.tar.xz" node_modules/hono node_modules/zod ||
+  { log "warning: no node_modules/hono, node_modules/zod: REST tests on the GPU machine will fail"; rm -f "$carry/deps.tar.xz"; }
+
 bun_bin=$(readlink -f node_modules/.bin/bun 2>/dev/null || true)
 [ -n "$bun_bin" ] && [ -x "$bun_bin" ] || { log "no bun in node_modules: run sh scripts/bootstrap.sh"; exit 1; }
 [ "$(head -c 4 "$bun_bin" | od -An -c | tr -d ' ')" = "177ELF" ] || { log "$bun_bin is not an ELF binary"; exit 1; }
@@ -58,10 +63,10 @@ fi
   echo "bun: $("$bun_bin" --version)"
   echo "nvcc: $("$root/.tools/bin/nvcc" --version | tail -1)"
   echo "zig: $("$root/.tools/bin/zig" version)"
-  ( cd "$carry" && sha256sum bun.xz libmoonring.so moonring.fatbin $(ls zig-tests.xz 2>/dev/null) )
+  ( cd "$carry" && sha256sum bun.xz libmoonring.so moonring.fatbin $(ls zig-tests.xz deps.tar.xz 2>/dev/null) )
 } > "$carry/manifest.txt"
 
-total=$(cat "$carry"/bun.xz "$carry"/libmoonring.so "$carry"/moonring.fatbin "$carry"/manifest.txt $(ls "$carry"/zig-tests.xz 2>/dev/null) | wc -c)
+total=$(cat "$carry"/bun.xz "$carry"/libmoonring.so "$carry"/moonring.fatbin "$carry"/manifest.txt $(ls "$carry"/zig-tests.xz "$carry"/deps.tar.xz 2>/dev/null) | wc -c)
 if [ -d "$carry/out" ]; then log "note: $carry/out exists; remove it before carrying"; fi
 cat "$carry/manifest.txt" >&2
 log "carry: $((total / 1024 / 1024)) MiB of $((carry_bytes_max / 1024 / 1024)) MiB"

@@ -49,6 +49,11 @@ case "$bun_version" in
   *) log "no usable bun at '${bun:-}' (.carry/bun.xz missing or truncated? run scripts/gpu/pack.sh)"; exit 2 ;;
 esac
 
+# --- the rank services' dependencies (REST tests) ------------------------------------------
+if [ ! -d node_modules/hono ] && [ -f .carry/deps.tar.xz ]; then
+  tar -xJf .carry/deps.tar.xz || log "could not unpack .carry/deps.tar.xz"
+fi
+
 # --- library ------------------------------------------------------------------------------
 export MOONRING_LIB="${MOONRING_LIB:-$root/.carry/libmoonring.so}"
 export MOONRING_FATBIN="${MOONRING_FATBIN:-$(dirname "$MOONRING_LIB")/moonring.fatbin}"
