@@ -126,22 +126,41 @@ async function point(m: Extract<ParentMsg, { cmd: "point" }>): Promise<WorkerMsg
   // Broadcast runs in place in the recv buffer: the root's input lives there.
   sendBuf = ensure(sendBuf, shape.sendElems * isz);
   recvBuf = ensure(recvBuf, Math.max(shape.recvElems, m.op === "broadcast" ? shape.count : 0) * isz);
+  // Host buffers are filled and checked in place; device buffers through host staging copies
+  // (src/native/cuda.ts), outside the timed region.
   const host = device < 0;
-  const check = host ? m.check : "none";
+  const check = m.check;
   const ctx: CheckContext = { op: m.op, dtype: m.dtype, redop: m.redop, n, rank, root: m.root, shape };
-  const tables: Tables | null = host && m.op !== "barrier" ? tablesFor(m.dtype, m.redop, n) : null;
-  const sendView = () => viewOf(m.dtype, sendBuf!.bytes, shape.sendElems);
-  const recvView = () => viewOf(m.dtype, recvBuf!.bytes, Math.max(shape.recvElems, m.op === "broadcast" ? shape.count : 0));
+  const tables: Tables | null = check !== "none" && m.op !== "barrier" ? tablesFor(m.dtype, m.redop, n) : null;
+  const sendBytes = shape.sendElems * isz;
+  const recvElems = Math.max(shape.recvElems, m.op === "broadcast" ? shape.count : 0);
+  const stageSend = host ? sendBuf.bytes : new Uint8Array(Math.max(sendBytes, 8));
+  const stageRecv = host ? recvBuf.bytes : new Uint8Array(Math.max(recvElems * isz, 8));
+  const cuda = host ? null : await import("../native/cuda");
+  const toDevice = (buf: NativeBuffer, stage: Uint8Array, bytes: number) => cuda?.copyToDevice(device, buf.address, stage.subarray(0, bytes));
+  const sendView = () => viewOf(m.dtype, stageSend, shape.sendElems);
+  const recvView = () => viewOf(m.dtype, stageRecv, recvElems);
   const bcastRoot = m.op === "broadcast" && rank === m.root;
+  const poisonRecv = () => {
+    poison(stageRecv.subarray(0, shape.recvElems * isz));
+    toDevice(recvBuf!, stageRecv, shape.recvElems * isz);
+  };
   const prepare = () => {
     if (!tables) return;
-    if (bcastRoot) fillSend(ctx, recvView(), tables);
-    else {
+    if (bcastRoot) {
+      fillSend(ctx, recvView(), tables);
+      toDevice(recvBuf!, stageRecv, recvElems * isz);
+    } else {
       fillSend(ctx, sendView(), tables);
-      poison(recvBuf!.bytes.subarray(0, shape.recvElems * isz));
+      toDevice(sendBuf!, stageSend, sendBytes);
+      poisonRecv();
     }
   };
-  const verify = () => (tables && hasOutput(m.op, rank, m.root) ? checkOutput(ctx, recvView(), tables) : 0);
+  const verify = () => {
+    if (!tables || !hasOutput(m.op, rank, m.root)) return 0;
+    if (cuda) cuda.copyToHost(device, stageRecv.subarray(0, recvElems * isz), recvBuf!.address);
+    return checkOutput(ctx, recvView(), tables);
+  };
   prepare();
   const step = stepRunner(m.op, m.dtype, m.redop, m.root, shape, m.timeoutMs);
   let wrong: number | null = check === "none" ? null : 0;
@@ -149,7 +168,7 @@ async function point(m: Extract<ParentMsg, { cmd: "point" }>): Promise<WorkerMsg
 
   if (m.sync === "barrier") {
     for (let it = -m.warmup; it < m.iters; it++) {
-      if (check === "every" && it >= 0 && !bcastRoot) poison(recvBuf!.bytes.subarray(0, shape.recvElems * isz));
+      if (check === "every" && it >= 0 && !bcastRoot) poisonRecv();
       await barrier(m.timeoutMs);
       const t0 = performance.now();
       await step();
