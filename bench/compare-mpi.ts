@@ -365,9 +365,12 @@ for (const op of ops) {
   for (const v of variants) for (const r of results[op]!.mr[v.name]!) all.push({ ...r, source: many ? v.name : `moonring ${r.via ?? "native"}` });
   for (const r of results[op]!.mpi) all.push(r);
 }
+// Records one per line (plot them again: bun src/cli.ts bench --plot out.svg compare-*.jsonl),
+// the rest (bound, latencies, verdicts, conditions) as one JSON object.
+writeFileSync(join(outDir, `compare-${stamp}.jsonl`), all.map((r) => JSON.stringify(r)).join("\n") + "\n");
 writeFileSync(
   jsonPath,
-  JSON.stringify({ nproc, transport, repeat, started: started.toISOString(), git: rev + dirty, knobs, variants, loadStart, results: all, bound: Object.fromEntries(bound), latency: { mpi: mpiLat, ...lat }, verdicts }, null, 1) + "\n",
+  JSON.stringify({ nproc, transport, repeat, started: started.toISOString(), git: rev + dirty, knobs, variants, loadStart, bound: Object.fromEntries(bound), latency: { mpi: mpiLat, ...lat }, verdicts }) + "\n",
 );
 writeFileSync(join(outDir, `compare-${stamp}.txt`), report + "\n");
 const svgPath = join(outDir, `compare-${stamp}.svg`);

@@ -163,12 +163,20 @@ export function renderSvg(series: Series[], opts: PlotOptions = {}): string {
   out.push(`<text transform="translate(18 ${f(mt + ph / 2)}) rotate(-90)" text-anchor="middle">${esc(opts.yLabel ?? "busbw (GB/s, log scale)")}</text>`);
   // series
   const groups: string[] = [];
+  const solidInGroup = new Map<string, number>();
+  // Same group, same color: the peer dashed, several own series solid, dotted, dash-dot.
+  const ownDashes = ["", ` stroke-dasharray="2 3"`, ` stroke-dasharray="10 3 2 3"`, ` stroke-dasharray="1 1"`];
   series.forEach((s, i) => {
     const key = s.group ?? `#${i}`;
     if (!groups.includes(key)) groups.push(key);
     const color = COLORS[groups.indexOf(key) % COLORS.length]!;
     const p = s.points.filter((q) => q.bytes > 0 && q.value > 0);
-    const dash = s.dashed ? ` stroke-dasharray="6 4"` : "";
+    let dash = ` stroke-dasharray="6 4"`;
+    if (!s.dashed) {
+      const k = solidInGroup.get(key) ?? 0;
+      solidInGroup.set(key, k + 1);
+      dash = ownDashes[k % ownDashes.length]!;
+    }
     out.push(`<g class="series" data-label="${esc(s.label)}">`);
     if (p.length > 1) out.push(`<polyline fill="none" stroke="${color}" stroke-width="2"${dash} points="${p.map((q) => `${f(X(q.bytes))},${f(Y(q.value))}`).join(" ")}"/>`);
     for (const q of p) out.push(`<circle cx="${f(X(q.bytes))}" cy="${f(Y(q.value))}" r="2.8" fill="${color}"><title>${esc(`${s.label}: ${q.bytes} B, ${q.value} GB/s`)}</title></circle>`);
