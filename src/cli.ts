@@ -9,6 +9,11 @@ import { parseHostPort } from "./util/net";
 const COMMON_LIMITS: Record<string, FlagSpec> = {
   "max-body-bytes": { type: "string", help: "largest request body (e.g. 1G; env MOONRING_MAX_BODY_BYTES; default 1G)" },
   "max-tensor-bytes": { type: "string", help: "largest tensor (or list of tensors) in one call (env MOONRING_MAX_TENSOR_BYTES; default 512M)" },
+  "heartbeat-interval-ms": { type: "string", help: "control-plane heartbeat period, rank <-> rank 0 (env MOONRING_HEARTBEAT_INTERVAL_MS; default 500)" },
+  "heartbeat-timeout-ms": {
+    type: "string",
+    help: "silence after which rank 0 removes a rank as failed, and a rank gives up on rank 0 (env MOONRING_HEARTBEAT_TIMEOUT_MS; default 2000)",
+  },
 };
 
 const SERVE_FLAGS: Record<string, FlagSpec> = {
@@ -64,6 +69,13 @@ function device(v: string | boolean | undefined): "cpu" | "cuda" {
   return d;
 }
 
+function heartbeat(flags: Record<string, string | boolean | undefined>) {
+  const interval = intFlag(flags["heartbeat-interval-ms"] ?? env("MOONRING_HEARTBEAT_INTERVAL_MS"), "heartbeat-interval-ms", { min: 10, max: 60_000 }) ?? 500;
+  const timeout = intFlag(flags["heartbeat-timeout-ms"] ?? env("MOONRING_HEARTBEAT_TIMEOUT_MS"), "heartbeat-timeout-ms", { min: 50, max: 600_000 }) ?? 2000;
+  if (timeout <= interval) throw new UsageError(`--heartbeat-timeout-ms (${timeout}) must be greater than --heartbeat-interval-ms (${interval})`);
+  return { heartbeatIntervalMs: interval, heartbeatTimeoutMs: timeout };
+}
+
 function limits(flags: Record<string, string | boolean | undefined>) {
   return {
     maxBodyBytes: bytesFlag(flags["max-body-bytes"] ?? env("MOONRING_MAX_BODY_BYTES"), "max-body-bytes") ?? 1024 ** 3,
@@ -117,6 +129,7 @@ async function serve(argv: string[]): Promise<number> {
       device: device(flags.device ?? env("MOONRING_DEVICE")),
       join: flags.join === true,
       ...limits(flags),
+      ...heartbeat(flags),
       clusterId: env("MOONRING_CLUSTER_ID"),
       rendezvousTimeoutMs: (intFlag(flags["rendezvous-timeout"], "rendezvous-timeout", { min: 1 }) ?? 300) * 1000,
     },
@@ -137,10 +150,11 @@ async function launch(argv: string[]): Promise<number> {
   if (port + nproc - 1 > 65535) throw new UsageError(`--port ${port} + ${nproc} ranks runs past port 65535`);
   const maxWorldSize = intFlag(flags["max-world-size"], "max-world-size", { min: nproc, max: 64 }) ?? nproc;
   const serveArgs: string[] = [];
-  for (const k of ["max-body-bytes", "max-tensor-bytes"]) {
+  for (const k of ["max-body-bytes", "max-tensor-bytes", "heartbeat-interval-ms", "heartbeat-timeout-ms"]) {
     if (flags[k] !== undefined) serveArgs.push(`--${k}`, String(flags[k]));
   }
   limits(flags); // validate now, not in N children
+  heartbeat(flags);
   const { launchMain } = await import("./server/launch");
   return launchMain({
     nproc,

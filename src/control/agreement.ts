@@ -1,7 +1,7 @@
 // A rank's side of agreement: sends its CallDesc to the matcher on rank 0 (in-process on
 // rank 0 itself, over the control link elsewhere) and turns the decision into a GoDecision
 // or a typed error (409 mismatch, 504 timeout, ...), identical on every member.
-import { ApiError, CollectiveMismatch, InvalidRequest, NotReady, PeerFailed, Timeout } from "../server/errors";
+import { ApiError, CollectiveMismatch, InvalidRequest, MasterLost, NotReady, PeerFailed, Timeout } from "../server/errors";
 import type { CoordinatorLink } from "./link";
 import type { CallDesc, Decision, GoDecision, Matcher } from "./matcher";
 
@@ -30,9 +30,9 @@ export class Agreement {
         throw decisionError(d);
       },
       (e: Error) => {
-        throw new PeerFailed(`rank ${this.rank}: ${desc.op} could not reach the coordinator (rank 0): ${e.message}`, {
-          failed_ranks: [0],
-        });
+        const why = `rank ${this.rank}: ${desc.op} could not reach the coordinator (rank 0): ${e.message}`;
+        if (link.lost) throw new MasterLost(`${why} — rank 0 is lost; this rank can no longer take part (restart the world)`);
+        throw new PeerFailed(why, { failed_ranks: [0] });
       },
     );
   }
@@ -48,5 +48,7 @@ export function decisionError(d: Exclude<Decision, GoDecision>): ApiError {
       return new InvalidRequest(d.message, d.details);
     case "not_ready":
       return new NotReady(d.message, d.details);
+    case "peer_failed":
+      return new PeerFailed(d.message, d.details);
   }
 }

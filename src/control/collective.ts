@@ -49,6 +49,8 @@ export interface CollectiveResult {
   failedRanks: number[];
   agreeMs: number;
   dataMs: number;
+  /** Named groups: the global rank of each group rank. */
+  groupRanks?: number[];
   /** Native buffers the result views; release after encoding. */
   owned: NativeBuffer[];
 }
@@ -59,7 +61,37 @@ function prod(shape: number[]): number {
   return n;
 }
 
+/** What the runner needs from the fault-tolerance side (control/participant.ts). */
+export interface RetryHooks {
+  /** This rank's part of op `opId` failed because `peer` failed or broke its link: tell rank 0. */
+  opFailed(opId: string, peer: number, why: string): void;
+  /** Rank 0's re-issue of op `opId` among the survivors (rejects with the reason it can't be). */
+  awaitRetry(opId: string, timeoutMs: number): Promise<GoDecision>;
+}
+
+/** A collective this rank took part in whose outcome rank 0 may ask about (retry bookkeeping). */
+export interface RetryItem {
+  opId: string;
+  seq: number;
+  group: string;
+  tag: string | null;
+  desc: CallDesc;
+  /** The members of that op (global ranks). */
+  ranks: number[];
+}
+
+interface OpEntry extends RetryItem {
+  /** running: on the data plane; failed: waiting for rank 0's re-issue. */
+  state: "running" | "failed";
+  settled: Promise<void>;
+  settle: () => void;
+}
+
 export class CollectiveRunner {
+  /** Ops decided for this rank and not finished (running, or failed and awaiting a re-issue). */
+  private entries = new Map<string, OpEntry>();
+  hooks: RetryHooks | null = null;
+
   constructor(
     private rank: number,
     private dataPlane: DataPlane,
@@ -68,6 +100,29 @@ export class CollectiveRunner {
     private metrics: Metrics,
     private device: number = -1,
   ) {}
+
+  /** Resolves once every running op that involves one of `ranks` has settled (or after maxMs). */
+  settledInvolving(ranks: Set<number>, maxMs: number): Promise<void> {
+    const waits = [...this.entries.values()].filter((e) => e.state === "running" && e.ranks.some((r) => ranks.has(r))).map((e) => e.settled);
+    if (waits.length === 0) return Promise.resolve();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    return Promise.race([Promise.all(waits).then(() => {}), new Promise<void>((r) => (timer = setTimeout(r, maxMs)))]).finally(() => clearTimeout(timer));
+  }
+
+  /** Ops whose part failed here and that wait for rank 0's re-issue (sent with every view ack). */
+  awaitingRetry(): RetryItem[] {
+    return [...this.entries.values()]
+      .filter((e) => e.state === "failed")
+      .map(({ opId, seq, group, tag, desc, ranks }) => ({ opId, seq, group, tag, desc, ranks }));
+  }
+
+  private register(d: GoDecision, call: CollectiveCall, desc: CallDesc): OpEntry {
+    let settle!: () => void;
+    const settled = new Promise<void>((r) => (settle = r));
+    const e: OpEntry = { opId: d.opId, seq: d.seq, group: call.group, tag: call.tag, desc, ranks: d.ranks, state: "running", settled, settle };
+    this.entries.set(d.opId, e);
+    return e;
+  }
 
   async run(call: CollectiveCall): Promise<CollectiveResult> {
     const desc: CallDesc = {
@@ -81,26 +136,56 @@ export class CollectiveRunner {
       redop: call.redop,
       timeoutMs: call.timeoutMs,
     };
-    if (call.op === "alltoall") desc.shapes = call.blockShapes;
+    if (call.op === "alltoall") {
+      desc.shapes = call.blockShapes;
+      if (call.blockRanks) desc.blockRanks = call.blockRanks;
+    }
     const inBytes = call.send?.byteLength ?? 0;
+    /** The members this call expected (failed_ranks = those of them found failed meanwhile). */
+    const expected = this.membership.groupRanks(call.group).slice();
+    const deadline = call.startedAt + call.timeoutMs;
     let seq: number | null = null;
     let agreeMs: number | null = null;
     const t0 = performance.now();
     try {
-      const d = await this.agreement.join(desc);
+      let d = await this.agreement.join(desc);
       seq = d.seq;
       const t1 = performance.now();
       agreeMs = t1 - t0;
-      if (call.blockRanks && !sameRanks(call.blockRanks, d.ranks)) {
-        throw new NotReady(
-          `${call.op} (seq ${d.seq}): the active ranks changed while the call was decoded (${call.blockRanks.join(",")} -> ${d.ranks.join(",")}); retry`,
-        );
+      let out: CollectiveResult;
+      for (let attempt = 1; ; attempt++) {
+        const entry = this.register(d, call, desc);
+        try {
+          const remaining = Math.max(1000, Math.round(deadline - performance.now()));
+          out = await this.execute(call, d, remaining);
+          this.entries.delete(entry.opId);
+          entry.settle();
+          break;
+        } catch (e) {
+          const peer = retryablePeer(e, d, this.rank);
+          if (peer === null || !this.hooks || deadline - performance.now() < 1) {
+            this.entries.delete(entry.opId);
+            entry.settle();
+            throw e;
+          }
+          // Stay registered as "failed": the next view ack lists this op and rank 0 re-issues
+          // it among the survivors whose part failed too (new op id, same inputs).
+          entry.state = "failed";
+          entry.settle();
+          const why = (e as Error).message;
+          const next = this.hooks.awaitRetry(d.opId, Math.max(1, deadline - performance.now()));
+          this.hooks.opFailed(d.opId, peer, why);
+          try {
+            d = await next;
+          } finally {
+            this.entries.delete(entry.opId);
+          }
+        }
       }
-      const remaining = Math.max(1000, Math.round(call.timeoutMs - (t1 - call.startedAt)));
-      const out = await this.execute(call, d, remaining);
       const t2 = performance.now();
       out.agreeMs = agreeMs;
       out.dataMs = t2 - t1;
+      this.finishMembers(out, call.group, d.ranks, expected);
       const elapsed = (t2 - call.startedAt) / 1000;
       this.metrics.op(call.op, "ok", inBytes, elapsed);
       this.metrics.recent({
@@ -141,6 +226,26 @@ export class CollectiveRunner {
     }
   }
 
+  /**
+   * Fills active_ranks / contributors / failed_ranks. For a named group (POST /groups) they are
+   * group ranks and active_ranks has one entry per group rank; otherwise global ranks and slots.
+   */
+  private finishMembers(out: CollectiveResult, group: string, ranks: number[], expected: number[]): void {
+    const m = this.membership;
+    const failed = expected.filter((r) => !ranks.includes(r) && !m.isActive(r));
+    const def = m.groupDef(group);
+    if (!def) {
+      out.activeRanks = m.activeMask();
+      out.contributors = ranks.slice();
+      out.failedRanks = failed;
+      return;
+    }
+    out.activeRanks = def.map((r) => (m.isActive(r) ? 1 : 0));
+    out.contributors = ranks.map((r) => def.indexOf(r));
+    out.failedRanks = failed.map((r) => def.indexOf(r));
+    out.groupRanks = def.slice();
+  }
+
   private alloc(bytes: number, owned: NativeBuffer[]): NativeBuffer {
     let b: NativeBuffer;
     try {
@@ -152,16 +257,47 @@ export class CollectiveRunner {
     return b;
   }
 
+  /**
+   * The list input (scatter root, reduce_scatter, alltoall) for the members of `d`: the blocks
+   * were laid out for call.blockRanks; when ranks dropped out since (failure, re-issue among
+   * survivors), the blocks of the remaining members are packed into a new buffer.
+   */
+  private listInput(call: CollectiveCall, d: GoDecision, owned: NativeBuffer[]): { send: NativeBuffer | null; blockShapes?: number[][] } {
+    const from = call.blockRanks;
+    if (!from || !call.send || sameRanks(from, d.ranks)) return { send: call.send, blockShapes: call.blockShapes };
+    if (!d.ranks.every((r) => from.includes(r))) {
+      throw new NotReady(
+        `${call.op} (seq ${d.seq}): the active ranks changed while the call was decoded (${from.join(",")} -> ${d.ranks.join(",")}); retry`,
+      );
+    }
+    const isz = dtypeInfo(call.dtype!).bytes;
+    const sizes = from.map((_, i) => (call.blockShapes ? prod(call.blockShapes[i]!) : call.count) * isz);
+    const offsets: number[] = [];
+    let off = 0;
+    for (const b of sizes) {
+      offsets.push(off);
+      off += b;
+    }
+    const picks = d.ranks.map((r) => from.indexOf(r));
+    const total = picks.reduce((a, i) => a + sizes[i]!, 0);
+    const out = this.alloc(total, owned);
+    let at = 0;
+    for (const i of picks) {
+      out.bytes.set(call.send.bytes.subarray(offsets[i]!, offsets[i]! + sizes[i]!), at);
+      at += sizes[i]!;
+    }
+    return { send: out, blockShapes: call.blockShapes ? picks.map((i) => call.blockShapes![i]!) : undefined };
+  }
+
   private async execute(call: CollectiveCall, d: GoDecision, timeoutMs: number): Promise<CollectiveResult> {
     const ranks = d.ranks;
     const n = ranks.length;
     const me = ranks.indexOf(this.rank);
     const owned: NativeBuffer[] = [];
-    const mask = this.membership.activeMask();
     const base = {
       op: call.op,
       seq: d.seq,
-      activeRanks: mask,
+      activeRanks: [] as number[],
       contributors: ranks,
       failedRanks: [] as number[],
       agreeMs: 0,
@@ -170,25 +306,30 @@ export class CollectiveRunner {
     };
     const opId = BigInt(d.opId);
     const native = (op: Omit<NativeOp, "opId" | "ranks" | "timeoutMs" | "dtype"> & { dtype?: DTypeName }) =>
-      this.runNative({ dtype: call.dtype ?? d.dtype ?? "uint8", ...op, opId, ranks, timeoutMs }, call.op);
-    const send = call.send;
+      this.dataPlane.run({ dtype: call.dtype ?? d.dtype ?? "uint8", ...op, opId, ranks, timeoutMs });
+    const m = this.membership;
     const slotList = (blocks: (ResultTensor | null)[]): (ResultTensor | null)[] => {
-      const out = new Array<ResultTensor | null>(this.membership.worldSize).fill(null);
-      for (let j = 0; j < n; j++) out[ranks[j]!] = blocks[j]!;
+      const out = new Array<ResultTensor | null>(m.groupSize(call.group)).fill(null);
+      for (let j = 0; j < n; j++) out[m.toGroupRank(call.group, ranks[j]!)] = blocks[j]!;
       return out;
     };
 
     try {
+      const { send, blockShapes } = this.listInput(call, d, owned);
       switch (call.op) {
         case "barrier":
           // Agreement already proved every member entered: nothing left to move.
           return { ...base, result: null };
 
         case "allreduce": {
+          // Out of place: the input stays intact, so a re-issue among survivors can use it again
+          // (the ring copies send -> recv up front either way).
+          let out = send!;
           if (n > 1 && call.count > 0) {
-            await native({ kind: "allreduce", redop: call.redop!, count: call.count, send: send!, recv: send! });
+            out = this.alloc(send!.byteLength, owned);
+            await native({ kind: "allreduce", redop: call.redop!, count: call.count, send: send!, recv: out });
           }
-          return { ...base, result: { dtype: call.dtype!, shape: call.shape!, bytes: send!.bytes } };
+          return { ...base, result: { dtype: call.dtype!, shape: call.shape!, bytes: out.bytes.subarray(0, send!.byteLength) } };
         }
 
         case "reduce": {
@@ -203,6 +344,7 @@ export class CollectiveRunner {
         }
 
         case "broadcast": {
+          // The root only reads its buffer; the others' values are ignored: a re-issue can reuse both.
           if (n > 1 && call.count > 0) {
             const isRoot = this.rank === call.root;
             await native({ kind: "broadcast", root: call.root!, count: call.count, send: isRoot ? send! : undefined, recv: send! });
@@ -257,7 +399,7 @@ export class CollectiveRunner {
 
         case "alltoall": {
           const isz = dtypeInfo(call.dtype!).bytes;
-          const sendCounts = call.blockShapes!.map(prod);
+          const sendCounts = blockShapes!.map(prod);
           const recvShapes = d.shapes!;
           const recvCounts = recvShapes.map(prod);
           const total = recvCounts.reduce((a, b) => a + b, 0);
@@ -283,15 +425,20 @@ export class CollectiveRunner {
       throw e;
     }
   }
+}
 
-  private async runNative(op: NativeOp, what: string): Promise<void> {
-    if (this.device >= 0) {
-      // REST tensors are staged in host memory; GPU buffers arrive with /buffers.
-    }
-    await this.dataPlane.run(op).catch((e) => {
-      throw toApiError(e, this.rank, what, null);
-    });
-  }
+/**
+ * The peer a data-plane failure names, when re-running the op among the survivors may help:
+ * the peer failed, was marked down, or broke its link. null otherwise (timeouts, bad input,
+ * a closed data plane).
+ */
+export function retryablePeer(e: unknown, d: GoDecision, me: number): number | null {
+  if (!(e instanceof NativeError || (e instanceof Error && e.name === "NativeError"))) return null;
+  const ne = e as NativeError;
+  if (ne.code !== "EPEER" && ne.code !== "EPROTO" && ne.code !== "EIO") return null;
+  const peer = ne.failedPeer;
+  if (peer === null || peer < 0 || peer === me || !d.ranks.includes(peer)) return null;
+  return peer;
 }
 
 function sameRanks(a: number[], b: number[]): boolean {

@@ -12,8 +12,10 @@ export interface LinkData {
 export class CoordinatorHub {
   private sockets = new Map<number, ServerWebSocket<LinkData>>();
   /** Called when a rank's link closes (fault tolerance hooks in here). */
-  onRankDisconnected: (rank: number) => void = () => {};
+  onRankDisconnected: (rank: number, code: number, reason: string) => void = () => {};
   onRankConnected: (rank: number) => void = () => {};
+  /** Sees every message first (liveness); returns true when it consumed it (hb, acks, ...). */
+  onMessage: (rank: number, msg: Record<string, unknown>) => boolean = () => false;
   /** Extra request kinds ({t: kind}) other modules handle on rank 0; return the answer body. */
   private handlers = new Map<string, (rank: number, msg: Record<string, unknown>) => Promise<Record<string, unknown>> | Record<string, unknown>>();
 
@@ -24,6 +26,22 @@ export class CoordinatorHub {
 
   connectedRanks(): number[] {
     return [...this.sockets.keys()].sort((a, b) => a - b);
+  }
+
+  isConnected(rank: number): boolean {
+    return this.sockets.has(rank);
+  }
+
+  /** Closes a rank's link (a rank rank 0 removed from the world). */
+  disconnect(rank: number, code: number, reason: string): void {
+    const ws = this.sockets.get(rank);
+    if (!ws) return;
+    this.sockets.delete(rank);
+    try {
+      ws.close(code, reason.slice(0, 120));
+    } catch {
+      // gone already
+    }
   }
 
   handle(kind: string, fn: (rank: number, msg: Record<string, unknown>) => Promise<Record<string, unknown>> | Record<string, unknown>): void {
@@ -54,6 +72,8 @@ export class CoordinatorHub {
       }
       const rank = ws.data.rank;
       const id = msg.id;
+      if (this.sockets.get(rank) !== ws) return; // a replaced link
+      if (this.onMessage(rank, msg)) return;
       if (msg.t === "join") {
         this.matcher.join(rank, msg.d as CallDesc, (d: Decision) => {
           ws.send(JSON.stringify({ t: "res", id, d }));
@@ -71,16 +91,17 @@ export class CoordinatorHub {
           (body) => {
             if (id !== undefined) ws.send(JSON.stringify({ ...body, t: "res", id }));
           },
-          (e: Error) => {
-            if (id !== undefined) ws.send(JSON.stringify({ t: "res", id, error: e.message }));
+          (e: Error & { status?: number; code?: string; details?: Record<string, unknown> }) => {
+            if (id === undefined) return;
+            ws.send(JSON.stringify({ t: "res", id, error: e.message, status: e.status ?? 500, code: e.code ?? "internal", details: e.details ?? {} }));
           },
         );
     },
-    close: (ws: ServerWebSocket<LinkData>, code: number) => {
+    close: (ws: ServerWebSocket<LinkData>, code: number, reason: string) => {
       if (this.sockets.get(ws.data.rank) !== ws) return;
       this.sockets.delete(ws.data.rank);
       this.log.debug(`control link from rank ${ws.data.rank} closed (code ${code})`);
-      this.onRankDisconnected(ws.data.rank);
+      this.onRankDisconnected(ws.data.rank, code, reason ?? "");
     },
   };
 
@@ -99,7 +120,11 @@ export class CoordinatorHub {
   sendTo(rank: number, msg: Record<string, unknown>): boolean {
     const ws = this.sockets.get(rank);
     if (!ws) return false;
-    ws.send(JSON.stringify(msg));
+    try {
+      ws.send(JSON.stringify(msg));
+    } catch {
+      return false; // link going down; its close handler reports it
+    }
     return true;
   }
 

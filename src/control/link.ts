@@ -2,6 +2,11 @@
 // carries agreement requests/decisions and rank-0 pushes (membership views). Metadata only:
 // tensor bytes never travel here. WebSocket because a loopback round trip costs ~20 us where
 // an HTTP fetch costs ~130 us, and the 8-byte allreduce budget is 200 us end to end.
+//
+// Liveness: both ends send {t:"hb"} every heartbeat interval; any message counts as a sign of
+// life. When rank 0 is silent for the heartbeat timeout, or the link closes after it was up,
+// rank 0 is lost: pending requests fail, onDown fires once, and the link does not reconnect
+// (a lost coordinator is final for this process: docs/api-extensions.md "Rank 0").
 import { Logger } from "../util/log";
 import { sleep } from "../util/net";
 
@@ -29,7 +34,13 @@ export class CoordinatorLink {
   private closing = false;
   private connectedOnce = false;
   private sweeper: ReturnType<typeof setInterval> | null = null;
+  private heartbeat: ReturnType<typeof setInterval> | null = null;
+  private lastHeardMs = 0;
+  /** Set once rank 0 is declared lost (link closed after it was up, or heartbeat timeout). */
+  lost = false;
+  lostReason: string | null = null;
   onPush: (msg: LinkMessage) => void = () => {};
+  /** Rank 0 is lost (called once). */
   onDown: (why: string) => void = () => {};
 
   constructor(
@@ -77,6 +88,7 @@ export class CoordinatorLink {
       ws.onopen = () => {
         opened = true;
         this.ws = ws;
+        this.lastHeardMs = performance.now();
         resolve();
       };
       ws.onerror = () => {
@@ -88,19 +100,67 @@ export class CoordinatorLink {
           return;
         }
         if (this.ws === ws) this.ws = null;
-        this.failPending(`control link to rank 0 closed (code ${ev.code}${ev.reason ? `: ${ev.reason}` : ""})`);
+        const why = `control link to rank 0 closed (code ${ev.code}${ev.reason ? `: ${ev.reason}` : ""})`;
+        this.failPending(why);
         if (!this.closing) {
-          if (ev.code === 1000 || ev.code === 1001) this.log.info(`rank 0 closed the control link (code ${ev.code}: shutting down?); reconnecting if it comes back`);
-          else this.log.warn(`control link to rank 0 lost (code ${ev.code}); reconnecting`);
-          this.onDown("closed");
-          void this.connect(Number.MAX_SAFE_INTEGER).catch(() => {});
+          if (ev.code === 1000 || ev.code === 1001) this.log.info(`rank 0 closed the control link (code ${ev.code}: shutting down?)`);
+          else this.log.warn(`control link to rank 0 lost (code ${ev.code})`);
+          this.declareLost(why);
         }
       };
       ws.onmessage = (ev) => this.onMessage(ev.data as string);
     });
   }
 
+  /**
+   * Starts the heartbeat: sends {t:"hb"} every intervalMs; declares rank 0 lost after timeoutMs
+   * without any message from it. A stall of this process's own event loop (a huge JSON body)
+   * is not blamed on rank 0: the silence is measured from the end of the stall.
+   */
+  startHeartbeat(intervalMs: number, timeoutMs: number): void {
+    if (this.heartbeat) return;
+    let lastTick = performance.now();
+    this.lastHeardMs = lastTick;
+    this.heartbeat = setInterval(() => {
+      const now = performance.now();
+      const gap = now - lastTick;
+      lastTick = now;
+      if (gap > intervalMs * 2 + 250) this.lastHeardMs = Math.max(this.lastHeardMs, now - intervalMs);
+      this.send({ t: "hb" });
+      const silent = now - this.lastHeardMs;
+      if (silent > timeoutMs && this.ws) {
+        this.log.warn(`rank 0 silent for ${Math.round(silent)} ms (heartbeat timeout ${timeoutMs} ms): coordinator lost`);
+        this.declareLost(`no heartbeat from rank 0 for ${Math.round(silent)} ms (timeout ${timeoutMs} ms)`);
+      }
+    }, intervalMs);
+    this.heartbeat.unref?.();
+  }
+
+  /** Rank 0 is gone for this process: fail everything pending, never reconnect, tell onDown. */
+  declareLost(why: string): void {
+    if (this.lost) return;
+    this.lost = true;
+    this.lostReason = why;
+    this.closing = true;
+    if (this.heartbeat) clearInterval(this.heartbeat);
+    this.heartbeat = null;
+    this.failPending(`coordinator (rank 0) lost: ${why}`);
+    const ws = this.ws;
+    this.ws = null;
+    try {
+      ws?.close(4001, "coordinator lost");
+    } catch {
+      // already closed
+    }
+    try {
+      this.onDown(why);
+    } catch (e) {
+      this.log.error(`control link: onDown failed: ${(e as Error).stack}`);
+    }
+  }
+
   private onMessage(text: string): void {
+    this.lastHeardMs = performance.now();
     let msg: LinkMessage;
     try {
       msg = JSON.parse(text);
@@ -165,10 +225,14 @@ export class CoordinatorLink {
     }
   }
 
+  /** Graceful close: tells rank 0 this rank is leaving (it marks the slot "left", not "failed"). */
   close(): void {
+    if (!this.lost) this.send({ t: "bye" });
     this.closing = true;
     if (this.sweeper) clearInterval(this.sweeper);
     this.sweeper = null;
+    if (this.heartbeat) clearInterval(this.heartbeat);
+    this.heartbeat = null;
     this.failPending("control link closed");
     try {
       this.ws?.close(1000, "bye");

@@ -25,6 +25,8 @@ export interface CallDesc {
   shape: number[] | null;
   /** alltoall: shape of the block this rank sends to each group member (group order). */
   shapes?: number[][];
+  /** alltoall: the global rank each entry of `shapes` is for (when absent: the members, in order). */
+  blockRanks?: number[];
   root: number | null;
   redop: RedOpName | null;
   timeoutMs: number;
@@ -44,13 +46,15 @@ export interface GoDecision {
   /** scatter: dtype and block shape (from the root). */
   dtype?: DTypeName;
   shape?: number[];
+  /** Set when this is a re-issue among survivors of the collective with that op id. */
+  retryOf?: string;
 }
 
 export interface FailDecision {
   ok: false;
   seq: number;
   status: number;
-  code: "collective_mismatch" | "timeout" | "invalid_request" | "not_ready";
+  code: "collective_mismatch" | "timeout" | "invalid_request" | "not_ready" | "peer_failed";
   message: string;
   details: Record<string, unknown>;
 }
@@ -72,6 +76,8 @@ interface OpenCollective {
   deadline: number;
   timer: ReturnType<typeof setTimeout> | null;
   createdAt: number;
+  /** A re-issue (see retry()). */
+  retryOf?: string;
 }
 
 export interface MatcherEvents {
@@ -118,6 +124,18 @@ export class Matcher {
     }
     const now = performance.now();
     if (!c) {
+      const def = this.membership.groupDef(desc.group);
+      if (def && !def.includes(rank)) {
+        reply({
+          ok: false,
+          seq: 0,
+          status: 400,
+          code: "invalid_request",
+          message: `rank ${rank} is not a member of group ${JSON.stringify(desc.group)} (ranks ${def.join(", ")})`,
+          details: { rank, group_ranks: def },
+        });
+        return;
+      }
       const members = this.membership.groupRanks(desc.group);
       if (!members.includes(rank)) {
         reply({
@@ -154,19 +172,81 @@ export class Matcher {
     }
   }
 
-  /** Removes ranks from every open collective (fault tolerance: a rank failed or left). */
-  dropRanks(ranks: number[]): void {
+  /**
+   * Removes ranks from every open collective (fault tolerance: they failed or left). A dropped
+   * rank that had joined is told it is out; a collective whose root was dropped fails for every
+   * member with 503 peer_failed; one whose remaining members have all joined is decided now.
+   */
+  dropRanks(ranks: number[], why = "is no longer active"): void {
+    const dropped = new Set(ranks);
     for (const list of [...this.open.values()]) {
       for (const c of [...list]) {
-        const before = c.members.length;
-        c.members = c.members.filter((r) => !ranks.includes(r));
-        for (const r of ranks) c.joined.delete(r);
-        if (c.members.length !== before && c.joined.size === c.members.length && c.members.length > 0) {
+        if (!c.members.some((r) => dropped.has(r))) continue;
+        const gone = c.members.filter((r) => dropped.has(r));
+        c.members = c.members.filter((r) => !dropped.has(r));
+        for (const r of gone) {
+          const j = c.joined.get(r);
+          if (!j) continue;
+          c.joined.delete(r);
+          safeReply(j.reply, {
+            ok: false,
+            seq: c.seq,
+            status: 503,
+            code: "not_ready",
+            message: `rank ${r} ${why}: it was removed from group ${JSON.stringify(c.group)} while its ${j.desc.op} (seq ${c.seq}) waited`,
+            details: { seq: c.seq, rank: r },
+          });
+        }
+        const first = c.joined.values().next().value as Joined | undefined;
+        const root = first?.desc.root ?? null;
+        if (first && root !== null && gone.includes(root)) {
+          this.finish(c);
+          const field = first.desc.op === "broadcast" || first.desc.op === "scatter" ? "src" : "dst";
+          const d: FailDecision = {
+            ok: false,
+            seq: c.seq,
+            status: 503,
+            code: "peer_failed",
+            message: `${first.desc.op} (seq ${c.seq}) in group ${JSON.stringify(c.group)}: the root (${field} ${root}) ${why}`,
+            details: { seq: c.seq, failed_ranks: gone },
+          };
+          this.events.decided?.({ seq: c.seq, group: c.group, tag: c.tag, op: first.desc.op, outcome: "peer_failed", members: c.members });
+          for (const j of c.joined.values()) safeReply(j.reply, d);
+          continue;
+        }
+        if (c.members.length === 0) {
+          this.finish(c);
+          continue;
+        }
+        if (c.joined.size === c.members.length) {
           this.finish(c);
           this.decide(c);
         }
       }
     }
+  }
+
+  /**
+   * Re-issues a collective among `members` (survivors whose part of op `opId` failed): the same
+   * calls, a new op id. Replies go through reply(rank, decision).
+   */
+  retry(opId: string, seq: number, group: string, tag: string | null, calls: Map<number, CallDesc>, reply: (rank: number, d: Decision) => void): void {
+    const members = [...calls.keys()].sort((a, b) => a - b);
+    const joined = new Map<number, Joined>();
+    for (const r of members) joined.set(r, { desc: calls.get(r)!, reply: (d) => reply(r, d) });
+    const c: OpenCollective = {
+      key: `r\u0000${opId}`,
+      group,
+      tag,
+      seq,
+      members,
+      joined,
+      deadline: Infinity,
+      timer: null,
+      createdAt: performance.now(),
+      retryOf: opId,
+    };
+    this.decide(c);
   }
 
   private finish(c: OpenCollective): void {
@@ -215,26 +295,27 @@ export class Matcher {
     const opId = (this.nextOpId++).toString();
     const op = descs[0]!.op;
     this.events.decided?.({ seq: c.seq, group: c.group, tag: c.tag, op, outcome: "ok", members: ranks });
+    const extra = c.retryOf !== undefined ? { retryOf: c.retryOf } : {};
     if (op === "allgather" || op === "gather") {
-      const d: GoDecision = { ok: true, seq: c.seq, opId, ranks, shapes: descs.map((x) => x.shape!) };
+      const d: GoDecision = { ok: true, seq: c.seq, opId, ranks, shapes: descs.map((x) => x.shape!), ...extra };
       for (const r of ranks) safeReply(c.joined.get(r)!.reply, d);
       return;
     }
     if (op === "scatter") {
       const root = descs[0]!.root!;
       const rd = descs[ranks.indexOf(root)]!;
-      const d: GoDecision = { ok: true, seq: c.seq, opId, ranks, dtype: rd.dtype!, shape: rd.shape! };
+      const d: GoDecision = { ok: true, seq: c.seq, opId, ranks, dtype: rd.dtype!, shape: rd.shape!, ...extra };
       for (const r of ranks) safeReply(c.joined.get(r)!.reply, d);
       return;
     }
     if (op === "alltoall") {
       for (let i = 0; i < ranks.length; i++) {
-        const shapes = descs.map((x) => x.shapes![i]!);
-        safeReply(c.joined.get(ranks[i]!)!.reply, { ok: true, seq: c.seq, opId, ranks, shapes });
+        const shapes = descs.map((x) => blockShapeFor(x, ranks[i]!, i));
+        safeReply(c.joined.get(ranks[i]!)!.reply, { ok: true, seq: c.seq, opId, ranks, shapes, ...extra });
       }
       return;
     }
-    const d: GoDecision = { ok: true, seq: c.seq, opId, ranks };
+    const d: GoDecision = { ok: true, seq: c.seq, opId, ranks, ...extra };
     for (const r of ranks) safeReply(c.joined.get(r)!.reply, d);
   }
 
@@ -270,7 +351,9 @@ export class Matcher {
     }
     if (first.op === "alltoall") {
       for (let i = 0; i < descs.length; i++) {
-        if (descs[i]!.shapes!.length !== ranks.length) {
+        const br = descs[i]!.blockRanks;
+        const fits = br ? ranks.every((r) => br.includes(r)) : descs[i]!.shapes!.length === ranks.length;
+        if (!fits) {
           return {
             ok: false,
             seq: c.seq,
@@ -295,6 +378,12 @@ function invalidRoot(c: OpenCollective, d: CallDesc, name: string, root: number)
     message: `${d.op} (seq ${c.seq}): ${name} ${root} is not an active rank of group ${JSON.stringify(c.group)} (members: ${c.members.join(", ")})`,
     details: { seq: c.seq, members: c.members },
   };
+}
+
+/** alltoall: the shape of the block `d`'s rank sends to `to` (member index i). */
+function blockShapeFor(d: CallDesc, to: number, i: number): number[] {
+  if (d.blockRanks) return d.shapes![d.blockRanks.indexOf(to)]!;
+  return d.shapes![i]!;
 }
 
 function safeReply(reply: Reply, d: Decision): void {

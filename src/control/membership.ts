@@ -1,8 +1,12 @@
 // Membership: the world's slots, which ranks are active, and the epoch of the current view.
 // One instance per rank service. Rank 0 (the coordinator) owns the authoritative view and
-// pushes it to the others (see rendezvous.ts / coordinator-link.ts); every other module asks
-// this one "who takes part?" so fault tolerance (deactivate, failures, joiners) can extend it
-// in one place: change the view with applyView()/setState(), listeners are told.
+// pushes it to the others (coordinator.ts, over the control links); every other module asks
+// this one "who takes part?": failures, deactivation and joiners change the view in one place
+// (update() on rank 0, applyView() elsewhere) and listeners are told.
+//
+// Groups (POST /groups) are part of the view: a named group is a fixed, ascending list of
+// global ranks (group rank i = ranks[i]); its members at any time are those ranks that are
+// active. A group name never defined spans the active world (its own matching stream).
 
 export type RankState = "healthy" | "awaiting" | "failed" | "left";
 
@@ -19,12 +23,17 @@ export interface RankRecord {
   instance: string;
   state: RankState;
   active: boolean;
+  /** Why the rank is failed / left (set by rank 0), and when (epoch ms). */
+  reason?: string;
+  changedAt?: number;
 }
 
 export interface MembershipView {
   epoch: number;
   worldSize: number;
   ranks: RankRecord[];
+  /** Named groups: name -> ascending global ranks. */
+  groups?: Record<string, number[]>;
 }
 
 export type MembershipListener = (view: MembershipView, previous: MembershipView) => void;
@@ -35,6 +44,7 @@ export class Membership {
   private listeners: MembershipListener[] = [];
   private activeCache: number[] | null = null;
   private maskCache: number[] | null = null;
+  private groups = new Map<string, number[]>();
 
   /** worldSize = number of slots (launch --max-world-size M gives M slots, N of them used at start). */
   constructor(
@@ -60,9 +70,42 @@ export class Membership {
     return this.activeCache;
   }
 
-  /** Members of a group. Named groups other than "world" span the active world for now. */
-  groupRanks(_group: string): number[] {
-    return this.activeRanks();
+  /** Active members of a group, ascending global rank (a name never defined: the active world). */
+  groupRanks(group: string): number[] {
+    const def = this.groups.get(group);
+    if (!def) return this.activeRanks();
+    return def.filter((r) => this.isActive(r));
+  }
+
+  /** The fixed member list of a defined group (index = group rank); null for "world" and undefined names. */
+  groupDef(group: string): number[] | null {
+    return this.groups.get(group) ?? null;
+  }
+
+  /** Slots of a group: its size for a defined group, the world size otherwise. */
+  groupSize(group: string): number {
+    return this.groups.get(group)?.length ?? this.worldSize;
+  }
+
+  /** Group rank -> global rank (identity for the world). */
+  toGlobal(group: string, groupRank: number): number {
+    const def = this.groups.get(group);
+    return def ? def[groupRank]! : groupRank;
+  }
+
+  /** Global rank -> group rank (identity for the world; -1 if not a member). */
+  toGroupRank(group: string, rank: number): number {
+    const def = this.groups.get(group);
+    return def ? def.indexOf(rank) : rank;
+  }
+
+  allGroups(): Record<string, number[]> {
+    return Object.fromEntries([...this.groups].map(([k, v]) => [k, v.slice()]));
+  }
+
+  /** Defines (or redefines) a group; no epoch change (rank 0 pushes the view). */
+  defineGroup(name: string, ranks: number[]): void {
+    this.groups.set(name, [...new Set(ranks)].sort((a, b) => a - b));
   }
 
   isActive(rank: number): boolean {
@@ -80,7 +123,7 @@ export class Membership {
   }
 
   view(): MembershipView {
-    return { epoch: this._epoch, worldSize: this.worldSize, ranks: this.all().map((r) => ({ ...r })) };
+    return { epoch: this._epoch, worldSize: this.worldSize, ranks: this.all().map((r) => ({ ...r })), groups: this.allGroups() };
   }
 
   /** Replaces the whole view (a rank applying rank 0's view). Ignores stale epochs. */
@@ -88,6 +131,7 @@ export class Membership {
     if (view.epoch < this._epoch) return false;
     const previous = this.view();
     this.records = new Map(view.ranks.map((r) => [r.rank, { ...r }]));
+    if (view.groups) this.groups = new Map(Object.entries(view.groups).map(([k, v]) => [k, v.slice()]));
     this._epoch = view.epoch;
     this.activeCache = null;
     this.maskCache = null;
@@ -103,13 +147,17 @@ export class Membership {
   }
 
   /** Changes ranks' state/activity and bumps the epoch; listeners are told. */
-  update(changes: { rank: number; state?: RankState; active?: boolean }[]): number {
+  update(changes: { rank: number; state?: RankState; active?: boolean; reason?: string }[]): number {
     const previous = this.view();
+    const now = Date.now();
     for (const c of changes) {
       const r = this.records.get(c.rank);
       if (!r) continue;
+      if (c.state && c.state !== r.state) r.changedAt = now;
       if (c.state) r.state = c.state;
       if (c.active !== undefined) r.active = c.active;
+      if (c.reason !== undefined) r.reason = c.reason;
+      else if (c.state === "healthy") delete r.reason;
     }
     this._epoch++;
     this.activeCache = null;
@@ -144,7 +192,10 @@ export class Membership {
         pid: r.pid,
         data_host: r.dataHost,
         data_port: r.dataPort,
+        ...(r.reason ? { reason: r.reason } : {}),
+        ...(r.changedAt ? { changed_at: new Date(r.changedAt).toISOString(), changed_at_ms: r.changedAt } : {}),
       })),
+      groups: this.allGroups(),
     };
   }
 
@@ -153,9 +204,9 @@ export class Membership {
    * worldSize entries is per slot; a list of exactly the active count is per active rank.
    * Returns, per active rank (group order), the index into the list; null if the length fits neither.
    */
-  listIndexForActive(length: number): number[] | null {
-    const active = this.activeRanks();
-    if (length === this.worldSize) return active;
+  listIndexForActive(length: number, group = "world"): number[] | null {
+    const active = this.groupRanks(group);
+    if (length === this.groupSize(group)) return active.map((r) => this.toGroupRank(group, r));
     if (length === active.length) return active.map((_, i) => i);
     return null;
   }

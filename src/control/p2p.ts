@@ -4,7 +4,7 @@
 // service); bytes go over the data plane (kinds "send"/"recv") with an op_id both sides derive
 // from (src, dst, tag, seq), so the sender starts its native send at once and the offer's HTTP
 // answer says the receiver has the data. One HTTP round trip per message.
-import type { DataPlane, NativeBuffer } from "../native/types";
+import type { DataPlane, NativeBuffer, NativeError } from "../native/types";
 import { dtypeInfo, type DTypeName } from "../ops/table";
 import { InvalidRequest, PeerFailed, Timeout } from "../server/errors";
 import type { P2POffer } from "../server/schemas";
@@ -45,6 +45,7 @@ interface Waiter {
 }
 
 interface PairState {
+  src: number;
   nextSeq: number;
   offers: Map<number, OfferEntry>;
   waiters: Waiter[];
@@ -60,6 +61,8 @@ export interface ReceivedTensor {
 export class P2P {
   private sendSeq = new Map<string, number>();
   private pairs = new Map<string, PairState>();
+  /** Set when rank 0 is lost: no p2p any more. */
+  private halted: string | null = null;
 
   constructor(
     private rank: number,
@@ -75,7 +78,43 @@ export class P2P {
     if (peer >= this.membership.worldSize) {
       throw new InvalidRequest(`${what}: rank ${peer} is out of range (world size ${this.membership.worldSize})`);
     }
-    if (!this.membership.isActive(peer)) throw new PeerFailed(`${what}: rank ${peer} is not active`, { failed_ranks: [peer] });
+    if (!this.membership.isActive(peer)) {
+      const rec = this.membership.get(peer);
+      throw new PeerFailed(`${what}: rank ${peer} is not active (${rec ? `state ${rec.state}${rec.reason ? `: ${rec.reason}` : ""}` : "not registered"})`, {
+        failed_ranks: [peer],
+      });
+    }
+  }
+
+  /**
+   * The view changed (or rank 0 is lost): receives waiting for a peer that is no longer active,
+   * and offers from it, end now with 503 peer_failed instead of waiting for their timeout.
+   */
+  onView(): void {
+    const meOk = this.halted === null && this.membership.isActive(this.rank);
+    for (const st of this.pairs.values()) {
+      if (meOk && this.membership.isActive(st.src)) continue;
+      const rec = this.membership.get(st.src);
+      const why = !meOk
+        ? `rank ${this.rank} can no longer take part (${this.halted ?? `state ${this.membership.get(this.rank)?.state ?? "inactive"}`})`
+        : `rank ${st.src} is no longer active (state ${rec?.state ?? "unknown"}${rec?.reason ? `: ${rec.reason}` : ""})`;
+      for (const w of st.waiters.splice(0)) {
+        if (w.timer) clearTimeout(w.timer);
+        w.reject(new PeerFailed(`p2p recv from rank ${st.src}: ${why}`, { failed_ranks: [st.src] }));
+      }
+      for (const e of st.offers.values()) {
+        if (e.tomb) continue;
+        e.tomb = true;
+        if (e.timer) clearTimeout(e.timer);
+        e.reject(new PeerFailed(`p2p offer from rank ${st.src}: ${why}`, { failed_ranks: [st.src] }));
+      }
+    }
+  }
+
+  /** Rank 0 is lost: every p2p call ends (see onView). */
+  halt(why: string): void {
+    this.halted = why;
+    this.onView();
   }
 
   /** /p2p/send: resolves once the receiver has the data. */
@@ -94,8 +133,17 @@ export class P2P {
     nativeSend.catch(() => {}); // observed below; avoid an unhandled rejection if the offer fails first
     const url = `${this.membership.get(dst)!.url}/internal/p2p/offer`;
     const offer: P2POffer = { src: this.rank, tag, seq, dtype, shape, timeout_ms: timeoutMs };
-    await this.peers.post(url, offer, timeoutMs + 5000, `rank ${this.rank}: p2p send to rank ${dst}`);
+    const offered = this.peers.post(url, offer, timeoutMs + 5000, `rank ${this.rank}: p2p send to rank ${dst}`);
+    offered.catch(() => {}); // observed below
+    // The offer's answer comes first (it orders this rank's sends to dst), except when the
+    // receiver is marked down: then the native send fails at once with EPEER and so does this,
+    // even while the offer's HTTP answer hangs (a partition).
+    const peerDown = nativeSend.then(
+      () => new Promise<never>(() => {}),
+      (e) => ((e as NativeError).code === "EPEER" ? Promise.reject(e) : new Promise<never>(() => {})),
+    );
     try {
+      await Promise.race([offered, peerDown]);
       await nativeSend;
     } catch (e) {
       throw toApiError(e, this.rank, `p2p send to rank ${dst}`, null);
@@ -106,7 +154,7 @@ export class P2P {
     const key = `${src}\u0000${tag}`;
     let st = this.pairs.get(key);
     if (!st) {
-      st = { nextSeq: 0, offers: new Map(), waiters: [] };
+      st = { src, nextSeq: 0, offers: new Map(), waiters: [] };
       this.pairs.set(key, st);
     }
     return st;
@@ -115,6 +163,7 @@ export class P2P {
   /** /internal/p2p/offer (from the sender's service): resolves when this rank has the bytes. */
   offer(o: P2POffer): Promise<void> {
     if (!this.membership.get(o.src)) throw new InvalidRequest(`p2p offer from unknown rank ${o.src}`);
+    if (!this.membership.isActive(o.src)) throw new PeerFailed(`p2p offer from rank ${o.src}, which is not active`, { failed_ranks: [o.src] });
     const st = this.pair(o.src, o.tag);
     if (o.seq < st.nextSeq || st.offers.has(o.seq)) {
       throw new InvalidRequest(`p2p offer from rank ${o.src} tag ${JSON.stringify(o.tag)} seq ${o.seq} is a duplicate`);

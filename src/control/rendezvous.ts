@@ -20,6 +20,8 @@ export class RendezvousServer {
   private readyWaiters: (() => void)[] = [];
   /** Called when the view changes after the world is complete (joiners): rank 0 pushes it. */
   onViewChange: (view: MembershipView) => void = () => {};
+  /** Called once all initial ranks registered (epoch 1). */
+  onComplete: () => void = () => {};
 
   constructor(
     private membership: Membership,
@@ -82,6 +84,7 @@ export class RendezvousServer {
         m.setEpoch(1);
         this.log.info(`rendezvous: all ${N} ranks registered (epoch 1)`);
         for (const w of this.tableWaiters.splice(0)) w();
+        this.onComplete();
       }
     } else {
       m.update([]); // new epoch with the joiner in it

@@ -6,6 +6,7 @@ import { buffersRoutes } from "./routes/buffers";
 import { collectiveRoutes } from "./routes/collective";
 import { internalRoutes } from "./routes/internal";
 import { introspectionRoutes } from "./routes/introspection";
+import { membershipRoutes } from "./routes/membership";
 import { p2pRoutes } from "./routes/p2p";
 import type { RankService } from "./service";
 
@@ -41,6 +42,7 @@ export function createApp(svc: RankService) {
   introspectionRoutes(app, svc);
   collectiveRoutes(app, svc);
   p2pRoutes(app, svc);
+  membershipRoutes(app, svc); // elastic membership and groups
   buffersRoutes(app, svc); // device buffers (docs/api-extensions.md)
   internalRoutes(app, svc);
   return app;

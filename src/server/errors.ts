@@ -11,6 +11,7 @@ export type ErrorCode =
   | "not_ready"
   | "timeout"
   | "peer_failed"
+  | "master_lost"
   | "conflict"
   | "internal";
 
@@ -84,6 +85,16 @@ export class Timeout extends ApiError {
 export class PeerFailed extends ApiError {
   constructor(message: string, details: Record<string, unknown> = {}) {
     super(503, "peer_failed", message, details);
+  }
+}
+
+/**
+ * The coordinator (rank 0) died or is unreachable: this rank cannot agree on anything any more.
+ * Final for this process (docs/api-extensions.md "Rank 0").
+ */
+export class MasterLost extends ApiError {
+  constructor(message: string, details: Record<string, unknown> = {}) {
+    super(503, "master_lost", message, { failed_ranks: [0], ...details });
   }
 }
 

@@ -113,7 +113,7 @@ export const collectiveResponseSchema = z
 export const errorSchema = z
   .object({
     error: z.looseObject({
-      code: z.enum(["invalid_request", "unauthorized", "not_found", "collective_mismatch", "too_large", "not_ready", "timeout", "peer_failed", "conflict", "internal"]),
+      code: z.enum(["invalid_request", "unauthorized", "not_found", "collective_mismatch", "too_large", "not_ready", "timeout", "peer_failed", "master_lost", "conflict", "internal"]),
       message: z.string(),
     }),
   })
@@ -143,3 +143,17 @@ export function formatIssues(issues: readonly z.core.$ZodIssue[], where: string)
     })
     .join("; ");
 }
+
+// ---- membership and groups (docs/api-extensions.md) ----
+export const membershipChangeSchema = z
+  .object({ ranks: z.array(rank).min(1).max(64).meta({ description: "global ranks" }) })
+  .meta({ id: "MembershipChange" });
+export const membershipAnswerSchema = z
+  .object({ epoch: z.number().int(), active_ranks: z.array(z.number().int()).meta({ description: "0/1 per slot" }) })
+  .meta({ id: "MembershipAnswer" });
+export const groupSchema = z
+  .object({
+    name: z.string().min(1).max(256).meta({ description: 'group name ("world" is reserved)' }),
+    ranks: z.array(rank).min(1).max(64).meta({ description: "global ranks; group rank i = the i-th smallest" }),
+  })
+  .meta({ id: "Group" });

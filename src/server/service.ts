@@ -4,15 +4,18 @@ import type { Server } from "bun";
 import { hostname } from "node:os";
 import { Agreement } from "../control/agreement";
 import { CollectiveRunner } from "../control/collective";
+import { Coordinator, DEFAULT_HEARTBEAT_INTERVAL_MS, DEFAULT_HEARTBEAT_TIMEOUT_MS } from "../control/coordinator";
 import { CoordinatorHub, type LinkData } from "../control/hub";
 import { CoordinatorLink } from "../control/link";
 import { Matcher } from "../control/matcher";
 import { Membership, type MembershipView, type RankState } from "../control/membership";
 import { P2P } from "../control/p2p";
+import { Participant, type CoordinatorChannel } from "../control/participant";
 import { PeerClient } from "../control/peers";
 import { RendezvousClient, RendezvousServer } from "../control/rendezvous";
 import { Sequencer } from "../control/sequencer";
 import type { DataPlane } from "../native/types";
+import { apiErrorFromJSON, MasterLost, NotReady, type ApiError } from "./errors";
 import { Logger } from "../util/log";
 import { Metrics } from "../util/metrics";
 import { httpUrl } from "../util/net";
@@ -40,6 +43,9 @@ export interface ServiceConfig {
   maxTensorBytes: number;
   clusterId?: string;
   rendezvousTimeoutMs: number;
+  /** Control-plane heartbeat (rank <-> rank 0): interval and silence that counts as a failure. */
+  heartbeatIntervalMs?: number;
+  heartbeatTimeoutMs?: number;
   /** Tests inject a fake; the real service uses src/native/engine.ts. */
   dataPlaneFactory?: DataPlaneFactory;
 }
@@ -63,6 +69,13 @@ export class RankService {
   hub: CoordinatorHub | null = null;
   rendezvous: RendezvousServer | null = null;
   link: CoordinatorLink | null = null;
+  /** Rank 0: failure detection, reconciliation, activation, groups (control/coordinator.ts). */
+  coordinator: Coordinator | null = null;
+  /** Every rank: applies views, acks them, waits for re-issues (control/participant.ts). */
+  participant!: Participant;
+  private channel: CoordinatorChannel | null = null;
+  /** Peers this rank's data plane has marked down (removed ranks, or this rank inactive). */
+  private downPeers = new Set<number>();
   agreement!: Agreement;
   collectives!: CollectiveRunner;
   p2p!: P2P;
@@ -85,15 +98,48 @@ export class RankService {
   }
 
   get ready(): boolean {
-    return this.phase === "ready" && this.membership.isActive(this.rank);
+    return this.phase === "ready" && this.membership.isActive(this.rank) && !this.participant?.masterLost;
   }
 
   /** healthy / awaiting / failed / left, as in /health. */
   get state(): RankState {
     if (this.phase === "stopping") return "left";
-    if (this.phase === "failed") return "failed";
+    if (this.phase === "failed" || this.participant?.masterLost) return "failed";
     if (this.phase !== "ready") return "awaiting";
     return this.membership.get(this.rank)?.state ?? "awaiting";
+  }
+
+  /** Why this rank can't serve a collective now (503), for routes. */
+  unavailable(): ApiError {
+    if (this.participant?.masterLost) {
+      return new MasterLost(`rank ${this.rank}: the coordinator (rank 0) is lost (${this.participant.masterLost}); restart the world`);
+    }
+    if (this.phase === "ready") {
+      const rec = this.membership.get(this.rank);
+      const state = rec?.state ?? "awaiting";
+      if (state === "awaiting") return new NotReady(`rank ${this.rank} is awaiting: not an active member (awaiting activation)`, { state });
+      return new NotReady(`rank ${this.rank} is ${state}: removed from the world at epoch ${this.membership.epoch}${rec?.reason ? ` (${rec.reason})` : ""}`, {
+        state,
+      });
+    }
+    return new NotReady(`rank ${this.rank} is not ready: rendezvous ${this.phase === "failed" ? `failed: ${this.failure}` : "in progress"}`, {
+      state: this.state,
+    });
+  }
+
+  get heartbeatIntervalMs(): number {
+    return this.config.heartbeatIntervalMs ?? DEFAULT_HEARTBEAT_INTERVAL_MS;
+  }
+
+  get heartbeatTimeoutMs(): number {
+    return this.config.heartbeatTimeoutMs ?? DEFAULT_HEARTBEAT_TIMEOUT_MS;
+  }
+
+  /** Sends a membership request (activate, deactivate, group) to rank 0 (in process on rank 0). */
+  async toCoordinator(msg: Record<string, unknown>, timeoutMs = 60_000): Promise<Record<string, unknown>> {
+    if (this.participant?.masterLost) throw this.unavailable();
+    if (!this.channel) throw new NotReady(`rank ${this.rank} is not connected to rank 0 yet`);
+    return this.channel.request(msg, timeoutMs);
   }
 
   get url(): string {
@@ -132,16 +178,47 @@ export class RankService {
       listenHost: c.host,
       listenPort: c.dataPort,
     });
+    this.collectives = new CollectiveRunner(c.rank, this.dataPlane, this.membership, this.agreementProxy(), this.metrics);
+    this.participant = new Participant(c.rank, this.membership, this.collectives, this.log);
+    this.collectives.hooks = this.participant;
+    this.p2p = new P2P(c.rank, this.dataPlane, this.membership, this.peers, this.metrics, this.log);
+    this.membership.onChange((view, prev) => {
+      this.syncPeers(view, prev);
+      this.p2p.onView();
+    });
+    this.participant.start();
     if (c.rank === 0) {
       this.matcher = new Matcher(this.membership);
       this.hub = new CoordinatorHub(this.matcher, this.log);
       this.rendezvous = new RendezvousServer(this.membership, this.log);
-      this.rendezvous.onViewChange = (view) => this.hub!.broadcast({ t: "view", view });
       this.agreement = new Agreement(c.rank, this.matcher, null);
+      const co = new Coordinator(this.membership, this.matcher, this.hub, this.rendezvous, (msg) => this.participant.onPush(msg), this.log, {
+        heartbeatIntervalMs: this.heartbeatIntervalMs,
+        heartbeatTimeoutMs: this.heartbeatTimeoutMs,
+      });
+      this.coordinator = co;
+      this.rendezvous.onComplete = () => this.participant.scheduleAck();
+      co.start();
+      this.channel = {
+        send: (msg) => {
+          if (msg.t === "view_ack") co.onAck(0, msg);
+        },
+        request: async (msg) => {
+          switch (msg.t) {
+            case "suspect":
+              return co.suspect(0, Number(msg.peer), String(msg.why ?? ""));
+            case "activate":
+              return co.activate(msg.ranks);
+            case "deactivate":
+              return co.deactivate(msg.ranks);
+            case "group":
+              return co.defineGroup(msg.name, msg.ranks);
+          }
+          throw new Error(`unknown request ${String(msg.t)}`);
+        },
+      };
+      this.participant.attach(this.channel);
     }
-    this.collectives = new CollectiveRunner(c.rank, this.dataPlane, this.membership, this.agreementProxy(), this.metrics);
-    this.p2p = new P2P(c.rank, this.dataPlane, this.membership, this.peers, this.metrics, this.log);
-    this.membership.onChange((view, prev) => this.syncPeers(view, prev));
     this.listen();
     this.log.info(`listening on ${this.url} (data plane port ${this.dataPlane.dataPort}); rendezvous via ${this.masterUrl}`);
     void this.runRendezvous().catch((e) => {
@@ -223,13 +300,32 @@ export class RankService {
     else this.syncPeers(this.membership.view(), null);
     if (c.rank !== 0) {
       const wsUrl = this.masterUrl.replace(/^http/, "ws") + "/internal/ws";
-      this.link = new CoordinatorLink(wsUrl, c.rank, this.instance, c.token, this.log);
-      this.link.onPush = (msg) => {
-        if (msg.t === "view") this.membership.applyView(msg.view as MembershipView);
-        else this.onPush?.(msg);
+      const link = new CoordinatorLink(wsUrl, c.rank, this.instance, c.token, this.log);
+      this.link = link;
+      link.onPush = (msg) => {
+        if (msg.t === "view" || msg.t === "retry" || msg.t === "ping") this.participant.onPush(msg);
+        else if (msg.t !== "hb") this.onPush?.(msg);
       };
-      await this.link.connect(c.rendezvousTimeoutMs);
-      this.agreement = new Agreement(c.rank, null, this.link);
+      link.onDown = (why) => this.onMasterLost(why);
+      await link.connect(c.rendezvousTimeoutMs);
+      this.agreement = new Agreement(c.rank, null, link);
+      this.channel = {
+        send: (msg) => {
+          link.send(msg);
+        },
+        request: async (msg, timeoutMs) => {
+          const res = await link.request(msg, timeoutMs).catch((e: Error) => {
+            throw link.lost ? this.unavailable() : new NotReady(`rank ${this.rank}: rank 0 did not answer: ${e.message}`);
+          });
+          if (res.error !== undefined) {
+            throw apiErrorFromJSON(Number(res.status ?? 500), { error: { code: res.code ?? "internal", message: String(res.error), ...((res.details as object) ?? {}) } });
+          }
+          const { t: _t, id: _id, ...body } = res;
+          return body;
+        },
+      };
+      this.participant.attach(this.channel);
+      link.startHeartbeat(this.heartbeatIntervalMs, this.heartbeatTimeoutMs);
     }
     if (!c.join && c.rank < c.worldSize) await client.ready(c.rank);
     if ((this.phase as ServicePhase) === "stopping") return;
@@ -245,13 +341,24 @@ export class RankService {
   /** Extra pushes from rank 0 (fault tolerance hooks in here). */
   onPush: ((msg: Record<string, unknown>) => void) | null = null;
 
-  /** Keeps the data plane's peer table in step with the membership view. */
+  /**
+   * Keeps the data plane's peer table in step with the membership view: a peer that is not
+   * active (failed, left, awaiting), or every peer while this rank itself is not active, is
+   * marked down (ops waiting on it fail at once with EPEER); an active peer that was down or
+   * moved (a replacement on a new port) gets setPeer, which resets its links.
+   */
   private syncPeers(view: MembershipView, prev: MembershipView | null): void {
+    const meActive = !this.participant?.masterLost && view.ranks.some((r) => r.rank === this.rank && r.active);
     for (const r of view.ranks) {
       if (r.rank === this.rank) continue;
+      if (!meActive || !r.active) {
+        this.markPeerDown(r.rank);
+        continue;
+      }
       const p = prev?.ranks.find((x) => x.rank === r.rank);
-      if (p && p.dataHost === r.dataHost && p.dataPort === r.dataPort && p.hostId === r.hostId && p.instance === r.instance) continue;
-      if (r.state === "failed" || r.state === "left") continue;
+      const same = p && p.dataHost === r.dataHost && p.dataPort === r.dataPort && p.hostId === r.hostId && p.instance === r.instance;
+      if (same && !this.downPeers.has(r.rank)) continue;
+      this.downPeers.delete(r.rank);
       try {
         this.dataPlane.setPeer(r.rank, r.dataHost, r.dataPort, BigInt(r.hostId));
       } catch (e) {
@@ -260,9 +367,29 @@ export class RankService {
     }
   }
 
+  private markPeerDown(rank: number): void {
+    if (this.downPeers.has(rank)) return;
+    this.downPeers.add(rank);
+    try {
+      this.dataPlane.peerDown(rank);
+    } catch (e) {
+      this.log.error(`peerDown(${rank}) failed: ${(e as Error).message}`);
+    }
+  }
+
+  /** Rank 0 is lost: every call fails fast with 503 master_lost from now on (final). */
+  private onMasterLost(why: string): void {
+    if ((this.phase as ServicePhase) === "stopping") return;
+    this.log.error(`coordinator (rank 0) lost: ${why}; this rank fails every call with 503 master_lost until it is restarted`);
+    this.participant.lost(why);
+    for (const r of this.membership.all()) if (r.rank !== this.rank) this.markPeerDown(r.rank);
+    this.p2p.halt(`the coordinator (rank 0) is lost: ${why}`);
+  }
+
   async stop(): Promise<void> {
     if ((this.phase as ServicePhase) === "stopping") return;
     this.phase = "stopping";
+    this.coordinator?.stop();
     this.link?.close();
     this.hub?.closeAll();
     try {

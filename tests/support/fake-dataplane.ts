@@ -27,6 +27,18 @@ export class FakeHub {
     return p;
   }
 
+  /** peerDown(peer) on `rank`'s plane: its ops that include peer fail at once with EPEER. */
+  failPending(rank: number, peer: number): void {
+    for (const [key, m] of this.ops) {
+      const e = m.get(rank);
+      if (!e || !e.op.ranks.includes(peer)) continue;
+      clearTimeout(e.timer);
+      m.delete(rank);
+      if (m.size === 0) this.ops.delete(key);
+      e.reject(new NativeError(`rank ${rank}: ${e.op.kind} op ${key}: rank ${peer} was marked down`, "EPEER", peer));
+    }
+  }
+
   submit(rank: number, op: NativeOp): Promise<void> {
     this.log.push({ rank, kind: op.kind, opId: op.opId, ranks: op.ranks, count: op.count });
     const key = op.opId.toString();
@@ -62,6 +74,7 @@ export class FakeHub {
 export class FakeDataPlane implements DataPlane {
   readonly hostId = 42n;
   readonly peers = new Map<number, { host: string; port: number; hostId: bigint }>();
+  readonly down = new Set<number>();
   closed = false;
   allocated = 0;
 
@@ -73,8 +86,12 @@ export class FakeDataPlane implements DataPlane {
 
   setPeer(rank: number, host: string, port: number, hostId: bigint): void {
     this.peers.set(rank, { host, port, hostId });
+    this.down.delete(rank);
   }
-  peerDown(_rank: number): void {}
+  peerDown(rank: number): void {
+    this.down.add(rank);
+    this.hub.failPending(this.rank, rank);
+  }
   alloc(byteLength: number): NativeBuffer {
     const bytes = new Uint8Array(byteLength);
     this.allocated++;
@@ -93,6 +110,8 @@ export class FakeDataPlane implements DataPlane {
   }
   run(op: NativeOp): Promise<void> {
     if (this.closed) return Promise.reject(new NativeError("closed", "ECANCELED"));
+    const down = op.ranks.find((r) => r !== this.rank && this.down.has(r));
+    if (down !== undefined) return Promise.reject(new NativeError(`rank ${this.rank}: rank ${down} was marked down`, "EPEER", down));
     return this.hub.submit(this.rank, op);
   }
   close(): void {

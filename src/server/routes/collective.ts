@@ -22,10 +22,7 @@ const REDOP_OPS = new Set<CollectiveOp>(["allreduce", "reduce", "reduce_scatter"
 
 export function requireReady(svc: RankService): void {
   if (svc.ready) return;
-  if (svc.phase === "ready") throw new NotReady(`rank ${svc.rank} is ${svc.state}: not an active member (awaiting activation)`);
-  throw new NotReady(`rank ${svc.rank} is not ready: rendezvous ${svc.phase === "failed" ? `failed: ${svc.failure}` : "in progress"}`, {
-    state: svc.state,
-  });
+  throw svc.unavailable(); // 503 not_ready (awaiting, failed, left) or master_lost
 }
 
 export function collectiveRoutes(app: Hono, svc: RankService): void {
@@ -61,6 +58,7 @@ export function collectiveRoutes(app: Hono, svc: RankService): void {
         active_ranks: res.activeRanks,
         failed_ranks: res.failedRanks,
         contributors: res.contributors,
+        ...(res.groupRanks ? { group: { name: call.group, ranks: res.groupRanks } } : {}),
         elapsed_ms: Math.round((performance.now() - startedAt) * 1000) / 1000,
       });
     } finally {
@@ -122,11 +120,21 @@ function alloc(svc: RankService, bytes: number, owned: NativeBuffer[]): NativeBu
   return b;
 }
 
-function checkRoot(svc: RankService, op: CollectiveOp, root: number): void {
-  const ws = svc.membership.worldSize;
+/** Checks a root (a rank of the call's group) and returns its global rank. */
+function checkRoot(svc: RankService, op: CollectiveOp, root: number, group: string): number {
+  const m = svc.membership;
   const field = ROOT_FIELD[op]!;
-  if (root >= ws) throw new InvalidRequest(`${field} ${root} is out of range for world size ${ws}`, { [field]: root });
-  if (!svc.membership.isActive(root)) throw new InvalidRequest(`${field} ${root} is not an active rank`, { [field]: root });
+  const def = m.groupDef(group);
+  const size = m.groupSize(group);
+  const where = def ? `group ${JSON.stringify(group)} of ${size} ranks` : `world size ${size}`;
+  if (root >= size) throw new InvalidRequest(`${field} ${root} is out of range for ${where}`, { [field]: root });
+  const global = m.toGlobal(group, root);
+  if (!m.isActive(global)) {
+    const rec = m.get(global);
+    const state = rec ? `state ${rec.state}${rec.reason ? `: ${rec.reason}` : ""}` : "not registered";
+    throw new InvalidRequest(`${field} ${root}${def ? ` (global rank ${global})` : ""} is not an active rank (${state})`, { [field]: root, state: rec?.state ?? null });
+  }
+  return global;
 }
 
 function checkRedop(redop: RedOpName, dtype: DTypeName): void {
@@ -175,10 +183,7 @@ export function decodeJson(
   };
   let format: WireFormat = body.format ?? "data";
   const rootField = ROOT_FIELD[op];
-  if (rootField) {
-    call.root = body[rootField]!;
-    checkRoot(svc, op, call.root);
-  }
+  if (rootField) call.root = checkRoot(svc, op, body[rootField]!, call.group);
 
   if (body.tensor) {
     const t = body.tensor;
@@ -198,13 +203,14 @@ export function decodeJson(
 
   const list = body.tensors;
   if (!list) throw new InvalidRequest(op === "scatter" ? `scatter: src rank ${call.root} must give "tensors" (one per rank)` : `${op}: "tensors" is required`);
-  const ranks = svc.membership.activeRanks();
-  const index = svc.membership.listIndexForActive(list.length);
+  const ranks = svc.membership.groupRanks(call.group);
+  const index = svc.membership.listIndexForActive(list.length, call.group);
+  const size = svc.membership.groupSize(call.group);
   if (!index) {
     throw new InvalidRequest(
-      `tensors has ${list.length} entries; expected ${svc.membership.worldSize} (one per rank)` +
-        (ranks.length !== svc.membership.worldSize ? ` or ${ranks.length} (one per active rank)` : ""),
-      { expected: svc.membership.worldSize, got: list.length },
+      `tensors has ${list.length} entries; expected ${size} (one per rank${svc.membership.groupDef(call.group) ? ` of group ${JSON.stringify(call.group)}` : ""})` +
+        (ranks.length !== size ? ` or ${ranks.length} (one per active rank)` : ""),
+      { expected: size, got: list.length },
     );
   }
   const blocks = index.map((i, j) => {
@@ -305,10 +311,7 @@ async function decodeOctet(
     startedAt,
   };
   const rootField = ROOT_FIELD[op];
-  if (rootField) {
-    call.root = body[rootField]!;
-    checkRoot(svc, op, call.root);
-  }
+  if (rootField) call.root = checkRoot(svc, op, body[rootField]!, call.group);
   if (call.redop) checkRedop(call.redop, t.dtype);
   const buf = alloc(svc, bytes, owned);
   await readBodyInto(c, buf, bytes);

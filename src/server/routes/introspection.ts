@@ -6,9 +6,16 @@ import type { RankService } from "../service";
 export function introspectionRoutes(app: Hono, svc: RankService): void {
   app.get("/health", (c) => {
     const ready = svc.ready;
+    const state = svc.state;
+    const self = svc.membership.get(svc.rank);
+    const why = svc.participant?.masterLost
+      ? `the coordinator (rank 0) is lost: ${svc.participant.masterLost}`
+      : (state === "failed" || state === "left") && self?.reason
+        ? self.reason
+        : null;
     return c.json(
       {
-        status: ready ? "ok" : svc.phase === "failed" ? "failed" : "starting",
+        status: ready ? "ok" : state === "failed" || state === "left" ? state : "starting",
         rank: svc.rank,
         world_size: svc.membership.worldSize,
         ready,
@@ -20,7 +27,9 @@ export function introspectionRoutes(app: Hono, svc: RankService): void {
         data_port: svc.dataPlane?.dataPort ?? null,
         device: svc.config.device,
         uptime_s: Math.round((Date.now() - svc.startedAt) / 100) / 10,
-        ...(svc.failure ? { error: svc.failure } : {}),
+        heartbeat: { interval_ms: svc.heartbeatIntervalMs, timeout_ms: svc.heartbeatTimeoutMs },
+        ...(svc.participant?.masterLost ? { master_lost: true } : {}),
+        ...(svc.failure ? { error: svc.failure } : why ? { error: why } : {}),
       },
       ready ? 200 : 503,
     );
@@ -37,6 +46,16 @@ export function introspectionRoutes(app: Hono, svc: RankService): void {
       "# TYPE moonring_epoch gauge",
       `moonring_epoch{rank="${svc.rank}"} ${svc.membership.epoch}`,
     ];
+    if (svc.coordinator) {
+      extra.push(
+        "# HELP moonring_rank_failures_total Ranks rank 0 removed as failed.",
+        "# TYPE moonring_rank_failures_total counter",
+        `moonring_rank_failures_total{rank="${svc.rank}"} ${svc.coordinator.stats.failures}`,
+        "# HELP moonring_collective_reissues_total Collectives re-issued among survivors after a member failed.",
+        "# TYPE moonring_collective_reissues_total counter",
+        `moonring_collective_reissues_total{rank="${svc.rank}"} ${svc.coordinator.stats.retries}`,
+      );
+    }
     if (svc.matcher) {
       extra.push(
         "# HELP moonring_pending_collectives Collectives waiting for members (rank 0 only).",

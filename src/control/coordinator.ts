@@ -1,0 +1,446 @@
+// Rank 0's side of fault tolerance and elastic membership. Rank 0 owns the view; every change
+// of it (a failure, a graceful leave, a joiner admitted, a group defined) is made here, once for
+// the whole group, and pushed to every rank as {t:"view"}. Ranks apply it (peerDown / setPeer
+// on their data plane) and answer {t:"view_ack", epoch, retry}; nothing is decided on a rank
+// from its own view alone.
+//
+// Failure evidence, all reconciled here:
+//   - a control link (WebSocket) that closes: immediate ({t:"bye"} first: a graceful stop, "left");
+//   - a rank silent for the heartbeat timeout (every rank sends {t:"hb"} each interval);
+//   - a rank's data-plane op failing with a peer error: the rank reports {t:"suspect", peer}; rank 0
+//     pings the peer: no answer within the heartbeat timeout -> the peer failed; an answer -> the
+//     data-plane link between two live ranks broke (a partition): the higher of the two is removed
+//     (never rank 0), so the survivors can talk to each other.
+//
+// Shrink and continue: open collectives drop the removed ranks (matcher.dropRanks). Collectives
+// already decided whose data-plane part failed on some members are re-issued: each rank's view
+// ack lists its ops that failed and wait (after the ops touching removed ranks have settled);
+// once every active rank acked the current epoch, each such op is decided again among the ranks
+// that listed it (a new op id, the same calls) and {t:"retry", opId, d} goes to each of them.
+// Members whose part had completed keep their result (their response says who contributed).
+import { Conflict, InvalidRequest, NotReady, Timeout } from "../server/errors";
+import type { Logger } from "../util/log";
+import { sleep } from "../util/net";
+import type { RetryItem } from "./collective";
+import type { CoordinatorHub } from "./hub";
+import type { CallDesc, Decision, Matcher } from "./matcher";
+import type { Membership, MembershipView, RankState } from "./membership";
+import type { RendezvousServer } from "./rendezvous";
+
+export const DEFAULT_HEARTBEAT_INTERVAL_MS = 500;
+export const DEFAULT_HEARTBEAT_TIMEOUT_MS = 2000;
+
+export interface FaultOptions {
+  heartbeatIntervalMs: number;
+  heartbeatTimeoutMs: number;
+}
+
+interface AckState {
+  epoch: number;
+  retry: RetryItem[];
+}
+
+interface Waiter {
+  resolve: () => void;
+  reject: (e: Error) => void;
+  timer: ReturnType<typeof setTimeout>;
+}
+
+interface Probe {
+  id: number;
+  reporters: Map<number, string>;
+  timer: ReturnType<typeof setTimeout>;
+}
+
+/** How many re-issued op ids are remembered (an op is re-issued at most once per id). */
+const RETRIED_MAX = 4096;
+/** How long activate waits for a joiner's control link to come up. */
+const LINK_WAIT_MS = 10_000;
+
+export class Coordinator {
+  private lastSeen = new Map<number, number>();
+  private acks = new Map<number, AckState>();
+  private waiters: Waiter[] = [];
+  private retried = new Set<string>();
+  private probes = new Map<number, Probe>();
+  private byes = new Set<number>();
+  private pingSeq = 1;
+  private stopped = false;
+  private timer: ReturnType<typeof setInterval> | null = null;
+  private lastTick = 0;
+  /** Failures and re-issues since start (metrics, tests). */
+  readonly stats = { failures: 0, retries: 0 };
+
+  constructor(
+    private membership: Membership,
+    private matcher: Matcher,
+    private hub: CoordinatorHub,
+    private rendezvous: RendezvousServer,
+    /** Delivers a message to rank 0's own participant. */
+    private local: (msg: Record<string, unknown>) => void,
+    private log: Logger,
+    readonly opts: FaultOptions,
+  ) {}
+
+  start(): void {
+    const hub = this.hub;
+    hub.onRankConnected = (r) => {
+      this.lastSeen.set(r, performance.now());
+      this.byes.delete(r);
+    };
+    hub.onRankDisconnected = (r, code, reason) => this.linkClosed(r, code, reason);
+    hub.onMessage = (r, msg) => {
+      this.lastSeen.set(r, performance.now());
+      switch (msg.t) {
+        case "hb":
+          return true;
+        case "view_ack":
+          this.onAck(r, msg);
+          return true;
+        case "pong":
+          this.onPong(r, msg);
+          return true;
+        case "bye":
+          this.byes.add(r);
+          return true;
+      }
+      return false;
+    };
+    hub.handle("suspect", (r, msg) => this.suspect(r, Number(msg.peer), String(msg.why ?? "")));
+    hub.handle("activate", (_r, msg) => this.activate(msg.ranks));
+    hub.handle("deactivate", (_r, msg) => this.deactivate(msg.ranks));
+    hub.handle("group", (_r, msg) => this.defineGroup(msg.name, msg.ranks));
+    this.membership.onChange((view) => this.onViewChange(view));
+    this.lastTick = performance.now();
+    this.timer = setInterval(() => this.tick(), this.opts.heartbeatIntervalMs);
+    this.timer.unref?.();
+  }
+
+  stop(): void {
+    this.stopped = true;
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+    for (const p of this.probes.values()) clearTimeout(p.timer);
+    this.probes.clear();
+    for (const w of this.waiters.splice(0)) {
+      clearTimeout(w.timer);
+      w.reject(new NotReady("rank 0 is shutting down"));
+    }
+  }
+
+  private push(rank: number, msg: Record<string, unknown>): void {
+    if (rank === 0) this.local(msg);
+    else this.hub.sendTo(rank, msg);
+  }
+
+  private onViewChange(view: MembershipView): void {
+    this.hub.broadcast({ t: "view", view });
+    this.check();
+  }
+
+  /** Pushes the current view without a new epoch (groups changed). */
+  private pushView(): void {
+    this.hub.broadcast({ t: "view", view: this.membership.view() });
+  }
+
+  // ---- liveness ----
+
+  private tick(): void {
+    const now = performance.now();
+    const gap = now - this.lastTick;
+    this.lastTick = now;
+    const interval = this.opts.heartbeatIntervalMs;
+    if (gap > interval * 2 + 250) {
+      // This process stalled (a huge body, GC): don't blame the ranks for our own silence.
+      for (const [r, t] of this.lastSeen) this.lastSeen.set(r, Math.max(t, now - interval));
+    }
+    this.hub.broadcast({ t: "hb" });
+    if (!this.rendezvous.allReady) return;
+    for (const [r, seen] of this.lastSeen) {
+      const rec = this.membership.get(r);
+      if (!rec || rec.state === "failed" || rec.state === "left") continue;
+      const silent = now - seen;
+      if (silent > this.opts.heartbeatTimeoutMs) {
+        this.lastSeen.delete(r);
+        this.markRemoved([r], "failed", `no heartbeat for ${Math.round(silent)} ms (timeout ${this.opts.heartbeatTimeoutMs} ms)`);
+        this.hub.disconnect(r, 4002, "removed: heartbeat timeout");
+      }
+    }
+  }
+
+  private linkClosed(rank: number, code: number, reason: string): void {
+    this.lastSeen.delete(rank);
+    const rec = this.membership.get(rank);
+    if (!rec || rec.state === "failed" || rec.state === "left") return;
+    if (!this.rendezvous.allReady && rec.state !== "awaiting") {
+      this.log.warn(`control link from rank ${rank} closed during rendezvous (code ${code})`);
+      return;
+    }
+    if (this.byes.delete(rank)) {
+      this.markRemoved([rank], "left", "stopped (it said bye and closed its control link)");
+      return;
+    }
+    this.markRemoved([rank], "failed", `its control link closed (code ${code}${reason ? `: ${reason}` : ""})`);
+  }
+
+  /**
+   * Removes ranks from the world (state failed or left), once for the whole group: a new epoch,
+   * the view pushed to every rank, open collectives continue without them.
+   */
+  markRemoved(ranks: number[], state: Extract<RankState, "failed" | "left">, reason: string): boolean {
+    if (this.stopped) return false;
+    const changes: { rank: number; state: RankState; active: boolean; reason: string }[] = [];
+    for (const r of ranks) {
+      const rec = this.membership.get(r);
+      if (!rec || r === 0 || rec.state === "failed" || rec.state === "left") continue;
+      changes.push({ rank: r, state, active: false, reason });
+    }
+    if (changes.length === 0) return false;
+    const removed = changes.map((c) => c.rank);
+    if (state === "failed") this.stats.failures += removed.length;
+    for (const r of removed) {
+      const p = this.probes.get(r);
+      if (p) clearTimeout(p.timer);
+      this.probes.delete(r);
+    }
+    const epoch = this.membership.update(changes);
+    this.log[state === "failed" ? "warn" : "info"](
+      `rank${removed.length > 1 ? "s" : ""} ${removed.join(", ")} ${state}: ${reason} (epoch ${epoch}; active: ${this.membership.activeRanks().join(", ")})`,
+    );
+    this.matcher.dropRanks(removed, state === "failed" ? "failed" : "left the world");
+    return true;
+  }
+
+  // ---- data-plane suspicion ----
+
+  /** A rank's data-plane op failed naming `peer` (see the header). */
+  suspect(reporter: number, peer: number, why: string): Record<string, unknown> {
+    const m = this.membership;
+    if (!m.isActive(reporter)) throw new NotReady(`rank ${reporter} is not active (state ${m.get(reporter)?.state ?? "unknown"})`);
+    if (!Number.isInteger(peer) || peer === reporter || !m.isActive(peer)) return { ok: true, action: "none" };
+    if (peer === 0) {
+      // rank 0 answers the reporter, so it is alive: their data-plane link broke; rank 0 stays.
+      this.markRemoved([reporter], "failed", `its data-plane link to rank 0 broke (${why}) while its control link stayed up (a partition); rank 0 stays`);
+      return { ok: true, action: "removed", rank: reporter };
+    }
+    const p = this.probes.get(peer);
+    if (p) {
+      p.reporters.set(reporter, why);
+      return { ok: true, action: "probing" };
+    }
+    const id = this.pingSeq++;
+    const probe: Probe = {
+      id,
+      reporters: new Map([[reporter, why]]),
+      timer: setTimeout(() => {
+        if (this.probes.get(peer) !== probe) return;
+        this.probes.delete(peer);
+        this.markRemoved([peer], "failed", `did not answer rank 0 within ${this.opts.heartbeatTimeoutMs} ms after rank ${reporter} reported: ${why}`);
+        this.hub.disconnect(peer, 4002, "removed: unresponsive");
+      }, this.opts.heartbeatTimeoutMs),
+    };
+    this.probes.set(peer, probe);
+    this.push(peer, { t: "ping", id });
+    return { ok: true, action: "probing" };
+  }
+
+  private onPong(rank: number, msg: Record<string, unknown>): void {
+    const p = this.probes.get(rank);
+    if (!p || p.id !== msg.id) return;
+    clearTimeout(p.timer);
+    this.probes.delete(rank);
+    // `rank` is alive and answers rank 0: the data-plane link between it and each reporter
+    // broke while both live. Remove the higher rank of each pair (never rank 0).
+    for (const [reporter, why] of p.reporters) {
+      if (!this.membership.isActive(reporter) || !this.membership.isActive(rank)) continue;
+      const victim = reporter === 0 ? rank : Math.max(reporter, rank);
+      const other = victim === rank ? reporter : rank;
+      this.markRemoved(
+        [victim],
+        "failed",
+        `its data-plane link with rank ${other} broke (${why}) while both answer rank 0 (a partition): the higher rank of the pair is removed`,
+      );
+    }
+  }
+
+  // ---- view acks, re-issues ----
+
+  /** A rank applied a view (rank 0's own participant calls this directly). */
+  onAck(rank: number, msg: Record<string, unknown>): void {
+    const epoch = Number(msg.epoch);
+    const prev = this.acks.get(rank);
+    if (prev && prev.epoch > epoch) return;
+    this.acks.set(rank, { epoch, retry: Array.isArray(msg.retry) ? (msg.retry as RetryItem[]) : [] });
+    this.check();
+  }
+
+  /** When every active rank applied the current epoch: wake waiters, re-issue failed ops. */
+  private check(): void {
+    const epoch = this.membership.epoch;
+    const active = this.membership.activeRanks();
+    for (const r of active) if ((this.acks.get(r)?.epoch ?? -1) < epoch) return;
+    for (const w of this.waiters.splice(0)) {
+      clearTimeout(w.timer);
+      w.resolve();
+    }
+    this.reissue(active);
+  }
+
+  private missingAcks(): number[] {
+    const epoch = this.membership.epoch;
+    return this.membership.activeRanks().filter((r) => (this.acks.get(r)?.epoch ?? -1) < epoch);
+  }
+
+  /** Resolves once every active rank applied the current view (re-targets when it changes). */
+  waitApplied(timeoutMs: number): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const w: Waiter = {
+        resolve,
+        reject,
+        timer: setTimeout(() => {
+          this.waiters = this.waiters.filter((x) => x !== w);
+          const missing = this.missingAcks();
+          reject(
+            new Timeout(`not every active rank applied epoch ${this.membership.epoch} within ${timeoutMs} ms (missing: ${missing.join(", ")})`, {
+              missing_ranks: missing,
+            }),
+          );
+        }, timeoutMs),
+      };
+      this.waiters.push(w);
+      this.check();
+    });
+  }
+
+  private reissue(active: number[]): void {
+    const byOp = new Map<string, Map<number, RetryItem>>();
+    for (const r of active) {
+      const st = this.acks.get(r);
+      if (!st || st.retry.length === 0) continue;
+      for (const it of st.retry) {
+        if (this.retried.has(it.opId)) continue;
+        let m = byOp.get(it.opId);
+        if (!m) byOp.set(it.opId, (m = new Map()));
+        m.set(r, it);
+      }
+      st.retry = [];
+    }
+    for (const [opId, items] of byOp) {
+      this.retried.add(opId);
+      if (this.retried.size > RETRIED_MAX) this.retried.delete(this.retried.values().next().value as string);
+      this.stats.retries++;
+      const first = items.values().next().value as RetryItem;
+      const members = [...items.keys()].sort((a, b) => a - b);
+      const root = first.desc.root;
+      if (root !== null && !items.has(root)) {
+        const field = first.desc.op === "broadcast" || first.desc.op === "scatter" ? "src" : "dst";
+        const rec = this.membership.get(root);
+        const failed = !this.membership.isActive(root);
+        const message = failed
+          ? `${first.desc.op} (seq ${first.seq}): the root (${field} ${root}) ${rec?.state ?? "failed"} during the call${rec?.reason ? `: ${rec.reason}` : ""}`
+          : `${first.desc.op} (seq ${first.seq}): a member failed after the root (${field} ${root}) had finished its part; the root's data can't be sent again`;
+        const error = { status: 503, code: "peer_failed", message, details: { seq: first.seq, failed_ranks: first.ranks.filter((r) => !this.membership.isActive(r)) } };
+        for (const r of members) this.push(r, { t: "retry", opId, error });
+        continue;
+      }
+      const calls = new Map<number, CallDesc>();
+      for (const [r, it] of items) calls.set(r, it.desc);
+      this.log.info(`re-issuing ${first.desc.op} (seq ${first.seq}, op ${opId}) among ranks ${members.join(", ")} (was ${first.ranks.join(", ")})`);
+      this.matcher.retry(opId, first.seq, first.group, first.tag, calls, (r: number, d: Decision) => {
+        if (d.ok) this.push(r, { t: "retry", opId, d });
+        else this.push(r, { t: "retry", opId, error: { status: d.status, code: d.code, message: d.message, details: d.details } });
+      });
+    }
+  }
+
+  // ---- activate / deactivate / groups ----
+
+  private parseRanks(v: unknown, what: string): number[] {
+    if (!Array.isArray(v) || v.length === 0 || !v.every((x) => Number.isInteger(x))) {
+      throw new InvalidRequest(`${what}: "ranks" must be a non-empty list of ranks`);
+    }
+    const ranks = [...new Set(v as number[])].sort((a, b) => a - b);
+    for (const r of ranks) {
+      if (r < 0 || r >= this.membership.worldSize) {
+        throw new InvalidRequest(`${what}: rank ${r} is out of range for world size ${this.membership.worldSize}`, { rank: r });
+      }
+    }
+    return ranks;
+  }
+
+  private answer(): Record<string, unknown> {
+    return { epoch: this.membership.epoch, active_ranks: this.membership.activeMask() };
+  }
+
+  /** POST /membership/activate: admits ranks that wait in "awaiting" (or left ones still running). */
+  async activate(v: unknown): Promise<Record<string, unknown>> {
+    const ranks = this.parseRanks(v, "activate");
+    const m = this.membership;
+    const todo: number[] = [];
+    for (const r of ranks) {
+      const rec = m.get(r);
+      if (!rec) throw new InvalidRequest(`activate: rank ${r} has not registered; start it with \`serve --rank ${r} ... --join\` first`, { rank: r });
+      if (rec.active) continue;
+      if (rec.state === "awaiting" || (rec.state === "left" && (r === 0 || this.hub.isConnected(r)))) {
+        todo.push(r);
+        continue;
+      }
+      throw new InvalidRequest(
+        `activate: rank ${r} is ${rec.state}${rec.reason ? ` (${rec.reason})` : ""}; only ranks in state awaiting can be activated — start a replacement with \`serve --rank ${r} ... --join\``,
+        { rank: r, state: rec.state },
+      );
+    }
+    if (todo.length > 0) {
+      const until = Date.now() + LINK_WAIT_MS;
+      for (;;) {
+        const notYet = todo.filter((r) => r !== 0 && !this.hub.isConnected(r));
+        if (notYet.length === 0) break;
+        if (Date.now() > until) throw new NotReady(`activate: rank${notYet.length > 1 ? "s" : ""} ${notYet.join(", ")} did not connect to rank 0 within ${LINK_WAIT_MS} ms`, { ranks: notYet });
+        await sleep(20);
+      }
+      for (const r of todo) {
+        const rec = m.get(r);
+        if (!rec || (rec.state !== "awaiting" && rec.state !== "left")) throw new NotReady(`activate: rank ${r} changed state to ${rec?.state} meanwhile`);
+      }
+      const epoch = m.update(todo.map((r) => ({ rank: r, state: "healthy" as const, active: true })));
+      this.log.info(`activated rank${todo.length > 1 ? "s" : ""} ${todo.join(", ")} (epoch ${epoch}; active: ${m.activeRanks().join(", ")})`);
+    }
+    await this.waitApplied(30_000);
+    return this.answer();
+  }
+
+  /** POST /membership/deactivate: removes ranks gracefully (state "left"). */
+  async deactivate(v: unknown): Promise<Record<string, unknown>> {
+    const ranks = this.parseRanks(v, "deactivate");
+    if (ranks.includes(0)) throw new InvalidRequest("deactivate: rank 0 is the coordinator and cannot leave (stop the world instead)", { rank: 0 });
+    for (const r of ranks) {
+      if (!this.membership.get(r)) throw new InvalidRequest(`deactivate: rank ${r} has not registered`, { rank: r });
+    }
+    this.markRemoved(ranks, "left", "deactivated (POST /membership/deactivate)");
+    await this.waitApplied(30_000);
+    return this.answer();
+  }
+
+  /** POST /groups: defines a named group (idempotent; a different member list is a conflict). */
+  defineGroup(nameV: unknown, ranksV: unknown): Record<string, unknown> {
+    if (typeof nameV !== "string" || nameV.length === 0 || nameV.length > 256) {
+      throw new InvalidRequest('groups: "name" must be a string of 1..256 characters');
+    }
+    if (nameV === "world") throw new InvalidRequest('groups: "world" is the group of all active ranks and cannot be redefined');
+    const ranks = this.parseRanks(ranksV, `group ${JSON.stringify(nameV)}`);
+    const prev = this.membership.groupDef(nameV);
+    if (prev) {
+      if (prev.length !== ranks.length || prev.some((r, i) => r !== ranks[i])) {
+        throw new Conflict(`group ${JSON.stringify(nameV)} already has ranks [${prev.join(", ")}]; refusing [${ranks.join(", ")}]`, {
+          name: nameV,
+          ranks: prev,
+        });
+      }
+      return { name: nameV, ranks: prev };
+    }
+    this.membership.defineGroup(nameV, ranks);
+    this.log.info(`group ${JSON.stringify(nameV)} = ranks ${ranks.join(", ")}`);
+    this.pushView();
+    return { name: nameV, ranks };
+  }
+}
