@@ -418,15 +418,20 @@ fn blockRange(count: u64, es: u64, n: u32, j: u32) struct { u64, u64 } {
     return .{ begin, end };
 }
 
-/// Chunks of an allreduce block of `bytes`: 1 below 2 MiB, else one per MiB up to 8.
+/// Tests: pipeline allreduce blocks whatever MOONRING_CUDA_PIPELINE says.
+pub var pipeline_for_test = false;
+
+/// Chunks of an allreduce block of `bytes` with MOONRING_CUDA_PIPELINE=1: 1 below 2 MiB,
+/// else one per MiB up to 8. Off by default: on 2 H200s (NV18) it measured slower than one
+/// reduce then one push (allreduce 64 MiB: 158 vs 265 GB/s busbw, 256 MiB: 283 vs 308).
 fn pipelineChunks(bytes: u64) u64 {
-    if (pipelineDisabled()) return 1;
+    if (!pipeline_for_test and !pipelineEnabled()) return 1;
     return std.math.clamp(bytes >> 20, 1, 8);
 }
 
-fn pipelineDisabled() bool {
+fn pipelineEnabled() bool {
     const value = sys.getenv("MOONRING_CUDA_PIPELINE") orelse return false;
-    return std.mem.eql(u8, value, "0");
+    return std.mem.eql(u8, value, "1");
 }
 
 /// Element range of chunk k of [begin, end) in `chunks` (chunks start 256-byte aligned).
@@ -476,8 +481,8 @@ fn part(cache: *Cache, o: Op, me: u32, theirs: *const [group_size_max]Hello, map
         .allreduce => {
             const begin, const end = blockRange(o.count, es, n, me);
             if (end > begin) {
-                // Big blocks: reduce chunk k (stream) while chunk k-1 is pushed (a second
-                // stream, ordered by an event), so the reads and the pushes overlap.
+                // MOONRING_CUDA_PIPELINE=1: reduce chunk k (stream) while chunk k-1 is pushed
+                // (a second stream, ordered by an event). Default: one reduce, then one push.
                 const chunks = pipelineChunks((end - begin) * es);
                 const push_stream = if (chunks > 1) try cache.takeStream(o.device) else stream;
                 defer if (chunks > 1) cache.putStream(push_stream);
@@ -568,6 +573,8 @@ test "cuda direct: allreduce blocks tile the count, aligned" {
 }
 
 test "cuda direct: pipeline chunks tile a block" {
+    pipeline_for_test = true;
+    defer pipeline_for_test = false;
     try std.testing.expectEqual(@as(u64, 1), pipelineChunks(1 << 20));
     try std.testing.expectEqual(@as(u64, 2), pipelineChunks(2 << 20));
     try std.testing.expectEqual(@as(u64, 8), pipelineChunks(128 << 20));

@@ -12,6 +12,7 @@ const op = @import("../op.zig");
 const driver = @import("../cuda/driver.zig");
 const exports = @import("../cuda/exports.zig");
 const fake = @import("../cuda/fake_api.zig").Fake(@import("../reduce.zig"));
+const cuda_direct = @import("cuda_direct.zig");
 
 const Engine = engine_mod.Engine;
 const Status = engine_mod.Status;
@@ -294,14 +295,18 @@ test "cuda direct: every collective over the fake driver, 2 and 3 ranks, roots f
             seed += 1;
             try runCase(&world, .{ .kind = kind, .dtype = .f32, .n = n, .root = n - 1, .count = 777, .in_place = true }, seed);
         }
-        // Blocks of >= 2 MiB: the allreduce pipeline (chunks on two streams).
+        // Blocks of >= 2 MiB: one reduce + one push, and the allreduce pipeline (chunks on
+        // two streams, MOONRING_CUDA_PIPELINE=1).
         try runCase(&world, .{ .kind = .allreduce, .dtype = .f32, .n = n, .count = 1_500_000 }, 97);
+        cuda_direct.pipeline_for_test = true;
         try runCase(&world, .{ .kind = .allreduce, .dtype = .bf16, .redop = .avg, .n = n, .count = 3_000_001, .in_place = true }, 96);
+        try runCase(&world, .{ .kind = .allreduce, .dtype = .f32, .n = n, .count = 1_500_000 }, 95);
+        cuda_direct.pipeline_for_test = false;
         try runCase(&world, .{ .kind = .alltoall, .dtype = .i32, .n = n, .count = 5, .uneven = true }, 99);
         try runCase(&world, .{ .kind = .alltoall, .dtype = .u8, .n = n, .count = 0, .uneven = true }, 98);
         try testing.expect(world.directOps() > 0);
         // Every op took the direct path (alltoall in place would not: none here).
-        const ops_per_rank: u64 = kinds.len * dtypes.len * 2 * 3 + 2 + 2 + 2;
+        const ops_per_rank: u64 = kinds.len * dtypes.len * 2 * 3 + 2 + 2 + 3;
         try testing.expectEqual(ops_per_rank * n, world.directOps());
     }
 }
