@@ -8,12 +8,14 @@
 // (from min and from 2 x min) to cover every x2 size. Both time an iteration as the slowest rank
 // after a barrier, averaged over the same iteration counts (200 / 20 / 5 by size).
 //
-// Allreduce bound (see bench/NOTES.md "Traffic model"): a ring allreduce through a copy-in /
-// copy-out shared-memory channel moves, per rank and per (n-1)/n x S of data: one copy into shm
-// (reduce-scatter send), one reduce of that much from shm + own input into the output, one copy
-// into shm (all-gather send) and one copy out of shm (all-gather receive). With C = memcpy rate and
-// R = rate of out = a + b (bytes written), measured with all n ranks streaming at once on
-// buffers of S bytes:  T >= (n-1)/n x S x (3/C + 1/R),  busbw = 2(n-1)/n x S / T <= 2 / (3/C + 1/R).
+// Allreduce bound (bench/NOTES.md "Traffic model"): whatever the channel, each rank must read
+// its input (S bytes) and write its output (S bytes) in memory at least once; the data that
+// crosses between ranks goes through the shm ring, which (2 x 16 x 256 KiB per pair) stays in
+// the 32 MiB L3. With C = memcpy rate (bytes copied/s: one read + one write per byte) measured
+// with all n ranks streaming at once on buffers of S bytes:
+//     T >= S / C,   busbw = 2(n-1)/n x S / T <= 2(n-1)/n x C.
+// The "chan" column is the older copy-in/copy-out model that also charges every ring copy at
+// DRAM speed, 2 / (3/C + 1/R) (R = rate of out = a + b): kept for reference, since P3 beat it.
 import { existsSync, mkdirSync, statSync, writeFileSync } from "node:fs";
 import { cpus, loadavg } from "node:os";
 import { dirname, join } from "node:path";
@@ -220,7 +222,7 @@ const vknobs = variants.filter((v) => Object.keys(v.env).length).map((v) => `${v
 
 // Memory-bandwidth bound for allreduce at >= 16 MiB (and 1 MiB for reference), measured right
 // after each allreduce round (same load conditions), best over rounds.
-const bound = new Map<number, { copy: number; add: number; busbw: number }>();
+const bound = new Map<number, { copy: number; add: number; busbw: number; chan: number }>();
 function measureBound(): void {
   for (const bytes of sizeSteps(minBytes, maxBytes)) {
     if (bytes < 16 << 20 && bytes !== 1 << 20) continue;
@@ -228,7 +230,7 @@ function measureBound(): void {
     const old = bound.get(bytes);
     const copy = Math.max(m.copy, old?.copy ?? 0);
     const add = Math.max(m.add, old?.add ?? 0);
-    bound.set(bytes, { copy, add, busbw: 2 / (3 / copy + 1 / add) });
+    bound.set(bytes, { copy, add, busbw: ((2 * (nproc - 1)) / nproc) * copy, chan: 2 / (3 / copy + 1 / add) });
   }
 }
 
@@ -334,8 +336,8 @@ for (const op of ops) {
 if (bound.size) {
   say("");
   say(`== memory bandwidth (all ranks streaming at once; per process; best of 3 x ${repeat} round(s), each right after an allreduce round)`);
-  say(`${pad("size", 10)} ${pad("memcpy", 8)} ${pad("a+b", 8)} ${pad("bound", 8)}   bound = 2 / (3/memcpy + 1/(a+b)) GB/s busbw`);
-  for (const [sz, b] of bound) say(`${pad(sizeLabel(sz), 10)} ${pad(f2(b.copy), 8)} ${pad(f2(b.add), 8)} ${pad(f2(b.busbw), 8)}`);
+  say(`${pad("size", 10)} ${pad("memcpy", 8)} ${pad("a+b", 8)} ${pad("bound", 8)} ${pad("chan", 8)}   bound = 2(n-1)/n x memcpy (read input + write output once); chan = 2 / (3/memcpy + 1/(a+b))`);
+  for (const [sz, b] of bound) say(`${pad(sizeLabel(sz), 10)} ${pad(f2(b.copy), 8)} ${pad(f2(b.add), 8)} ${pad(f2(b.busbw), 8)} ${pad(f2(b.chan), 8)}`);
 }
 say("");
 say("== 8-byte allreduce latency");
