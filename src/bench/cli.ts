@@ -71,6 +71,7 @@ export function parseBenchArgs(argv: string[]): { cfg: RunConfig | null; json: b
   if (typeof opText !== "string") throw new UsageError(`bench needs --op (${BENCH_OPS.join(", ")}, or all)`);
   const ops = opText === "all" ? BENCH_OPS.filter((o) => o !== "barrier") : opText.split(",").map((s) => s.trim());
   for (const o of ops) if (!isBenchOp(o)) throw new UsageError(`unknown op ${JSON.stringify(o)} (${BENCH_OPS.join(", ")})`);
+  if (nproc === 1 && ops.includes("sendrecv")) throw new UsageError("sendrecv needs --nproc 2 or more (each rank sends to the next)");
   const minBytes = bytesFlag(flags["min-bytes"], "min-bytes") ?? 8;
   const maxBytes = bytesFlag(flags["max-bytes"], "max-bytes") ?? 64 << 20;
   if (minBytes < 1) throw new UsageError("--min-bytes must be >= 1");

@@ -208,7 +208,7 @@ for await (const line of console) {
     }
   } catch (e) {
     const err = e as Error & { code?: string };
-    send({ ev: "error", rank, message: `rank ${rank}: ${err.message}`, code: err.code });
+    send({ ev: "error", rank, message: err.message.startsWith("rank ") ? err.message : `rank ${rank}: ${err.message}`, code: err.code });
   }
 }
 (sendBuf as NativeBuffer | null)?.release();
