@@ -26,12 +26,12 @@ export class Harness {
   }
 
   /** `serve --rank R --join` against world w (a replacement for a dead slot, or a new rank). */
-  join(w: LaunchedWorld, rank: number, worldSize: number, extra: string[] = []): Joiner {
+  join(w: LaunchedWorld, rank: number, worldSize: number, extra: string[] = [], opts: { join?: boolean } = {}): Joiner {
     const env: Record<string, string> = { ...(process.env as Record<string, string>), MOONRING_LOG: process.env.MOONRING_LOG ?? "warn" };
     for (const k of ["RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "MOONRING_TOKEN"]) delete env[k];
     const port = w.port + rank;
     const proc = Bun.spawn(
-      [process.execPath, CLI, "serve", "--rank", String(rank), "--world-size", String(worldSize), "--master", `127.0.0.1:${w.port}`, "--port", String(port), "--join", ...extra],
+      [process.execPath, CLI, "serve", "--rank", String(rank), "--world-size", String(worldSize), "--master", `127.0.0.1:${w.port}`, "--port", String(port), ...(opts.join === false ? [] : ["--join"]), ...extra],
       { stdin: "ignore", stdout: "pipe", stderr: "pipe", env },
     );
     this.procs.push(proc);
