@@ -232,7 +232,8 @@ export class CollectiveRunner {
    */
   private finishMembers(out: CollectiveResult, group: string, ranks: number[], expected: number[]): void {
     const m = this.membership;
-    const failed = expected.filter((r) => !ranks.includes(r) && !m.isActive(r));
+    // inactive now and not removed gracefully (a deactivated rank "left"; it did not fail)
+    const failed = expected.filter((r) => !ranks.includes(r) && !m.isActive(r) && m.get(r)?.state !== "left");
     const def = m.groupDef(group);
     if (!def) {
       out.activeRanks = m.activeMask();
