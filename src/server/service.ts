@@ -380,6 +380,14 @@ export class RankService {
   /** Rank 0 is lost: every call fails fast with 503 master_lost from now on (final). */
   private onMasterLost(why: string): void {
     if ((this.phase as ServicePhase) === "stopping") return;
+    const self = this.membership.get(this.rank);
+    if (self && !self.active && (self.state === "failed" || self.state === "left")) {
+      // Rank 0 removed this rank (its view said so before it closed the link): not a lost master.
+      this.log.error(`removed from the world by rank 0 (${self.state}: ${self.reason ?? "no reason given"}); restart this rank with --join to rejoin`);
+      for (const r of this.membership.all()) if (r.rank !== this.rank) this.markPeerDown(r.rank);
+      this.p2p.halt(`rank ${this.rank} was removed from the world`);
+      return;
+    }
     this.log.error(`coordinator (rank 0) lost: ${why}; this rank fails every call with 503 master_lost until it is restarted`);
     this.participant.lost(why);
     for (const r of this.membership.all()) if (r.rank !== this.rank) this.markPeerDown(r.rank);
