@@ -5,6 +5,9 @@ import {
   collectiveResponseSchema,
   collectiveSchemas,
   errorSchema,
+  groupSchema,
+  membershipAnswerSchema,
+  membershipChangeSchema,
   p2pRecvSchema,
   p2pSendSchema,
 } from "./schemas";
@@ -42,7 +45,7 @@ const ERRORS: Record<string, string> = {
   "401": "unauthorized: MOONRING_TOKEN is set and the bearer token is missing or wrong",
   "409": "collective_mismatch: ranks made different calls at the same point; details.calls names each rank and its call",
   "413": "too_large: body or tensor over the configured limit",
-  "503": "not_ready: before rendezvous completes (or peer_failed: a peer broke while bytes moved)",
+  "503": "not_ready: before rendezvous completes, or this rank is awaiting / failed / left; peer_failed: a peer the call needed failed (root, p2p peer); master_lost: rank 0 is lost",
   "504": "timeout: not every rank arrived within timeout_ms; details.missing_ranks",
 };
 
@@ -97,6 +100,31 @@ export function buildOpenApi(): Record<string, unknown> {
       requestBody: { required: true, content: { "application/json": { schema: js(p2pRecvSchema) } } },
       responses: { "200": { description: '{"result": tensor}' }, ...errorResponses() },
     },
+  };
+  for (const action of ["activate", "deactivate"] as const) {
+    paths[`/membership/${action}`] = {
+      post: {
+        operationId: `membership_${action}`,
+        summary:
+          action === "activate"
+            ? "admit ranks waiting in state awaiting (serve --join); answers once every active rank applied the new view"
+            : "remove ranks gracefully (state left; not rank 0); answers once every active rank applied the new view",
+        requestBody: { required: true, content: { "application/json": { schema: js(membershipChangeSchema) } } },
+        responses: { "200": { description: "the new view", content: { "application/json": { schema: js(membershipAnswerSchema, "output") } } }, ...errorResponses() },
+      },
+    };
+  }
+  paths["/groups"] = {
+    post: {
+      operationId: "group_define",
+      summary: "define a named group (each member calls it; any rank may; idempotent, other ranks for the same name: 409)",
+      requestBody: { required: true, content: { "application/json": { schema: js(groupSchema) } } },
+      responses: { "200": { description: "{name, ranks, size, active_ranks, group_rank}" }, ...errorResponses() },
+    },
+    get: { operationId: "groups", summary: "the named groups", responses: { "200": { description: "{groups: [...]}" } } },
+  };
+  paths["/groups/{name}"] = {
+    get: { operationId: "group", summary: "one named group", responses: { "200": { description: "{name, ranks, size, active_ranks, group_rank}" }, "404": { description: "no such group" } } },
   };
   paths["/health"] = {
     get: {
