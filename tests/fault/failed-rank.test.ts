@@ -151,6 +151,29 @@ describe("failed rank", () => {
     for (const b of next) expect(b.result.data).toEqual([3]);
   }, 90_000);
 
+  test("two ranks killed at once while the others wait (untagged allgather and a tagged allreduce in flight): both complete among the two survivors", async () => {
+    const w = await h.launch(4);
+    const inputs = [0, 1, 2, 3].map(() => randInts(2));
+    const pending = Promise.all([
+      ...[0, 1].map((r) => post(w.urls[r]!, "/collective/allgather", { tensor: i32(inputs[r]!), timeout_ms: 20_000 })),
+      ...[1, 0].map((r) => post(w.urls[r]!, "/collective/allreduce", { tensor: i32(inputs[r]!), tag: "t1", timeout_ms: 20_000 })),
+    ]);
+    await sleep(200);
+    kill9(w.pids[2]!);
+    kill9(w.pids[3]!);
+    const [g0, g1, t1, t0] = expectOk(await pending, "calls with two ranks killed");
+    for (const b of [g0, g1]) {
+      expect(b.contributors).toEqual([0, 1]);
+      expect(b.failed_ranks).toEqual([2, 3]);
+      expect(b.result.map((t: any) => t?.data ?? null)).toEqual([inputs[0], inputs[1], null, null]);
+    }
+    for (const b of [t0, t1]) {
+      expect(b.contributors).toEqual([0, 1]);
+      expect(b.result.data).toEqual(sumOver(inputs, [0, 1]));
+    }
+    expect((await cluster(w.urls[1]!)).active_ranks).toEqual([1, 1, 0, 0]);
+  }, 60_000);
+
   test("a hung rank (SIGSTOP: its sockets stay open) is removed after the heartbeat timeout; the collective waiting for it completes without it", async () => {
     const w = await h.launch(3, ["--heartbeat-interval-ms", "200", "--heartbeat-timeout-ms", "1000"]);
     const inputs = [randInts(3), randInts(3), randInts(3)];
