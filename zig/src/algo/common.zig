@@ -168,7 +168,7 @@ pub const Combine = union(enum) {
     copy,
     /// into = into op received, slice by slice, received slices staged in `tmp`
     /// (tuning.depth slots of one slice).
-    reduce: struct { dtype: DType, redop: RedOp, tmp: []u8 },
+    reduce: struct { dtype: DType, redop: RedOp, tmp: []u8, mine: ?[]const u8 = null },
 };
 
 /// One pipelined step: sends `out` to `to` while receiving `into.len` bytes from `from`, both
@@ -222,6 +222,10 @@ pub fn exchange(comm: Comm, tuning: Tuning, element_bytes: u64, to: ?u32, out: [
                 .reduce => |r| {
                     const piece = sliceOf(into, slice, j);
                     const slot = r.tmp[(j % tuning.depth) * slot_bytes ..][0..piece.len];
+                    if (r.mine) |m| {
+                        const src = sliceOf(m, slice, j);
+                        if (src.ptr != piece.ptr) @memcpy(piece, src);
+                    }
                     reduce.reduceInto(r.dtype, r.redop, piece, slot);
                 },
             }
