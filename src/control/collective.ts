@@ -67,6 +67,8 @@ export interface RetryHooks {
   opFailed(opId: string, peer: number, why: string): void;
   /** Rank 0's re-issue of op `opId` among the survivors (rejects with the reason it can't be). */
   awaitRetry(opId: string, timeoutMs: number): Promise<GoDecision>;
+  /** This rank's part timed out waiting for `peer` (maybe a partition: rank 0 checks the link). */
+  opTimedOut(opId: string, peer: number, why: string): void;
 }
 
 /** A collective this rank took part in whose outcome rank 0 may ask about (retry bookkeeping). */
@@ -166,6 +168,8 @@ export class CollectiveRunner {
           if (peer === null || !this.hooks || deadline - performance.now() < 1) {
             this.entries.delete(entry.opId);
             entry.settle();
+            const late = timedOutPeer(e, d, this.rank);
+            if (late !== null) this.hooks?.opTimedOut(d.opId, late, (e as Error).message);
             throw e;
           }
           // Stay registered as "failed": the next view ack lists this op and rank 0 re-issues
@@ -433,6 +437,15 @@ export class CollectiveRunner {
  * the peer failed, was marked down, or broke its link. null otherwise (timeouts, bad input,
  * a closed data plane).
  */
+/** The peer a data-plane timeout (ETIMEOUT) names, if it is another member of the op. */
+export function timedOutPeer(e: unknown, d: GoDecision, me: number): number | null {
+  if (!(e instanceof NativeError || (e instanceof Error && e.name === "NativeError"))) return null;
+  const ne = e as NativeError;
+  const peer = ne.failedPeer;
+  if (ne.code !== "ETIMEOUT" || peer === null || peer < 0 || peer === me || !d.ranks.includes(peer)) return null;
+  return peer;
+}
+
 export function retryablePeer(e: unknown, d: GoDecision, me: number): number | null {
   if (!(e instanceof NativeError || (e instanceof Error && e.name === "NativeError"))) return null;
   const ne = e as NativeError;

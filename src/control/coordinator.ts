@@ -10,7 +10,11 @@
 //   - a rank's data-plane op failing with a peer error: the rank reports {t:"suspect", peer}; rank 0
 //     pings the peer: no answer within the heartbeat timeout -> the peer failed; an answer -> the
 //     data-plane link between two live ranks broke (a partition): the higher of the two is removed
-//     (never rank 0), so the survivors can talk to each other.
+//     (never rank 0), so the survivors can talk to each other;
+//   - a rank's data-plane op timing out waiting for a peer (a blackholed link raises no error):
+//     after the ping, rank 0 asks both to run a tiny barrier between them (a link check, timeout
+//     = the heartbeat timeout); if it fails, the higher of the two is removed; if it works, the
+//     op was merely slow and nobody is removed.
 //
 // Shrink and continue: open collectives drop the removed ranks (matcher.dropRanks). Collectives
 // already decided whose data-plane part failed on some members are re-issued: each rank's view
@@ -48,7 +52,16 @@ interface Waiter {
 
 interface Probe {
   id: number;
-  reporters: Map<number, string>;
+  /** reporter -> what it saw ("peer": a link error; "timeout": no data within the op's timeout) */
+  reporters: Map<number, { why: string; kind: "peer" | "timeout" }>;
+  timer: ReturnType<typeof setTimeout>;
+}
+
+interface LinkCheck {
+  id: number;
+  ranks: [number, number];
+  why: string;
+  done: Map<number, { ok: boolean; error?: string }>;
   timer: ReturnType<typeof setTimeout>;
 }
 
@@ -63,13 +76,14 @@ export class Coordinator {
   private waiters: Waiter[] = [];
   private retried = new Set<string>();
   private probes = new Map<number, Probe>();
+  private checks = new Map<string, LinkCheck>();
   private byes = new Set<number>();
   private pingSeq = 1;
   private stopped = false;
   private timer: ReturnType<typeof setInterval> | null = null;
   private lastTick = 0;
   /** Failures and re-issues since start (metrics, tests). */
-  readonly stats = { failures: 0, retries: 0 };
+  readonly stats = { failures: 0, retries: 0, linkChecks: 0, linkChecksPassed: 0 };
 
   constructor(
     private membership: Membership,
@@ -100,13 +114,16 @@ export class Coordinator {
         case "pong":
           this.onPong(r, msg);
           return true;
+        case "linkcheck_done":
+          this.onLinkCheckDone(r, msg);
+          return true;
         case "bye":
           this.byes.add(r);
           return true;
       }
       return false;
     };
-    hub.handle("suspect", (r, msg) => this.suspect(r, Number(msg.peer), String(msg.why ?? "")));
+    hub.handle("suspect", (r, msg) => this.suspect(r, Number(msg.peer), String(msg.why ?? ""), msg.kind === "timeout" ? "timeout" : "peer"));
     hub.handle("activate", (_r, msg) => this.activate(msg.ranks));
     hub.handle("deactivate", (_r, msg) => this.deactivate(msg.ranks));
     hub.handle("group", (_r, msg) => this.defineGroup(msg.name, msg.ranks));
@@ -122,6 +139,8 @@ export class Coordinator {
     this.timer = null;
     for (const p of this.probes.values()) clearTimeout(p.timer);
     this.probes.clear();
+    for (const c of this.checks.values()) clearTimeout(c.timer);
+    this.checks.clear();
     for (const w of this.waiters.splice(0)) {
       clearTimeout(w.timer);
       w.reject(new NotReady("rank 0 is shutting down"));
@@ -213,11 +232,15 @@ export class Coordinator {
 
   // ---- data-plane suspicion ----
 
-  /** A rank's data-plane op failed naming `peer` (see the header). */
-  suspect(reporter: number, peer: number, why: string): Record<string, unknown> {
+  /** A rank's data-plane op failed (a link error) or timed out naming `peer` (see the header). */
+  suspect(reporter: number, peer: number, why: string, kind: "peer" | "timeout" = "peer"): Record<string, unknown> {
     const m = this.membership;
     if (!m.isActive(reporter)) throw new NotReady(`rank ${reporter} is not active (state ${m.get(reporter)?.state ?? "unknown"})`);
     if (!Number.isInteger(peer) || peer === reporter || !m.isActive(peer)) return { ok: true, action: "none" };
+    if (peer === 0 && kind === "timeout") {
+      this.startLinkCheck(reporter, 0, why);
+      return { ok: true, action: "checking" };
+    }
     if (peer === 0) {
       // rank 0 answers the reporter, so it is alive: their data-plane link broke; rank 0 stays.
       this.markRemoved([reporter], "failed", `its data-plane link to rank 0 broke (${why}) while its control link stayed up (a partition); rank 0 stays`);
@@ -225,13 +248,13 @@ export class Coordinator {
     }
     const p = this.probes.get(peer);
     if (p) {
-      p.reporters.set(reporter, why);
+      if (p.reporters.get(reporter)?.kind !== "peer") p.reporters.set(reporter, { why, kind });
       return { ok: true, action: "probing" };
     }
     const id = this.pingSeq++;
     const probe: Probe = {
       id,
-      reporters: new Map([[reporter, why]]),
+      reporters: new Map([[reporter, { why, kind }]]),
       timer: setTimeout(() => {
         if (this.probes.get(peer) !== probe) return;
         this.probes.delete(peer);
@@ -250,9 +273,14 @@ export class Coordinator {
     clearTimeout(p.timer);
     this.probes.delete(rank);
     // `rank` is alive and answers rank 0: the data-plane link between it and each reporter
-    // broke while both live. Remove the higher rank of each pair (never rank 0).
-    for (const [reporter, why] of p.reporters) {
+    // broke while both live. Remove the higher rank of each pair (never rank 0). A timeout is
+    // no proof of a broken link: check the link first.
+    for (const [reporter, { why, kind }] of p.reporters) {
       if (!this.membership.isActive(reporter) || !this.membership.isActive(rank)) continue;
+      if (kind === "timeout") {
+        this.startLinkCheck(reporter, rank, why);
+        continue;
+      }
       const victim = reporter === 0 ? rank : Math.max(reporter, rank);
       const other = victim === rank ? reporter : rank;
       this.markRemoved(
@@ -261,6 +289,57 @@ export class Coordinator {
         `its data-plane link with rank ${other} broke (${why}) while both answer rank 0 (a partition): the higher rank of the pair is removed`,
       );
     }
+  }
+
+  /** Both ranks run a tiny data-plane barrier between them; a failure means a partition. */
+  private startLinkCheck(a: number, b: number, why: string): void {
+    const ranks: [number, number] = a < b ? [a, b] : [b, a];
+    const key = `${ranks[0]}-${ranks[1]}`;
+    if (this.checks.has(key)) return;
+    const id = this.pingSeq++;
+    const timeoutMs = this.opts.heartbeatTimeoutMs;
+    const check: LinkCheck = {
+      id,
+      ranks,
+      why,
+      done: new Map(),
+      timer: setTimeout(() => this.finishLinkCheck(key, check), timeoutMs * 2 + 1000),
+    };
+    this.checks.set(key, check);
+    this.stats.linkChecks++;
+    const opId = this.matcher.allocOpId();
+    this.log.info(`checking the data-plane link between ranks ${ranks[0]} and ${ranks[1]} (${why})`);
+    for (const r of ranks) this.push(r, { t: "linkcheck", id, ranks, opId, timeoutMs });
+  }
+
+  onLinkCheckDone(rank: number, msg: Record<string, unknown>): void {
+    for (const [key, c] of this.checks) {
+      if (c.id !== msg.id || !c.ranks.includes(rank)) continue;
+      c.done.set(rank, { ok: msg.ok === true, error: typeof msg.error === "string" ? msg.error : undefined });
+      if (c.done.size === 2) this.finishLinkCheck(key, c);
+      return;
+    }
+  }
+
+  private finishLinkCheck(key: string, c: LinkCheck): void {
+    if (this.checks.get(key) !== c) return;
+    this.checks.delete(key);
+    clearTimeout(c.timer);
+    const [a, b] = c.ranks;
+    const failed = c.ranks.filter((r) => c.done.get(r)?.ok !== true);
+    if (failed.length === 0) {
+      this.stats.linkChecksPassed++;
+      this.log.info(`the data-plane link between ranks ${a} and ${b} works: the op was slow, nobody is removed`);
+      return;
+    }
+    if (!this.membership.isActive(a) || !this.membership.isActive(b)) return;
+    const victim = a === 0 ? b : Math.max(a, b);
+    const detail = c.ranks.map((r) => `rank ${r}: ${c.done.get(r)?.error ?? (c.done.get(r)?.ok ? "ok" : "no answer")}`).join("; ");
+    this.markRemoved(
+      [victim],
+      "failed",
+      `the data-plane link between ranks ${a} and ${b} carries nothing (after ${c.why}; link check: ${detail}) while both answer rank 0 (a partition): the higher rank of the pair is removed`,
+    );
   }
 
   // ---- view acks, re-issues ----

@@ -95,6 +95,11 @@ export class Matcher {
     private events: MatcherEvents = {},
   ) {}
 
+  /** A fresh op id from the same sequence as decisions (data-plane link checks). */
+  allocOpId(): string {
+    return (this.nextOpId++).toString();
+  }
+
   /** Number of collectives waiting for members (for /debug, tests). */
   pendingCount(): number {
     let n = 0;

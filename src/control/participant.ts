@@ -2,7 +2,8 @@
 // rank 0 pushes, answers each with {t:"view_ack", epoch, retry} once the ops that involve
 // removed ranks have settled (retry = the ops whose part failed here and wait for a re-issue),
 // reports data-plane failures to rank 0 ({t:"suspect"}), answers pings, and hands rank 0's
-// re-issues ({t:"retry", opId, d | error}) to the collective runner waiting for them.
+// re-issues ({t:"retry", opId, d | error}) to the collective runner waiting for them, and runs
+// the data-plane link checks rank 0 asks for ({t:"linkcheck"}: a tiny barrier with one peer).
 // See coordinator.ts for rank 0's side.
 import { apiErrorFromJSON, MasterLost, NotReady, Timeout } from "../server/errors";
 import type { Logger } from "../util/log";
@@ -33,6 +34,8 @@ export class Participant implements RetryHooks {
   private ackScheduled = false;
   /** Why rank 0 is lost (this rank can't take part any more), or null. */
   masterLost: string | null = null;
+  /** Runs a data-plane barrier among `ranks` (set by the service). */
+  runLinkCheck: ((ranks: number[], opId: bigint, timeoutMs: number) => Promise<void>) | null = null;
 
   constructor(
     private rank: number,
@@ -66,7 +69,24 @@ export class Participant implements RetryHooks {
       case "ping":
         this.channel?.send({ t: "pong", id: msg.id });
         return;
+      case "linkcheck":
+        void this.linkCheck(msg);
+        return;
     }
+  }
+
+  private async linkCheck(msg: Record<string, unknown>): Promise<void> {
+    const ranks = msg.ranks as number[];
+    let ok = true;
+    let error: string | undefined;
+    try {
+      if (!this.runLinkCheck) throw new Error("no data plane");
+      await this.runLinkCheck(ranks, BigInt(String(msg.opId)), Number(msg.timeoutMs));
+    } catch (e) {
+      ok = false;
+      error = (e as Error).message.slice(0, 300);
+    }
+    this.channel?.send({ t: "linkcheck_done", id: msg.id, ok, ...(error ? { error } : {}) });
   }
 
   scheduleAck(): void {
@@ -107,6 +127,14 @@ export class Participant implements RetryHooks {
     ch.request({ t: "suspect", peer, why: why.slice(0, 300), opId }, 10_000).then(
       () => this.scheduleAck(),
       (e: Error) => this.log.warn(`reporting rank ${peer} to rank 0 failed: ${e.message}`),
+    );
+  }
+
+  opTimedOut(opId: string, peer: number, why: string): void {
+    const ch = this.channel;
+    if (!ch || this.masterLost || !this.membership.isActive(peer) || !this.membership.isActive(this.rank)) return;
+    ch.request({ t: "suspect", peer, why: why.slice(0, 300), opId, kind: "timeout" }, 30_000).catch((e: Error) =>
+      this.log.warn(`reporting the timeout with rank ${peer} to rank 0 failed: ${e.message}`),
     );
   }
 

@@ -181,6 +181,7 @@ export class RankService {
     this.collectives = new CollectiveRunner(c.rank, this.dataPlane, this.membership, this.agreementProxy(), this.metrics);
     this.participant = new Participant(c.rank, this.membership, this.collectives, this.log);
     this.collectives.hooks = this.participant;
+    this.participant.runLinkCheck = (ranks, opId, timeoutMs) => this.dataPlane.run({ kind: "barrier", dtype: "uint8", opId, ranks, count: 0, timeoutMs });
     this.p2p = new P2P(c.rank, this.dataPlane, this.membership, this.peers, this.metrics, this.log);
     this.membership.onChange((view, prev) => {
       this.syncPeers(view, prev);
@@ -202,11 +203,12 @@ export class RankService {
       this.channel = {
         send: (msg) => {
           if (msg.t === "view_ack") co.onAck(0, msg);
+          else if (msg.t === "linkcheck_done") co.onLinkCheckDone(0, msg);
         },
         request: async (msg) => {
           switch (msg.t) {
             case "suspect":
-              return co.suspect(0, Number(msg.peer), String(msg.why ?? ""));
+              return co.suspect(0, Number(msg.peer), String(msg.why ?? ""), msg.kind === "timeout" ? "timeout" : "peer");
             case "activate":
               return co.activate(msg.ranks);
             case "deactivate":
@@ -303,7 +305,7 @@ export class RankService {
       const link = new CoordinatorLink(wsUrl, c.rank, this.instance, c.token, this.log);
       this.link = link;
       link.onPush = (msg) => {
-        if (msg.t === "view" || msg.t === "retry" || msg.t === "ping") this.participant.onPush(msg);
+        if (msg.t === "view" || msg.t === "retry" || msg.t === "ping" || msg.t === "linkcheck") this.participant.onPush(msg);
         else if (msg.t !== "hb") this.onPush?.(msg);
       };
       link.onDown = (why) => this.onMasterLost(why);

@@ -10,7 +10,6 @@ if (!socket) {
 }
 const server = Bun.serve({
   unix: socket,
-  idleTimeout: 0,
   async fetch(req) {
     const target = req.headers.get("x-target");
     if (!target) return Response.json({ error: { code: "invalid_request", message: "relay: x-target header missing" } }, { status: 400 });

@@ -6,6 +6,7 @@ import { afterEach, describe, expect, test } from "bun:test";
 import type { CallDesc, Decision } from "../../src/control/matcher";
 import { Matcher } from "../../src/control/matcher";
 import { Membership } from "../../src/control/membership";
+import { NativeError, type NativeOp } from "../../src/native/types";
 import { sleep } from "../../src/util/net";
 import { post } from "../support/http";
 import { startInprocWorld, type InprocWorld } from "../support/inproc-world";
@@ -149,6 +150,57 @@ describe("in-process worlds: re-issue among survivors, partition rule", () => {
     expect(m0.activeRanks()).toEqual([0, 1]);
   }, 30_000);
 
+  test("a blackholed data-plane link (timeouts, no link error) between two live ranks: the link check fails and the higher rank is removed", async () => {
+    w = await startInprocWorld(3, { heartbeatIntervalMs: 100, heartbeatTimeoutMs: 500 });
+    const s = w.services;
+    // ranks 1 and 2 can't exchange a byte: their ops together time out naming each other
+    for (const [me, other] of [[1, 2], [2, 1]] as const) {
+      const plane = s[me]!.dataPlane;
+      const run = plane.run.bind(plane);
+      plane.run = (op: NativeOp) =>
+        op.ranks.includes(other)
+          ? new Promise((_, reject) => setTimeout(() => reject(new NativeError(`rank ${me}: no data from rank ${other}`, "ETIMEOUT", other)), op.timeoutMs))
+          : run(op);
+    }
+    const first = await Promise.all(
+      w.urls.map((u, r) => post(u, "/collective/allreduce", { tensor: { dtype: "int32", shape: [1], data: [r + 1] }, timeout_ms: 1000 })),
+    );
+    for (const x of first) expect(x.status).toBe(504);
+    const m0 = s[0]!.membership;
+    for (let i = 0; i < 400 && m0.isActive(2); i++) await sleep(5);
+    expect(m0.get(2)!.state).toBe("failed");
+    expect(m0.get(2)!.reason).toContain("link check");
+    expect(s[0]!.coordinator!.stats.linkChecks).toBe(1);
+    const next = await Promise.all([0, 1].map((r) => post(w!.urls[r]!, "/collective/allreduce", { tensor: { dtype: "int32", shape: [1], data: [r + 1] } })));
+    for (const x of next) {
+      expect(x.status).toBe(200);
+      expect(x.body.result.data).toEqual([3]);
+    }
+  }, 30_000);
+
+  test("a data-plane timeout on a link that works (a slow op): the link check passes and nobody is removed", async () => {
+    w = await startInprocWorld(3, { heartbeatIntervalMs: 100, heartbeatTimeoutMs: 500 });
+    const s = w.services;
+    const plane = s[1]!.dataPlane;
+    const run = plane.run.bind(plane);
+    let once = true;
+    plane.run = (op: NativeOp) => {
+      if (once && op.kind === "allreduce") {
+        once = false;
+        return new Promise((_, reject) => setTimeout(() => reject(new NativeError("rank 1: slow op", "ETIMEOUT", 2)), 50));
+      }
+      return run(op);
+    };
+    const first = await Promise.all(w.urls.map((u, r) => post(u, "/collective/allreduce", { tensor: { dtype: "int32", shape: [1], data: [r] }, timeout_ms: 1000 })));
+    expect(first[1]!.status).toBe(504);
+    const co = s[0]!.coordinator!;
+    for (let i = 0; i < 600 && co.stats.linkChecksPassed === 0; i++) await sleep(5);
+    expect(co.stats).toMatchObject({ linkChecks: 1, linkChecksPassed: 1, failures: 0 });
+    expect(s[0]!.membership.activeRanks()).toEqual([0, 1, 2]);
+    const next = await Promise.all(w.urls.map((u, r) => post(u, "/collective/allreduce", { tensor: { dtype: "int32", shape: [1], data: [r] } })));
+    for (const x of next) expect(x.body.result.data).toEqual([3]);
+  }, 30_000);
+
   test("an unresponsive peer (no answer to rank 0's ping) is removed after the heartbeat timeout", async () => {
     w = await startInprocWorld(3, { heartbeatIntervalMs: 100, heartbeatTimeoutMs: 600 });
     const s = w.services;
@@ -162,9 +214,9 @@ describe("in-process worlds: re-issue among survivors, partition rule", () => {
     expect(m0.get(2)!.reason).toContain("did not answer rank 0");
     // the removed rank knows why: failed with rank 0's reason, not "master lost"
     for (let i = 0; i < 200 && s[2]!.link!.connected; i++) await sleep(5);
-    const health = await fetch(`${w.urls[2]}/health`).then((r) => r.json());
+    const health = (await fetch(`${w.urls[2]}/health`).then((r) => r.json())) as Record<string, unknown>;
     expect(health).toMatchObject({ state: "failed", ready: false });
     expect(health.master_lost).toBeUndefined();
-    expect(health.error).toContain("did not answer rank 0");
+    expect(String(health.error)).toContain("did not answer rank 0");
   }, 30_000);
 });
