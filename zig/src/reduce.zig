@@ -157,6 +157,45 @@ pub fn reduceInto(dtype: DType, redop: RedOp, dst: []u8, src: []const u8) void {
     }
 }
 
+fn reduceTyped3(comptime dtype: DType, comptime kind: Kind, dst: []u8, a_bytes: []const u8, b_bytes: []const u8) void {
+    const L = Lane(dtype);
+    const T = L.Storage;
+    const count = dst.len / @sizeOf(T);
+    const d: [*]align(1) T = @ptrCast(dst.ptr);
+    const x: [*]align(1) const T = @ptrCast(a_bytes.ptr);
+    const y: [*]align(1) const T = @ptrCast(b_bytes.ptr);
+    const n = L.lanes;
+    var i: usize = 0;
+    while (i + n <= count) : (i += n) {
+        const a: @Vector(n, T) = x[i..][0..n].*;
+        const b: @Vector(n, T) = y[i..][0..n].*;
+        d[i..][0..n].* = L.narrow(n, apply(L.Compute, kind, n, L.widen(n, a), L.widen(n, b)));
+    }
+    while (i < count) : (i += 1) {
+        const a: @Vector(1, T) = x[i..][0..1].*;
+        const b: @Vector(1, T) = y[i..][0..1].*;
+        d[i..][0..1].* = L.narrow(1, apply(L.Compute, kind, 1, L.widen(1, a), L.widen(1, b)));
+    }
+}
+
+/// dst = a op b, elementwise (dst may be a).
+pub fn reduceTo(dtype: DType, redop: RedOp, dst: []u8, a: []const u8, b: []const u8) void {
+    std.debug.assert(supported(dtype, redop));
+    std.debug.assert(dst.len == a.len and dst.len == b.len);
+    if (dst.len == 0) return;
+    const kind = kindOf(dtype, redop);
+    switch (dtype) {
+        inline else => |dt| switch (kind) {
+            inline else => |k| {
+                if (comptime (dt.kind() == .float and (k == .band or k == .bor or k == .bxor)))
+                    unreachable
+                else
+                    reduceTyped3(dt, k, dst, a, b);
+            },
+        },
+    }
+}
+
 /// Makes bool elements canonical (0 / 1), as every reduction over two or more ranks leaves
 /// them; a no-op for other dtypes. For a reduction over a group of one.
 pub fn canonicalize(dtype: DType, buf: []u8) void {

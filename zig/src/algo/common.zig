@@ -60,6 +60,10 @@ comptime {
 /// `count % parts` blocks are one longer). Element units.
 pub const Block = struct { start: u64, len: u64 };
 
+fn applyReduce(dtype: u32, redop: u32, dst: []u8, a: []const u8, b: []const u8) void {
+    reduce.reduceTo(@enumFromInt(dtype), @enumFromInt(redop), dst, a, b);
+}
+
 pub fn block(count: u64, parts: u32, index: u32) Block {
     std.debug.assert(parts > 0 and index < parts);
     const base = count / parts;
@@ -191,6 +195,13 @@ pub fn exchange(comm: Comm, tuning: Tuning, element_bytes: u64, to: ?u32, out: [
         },
     };
     const slot_bytes = @min(slice, into.len);
+    // with `mine` given and a transport that reduces as chunks land, receive
+    // straight into `into` (no tmp, no reduce pass here).
+    const on_receive = switch (combine) {
+        .reduce => |r| r.mine != null and comm.canReduceOnReceive(),
+        .copy => false,
+    };
+    const recv_window: u64 = if (on_receive) tuning.window else recv_ahead;
 
     var sends = Inflight.init(comm);
     var recvs = Inflight.init(comm);
@@ -201,8 +212,15 @@ pub fn exchange(comm: Comm, tuning: Tuning, element_bytes: u64, to: ?u32, out: [
     var recvs_posted: u64 = 0;
     var j: u64 = 0;
     while (j < @max(sends_total, recvs_total)) : (j += 1) {
-        while (recvs_posted < recvs_total and recvs_posted < j + recv_ahead) : (recvs_posted += 1) {
+        while (recvs_posted < recvs_total and recvs_posted < j + recv_window) : (recvs_posted += 1) {
             const piece = sliceOf(into, slice, recvs_posted);
+            if (on_receive) {
+                const r = combine.reduce;
+                const spec = transport.ReduceSpec{ .mine = sliceOf(r.mine.?, slice, recvs_posted), .dtype = @intFromEnum(r.dtype), .redop = @intFromEnum(r.redop), .apply = applyReduce };
+                std.debug.assert(recvs.requests.len < recvs.requests.capacity());
+                recvs.requests.appendAssumeCapacity(try comm.irecvReduce(from.?, piece, spec));
+                continue;
+            }
             switch (combine) {
                 .copy => try recvs.irecv(from.?, piece),
                 .reduce => |r| {
@@ -217,6 +235,7 @@ pub fn exchange(comm: Comm, tuning: Tuning, element_bytes: u64, to: ?u32, out: [
         }
         if (j < recvs_total) {
             try recvs.waitOldest();
+            if (on_receive) continue;
             switch (combine) {
                 .copy => {},
                 .reduce => |r| {

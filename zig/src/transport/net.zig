@@ -78,6 +78,18 @@ const Req = struct {
     /// Link threads writing into `buf` right now; close() waits for 0.
     busy: u32 = 0,
     done: std.atomic.Value(bool) = .init(false),
+    /// reduce each chunk into buf instead of copying it.
+    reduce: ?transport.ReduceSpec = null,
+
+    /// Puts one chunk at `offset` of the message into buf (copy, or reduce with `mine`).
+    fn deliver(req: *const Req, offset: u64, data: []const u8) void {
+        const dst = req.buf[offset..][0..data.len];
+        if (req.reduce) |r| {
+            r.apply(r.dtype, r.redop, dst, r.mine[offset..][0..data.len], data);
+        } else {
+            @memcpy(dst, data);
+        }
+    }
 };
 
 pub const Endpoint = struct {
@@ -478,7 +490,11 @@ pub const Net = struct {
 
     // ---- Comm ----
 
-    const comm_vtable = transport.Comm.VTable{ .isend = commIsend, .irecv = commIrecv, .wait = commWait };
+    const comm_vtable = transport.Comm.VTable{ .isend = commIsend, .irecv = commIrecv, .wait = commWait, .irecv_reduce = commIrecvReduce };
+
+    fn commIrecvReduce(context: *anyopaque, peer_group: u32, bytes: []u8, spec: transport.ReduceSpec) Error!transport.Request {
+        return commIrecvImpl(context, peer_group, bytes, spec);
+    }
 
     fn commIsend(context: *anyopaque, peer_group: u32, bytes: []const u8) Error!transport.Request {
         const ep: *Endpoint = @ptrCast(@alignCast(context));
@@ -509,6 +525,10 @@ pub const Net = struct {
     }
 
     fn commIrecv(context: *anyopaque, peer_group: u32, bytes: []u8) Error!transport.Request {
+        return commIrecvImpl(context, peer_group, bytes, null);
+    }
+
+    fn commIrecvImpl(context: *anyopaque, peer_group: u32, bytes: []u8, reduce_spec: ?transport.ReduceSpec) Error!transport.Request {
         const ep: *Endpoint = @ptrCast(@alignCast(context));
         const net = ep.net;
         std.debug.assert(peer_group < ep.group_size and peer_group != ep.group_rank);
@@ -523,7 +543,7 @@ pub const Net = struct {
         const seq = ep.recv_seq[peer_group];
         ep.recv_seq[peer_group] += 1;
         const req = &ep.reqs[index];
-        req.* = .{ .kind = .recv, .peer = peer, .seq = seq, .buf = bytes };
+        req.* = .{ .kind = .recv, .peer = peer, .seq = seq, .buf = bytes, .reduce = reduce_spec };
         net.claimStashLocked(ep, req);
         checkDoneLocked(ep, req);
         // A peer that is gone can't send the rest (what it sent before leaving was stashed).
@@ -559,7 +579,7 @@ pub const Net = struct {
             req.routed += entry.data.len;
             req.busy += 1;
             net.mu.unlock();
-            @memcpy(req.buf[entry.offset..][0..entry.data.len], entry.data);
+            req.deliver(entry.offset, entry.data);
             net.alloc.free(entry.data);
             net.mu.lock();
             req.busy -= 1;
@@ -1076,7 +1096,7 @@ pub const Net = struct {
         while (true) : (frames += 1) {
             tcp.readExact(link.fd, std.mem.asBytes(&header), RxIdle{ .net = net, .link = link }) catch return .closed;
             header.validate(link.peer, net.opts.tcp_chunk_bytes) catch return .protocol;
-            switch (net.route(link, &header)) {
+            switch (net.route(link, &header, false)) {
                 .direct => |d| {
                     const done = net.readDirect(link, d.ep, d.dest);
                     net.finishDirect(d.ep, d.req, done, done == d.dest.len);
@@ -1133,9 +1153,9 @@ pub const Net = struct {
             const header = ring.slotHeader(index).*;
             header.validate(link.peer, ring.slot_bytes) catch return .protocol;
             const payload = ring.slotPayload(index)[0..header.chunk_len];
-            switch (net.route(link, &header)) {
+            switch (net.route(link, &header, true)) {
                 .direct => |d| {
-                    @memcpy(d.dest, payload);
+                    d.req.deliver(header.offset, payload);
                     net.finishDirect(d.ep, d.req, d.dest.len, true);
                 },
                 .stash => |buf| {
@@ -1149,7 +1169,7 @@ pub const Net = struct {
     }
 
     /// Where one frame's payload goes. Waits while the stash is full (backpressure).
-    fn route(net: *Net, link: *Link, header: *const wire.FrameHeader) Target {
+    fn route(net: *Net, link: *Link, header: *const wire.FrameHeader, reduce_direct: bool) Target {
         net.mu.lock();
         defer net.mu.unlock();
         var waits: u64 = 0;
@@ -1166,7 +1186,8 @@ pub const Net = struct {
             if (waits == 0) waiting_since_ns = sys.monotonicNs();
             if (net.findEndpointLocked(header.op_id)) |ep| {
                 if (ep.abandoned.load(.acquire)) return .discard;
-                if (findRecvLocked(ep, link.peer, header.seq)) |req| {
+                if (findRecvLocked(ep, link.peer, header.seq)) |req| routed: {
+                    if (req.reduce != null and !reduce_direct) break :routed; // via the stash (TCP reads in place)
                     if (header.msg_len != req.buf.len or req.routed + header.chunk_len > req.buf.len) {
                         net.failLocked(ep, error.Protocol, @intCast(link.peer), "rank {d} sent message {d} of {d} bytes, expected {d}", .{ link.peer, header.seq, header.msg_len, req.buf.len });
                         return .discard;
@@ -1233,7 +1254,7 @@ pub const Net = struct {
                         return;
                     }
                     req.routed += buf.len;
-                    @memcpy(req.buf[header.offset..][0..buf.len], buf);
+                    req.deliver(header.offset, buf);
                     req.received += buf.len;
                     req.arrived = true;
                     checkDoneLocked(ep, req);

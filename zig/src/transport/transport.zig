@@ -16,6 +16,14 @@ pub const Error = error{
 
 pub const Request = struct { index: u32 };
 
+/// a receive that reduces as it lands: dst[i] = mine[i] op incoming[i].
+pub const ReduceSpec = struct {
+    mine: []const u8,
+    dtype: u32,
+    redop: u32,
+    apply: *const fn (dtype: u32, redop: u32, dst: []u8, a: []const u8, b: []const u8) void,
+};
+
 /// Requests one op may have outstanding at once (TigerBeetle: a limit on every queue).
 pub const requests_in_flight_max = 64;
 
@@ -33,7 +41,19 @@ pub const Comm = struct {
         irecv: *const fn (context: *anyopaque, peer: u32, bytes: []u8) Error!Request,
         /// Blocks until the request completes, the op's deadline passes, or it is canceled.
         wait: *const fn (context: *anyopaque, request: Request) Error!void,
+        /// Optional (P3): like irecv, but each chunk is reduced with spec.mine into `bytes`.
+        irecv_reduce: ?*const fn (context: *anyopaque, peer: u32, bytes: []u8, spec: ReduceSpec) Error!Request = null,
     };
+
+    pub fn canReduceOnReceive(self: Comm) bool {
+        return self.vtable.irecv_reduce != null;
+    }
+
+    pub fn irecvReduce(self: Comm, peer: u32, bytes: []u8, spec: ReduceSpec) Error!Request {
+        std.debug.assert(peer < self.size and peer != self.rank);
+        std.debug.assert(spec.mine.len == bytes.len);
+        return self.vtable.irecv_reduce.?(self.context, peer, bytes, spec);
+    }
 
     pub fn isend(self: Comm, peer: u32, bytes: []const u8) Error!Request {
         std.debug.assert(peer < self.size and peer != self.rank);
