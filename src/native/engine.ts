@@ -1,8 +1,8 @@
 // The data plane over libmoonring: one native engine per rank. run() submits an op (mr_submit)
-// and returns a Promise that a poller settles: it drains the native completion queue with
-// mr_poll (no native thread ever calls into JS), every macrotask turn while ops are in flight
-// (setImmediate: microsecond-level latency), backing off to short timers once ops run long, and
-// leaves no timer behind when nothing is in flight.
+// and returns a Promise settled when the op completes: a Worker blocked in mr_wait
+// (completion-waiter.ts) posts to this thread, which drains the native completion queue with
+// mr_poll (no native thread ever calls into JS, and no JS thread spins). The Worker keeps the
+// process alive only while ops are in flight.
 import { toArrayBuffer } from "bun:ffi";
 import { native, statusName } from "./ffi";
 import { collectiveCode, dtypeInfo, redopInfo } from "../ops/table";
@@ -36,12 +36,6 @@ export function hostId(): bigint {
   return BigInt(native.mr_host_id());
 }
 
-/** Poll scheduling: spin on setImmediate this long after the last submit/completion. */
-const spinMs = 2;
-/** Then timers of this period, growing to slowPollMs once ops have run for longMs. */
-const fastPollMs = 1;
-const slowPollMs = 4;
-const longMs = 50;
 const pollBatch = 64;
 
 /** Host buffers up to this size are recycled (mr_alloc/mr_free are syscalls). */
@@ -107,8 +101,6 @@ export class NativeDataPlane implements DataPlane {
   private handle: number | null;
   private readonly pending = new Map<bigint, Pending>();
   private polling = false;
-  private lastActivity = 0;
-  private pollTimer: ReturnType<typeof setTimeout> | null = null;
   private readonly tickets = new BigUint64Array(pollBatch);
   private readonly statuses = new Int32Array(pollBatch);
   private readonly pool = new Map<number, { address: number; bytes: Uint8Array }[]>();
@@ -264,40 +256,50 @@ export class NativeDataPlane implements DataPlane {
     }
     return new Promise<void>((resolve, reject) => {
       this.pending.set(ticket, { resolve, reject, buffers, counts, op });
-      this.lastActivity = performance.now();
       this.startPolling();
     });
   }
 
+  /**
+   * Completion (P1, bench/NOTES.md E0/E2): a Worker parked in mr_wait tells this thread when
+   * completions are queued; this thread drains them with mr_poll. Nothing spins: on a host with
+   * fewer CPUs than busy threads a spinning JS poller starves the native threads it waits for.
+   * waiterFlag[0]: 1 = told, not yet drained; [1]: 1 = stop; [2]: 1 = the waiter has stopped.
+   */
+  private waiter: Worker | null = null;
+  private readonly waiterFlag = new Int32Array(new SharedArrayBuffer(12));
+
   private startPolling(): void {
-    if (this.polling) return;
-    this.polling = true;
-    setImmediate(this.pollOnce);
+    if (this.handle === null) return;
+    if (!this.waiter) {
+      const w = new Worker(new URL("./completion-waiter.ts", import.meta.url).href);
+      w.onmessage = () => {
+        this.drain();
+        Atomics.store(this.waiterFlag, 0, 0);
+        Atomics.notify(this.waiterFlag, 0);
+      };
+      w.postMessage({ handle: this.handle, sab: this.waiterFlag.buffer });
+      this.waiter = w;
+    }
+    // Keeps the process alive only while ops are in flight (like the old poller's timers).
+    if (!this.polling) {
+      this.polling = true;
+      this.waiter.ref();
+    }
   }
 
-  private readonly pollOnce = (): void => {
-    this.pollTimer = null;
-    if (this.handle === null) {
-      this.polling = false;
-      return;
-    }
-    let drained = 0;
+  private drain(): void {
+    if (this.handle === null) return;
     for (let rounds = 0; rounds < 16; rounds++) {
       const n = native.mr_poll(this.handle, this.tickets, this.statuses, pollBatch) as number;
       for (let i = 0; i < n; i++) this.complete(this.tickets[i]!, this.statuses[i]!);
-      drained += n;
       if (n < pollBatch) break;
     }
-    if (this.pending.size === 0) {
+    if (this.pending.size === 0 && this.polling) {
       this.polling = false;
-      return;
+      this.waiter?.unref();
     }
-    const now = performance.now();
-    if (drained > 0) this.lastActivity = now;
-    const idle = now - this.lastActivity;
-    if (idle < spinMs) setImmediate(this.pollOnce);
-    else this.pollTimer = setTimeout(this.pollOnce, idle < longMs ? fastPollMs : slowPollMs);
-  };
+  }
 
   private complete(ticket: bigint, status: number): void {
     const p = this.pending.get(ticket);
@@ -327,7 +329,15 @@ export class NativeDataPlane implements DataPlane {
   close(): void {
     if (this.handle === null) return;
     const handle = this.handle;
-    if (this.pollTimer) clearTimeout(this.pollTimer);
+    if (this.waiter) {
+      Atomics.store(this.waiterFlag, 1, 1);
+      Atomics.store(this.waiterFlag, 0, 0);
+      Atomics.notify(this.waiterFlag, 0);
+      // mr_wait returns within 50 ms; the engine must outlive the waiter's last call into it.
+      for (let i = 0; i < 2000 && Atomics.load(this.waiterFlag, 2) === 0; i++) Bun.sleepSync(1);
+      this.waiter.terminate();
+      this.waiter = null;
+    }
     // Stops native threads; in-flight ops end with ECANCELED (drained below).
     native.mr_engine_destroy(handle);
     this.handle = null;
