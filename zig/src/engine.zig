@@ -24,6 +24,8 @@ pub const Runner = *const fn (transport.Comm, op.OpDesc, std.mem.Allocator) tran
 /// Tickets alive at once (submitted, not yet released). Also the worker and completion bound.
 pub const ops_max = 128;
 const worker_stack_bytes = 4 << 20;
+/// Scratch a worker keeps between ops (P6); more is freed after the op that needed it.
+const scratch_retain_bytes_max = 8 << 20;
 pub const error_text_bytes_max = 400;
 
 comptime {
@@ -453,6 +455,10 @@ pub const Engine = struct {
     // ---- workers ----
 
     fn workerMain(engine: *Engine) void {
+        // P6: one scratch arena per worker, reused across ops (per-op arenas over c_allocator
+        // mmap'd and faulted in ~2 MiB on every large allreduce).
+        var arena_state = std.heap.ArenaAllocator.init(std.heap.c_allocator);
+        defer arena_state.deinit();
         engine.mu.lock();
         defer engine.mu.unlock();
         while (true) {
@@ -467,7 +473,8 @@ pub const Engine = struct {
             engine.workers_busy += 1;
             const canceled = slot.cancel_requested or engine.stopping;
             engine.mu.unlock();
-            engine.runSlot(slot, canceled);
+            engine.runSlot(slot, canceled, arena_state.allocator());
+            _ = arena_state.reset(.{ .retain_with_limit = scratch_retain_bytes_max });
             engine.mu.lock();
             engine.completeLocked(slot);
             engine.workers_busy -= 1;
@@ -497,7 +504,7 @@ pub const Engine = struct {
 
     const dummy_buffer: [64]u8 align(64) = [_]u8{0} ** 64;
 
-    fn runSlot(engine: *Engine, slot: *Slot, canceled: bool) void {
+    fn runSlot(engine: *Engine, slot: *Slot, canceled: bool, scratch: std.mem.Allocator) void {
         slot.status = Status.ok;
         slot.failed_peer = -1;
         slot.error_len = 0;
@@ -577,9 +584,7 @@ pub const Engine = struct {
             .recv = recv orelse @constCast(&dummy_buffer),
         };
 
-        var arena_state = std.heap.ArenaAllocator.init(std.heap.c_allocator);
-        defer arena_state.deinit();
-        const result = engine.runner(slot.ep.comm(), desc, arena_state.allocator());
+        const result = engine.runner(slot.ep.comm(), desc, scratch);
         engine.net.close(&slot.ep);
         if (result) |_| {
             if (mirror) |*m| m.finish() catch |err| {
