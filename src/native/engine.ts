@@ -37,6 +37,8 @@ export function hostId(): bigint {
 }
 
 const pollBatch = 64;
+/** How long submit() may block for the completion of a lone op (0 = never). */
+const syncWaitMs = Math.max(0, Number(process.env.MOONRING_SYNC_WAIT_MS ?? 1) || 0);
 
 /** Host buffers up to this size are recycled (mr_alloc/mr_free are syscalls). */
 const poolBytesMax = 1 << 20;
@@ -254,10 +256,15 @@ export class NativeDataPlane implements DataPlane {
         buffers.push(b);
       }
     }
-    return new Promise<void>((resolve, reject) => {
+    const promise = new Promise<void>((resolve, reject) => {
       this.pending.set(ticket, { resolve, reject, buffers, counts, op });
       this.startPolling();
     });
+    // Short ops: when this is the only op in flight, block (futex, no spinning) up to
+    // syncWaitMs for its completion: the op thread wakes this thread directly instead of the
+    // waiter Worker + postMessage hop (~40 us). Past that the Worker takes over.
+    if (syncWaitMs > 0 && this.pending.size === 1 && native.mr_wait(engine, syncWaitMs)) this.drain();
+    return promise;
   }
 
   /**
