@@ -40,8 +40,8 @@ export class CoordinatorLink {
   lost = false;
   lostReason: string | null = null;
   onPush: (msg: LinkMessage) => void = () => {};
-  /** Rank 0 is lost (called once). */
-  onDown: (why: string) => void = () => {};
+  /** Rank 0 is lost (called once); clean = rank 0 closed the link itself (shutting down). */
+  onDown: (why: string, clean: boolean) => void = () => {};
 
   constructor(
     private wsUrl: string,
@@ -103,9 +103,10 @@ export class CoordinatorLink {
         const why = `control link to rank 0 closed (code ${ev.code}${ev.reason ? `: ${ev.reason}` : ""})`;
         this.failPending(why);
         if (!this.closing) {
-          if (ev.code === 1000 || ev.code === 1001) this.log.info(`rank 0 closed the control link (code ${ev.code}: shutting down?)`);
+          const clean = ev.code === 1000 || ev.code === 1001;
+          if (clean) this.log.info(`rank 0 closed the control link (code ${ev.code}: shutting down?)`);
           else this.log.warn(`control link to rank 0 lost (code ${ev.code})`);
-          this.declareLost(why);
+          this.declareLost(why, clean);
         }
       };
       ws.onmessage = (ev) => this.onMessage(ev.data as string);
@@ -137,7 +138,7 @@ export class CoordinatorLink {
   }
 
   /** Rank 0 is gone for this process: fail everything pending, never reconnect, tell onDown. */
-  declareLost(why: string): void {
+  declareLost(why: string, clean = false): void {
     if (this.lost) return;
     this.lost = true;
     this.lostReason = why;
@@ -153,7 +154,7 @@ export class CoordinatorLink {
       // already closed
     }
     try {
-      this.onDown(why);
+      this.onDown(why, clean);
     } catch (e) {
       this.log.error(`control link: onDown failed: ${(e as Error).stack}`);
     }

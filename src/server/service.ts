@@ -308,7 +308,7 @@ export class RankService {
         if (msg.t === "view" || msg.t === "retry" || msg.t === "ping" || msg.t === "linkcheck") this.participant.onPush(msg);
         else if (msg.t !== "hb") this.onPush?.(msg);
       };
-      link.onDown = (why) => this.onMasterLost(why);
+      link.onDown = (why, clean) => this.onMasterLost(why, clean);
       await link.connect(c.rendezvousTimeoutMs);
       this.agreement = new Agreement(c.rank, null, link);
       this.channel = {
@@ -380,7 +380,7 @@ export class RankService {
   }
 
   /** Rank 0 is lost: every call fails fast with 503 master_lost from now on (final). */
-  private onMasterLost(why: string): void {
+  private onMasterLost(why: string, clean = false): void {
     if ((this.phase as ServicePhase) === "stopping") return;
     const self = this.membership.get(this.rank);
     if (self && !self.active && (self.state === "failed" || self.state === "left")) {
@@ -390,7 +390,7 @@ export class RankService {
       this.p2p.halt(`rank ${this.rank} was removed from the world`);
       return;
     }
-    this.log.error(`coordinator (rank 0) lost: ${why}; this rank fails every call with 503 master_lost until it is restarted`);
+    this.log[clean ? "info" : "error"](`coordinator (rank 0) lost: ${why}; this rank fails every call with 503 master_lost until it is restarted`);
     this.participant.lost(why);
     for (const r of this.membership.all()) if (r.rank !== this.rank) this.markPeerDown(r.rank);
     this.p2p.halt(`the coordinator (rank 0) is lost: ${why}`);
