@@ -102,7 +102,7 @@ export class Coordinator {
       this.lastSeen.set(r, performance.now());
       this.byes.delete(r);
     };
-    hub.onRankDisconnected = (r, code, reason) => this.linkClosed(r, code, reason);
+    hub.onRankDisconnected = (r, code, reason, instance) => this.linkClosed(r, code, reason, instance);
     hub.onMessage = (r, msg) => {
       this.lastSeen.set(r, performance.now());
       switch (msg.t) {
@@ -187,9 +187,11 @@ export class Coordinator {
     }
   }
 
-  private linkClosed(rank: number, code: number, reason: string): void {
-    this.lastSeen.delete(rank);
+  private linkClosed(rank: number, code: number, reason: string, instance: string): void {
     const rec = this.membership.get(rank);
+    this.lastSeen.delete(rank); // the slot's next link (if any) starts the clock again
+    // the link of an older process of this slot (a replacement registered meanwhile): not news
+    if (rec && instance && rec.instance !== instance) return;
     if (!rec || rec.state === "failed" || rec.state === "left") return;
     if (!this.rendezvous.allReady && rec.state !== "awaiting") {
       this.log.warn(`control link from rank ${rank} closed during rendezvous (code ${code})`);

@@ -12,7 +12,7 @@ export interface LinkData {
 export class CoordinatorHub {
   private sockets = new Map<number, ServerWebSocket<LinkData>>();
   /** Called when a rank's link closes (fault tolerance hooks in here). */
-  onRankDisconnected: (rank: number, code: number, reason: string) => void = () => {};
+  onRankDisconnected: (rank: number, code: number, reason: string, instance: string) => void = () => {};
   onRankConnected: (rank: number) => void = () => {};
   /** Sees every message first (liveness); returns true when it consumed it (hb, acks, ...). */
   onMessage: (rank: number, msg: Record<string, unknown>) => boolean = () => false;
@@ -101,7 +101,7 @@ export class CoordinatorHub {
       if (this.sockets.get(ws.data.rank) !== ws) return;
       this.sockets.delete(ws.data.rank);
       this.log.debug(`control link from rank ${ws.data.rank} closed (code ${code})`);
-      this.onRankDisconnected(ws.data.rank, code, reason ?? "");
+      this.onRankDisconnected(ws.data.rank, code, reason ?? "", ws.data.instance);
     },
   };
 
