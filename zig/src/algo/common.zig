@@ -47,7 +47,9 @@ pub const Tuning = struct {
 };
 
 pub const slice_bytes_default = 1 << 20;
-pub const small_bytes_default = 64 << 10;
+/// 128 KiB: at 2 ranks one recursive-doubling exchange of 64 KiB beats the ring's two hand-off
+/// rounds (bench/NOTES.md E9); at >= 256 KiB the ring wins again.
+pub const small_bytes_default = 128 << 10;
 
 comptime {
     const t: Tuning = .{};
