@@ -262,8 +262,10 @@ export class NativeDataPlane implements DataPlane {
     });
     // Short ops: when this is the only op in flight, block (futex, no spinning) up to
     // syncWaitMs for its completion: the op thread wakes this thread directly instead of the
-    // waiter Worker + postMessage hop (~40 us). Past that the Worker takes over.
-    if (syncWaitMs > 0 && this.pending.size === 1 && native.mr_wait(engine, syncWaitMs)) this.drain();
+    // waiter Worker + postMessage hop (~40 us). Past that the Worker takes over. Not inside
+    // submit(): the caller's pending writes (e.g. the control plane telling peers to start this
+    // very op) must go out first, so it runs on the next macrotask turn.
+    if (syncWaitMs > 0 && this.pending.size === 1) setImmediate(this.syncWait, ticket);
     return promise;
   }
 
@@ -294,6 +296,11 @@ export class NativeDataPlane implements DataPlane {
       this.waiter.ref();
     }
   }
+
+  private readonly syncWait = (ticket: bigint): void => {
+    if (this.handle === null || this.pending.size !== 1 || !this.pending.has(ticket)) return;
+    if (native.mr_wait(this.handle, syncWaitMs)) this.drain();
+  };
 
   private drain(): void {
     if (this.handle === null) return;
