@@ -12,10 +12,11 @@
 // single-tensor ops (allreduce, reduce, broadcast, allgather, gather, p2p send/recv).
 // Errors are MoonringError with the contract's `code` (invalid_request, collective_mismatch,
 // too_large, not_ready, timeout, ...), HTTP `status` and `details` (e.g. missing_ranks).
+import { dtypes, type DTypeName, type RedOpName } from "../ops/table";
 import { fromBFloat16Bits, fromFloat16Bits, toBFloat16Bits, toFloat16Bits } from "../tensor/half";
 
-export type DType = "float16" | "bfloat16" | "float32" | "float64" | "int8" | "uint8" | "int16" | "int32" | "int64" | "bool";
-export type RedOp = "sum" | "prod" | "min" | "max" | "avg" | "band" | "bor" | "bxor";
+export type DType = DTypeName;
+export type RedOp = RedOpName;
 
 export type TypedArrayFor<D extends DType> = D extends "float32"
   ? Float32Array
@@ -41,7 +42,7 @@ export interface Tensor<D extends DType = DType> {
   data: TypedArrayFor<D>;
 }
 
-const ITEM: Record<DType, number> = { float16: 2, bfloat16: 2, float32: 4, float64: 8, int8: 1, uint8: 1, int16: 2, int32: 4, int64: 8, bool: 1 };
+const ITEM = Object.fromEntries(dtypes.map((d) => [d.name, d.bytes])) as Record<DType, number>;
 const CTOR: Record<DType, { new (n: number): AnyTypedArray; new (b: ArrayBuffer, o: number, n: number): AnyTypedArray }> = {
   float16: Uint16Array,
   bfloat16: Uint16Array,
