@@ -12,7 +12,7 @@
 # limit; the whole script stays well under 10 minutes on one H100.
 # Overrides: MOONRING_BUN (a bun binary), MOONRING_LIB, MOONRING_FATBIN, MOONRING_GPU_TESTS (test
 # files for bun test; default tests/gpu; when set, the second-GPU kernel pass is skipped),
-# MOONRING_GPU_TEST_LIMIT (s, default 240), MOONRING_COLL_OPS (default allreduce,allgather,reduce_scatter), MOONRING_COLL_MAX_BYTES (256M).
+# MOONRING_GPU_TEST_LIMIT (s, default 240), MOONRING_COLL_BENCH_ARGS (extra moonring bench flags, e.g. --iters 20), MOONRING_COLL_OPS (default allreduce,allgather,reduce_scatter), MOONRING_COLL_MAX_BYTES (256M).
 set -u
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
@@ -134,7 +134,7 @@ if [ "$coll_bench" -eq 1 ]; then
   : > "$out/coll-moonring.jsonl"
   for op in $(echo "$ops" | tr , ' '); do
     limit 100 "$bun" src/cli.ts bench --nproc 2 --device cuda --via native --op "$op" --min-bytes 8 --max-bytes "$max" \
-      --json --quiet >> "$out/coll-moonring.jsonl" 2>> "$out/coll-bench.txt" || log "moonring bench $op failed (exit $?): see coll-bench.txt"
+      --json --quiet ${MOONRING_COLL_BENCH_ARGS:-} >> "$out/coll-moonring.jsonl" 2>> "$out/coll-bench.txt" || log "moonring bench $op failed (exit $?): see coll-bench.txt"
   done
   if command -v torchrun >/dev/null 2>&1; then trun="torchrun"; else trun="python3 -m torch.distributed.run"; fi
   limit 150 $trun --nproc_per_node 2 bench/nccl_bench.py --min-bytes 8 --max-bytes "$max" --ops "$ops" --json \
@@ -152,11 +152,14 @@ def load(path):
 mr, nc = load(sys.argv[1]), load(sys.argv[2])
 gpu = next((r.get("gpu") for r in nc.values() if r.get("gpu")), "?")
 print(f"# busbw GB/s, float32, 2 ranks, {gpu}: moonring (bench --device cuda --via native) vs NCCL (torch.distributed)")
-print(f"{'op':>15} {'bytes':>11} {'mr time(us)':>12} {'mr busbw':>9} {'nccl time(us)':>14} {'nccl busbw':>11} {'ratio':>6}")
+print(f"{'op':>15} {'bytes':>11} {'mr time(us)':>12} {'mr busbw':>9} {'nccl time(us)':>14} {'nccl busbw':>11} {'ratio':>6} {'mr p50 busbw':>13} {'p50 ratio':>9}")
 for (op, b) in sorted(set(mr) | set(nc), key=lambda k: (k[0], k[1])):
     m, n = mr.get((op, b)), nc.get((op, b))
     ratio = m["busbw_gbps"] / n["busbw_gbps"] if m and n and n["busbw_gbps"] > 0 else float("nan")
-    print(f"{op:>15} {b:>11} {m['time_us'] if m else '-':>12} {m['busbw_gbps'] if m else '-':>9} {n['time_us'] if n else '-':>14} {n['busbw_gbps'] if n else '-':>11} {ratio:>6.2f}")
+    # mean (as nccl-tests) and median: a few multi-ms hiccups among 5-20 iterations move the mean
+    p50 = m["busbw_gbps"] * m["time_us"] / m["p50_us"] if m and m.get("p50_us") else float("nan")
+    p50_ratio = p50 / n["busbw_gbps"] if n and n["busbw_gbps"] > 0 else float("nan")
+    print(f"{op:>15} {b:>11} {m['time_us'] if m else '-':>12} {m['busbw_gbps'] if m else '-':>9} {n['time_us'] if n else '-':>14} {n['busbw_gbps'] if n else '-':>11} {ratio:>6.2f} {p50:>13.2f} {p50_ratio:>9.2f}")
 PY
   cat "$out/coll-bench.tmp" >> "$out/coll-bench.txt"
   grep -E ' (67108864|134217728|268435456) ' "$out/coll-bench.tmp" | tee -a "$out/summary.txt" >&2
