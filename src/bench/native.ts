@@ -90,6 +90,10 @@ export class NativeRunner implements Runner {
     const { nproc } = this.cfg;
     const env: Record<string, string> = { ...(process.env as Record<string, string>), MOONRING_TRANSPORT: this.cfg.transport };
     if (!env.MOONRING_LOG) env.MOONRING_LOG = "warn";
+    // A worker awaits one op at a time and serves nothing else, so it may sleep in mr_wait for
+    // the whole op (the REST service keeps the 1 ms default: it must not hold its event loop).
+    // Measured on 2x H200: the waiter-Worker hop added 100-400 us to 16-256 MiB device ops.
+    if (!env.MOONRING_SYNC_WAIT_MS) env.MOONRING_SYNC_WAIT_MS = "100";
     const clusterId = `moonring-bench-${process.pid}-${Date.now()}`;
     for (let r = 0; r < nproc; r++) {
       const proc = Bun.spawn([process.execPath, WORKER, String(r), String(nproc), clusterId, this.cfg.host, this.cfg.device], {
