@@ -113,23 +113,8 @@ inline fn apply(comptime C: type, comptime kind: Kind, comptime n: comptime_int,
 }
 
 fn reduceTyped(comptime dtype: DType, comptime kind: Kind, dst: []u8, src: []const u8) void {
-    const L = Lane(dtype);
-    const T = L.Storage;
-    const count = dst.len / @sizeOf(T);
-    const d: [*]align(1) T = @ptrCast(dst.ptr);
-    const s: [*]align(1) const T = @ptrCast(src.ptr);
-    const n = L.lanes;
-    var i: usize = 0;
-    while (i + n <= count) : (i += n) {
-        const a: @Vector(n, T) = d[i..][0..n].*;
-        const b: @Vector(n, T) = s[i..][0..n].*;
-        d[i..][0..n].* = L.narrow(n, apply(L.Compute, kind, n, L.widen(n, a), L.widen(n, b)));
-    }
-    while (i < count) : (i += 1) {
-        const a: @Vector(1, T) = d[i..][0..1].*;
-        const b: @Vector(1, T) = s[i..][0..1].*;
-        d[i..][0..1].* = L.narrow(1, apply(L.Compute, kind, 1, L.widen(1, a), L.widen(1, b)));
-    }
+    // In place is the two-source form with dst as the first source (same index read, then written).
+    reduceTyped3(dtype, kind, dst, dst, src);
 }
 
 /// Whether `redop` is defined for `dtype` (the table's `kinds`).

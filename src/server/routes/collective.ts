@@ -8,7 +8,7 @@
 import type { Context, Hono } from "hono";
 import type { CollectiveCall, CollectiveResult, ResultTensor, ResultValue } from "../../control/collective";
 import type { NativeBuffer } from "../../native/types";
-import { dtypeInfo, redopRejection, type DTypeName, type RedOpName } from "../../ops/table";
+import { redopRejection, type DTypeName, type RedOpName } from "../../ops/table";
 import { checkShape, encodeTensor, numel, writeTensor, type JsonTensor, type WireFormat } from "../../tensor/codec";
 import { InvalidRequest, NotReady, TooLarge } from "../errors";
 import { checkContentLength, isOctetStream, octetParam, readBodyInto, readJson, wantsOctetStream } from "../body";
@@ -168,22 +168,8 @@ export function decodeJson(
     format?: "data" | "b64";
   };
   const maxT = svc.config.maxTensorBytes;
-  const call: CollectiveCall = {
-    op,
-    group: body.group ?? "world",
-    tag: body.tag ?? null,
-    timeoutMs: body.timeout_ms ?? DEFAULT_TIMEOUT_MS,
-    redop: REDOP_OPS.has(op) ? (body.op ?? "sum") : null,
-    root: null,
-    dtype: null,
-    shape: null,
-    count: -1,
-    send: null,
-    startedAt,
-  };
+  const call = baseCall(svc, op, body, startedAt);
   let format: WireFormat = body.format ?? "data";
-  const rootField = ROOT_FIELD[op];
-  if (rootField) call.root = checkRoot(svc, op, body[rootField]!, call.group);
 
   if (body.tensor) {
     const t = body.tensor;
@@ -297,6 +283,24 @@ async function decodeOctet(
   const body = parsed.data as { tensor: JsonTensor; op?: RedOpName; dst?: number; src?: number; group?: string; tag?: string; timeout_ms?: number };
   const t = body.tensor;
   const bytes = checkShape(t, "tensor", svc.config.maxTensorBytes);
+  const call = baseCall(svc, op, body, startedAt);
+  call.dtype = t.dtype;
+  call.shape = t.shape;
+  call.count = numel(t.shape);
+  if (call.redop) checkRedop(call.redop, t.dtype);
+  const buf = alloc(svc, bytes, owned);
+  await readBodyInto(c, buf, bytes);
+  call.send = buf;
+  return { call, format: "octet" };
+}
+
+/** The call's metadata common to JSON and octet-stream bodies; tensors are filled in by the caller. */
+function baseCall(
+  svc: RankService,
+  op: CollectiveOp,
+  body: { op?: RedOpName; dst?: number; src?: number; group?: string; tag?: string; timeout_ms?: number },
+  startedAt: number,
+): CollectiveCall {
   const call: CollectiveCall = {
     op,
     group: body.group ?? "world",
@@ -304,18 +308,13 @@ async function decodeOctet(
     timeoutMs: body.timeout_ms ?? DEFAULT_TIMEOUT_MS,
     redop: REDOP_OPS.has(op) ? (body.op ?? "sum") : null,
     root: null,
-    dtype: t.dtype,
-    shape: t.shape,
-    count: numel(t.shape),
+    dtype: null,
+    shape: null,
+    count: -1,
     send: null,
     startedAt,
   };
   const rootField = ROOT_FIELD[op];
   if (rootField) call.root = checkRoot(svc, op, body[rootField]!, call.group);
-  if (call.redop) checkRedop(call.redop, t.dtype);
-  const buf = alloc(svc, bytes, owned);
-  await readBodyInto(c, buf, bytes);
-  call.send = buf;
-  void dtypeInfo;
-  return { call, format: "octet" };
+  return call;
 }
