@@ -149,6 +149,12 @@ fn ipcEnvDisabled() bool {
     return std.mem.eql(u8, value, "0") or std.mem.eql(u8, value, "off");
 }
 
+/// MOONRING_CUDA_TRACE=1: one log line per direct op with the time of each phase (diagnostics).
+fn traceEnabled() bool {
+    const value = sys.getenv("MOONRING_CUDA_TRACE") orelse return false;
+    return std.mem.eql(u8, value, "1");
+}
+
 /// Push copies with the copy engines (cuMemcpyDtoDAsync, default) or SM kernels
 /// (MOONRING_CUDA_COPY=kernel).
 fn copyWithKernel() bool {
@@ -267,6 +273,10 @@ pub fn run(cache: *Cache, comm: transport.Comm, o: Op) Error!Outcome {
     std.debug.assert(n == o.group.len and me < n);
     const my_rank = o.group[me];
     const es = o.dtype.bytes();
+    const trace = traceEnabled();
+    var t: [6]u64 = [_]u64{0} ** 6;
+    if (trace) t[0] = sys.monotonicNs();
+    const opens_before = cache.opens.load(.monotonic);
 
     // ---- 1. hello ----
     var refusal: ?Reason = null;
@@ -320,6 +330,7 @@ pub fn run(cache: *Cache, comm: transport.Comm, o: Op) Error!Outcome {
         }
     }
 
+    if (trace) t[1] = sys.monotonicNs();
     // ---- 2. map the peer buffers this rank needs ----
     var mapped: Mapped = .{ .cache = cache };
     defer mapped.releaseAll();
@@ -352,6 +363,7 @@ pub fn run(cache: *Cache, comm: transport.Comm, o: Op) Error!Outcome {
         }
     }
     if (!local_ok) detail = copyText(&detail_buf, driver.lastErrorMessage());
+    if (trace) t[2] = sys.monotonicNs();
     var needs_ack = false;
     for (0..n) |i| for (0..n) |j| {
         if (needs(o, @intCast(i), @intCast(j)) == .none) continue;
@@ -376,9 +388,10 @@ pub fn run(cache: *Cache, comm: transport.Comm, o: Op) Error!Outcome {
     }
 
     // ---- 3. this rank's part ----
+    if (trace) t[3] = sys.monotonicNs();
     var part_error: ?driver.Error = null;
     if (local_ok) {
-        part(cache, o, me, &theirs, &mapped) catch |err| {
+        part(cache, o, me, &theirs, &mapped, if (trace) &t[4] else null) catch |err| {
             part_error = err;
         };
     } else {
@@ -387,6 +400,7 @@ pub fn run(cache: *Cache, comm: transport.Comm, o: Op) Error!Outcome {
     var part_message_buf: [240]u8 = undefined;
     const part_message = if (part_error != null) copyText(&part_message_buf, driver.lastErrorMessage()) else "";
 
+    const t_part = if (trace) sys.monotonicNs() else 0;
     // ---- 4. final barrier with status ----
     var done_mine: [group_size_max]StatusMsg = undefined;
     var done: [group_size_max]StatusMsg = undefined;
@@ -399,6 +413,16 @@ pub fn run(cache: *Cache, comm: transport.Comm, o: Op) Error!Outcome {
         if (d.ok == 0) return driver.fail(error.Cuda, "rank {d} failed its part of the CUDA IPC direct {s} (see its log)", .{ o.group[j], @tagName(o.kind) });
     }
     _ = cache.completed.fetchAdd(1, .monotonic);
+    if (trace) {
+        t[5] = sys.monotonicNs();
+        const us = std.time.ns_per_us;
+        sys.logLine("rank {d}: cuda direct {s} n={d} {d} B: hello {d} us, map {d} us (opens {d}), ack {d} us, launch {d} us, sync {d} us, barrier {d} us", .{
+            my_rank,                  @tagName(o.kind),                o.group.len,                    o.count * es,
+            (t[1] - t[0]) / us,       (t[2] - t[1]) / us,              cache.opens.load(.monotonic) - opens_before,
+            (t[3] - t[2]) / us,       (if (t[4] > t[3]) t[4] - t[3] else 0) / us,
+            (if (t[4] > t[3]) t_part - t[4] else t_part - t[3]) / us, (t[5] - t_part) / us,
+        });
+    }
     return .done;
 }
 
@@ -453,6 +477,56 @@ fn reduceInto(stream: driver.Stream, o: Op, dst: u64, srcs: []const u64, count: 
     if (o.redop == .avg) try stream.scale(o.dtype, dst, count, @floatFromInt(srcs.len));
 }
 
+/// MOONRING_CUDA_PUSH=parallel: pushes to the peers each on a stream of its own (forked from
+/// the op's stream by an event), so the copies to different peers run side by side instead of
+/// one after another on one stream. Pushes below parallel_push_min_bytes stay on one stream.
+fn parallelPush() bool {
+    if (parallel_push_for_test) return true;
+    const value = sys.getenv("MOONRING_CUDA_PUSH") orelse return false;
+    return std.mem.eql(u8, value, "parallel");
+}
+const parallel_push_min_bytes = 1 << 20;
+/// Tests: parallel pushes whatever MOONRING_CUDA_PUSH says.
+pub var parallel_push_for_test = false;
+
+/// Streams of parallel pushes, one per peer, each ordered after the work queued on `main`
+/// before fork(). Every stream is synchronized before the op's part returns (finish / deinit).
+const Fanout = struct {
+    cache: *Cache,
+    ordinal: i32,
+    event: ?driver.Event = null,
+    streams: [group_size_max]?driver.Stream = [_]?driver.Stream{null} ** group_size_max,
+
+    fn fork(f: *Fanout, main: driver.Stream) driver.Error!void {
+        const event = try main.device.createEvent(false);
+        f.event = event;
+        try event.record(main);
+    }
+
+    fn streamFor(f: *Fanout, j: usize) driver.Error!driver.Stream {
+        if (f.streams[j]) |stream| return stream;
+        const stream = try f.cache.takeStream(f.ordinal);
+        f.streams[j] = stream;
+        try stream.waitEvent(f.event.?);
+        return stream;
+    }
+
+    fn finish(f: *Fanout) driver.Error!void {
+        for (f.streams) |slot| if (slot) |stream| try stream.synchronize();
+    }
+
+    /// Synchronizes (an error path may have left work queued) and gives the streams back.
+    fn deinit(f: *Fanout) void {
+        for (&f.streams) |*slot| if (slot.*) |stream| {
+            stream.synchronize() catch {};
+            f.cache.putStream(stream);
+            slot.* = null;
+        };
+        if (f.event) |event| event.destroy();
+        f.event = null;
+    }
+};
+
 fn copy(stream: driver.Stream, kernel: bool, dst: u64, src: u64, bytes: u64) driver.Error!void {
     if (bytes == 0 or dst == src) return;
     if (kernel) {
@@ -462,7 +536,8 @@ fn copy(stream: driver.Stream, kernel: bool, dst: u64, src: u64, bytes: u64) dri
     }
 }
 
-fn part(cache: *Cache, o: Op, me: u32, theirs: *const [group_size_max]Hello, mapped: *const Mapped) driver.Error!void {
+/// `launched`: set to the time the work is queued, before the stream is synchronized (trace).
+fn part(cache: *Cache, o: Op, me: u32, theirs: *const [group_size_max]Hello, mapped: *const Mapped, launched: ?*u64) driver.Error!void {
     const n: u32 = @intCast(o.group.len);
     const es = o.dtype.bytes();
     const stream = try cache.takeStream(o.device);
@@ -500,10 +575,19 @@ fn part(cache: *Cache, o: Op, me: u32, theirs: *const [group_size_max]Hello, map
                         try e.record(stream);
                         try push_stream.waitEvent(e);
                     }
-                    for (0..n) |j| {
-                        if (j == me) continue;
-                        try copy(push_stream, kernel_copy, recv[j] + c_begin * es, dst, (c_end - c_begin) * es);
+                    const push_bytes = (c_end - c_begin) * es;
+                    var fanout: Fanout = .{ .cache = cache, .ordinal = o.device };
+                    defer fanout.deinit();
+                    const fan = chunks == 1 and n > 2 and push_bytes >= parallel_push_min_bytes and parallelPush();
+                    if (fan) try fanout.fork(stream);
+                    // Peers in turn from me + 1: at any moment each rank pushes into a
+                    // different peer (all ranks starting at rank 0 would all write into it).
+                    for (1..n) |step| {
+                        const j = (me + step) % n;
+                        const s = if (fan) try fanout.streamFor(j) else push_stream;
+                        try copy(s, kernel_copy, recv[j] + c_begin * es, dst, push_bytes);
                     }
+                    if (fan) try fanout.finish();
                 }
                 if (chunks > 1) try push_stream.synchronize();
             }
@@ -518,7 +602,17 @@ fn part(cache: *Cache, o: Op, me: u32, theirs: *const [group_size_max]Hello, map
         },
         .allgather => {
             const bytes = o.count * es;
-            for (0..n) |j| try copy(stream, kernel_copy, recv[j] + me * bytes, o.send, bytes);
+            var fanout: Fanout = .{ .cache = cache, .ordinal = o.device };
+            defer fanout.deinit();
+            const fan = n > 2 and bytes >= parallel_push_min_bytes and parallelPush();
+            if (fan) try fanout.fork(stream);
+            // Peers in turn from me + 1 (no incast on one rank), this rank's own block last.
+            for (1..n + 1) |k| {
+                const j = (me + k) % n;
+                const s = if (fan and j != me) try fanout.streamFor(j) else stream;
+                try copy(s, kernel_copy, recv[j] + me * bytes, o.send, bytes);
+            }
+            if (fan) try fanout.finish();
         },
         .gather => {
             const bytes = o.count * es;
@@ -532,7 +626,9 @@ fn part(cache: *Cache, o: Op, me: u32, theirs: *const [group_size_max]Hello, map
             try copy(stream, kernel_copy, o.recv, send[o.root] + me * bytes, bytes);
         },
         .alltoall => {
-            for (0..n) |j| {
+            // Peers in turn from me + 1 (no incast on one rank), this rank's own block last.
+            for (1..n + 1) |k| {
+                const j = (me + k) % n;
                 const bytes = o.send_counts[j] * es;
                 const src = o.send + prefix(o.send_counts, j) * es;
                 if (j == me) {
@@ -550,6 +646,7 @@ fn part(cache: *Cache, o: Op, me: u32, theirs: *const [group_size_max]Hello, map
         },
         .barrier, .send, .recv => unreachable,
     }
+    if (launched) |p| p.* = sys.monotonicNs();
     try stream.synchronize();
 }
 

@@ -302,11 +302,16 @@ test "cuda direct: every collective over the fake driver, 2 and 3 ranks, roots f
         try runCase(&world, .{ .kind = .allreduce, .dtype = .bf16, .redop = .avg, .n = n, .count = 3_000_001, .in_place = true }, 96);
         try runCase(&world, .{ .kind = .allreduce, .dtype = .f32, .n = n, .count = 1_500_000 }, 95);
         cuda_direct.pipeline_for_test = false;
+        // Pushes on a stream per peer (MOONRING_CUDA_PUSH=parallel; 3+ ranks, >= 1 MiB).
+        cuda_direct.parallel_push_for_test = true;
+        try runCase(&world, .{ .kind = .allreduce, .dtype = .f32, .n = n, .count = 1_500_000 }, 94);
+        try runCase(&world, .{ .kind = .allgather, .dtype = .f32, .n = n, .count = 300_000 }, 93);
+        cuda_direct.parallel_push_for_test = false;
         try runCase(&world, .{ .kind = .alltoall, .dtype = .i32, .n = n, .count = 5, .uneven = true }, 99);
         try runCase(&world, .{ .kind = .alltoall, .dtype = .u8, .n = n, .count = 0, .uneven = true }, 98);
         try testing.expect(world.directOps() > 0);
         // Every op took the direct path (alltoall in place would not: none here).
-        const ops_per_rank: u64 = kinds.len * dtypes.len * 2 * 3 + 2 + 2 + 3;
+        const ops_per_rank: u64 = kinds.len * dtypes.len * 2 * 3 + 2 + 2 + 3 + 2;
         try testing.expectEqual(ops_per_rank * n, world.directOps());
     }
 }

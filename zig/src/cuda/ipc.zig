@@ -89,6 +89,8 @@ pub const Cache = struct {
     /// Log lines said once.
     said: std.atomic.Value(u32) = .init(0),
     streams: [streams_max]?driver.Stream = [_]?driver.Stream{null} ** streams_max,
+    /// cuIpcOpenMemHandle calls made (tests, diagnostics: MOONRING_CUDA_TRACE).
+    opens: std.atomic.Value(u64) = .init(0),
     /// Ops completed on the direct path (tests, diagnostics).
     completed: std.atomic.Value(u64) = .init(0),
     /// Tests: every open fails (as cuIpcOpenMemHandle does between containers).
@@ -148,6 +150,7 @@ pub const Cache = struct {
 
         if (cache.test_fail_open) return driver.fail(error.Cuda, "CUDA cuIpcOpenMemHandle failed (test)", .{});
         const dev = try staging.device(ordinal);
+        _ = cache.opens.fetchAdd(1, .monotonic);
         const base = dev.ipcOpen(.{ .reserved = ref.handle }) catch |err| retry: {
             // Already mapped through another (stale) handle of the same memory: close this
             // peer's unused mappings and try once more.
