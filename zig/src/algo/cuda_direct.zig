@@ -155,6 +155,18 @@ fn traceEnabled() bool {
     return std.mem.eql(u8, value, "1");
 }
 
+/// MOONRING_CUDA_SPIN_US=N: the control-message waiters of this process (link threads, the op
+/// thread) keep polling for N us from the op's start and again from the end of its part,
+/// instead of sleeping on a futex after MOONRING_SPIN_US (sys.spinHotFor). Off by default
+/// (0). Run 7 on 4x H200 (bench/results/2026-11-26-h200x4-gpu-run7-trace.txt): the GPU part of
+/// a 4 MiB allreduce took ~50 us, the final barrier after it up to ~900 us: the messages
+/// waited on woken threads.
+fn hotSpinNs() u64 {
+    const text = sys.getenv("MOONRING_CUDA_SPIN_US") orelse return 0;
+    const us = std.fmt.parseInt(u32, text, 10) catch return 0;
+    return @as(u64, us) * std.time.ns_per_us;
+}
+
 /// Push copies with the copy engines (cuMemcpyDtoDAsync, default) or SM kernels
 /// (MOONRING_CUDA_COPY=kernel).
 fn copyWithKernel() bool {
@@ -277,6 +289,8 @@ pub fn run(cache: *Cache, comm: transport.Comm, o: Op) Error!Outcome {
     var t: [6]u64 = [_]u64{0} ** 6;
     if (trace) t[0] = sys.monotonicNs();
     const opens_before = cache.opens.load(.monotonic);
+    const hot_ns = hotSpinNs();
+    sys.spinHotFor(hot_ns);
 
     // ---- 1. hello ----
     var refusal: ?Reason = null;
@@ -401,6 +415,7 @@ pub fn run(cache: *Cache, comm: transport.Comm, o: Op) Error!Outcome {
     const part_message = if (part_error != null) copyText(&part_message_buf, driver.lastErrorMessage()) else "";
 
     const t_part = if (trace) sys.monotonicNs() else 0;
+    sys.spinHotFor(hot_ns);
     // ---- 4. final barrier with status ----
     var done_mine: [group_size_max]StatusMsg = undefined;
     var done: [group_size_max]StatusMsg = undefined;
