@@ -105,62 +105,20 @@ __device__ __forceinline__ void reduce_range(T* dst, const T* a, const T* b, uin
 }
 
 // dst[i] = s0[i] op s1[i] op ... (left to right, accumulated in the accumulation type and
-// rounded once). dst may equal a source. Sources are mostly peer buffers (NVLink): when every
-// pointer has the same offset modulo 16, the body loads 16 bytes of every source before it
-// combines them (scalar loads keep too few bytes in flight to cover the peer latency: at 4
-// ranks they ran at a fraction of the link rate). Same arithmetic either way.
-template <typename Op, typename T>
-__device__ __forceinline__ T reduce_one(const Sources& srcs, uint32_t n, uint64_t i) {
-  using Acc = typename Elem<T>::acc;
-  Acc acc = Elem<T>::load(static_cast<const T*>(srcs.ptr[0])[i]);
-#pragma unroll
-  for (uint32_t s = 1; s < kSourcesMax; s++) {
-    if (s < n) acc = Op::apply(acc, Elem<T>::load(static_cast<const T*>(srcs.ptr[s])[i]));
-  }
-  return Elem<T>::store(acc);
-}
-
+// rounded once). dst may equal a source. Scalar loads: meant for a few peer buffers.
 template <typename Op, typename T>
 __device__ __forceinline__ void reduce_many(T* dst, const Sources& srcs, uint64_t count) {
   using Acc = typename Elem<T>::acc;
-  constexpr int kLanes = kVecBytes / sizeof(T);
   const uint32_t n = srcs.count < kSourcesMax ? srcs.count : kSourcesMax;
   if (n == 0) return;
-  const uintptr_t d = reinterpret_cast<uintptr_t>(dst);
-  uintptr_t mismatch = 0;
-  for (uint32_t s = 0; s < n; s++) mismatch |= (d ^ reinterpret_cast<uintptr_t>(srcs.ptr[s]));
-  const uint64_t head = head_count<T>(mismatch % kVecBytes, d, count);
-  const uint64_t tid = thread_index();
-  const uint64_t stride = thread_stride();
-  for (uint64_t i = tid; i < head; i += stride) dst[i] = reduce_one<Op, T>(srcs, n, i);
-
-  const uint64_t vecs = (count - head) / kLanes;
-  uint4* dv = reinterpret_cast<uint4*>(dst + head);
-  for (uint64_t i = tid; i < vecs; i += stride) {
-    uint4 v[kSourcesMax];
-#pragma unroll
-    for (uint32_t s = 0; s < kSourcesMax; s++) {
-      if (s < n) v[s] = reinterpret_cast<const uint4*>(static_cast<const T*>(srcs.ptr[s]) + head)[i];
-    }
-    T lanes[kLanes];
-    memcpy(lanes, &v[0], kVecBytes);
-    Acc acc[kLanes];
-#pragma unroll
-    for (int lane = 0; lane < kLanes; lane++) acc[lane] = Elem<T>::load(lanes[lane]);
+  for (uint64_t i = thread_index(); i < count; i += thread_stride()) {
+    Acc acc = Elem<T>::load(static_cast<const T*>(srcs.ptr[0])[i]);
 #pragma unroll
     for (uint32_t s = 1; s < kSourcesMax; s++) {
-      if (s < n) {
-        memcpy(lanes, &v[s], kVecBytes);
-#pragma unroll
-        for (int lane = 0; lane < kLanes; lane++) acc[lane] = Op::apply(acc[lane], Elem<T>::load(lanes[lane]));
-      }
+      if (s < n) acc = Op::apply(acc, Elem<T>::load(static_cast<const T*>(srcs.ptr[s])[i]));
     }
-#pragma unroll
-    for (int lane = 0; lane < kLanes; lane++) lanes[lane] = Elem<T>::store(acc[lane]);
-    memcpy(&dv[i], lanes, kVecBytes);
+    dst[i] = Elem<T>::store(acc);
   }
-
-  for (uint64_t j = head + vecs * kLanes + tid; j < count; j += stride) dst[j] = reduce_one<Op, T>(srcs, n, j);
 }
 
 template <typename T>
