@@ -112,11 +112,6 @@ inline fn apply(comptime C: type, comptime kind: Kind, comptime n: comptime_int,
     };
 }
 
-fn reduceTyped(comptime dtype: DType, comptime kind: Kind, dst: []u8, src: []const u8) void {
-    // In place is the two-source form with dst as the first source (same index read, then written).
-    reduceTyped3(dtype, kind, dst, dst, src);
-}
-
 /// Whether `redop` is defined for `dtype` (the table's `kinds`).
 pub fn supported(dtype: DType, redop: RedOp) bool {
     return redop.supports(dtype.kind());
@@ -125,24 +120,11 @@ pub fn supported(dtype: DType, redop: RedOp) bool {
 /// dst = dst op src, elementwise. `dst` and `src` hold the same number of whole elements and do
 /// not overlap (or are the same slice).
 pub fn reduceInto(dtype: DType, redop: RedOp, dst: []u8, src: []const u8) void {
-    std.debug.assert(supported(dtype, redop));
-    std.debug.assert(dst.len == src.len);
-    std.debug.assert(dst.len % dtype.bytes() == 0);
-    if (dst.len == 0) return;
-    const kind = kindOf(dtype, redop);
-    switch (dtype) {
-        inline else => |dt| switch (kind) {
-            inline else => |k| {
-                if (comptime (dt.kind() == .float and (k == .band or k == .bor or k == .bxor)))
-                    unreachable
-                else
-                    reduceTyped(dt, k, dst, src);
-            },
-        },
-    }
+    // In place is the two-source form with dst as the first source (each index read, then written).
+    reduceTo(dtype, redop, dst, dst, src);
 }
 
-fn reduceTyped3(comptime dtype: DType, comptime kind: Kind, dst: []u8, a_bytes: []const u8, b_bytes: []const u8) void {
+fn reduceTyped(comptime dtype: DType, comptime kind: Kind, dst: []u8, a_bytes: []const u8, b_bytes: []const u8) void {
     const L = Lane(dtype);
     const T = L.Storage;
     const count = dst.len / @sizeOf(T);
@@ -167,6 +149,7 @@ fn reduceTyped3(comptime dtype: DType, comptime kind: Kind, dst: []u8, a_bytes: 
 pub fn reduceTo(dtype: DType, redop: RedOp, dst: []u8, a: []const u8, b: []const u8) void {
     std.debug.assert(supported(dtype, redop));
     std.debug.assert(dst.len == a.len and dst.len == b.len);
+    std.debug.assert(dst.len % dtype.bytes() == 0);
     if (dst.len == 0) return;
     const kind = kindOf(dtype, redop);
     switch (dtype) {
@@ -175,7 +158,7 @@ pub fn reduceTo(dtype: DType, redop: RedOp, dst: []u8, a: []const u8, b: []const
                 if (comptime (dt.kind() == .float and (k == .band or k == .bor or k == .bxor)))
                     unreachable
                 else
-                    reduceTyped3(dt, k, dst, a, b);
+                    reduceTyped(dt, k, dst, a, b);
             },
         },
     }
