@@ -1,6 +1,7 @@
 // The Hono app of a rank service: auth, error mapping, routes. Every error is
 // {"error": {"code", "message", ...details}}; anything not an ApiError is a bug (500, logged).
 import { Hono } from "hono";
+import { jsonResponse } from "./body";
 import { ApiError, NotFound, Unauthorized } from "./errors";
 import { buffersRoutes } from "./routes/buffers";
 import { collectiveRoutes } from "./routes/collective";
@@ -9,6 +10,17 @@ import { introspectionRoutes } from "./routes/introspection";
 import { membershipRoutes } from "./routes/membership";
 import { p2pRoutes } from "./routes/p2p";
 import type { RankService } from "./service";
+
+/** Maps a thrown error to its JSON response (Hono's onError and service.ts's fast path). */
+export function errorResponse(svc: RankService, err: Error, method: string, path: string): Response {
+  if (err instanceof ApiError) {
+    svc.metrics.error(err.code);
+    return jsonResponse(err.toJSON(), err.status);
+  }
+  svc.metrics.error("internal");
+  svc.log.error(`${method} ${path}: ${err.stack ?? err}`);
+  return jsonResponse({ error: { code: "internal", message: `rank ${svc.rank}: internal error: ${err.message}` } }, 500);
+}
 
 export function createApp(svc: RankService) {
   const app = new Hono();
@@ -23,15 +35,7 @@ export function createApp(svc: RankService) {
     await next();
   });
 
-  app.onError((err, c) => {
-    if (err instanceof ApiError) {
-      svc.metrics.error(err.code);
-      return c.json(err.toJSON(), err.status as 400);
-    }
-    svc.metrics.error("internal");
-    svc.log.error(`${c.req.method} ${c.req.path}: ${err.stack ?? err}`);
-    return c.json({ error: { code: "internal", message: `rank ${svc.rank}: internal error: ${err.message}` } }, 500);
-  });
+  app.onError((err, c) => errorResponse(svc, err, c.req.method, c.req.path));
 
   app.notFound((c) => {
     const e = new NotFound(`no route ${c.req.method} ${c.req.path} (see GET /openapi.json)`);

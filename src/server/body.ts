@@ -4,8 +4,15 @@ import type { Context } from "hono";
 import type { NativeBuffer } from "../native/types";
 import { InvalidRequest, TooLarge } from "./errors";
 
-export function checkContentLength(c: Context, maxBodyBytes: number): void {
-  const len = c.req.header("content-length");
+/** A Hono context, or the bare Request of service.ts's fast path (POST /collective/{op}). */
+export type BodySource = Context | Request;
+
+function header(c: BodySource, name: string): string | undefined {
+  return c instanceof Request ? (c.headers.get(name) ?? undefined) : c.req.header(name);
+}
+
+export function checkContentLength(c: BodySource, maxBodyBytes: number): void {
+  const len = header(c, "content-length");
   if (len !== undefined && Number(len) > maxBodyBytes) {
     throw new TooLarge(`request body of ${len} bytes is over the limit of ${maxBodyBytes} bytes`, {
       limit_bytes: maxBodyBytes,
@@ -14,11 +21,12 @@ export function checkContentLength(c: Context, maxBodyBytes: number): void {
   }
 }
 
-export async function readJson(c: Context, maxBodyBytes: number): Promise<unknown> {
+export async function readJson(c: BodySource, maxBodyBytes: number): Promise<unknown> {
   checkContentLength(c, maxBodyBytes);
   let text: string;
   try {
-    text = c.req.header("content-length") !== undefined ? await c.req.text() : await readCapped(c, maxBodyBytes);
+    const known = header(c, "content-length") !== undefined;
+    text = c instanceof Request ? (known ? await c.text() : await readCapped(c, maxBodyBytes)) : known ? await c.req.text() : await readCapped(c.req.raw, maxBodyBytes);
   } catch (e) {
     if (e instanceof TooLarge) throw e;
     throw new InvalidRequest(`could not read the request body: ${(e as Error).message}`);
@@ -32,8 +40,8 @@ export async function readJson(c: Context, maxBodyBytes: number): Promise<unknow
 }
 
 /** Reads a body of unknown length (chunked), refusing it once it passes the limit. */
-async function readCapped(c: Context, maxBodyBytes: number): Promise<string> {
-  const body = c.req.raw.body;
+async function readCapped(req: Request, maxBodyBytes: number): Promise<string> {
+  const body = req.body;
   if (!body) return "";
   const chunks: Uint8Array[] = [];
   let total = 0;
@@ -51,13 +59,13 @@ async function readCapped(c: Context, maxBodyBytes: number): Promise<string> {
   return Buffer.concat(chunks).toString("utf8");
 }
 
-export function isOctetStream(c: Context): boolean {
-  const ct = c.req.header("content-type");
+export function isOctetStream(c: BodySource): boolean {
+  const ct = header(c, "content-type");
   return ct !== undefined && ct.startsWith("application/octet-stream");
 }
 
-export function wantsOctetStream(c: Context): boolean {
-  const a = c.req.header("accept");
+export function wantsOctetStream(c: BodySource): boolean {
+  const a = header(c, "accept");
   return a !== undefined && a.startsWith("application/octet-stream");
 }
 
@@ -106,4 +114,9 @@ export async function readBodyInto(c: Context, target: NativeBuffer, expected: n
 /** Metadata of an octet-stream request: query parameter, else x-moonring-<name> header. */
 export function octetParam(c: Context, name: string): string | undefined {
   return c.req.query(name) ?? c.req.header(`x-moonring-${name.replace(/_/g, "-")}`);
+}
+
+/** A JSON response as Hono's c.json makes it (Content-Type: application/json), without a Context. */
+export function jsonResponse(body: unknown, status = 200): Response {
+  return new Response(JSON.stringify(body), { status, headers: { "content-type": "application/json" } });
 }

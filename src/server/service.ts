@@ -15,11 +15,13 @@ import { PeerClient } from "../control/peers";
 import { RendezvousClient, RendezvousServer } from "../control/rendezvous";
 import { Sequencer } from "../control/sequencer";
 import type { DataPlane } from "../native/types";
-import { apiErrorFromJSON, MasterLost, NotReady, type ApiError } from "./errors";
+import { apiErrorFromJSON, MasterLost, NotReady, Unauthorized, type ApiError } from "./errors";
 import { Logger } from "../util/log";
 import { Metrics } from "../util/metrics";
 import { httpUrl } from "../util/net";
-import { createApp } from "./app";
+import { createApp, errorResponse } from "./app";
+import { isOctetStream } from "./body";
+import { handleCollective } from "./routes/collective";
 import { nativeDataPlaneFactory, type DataPlaneFactory } from "./dataplane";
 
 export interface ServiceConfig {
@@ -239,9 +241,22 @@ export class RankService {
     return { join: (d) => this.agreement.join(d) } as Agreement;
   }
 
+  /** POST /collective/{op} with a JSON body, without Hono (see listen()). */
+  private async collectiveFast(op: string, req: Request): Promise<Response> {
+    this.metrics.request();
+    try {
+      const token = this.config.token;
+      if (token && req.headers.get("authorization") !== `Bearer ${token}`) throw new Unauthorized();
+      return await handleCollective(this, op, req);
+    } catch (e) {
+      return errorResponse(this, e as Error, "POST", `/collective/${op}`);
+    }
+  }
+
   private listen(): void {
     const c = this.config;
     const app = this.app;
+    const svc = this;
     const hub = this.hub;
     const token = c.token;
     this.server = Bun.serve<LinkData>({
@@ -263,6 +278,12 @@ export class RankService {
             if (server.upgrade(req, { data: { rank, instance } })) return undefined;
             return Response.json({ error: { code: "invalid_request", message: "websocket upgrade failed" } }, { status: 400 });
           }
+        }
+        // Fast path: JSON collectives skip Hono's router, context and middleware (the same
+        // auth, metrics and error mapping inline); everything else goes through the app.
+        if (req.method === "POST") {
+          const op = collectivePathOp(req.url);
+          if (op !== null && !isOctetStream(req)) return svc.collectiveFast(op, req);
         }
         return app.fetch(req, { server });
       },
@@ -413,4 +434,14 @@ export class RankService {
       this.log.warn(`data plane close: ${(e as Error).message}`);
     }
   }
+}
+
+/** The op of a POST /collective/{op} URL (no trailing slash, any query), else null. */
+export function collectivePathOp(url: string): string | null {
+  // http://host:port/collective/op[?query]: the path starts at the first "/" after "//"
+  const p = url.indexOf("/", url.indexOf("//") + 2);
+  if (p < 0 || !url.startsWith("/collective/", p)) return null;
+  const q = url.indexOf("?", p);
+  const op = url.slice(p + 12, q < 0 ? url.length : q);
+  return /^[a-z_]+$/.test(op) ? op : null;
 }

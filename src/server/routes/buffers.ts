@@ -19,7 +19,7 @@ import type { Ticket } from "../../control/sequencer";
 import type { NativeOp } from "../../native/types";
 import { dtypeInfo, redopRejection, type DTypeName, type RedOpName } from "../../ops/table";
 import { checkShape, encodeTensor, numel, writeTensor, type JsonTensor } from "../../tensor/codec";
-import { checkContentLength, isOctetStream, octetParam, readJson, wantsOctetStream } from "../body";
+import { checkContentLength, isOctetStream, jsonResponse, octetParam, readJson, wantsOctetStream } from "../body";
 import { InvalidRequest, NotReady } from "../errors";
 import { DEFAULT_TIMEOUT_MS, dtypeSchema, MAX_TIMEOUT_MS, parseOrThrow, redopSchema, type CollectiveOp } from "../schemas";
 import type { RankService } from "../service";
@@ -267,7 +267,7 @@ function sameList(a: number[], b: number[]): boolean {
  * [N, ...shape] goes to "out" (or a new buffer). scatter, reduce_scatter, alltoall: "buffer"
  * has shape [N, ...block] (block i for rank i); the result goes to "out" (or a new buffer).
  */
-export async function bufferCollective(c: Context, svc: RankService, op: CollectiveOp, raw: unknown, startedAt: number, ticket: Ticket): Promise<Response> {
+export async function bufferCollective(svc: RankService, op: CollectiveOp, raw: unknown, startedAt: number, ticket: Ticket): Promise<Response> {
   requireReady(svc);
   const reg = await registryOf(svc);
   const body = parseOrThrow(bufferCallSchema, raw);
@@ -402,7 +402,7 @@ export async function bufferCollective(c: Context, svc: RankService, op: Collect
     bytes = input?.byteLength ?? 0;
     svc.metrics.op(op, "ok", bytes, (performance.now() - startedAt) / 1000);
     void isz;
-    return c.json({
+    return jsonResponse({
       op,
       seq: d.seq,
       result: result ? describe(result) : null,

@@ -11,7 +11,7 @@ import type { NativeBuffer } from "../../native/types";
 import { redopRejection, type DTypeName, type RedOpName } from "../../ops/table";
 import { checkShape, encodeTensor, numel, writeTensor, type JsonTensor, type WireFormat } from "../../tensor/codec";
 import { InvalidRequest, NotReady, TooLarge } from "../errors";
-import { checkContentLength, isOctetStream, octetParam, readBodyInto, readJson, wantsOctetStream } from "../body";
+import { checkContentLength, isOctetStream, jsonResponse, octetParam, readBodyInto, readJson, wantsOctetStream } from "../body";
 import { collectiveOps, collectiveSchemas, DEFAULT_TIMEOUT_MS, formatIssues, type CollectiveOp } from "../schemas";
 import { bufferCollective, usesBuffer } from "./buffers";
 import type { RankService } from "../service";
@@ -26,46 +26,52 @@ export function requireReady(svc: RankService): void {
 }
 
 export function collectiveRoutes(app: Hono, svc: RankService): void {
-  app.post("/collective/:op", async (c) => {
-    const startedAt = performance.now();
-    const op = c.req.param("op");
-    if (!opSet.has(op)) {
-      throw new InvalidRequest(`unknown collective ${JSON.stringify(op)}; expected one of ${collectiveOps.join(", ")}`);
-    }
-    requireReady(svc);
-    const owned: NativeBuffer[] = [];
-    const ticket = svc.sequencer.take();
-    try {
-      const octet = isOctetStream(c);
-      const raw = octet ? null : await readJson(c, svc.config.maxBodyBytes);
-      // {"buffer": id}: in place on a device/host buffer of POST /buffers (routes/buffers.ts)
-      if (op !== "barrier" && usesBuffer(raw)) return await bufferCollective(c, svc, op as CollectiveOp, raw, startedAt, ticket);
-      const { call, format } = octet
-        ? await decodeOctet(c, svc, op as CollectiveOp, startedAt, owned)
-        : decodeJson(raw, svc, op as CollectiveOp, startedAt, owned);
-      // untagged calls keep arrival order; tagged ones match by tag and needn't wait
-      const wait = call.tag === null ? svc.sequencer.turn(ticket) : null;
-      if (wait) await svc.sequencer.bounded(wait, call.timeoutMs);
-      const pending = svc.collectives.run(call); // sends its join synchronously
-      svc.sequencer.finish(ticket);
-      const res = await pending;
-      owned.push(...res.owned);
-      if (format === "octet" || wantsOctetStream(c)) return octetResponse(res, startedAt);
-      return c.json({
-        op: res.op,
-        seq: res.seq,
-        result: encodeResult(res.result, format),
-        active_ranks: res.activeRanks,
-        failed_ranks: res.failedRanks,
-        contributors: res.contributors,
-        ...(res.groupRanks ? { group: { name: call.group, ranks: res.groupRanks } } : {}),
-        elapsed_ms: Math.round((performance.now() - startedAt) * 1000) / 1000,
-      });
-    } finally {
-      svc.sequencer.finish(ticket);
-      for (const b of owned) b.release();
-    }
-  });
+  app.post("/collective/:op", (c) => handleCollective(svc, c.req.param("op"), c));
+}
+
+/**
+ * POST /collective/{op}. `src` is the Hono context, or the bare Request when service.ts's fast
+ * path serves the call without Hono (JSON bodies only: octet-stream bodies need the context).
+ */
+export async function handleCollective(svc: RankService, op: string, src: Context | Request): Promise<Response> {
+  const startedAt = performance.now();
+  if (!opSet.has(op)) {
+    throw new InvalidRequest(`unknown collective ${JSON.stringify(op)}; expected one of ${collectiveOps.join(", ")}`);
+  }
+  requireReady(svc);
+  const owned: NativeBuffer[] = [];
+  const ticket = svc.sequencer.take();
+  try {
+    const octet = isOctetStream(src);
+    if (octet && src instanceof Request) throw new Error("octet-stream collective bodies are served through the Hono route");
+    const raw = octet ? null : await readJson(src, svc.config.maxBodyBytes);
+    // {"buffer": id}: in place on a device/host buffer of POST /buffers (routes/buffers.ts)
+    if (op !== "barrier" && usesBuffer(raw)) return await bufferCollective(svc, op as CollectiveOp, raw, startedAt, ticket);
+    const { call, format } = octet
+      ? await decodeOctet(src as Context, svc, op as CollectiveOp, startedAt, owned)
+      : decodeJson(raw, svc, op as CollectiveOp, startedAt, owned);
+    // untagged calls keep arrival order; tagged ones match by tag and needn't wait
+    const wait = call.tag === null ? svc.sequencer.turn(ticket) : null;
+    if (wait) await svc.sequencer.bounded(wait, call.timeoutMs);
+    const pending = svc.collectives.run(call); // sends its join synchronously
+    svc.sequencer.finish(ticket);
+    const res = await pending;
+    owned.push(...res.owned);
+    if (format === "octet" || wantsOctetStream(src)) return octetResponse(res, startedAt);
+    return jsonResponse({
+      op: res.op,
+      seq: res.seq,
+      result: encodeResult(res.result, format),
+      active_ranks: res.activeRanks,
+      failed_ranks: res.failedRanks,
+      contributors: res.contributors,
+      ...(res.groupRanks ? { group: { name: call.group, ranks: res.groupRanks } } : {}),
+      elapsed_ms: Math.round((performance.now() - startedAt) * 1000) / 1000,
+    });
+  } finally {
+    svc.sequencer.finish(ticket);
+    for (const b of owned) b.release();
+  }
 }
 
 function encodeResult(r: ResultValue, format: WireFormat): unknown {
