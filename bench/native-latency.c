@@ -19,7 +19,7 @@
 
 #define SYM(name) static __typeof__(&name) p_##name
 SYM(mr_engine_create); SYM(mr_engine_data_port); SYM(mr_host_id); SYM(mr_engine_set_peer);
-SYM(mr_submit); SYM(mr_wait); SYM(mr_poll); SYM(mr_release); SYM(mr_engine_destroy); SYM(mr_last_error);
+SYM(mr_submit); SYM(mr_run); SYM(mr_op_status); SYM(mr_wait); SYM(mr_poll); SYM(mr_release); SYM(mr_engine_destroy); SYM(mr_last_error);
 
 static double now_us(void) {
   struct timespec t;
@@ -27,7 +27,16 @@ static double now_us(void) {
   return t.tv_sec * 1e6 + t.tv_nsec * 1e-3;
 }
 
+static int blocking; /* NL_BLOCKING=1: mr_run on this thread instead of mr_submit + mr_wait */
+
 static int run_op(mr_engine *e, uint32_t kind, uint64_t id, void *send, void *recv, uint64_t count) {
+  if (blocking) {
+    int64_t b = p_mr_run(e, kind, 2 /* f32 */, 0 /* sum */, id, 3 /* ranks 0,1 */, 0, send, recv, count, NULL, -1, 30000);
+    if (b <= 0) return (int)b;
+    int status = p_mr_op_status(e, (uint64_t)b);
+    p_mr_release(e, (uint64_t)b);
+    return status;
+  }
   int64_t t = p_mr_submit(e, kind, 2 /* f32 */, 0 /* sum */, id, 3 /* ranks 0,1 */, 0, send, recv, count, NULL, -1, 30000);
   if (t <= 0) return (int)t;
   uint64_t tickets[8];
@@ -53,9 +62,10 @@ int main(int argc, char **argv) {
   size_t bytes = argc > 3 ? strtoull(argv[3], 0, 10) : 8;
   void *lib = dlopen(argv[1], RTLD_NOW);
   if (!lib) { fprintf(stderr, "%s\n", dlerror()); return 1; }
+blocking = getenv("NL_BLOCKING") && getenv("NL_BLOCKING")[0] == '1';
 #define LOAD(name) p_##name = dlsym(lib, #name)
   LOAD(mr_engine_create); LOAD(mr_engine_data_port); LOAD(mr_host_id); LOAD(mr_engine_set_peer);
-  LOAD(mr_submit); LOAD(mr_wait); LOAD(mr_poll); LOAD(mr_release); LOAD(mr_engine_destroy); LOAD(mr_last_error);
+  LOAD(mr_submit); LOAD(mr_run); LOAD(mr_op_status); LOAD(mr_wait); LOAD(mr_poll); LOAD(mr_release); LOAD(mr_engine_destroy); LOAD(mr_last_error);
   int up[2][2], down[2][2];
   double *times = mmap(0, sizeof(double) * 2 * iters, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   char cluster[64];

@@ -45,9 +45,23 @@ const ranks = Array.from({ length: n }, (_, r) => r);
 // JS thread in mr_wait until the op completes, then drains completions at once, instead of
 // letting engine.ts's poller spin on setImmediate. It reaches into NativeDataPlane's private
 // handle/poller, so it only measures what a blocking completion path would give.
-const completionWait = process.env.MOONRING_BENCH_COMPLETION === "wait";
+// How a timed op is driven: "blocking" (default where the data plane has it: the op runs on
+// this thread, mr_run), "async" (mr_submit + completion, as the REST service does) or "wait"
+// (mr_submit + this thread parked in mr_wait).
+const completion = process.env.MOONRING_BENCH_COMPLETION ?? (dp.runBlocking ? "blocking" : "async");
 let runOp = (op: NativeOp): Promise<void> => dp.run(op);
-if (completionWait) {
+if (completion === "blocking" && dp.runBlocking) {
+  const runBlocking = dp.runBlocking.bind(dp);
+  runOp = (op) => {
+    try {
+      runBlocking(op);
+      return Promise.resolve();
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  };
+}
+if (completion === "wait") {
   const { native } = await import("../native/ffi");
   const inner = dp as unknown as { handle: number | null; pollOnce: () => void; inFlight: number };
   runOp = (op) => {

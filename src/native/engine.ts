@@ -198,7 +198,8 @@ export class NativeDataPlane implements DataPlane {
     }
   }
 
-  private submit(op: NativeOp): Promise<void> {
+  /** mr_submit / mr_run with the op's arguments; returns the ticket (> 0) or throws. */
+  private start(op: NativeOp, fn: typeof native.mr_submit): { ticket: bigint; counts: BigUint64Array | null } {
     const engine = this.engine();
     let mask = 0n;
     for (const r of op.ranks) {
@@ -231,7 +232,7 @@ export class NativeDataPlane implements DataPlane {
     const dtype = dtypeInfo(op.dtype).code;
     const redop = op.redop ? redopInfo(op.redop).code : 0;
     const ticket = BigInt(
-      native.mr_submit(
+      fn(
         engine,
         collectiveCode(op.kind),
         dtype,
@@ -248,6 +249,25 @@ export class NativeDataPlane implements DataPlane {
       ),
     );
     if (ticket <= 0n) throw new NativeError(lastError(), codeOf(Number(ticket)));
+    return { ticket, counts };
+  }
+
+  /**
+   * Runs the op on this thread and returns when it is done (mr_run): no engine thread, no
+   * completion hop. For callers that await every op one at a time (the native bench, a
+   * blocking embedder); the REST service never calls it (it would stall its event loop).
+   */
+  runBlocking(op: NativeOp): void {
+    const { ticket } = this.start(op, native.mr_run);
+    const status = native.mr_op_status(this.handle, ticket) as number;
+    const error = status === 0 ? null : this.opFailure(ticket, status);
+    native.mr_release(this.handle, ticket);
+    if (error) throw error;
+  }
+
+  private submit(op: NativeOp): Promise<void> {
+    const { ticket, counts } = this.start(op, native.mr_submit);
+    const { send, recv } = op;
     const buffers: HostOrDeviceBuffer[] = [];
     for (const b of [send, recv]) {
       // Buffers of this data plane are pinned until completion (release() waits for it).
@@ -323,16 +343,18 @@ export class NativeDataPlane implements DataPlane {
     }
     this.pending.delete(ticket);
     let error: NativeError | null = null;
-    if (status !== 0) {
-      const len = Number(native.mr_op_error(this.handle, ticket, messageBuf, messageBuf.length));
-      const text = decoder.decode(messageBuf.subarray(0, Math.min(len, messageBuf.length)));
-      const peer = native.mr_op_failed_peer(this.handle, ticket) as number;
-      error = new NativeError(text || `rank ${this.rank}: op failed (${statusName(status)})`, codeOf(status), peer >= 0 ? peer : null);
-    }
+    if (status !== 0) error = this.opFailure(ticket, status);
     native.mr_release(this.handle, ticket);
     for (const b of p.buffers) b.settle();
     if (error) p.reject(error);
     else p.resolve();
+  }
+
+  private opFailure(ticket: bigint, status: number): NativeError {
+    const len = Number(native.mr_op_error(this.handle, ticket, messageBuf, messageBuf.length));
+    const text = decoder.decode(messageBuf.subarray(0, Math.min(len, messageBuf.length)));
+    const peer = native.mr_op_failed_peer(this.handle, ticket) as number;
+    return new NativeError(text || `rank ${this.rank}: op failed (${statusName(status)})`, codeOf(status), peer >= 0 ? peer : null);
   }
 
   /** Ops submitted and not yet settled. */

@@ -53,6 +53,8 @@ export interface DataPlane {
   alloc(byteLength: number, device?: number): NativeBuffer;
   /** Resolves when this rank's part is done; rejects with NativeError. */
   run(op: NativeOp): Promise<void>;
+  /** Optional: runs the op on the calling thread and returns when done; throws NativeError. */
+  runBlocking?(op: NativeOp): void;
   close(): void;
 }
 

@@ -67,6 +67,15 @@ void mr_engine_destroy(mr_engine *engine);
 int64_t mr_submit(mr_engine *engine, uint32_t kind, uint32_t dtype, uint32_t redop, uint64_t op_id,
                   uint64_t ranks_mask, uint32_t root, const void *send, void *recv, uint64_t count,
                   const uint64_t *counts, int32_t device, uint32_t timeout_ms);
+/* Runs the op of mr_submit's arguments on the calling thread and returns when it is done:
+ * a ticket > 0 (status: mr_op_status; not reported by mr_poll; mr_release it), or a negative
+ * MR_E* code when the op was refused. For embedders that await each op (no hand-off to an
+ * engine thread and back). Not concurrently with mr_engine_destroy. */
+int64_t mr_run(mr_engine *engine, uint32_t kind, uint32_t dtype, uint32_t redop, uint64_t op_id,
+               uint64_t ranks_mask, uint32_t root, const void *send, void *recv, uint64_t count,
+               const uint64_t *counts, int32_t device, uint32_t timeout_ms);
+/* Status of a completed ticket (MR_OK or MR_E*); MR_EBUSY while it runs. */
+int32_t mr_op_status(mr_engine *engine, uint64_t ticket);
 /* Drains up to max completions: tickets_out[i] finished with status_out[i] (MR_OK or MR_E*).
  * Never blocks; returns the number written. */
 int32_t mr_poll(mr_engine *engine, uint64_t *tickets_out, int32_t *status_out, uint32_t max);

@@ -13,6 +13,8 @@ const dispatch = @import("algo/dispatch.zig");
 const cuda_driver = @import("cuda/driver.zig");
 const staging = @import("cuda/staging.zig");
 const cuda_direct = @import("algo/cuda_direct.zig");
+const board_direct = @import("algo/board_direct.zig");
+const board_mod = @import("transport/board.zig");
 
 pub const Collective = op.Collective;
 pub const DType = op.DType;
@@ -31,6 +33,7 @@ pub const error_text_bytes_max = 400;
 comptime {
     std.debug.assert(ops_max <= 256); // the slot index is a ticket's low byte
     std.debug.assert(ops_max <= netmod.endpoints_max);
+    std.debug.assert(ops_max == board_mod.entries_max); // a slot's board entry is its index
 }
 
 pub const Status = struct {
@@ -70,6 +73,20 @@ pub fn setLastError(comptime fmt: []const u8, args: anytype) void {
 pub fn lastError() []const u8 {
     return last_error_buf[0..last_error_len];
 }
+
+/// $MOONRING_BOARD_BYTES_MAX: ops larger than this (bytes per rank) skip the board (A/B runs).
+const board_bytes_max_env = struct {
+    var once = std.once(read);
+    var value: ?u64 = null;
+    fn read() void {
+        const text = sys.getenv("MOONRING_BOARD_BYTES_MAX") orelse return;
+        value = std.fmt.parseInt(u64, text, 10) catch null;
+    }
+    fn get() ?u64 {
+        once.call();
+        return value;
+    }
+};
 
 pub fn modeFromEnv() Mode {
     const value = sys.getenv("MOONRING_TRANSPORT") orelse return .auto;
@@ -165,6 +182,7 @@ const Slot = struct {
     timeout_ms: u32 = 0,
     deadline_ns: u64 = 0,
     ep: netmod.Endpoint = .{},
+    board_team: netmod.BoardTeam = undefined,
     status: i32 = 0,
     failed_peer: i32 = -1,
     error_len: usize = 0,
@@ -312,6 +330,55 @@ pub const Engine = struct {
 
     /// Validates and queues an op; returns its ticket (> 0).
     pub fn submit(engine: *Engine, s: Submit) SubmitError!u64 {
+        engine.mu.lock();
+        defer engine.mu.unlock();
+        const index = try engine.admitLocked(s, .queued);
+        const slot = &engine.slots[index];
+        engine.queue[(engine.queue_head + engine.queue_len) % ops_max] = @intCast(index);
+        engine.queue_len += 1;
+        if (engine.queue_len > engine.workers_count - engine.workers_busy and engine.workers_count < ops_max) {
+            if (std.Thread.spawn(.{ .stack_size = worker_stack_bytes }, workerMain, .{engine})) |thread| {
+                engine.workers[engine.workers_count] = thread;
+                engine.workers_count += 1;
+            } else |_| if (engine.workers_count == 0) {
+                engine.queue_len -= 1;
+                slot.state = .free;
+                setLastError("rank {d}: could not start a worker thread", .{engine.rank});
+                return error.Busy;
+            }
+        }
+        engine.work_cond.signal();
+        return slot.ticket;
+    }
+
+    /// Validates and runs an op on the calling thread (for embedders that await each op: no
+    /// hand-off to a worker and back). Returns its ticket, complete: its status is
+    /// opStatus(); it is not reported by poll(); release() it like any other.
+    pub fn runNow(engine: *Engine, s: Submit) SubmitError!u64 {
+        const slot = blk: {
+            engine.mu.lock();
+            defer engine.mu.unlock();
+            break :blk &engine.slots[try engine.admitLocked(s, .running)];
+        };
+        engine.runSlot(slot, false, std.heap.c_allocator);
+        engine.mu.lock();
+        defer engine.mu.unlock();
+        std.debug.assert(slot.state == .running);
+        const ticket = slot.ticket;
+        if (slot.release_when_done) slot.state = .free else slot.state = .done;
+        return ticket;
+    }
+
+    /// Status of a completed ticket; Status.ebusy while it runs, einval when unknown.
+    pub fn opStatus(engine: *Engine, ticket: u64) i32 {
+        engine.mu.lock();
+        defer engine.mu.unlock();
+        const slot = engine.slotOf(ticket) orelse return Status.einval;
+        return if (slot.state == .done) slot.status else Status.ebusy;
+    }
+
+    /// submit()'s checks; claims a slot in `state` and returns its index.
+    fn admitLocked(engine: *Engine, s: Submit, state: SlotState) SubmitError!usize {
         const kind = std.meta.intToEnum(Collective, s.kind) catch return engine.invalid("unknown collective code {d}", .{s.kind});
         const dtype = std.meta.intToEnum(DType, s.dtype) catch return engine.invalid("unknown dtype code {d}", .{s.dtype});
         const reduces = kind == .allreduce or kind == .reduce or kind == .reduce_scatter;
@@ -389,8 +456,6 @@ pub const Engine = struct {
         if (need_send and s.send == null) return engine.invalid("{s} needs a send buffer", .{@tagName(kind)});
         if (need_recv and s.recv == null) return engine.invalid("{s} needs a recv buffer", .{@tagName(kind)});
 
-        engine.mu.lock();
-        defer engine.mu.unlock();
         if (engine.stopping) return engine.invalid("engine is shutting down", .{});
         var free_index: ?usize = null;
         for (&engine.slots, 0..) |*slot, i| {
@@ -408,7 +473,7 @@ pub const Engine = struct {
         const ticket = (engine.serial << 8) | index;
         engine.serial += 1;
         slot.* = .{
-            .state = .queued,
+            .state = state,
             .ticket = ticket,
             .kind = kind,
             .dtype = dtype,
@@ -429,21 +494,7 @@ pub const Engine = struct {
             @memcpy(slot.send_counts[0..n], send_counts[0..n]);
             @memcpy(slot.recv_counts[0..n], recv_counts[0..n]);
         }
-        engine.queue[(engine.queue_head + engine.queue_len) % ops_max] = @intCast(index);
-        engine.queue_len += 1;
-        if (engine.queue_len > engine.workers_count - engine.workers_busy and engine.workers_count < ops_max) {
-            if (std.Thread.spawn(.{ .stack_size = worker_stack_bytes }, workerMain, .{engine})) |thread| {
-                engine.workers[engine.workers_count] = thread;
-                engine.workers_count += 1;
-            } else |_| if (engine.workers_count == 0) {
-                engine.queue_len -= 1;
-                slot.state = .free;
-                setLastError("rank {d}: could not start a worker thread", .{engine.rank});
-                return error.Busy;
-            }
-        }
-        engine.work_cond.signal();
-        return ticket;
+        return index;
     }
 
     fn slotOf(engine: *Engine, ticket: u64) ?*Slot {
@@ -584,7 +635,10 @@ pub const Engine = struct {
             .recv = recv orelse @constCast(&dummy_buffer),
         };
 
-        const result = engine.runner(slot.ep.comm(), desc, scratch);
+        const result = if (mirror == null and engine.runner == dispatch.run and engine.boardUsable(slot, desc))
+            engine.runOnBoard(slot, desc, scratch)
+        else
+            engine.runner(slot.ep.comm(), desc, scratch);
         engine.net.close(&slot.ep);
         if (result) |_| {
             if (mirror) |*m| m.finish() catch |err| {
@@ -598,6 +652,50 @@ pub const Engine = struct {
                 engine.setSlotError(slot, Status.fromError(err), -1, "algorithm failed: {s}", .{@errorName(err)});
             }
         }
+    }
+
+    // ---- the board (same-host groups, algo/board_direct.zig) ----
+
+    /// Every rank of the op decides the same: same-host group with live boards, an op the
+    /// board runs, and CMA where contributions may be large.
+    fn boardUsable(engine: *Engine, slot: *Slot, desc: op.OpDesc) bool {
+        if (slot.group_size < 2 or !board_direct.suits(desc, slot.group_size, netmod.boardCma())) return false;
+        if (board_bytes_max_env.get()) |limit| if (slot.count * slot.dtype.bytes() > limit) return false;
+        return engine.net.boardTeam(&slot.ep, &slot.board_team);
+    }
+
+    fn runOnBoard(engine: *Engine, slot: *Slot, desc: op.OpDesc, scratch: std.mem.Allocator) transport.Error!void {
+        try dispatch.validate(slot.group_size, slot.group_rank, desc);
+        const n = slot.group_size;
+        const control = board_direct.Control{ .context = slot, .check = boardCheck, .fail = boardFail };
+        var team = board_direct.Team{
+            .me = slot.group_rank,
+            .boards = slot.board_team.boards[0..n],
+            .global = slot.group[0..n],
+            .entry = @intCast(engine.slotIndex(slot)),
+            .serial = slot.ticket,
+            .op_id = slot.op_id,
+            .departed_serials = slot.board_team.departed_serials[0..n],
+            .control = control,
+            .cma = netmod.boardCma(),
+        };
+        return board_direct.run(&team, desc, scratch);
+    }
+
+    fn boardCheck(context: *anyopaque, peer: u32, what: []const u8) ?transport.Error {
+        const slot: *Slot = @ptrCast(@alignCast(context));
+        return slot.ep.net.stopCheck(&slot.ep, slot.group[peer], what);
+    }
+
+    fn boardFail(context: *anyopaque, err: transport.Error, peer: ?u32, message: []const u8) transport.Error {
+        const slot: *Slot = @ptrCast(@alignCast(context));
+        return slot.ep.net.failOp(&slot.ep, err, if (peer) |p| @intCast(slot.group[p]) else -1, message);
+    }
+
+    fn slotIndex(engine: *const Engine, slot: *const Slot) usize {
+        const index = (@intFromPtr(slot) - @intFromPtr(&engine.slots[0])) / @sizeOf(Slot);
+        std.debug.assert(index < ops_max and &engine.slots[index] == slot);
+        return index;
     }
 
     // ---- completion ----

@@ -149,6 +149,30 @@ pub export fn mr_engine_destroy(handle: ?*c.mr_engine) void {
 
 // ---- operations ----
 
+fn submitArgs(kind: u32, dtype: u32, redop: u32, op_id: u64, ranks_mask: u64, root: u32, send: ?*const anyopaque, recv: ?*anyopaque, count: u64, counts: [*c]const u64, device: i32, timeout_ms: u32) engine_mod.Submit {
+    return .{
+        .kind = kind,
+        .dtype = dtype,
+        .redop = redop,
+        .op_id = op_id,
+        .ranks_mask = ranks_mask,
+        .root = root,
+        .send = @ptrCast(send),
+        .recv = @ptrCast(recv),
+        .count = count,
+        .counts = if (counts == null) null else @ptrCast(counts),
+        .device = device,
+        .timeout_ms = timeout_ms,
+    };
+}
+
+fn submitStatus(err: engine_mod.Engine.SubmitError) i64 {
+    return switch (err) {
+        error.InvalidArgument => Status.einval,
+        error.Busy => Status.ebusy,
+    };
+}
+
 pub export fn mr_submit(
     handle: ?*c.mr_engine,
     kind: u32,
@@ -165,24 +189,33 @@ pub export fn mr_submit(
     timeout_ms: u32,
 ) i64 {
     const engine = engineOf(handle) orelse return Status.einval;
-    const ticket = engine.submit(.{
-        .kind = kind,
-        .dtype = dtype,
-        .redop = redop,
-        .op_id = op_id,
-        .ranks_mask = ranks_mask,
-        .root = root,
-        .send = @ptrCast(send),
-        .recv = @ptrCast(recv),
-        .count = count,
-        .counts = if (counts == null) null else @ptrCast(counts),
-        .device = device,
-        .timeout_ms = timeout_ms,
-    }) catch |err| return switch (err) {
-        error.InvalidArgument => Status.einval,
-        error.Busy => Status.ebusy,
-    };
+    const ticket = engine.submit(submitArgs(kind, dtype, redop, op_id, ranks_mask, root, send, recv, count, counts, device, timeout_ms)) catch |err| return submitStatus(err);
     return @intCast(ticket);
+}
+
+pub export fn mr_run(
+    handle: ?*c.mr_engine,
+    kind: u32,
+    dtype: u32,
+    redop: u32,
+    op_id: u64,
+    ranks_mask: u64,
+    root: u32,
+    send: ?*const anyopaque,
+    recv: ?*anyopaque,
+    count: u64,
+    counts: [*c]const u64,
+    device: i32,
+    timeout_ms: u32,
+) i64 {
+    const engine = engineOf(handle) orelse return Status.einval;
+    const ticket = engine.runNow(submitArgs(kind, dtype, redop, op_id, ranks_mask, root, send, recv, count, counts, device, timeout_ms)) catch |err| return submitStatus(err);
+    return @intCast(ticket);
+}
+
+pub export fn mr_op_status(handle: ?*c.mr_engine, ticket: u64) i32 {
+    const engine = engineOf(handle) orelse return Status.einval;
+    return engine.opStatus(ticket);
 }
 
 pub export fn mr_poll(handle: ?*c.mr_engine, tickets_out: [*c]u64, status_out: [*c]i32, max: u32) i32 {
@@ -234,6 +267,7 @@ test {
     _ = @import("transport/wire.zig");
     _ = @import("transport/tcp.zig");
     _ = @import("transport/shm.zig");
+    _ = @import("transport/board.zig");
     _ = @import("engine_test.zig");
 }
 test { _ = @import("algo/dispatch.zig"); _ = @import("reduce.zig"); }

@@ -473,3 +473,45 @@ test "sys: spinUntil polls through a spinHotFor window" {
     // Where hot windows apply (spin budget >= 20 us), the wait lasted the window.
     if (spinBudgetNs() >= 20 * std.time.ns_per_us) try std.testing.expect(monotonicNs() - start >= 2 * std.time.ns_per_ms);
 }
+
+// ---- other processes of this host (the board, transport/board.zig) ----
+
+pub fn processId() i32 {
+    return linux.getpid();
+}
+
+/// False once `pid` no longer exists (kill(pid, 0) == ESRCH); EPERM means it does.
+pub fn processAlive(pid: i32) bool {
+    if (pid <= 0) return false;
+    return errnoOf(linux.kill(pid, 0)) != .SRCH;
+}
+
+pub fn yieldCpu() void {
+    _ = linux.sched_yield();
+}
+
+pub const ProcessReadError = error{ NoProcess, Denied, Fault, Failed };
+
+/// Copies `local.len` bytes at address `remote` of process `pid` into `local` (CMA,
+/// process_vm_readv: one copy, no help from the other process).
+pub fn processRead(pid: i32, local: []u8, remote: u64) ProcessReadError!void {
+    var done: usize = 0;
+    var calls: u32 = 0;
+    while (done < local.len) : (calls += 1) {
+        std.debug.assert(calls < 1 << 20); // progress per call, so bounded by the length
+        const iov_local = [_]std.posix.iovec{.{ .base = local.ptr + done, .len = local.len - done }};
+        const iov_remote = [_]std.posix.iovec_const{.{ .base = @ptrFromInt(remote + done), .len = local.len - done }};
+        const rc = linux.process_vm_readv(pid, &iov_local, &iov_remote, 0);
+        switch (errnoOf(rc)) {
+            .SUCCESS => {
+                if (rc == 0) return error.Fault;
+                done += rc;
+            },
+            .INTR => {},
+            .SRCH => return error.NoProcess,
+            .PERM => return error.Denied,
+            .FAULT => return error.Fault,
+            else => return error.Failed,
+        }
+    }
+}

@@ -13,7 +13,8 @@
 //! | barrier        | dissemination (barrier_dissemination)                             |
 //! | send/recv      | p2p                                                               |
 //!
-//! A group of one copies send -> recv. Every reduction gives identical bytes on every rank.
+//! Groups whose ranks share a host run on the board instead (board_direct.zig, chosen by the
+//! engine before it gets here). A group of one copies send -> recv. Every reduction gives identical bytes on every rank.
 //! On error an algorithm has waited for every request it posted before it returns.
 const std = @import("std");
 const transport = @import("../transport/transport.zig");
@@ -36,6 +37,7 @@ pub const reduce_scatter_ring = @import("reduce_scatter_ring.zig");
 pub const alltoall_pairwise = @import("alltoall_pairwise.zig");
 pub const barrier_dissemination = @import("barrier_dissemination.zig");
 pub const p2p = @import("p2p.zig");
+pub const board_direct = @import("board_direct.zig");
 
 /// Runs one op of `desc` over `comm` (this rank's view of the op's group). `scratch` provides
 /// bounded temporary buffers (see each algorithm; a few MiB at most, except in-place
@@ -50,7 +52,7 @@ pub fn run(comm: transport.Comm, desc: op.OpDesc, scratch: std.mem.Allocator) tr
 /// the op must pass the same tuning.
 pub fn runTuned(comm: transport.Comm, desc: op.OpDesc, scratch: std.mem.Allocator, tuning: Tuning) transport.Error!void {
     tuning.assertValid();
-    try validate(comm, desc);
+    try validate(comm.size, comm.rank, desc);
     const n = comm.size;
     const bytes = desc.count * desc.elementBytes();
     if (n == 1) return runAlone(desc);
@@ -77,9 +79,9 @@ pub fn runTuned(comm: transport.Comm, desc: op.OpDesc, scratch: std.mem.Allocato
     }
 }
 
-fn validate(comm: transport.Comm, desc: op.OpDesc) transport.Error!void {
-    const n = comm.size;
-    if (n == 0 or n > op.world_size_max or comm.rank >= n) return error.Protocol;
+/// Checks `desc` for group rank `rank` of `n` (see run()).
+pub fn validate(n: u32, rank: u32, desc: op.OpDesc) transport.Error!void {
+    if (n == 0 or n > op.world_size_max or rank >= n) return error.Protocol;
     switch (desc.kind) {
         .allreduce, .reduce, .reduce_scatter => {
             if (!desc.redop.supports(desc.dtype.kind())) return error.Protocol;
@@ -88,7 +90,7 @@ fn validate(comm: transport.Comm, desc: op.OpDesc) transport.Error!void {
     }
     switch (desc.kind) {
         .reduce, .broadcast, .gather, .scatter => if (desc.root >= n) return error.Protocol,
-        .send, .recv => if (desc.root >= n or desc.root == comm.rank) return error.Protocol,
+        .send, .recv => if (desc.root >= n or desc.root == rank) return error.Protocol,
         else => {},
     }
     // Every byte count an algorithm forms must fit: count * element bytes * n.
@@ -104,7 +106,7 @@ fn validate(comm: transport.Comm, desc: op.OpDesc) transport.Error!void {
             const total_bytes = std.math.mul(u64, total, es) catch return error.Protocol;
             if (total_bytes > std.math.maxInt(usize)) return error.Protocol;
         }
-        if (desc.send_counts[comm.rank] != desc.recv_counts[comm.rank]) return error.Protocol;
+        if (desc.send_counts[rank] != desc.recv_counts[rank]) return error.Protocol;
     }
 }
 

@@ -16,6 +16,7 @@ const wire = @import("wire.zig");
 const tcp = @import("tcp.zig");
 const shm = @import("shm.zig");
 const transport = @import("transport.zig");
+const board_mod = @import("board.zig");
 
 pub const Error = transport.Error;
 pub const world_size_max = 64;
@@ -134,6 +135,47 @@ const Link = struct {
     rx: ?shm.Ring = null,
 };
 
+const retired_boards_max = 64;
+
+const PeerBoard = struct {
+    board: ?board_mod.Board = null,
+    generation: u32 = 0,
+    /// Serial of the publish this rank last departed, per entry of that board.
+    departed_serials: [board_mod.entries_max]u64 = [_]u64{0} ** board_mod.entries_max,
+};
+
+/// The boards of one op's group, in group order (Net.boardTeam).
+pub const BoardTeam = struct {
+    boards: [world_size_max]board_mod.Board,
+    departed_serials: [world_size_max]*[board_mod.entries_max]u64,
+};
+
+/// Whether a rank makes a board: $MOONRING_BOARD (default on; every rank of a host must agree).
+pub fn boardEnabled() bool {
+    const value = sys.getenv("MOONRING_BOARD") orelse return true;
+    return !std.mem.eql(u8, value, "0");
+}
+
+/// Whether large board contributions are read with process_vm_readv: $MOONRING_BOARD_CMA
+/// (default on) and a probe of it on this process (seccomp may forbid it).
+pub fn boardCma() bool {
+    cma_once.call();
+    return cma_usable;
+}
+
+var cma_once = std.once(probeCma);
+var cma_usable = false;
+fn probeCma() void {
+    if (sys.getenv("MOONRING_BOARD_CMA")) |value| if (std.mem.eql(u8, value, "0")) return;
+    const probe: u64 = 0x6d6f6f6e72696e67;
+    var copy: u64 = 0;
+    sys.processRead(sys.processId(), std.mem.asBytes(&copy), @intFromPtr(&probe)) catch |err| {
+        sys.logLine("process_vm_readv is not usable here ({s}): large same-host collectives use the shm rings", .{@errorName(err)});
+        return;
+    };
+    cma_usable = copy == probe;
+}
+
 const Peer = struct {
     addr: ?sys.Address = null,
     host_id: u64 = 0,
@@ -192,6 +234,12 @@ pub const Net = struct {
     threads_cond: std.Thread.Condition = .{},
     links_live: u32 = 0,
     shm_nonce: u32 = 0,
+    /// This rank's board (board.zig) and the peers' (mapped on first use, per peer
+    /// generation); null when the board is off or the transport is tcp.
+    board: ?board_mod.Board = null,
+    peer_boards: [world_size_max]PeerBoard = [_]PeerBoard{.{}} ** world_size_max,
+    /// Boards replaced while an op may still read them; unmapped at deinit.
+    retired_boards: std.BoundedArray(board_mod.Board, retired_boards_max) = .{},
 
     pub fn init(alloc: std.mem.Allocator, opts_in: Options) !*Net {
         if (opts_in.world_size_max == 0 or opts_in.world_size_max > world_size_max) return error.BadWorldSize;
@@ -217,6 +265,15 @@ pub const Net = struct {
         net.opts.cluster_id = net.cluster_buf[0..opts_in.cluster_id.len];
         net.opts.token = net.token_buf[0..opts_in.token.len];
         net.sweepOwnSegments();
+        if (opts_in.mode != .tcp and boardEnabled()) {
+            var name_buf: [96]u8 = undefined;
+            const name = net.boardName(&name_buf, net.rank());
+            net.board = board_mod.Board.create(name, net.rank(), sys.monotonicNs() ^ @intFromPtr(net)) catch |err| {
+                sys.logLine("rank {d}: cannot create the board {s}{s} ({d} bytes): {s}; MOONRING_BOARD=0 on every rank turns it off", .{ net.rank(), sys.shm_dir, name, board_mod.segmentBytes(), @errorName(err) });
+                return err;
+            };
+        }
+        errdefer if (net.board) |b| b.unmap();
         net.listener = try std.Thread.spawn(.{ .stack_size = 256 * 1024 }, listenLoop, .{net});
         return net;
     }
@@ -238,6 +295,14 @@ pub const Net = struct {
         for (net.stash.items) |entry| net.alloc.free(entry.data);
         net.stash.deinit(net.alloc);
         net.mu.unlock();
+        if (net.board) |b| {
+            b.markDead();
+            b.unmap();
+            var name_buf: [96]u8 = undefined;
+            sys.shmUnlink(net.boardName(&name_buf, net.rank()));
+        }
+        for (net.peer_boards) |pb| if (pb.board) |b| b.unmap();
+        for (net.retired_boards.constSlice()) |b| b.unmap();
         net.sweepOwnSegments();
         net.alloc.destroy(net);
     }
@@ -248,6 +313,58 @@ pub const Net = struct {
 
     fn shmPrefix(net: *const Net, buf: []u8, owner: u32) []const u8 {
         return std.fmt.bufPrint(buf, "moonring-{x:0>16}-{d}-", .{ net.cluster_hash, owner }) catch unreachable;
+    }
+
+    fn boardName(net: *const Net, buf: []u8, owner: u32) []const u8 {
+        var prefix_buf: [64]u8 = undefined;
+        return std.fmt.bufPrint(buf, "{s}board", .{net.shmPrefix(&prefix_buf, owner)}) catch unreachable;
+    }
+
+    /// The boards of `ep`'s group when every peer of it is on this host with a live board
+    /// (else false: the op runs over the links). Maps boards on first use and again after a
+    /// peer restarted.
+    pub fn boardTeam(net: *Net, ep: *const Endpoint, team: *BoardTeam) bool {
+        const own = net.board orelse return false;
+        net.mu.lock();
+        defer net.mu.unlock();
+        for (ep.group[0..ep.group_size], 0..) |g, i| {
+            if (g == net.rank()) {
+                team.boards[i] = own;
+                team.departed_serials[i] = &net.peer_boards[g].departed_serials; // unused
+                continue;
+            }
+            const peer = &net.peers[g];
+            if (peer.addr == null or peer.down or peer.lost or !net.wantShm(peer)) return false;
+            const pb = &net.peer_boards[g];
+            const current = if (pb.board) |b| pb.generation == peer.generation and b.ownerAlive() else false;
+            if (!current) {
+                var name_buf: [96]u8 = undefined;
+                const fresh = board_mod.Board.open(net.boardName(&name_buf, g), g) catch return false;
+                if (!fresh.ownerAlive()) {
+                    fresh.unmap();
+                    return false;
+                }
+                if (pb.board) |old| {
+                    if (net.retired_boards.len == retired_boards_max) net.retired_boards.orderedRemove(0).unmap();
+                    net.retired_boards.appendAssumeCapacity(old);
+                }
+                pb.* = .{ .board = fresh, .generation = peer.generation };
+            }
+            team.boards[i] = pb.board.?;
+            team.departed_serials[i] = &pb.departed_serials;
+        }
+        return true;
+    }
+
+    /// Why `ep` must stop now (failed, canceled, shutting down, past its deadline), or null;
+    /// `peer` (global rank) names who it waited for.
+    pub fn stopCheck(net: *Net, ep: *Endpoint, peer: u32, what: []const u8) ?Error {
+        return net.stopReason(ep, peer, what);
+    }
+
+    /// Records `ep`'s failure (the first wins) and returns its error.
+    pub fn failOp(net: *Net, ep: *Endpoint, err: Error, peer: i32, message: []const u8) Error {
+        return net.fail(ep, err, peer, "{s}", .{message});
     }
 
     fn sweepOwnSegments(net: *Net) void {

@@ -1,0 +1,459 @@
+//! Direct collectives on the board (transport/board.zig), for groups whose ranks all share a
+//! host: every rank publishes its contribution (inline in its board, or its buffer address),
+//! then reads exactly what it needs from its peers' contributions itself: no link thread, no
+//! message, one copy. Small contributions are read from the board; large ones with
+//! process_vm_readv straight from the owner's buffer into the reader's (CMA).
+//!
+//! | kind           | each rank reads                                                        |
+//! |----------------|------------------------------------------------------------------------|
+//! | allreduce      | <= inline: every contribution, reduced in group order (same bytes everywhere); else block i of every rank's send, reduced by rank i into its recv (phase `reduced`), then block j from rank j's recv |
+//! | reduce         | root: every contribution, reduced in group order                        |
+//! | broadcast      | the root's data                                                         |
+//! | allgather/gather | every rank's block (gather: the root only)                            |
+//! | scatter        | its block of the root's data                                            |
+//! | reduce_scatter | its block of every rank's send, reduced in group order                 |
+//! | alltoall       | from each rank the part meant for it (offsets from the published counts) |
+//! | barrier        | nothing                                                                 |
+//!
+//! Every rank arrives at every peer's entry and departs it when done; an owner returns only
+//! after all its readers departed, so its buffers are never read after the op.
+const std = @import("std");
+const common = @import("common.zig");
+const reduce = @import("../reduce.zig");
+const sys = @import("../sys.zig");
+const board_mod = @import("../transport/board.zig");
+const transport = @import("../transport/transport.zig");
+
+const Board = board_mod.Board;
+const Phase = board_mod.Phase;
+const Error = common.Error;
+
+/// Reductions and CMA copies go through scratch in pieces of this size (L2-resident).
+const piece_bytes = 64 << 10;
+/// One process_vm_readv moves at most this much, so a cancel is seen between calls.
+const copy_bytes_max = 4 << 20;
+/// A sleeping waiter re-checks liveness, cancel and the deadline this often.
+const sleep_ns = 1 * std.time.ns_per_ms;
+const check_what = "waiting on the board for";
+
+comptime {
+    std.debug.assert(piece_bytes % 64 == 0 and copy_bytes_max % piece_bytes == 0);
+}
+
+/// How the op reports and checks failures (the net endpoint it was opened on).
+pub const Control = struct {
+    context: *anyopaque,
+    /// Why the op must stop now (failed elsewhere, canceled, past its deadline), or null;
+    /// `peer` is the group rank waited for (for the message).
+    check: *const fn (context: *anyopaque, peer: u32, what: []const u8) ?Error,
+    /// Records the op's failure (the first one wins) and returns its error.
+    fail: *const fn (context: *anyopaque, err: Error, peer: ?u32, message: []const u8) Error,
+};
+
+/// One op's view of the board: the group's boards in group order (boards[me] is this rank's).
+pub const Team = struct {
+    me: u32,
+    boards: []const Board,
+    /// Global rank of each group rank (messages name global ranks).
+    global: []const u32,
+    /// This rank's entry (the engine's op slot) and this publish's serial.
+    entry: u32,
+    serial: u64,
+    op_id: u64,
+    /// Per group rank: the serial of the publish this reader last departed, per entry index
+    /// (owned by the net, one array per peer).
+    departed_serials: []const *[board_mod.entries_max]u64,
+    control: Control,
+    cma: bool,
+
+    fn size(t: *const Team) u32 {
+        return @intCast(t.boards.len);
+    }
+};
+
+/// Runs `desc` over the board. n >= 2; the caller validated desc (dispatch.validate).
+pub fn run(t: *Team, desc: common.OpDesc, scratch: std.mem.Allocator) Error!void {
+    const n = t.size();
+    std.debug.assert(n >= 2 and t.me < n and t.global.len == n and t.departed_serials.len == n);
+    std.debug.assert(t.entry < board_mod.entries_max);
+    var entries: [common.world_size_max]u32 = undefined;
+    var state = Op{ .t = t, .desc = desc, .scratch = scratch, .entries = entries[0..n] };
+    state.runPublished() catch |err| {
+        state.abort();
+        return err;
+    };
+}
+
+const Op = struct {
+    t: *Team,
+    desc: common.OpDesc,
+    scratch: std.mem.Allocator,
+    /// Entry index of each peer's publish (valid after arrive()).
+    entries: []u32,
+    published: bool = false,
+    /// When this rank published (aborted publishes from before are stale).
+    start_ns: u64 = 0,
+    snapshot: ?[]u8 = null,
+
+    fn es(o: *const Op) u64 {
+        return o.desc.elementBytes();
+    }
+
+    fn own(o: *const Op) Board {
+        return o.t.boards[o.t.me];
+    }
+
+    fn runPublished(o: *Op) Error!void {
+        defer if (o.snapshot) |s| o.scratch.free(s);
+        const t = o.t;
+        const n = t.size();
+        const send = try o.contribution();
+        try o.publish(send);
+        for (0..n) |p| if (p != t.me) try o.arrive(@intCast(p));
+        try o.body(send);
+        for (0..n) |p| if (p != t.me) o.departFrom(@intCast(p));
+        // Our buffers stay valid until every reader is done with them.
+        try o.waitFor(DepartedAll{ .o = o }, null, "the other ranks to finish reading");
+        o.own().free(t.entry);
+        o.published = false;
+    }
+
+    /// Marks this rank's entry aborted (peers waiting on it fail at once).
+    fn abort(o: *Op) void {
+        if (!o.published) return;
+        o.own().abort(o.t.entry);
+        o.ringPeers();
+    }
+
+    /// The bytes this rank offers its peers (its send buffer, or a snapshot when its own
+    /// writes to recv could change them while peers read).
+    fn contribution(o: *Op) Error![]const u8 {
+        const d = o.desc;
+        const n = o.t.size();
+        const me = o.t.me;
+        const es_ = o.es();
+        const c = d.count * es_;
+        const bytes: u64 = switch (d.kind) {
+            .allreduce, .reduce, .allgather, .gather => c,
+            .broadcast => if (d.root == me) c else 0,
+            .scatter => if (d.root == me) c * n else 0,
+            .reduce_scatter => c * n,
+            .alltoall => blk: {
+                var total: u64 = 0;
+                for (d.send_counts) |k| total += k;
+                break :blk total * es_;
+            },
+            .barrier => 0,
+            .send, .recv => unreachable,
+        };
+        const send = common.bytesPtr(d.send, bytes);
+        if (bytes <= board_mod.inline_bytes_max) return send; // copied into the board
+        const recv_bytes: u64 = switch (d.kind) {
+            .allgather => c * n,
+            .scatter, .reduce_scatter => c,
+            .alltoall => blk: {
+                var total: u64 = 0;
+                for (d.recv_counts) |k| total += k;
+                break :blk total * es_;
+            },
+            else => 0, // allreduce (phases), reduce / broadcast / gather (owner writes nothing read)
+        };
+        const recv = common.bytesPtr(d.recv, recv_bytes);
+        const own_block_start: u64 = switch (d.kind) {
+            .allgather => me * c,
+            .scatter => me * c,
+            else => std.math.maxInt(u64),
+        };
+        const writes_only_own_block = switch (d.kind) {
+            .allgather => @intFromPtr(send.ptr) == @intFromPtr(recv.ptr) + own_block_start,
+            .scatter => @intFromPtr(recv.ptr) == @intFromPtr(send.ptr) + own_block_start,
+            .reduce_scatter => @intFromPtr(recv.ptr) == @intFromPtr(send.ptr) + me * c,
+            else => false,
+        };
+        if (!common.overlaps(send, recv) or writes_only_own_block) return send;
+        const copy = try o.scratch.alloc(u8, @intCast(bytes));
+        @memcpy(copy, send);
+        o.snapshot = copy;
+        return copy;
+    }
+
+    fn publish(o: *Op, send: []const u8) Error!void {
+        const t = o.t;
+        const b = o.own();
+        const e = b.entry(t.entry);
+        // An aborted publish of an earlier op in this slot stays until the slot is reused.
+        if (e.phase == Phase.aborted) b.free(t.entry);
+        std.debug.assert(b.phaseOf(t.entry) == Phase.free);
+        e.send_bytes = send.len;
+        e.readers = t.size() - 1;
+        e.recv_addr = @intFromPtr(o.desc.recv);
+        if (send.len <= board_mod.inline_bytes_max) {
+            e.inline_data = 1;
+            e.send_addr = 0;
+            @memcpy(b.data(t.entry)[0..send.len], send);
+        } else {
+            std.debug.assert(t.cma);
+            e.inline_data = 0;
+            e.send_addr = @intFromPtr(send.ptr);
+        }
+        if (o.desc.kind == .alltoall) @memcpy(e.send_counts[0..o.desc.send_counts.len], o.desc.send_counts);
+        o.start_ns = sys.monotonicNs();
+        b.publish(t.entry, t.op_id, t.serial);
+        o.published = true;
+        o.ringPeers();
+    }
+
+    fn ringPeers(o: *const Op) void {
+        for (o.t.boards, 0..) |b, p| if (p != o.t.me) b.ring();
+    }
+
+    fn arrive(o: *Op, p: u32) Error!void {
+        const Found = struct {
+            o: *Op,
+            p: u32,
+            fn ready(self: @This()) Readiness {
+                const t = self.o.t;
+                const index = t.boards[self.p].find(t.op_id, t.departed_serials[self.p], self.o.start_ns) orelse return .not_yet;
+                if (t.boards[self.p].phaseOf(index) == Phase.aborted) return .aborted;
+                self.o.entries[self.p] = index;
+                return .ready;
+            }
+        };
+        try o.waitFor(Found{ .o = o, .p = p }, p, "to join the op");
+    }
+
+    fn departFrom(o: *Op, p: u32) void {
+        const t = o.t;
+        const b = t.boards[p];
+        const index = o.entries[p];
+        t.departed_serials[p][index] = @atomicLoad(u64, &b.entry(index).serial, .acquire);
+        b.depart(index);
+        b.ring();
+    }
+
+    // ---- waiting ----
+
+    const Readiness = enum { not_yet, ready, aborted };
+
+    const DepartedAll = struct {
+        o: *Op,
+        fn ready(self: @This()) Readiness {
+            const t = self.o.t;
+            return if (t.boards[t.me].departed(t.entry) >= t.size() - 1) .ready else .not_yet;
+        }
+    };
+
+    const PhaseAtLeast = struct {
+        o: *Op,
+        p: u32,
+        phase: u32,
+        fn ready(self: @This()) Readiness {
+            const phase = self.o.t.boards[self.p].phaseOf(self.o.entries[self.p]);
+            if (phase == Phase.aborted) return .aborted;
+            return if (phase >= self.phase) .ready else .not_yet;
+        }
+    };
+
+    /// Spins, then sleeps on this rank's doorbell, until `cond` is ready. Fails when the
+    /// awaited peer (any peer when null) died or aborted, on cancel, or past the deadline.
+    fn waitFor(o: *Op, cond: anytype, peer: ?u32, what: []const u8) Error!void {
+        const t = o.t;
+        const Cond = @TypeOf(cond);
+        const Wrap = struct {
+            fn readyNow(c: Cond) bool {
+                return c.ready() != .not_yet;
+            }
+        };
+        const spin_until = sys.monotonicNs() + board_mod.spinNs();
+        var spins: u32 = 0;
+        while (true) : (spins +%= 1) {
+            switch (cond.ready()) {
+                .ready => return,
+                .aborted => return o.failPeer(error.PeerFailed, peer.?, "gave up on the op", what),
+                .not_yet => {},
+            }
+            if (spins % 64 != 63) {
+                std.atomic.spinLoopHint();
+                continue;
+            }
+            const now = sys.monotonicNs();
+            if (now < spin_until) {
+                // Oversubscribed hosts: let the rank we wait for run.
+                if (spins % 1024 == 1023) sys.yieldCpu();
+                continue;
+            }
+            if (peer) |p| {
+                if (!t.boards[p].ownerAlive()) return o.failPeer(error.PeerFailed, p, "died", what);
+                if (t.control.check(t.control.context, p, check_what)) |err| return err;
+            } else {
+                for (t.boards, 0..) |b, p| {
+                    if (p != t.me and !b.ownerAlive()) return o.failPeer(error.PeerFailed, @intCast(p), "died", what);
+                }
+                if (t.control.check(t.control.context, if (t.me == 0) 1 else 0, check_what)) |err| return err;
+            }
+            o.own().sleep(cond, Wrap.readyNow, sleep_ns);
+        }
+    }
+
+    fn failPeer(o: *Op, err: Error, p: u32, why: []const u8, what: []const u8) Error {
+        var buf: [160]u8 = undefined;
+        const text = std.fmt.bufPrint(&buf, "rank {d} {s} while waiting for it {s} (board)", .{ o.t.global[p], why, what }) catch buf[0..];
+        return o.t.control.fail(o.t.control.context, err, p, text);
+    }
+
+    // ---- reading contributions ----
+
+    /// Bytes [offset, offset+len) of rank p's contribution: a slice of the board or of our own
+    /// send, else read with CMA into `buf` (len bytes at least).
+    fn source(o: *Op, send: []const u8, p: u32, offset: u64, len: u64, buf: []u8) Error![]const u8 {
+        if (len == 0) return &.{};
+        if (p == o.t.me) return send[@intCast(offset)..][0..@intCast(len)];
+        const b = o.t.boards[p];
+        const index = o.entries[p];
+        const e = b.entry(index);
+        if (offset + len > e.send_bytes) {
+            return o.failPeer(error.Protocol, p, "published fewer bytes than the op needs", "(sizes differ between ranks)");
+        }
+        if (e.inline_data == 1) return b.data(index)[@intCast(offset)..][0..@intCast(len)];
+        try o.copyFrom(p, e.send_addr + offset, buf[0..@intCast(len)]);
+        return buf[0..@intCast(len)];
+    }
+
+    /// CMA: `dst.len` bytes at `addr` in rank p's process.
+    fn copyFrom(o: *Op, p: u32, addr: u64, dst: []u8) Error!void {
+        const t = o.t;
+        var done: usize = 0;
+        while (done < dst.len) {
+            const len = @min(dst.len - done, copy_bytes_max);
+            sys.processRead(t.boards[p].pid(), dst[done..][0..len], addr + done) catch |err| {
+                var buf: [160]u8 = undefined;
+                const text = std.fmt.bufPrint(&buf, "reading rank {d}'s buffer with process_vm_readv failed ({s}; MOONRING_BOARD_CMA=0 turns it off)", .{ t.global[p], @errorName(err) }) catch buf[0..];
+                return t.control.fail(t.control.context, if (err == error.NoProcess) error.PeerFailed else error.Protocol, p, text);
+            };
+            done += len;
+            if (done < dst.len) if (t.control.check(t.control.context, p, "copying from")) |err| return err;
+        }
+    }
+
+    /// Copies bytes [offset, offset+dst.len) of rank p's contribution into dst.
+    fn copyPart(o: *Op, send: []const u8, p: u32, offset: u64, dst: []u8) Error!void {
+        if (dst.len == 0) return;
+        const b = o.t.boards[p];
+        if (p != o.t.me and b.entry(o.entries[p]).inline_data == 0) {
+            const e = b.entry(o.entries[p]);
+            if (offset + dst.len > e.send_bytes)
+                return o.failPeer(error.Protocol, p, "published fewer bytes than the op needs", "(sizes differ between ranks)");
+            return o.copyFrom(p, e.send_addr + offset, dst);
+        }
+        const src = try o.source(send, p, offset, dst.len, dst);
+        common.move(dst, src);
+    }
+
+    /// dst = part [offset, offset+dst.len) reduced over every rank's contribution, in group
+    /// order (dst may alias our own send).
+    fn reduceAll(o: *Op, send: []const u8, offset: u64, dst: []u8) Error!void {
+        const d = o.desc;
+        const n = o.t.size();
+        if (dst.len == 0) return;
+        const acc = try o.scratch.alloc(u8, @min(dst.len, piece_bytes));
+        defer o.scratch.free(acc);
+        const tmp = try o.scratch.alloc(u8, @min(dst.len, piece_bytes));
+        defer o.scratch.free(tmp);
+        var done: u64 = 0;
+        while (done < dst.len) {
+            const len: u64 = @min(dst.len - done, piece_bytes);
+            const a = acc[0..@intCast(len)];
+            const first = try o.source(send, 0, offset + done, len, a);
+            if (first.ptr != a.ptr) @memcpy(a, first);
+            for (1..n) |p| {
+                const src = try o.source(send, @intCast(p), offset + done, len, tmp);
+                reduce.reduceTo(d.dtype, d.redop, a, a, src);
+            }
+            if (d.redop == .avg) reduce.finalizeAvg(d.dtype, a, n);
+            @memcpy(dst[@intCast(done)..][0..@intCast(len)], a);
+            done += len;
+        }
+    }
+
+    // ---- the collectives ----
+
+    fn body(o: *Op, send: []const u8) Error!void {
+        const d = o.desc;
+        const t = o.t;
+        const n = t.size();
+        const me = t.me;
+        const es_ = o.es();
+        const c = d.count * es_;
+        switch (d.kind) {
+            .allreduce => {
+                const recv = common.bytesPtrMut(d.recv, c);
+                if (c <= board_mod.inline_bytes_max) return o.reduceAll(send, 0, recv);
+                // Block me reduced here, the others read from their reducers' recv.
+                const mine = common.block(d.count, n, me);
+                try o.reduceAll(send, mine.start * es_, recv[@intCast(mine.start * es_)..][0..@intCast(mine.len * es_)]);
+                o.own().setPhase(t.entry, Phase.reduced);
+                o.ringPeers();
+                for (1..n) |k| {
+                    const p: u32 = @intCast((me + k) % n);
+                    // Reduced also means p read our send (which may be our recv) for its block.
+                    try o.waitFor(PhaseAtLeast{ .o = o, .p = p, .phase = Phase.reduced }, p, "to reduce its block");
+                    const blk = common.block(d.count, n, p);
+                    const addr = t.boards[p].entry(o.entries[p]).recv_addr + blk.start * es_;
+                    try o.copyFrom(p, addr, recv[@intCast(blk.start * es_)..][0..@intCast(blk.len * es_)]);
+                }
+            },
+            .reduce => if (me == d.root) try o.reduceAll(send, 0, common.bytesPtrMut(d.recv, c)),
+            .broadcast => {
+                const recv = common.bytesPtrMut(d.recv, c);
+                if (me == d.root) {
+                    common.move(recv, send);
+                } else try o.copyPart(send, d.root, 0, recv);
+            },
+            .allgather, .gather => if (d.kind == .allgather or me == d.root) {
+                const recv = common.bytesPtrMut(d.recv, c * n);
+                for (0..n) |k| {
+                    const p: u32 = @intCast((me + k) % n);
+                    try o.copyPart(send, p, 0, recv[p * c ..][0..@intCast(c)]);
+                }
+            },
+            .scatter => try o.copyPart(send, d.root, me * c, common.bytesPtrMut(d.recv, c)),
+            .reduce_scatter => try o.reduceAll(send, me * c, common.bytesPtrMut(d.recv, c)),
+            .alltoall => {
+                var recv_offset: u64 = 0;
+                for (d.recv_counts) |k| recv_offset += k;
+                const recv = common.bytesPtrMut(d.recv, recv_offset * es_);
+                recv_offset = 0;
+                for (0..n) |pi| {
+                    const p: u32 = @intCast(pi);
+                    const len = d.recv_counts[p] * es_;
+                    // Where p's part for us starts in p's send: p's counts before ours.
+                    const counts: []const u64 = if (p == me) d.send_counts else t.boards[p].entry(o.entries[p]).send_counts[0..n];
+                    if (counts[me] != d.recv_counts[p]) {
+                        return o.failPeer(error.Protocol, p, "sends a different count than this rank receives", "(alltoall counts differ)");
+                    }
+                    var send_offset: u64 = 0;
+                    for (counts[0..me]) |k| send_offset += k;
+                    try o.copyPart(send, p, send_offset * es_, recv[@intCast(recv_offset)..][0..@intCast(len)]);
+                    recv_offset += len;
+                }
+            },
+            .barrier => {},
+            .send, .recv => unreachable,
+        }
+    }
+};
+
+/// Whether the op can run on the board: every rank decides the same from the op alone.
+/// `cma`: large contributions can be read with process_vm_readv on this host.
+pub fn suits(desc: common.OpDesc, n: u32, cma: bool) bool {
+    if (n < 2 or n > board_mod.counts_max) return false;
+    const c = desc.count * desc.elementBytes();
+    const largest: u64 = switch (desc.kind) {
+        .send, .recv => return false,
+        .allreduce, .reduce, .allgather, .gather, .broadcast => c,
+        .scatter, .reduce_scatter => c * n,
+        .alltoall => std.math.maxInt(u64), // ranks send different totals: assume large
+        .barrier => 0,
+    };
+    return largest <= board_mod.inline_bytes_max or cma;
+}

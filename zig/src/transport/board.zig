@@ -1,0 +1,264 @@
+//! The board: one shared-memory segment per rank through which the ranks of one host run whole
+//! collectives without the links (algo/board_direct.zig). Why: a message through an shm ring
+//! crosses four threads (op thread -> peer link thread -> peer op thread -> JS), each a futex
+//! wake; on the board the thread that runs an op publishes its part and reads its peers'
+//! parts itself, spinning briefly, so a small collective costs a few cache-line transfers
+//! (bench/NOTES.md E15).
+//!
+//! Layout: a header (owner pid, liveness, the doorbell futex peers ring, the op id of each
+//! entry) and `entries_max` entries, one per engine op slot. The owner writes an entry (its
+//! contribution inline, or its buffer addresses for peers to read with process_vm_readv),
+//! then its op id; readers find the entry by op id, read, and "depart" (count up). The owner
+//! frees an entry only after every reader departed, so an entry never changes under a reader.
+const std = @import("std");
+const sys = @import("../sys.zig");
+
+pub const entries_max = 128;
+/// A contribution up to this size is copied into the board; larger ones are read from the
+/// owner's buffer with process_vm_readv (CMA).
+pub const inline_bytes_max = 32 << 10;
+pub const counts_max = 64;
+const magic: u64 = 0x4d52_424f_4152_4401; // "MRBOARD" v1
+const header_bytes = 4096 * 2;
+const entry_bytes = 1024;
+
+/// Phase of an entry. A reader waits for the phase it needs; `aborted` fails it.
+pub const Phase = struct {
+    pub const free: u32 = 0;
+    pub const published: u32 = 1;
+    /// allreduce: the owner's reduced block is in its recv buffer.
+    pub const reduced: u32 = 2;
+    pub const aborted: u32 = 0xffff_ffff;
+};
+
+const Header = extern struct {
+    magic: u64,
+    owner_rank: u32,
+    pid: i32,
+    incarnation: u64,
+    segment_bytes: u64,
+    pad0: [32]u8 = [_]u8{0} ** 32,
+    /// 1 while the owner's engine lives (0 after a clean shutdown).
+    alive: u32 align(64) = 0,
+    pad1: [60]u8 = [_]u8{0} ** 60,
+    /// Rung (incremented, then woken if someone sleeps) by whoever changed something the
+    /// owner's threads may wait for.
+    doorbell: u32 align(64) = 0,
+    sleepers: u32 = 0,
+    pad2: [56]u8 = [_]u8{0} ** 56,
+    /// The op id of each published entry (valid only while the entry's phase is not free).
+    ids: [entries_max]u64 align(64) = [_]u64{0} ** entries_max,
+};
+
+pub const Entry = extern struct {
+    // Owner-written line.
+    phase: u32 align(64) = Phase.free,
+    /// 1: the contribution is in the board's data area; 0: read it with CMA at send_addr.
+    inline_data: u32 = 0,
+    /// Changes on every publish, so a reader never mistakes an old publish for a new one.
+    serial: u64 = 0,
+    send_bytes: u64 = 0,
+    send_addr: u64 = 0,
+    recv_addr: u64 = 0,
+    readers: u32 = 0,
+    /// When the owner gave up (monotonic ns; one clock for the host).
+    abort_ns: u64 = 0,
+    pad0: [12]u8 = [_]u8{0} ** 12,
+    // Reader-written line.
+    departed: u32 align(64) = 0,
+    pad1: [60]u8 = [_]u8{0} ** 60,
+    /// alltoall: the owner's send counts in group order (elements).
+    send_counts: [counts_max]u64 = [_]u64{0} ** counts_max,
+};
+
+comptime {
+    std.debug.assert(@sizeOf(Header) <= header_bytes);
+    std.debug.assert(@sizeOf(Entry) <= entry_bytes);
+    std.debug.assert(inline_bytes_max % 64 == 0);
+}
+
+pub fn segmentBytes() u64 {
+    return header_bytes + entries_max * (entry_bytes + @as(u64, inline_bytes_max));
+}
+
+pub const Board = struct {
+    segment: sys.Segment,
+    header: *Header,
+
+    /// Creates this rank's board (replacing a stale segment of that name).
+    pub fn create(name: []const u8, owner_rank: u32, incarnation_id: u64) !Board {
+        const segment = try sys.shmCreate(name, segmentBytes());
+        const header: *Header = @ptrCast(@alignCast(segment.ptr));
+        header.* = .{
+            .magic = magic,
+            .owner_rank = owner_rank,
+            .pid = sys.processId(),
+            .incarnation = incarnation_id,
+            .segment_bytes = segment.bytes,
+        };
+        @atomicStore(u32, &header.alive, 1, .release);
+        return .{ .segment = segment, .header = header };
+    }
+
+    /// Maps a peer's board; it must be a live board of rank `owner_rank`.
+    pub fn open(name: []const u8, owner_rank: u32) !Board {
+        const segment = try sys.shmOpen(name, segmentBytes());
+        errdefer segment.unmapSegment();
+        const header: *Header = @ptrCast(@alignCast(segment.ptr));
+        if (@atomicLoad(u64, &header.magic, .acquire) != magic or header.owner_rank != owner_rank) return error.BadBoard;
+        if (@atomicLoad(u32, &header.alive, .acquire) != 1) return error.BoardDead;
+        return .{ .segment = segment, .header = header };
+    }
+
+    /// The owner's clean shutdown: readers waiting on this board fail at once.
+    pub fn markDead(board: Board) void {
+        @atomicStore(u32, &board.header.alive, 0, .release);
+    }
+
+    pub fn unmap(board: Board) void {
+        board.segment.unmapSegment();
+    }
+
+    pub fn pid(board: Board) i32 {
+        return board.header.pid;
+    }
+
+    /// False once the owner shut down or its process is gone.
+    pub fn ownerAlive(board: Board) bool {
+        if (@atomicLoad(u32, &board.header.alive, .acquire) != 1) return false;
+        const owner_pid = board.header.pid;
+        return owner_pid == sys.processId() or sys.processAlive(owner_pid);
+    }
+
+    pub fn entry(board: Board, index: u32) *Entry {
+        std.debug.assert(index < entries_max);
+        return @ptrCast(@alignCast(board.segment.ptr + header_bytes + @as(u64, index) * entry_bytes));
+    }
+
+    pub fn data(board: Board, index: u32) []u8 {
+        std.debug.assert(index < entries_max);
+        const start = header_bytes + entries_max * @as(u64, entry_bytes) + @as(u64, index) * inline_bytes_max;
+        return board.segment.ptr[start..][0..inline_bytes_max];
+    }
+
+    pub fn phaseOf(board: Board, index: u32) u32 {
+        return @atomicLoad(u32, &board.entry(index).phase, .acquire);
+    }
+
+    /// The entry the owner published for `op_id`, or null. Skips what this reader already
+    /// departed (`departed_serials`, per index) and publishes aborted before `since_ns` (an
+    /// op id re-issued after a failure must not find the failed attempt).
+    pub fn find(board: Board, op_id: u64, departed_serials: *const [entries_max]u64, since_ns: u64) ?u32 {
+        for (0..entries_max) |i| {
+            if (@atomicLoad(u64, &board.header.ids[i], .acquire) != op_id) continue;
+            const index: u32 = @intCast(i);
+            const e = board.entry(index);
+            const phase = @atomicLoad(u32, &e.phase, .acquire);
+            if (phase == Phase.free) continue;
+            if (phase == Phase.aborted and @atomicLoad(u64, &e.abort_ns, .acquire) < since_ns) continue;
+            if (@atomicLoad(u64, &e.serial, .acquire) == departed_serials[i]) continue;
+            return index;
+        }
+        return null;
+    }
+
+    /// Owner: gives up on entry `index`; readers that wait on it fail.
+    pub fn abort(board: Board, index: u32) void {
+        @atomicStore(u64, &board.entry(index).abort_ns, sys.monotonicNs(), .release);
+        @atomicStore(u32, &board.entry(index).phase, Phase.aborted, .release);
+    }
+
+    /// Owner: makes entry `index` visible under `op_id` (fields and data written before).
+    pub fn publish(board: Board, index: u32, op_id: u64, serial: u64) void {
+        const e = board.entry(index);
+        std.debug.assert(e.phase == Phase.free);
+        @atomicStore(u32, &e.departed, 0, .release);
+        @atomicStore(u64, &e.serial, serial, .release);
+        @atomicStore(u32, &e.phase, Phase.published, .release);
+        @atomicStore(u64, &board.header.ids[index], op_id, .release);
+    }
+
+    pub fn setPhase(board: Board, index: u32, phase: u32) void {
+        @atomicStore(u32, &board.entry(index).phase, phase, .release);
+    }
+
+    /// Owner: the entry is done with (every reader departed, or the op gave up).
+    pub fn free(board: Board, index: u32) void {
+        @atomicStore(u32, &board.entry(index).phase, Phase.free, .release);
+        @atomicStore(u64, &board.header.ids[index], 0, .release);
+    }
+
+    /// Reader: done with entry `index` of this board.
+    pub fn depart(board: Board, index: u32) void {
+        _ = @atomicRmw(u32, &board.entry(index).departed, .Add, 1, .acq_rel);
+    }
+
+    pub fn departed(board: Board, index: u32) u32 {
+        return @atomicLoad(u32, &board.entry(index).departed, .acquire);
+    }
+
+    /// Wakes the owner's threads that sleep in wait() (only a syscall when one sleeps).
+    pub fn ring(board: Board) void {
+        _ = @atomicRmw(u32, &board.header.doorbell, .Add, 1, .release);
+        if (@atomicLoad(u32, &board.header.sleepers, .acquire) != 0) sys.futexWake(&board.header.doorbell, std.math.maxInt(u32));
+    }
+
+    /// Owner's threads: sleep until rung or `timeout_ns`, unless `ready` already holds.
+    pub fn sleep(board: Board, context: anytype, comptime ready: fn (@TypeOf(context)) bool, timeout_ns: u64) void {
+        const h = board.header;
+        _ = @atomicRmw(u32, &h.sleepers, .Add, 1, .acq_rel);
+        defer _ = @atomicRmw(u32, &h.sleepers, .Sub, 1, .acq_rel);
+        const bell = @atomicLoad(u32, &h.doorbell, .acquire);
+        if (ready(context)) return;
+        sys.futexWait(&h.doorbell, bell, timeout_ns);
+    }
+};
+
+/// How long a board waiter busy-polls before it sleeps: $MOONRING_BOARD_SPIN_US, else 50 us
+/// (a board op keeps one thread per rank runnable, so a short spin does not starve a peer).
+pub fn spinNs() u64 {
+    spin_once.call();
+    return spin_ns;
+}
+
+var spin_once = std.once(computeSpin);
+var spin_ns: u64 = 50 * std.time.ns_per_us;
+fn computeSpin() void {
+    const text = sys.getenv("MOONRING_BOARD_SPIN_US") orelse return;
+    const us = std.fmt.parseInt(u32, text, 10) catch return;
+    spin_ns = @as(u64, us) * std.time.ns_per_us;
+}
+
+test "board: publish, find, depart, free; a departed publish is not found again" {
+    var name_buf: [64]u8 = undefined;
+    const name = try std.fmt.bufPrint(&name_buf, "moonring-test-board-{d}", .{sys.processId()});
+    const own = try Board.create(name, 3, 42);
+    defer sys.shmUnlink(name);
+    defer own.unmap();
+    const peer = try Board.open(name, 3);
+    defer peer.unmap();
+    try std.testing.expectError(error.BadBoard, Board.open(name, 2));
+
+    var departed = [_]u64{0} ** entries_max;
+    try std.testing.expectEqual(@as(?u32, null), peer.find(7, &departed, 0));
+    const e = own.entry(5);
+    e.send_bytes = 8;
+    e.inline_data = 1;
+    @memcpy(own.data(5)[0..8], "abcdefgh");
+    own.publish(5, 7, 1);
+    own.ring();
+    const found = peer.find(7, &departed, 0) orelse return error.NotFound;
+    try std.testing.expectEqual(@as(u32, 5), found);
+    try std.testing.expectEqualStrings("abcdefgh", peer.data(found)[0..8]);
+    peer.depart(found);
+    departed[found] = 1;
+    try std.testing.expectEqual(@as(u32, 1), own.departed(5));
+    // Until the owner frees it the entry still holds op 7, but this reader is done with it.
+    try std.testing.expectEqual(@as(?u32, null), peer.find(7, &departed, 0));
+    own.free(5);
+    own.publish(5, 7, 2); // the same op id again (ids may be reused): a new serial
+    try std.testing.expectEqual(@as(?u32, 5), peer.find(7, &departed, 0));
+    try std.testing.expect(peer.ownerAlive());
+    own.markDead();
+    try std.testing.expect(!peer.ownerAlive());
+}
