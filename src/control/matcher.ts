@@ -73,8 +73,8 @@ interface OpenCollective {
   seq: number;
   members: number[];
   joined: Map<number, Joined>;
+  /** performance.now() by which every member must have joined (the earliest joiner's timeout). */
   deadline: number;
-  timer: ReturnType<typeof setTimeout> | null;
   createdAt: number;
   /** A re-issue (see retry()). */
   retryOf?: string;
@@ -155,7 +155,7 @@ export class Matcher {
       }
       const seq = (this.groupSeq.get(desc.group) ?? 0) + 1;
       this.groupSeq.set(desc.group, seq);
-      c = { key, group: desc.group, tag: desc.tag, seq, members, joined: new Map(), deadline: Infinity, timer: null, createdAt: now };
+      c = { key, group: desc.group, tag: desc.tag, seq, members, joined: new Map(), deadline: Infinity, createdAt: now };
       if (!list) {
         list = [];
         this.open.set(key, list);
@@ -171,11 +171,43 @@ export class Matcher {
     const deadline = now + desc.timeoutMs;
     if (deadline < c.deadline) {
       c.deadline = deadline;
-      if (c.timer) clearTimeout(c.timer);
-      const coll = c;
-      c.timer = setTimeout(() => this.expire(coll), Math.max(0, deadline - now));
+      this.armExpiry(deadline, now);
     }
   }
+
+  /**
+   * One timer for every open collective, armed at the earliest deadline: a collective that is
+   * decided in time costs no timer of its own (no setTimeout/clearTimeout per call). When it
+   * fires, the collectives past their deadline end in 504 and it is armed for the next one.
+   */
+  private expiryTimer: ReturnType<typeof setTimeout> | null = null;
+  private expiryAt = Infinity;
+
+  private armExpiry(deadline: number, now: number): void {
+    if (deadline >= this.expiryAt) return;
+    if (this.expiryTimer) clearTimeout(this.expiryTimer);
+    this.expiryAt = deadline;
+    this.expiryTimer = setTimeout(this.sweep, Math.max(0, deadline - now));
+    this.expiryTimer.unref?.(); // a waiting call's open request keeps the process up anyway
+  }
+
+  private readonly sweep = (): void => {
+    this.expiryTimer = null;
+    this.expiryAt = Infinity;
+    const now = performance.now();
+    const due: OpenCollective[] = [];
+    let next = Infinity;
+    for (const list of this.open.values()) {
+      for (const c of list) {
+        if (c.deadline <= now) due.push(c);
+        else if (c.deadline < next) next = c.deadline;
+      }
+    }
+    // earliest first, as separate timers would have fired
+    due.sort((a, b) => a.deadline - b.deadline);
+    for (const c of due) this.expire(c);
+    if (next < Infinity) this.armExpiry(next, now);
+  };
 
   /**
    * Removes ranks from every open collective (fault tolerance: they failed or left). A dropped
@@ -247,7 +279,6 @@ export class Matcher {
       members,
       joined,
       deadline: Infinity,
-      timer: null,
       createdAt: performance.now(),
       retryOf: opId,
     };
@@ -255,8 +286,6 @@ export class Matcher {
   }
 
   private finish(c: OpenCollective): void {
-    if (c.timer) clearTimeout(c.timer);
-    c.timer = null;
     const list = this.open.get(c.key);
     if (!list) return;
     const i = list.indexOf(c);
@@ -265,7 +294,6 @@ export class Matcher {
   }
 
   private expire(c: OpenCollective): void {
-    c.timer = null;
     if (!this.open.get(c.key)?.includes(c)) return;
     this.finish(c);
     const joinedRanks = [...c.joined.keys()].sort((a, b) => a - b);
