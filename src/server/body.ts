@@ -11,7 +11,8 @@ function header(c: BodySource, name: string): string | undefined {
   return c instanceof Request ? (c.headers.get(name) ?? undefined) : c.req.header(name);
 }
 
-export function checkContentLength(c: BodySource, maxBodyBytes: number): void {
+/** 413 when Content-Length says the body is over the limit; returns the header (if any). */
+export function checkContentLength(c: BodySource, maxBodyBytes: number): string | undefined {
   const len = header(c, "content-length");
   if (len !== undefined && Number(len) > maxBodyBytes) {
     throw new TooLarge(`request body of ${len} bytes is over the limit of ${maxBodyBytes} bytes`, {
@@ -19,13 +20,13 @@ export function checkContentLength(c: BodySource, maxBodyBytes: number): void {
       bytes: Number(len),
     });
   }
+  return len;
 }
 
 export async function readJson(c: BodySource, maxBodyBytes: number): Promise<unknown> {
-  checkContentLength(c, maxBodyBytes);
+  const known = checkContentLength(c, maxBodyBytes) !== undefined;
   let text: string;
   try {
-    const known = header(c, "content-length") !== undefined;
     text = c instanceof Request ? (known ? await c.text() : await readCapped(c, maxBodyBytes)) : known ? await c.req.text() : await readCapped(c.req.raw, maxBodyBytes);
   } catch (e) {
     if (e instanceof TooLarge) throw e;

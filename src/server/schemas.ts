@@ -57,6 +57,55 @@ export const collectiveSchemas = {
 } as const;
 
 export type CollectiveOp = keyof typeof collectiveSchemas;
+
+// ---- fast check of the common single-tensor bodies ----
+// A body that passes quickCollectiveBody() is exactly one the zod schema accepts, unchanged (no
+// unknown keys to strip): the route uses it as is and skips zod. Anything else (lists, extra
+// keys, any doubt) goes through zod, which also words the errors.
+const dtypeSet = new Set<string>(dtypeNames);
+const redopSet = new Set<string>(redopNames);
+const QUICK_KEYS: Partial<Record<CollectiveOp, ReadonlySet<string>>> = {
+  allreduce: new Set(["tensor", "op", "group", "tag", "timeout_ms", "format"]),
+  reduce: new Set(["tensor", "dst", "op", "group", "tag", "timeout_ms", "format"]),
+  broadcast: new Set(["tensor", "src", "group", "tag", "timeout_ms", "format"]),
+  allgather: new Set(["tensor", "group", "tag", "timeout_ms", "format"]),
+  gather: new Set(["tensor", "dst", "group", "tag", "timeout_ms", "format"]),
+  barrier: new Set(["group", "tag", "timeout_ms", "format"]),
+};
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v) && Object.getPrototypeOf(v) === Object.prototype;
+}
+
+function isIndex(v: unknown): boolean {
+  return typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
+}
+
+function quickTensor(t: unknown): boolean {
+  if (!isPlainObject(t)) return false;
+  for (const k in t) if (k !== "dtype" && k !== "shape" && k !== "data" && k !== "b64") return false;
+  if (typeof t.dtype !== "string" || !dtypeSet.has(t.dtype)) return false;
+  const shape = t.shape;
+  if (!Array.isArray(shape)) return false;
+  for (let i = 0; i < shape.length; i++) if (!isIndex(shape[i])) return false;
+  return t.b64 === undefined || typeof t.b64 === "string";
+}
+
+export function quickCollectiveBody(op: CollectiveOp, raw: unknown): boolean {
+  const keys = QUICK_KEYS[op];
+  if (!keys || !isPlainObject(raw)) return false;
+  for (const k in raw) if (!keys.has(k)) return false;
+  if (keys.has("tensor") && !quickTensor(raw.tensor)) return false;
+  if (raw.op !== undefined && (typeof raw.op !== "string" || !redopSet.has(raw.op))) return false;
+  if (keys.has("dst") && !isIndex(raw.dst)) return false;
+  if (keys.has("src") && !isIndex(raw.src)) return false;
+  const g = raw.group;
+  if (g !== undefined && (typeof g !== "string" || g.length < 1 || g.length > 256)) return false;
+  if (raw.tag !== undefined && (typeof raw.tag !== "string" || raw.tag.length > 256)) return false;
+  const t = raw.timeout_ms;
+  if (t !== undefined && (typeof t !== "number" || !Number.isSafeInteger(t) || t < 1 || t > MAX_TIMEOUT_MS)) return false;
+  return raw.format === undefined || raw.format === "data" || raw.format === "b64";
+}
 export const collectiveOps = Object.keys(collectiveSchemas) as CollectiveOp[];
 
 export const p2pSendSchema = z.object({

@@ -12,7 +12,7 @@ import { redopRejection, type DTypeName, type RedOpName } from "../../ops/table"
 import { checkShape, encodeTensor, numel, writeTensor, type JsonTensor, type WireFormat } from "../../tensor/codec";
 import { InvalidRequest, NotReady, TooLarge } from "../errors";
 import { checkContentLength, isOctetStream, jsonResponse, octetParam, readBodyInto, readJson, wantsOctetStream } from "../body";
-import { collectiveOps, collectiveSchemas, DEFAULT_TIMEOUT_MS, formatIssues, type CollectiveOp } from "../schemas";
+import { collectiveOps, collectiveSchemas, DEFAULT_TIMEOUT_MS, formatIssues, quickCollectiveBody, type CollectiveOp } from "../schemas";
 import { bufferCollective, usesBuffer } from "./buffers";
 import type { RankService } from "../service";
 
@@ -156,13 +156,17 @@ export function decodeJson(
   startedAt: number,
   owned: NativeBuffer[],
 ): { call: CollectiveCall; format: WireFormat } {
-  const parsed = collectiveSchemas[op].safeParse(raw);
-  if (!parsed.success) {
-    throw new InvalidRequest(formatIssues(parsed.error.issues, "body"), {
-      issues: parsed.error.issues.slice(0, 10).map((i) => ({ path: i.path.join("."), message: i.message })),
-    });
+  let data = raw;
+  if (!quickCollectiveBody(op, raw)) {
+    const parsed = collectiveSchemas[op].safeParse(raw);
+    if (!parsed.success) {
+      throw new InvalidRequest(formatIssues(parsed.error.issues, "body"), {
+        issues: parsed.error.issues.slice(0, 10).map((i) => ({ path: i.path.join("."), message: i.message })),
+      });
+    }
+    data = parsed.data;
   }
-  const body = parsed.data as {
+  const body = data as {
     tensor?: JsonTensor;
     tensors?: (JsonTensor | null)[];
     op?: RedOpName;
