@@ -19,7 +19,12 @@ export class Agreement {
     if (this.matcher) {
       const matcher = this.matcher;
       return new Promise((resolve, reject) => {
-        matcher.join(this.rank, desc, (d) => (d.ok ? resolve(d) : reject(decisionError(d))));
+        // Rank 0's own copy of a decision is delivered on the next macrotask, not as a promise
+        // reaction: Bun holds (corks) the decision's messages to the other members until the
+        // socket handler or request handler that made it returns, and microtasks run before
+        // that; resolving here would run rank 0's whole call (down to its HTTP response) before
+        // the other ranks even hear "go".
+        matcher.join(this.rank, desc, (d) => setImmediate(settle, d, resolve, reject));
       });
     }
     const link = this.link!;
@@ -36,6 +41,11 @@ export class Agreement {
       },
     );
   }
+}
+
+function settle(d: Decision, resolve: (d: GoDecision) => void, reject: (e: Error) => void): void {
+  if (d.ok) resolve(d);
+  else reject(decisionError(d));
 }
 
 export function decisionError(d: Exclude<Decision, GoDecision>): ApiError {
