@@ -596,7 +596,12 @@ pub const Engine = struct {
                 .recv = if (recv) |p| @intFromPtr(p) else 0,
                 .same_host = cuda_direct.sameHost(engine.net, slot.group[0..slot.group_size]),
             };
-            const outcome = cuda_direct.run(&engine.cuda_ipc, slot.ep.comm(), direct_op) catch |err| {
+            var team: board_direct.Team = undefined;
+            const board: ?*board_direct.Team = if (direct_op.same_host and cuda_direct.applies(direct_op) and engine.net.boardTeam(&slot.ep, &slot.board_team)) blk: {
+                team = engine.boardTeamOf(slot);
+                break :blk &team;
+            } else null;
+            const outcome = cuda_direct.run(&engine.cuda_ipc, slot.ep.comm(), board, direct_op) catch |err| {
                 engine.net.close(&slot.ep);
                 if (slot.ep.failure) |failure| return engine.setSlotError(slot, Status.fromError(failure.err), failure.peer, "{s}", .{failure.message()});
                 const status = switch (err) {
@@ -666,9 +671,15 @@ pub const Engine = struct {
 
     fn runOnBoard(engine: *Engine, slot: *Slot, desc: op.OpDesc, scratch: std.mem.Allocator) transport.Error!void {
         try dispatch.validate(slot.group_size, slot.group_rank, desc);
+        var team = engine.boardTeamOf(slot);
+        return board_direct.run(&team, desc, scratch);
+    }
+
+    /// The op's view of the board, after net.boardTeam() filled slot.board_team.
+    fn boardTeamOf(engine: *Engine, slot: *Slot) board_direct.Team {
         const n = slot.group_size;
         const control = board_direct.Control{ .context = slot, .check = boardCheck, .fail = boardFail };
-        var team = board_direct.Team{
+        return .{
             .me = slot.group_rank,
             .boards = slot.board_team.boards[0..n],
             .global = slot.group[0..n],
@@ -679,7 +690,6 @@ pub const Engine = struct {
             .control = control,
             .cma = netmod.boardCma(),
         };
-        return board_direct.run(&team, desc, scratch);
     }
 
     fn boardCheck(context: *anyopaque, peer: u32, what: []const u8) ?transport.Error {

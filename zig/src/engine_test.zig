@@ -865,7 +865,7 @@ test "shm hygiene: stale segments of a killed rank are removed; nothing is left 
     try testing.expectEqualSlices(i64, &.{ 11, 22, 33 }, &x);
     for (engines) |e| e.destroy();
     // Nothing of this cluster remains in /dev/shm.
-    try testing.expectEqual(@as(u32, 0), sys.shmUnlinkPrefix(prefix));
+    try testing.expectEqual(@as(u32, 0), sys.shmUnlinkPrefix(prefix, null));
 }
 
 test "engine create: a taken port fails with a message" {
@@ -1081,4 +1081,132 @@ test "set_peer after the peer already dialed us keeps its link" {
         world.engine(0).release(t0);
         world.engine(1).release(t1);
     }
+}
+
+// ---- the board (same-host groups: algo/board_direct.zig) ----
+
+/// Every rank runs its op with runNow() on a thread of its own (as blocking embedders do).
+fn runNowAll(world: *World, args: []const Submit, statuses: []i32) !void {
+    const Runner = struct {
+        fn run(e: *Engine, s: Submit, status: *i32) void {
+            const ticket = e.runNow(s) catch {
+                status.* = Status.einval;
+                return;
+            };
+            status.* = e.opStatus(ticket);
+            if (status.* != Status.ok) {
+                var buf: [512]u8 = undefined;
+                const len = e.opError(ticket, &buf);
+                std.debug.print("runNow status {d}: {s}\n", .{ status.*, buf[0..@min(len, buf.len)] });
+            }
+            e.release(ticket);
+        }
+    };
+    var threads: [ranks_max]std.Thread = undefined;
+    for (args, 0..) |a, r| threads[r] = try std.Thread.spawn(.{}, Runner.run, .{ world.engine(r), a, &statuses[r] });
+    for (threads[0..args.len]) |t| t.join();
+}
+
+test "board: in-place allreduce / allgather / reduce_scatter / alltoall, inline and CMA sizes, 2..4 ranks, runNow and submit" {
+    const a = testing.allocator;
+    for (2..5) |nn| {
+        const n: u32 = @intCast(nn);
+        var world = try World.init(n, .{ .mode = .shm });
+        defer world.deinit();
+        // 1000 elements: inline (4000 B); 300_000: read with CMA, blocks of unequal length.
+        for ([_]usize{ 1000, 300_001 }) |c| for ([_]bool{ false, true }) |blocking| for ([_]op.Collective{ .allreduce, .allgather, .reduce_scatter, .alltoall }) |kind| {
+            var prng = Rng.init(c * 31 + n + @intFromEnum(kind));
+            const rng = prng.random();
+            const total: usize = if (kind == .allreduce) c else c * n;
+            var bufs: [ranks_max][]i32 = undefined;
+            var originals: [ranks_max][]i32 = undefined;
+            var counts: [ranks_max][2 * (ranks_max + 1)]u64 = undefined;
+            for (0..n) |r| {
+                bufs[r] = try a.alloc(i32, total);
+                fillInts(i32, bufs[r], rng, -1000, 1000);
+                originals[r] = try a.dupe(i32, bufs[r]);
+                @memset(&counts[r], 0);
+                for (0..n) |k| {
+                    counts[r][k] = c;
+                    counts[r][ranks_max + 1 + k] = c;
+                }
+            }
+            defer for (0..n) |r| {
+                a.free(bufs[r]);
+                a.free(originals[r]);
+            };
+            var args: [ranks_max]Submit = undefined;
+            const id = nextOpId();
+            for (0..n) |r| {
+                const base: [*]i32 = bufs[r].ptr;
+                // In place: allgather's send is its own block of recv; reduce_scatter's recv is
+                // its own block of send; allreduce and alltoall: send == recv.
+                const send: [*]const u8 = @ptrCast(if (kind == .allgather) base + r * c else base);
+                const recv: [*]u8 = @ptrCast(if (kind == .reduce_scatter) base + r * c else base);
+                args[r] = .{ .kind = @intFromEnum(kind), .dtype = @intFromEnum(op.DType.i32), .redop = @intFromEnum(op.RedOp.sum), .op_id = id, .ranks_mask = world.fullMask(), .root = 0, .send = send, .recv = recv, .count = c, .counts = &counts[r], .device = -1, .timeout_ms = 20_000 };
+            }
+            var statuses: [ranks_max]i32 = undefined;
+            if (blocking) try runNowAll(&world, args[0..n], statuses[0..n]) else try world.run(args[0..n], statuses[0..n]);
+            for (statuses[0..n]) |s| try testing.expectEqual(Status.ok, s);
+            for (0..n) |r| {
+                switch (kind) {
+                    .allreduce => for (0..c) |k| {
+                        var sum: i64 = 0;
+                        for (0..n) |j| sum += originals[j][k];
+                        try testing.expectEqual(@as(i32, @intCast(sum)), bufs[r][k]);
+                    },
+                    .allgather => for (0..n) |j| try testing.expectEqualSlices(i32, originals[j][j * c ..][0..c], bufs[r][j * c ..][0..c]),
+                    .reduce_scatter => for (0..c) |k| {
+                        var sum: i64 = 0;
+                        for (0..n) |j| sum += originals[j][r * c + k];
+                        try testing.expectEqual(@as(i32, @intCast(sum)), bufs[r][r * c + k]);
+                    },
+                    .alltoall => for (0..n) |j| try testing.expectEqualSlices(i32, originals[j][r * c ..][0..c], bufs[r][j * c ..][0..c]),
+                    else => unreachable,
+                }
+            }
+        };
+    }
+}
+
+test "board: a rank that never joins times out naming it; a destroyed rank fails the others at once; a re-issued op id succeeds" {
+    var world = try World.init(3, .{ .mode = .shm });
+    defer world.deinit();
+    var x: [3][5000]f32 = undefined; // 20 KB: inline
+    for (&x, 0..) |*row, r| for (row, 0..) |*v, k| {
+        v.* = @floatFromInt(r * 10 + k % 7);
+    };
+    const id = nextOpId();
+    var args: [3]Submit = undefined;
+    for (0..3) |r| args[r] = .{ .kind = @intFromEnum(op.Collective.allreduce), .dtype = @intFromEnum(op.DType.f32), .redop = 0, .op_id = id, .ranks_mask = 7, .root = 0, .send = @ptrCast(&x[r]), .recv = @ptrCast(&x[r]), .count = 5000, .counts = null, .device = -1, .timeout_ms = 200 };
+    // Rank 2 never comes: ranks 0 and 1 time out, naming it.
+    const t0 = try world.engine(0).submit(args[0]);
+    const t1 = try world.engine(1).submit(args[1]);
+    try expectFailure(world.engine(0), t0, Status.etimeout, 2, &.{ "rank 0", "allreduce op", "timed out after 200 ms", "rank 2" });
+    try expectFailure(world.engine(1), t1, Status.etimeout, 2, &.{ "rank 1", "timed out after 200 ms", "rank 2" });
+    // The same op id again, now with everyone: the failed attempt's leftovers are ignored.
+    for (&args) |*s| s.timeout_ms = 10_000;
+    try world.expectAllOk(&args);
+    for (0..5000) |k| try testing.expectEqual(@as(f32, @floatFromInt(30 + 3 * (k % 7))), x[1][k]);
+    // Rank 2 dies while 0 and 1 wait for it: EPEER naming it well before the 60 s deadline.
+    const id2 = nextOpId();
+    for (&args) |*s| {
+        s.op_id = id2;
+        s.timeout_ms = 60_000;
+    }
+    const start = sys.monotonicNs();
+    const w0 = try world.engine(0).submit(args[0]);
+    const w1 = try world.engine(1).submit(args[1]);
+    std.Thread.sleep(20 * std.time.ns_per_ms);
+    world.kill(2);
+    try expectFailure(world.engine(0), w0, Status.epeer, 2, &.{ "rank 0", "rank 2 died" });
+    try expectFailure(world.engine(1), w1, Status.epeer, 2, &.{ "rank 1", "rank 2 died" });
+    try testing.expect(sys.monotonicNs() - start < 5 * std.time.ns_per_s);
+    // The survivors still work together, on the board.
+    const id3 = nextOpId();
+    for (args[0..2]) |*s| {
+        s.op_id = id3;
+        s.ranks_mask = 3;
+    }
+    try world.expectAllOk(args[0..2]);
 }

@@ -381,8 +381,9 @@ pub fn shmUnlink(name: []const u8) void {
     _ = linux.unlink(path);
 }
 
-/// Removes every /dev/shm entry whose name starts with `prefix` (what a killed rank left).
-pub fn shmUnlinkPrefix(prefix: []const u8) u32 {
+/// Removes every /dev/shm entry whose name starts with `prefix` (what a killed rank left),
+/// except those `keep` says to keep.
+pub fn shmUnlinkPrefix(prefix: []const u8, keep: ?*const fn (name: []const u8) bool) u32 {
     var dir = std.fs.openDirAbsolute(shm_dir, .{ .iterate = true }) catch return 0;
     defer dir.close();
     var removed: u32 = 0;
@@ -391,6 +392,7 @@ pub fn shmUnlinkPrefix(prefix: []const u8) u32 {
     while (entries_max > 0) : (entries_max -= 1) {
         const entry = (it.next() catch break) orelse break;
         if (!std.mem.startsWith(u8, entry.name, prefix)) continue;
+        if (keep) |k| if (k(entry.name)) continue;
         dir.deleteFile(entry.name) catch continue;
         removed += 1;
     }
@@ -457,7 +459,7 @@ test "sys: shm segment create, open, unlink" {
     a.ptr[100] = 42;
     try std.testing.expectEqual(@as(u8, 42), b.ptr[100]);
     try std.testing.expectError(error.ShmBadSize, shmOpen(name, 4096));
-    try std.testing.expectEqual(@as(u32, 1), shmUnlinkPrefix("moonring-systest-0-"));
+    try std.testing.expectEqual(@as(u32, 1), shmUnlinkPrefix("moonring-systest-0-", null));
     try std.testing.expectError(error.ShmOpenFailed, shmOpen(name, 0));
 }
 

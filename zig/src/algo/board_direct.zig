@@ -443,6 +443,34 @@ const Op = struct {
     }
 };
 
+/// One all-to-all round of fixed-size records among the team, for the CUDA direct path's
+/// control messages (hello, acks, final status): rank j gets `mine[j]`, `theirs[j]` is what
+/// rank j gave this rank. Rounds of one op reuse this rank's entry; `round` (0..7) keeps
+/// their publishes distinct.
+pub fn exchangeRecords(t: *Team, round: u32, record_bytes: usize, mine: []const u8, theirs: []u8) Error!void {
+    const n = t.size();
+    std.debug.assert(round < 8);
+    std.debug.assert(mine.len == record_bytes * n and theirs.len == record_bytes * n);
+    std.debug.assert(record_bytes * n <= board_mod.inline_bytes_max);
+    var counts: [common.world_size_max]u64 = undefined;
+    @memset(counts[0..n], record_bytes);
+    const desc = common.OpDesc{
+        .kind = .alltoall,
+        .dtype = .u8,
+        .redop = .sum,
+        .root = 0,
+        .count = record_bytes,
+        .send_counts = counts[0..n],
+        .recv_counts = counts[0..n],
+        .send = mine.ptr,
+        .recv = theirs.ptr,
+    };
+    var round_team = t.*;
+    round_team.serial = t.serial *% 8 +% round;
+    // Inline records, no overlap: nothing is allocated.
+    return run(&round_team, desc, std.heap.page_allocator);
+}
+
 /// Whether the op can run on the board: every rank decides the same from the op alone.
 /// `cma`: large contributions can be read with process_vm_readv on this host.
 pub fn suits(desc: common.OpDesc, n: u32, cma: bool) bool {

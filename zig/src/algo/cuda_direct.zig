@@ -2,7 +2,8 @@
 //! of one host: every rank maps its peers' device buffers (cuda/ipc.zig) and reads or writes
 //! them directly (NVLink / PCIe P2P) with the reduction kernels and cuMemcpyDtoDAsync, instead
 //! of staging through host memory and the CPU algorithms. Small control messages (handles,
-//! barriers) go over the op's ordinary `Comm` (shm / tcp).
+//! barriers) go over the board (board_direct.exchangeRecords: the waiting thread is woken by
+//! the peer itself) when the engine has one for the group, else over the op's `Comm`.
 //!
 //! Protocol of one op, every rank of the group (group ranks; messages per pair in order):
 //!  1. hello: each rank sends every peer a `Hello` (IPC refs of its send and recv buffers,
@@ -41,6 +42,7 @@ const sys = @import("../sys.zig");
 const driver = @import("../cuda/driver.zig");
 const staging = @import("../cuda/staging.zig");
 const ipc = @import("../cuda/ipc.zig");
+const board_direct = @import("board_direct.zig");
 
 pub const Cache = ipc.Cache;
 pub const Error = transport.Error || driver.Error;
@@ -174,9 +176,29 @@ fn copyWithKernel() bool {
     return std.mem.eql(u8, value, "kernel");
 }
 
+/// Control rounds that went over the board (tests).
+pub var board_rounds_for_test = std.atomic.Value(u64).init(0);
+
+/// Where the control messages go: the board's record rounds, else messages over the Comm.
+const Control = struct {
+    comm: transport.Comm,
+    board: ?*board_direct.Team,
+    rounds: u32 = 0,
+
+    /// Sends `mine[j]` to every peer j and receives `theirs[j]` from it.
+    fn exchange(c: *Control, comptime T: type, mine: []const T, theirs: []T) transport.Error!void {
+        if (c.board) |team| {
+            defer c.rounds += 1;
+            if (@import("builtin").is_test) _ = board_rounds_for_test.fetchAdd(1, .monotonic);
+            return board_direct.exchangeRecords(team, c.rounds, @sizeOf(T), std.mem.sliceAsBytes(mine), std.mem.sliceAsBytes(theirs));
+        }
+        return exchangeMessages(T, c.comm, mine, theirs);
+    }
+};
+
 /// Sends `mine[j]` to every peer j and receives `theirs[j]` from it; waits for every request
 /// it posted, also on error.
-fn exchange(comptime T: type, comm: transport.Comm, mine: []const T, theirs: []T) transport.Error!void {
+fn exchangeMessages(comptime T: type, comm: transport.Comm, mine: []const T, theirs: []T) transport.Error!void {
     const n = comm.size;
     var reqs: [2 * group_size_max]transport.Request = undefined;
     var posted: usize = 0;
@@ -278,8 +300,11 @@ const Mapped = struct {
 /// Runs the op's device part directly, or returns .fallback (on every rank alike) for host
 /// staging. Errors: transport errors of the control messages, or a CUDA error (this rank's,
 /// with driver.lastErrorMessage(), or a peer's: "rank R failed its part").
-pub fn run(cache: *Cache, comm: transport.Comm, o: Op) Error!Outcome {
+/// `board`: the group's boards (every rank passes one or none: the engine decides the same
+/// everywhere).
+pub fn run(cache: *Cache, comm: transport.Comm, board: ?*board_direct.Team, o: Op) Error!Outcome {
     if (!applies(o)) return .fallback;
+    var control = Control{ .comm = comm, .board = board };
     const n: u32 = comm.size;
     const me: u32 = comm.rank;
     std.debug.assert(n == o.group.len and me < n);
@@ -331,7 +356,7 @@ pub fn run(cache: *Cache, comm: transport.Comm, o: Op) Error!Outcome {
     }
     mine[me].magic = hello_magic;
     theirs[me] = mine[me];
-    try exchange(Hello, comm, mine[0..n], theirs[0..n]);
+    try control.exchange(Hello, mine[0..n], theirs[0..n]);
     for (theirs[0..n]) |h| if (h.magic != hello_magic) return error.Protocol;
     if (refusal) |reason| {
         say(cache, my_rank, reason, detail);
@@ -388,7 +413,7 @@ pub fn run(cache: *Cache, comm: transport.Comm, o: Op) Error!Outcome {
         var acks: [group_size_max]StatusMsg = undefined;
         for (acks_mine[0..n]) |*a| a.* = .{ .ok = @intFromBool(local_ok) };
         acks[me] = acks_mine[me];
-        try exchange(StatusMsg, comm, acks_mine[0..n], acks[0..n]);
+        try control.exchange(StatusMsg, acks_mine[0..n], acks[0..n]);
         var all_ok = true;
         for (acks[0..n]) |a| {
             if (a.magic != status_magic) return error.Protocol;
@@ -421,7 +446,7 @@ pub fn run(cache: *Cache, comm: transport.Comm, o: Op) Error!Outcome {
     var done: [group_size_max]StatusMsg = undefined;
     for (done_mine[0..n]) |*d| d.* = .{ .ok = @intFromBool(part_error == null) };
     done[me] = done_mine[me];
-    try exchange(StatusMsg, comm, done_mine[0..n], done[0..n]);
+    try control.exchange(StatusMsg, done_mine[0..n], done[0..n]);
     if (part_error) |err| return driver.fail(err, "rank {d}: CUDA IPC direct {s}: {s}", .{ my_rank, @tagName(o.kind), part_message });
     for (done[0..n], 0..) |d, j| {
         if (d.magic != status_magic) return error.Protocol;

@@ -31,8 +31,9 @@ const World = struct {
     n: u32,
     engines: [ranks_max]*Engine = undefined,
 
-    /// host_ids: one per rank (equal = same host).
-    fn init(n: u32, host_ids: []const u64) !World {
+    /// host_ids: one per rank (equal = same host). mode .auto: same-host ranks get boards, so
+    /// the direct path's control rounds go over the board instead of tcp messages.
+    fn init(n: u32, host_ids: []const u64, mode: engine_mod.Mode) !World {
         var world = World{ .n = n };
         var buf: [64]u8 = undefined;
         const cluster_id = try std.fmt.bufPrint(&buf, "direct-{d}-{d}", .{ std.os.linux.getpid(), cluster_counter.fetchAdd(1, .monotonic) });
@@ -41,7 +42,7 @@ const World = struct {
                 .rank = @intCast(r),
                 .world_size_max = ranks_max,
                 .cluster_id = cluster_id,
-                .mode = .tcp,
+                .mode = mode,
                 .host_id = host_ids[r],
             });
         }
@@ -277,11 +278,12 @@ fn runCase(world: *World, c: Case, seed: u64) !void {
 
 const host_same = [_]u64{ 0x5a5a, 0x5a5a, 0x5a5a, 0x5a5a };
 
-test "cuda direct: every collective over the fake driver, 2 and 3 ranks, roots first and last" {
+test "cuda direct: every collective over the fake driver, 2 and 3 ranks, roots first and last, control over tcp and the board" {
     try install();
     defer uninstall();
-    for ([_]u32{ 2, 3 }) |n| {
-        var world = try World.init(n, host_same[0..n]);
+    for ([_]engine_mod.Mode{ .tcp, .auto }) |mode| for ([_]u32{ 2, 3 }) |n| {
+        var world = try World.init(n, host_same[0..n], mode);
+        const board_rounds_before = cuda_direct.board_rounds_for_test.load(.monotonic);
         defer world.deinit();
         const kinds = [_]op.Collective{ .allreduce, .reduce, .broadcast, .allgather, .gather, .scatter, .reduce_scatter, .alltoall };
         const dtypes = [_]struct { op.DType, op.RedOp }{ .{ .f32, .sum }, .{ .bf16, .max }, .{ .i32, .bxor }, .{ .f16, .sum }, .{ .f32, .avg } };
@@ -313,7 +315,10 @@ test "cuda direct: every collective over the fake driver, 2 and 3 ranks, roots f
         // Every op took the direct path (alltoall in place would not: none here).
         const ops_per_rank: u64 = kinds.len * dtypes.len * 2 * 3 + 2 + 2 + 3 + 2;
         try testing.expectEqual(ops_per_rank * n, world.directOps());
-    }
+        // Hello and final status of every op (acks too, the first time): over the board in .auto.
+        const board_rounds = cuda_direct.board_rounds_for_test.load(.monotonic) - board_rounds_before;
+        if (mode == .auto) try testing.expect(board_rounds >= 2 * ops_per_rank * n) else try testing.expectEqual(@as(u64, 0), board_rounds);
+    };
 }
 
 test "cuda direct: ranks on different hosts and failing IPC fall back to host staging, same results" {
@@ -321,14 +326,14 @@ test "cuda direct: ranks on different hosts and failing IPC fall back to host st
     defer uninstall();
     {
         const hosts = [_]u64{ 1, 2 };
-        var world = try World.init(2, &hosts);
+        var world = try World.init(2, &hosts, .tcp);
         defer world.deinit();
         try runCase(&world, .{ .kind = .allreduce, .dtype = .f32, .n = 2, .count = 3000 }, 7);
         try runCase(&world, .{ .kind = .allgather, .dtype = .i32, .n = 2, .count = 10 }, 8);
         try testing.expectEqual(@as(u64, 0), world.directOps());
     }
     {
-        var world = try World.init(3, host_same[0..3]);
+        var world = try World.init(3, host_same[0..3], .tcp);
         defer world.deinit();
         world.engines[2].cuda_ipc.test_fail_open = true;
         // First op: the opens are not verified yet, so the ack round catches the failure and
@@ -340,7 +345,7 @@ test "cuda direct: ranks on different hosts and failing IPC fall back to host st
     }
     {
         // Verified pairs, then a failing open: the op fails on every rank (EIO), nobody hangs.
-        var world = try World.init(2, host_same[0..2]);
+        var world = try World.init(2, host_same[0..2], .tcp);
         defer world.deinit();
         try runCase(&world, .{ .kind = .allreduce, .dtype = .f32, .n = 2, .count = 100 }, 11);
         try testing.expectEqual(@as(u64, 2), world.directOps());
@@ -354,7 +359,7 @@ test "cuda direct: ranks on different hosts and failing IPC fall back to host st
 test "cuda direct: mappings are cached per (peer, allocation) and dropped when the peer goes down" {
     try install();
     defer uninstall();
-    var world = try World.init(2, host_same[0..2]);
+    var world = try World.init(2, host_same[0..2], .tcp);
     defer world.deinit();
     try runCase(&world, .{ .kind = .allgather, .dtype = .f32, .n = 2, .count = 64 }, 21);
     // runCase frees its buffers: the fake gives new allocations new handles, so each op maps

@@ -150,6 +150,16 @@ pub const BoardTeam = struct {
     departed_serials: [world_size_max]*[board_mod.entries_max]u64,
 };
 
+/// Sweeping our rank's stale segments keeps the board of another live process that claims
+/// our rank (a duplicate start the control plane is about to refuse).
+fn keepLiveBoard(name: []const u8) bool {
+    if (std.mem.indexOf(u8, name, "board-") == null) return false;
+    const segment = sys.shmOpen(name, board_mod.segmentBytes()) catch return false;
+    defer segment.unmapSegment();
+    const board = board_mod.Board{ .segment = segment, .header = @ptrCast(@alignCast(segment.ptr)) };
+    return board.pid() != sys.processId() and board.ownerAlive();
+}
+
 /// Whether a rank makes a board: $MOONRING_BOARD (default on; every rank of a host must agree).
 pub fn boardEnabled() bool {
     const value = sys.getenv("MOONRING_BOARD") orelse return true;
@@ -267,7 +277,7 @@ pub const Net = struct {
         net.sweepOwnSegments();
         if (opts_in.mode != .tcp and boardEnabled()) {
             var name_buf: [96]u8 = undefined;
-            const name = net.boardName(&name_buf, net.rank());
+            const name = net.boardName(&name_buf, net.rank(), net.port);
             net.board = board_mod.Board.create(name, net.rank(), sys.monotonicNs() ^ @intFromPtr(net)) catch |err| {
                 sys.logLine("rank {d}: cannot create the board {s}{s} ({d} bytes): {s}; MOONRING_BOARD=0 on every rank turns it off", .{ net.rank(), sys.shm_dir, name, board_mod.segmentBytes(), @errorName(err) });
                 return err;
@@ -299,7 +309,7 @@ pub const Net = struct {
             b.markDead();
             b.unmap();
             var name_buf: [96]u8 = undefined;
-            sys.shmUnlink(net.boardName(&name_buf, net.rank()));
+            sys.shmUnlink(net.boardName(&name_buf, net.rank(), net.port));
         }
         for (net.peer_boards) |pb| if (pb.board) |b| b.unmap();
         for (net.retired_boards.constSlice()) |b| b.unmap();
@@ -315,9 +325,11 @@ pub const Net = struct {
         return std.fmt.bufPrint(buf, "moonring-{x:0>16}-{d}-", .{ net.cluster_hash, owner }) catch unreachable;
     }
 
-    fn boardName(net: *const Net, buf: []u8, owner: u32) []const u8 {
+    /// A board's name carries its owner's data port: a second process claiming the same rank
+    /// (refused later by the control plane) never replaces a live rank's board.
+    fn boardName(net: *const Net, buf: []u8, owner: u32, port: u16) []const u8 {
         var prefix_buf: [64]u8 = undefined;
-        return std.fmt.bufPrint(buf, "{s}board", .{net.shmPrefix(&prefix_buf, owner)}) catch unreachable;
+        return std.fmt.bufPrint(buf, "{s}board-{d}", .{ net.shmPrefix(&prefix_buf, owner), port }) catch unreachable;
     }
 
     /// The boards of `ep`'s group when every peer of it is on this host with a live board
@@ -339,7 +351,7 @@ pub const Net = struct {
             const current = if (pb.board) |b| pb.generation == peer.generation and b.ownerAlive() else false;
             if (!current) {
                 var name_buf: [96]u8 = undefined;
-                const fresh = board_mod.Board.open(net.boardName(&name_buf, g), g) catch return false;
+                const fresh = board_mod.Board.open(net.boardName(&name_buf, g, peer.addr.?.getPort()), g) catch return false;
                 if (!fresh.ownerAlive()) {
                     fresh.unmap();
                     return false;
@@ -369,7 +381,7 @@ pub const Net = struct {
 
     fn sweepOwnSegments(net: *Net) void {
         var buf: [64]u8 = undefined;
-        const removed = sys.shmUnlinkPrefix(net.shmPrefix(&buf, net.rank()));
+        const removed = sys.shmUnlinkPrefix(net.shmPrefix(&buf, net.rank()), keepLiveBoard);
         if (removed > 0) sys.logLine("rank {d}: removed {d} stale shm segment(s)", .{ net.rank(), removed });
     }
 
