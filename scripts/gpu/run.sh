@@ -12,7 +12,7 @@
 # limit; the whole script stays well under 10 minutes on one H100.
 # Overrides: MOONRING_BUN (a bun binary), MOONRING_LIB, MOONRING_FATBIN, MOONRING_GPU_TESTS (test
 # files for bun test; default tests/gpu; when set, the second-GPU kernel pass is skipped),
-# MOONRING_GPU_TEST_LIMIT (s, default 240), MOONRING_COLL_BENCH_ARGS (extra moonring bench flags, e.g. --iters 20), MOONRING_COLL_OPS (default allreduce,allgather,reduce_scatter), MOONRING_COLL_MAX_BYTES (256M).
+# MOONRING_GPU_TEST_LIMIT (s, default 240), MOONRING_COLL_BENCH_ARGS (extra moonring bench flags, e.g. --iters 20), MOONRING_COLL_OPS (default allreduce,allgather,reduce_scatter), MOONRING_COLL_MAX_BYTES (256M), MOONRING_COLL_NPROC (GPUs, default 2).
 set -u
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
@@ -131,13 +131,14 @@ fi
 if [ "$coll_bench" -eq 1 ]; then
   ops=${MOONRING_COLL_OPS:-allreduce,allgather,reduce_scatter}
   max=${MOONRING_COLL_MAX_BYTES:-268435456}
+  nproc=${MOONRING_COLL_NPROC:-2}
   : > "$out/coll-moonring.jsonl"
   for op in $(echo "$ops" | tr , ' '); do
-    limit 100 "$bun" src/cli.ts bench --nproc 2 --device cuda --via native --op "$op" --min-bytes 8 --max-bytes "$max" \
+    limit 100 "$bun" src/cli.ts bench --nproc "$nproc" --device cuda --via native --op "$op" --min-bytes 8 --max-bytes "$max" \
       --json --quiet ${MOONRING_COLL_BENCH_ARGS:-} >> "$out/coll-moonring.jsonl" 2>> "$out/coll-bench.txt" || log "moonring bench $op failed (exit $?): see coll-bench.txt"
   done
   if command -v torchrun >/dev/null 2>&1; then trun="torchrun"; else trun="python3 -m torch.distributed.run"; fi
-  limit 150 $trun --nproc_per_node 2 bench/nccl_bench.py --min-bytes 8 --max-bytes "$max" --ops "$ops" --json \
+  limit 150 $trun --nproc_per_node "$nproc" bench/nccl_bench.py --min-bytes 8 --max-bytes "$max" --ops "$ops" --json \
     > "$out/coll-nccl.jsonl" 2>> "$out/coll-bench.txt" || log "NCCL bench failed (exit $?): see coll-bench.txt"
   python3 - "$out/coll-moonring.jsonl" "$out/coll-nccl.jsonl" > "$out/coll-bench.tmp" 2>&1 <<'PY'
 import json, sys
