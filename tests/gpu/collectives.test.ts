@@ -71,19 +71,27 @@ function decode(dtype: DTypeName, bytes: Uint8Array): Float64Array {
   return out;
 }
 
-function red(redop: RedOpName, a: number, b: number): number {
+/** The reduction of `values` (one per rank, group order), as the kernels define it. */
+function red(redop: RedOpName, values: number[]): number {
+  const fold = (f: (a: number, b: number) => number) => values.reduce(f);
   switch (redop) {
     case "sum":
-      return a + b;
+      return fold((a, b) => a + b);
     case "avg":
-      return (a + b) / 2;
+      return fold((a, b) => a + b) / values.length;
     case "max":
-      return Math.max(a, b);
+      return fold((a, b) => Math.max(a, b));
     case "bxor":
-      return a ^ b;
+      return fold((a, b) => a ^ b);
     default:
       throw new Error(`no reference for ${redop}`);
   }
+}
+
+/** Element-wise reference over every rank's input from `offset`, rounded to the dtype. */
+function reduceRef(dtype: DTypeName, redop: RedOpName, inputs: Float64Array[], offset: number, k: number): Float64Array {
+  const exact = Float64Array.from({ length: k }, (_, i) => red(redop, inputs.map((v) => v[offset + i]!)));
+  return decode(dtype, encode(dtype, exact));
 }
 
 let world: LaunchedWorld | null = null;
@@ -168,7 +176,7 @@ async function runCase(op: Op, dtype: DTypeName, redop: RedOpName, k: number, ro
       switch (op) {
         case "allreduce":
         case "reduce":
-          want = inputs[0]!.map((a, i) => red(redop, a, inputs[1]![i]!));
+          want = reduceRef(dtype, redop, inputs, 0, k);
           expect(res!.buffer).toBe(ids[r]!); // in place
           break;
         case "broadcast":
@@ -185,7 +193,7 @@ async function runCase(op: Op, dtype: DTypeName, redop: RedOpName, k: number, ro
           want = inputs[root]!.slice(r * k, (r + 1) * k);
           break;
         case "reduce_scatter":
-          want = inputs[0]!.slice(r * k, (r + 1) * k).map((a, i) => red(redop, a, inputs[1]![r * k + i]!));
+          want = reduceRef(dtype, redop, inputs, r * k, k);
           break;
         case "alltoall":
           want = new Float64Array(N * k);
