@@ -264,6 +264,10 @@ const Op = struct {
                 return c.ready() != .not_yet;
             }
         };
+        switch (cond.ready()) {
+            .ready => return,
+            else => {}, // handled in the loop
+        }
         const spin_until = sys.monotonicNs() + board_mod.spinNs();
         var spins: u32 = 0;
         while (true) : (spins +%= 1) {

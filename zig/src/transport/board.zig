@@ -123,6 +123,11 @@ pub const Board = struct {
         return board.header.pid;
     }
 
+    /// False once the owner shut down cleanly.
+    pub fn aliveFlag(board: Board) bool {
+        return @atomicLoad(u32, &board.header.alive, .acquire) == 1;
+    }
+
     /// False once the owner shut down or its process is gone.
     pub fn ownerAlive(board: Board) bool {
         if (@atomicLoad(u32, &board.header.alive, .acquire) != 1) return false;
