@@ -1210,3 +1210,27 @@ test "board: a rank that never joins times out naming it; a destroyed rank fails
     }
     try world.expectAllOk(args[0..2]);
 }
+
+test "board: an in-place allreduce on a small-capacity entry (contribution read with CMA while the owner writes its result) is still right" {
+    var world = try World.init(2, .{ .mode = .shm });
+    defer world.deinit();
+    // Keep slots 0..7 busy (done, not released) so the next op lands on entry 8 (32 KiB).
+    var held: [2][8]u64 = undefined;
+    var dummy: [2][1]i32 = .{ .{1}, .{2} };
+    for (0..8) |k| {
+        const id = nextOpId();
+        for (0..2) |r| held[r][k] = try world.engine(r).submit(.{ .kind = @intFromEnum(op.Collective.allreduce), .dtype = @intFromEnum(op.DType.i32), .redop = 0, .op_id = id, .ranks_mask = 3, .root = 0, .send = @ptrCast(&dummy[r]), .recv = @ptrCast(&dummy[r]), .count = 1, .counts = null, .device = -1, .timeout_ms = 10_000 });
+        for (0..2) |r| try testing.expectEqual(Status.ok, world.engine(r).waitTicket(held[r][k]));
+    }
+    defer for (0..2) |r| for (held[r]) |t| world.engine(r).release(t);
+    const c = 12_000; // 48 KB: above entry 8's 32 KiB, under the reduce-everything limit
+    var bufs: [2][c]i32 = undefined;
+    for (&bufs, 0..) |*b, r| for (b, 0..) |*v, k| {
+        v.* = @intCast(k * 3 + r * 1000);
+    };
+    const id = nextOpId();
+    var args: [2]Submit = undefined;
+    for (0..2) |r| args[r] = .{ .kind = @intFromEnum(op.Collective.allreduce), .dtype = @intFromEnum(op.DType.i32), .redop = 0, .op_id = id, .ranks_mask = 3, .root = 0, .send = @ptrCast(&bufs[r]), .recv = @ptrCast(&bufs[r]), .count = c, .counts = null, .device = -1, .timeout_ms = 10_000 };
+    try world.expectAllOk(&args);
+    for (0..2) |r| for (bufs[r], 0..) |v, k| try testing.expectEqual(@as(i32, @intCast(k * 6 + 1000)), v);
+}

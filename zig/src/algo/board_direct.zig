@@ -6,7 +6,7 @@
 //!
 //! | kind           | each rank reads                                                        |
 //! |----------------|------------------------------------------------------------------------|
-//! | allreduce      | <= inline: every contribution, reduced in group order (same bytes everywhere); else block i of every rank's send, reduced by rank i into its recv (phase `reduced`), then block j from rank j's recv |
+//! | allreduce      | small: every contribution, reduced in group order (same bytes everywhere); else block i of every rank's send, reduced by rank i into its recv (phase `reduced`), then block j from rank j's recv |
 //! | reduce         | root: every contribution, reduced in group order                        |
 //! | broadcast      | the root's data                                                         |
 //! | allgather/gather | every rank's block (gather: the root only)                            |
@@ -147,7 +147,7 @@ const Op = struct {
             .send, .recv => unreachable,
         };
         const send = common.bytesPtr(d.send, bytes);
-        if (bytes <= board_mod.inline_bytes_max) return send; // copied into the board
+        if (bytes <= board_mod.inlineBytes(o.t.entry)) return send; // copied into the board
         const recv_bytes: u64 = switch (d.kind) {
             .allgather => c * n,
             .scatter, .reduce_scatter => c,
@@ -156,7 +156,9 @@ const Op = struct {
                 for (d.recv_counts) |k| total += k;
                 break :blk total * es_;
             },
-            else => 0, // allreduce (phases), reduce / broadcast / gather (owner writes nothing read)
+            // Every rank reduces everything: our recv may be what peers read (in place).
+            .allreduce => if (c <= allreduceAllBytesMax(n)) c else 0,
+            else => 0, // allreduce in phases, reduce / broadcast / gather: nothing read is written
         };
         const recv = common.bytesPtr(d.recv, recv_bytes);
         const own_block_start: u64 = switch (d.kind) {
@@ -187,7 +189,7 @@ const Op = struct {
         e.send_bytes = send.len;
         e.readers = t.size() - 1;
         e.recv_addr = @intFromPtr(o.desc.recv);
-        if (send.len <= board_mod.inline_bytes_max) {
+        if (send.len <= board_mod.inlineBytes(t.entry)) {
             e.inline_data = 1;
             e.send_addr = 0;
             @memcpy(b.data(t.entry)[0..send.len], send);
@@ -391,7 +393,7 @@ const Op = struct {
         switch (d.kind) {
             .allreduce => {
                 const recv = common.bytesPtrMut(d.recv, c);
-                if (c <= board_mod.inline_bytes_max) return o.reduceAll(send, 0, recv);
+                if (c <= allreduceAllBytesMax(n)) return o.reduceAll(send, 0, recv);
                 // Block me reduced here, the others read from their reducers' recv.
                 const mine = common.block(d.count, n, me);
                 try o.reduceAll(send, mine.start * es_, recv[@intCast(mine.start * es_)..][0..@intCast(mine.len * es_)]);
@@ -473,6 +475,21 @@ pub fn exchangeRecords(t: *Team, round: u32, record_bytes: usize, mine: []const 
     round_team.serial = t.serial *% 8 +% round;
     // Inline records, no overlap: nothing is allocated.
     return run(&round_team, desc, std.heap.page_allocator);
+}
+
+/// Allreduce up to this size: every rank reduces every contribution (one synchronisation, n x
+/// the data read); above: reduce-scatter then copy (two, ~2 x). $MOONRING_BOARD_ALLREDUCE_ALL
+/// (bytes) overrides; every rank must agree.
+fn allreduceAllBytesMax(n: u32) u64 {
+    all_once.call();
+    return all_bytes / (n - 1);
+}
+
+var all_once = std.once(readAllBytes);
+var all_bytes: u64 = 64 << 10;
+fn readAllBytes() void {
+    const text = sys.getenv("MOONRING_BOARD_ALLREDUCE_ALL") orelse return;
+    all_bytes = std.fmt.parseInt(u64, text, 10) catch return;
 }
 
 /// Whether the op can run on the board: every rank decides the same from the op alone.

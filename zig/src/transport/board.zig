@@ -14,9 +14,12 @@ const std = @import("std");
 const sys = @import("../sys.zig");
 
 pub const entries_max = 128;
-/// A contribution up to this size is copied into the board; larger ones are read from the
-/// owner's buffer with process_vm_readv (CMA).
+/// A contribution up to its entry's capacity is copied into the board; larger ones are read
+/// from the owner's buffer with process_vm_readv (CMA). The first entries (the engine hands
+/// out the lowest free slot, so an op that runs alone uses entry 0) hold more.
 pub const inline_bytes_max = 32 << 10;
+pub const inline_bytes_large = 256 << 10;
+pub const entries_large = 8;
 pub const counts_max = 64;
 const magic: u64 = 0x4d52_424f_4152_4401; // "MRBOARD" v1
 const header_bytes = 4096 * 2;
@@ -74,11 +77,22 @@ pub const Entry = extern struct {
 comptime {
     std.debug.assert(@sizeOf(Header) <= header_bytes);
     std.debug.assert(@sizeOf(Entry) <= entry_bytes);
-    std.debug.assert(inline_bytes_max % 64 == 0);
+    std.debug.assert(inline_bytes_max % 64 == 0 and inline_bytes_large % 64 == 0);
+    std.debug.assert(inline_bytes_large >= inline_bytes_max and entries_large <= entries_max);
 }
 
 pub fn segmentBytes() u64 {
-    return header_bytes + entries_max * (entry_bytes + @as(u64, inline_bytes_max));
+    return header_bytes + entries_max * @as(u64, entry_bytes) + dataStart(entries_max);
+}
+
+/// Bytes of entry `index`'s data area.
+pub fn inlineBytes(index: u32) u64 {
+    return if (index < entries_large) inline_bytes_large else inline_bytes_max;
+}
+
+fn dataStart(index: u32) u64 {
+    const large = @min(index, entries_large);
+    return large * @as(u64, inline_bytes_large) + (index - large) * @as(u64, inline_bytes_max);
 }
 
 pub const Board = struct {
@@ -142,8 +156,8 @@ pub const Board = struct {
 
     pub fn data(board: Board, index: u32) []u8 {
         std.debug.assert(index < entries_max);
-        const start = header_bytes + entries_max * @as(u64, entry_bytes) + @as(u64, index) * inline_bytes_max;
-        return board.segment.ptr[start..][0..inline_bytes_max];
+        const start = header_bytes + entries_max * @as(u64, entry_bytes) + dataStart(index);
+        return board.segment.ptr[start..][0..inlineBytes(index)];
     }
 
     pub fn phaseOf(board: Board, index: u32) u32 {
