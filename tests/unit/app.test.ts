@@ -2,7 +2,7 @@
 // introspection routes, octet-stream, world-size-1 collectives, the typed client.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { MoonringClient, MoonringError, fromBFloat16, tensor, toBFloat16 } from "../../src/client/index";
-import { RankService, DEFAULT_MAX_BODY_BYTES } from "../../src/server/service";
+import { RankService, DEFAULT_MAX_BODY_BYTES, collectivePathOp } from "../../src/server/service";
 import { FakeHub } from "../support/fake-dataplane";
 import { startInprocWorld, type InprocWorld } from "../support/inproc-world";
 
@@ -42,6 +42,17 @@ describe("REST errors (world of 2, rank 0 alone is enough for input checks)", ()
     expect(r.body.error.code).toBe(code);
     expect(typeof r.body.error.message).toBe("string");
     if (contains) expect(r.body.error.message).toContain(contains);
+    if (path.startsWith("/collective/")) {
+      // over HTTP the service's fast path (no Hono) serves JSON collectives: the same answer as
+      // the Hono route for the same request
+      const text = typeof body === "string" ? body : JSON.stringify(body);
+      const headers = { "content-type": "application/json", "content-length": String(Buffer.byteLength(text)) };
+      const viaHono = await s.app.request(path, { method: "POST", headers, body: text });
+      const fast = await fetch(s.url + path, { method: "POST", headers, body: text });
+      expect(fast.status).toBe(viaHono.status);
+      expect(fast.headers.get("content-type")).toBe(viaHono.headers.get("content-type"));
+      expect(await fast.json()).toEqual(await viaHono.json());
+    }
     return r;
   };
   const f32 = { dtype: "float32", shape: [2], data: [1, 2] };
@@ -83,6 +94,17 @@ describe("REST errors (world of 2, rank 0 alone is enough for input checks)", ()
     const huge = { tensor: { dtype: "uint8", shape: [8000], data: new Array(8000).fill(1) } }; // body > 4096
     await bad("/collective/allreduce", huge, 413, "too_large");
     await bad("/collective/allreduce", { tensor: { dtype: "float32", shape: [1e9, 1e9], data: [] } }, 413, "too_large");
+  });
+
+  test("fast path: which URLs it takes (the rest go through Hono)", () => {
+    expect(collectivePathOp("http://127.0.0.1:29500/collective/allreduce")).toBe("allreduce");
+    expect(collectivePathOp("http://h:1/collective/reduce_scatter?x=1")).toBe("reduce_scatter");
+    expect(collectivePathOp("http://h:1/collective/frobnicate")).toBe("frobnicate"); // 400 unknown collective, as via Hono
+    expect(collectivePathOp("http://h:1/collective/")).toBeNull();
+    expect(collectivePathOp("http://h:1/collective/allreduce/")).toBeNull();
+    expect(collectivePathOp("http://h:1/collective/all%72educe")).toBeNull();
+    expect(collectivePathOp("http://h:1/p2p/send")).toBeNull();
+    expect(collectivePathOp("http://h:1/x/collective/allreduce")).toBeNull();
   });
 
   test("404 JSON for unknown routes", async () => {
