@@ -88,6 +88,36 @@ describe("matcher", () => {
     for (const k of [l0, l1, l2]) expect(got.get(k)!.ok).toBe(true);
   });
 
+  test("one expiry timer: collectives time out at their own deadlines, earliest first; decided ones never", async () => {
+    const m = new Matcher(world(2));
+    const { got, join } = joiner(m);
+    const order: string[] = [];
+    const t0 = performance.now();
+    const at = new Map<string, number>();
+    const track = (k: string) => {
+      const iv = setInterval(() => {
+        if (got.has(k) && !at.has(k)) {
+          at.set(k, performance.now() - t0);
+          order.push(k);
+          clearInterval(iv);
+        }
+      }, 2);
+    };
+    // a decided collective whose deadline (20 ms) would come first: no 504 for it
+    const d0 = join(0, desc({ tag: "d", timeoutMs: 20 }));
+    const d1 = join(1, desc({ tag: "d", timeoutMs: 20 }));
+    const late = join(0, desc({ tag: "late", timeoutMs: 120 }));
+    const early = join(0, desc({ tag: "early", timeoutMs: 60 }));
+    for (const k of [late, early]) track(k);
+    expect(got.get(d0)!.ok && got.get(d1)!.ok).toBe(true);
+    await Bun.sleep(200);
+    expect(order).toEqual([early, late]);
+    for (const k of [late, early]) expect(got.get(k)).toMatchObject({ ok: false, status: 504, code: "timeout", details: { missing_ranks: [1] } });
+    expect(at.get(early)!).toBeGreaterThanOrEqual(55);
+    expect(at.get(late)!).toBeGreaterThanOrEqual(115);
+    expect(m.pendingCount()).toBe(0);
+  });
+
   test("tagged calls match by tag in any order; a reused tag queues", () => {
     const m = new Matcher(world(2));
     const { got, join } = joiner(m);
