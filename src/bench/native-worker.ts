@@ -78,11 +78,14 @@ const nextStep = () => counter++;
 // Buffers grow to the largest point seen and are reused (like mpi_bench.c's two arrays).
 let sendBuf: NativeBuffer | null = null;
 let recvBuf: NativeBuffer | null = null;
+// Host buffers come from allocShared (peers of this host read them in place, as with
+// MPI_Alloc_mem) unless MOONRING_BENCH_SHARED=0.
+const sharedBuffers = device < 0 && process.env.MOONRING_BENCH_SHARED !== "0" && dp.allocShared !== undefined;
 function ensure(buf: NativeBuffer | null, bytes: number): NativeBuffer {
   const want = Math.max(bytes, 64);
   if (buf && buf.byteLength >= want) return buf;
   buf?.release();
-  return dp.alloc(want, device >= 0 ? device : undefined);
+  return sharedBuffers ? dp.allocShared!(want) : dp.alloc(want, device >= 0 ? device : undefined);
 }
 
 async function barrier(timeoutMs: number): Promise<void> {

@@ -172,6 +172,26 @@ export class NativeDataPlane implements DataPlane {
     return new HostOrDeviceBuffer(this, bytes, BigInt(address), byteLength, -1, capacity);
   }
 
+  /**
+   * Host memory in a /dev/shm file that same-host peers map (mr_alloc_shared, like
+   * MPI_Alloc_mem): collectives among ranks of this host read it in place instead of with
+   * process_vm_readv. Not pooled.
+   */
+  allocShared(byteLength: number): NativeBuffer {
+    if (!Number.isSafeInteger(byteLength) || byteLength < 0) {
+      throw new NativeError(`allocShared: bad byte length ${byteLength}`, "EINVAL");
+    }
+    const capacity = Math.max(byteLength, 1);
+    const address = native.mr_alloc_shared(capacity) as number | null;
+    if (!address) throw new NativeError(`allocShared of ${byteLength} bytes: ${lastError()}`, "ENOMEM");
+    const bytes = new Uint8Array(toArrayBuffer(address, 0, capacity)).subarray(0, byteLength);
+    const buf = new HostOrDeviceBuffer(this, bytes, BigInt(address), byteLength, -1, capacity);
+    this.shared.add(buf);
+    return buf;
+  }
+
+  private readonly shared = new WeakSet<HostOrDeviceBuffer>();
+
   /** Called by HostOrDeviceBuffer.release() once no op uses it. */
   freeBuffer(buf: HostOrDeviceBuffer): void {
     if (buf.device >= 0) {
@@ -179,7 +199,7 @@ export class NativeDataPlane implements DataPlane {
       return;
     }
     const address = Number(buf.address);
-    if (buf.capacity <= poolBytesMax && this.handle !== null) {
+    if (buf.capacity <= poolBytesMax && this.handle !== null && !this.shared.has(buf)) {
       let list = this.pool.get(buf.capacity);
       if (!list) this.pool.set(buf.capacity, (list = []));
       if (list.length < poolPerClassMax) {

@@ -51,6 +51,8 @@ export interface DataPlane {
   setPeer(rank: number, host: string, port: number, hostId: bigint): void;
   peerDown(rank: number): void;
   alloc(byteLength: number, device?: number): NativeBuffer;
+  /** Optional: host memory same-host peers can map (collectives read it in place). */
+  allocShared?(byteLength: number): NativeBuffer;
   /** Resolves when this rank's part is done; rejects with NativeError. */
   run(op: NativeOp): Promise<void>;
   /** Optional: runs the op on the calling thread and returns when done; throws NativeError. */

@@ -32,6 +32,9 @@ uint64_t mr_host_id(void);
 
 /* ---- native-owned memory: stable addresses that JS views with toArrayBuffer() ---- */
 void *mr_alloc(uint64_t bytes);               /* page-aligned, zeroed; NULL on failure */
+/* Like mr_alloc, but in a /dev/shm file that ranks of this host map: collectives among them
+ * read it in place (no process_vm_readv). Like MPI_Alloc_mem. Freed with mr_free. */
+void *mr_alloc_shared(uint64_t bytes);
 void mr_free(void *ptr, uint64_t bytes);
 
 /* ---- engine: one per rank ---- */

@@ -710,6 +710,7 @@ pub const Engine = struct {
             .departed_serials = slot.board_team.departed_serials[0..n],
             .control = control,
             .cma = netmod.boardCma(),
+            .maps = &engine.net.peer_maps,
         };
     }
 

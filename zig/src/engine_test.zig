@@ -9,6 +9,7 @@ const wire = @import("transport/wire.zig");
 const op = @import("op.zig");
 const sys = @import("sys.zig");
 const dispatch = @import("algo/dispatch.zig");
+const arena = @import("transport/arena.zig");
 
 const Engine = engine_mod.Engine;
 const Status = engine_mod.Status;
@@ -633,10 +634,22 @@ fn CollectiveCase(comptime T: type) type {
         redop: op.RedOp = .sum,
         count: usize,
         root: u32 = 0,
+        /// Buffers from mr_alloc_shared (arena.zig): board ops read peers' buffers in place.
+        shared: bool = false,
+
+        fn allocBuf(self: Self, len: usize) ![]T {
+            if (!self.shared) return testing.allocator.alloc(T, len);
+            const p = arena.alloc(@max(len, 1) * @sizeOf(T)) orelse return error.OutOfMemory;
+            return @as([*]T, @ptrCast(@alignCast(p)))[0..len];
+        }
+
+        fn freeBuf(self: Self, buf: []T) void {
+            if (!self.shared) return testing.allocator.free(buf);
+            std.debug.assert(arena.free(@ptrCast(buf.ptr)));
+        }
 
         fn run(self: Self, seed: u64) !void {
             const n = self.world.n;
-            const a = testing.allocator;
             var prng = Rng.init(seed);
             const rng = prng.random();
             const c = self.count;
@@ -666,16 +679,16 @@ fn CollectiveCase(comptime T: type) type {
                         rl += counts[r][ranks_max + 1 + k];
                     }
                 }
-                sends[r] = try a.alloc(T, sl);
-                recvs[r] = try a.alloc(T, rl);
+                sends[r] = try self.allocBuf(sl);
+                recvs[r] = try self.allocBuf(rl);
                 const lo: i64 = if (self.redop == .prod) -2 else -1000;
                 const hi: i64 = if (self.redop == .prod) 2 else 1000;
                 fillInts(T, sends[r], rng, if (@typeInfo(T) == .int and @typeInfo(T).int.signedness == .unsigned) 0 else lo, if (T == u8) 255 else hi);
                 @memset(std.mem.sliceAsBytes(recvs[r]), 0xcd);
             }
             defer for (0..n) |r| {
-                a.free(sends[r]);
-                a.free(recvs[r]);
+                self.freeBuf(sends[r]);
+                self.freeBuf(recvs[r]);
             };
             var args: [ranks_max]Submit = undefined;
             const id = nextOpId();
@@ -1233,4 +1246,28 @@ test "board: an in-place allreduce on a small-capacity entry (contribution read 
     for (0..2) |r| args[r] = .{ .kind = @intFromEnum(op.Collective.allreduce), .dtype = @intFromEnum(op.DType.i32), .redop = 0, .op_id = id, .ranks_mask = 3, .root = 0, .send = @ptrCast(&bufs[r]), .recv = @ptrCast(&bufs[r]), .count = c, .counts = null, .device = -1, .timeout_ms = 10_000 };
     try world.expectAllOk(&args);
     for (0..2) |r| for (bufs[r], 0..) |v, k| try testing.expectEqual(@as(i32, @intCast(k * 6 + 1000)), v);
+}
+
+test "board: every collective on shared buffers (peers read them in place), 2..4 ranks, roots 0 and last" {
+    for (2..5) |nn| {
+        const n: u32 = @intCast(nn);
+        var world = try World.init(n, .{ .mode = .shm });
+        defer world.deinit();
+        var seed: u64 = 7000 + n;
+        // 300_001 elements: large (shared, not inline), blocks of unequal length.
+        for ([_]usize{ 300_001, 70_000 }) |c| {
+            seed += 13;
+            try (CollectiveCase(i32){ .world = &world, .kind = .allreduce, .count = c, .shared = true }).run(seed + 1);
+            try (CollectiveCase(f32){ .world = &world, .kind = .allreduce, .redop = .avg, .count = c, .shared = true }).run(seed + 2);
+            for ([_]u32{ 0, n - 1 }) |root| {
+                try (CollectiveCase(i64){ .world = &world, .kind = .reduce, .count = c, .root = root, .shared = true }).run(seed + 3);
+                try (CollectiveCase(u8){ .world = &world, .kind = .broadcast, .count = c, .root = root, .shared = true }).run(seed + 4);
+                try (CollectiveCase(f32){ .world = &world, .kind = .gather, .count = c, .root = root, .shared = true }).run(seed + 5);
+                try (CollectiveCase(i32){ .world = &world, .kind = .scatter, .count = c, .root = root, .shared = true }).run(seed + 6);
+            }
+            try (CollectiveCase(i16){ .world = &world, .kind = .allgather, .count = c, .shared = true }).run(seed + 7);
+            try (CollectiveCase(i32){ .world = &world, .kind = .reduce_scatter, .count = c, .shared = true }).run(seed + 8);
+            try (CollectiveCase(i32){ .world = &world, .kind = .alltoall, .count = c, .shared = true }).run(seed + 9);
+        }
+    }
 }

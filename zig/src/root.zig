@@ -7,6 +7,7 @@ const abi = @import("abi_check.zig");
 const c = abi.c;
 const engine_mod = @import("engine.zig");
 const sys = @import("sys.zig");
+const arena = @import("transport/arena.zig");
 const cuda_driver = @import("cuda/driver.zig");
 
 const Engine = engine_mod.Engine;
@@ -74,8 +75,18 @@ pub export fn mr_alloc(bytes: u64) ?*anyopaque {
     return ptr;
 }
 
+/// Host memory that same-host peers can map: board collectives read it in place instead of
+/// with process_vm_readv. Freed with mr_free.
+pub export fn mr_alloc_shared(bytes: u64) ?*anyopaque {
+    return arena.alloc(bytes) orelse {
+        engine_mod.setLastError("mr_alloc_shared: cannot create a /dev/shm buffer of {d} bytes", .{bytes});
+        return null;
+    };
+}
+
 pub export fn mr_free(ptr: ?*anyopaque, bytes: u64) void {
     const p = ptr orelse return;
+    if (arena.free(@ptrCast(p))) return;
     sys.unmap(@ptrCast(p), bytes);
 }
 
@@ -268,6 +279,7 @@ test {
     _ = @import("transport/tcp.zig");
     _ = @import("transport/shm.zig");
     _ = @import("transport/board.zig");
+    _ = @import("transport/arena.zig");
     _ = @import("engine_test.zig");
 }
 test { _ = @import("algo/dispatch.zig"); _ = @import("reduce.zig"); }

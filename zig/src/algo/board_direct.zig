@@ -22,6 +22,7 @@ const common = @import("common.zig");
 const reduce = @import("../reduce.zig");
 const sys = @import("../sys.zig");
 const board_mod = @import("../transport/board.zig");
+const arena = @import("../transport/arena.zig");
 const transport = @import("../transport/transport.zig");
 
 const Board = board_mod.Board;
@@ -65,6 +66,8 @@ pub const Team = struct {
     departed_serials: []const *[board_mod.entries_max]u64,
     control: Control,
     cma: bool,
+    /// Peers' shared buffers mapped by this rank (the net's).
+    maps: *arena.PeerMaps,
 
     fn size(t: *const Team) u32 {
         return @intCast(t.boards.len);
@@ -93,6 +96,8 @@ const Op = struct {
     published: bool = false,
     /// When this rank published (aborted publishes from before are stale).
     start_ns: u64 = 0,
+    /// Peers' shared send / recv buffers mapped during this op (released at its end).
+    mapped: [common.world_size_max][2]?arena.PeerMaps.Mapped = [_][2]?arena.PeerMaps.Mapped{.{ null, null }} ** common.world_size_max,
     snapshot: ?[]u8 = null,
 
     fn es(o: *const Op) u64 {
@@ -105,6 +110,7 @@ const Op = struct {
 
     fn runPublished(o: *Op) Error!void {
         defer if (o.snapshot) |s| o.scratch.free(s);
+        defer for (o.mapped[0..o.t.size()]) |pair| for (pair) |maybe| if (maybe) |m| o.t.maps.release(m);
         const t = o.t;
         const n = t.size();
         const send = try o.contribution();
@@ -198,6 +204,16 @@ const Op = struct {
             e.inline_data = 0;
             e.send_addr = @intFromPtr(send.ptr);
         }
+        e.send_serial = 0;
+        e.recv_serial = 0;
+        if (e.inline_data == 0) if (arena.locate(e.send_addr, send.len)) |loc| {
+            e.send_serial = loc.serial;
+            e.send_offset = loc.offset;
+        };
+        if (o.desc.kind == .allreduce) if (arena.locate(e.recv_addr, send.len)) |loc| {
+            e.recv_serial = loc.serial;
+            e.recv_offset = loc.offset;
+        };
         if (o.desc.kind == .alltoall) @memcpy(e.send_counts[0..o.desc.send_counts.len], o.desc.send_counts);
         o.start_ns = sys.monotonicNs();
         b.publish(t.entry, t.op_id, t.serial);
@@ -321,8 +337,25 @@ const Op = struct {
             return o.failPeer(error.Protocol, p, "published fewer bytes than the op needs", "(sizes differ between ranks)");
         }
         if (e.inline_data == 1) return b.data(index)[@intCast(offset)..][0..@intCast(len)];
+        if (o.peerShared(p, .send)) |shared| return shared[@intCast(offset)..][0..@intCast(len)];
         try o.copyFrom(p, e.send_addr + offset, buf[0..@intCast(len)]);
         return buf[0..@intCast(len)];
+    }
+
+    /// Rank p's send (its contribution) or recv buffer, mapped, when it is a shared buffer
+    /// (arena.zig); null: read it with CMA.
+    fn peerShared(o: *Op, p: u32, which: enum { send, recv }) ?[]const u8 {
+        const e = o.t.boards[p].entry(o.entries[p]);
+        const serial, const offset, const bytes = switch (which) {
+            .send => .{ e.send_serial, e.send_offset, e.send_bytes },
+            .recv => .{ e.recv_serial, e.recv_offset, e.send_bytes },
+        };
+        if (serial == 0) return null;
+        const slot = &o.mapped[p][@intFromEnum(which)];
+        if (slot.* == null) slot.* = o.t.maps.acquire(o.t.boards[p].pid(), serial) orelse return null;
+        const all = slot.*.?.bytes;
+        if (offset + bytes > all.len) return null;
+        return all[@intCast(offset)..][0..@intCast(bytes)];
     }
 
     /// CMA: `dst.len` bytes at `addr` in rank p's process.
@@ -349,6 +382,7 @@ const Op = struct {
             const e = b.entry(o.entries[p]);
             if (offset + dst.len > e.send_bytes)
                 return o.failPeer(error.Protocol, p, "published fewer bytes than the op needs", "(sizes differ between ranks)");
+            if (o.peerShared(p, .send)) |shared| return @memcpy(dst, shared[@intCast(offset)..][0..dst.len]);
             return o.copyFrom(p, e.send_addr + offset, dst);
         }
         const src = try o.source(send, p, offset, dst.len, dst);
@@ -404,8 +438,12 @@ const Op = struct {
                     // Reduced also means p read our send (which may be our recv) for its block.
                     try o.waitFor(PhaseAtLeast{ .o = o, .p = p, .phase = Phase.reduced }, p, "to reduce its block");
                     const blk = common.block(d.count, n, p);
-                    const addr = t.boards[p].entry(o.entries[p]).recv_addr + blk.start * es_;
-                    try o.copyFrom(p, addr, recv[@intCast(blk.start * es_)..][0..@intCast(blk.len * es_)]);
+                    const dst = recv[@intCast(blk.start * es_)..][0..@intCast(blk.len * es_)];
+                    if (o.peerShared(p, .recv)) |shared| {
+                        @memcpy(dst, shared[@intCast(blk.start * es_)..][0..dst.len]);
+                        continue;
+                    }
+                    try o.copyFrom(p, t.boards[p].entry(o.entries[p]).recv_addr + blk.start * es_, dst);
                 }
             },
             .reduce => if (me == d.root) try o.reduceAll(send, 0, common.bytesPtrMut(d.recv, c)),

@@ -70,6 +70,13 @@ pub const Entry = extern struct {
     // Reader-written line.
     departed: u32 align(64) = 0,
     pad1: [60]u8 = [_]u8{0} ** 60,
+    /// Owner-written: where the send / recv buffers lie when they are shared buffers
+    /// (arena.zig; serial 0: not shared, read with CMA).
+    send_serial: u64 align(64) = 0,
+    send_offset: u64 = 0,
+    recv_serial: u64 = 0,
+    recv_offset: u64 = 0,
+    pad2: [32]u8 = [_]u8{0} ** 32,
     /// alltoall: the owner's send counts in group order (elements).
     send_counts: [counts_max]u64 = [_]u64{0} ** counts_max,
 };

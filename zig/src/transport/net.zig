@@ -17,6 +17,7 @@ const tcp = @import("tcp.zig");
 const shm = @import("shm.zig");
 const transport = @import("transport.zig");
 const board_mod = @import("board.zig");
+const arena = @import("arena.zig");
 
 pub const Error = transport.Error;
 pub const world_size_max = 64;
@@ -253,6 +254,8 @@ pub const Net = struct {
     /// generation); null when the board is off or the transport is tcp.
     board: ?board_mod.Board = null,
     peer_boards: [world_size_max]PeerBoard = [_]PeerBoard{.{}} ** world_size_max,
+    /// Peers' shared buffers this rank has mapped (board ops read them in place).
+    peer_maps: arena.PeerMaps = .{},
     /// Boards replaced while an op may still read them; unmapped at deinit.
     retired_boards: std.BoundedArray(board_mod.Board, retired_boards_max) = .{},
 
@@ -318,6 +321,7 @@ pub const Net = struct {
         }
         for (net.peer_boards) |pb| if (pb.board) |b| b.unmap();
         for (net.retired_boards.constSlice()) |b| b.unmap();
+        net.peer_maps.deinit();
         net.sweepOwnSegments();
         net.alloc.destroy(net);
     }
