@@ -50,6 +50,15 @@ const ranks = Array.from({ length: n }, (_, r) => r);
 // (mr_submit + this thread parked in mr_wait).
 const completion = process.env.MOONRING_BENCH_COMPLETION ?? (dp.runBlocking ? "blocking" : "async");
 let runOp = (op: NativeOp): Promise<void> => dp.run(op);
+// Ranks that drive ops on their own thread spin on shared memory: bind rank r's thread to CPU
+// r mod CPUs, as Open MPI binds its ranks to cores by default (MOONRING_BENCH_BIND=none: don't).
+// Two unbound ranks land on one CPU now and then and take turns for whole sizes (E19).
+if (completion === "blocking" && (process.env.MOONRING_BENCH_BIND ?? "core") !== "none") {
+  const { native } = await import("../native/ffi");
+  const { availableParallelism } = await import("node:os");
+  const cpu = rank % Math.max(1, availableParallelism());
+  if (native.mr_pin_thread(cpu) !== 0) process.stderr.write(`bench: rank ${rank}: could not bind to CPU ${cpu}; running unbound\n`);
+}
 if (completion === "blocking" && dp.runBlocking) {
   const runBlocking = dp.runBlocking.bind(dp);
   runOp = (op) => {

@@ -36,6 +36,9 @@ void *mr_alloc(uint64_t bytes);               /* page-aligned, zeroed; NULL on f
  * read it in place (no process_vm_readv). Like MPI_Alloc_mem. Freed with mr_free. */
 void *mr_alloc_shared(uint64_t bytes);
 void mr_free(void *ptr, uint64_t bytes);
+/* Binds the calling thread to one CPU (a rank that drives ops with mr_run spins on shared
+ * memory; two such ranks on one CPU take turns). 0, or MR_EINVAL. */
+int32_t mr_pin_thread(uint32_t cpu);
 
 /* ---- engine: one per rank ---- */
 /* Starts the data-plane listener on listen_host:listen_port (0 = any free port).

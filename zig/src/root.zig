@@ -84,6 +84,13 @@ pub export fn mr_alloc_shared(bytes: u64) ?*anyopaque {
     };
 }
 
+/// Binds the calling thread to CPU `cpu`; 0 on success, MR_EINVAL when it can't.
+pub export fn mr_pin_thread(cpu: u32) i32 {
+    if (sys.pinThread(cpu)) return Status.ok;
+    engine_mod.setLastError("mr_pin_thread: cannot bind to CPU {d}", .{cpu});
+    return Status.einval;
+}
+
 pub export fn mr_free(ptr: ?*anyopaque, bytes: u64) void {
     const p = ptr orelse return;
     if (arena.free(@ptrCast(p))) return;

@@ -517,3 +517,14 @@ pub fn processRead(pid: i32, local: []u8, remote: u64) ProcessReadError!void {
         }
     }
 }
+
+/// Binds the calling thread to CPU `cpu` (like Open MPI's default --bind-to core for a rank:
+/// two ranks that spin on shared memory must not share a CPU). False when it can't.
+pub fn pinThread(cpu: u32) bool {
+    var set = std.mem.zeroes(linux.cpu_set_t);
+    const bits = @bitSizeOf(usize);
+    if (cpu >= set.len * bits) return false;
+    set[cpu / bits] |= @as(usize, 1) << @intCast(cpu % bits);
+    linux.sched_setaffinity(0, &set) catch return false;
+    return true;
+}

@@ -80,7 +80,9 @@ pub fn run(t: *Team, desc: common.OpDesc, scratch: std.mem.Allocator) Error!void
     std.debug.assert(n >= 2 and t.me < n and t.global.len == n and t.departed_serials.len == n);
     std.debug.assert(t.entry < board_mod.entries_max);
     var entries: [common.world_size_max]u32 = undefined;
-    var state = Op{ .t = t, .desc = desc, .scratch = scratch, .entries = entries[0..n] };
+    var mapped: [common.world_size_max][2]?arena.PeerMaps.Mapped = undefined;
+    @memset(mapped[0..n], .{ null, null });
+    var state = Op{ .t = t, .desc = desc, .scratch = scratch, .entries = entries[0..n], .mapped = mapped[0..n] };
     state.runPublished() catch |err| {
         state.abort();
         return err;
@@ -96,8 +98,9 @@ const Op = struct {
     published: bool = false,
     /// When this rank published (aborted publishes from before are stale).
     start_ns: u64 = 0,
-    /// Peers' shared send / recv buffers mapped during this op (released at its end).
-    mapped: [common.world_size_max][2]?arena.PeerMaps.Mapped = [_][2]?arena.PeerMaps.Mapped{.{ null, null }} ** common.world_size_max,
+    /// Peers' shared send / recv buffers mapped during this op (released at its end); the
+    /// group's part of an array of the caller (no 3 KiB reset per op).
+    mapped: [][2]?arena.PeerMaps.Mapped,
     snapshot: ?[]u8 = null,
 
     fn es(o: *const Op) u64 {
@@ -110,7 +113,7 @@ const Op = struct {
 
     fn runPublished(o: *Op) Error!void {
         defer if (o.snapshot) |s| o.scratch.free(s);
-        defer for (o.mapped[0..o.t.size()]) |pair| for (pair) |maybe| if (maybe) |m| o.t.maps.release(m);
+        defer for (o.mapped) |pair| for (pair) |maybe| if (maybe) |m| o.t.maps.release(m);
         const t = o.t;
         const n = t.size();
         const send = try o.contribution();
