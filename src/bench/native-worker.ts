@@ -39,7 +39,8 @@ try {
 }
 send({ ev: "ready", rank, dataPort: dp.dataPort, hostId: dp.hostId.toString(), pid: process.pid });
 
-const ranks = Array.from({ length: n }, (_, r) => r);
+// Frozen: the data plane remembers its ranks mask.
+const ranks = Object.freeze(Array.from({ length: n }, (_, r) => r)) as number[];
 
 // Experiment knob (bench/NOTES.md): MOONRING_BENCH_COMPLETION=wait blocks this (otherwise idle)
 // JS thread in mr_wait until the op completes, then drains completions at once, instead of
@@ -108,7 +109,14 @@ function stepRunner(op: string, dtype: DTypeName, redop: string, root: number, s
   const r = recvBuf!;
   const base = { dtype, ranks, timeoutMs };
   const isRoot = rank === root;
-  const make = (o: Omit<NativeOp, "opId" | "ranks" | "timeoutMs" | "dtype">) => () => runOp({ ...base, ...o, opId: nextStep() << 8n } as NativeOp);
+  // One op object per point, its id bumped per step (no allocation per timed op).
+  const make = (o: Omit<NativeOp, "opId" | "ranks" | "timeoutMs" | "dtype">) => {
+    const op = { ...base, ...o, opId: 0n } as NativeOp;
+    return () => {
+      op.opId = nextStep() << 8n;
+      return runOp(op);
+    };
+  };
   switch (op) {
     case "allreduce":
       return make({ kind: "allreduce", redop: redop as NativeOp["redop"], count: shape.count, send: s, recv: r });

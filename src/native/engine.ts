@@ -221,13 +221,7 @@ export class NativeDataPlane implements DataPlane {
   /** mr_submit / mr_run with the op's arguments; returns the ticket (> 0) or throws. */
   private start(op: NativeOp, fn: typeof native.mr_submit): { ticket: bigint; counts: BigUint64Array | null } {
     const engine = this.engine();
-    let mask = 0n;
-    for (const r of op.ranks) {
-      if (!Number.isInteger(r) || r < 0 || r >= this.worldSizeMax) {
-        throw new NativeError(`rank ${this.rank}: ${op.kind} op ${op.opId}: rank ${r} is outside the world`, "EINVAL");
-      }
-      mask |= 1n << BigInt(r);
-    }
+    const mask = this.maskOf(op);
     let counts: BigUint64Array | null = null;
     if (op.kind === "alltoall") {
       const sendCounts = op.sendCounts ?? [];
@@ -270,6 +264,22 @@ export class NativeDataPlane implements DataPlane {
     );
     if (ticket <= 0n) throw new NativeError(lastError(), codeOf(Number(ticket)));
     return { ticket, counts };
+  }
+
+  /** ranks -> ranks_mask, remembered per ranks array (callers reuse theirs; a BigInt per op shows). */
+  private readonly masks = new WeakMap<readonly number[], bigint>();
+  private maskOf(op: NativeOp): bigint {
+    const known = this.masks.get(op.ranks);
+    if (known !== undefined) return known;
+    let mask = 0n;
+    for (const r of op.ranks) {
+      if (!Number.isInteger(r) || r < 0 || r >= this.worldSizeMax) {
+        throw new NativeError(`rank ${this.rank}: ${op.kind} op ${op.opId}: rank ${r} is outside the world`, "EINVAL");
+      }
+      mask |= 1n << BigInt(r);
+    }
+    if (Object.isFrozen(op.ranks)) this.masks.set(op.ranks, mask);
+    return mask;
   }
 
   /**
