@@ -40,6 +40,9 @@ const pollBatch = 64;
 /** How long submit() may block for the completion of a lone op (0 = never). */
 const syncWaitMs = Math.max(0, Number(process.env.MOONRING_SYNC_WAIT_MS ?? 1) || 0);
 
+/** mr_op_status of an op still running (MR_EBUSY). */
+const statusBusy = -9;
+
 /** Host buffers up to this size are recycled (mr_alloc/mr_free are syscalls). */
 const poolBytesMax = 1 << 20;
 const poolPerClassMax = 16;
@@ -296,7 +299,14 @@ export class NativeDataPlane implements DataPlane {
   }
 
   private submit(op: NativeOp): Promise<void> {
-    const { ticket, counts } = this.start(op, native.mr_submit);
+    // mr_start: when every peer of a small same-host op has started it, it ran right here.
+    const { ticket, counts } = this.start(op, native.mr_start);
+    const done = native.mr_op_status(this.handle, ticket) as number;
+    if (done !== statusBusy) {
+      const error = done === 0 ? null : this.opFailure(ticket, done);
+      native.mr_release(this.handle, ticket);
+      return error ? Promise.reject(error) : Promise.resolve();
+    }
     const { send, recv } = op;
     const buffers: HostOrDeviceBuffer[] = [];
     for (const b of [send, recv]) {

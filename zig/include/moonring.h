@@ -73,6 +73,12 @@ void mr_engine_destroy(mr_engine *engine);
 int64_t mr_submit(mr_engine *engine, uint32_t kind, uint32_t dtype, uint32_t redop, uint64_t op_id,
                   uint64_t ranks_mask, uint32_t root, const void *send, void *recv, uint64_t count,
                   const uint64_t *counts, int32_t device, uint32_t timeout_ms);
+/* mr_submit, except that a small same-host op whose peers have all started it already runs on
+ * the calling thread (it finishes without waiting: a few microseconds). Returns the ticket;
+ * when mr_op_status(ticket) is not MR_EBUSY the op is complete and mr_poll won't report it. */
+int64_t mr_start(mr_engine *engine, uint32_t kind, uint32_t dtype, uint32_t redop, uint64_t op_id,
+                 uint64_t ranks_mask, uint32_t root, const void *send, void *recv, uint64_t count,
+                 const uint64_t *counts, int32_t device, uint32_t timeout_ms);
 /* Runs the op of mr_submit's arguments on the calling thread and returns when it is done:
  * a ticket > 0 (status: mr_op_status; not reported by mr_poll; mr_release it), or a negative
  * MR_E* code when the op was refused. For embedders that await each op (no hand-off to an

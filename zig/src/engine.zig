@@ -337,7 +337,55 @@ pub const Engine = struct {
         engine.mu.lock();
         defer engine.mu.unlock();
         const index = try engine.admitLocked(s, .queued);
+        return engine.enqueueLocked(index);
+    }
+
+    /// submit(), except that a small board op whose peers have all published it already runs
+    /// on the calling thread: it can finish without waiting on anyone, and the hand-offs to a
+    /// worker and back (two thread wake-ups) are off the critical path of the last rank to
+    /// arrive. Returns the ticket; opStatus() says whether it is complete (not in poll()).
+    pub fn start(engine: *Engine, s: Submit) SubmitError!u64 {
+        const slot = blk: {
+            engine.mu.lock();
+            defer engine.mu.unlock();
+            break :blk &engine.slots[try engine.admitLocked(s, .running)];
+        };
+        if (engine.peersPublished(slot)) {
+            engine.runSlot(slot, false, std.heap.c_allocator);
+            engine.mu.lock();
+            defer engine.mu.unlock();
+            const ticket = slot.ticket;
+            if (slot.release_when_done) engine.freeSlotLocked(slot) else slot.state = .done;
+            return ticket;
+        }
+        engine.mu.lock();
+        defer engine.mu.unlock();
+        slot.state = .queued;
+        return engine.enqueueLocked(engine.slotIndex(slot));
+    }
+
+    /// Ops up to this size (bytes per rank) may run on the submitting thread (start()).
+    const inline_run_bytes_max = 64 << 10;
+
+    /// Every peer of a small host op on the board has published it already.
+    fn peersPublished(engine: *Engine, slot: *Slot) bool {
+        if (slot.device >= 0 or slot.group_size < 2 or slot.kind == .send or slot.kind == .recv or slot.kind == .alltoall) return false;
+        if (slot.count * slot.dtype.bytes() > inline_run_bytes_max) return false;
+        // The same test runSlot() applies (boardUsable), else the op would wait on the links.
+        const shape = op.OpDesc{ .kind = slot.kind, .dtype = slot.dtype, .redop = slot.redop, .root = slot.root_group, .count = slot.count, .send = &dummy_buffer, .recv = @constCast(&dummy_buffer) };
+        if (!board_direct.suits(shape, slot.group_size, netmod.boardCma())) return false;
+        if (board_bytes_max_env.get()) |limit| if (slot.count * slot.dtype.bytes() > limit) return false;
+        if (!engine.net.boardTeamOf(slot.group[0..slot.group_size], &slot.board_team)) return false;
+        for (0..slot.group_size) |p| {
+            if (p == slot.group_rank) continue;
+            if (slot.board_team.boards[p].find(slot.op_id, slot.board_team.departed_serials[p], 0) == null) return false;
+        }
+        return true;
+    }
+
+    fn enqueueLocked(engine: *Engine, index: usize) SubmitError!u64 {
         const slot = &engine.slots[index];
+        std.debug.assert(slot.state == .queued);
         engine.queue[(engine.queue_head + engine.queue_len) % ops_max] = @intCast(index);
         engine.queue_len += 1;
         if (engine.queue_len > engine.workers_count - engine.workers_busy and engine.workers_count < ops_max) {

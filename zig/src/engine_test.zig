@@ -1271,3 +1271,28 @@ test "board: every collective on shared buffers (peers read them in place), 2..4
         }
     }
 }
+
+test "start: the last rank to start a small board op runs it on its own thread, complete on return; the first one runs it async" {
+    var world = try World.init(3, .{ .mode = .shm });
+    defer world.deinit();
+    var x: [3][64]f64 = undefined;
+    for (&x, 0..) |*row, r| for (row, 0..) |*v, k| {
+        v.* = @floatFromInt(r * 100 + k);
+    };
+    const id = nextOpId();
+    var args: [3]Submit = undefined;
+    for (0..3) |r| args[r] = .{ .kind = @intFromEnum(op.Collective.allreduce), .dtype = @intFromEnum(op.DType.f64), .redop = @intFromEnum(op.RedOp.max), .op_id = id, .ranks_mask = 7, .root = 0, .send = @ptrCast(&x[r]), .recv = @ptrCast(&x[r]), .count = 64, .counts = null, .device = -1, .timeout_ms = 10_000 };
+    const t0 = try world.engine(0).start(args[0]);
+    const t1 = try world.engine(1).start(args[1]);
+    // Ranks 0 and 1 started before rank 2 had: they run on workers (or finished if raced).
+    std.Thread.sleep(20 * std.time.ns_per_ms);
+    try testing.expectEqual(Status.ebusy, world.engine(0).opStatus(t0));
+    const t2 = try world.engine(2).start(args[2]);
+    try testing.expectEqual(Status.ok, world.engine(2).opStatus(t2)); // ran here, complete
+    world.engine(2).release(t2);
+    try testing.expectEqual(Status.ok, world.engine(0).waitTicket(t0));
+    try testing.expectEqual(Status.ok, world.engine(1).waitTicket(t1));
+    world.engine(0).release(t0);
+    world.engine(1).release(t1);
+    for (0..3) |r| for (x[r], 0..) |v, k| try testing.expectEqual(@as(f64, @floatFromInt(200 + k)), v);
+}

@@ -211,6 +211,26 @@ pub export fn mr_submit(
     return @intCast(ticket);
 }
 
+pub export fn mr_start(
+    handle: ?*c.mr_engine,
+    kind: u32,
+    dtype: u32,
+    redop: u32,
+    op_id: u64,
+    ranks_mask: u64,
+    root: u32,
+    send: ?*const anyopaque,
+    recv: ?*anyopaque,
+    count: u64,
+    counts: [*c]const u64,
+    device: i32,
+    timeout_ms: u32,
+) i64 {
+    const engine = engineOf(handle) orelse return Status.einval;
+    const ticket = engine.start(submitArgs(kind, dtype, redop, op_id, ranks_mask, root, send, recv, count, counts, device, timeout_ms)) catch |err| return submitStatus(err);
+    return @intCast(ticket);
+}
+
 pub export fn mr_run(
     handle: ?*c.mr_engine,
     kind: u32,

@@ -345,10 +345,15 @@ pub const Net = struct {
     /// (else false: the op runs over the links). Maps boards on first use and again after a
     /// peer restarted.
     pub fn boardTeam(net: *Net, ep: *const Endpoint, team: *BoardTeam) bool {
+        return net.boardTeamOf(ep.group[0..ep.group_size], team);
+    }
+
+    /// boardTeam() for a group (global ranks, ascending) before its endpoint is open.
+    pub fn boardTeamOf(net: *Net, group: []const u32, team: *BoardTeam) bool {
         const own = net.board orelse return false;
         net.mu.lock();
         defer net.mu.unlock();
-        for (ep.group[0..ep.group_size], 0..) |g, i| {
+        for (group, 0..) |g, i| {
             if (g == net.rank()) {
                 team.boards[i] = own;
                 team.departed_serials[i] = &net.peer_boards[g].departed_serials; // unused
