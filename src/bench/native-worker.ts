@@ -228,6 +228,8 @@ async function point(m: Extract<ParentMsg, { cmd: "point" }>): Promise<WorkerMsg
   return { ev: "point", rank, timesUs, wrong };
 }
 
+let warmed = false;
+const runtimeWarmupOps = Number(process.env.MOONRING_BENCH_RUNTIME_WARMUP ?? 500);
 for await (const line of console) {
   const m = parseLine<ParentMsg>(line);
   if (!m) continue;
@@ -236,6 +238,12 @@ for await (const line of console) {
       for (const p of m.peers) if (p.rank !== rank) dp.setPeer(p.rank, p.host, p.port, BigInt(p.hostId));
       send({ ev: "peered", rank });
     } else if (m.cmd === "point") {
+      if (!warmed) {
+        // Before the first point, JIT-compile the op path (a few hundred barriers): otherwise the
+        // first size of every run times the compiler (E21). Open MPI's C needs no such warm-up.
+        warmed = true;
+        for (let i = 0; i < runtimeWarmupOps; i++) await barrier(m.timeoutMs);
+      }
       send(await point(m));
     } else if (m.cmd === "exit") {
       break;

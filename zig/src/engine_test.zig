@@ -1120,14 +1120,16 @@ fn runNowAll(world: *World, args: []const Submit, statuses: []i32) !void {
     for (threads[0..args.len]) |t| t.join();
 }
 
-test "board: in-place allreduce / allgather / reduce_scatter / alltoall, inline and CMA sizes, 2..4 ranks, runNow and submit" {
+test "board: in-place allreduce / allgather / reduce_scatter / alltoall, inline, CMA and shared buffers, 2..4 ranks, runNow and submit" {
     const a = testing.allocator;
     for (2..5) |nn| {
         const n: u32 = @intCast(nn);
         var world = try World.init(n, .{ .mode = .shm });
         defer world.deinit();
         // 1000 elements: inline (4000 B); 300_000: read with CMA, blocks of unequal length.
-        for ([_]usize{ 1000, 300_001 }) |c| for ([_]bool{ false, true }) |blocking| for ([_]op.Collective{ .allreduce, .allgather, .reduce_scatter, .alltoall }) |kind| {
+        for ([_]usize{ 1000, 12_000, 300_001 }) |c| for ([_]bool{ false, true }) |blocking| for ([_]op.Collective{ .allreduce, .allgather, .reduce_scatter, .alltoall }) |kind| {
+            // Shared buffers (peers read them in place) for the blocking runs, plain ones else.
+            const shared = blocking;
             var prng = Rng.init(c * 31 + n + @intFromEnum(kind));
             const rng = prng.random();
             const total: usize = if (kind == .allreduce) c else c * n;
@@ -1135,7 +1137,7 @@ test "board: in-place allreduce / allgather / reduce_scatter / alltoall, inline 
             var originals: [ranks_max][]i32 = undefined;
             var counts: [ranks_max][2 * (ranks_max + 1)]u64 = undefined;
             for (0..n) |r| {
-                bufs[r] = try a.alloc(i32, total);
+                bufs[r] = if (shared) @as([*]i32, @ptrCast(@alignCast(arena.alloc(total * 4) orelse return error.OutOfMemory)))[0..total] else try a.alloc(i32, total);
                 fillInts(i32, bufs[r], rng, -1000, 1000);
                 originals[r] = try a.dupe(i32, bufs[r]);
                 @memset(&counts[r], 0);
@@ -1145,7 +1147,7 @@ test "board: in-place allreduce / allgather / reduce_scatter / alltoall, inline 
                 }
             }
             defer for (0..n) |r| {
-                a.free(bufs[r]);
+                if (shared) std.debug.assert(arena.free(@ptrCast(bufs[r].ptr))) else a.free(bufs[r]);
                 a.free(originals[r]);
             };
             var args: [ranks_max]Submit = undefined;
