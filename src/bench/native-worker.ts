@@ -54,10 +54,11 @@ let runOp = (op: NativeOp): Promise<void> => dp.run(op);
 // Ranks that drive ops on their own thread spin on shared memory: bind rank r's thread to CPU
 // r mod CPUs, as Open MPI binds its ranks to cores by default (MOONRING_BENCH_BIND=none: don't).
 // Two unbound ranks land on one CPU now and then and take turns for whole sizes (E19).
-if (completion === "blocking" && (process.env.MOONRING_BENCH_BIND ?? "core") !== "none") {
+// More ranks than CPUs (oversubscribed): no binding, as Open MPI does not bind then either.
+const cpus = Math.max(1, (await import("node:os")).availableParallelism());
+if (completion === "blocking" && n <= cpus && (process.env.MOONRING_BENCH_BIND ?? "core") !== "none") {
   const { native } = await import("../native/ffi");
-  const { availableParallelism } = await import("node:os");
-  const cpu = rank % Math.max(1, availableParallelism());
+  const cpu = rank % cpus;
   if (native.mr_pin_thread(cpu) !== 0) process.stderr.write(`bench: rank ${rank}: could not bind to CPU ${cpu}; running unbound\n`);
 }
 if (completion === "blocking" && dp.runBlocking) {

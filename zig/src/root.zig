@@ -191,64 +191,41 @@ fn submitStatus(err: engine_mod.Engine.SubmitError) i64 {
     };
 }
 
-pub export fn mr_submit(
-    handle: ?*c.mr_engine,
-    kind: u32,
-    dtype: u32,
-    redop: u32,
-    op_id: u64,
-    ranks_mask: u64,
-    root: u32,
-    send: ?*const anyopaque,
-    recv: ?*anyopaque,
-    count: u64,
-    counts: [*c]const u64,
-    device: i32,
-    timeout_ms: u32,
-) i64 {
-    const engine = engineOf(handle) orelse return Status.einval;
-    const ticket = engine.submit(submitArgs(kind, dtype, redop, op_id, ranks_mask, root, send, recv, count, counts, device, timeout_ms)) catch |err| return submitStatus(err);
-    return @intCast(ticket);
+/// The three ways in for an op, one C signature (mr_submit's; moonring.h).
+fn OpEntry(comptime method: fn (*Engine, engine_mod.Submit) Engine.SubmitError!u64) type {
+    return struct {
+        fn call(
+            handle: ?*c.mr_engine,
+            kind: u32,
+            dtype: u32,
+            redop: u32,
+            op_id: u64,
+            ranks_mask: u64,
+            root: u32,
+            send: ?*const anyopaque,
+            recv: ?*anyopaque,
+            count: u64,
+            counts: [*c]const u64,
+            device: i32,
+            timeout_ms: u32,
+        ) callconv(.c) i64 {
+            const engine = engineOf(handle) orelse return Status.einval;
+            const ticket = method(engine, submitArgs(kind, dtype, redop, op_id, ranks_mask, root, send, recv, count, counts, device, timeout_ms)) catch |err| return submitStatus(err);
+            return @intCast(ticket);
+        }
+    };
 }
 
-pub export fn mr_start(
-    handle: ?*c.mr_engine,
-    kind: u32,
-    dtype: u32,
-    redop: u32,
-    op_id: u64,
-    ranks_mask: u64,
-    root: u32,
-    send: ?*const anyopaque,
-    recv: ?*anyopaque,
-    count: u64,
-    counts: [*c]const u64,
-    device: i32,
-    timeout_ms: u32,
-) i64 {
-    const engine = engineOf(handle) orelse return Status.einval;
-    const ticket = engine.start(submitArgs(kind, dtype, redop, op_id, ranks_mask, root, send, recv, count, counts, device, timeout_ms)) catch |err| return submitStatus(err);
-    return @intCast(ticket);
-}
-
-pub export fn mr_run(
-    handle: ?*c.mr_engine,
-    kind: u32,
-    dtype: u32,
-    redop: u32,
-    op_id: u64,
-    ranks_mask: u64,
-    root: u32,
-    send: ?*const anyopaque,
-    recv: ?*anyopaque,
-    count: u64,
-    counts: [*c]const u64,
-    device: i32,
-    timeout_ms: u32,
-) i64 {
-    const engine = engineOf(handle) orelse return Status.einval;
-    const ticket = engine.runNow(submitArgs(kind, dtype, redop, op_id, ranks_mask, root, send, recv, count, counts, device, timeout_ms)) catch |err| return submitStatus(err);
-    return @intCast(ticket);
+/// Queues the op for an engine worker.
+pub const mr_submit = OpEntry(Engine.submit).call;
+/// Runs a small op here when its peers have all started it, else queues it (Engine.start).
+pub const mr_start = OpEntry(Engine.start).call;
+/// Runs the op on the calling thread (Engine.runNow).
+pub const mr_run = OpEntry(Engine.runNow).call;
+comptime {
+    @export(&mr_submit, .{ .name = "mr_submit" });
+    @export(&mr_start, .{ .name = "mr_start" });
+    @export(&mr_run, .{ .name = "mr_run" });
 }
 
 pub export fn mr_op_status(handle: ?*c.mr_engine, ticket: u64) i32 {

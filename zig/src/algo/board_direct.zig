@@ -303,6 +303,9 @@ const Op = struct {
             .ready => return,
             else => {}, // handled in the loop
         }
+        // More ranks than CPUs: the rank we wait for may need this CPU, so yield at every
+        // check instead of every 16th (E22).
+        const oversubscribed = t.size() > board_mod.cpuCount();
         const spin_until = sys.monotonicNs() + board_mod.spinNs();
         var spins: u32 = 0;
         while (true) : (spins +%= 1) {
@@ -317,8 +320,7 @@ const Op = struct {
             }
             const now = sys.monotonicNs();
             if (now < spin_until) {
-                // Oversubscribed hosts: let the rank we wait for run.
-                if (spins % 1024 == 1023) sys.yieldCpu();
+                if (oversubscribed or spins % 1024 == 1023) sys.yieldCpu();
                 continue;
             }
             if (peer) |p| {

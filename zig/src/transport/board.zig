@@ -247,6 +247,18 @@ pub fn spinNs() u64 {
     return spin_ns;
 }
 
+/// CPUs of this host (cached).
+pub fn cpuCount() u32 {
+    cpus_once.call();
+    return cpus;
+}
+
+var cpus_once = std.once(computeCpus);
+var cpus: u32 = 1;
+fn computeCpus() void {
+    cpus = @intCast(@max(1, std.Thread.getCpuCount() catch 1));
+}
+
 var spin_once = std.once(computeSpin);
 var spin_ns: u64 = 50 * std.time.ns_per_us;
 fn computeSpin() void {
