@@ -747,7 +747,7 @@ pub const Engine = struct {
     /// The op's view of the board, after net.boardTeam() filled slot.board_team.
     fn boardTeamOf(engine: *Engine, slot: *Slot) board_direct.Team {
         const n = slot.group_size;
-        const control = board_direct.Control{ .context = slot, .check = boardCheck, .fail = boardFail };
+        const control = board_direct.Control{ .context = slot, .check = boardCheck, .fail = boardFail, .failed_peer = boardFailedPeer };
         return .{
             .me = slot.group_rank,
             .boards = slot.board_team.boards[0..n],
@@ -770,6 +770,11 @@ pub const Engine = struct {
     fn boardFail(context: *anyopaque, err: transport.Error, peer: ?u32, message: []const u8) transport.Error {
         const slot: *Slot = @ptrCast(@alignCast(context));
         return slot.ep.net.failOp(&slot.ep, err, if (peer) |p| @intCast(slot.group[p]) else -1, message);
+    }
+
+    fn boardFailedPeer(context: *anyopaque) i32 {
+        const slot: *Slot = @ptrCast(@alignCast(context));
+        return slot.ep.net.failedPeer(&slot.ep);
     }
 
     fn slotIndex(engine: *const Engine, slot: *const Slot) usize {

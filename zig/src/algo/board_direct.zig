@@ -51,6 +51,8 @@ pub const Control = struct {
     check: *const fn (context: *anyopaque, peer: u32, what: []const u8) ?Error,
     /// Records the op's failure (the first one wins) and returns its error.
     fail: *const fn (context: *anyopaque, err: Error, peer: ?u32, message: []const u8) Error,
+    /// Global rank the op's recorded failure names, or -1.
+    failed_peer: *const fn (context: *anyopaque) i32,
 };
 
 /// One op's view of the board: the group's boards in group order (boards[me] is this rank's).
@@ -85,10 +87,7 @@ pub fn run(t: *Team, desc: common.OpDesc, scratch: std.mem.Allocator) Error!void
     var mapped: [common.world_size_max][2]?arena.PeerMaps.Mapped = undefined;
     @memset(mapped[0..n], .{ null, null });
     var state = Op{ .t = t, .desc = desc, .scratch = scratch, .entries = entries[0..n], .mapped = mapped[0..n] };
-    state.runPublished() catch |err| {
-        state.abort();
-        return err;
-    };
+    return state.runPublished();
 }
 
 const Op = struct {
@@ -122,6 +121,8 @@ const Op = struct {
         const n = t.size();
         const send = try o.contribution();
         try o.publish(send);
+        // Before the snapshot is freed (the defers above run after this): peers stop reading.
+        errdefer o.abort();
         for (0..n) |p| if (p != t.me) try o.arrive(@intCast(p));
         try o.body(send);
         for (0..n) |p| if (p != t.me) o.departFrom(@intCast(p));
@@ -134,7 +135,8 @@ const Op = struct {
     /// Marks this rank's entry aborted (peers waiting on it fail at once).
     fn abort(o: *Op) void {
         if (!o.published) return;
-        o.own().abort(o.t.entry);
+        // Peers that wait on us fail naming the rank that made us give up, not us (E23).
+        o.own().abort(o.t.entry, o.t.control.failed_peer(o.t.control.context));
         o.ringPeers();
     }
 
@@ -311,7 +313,7 @@ const Op = struct {
         while (true) : (spins +%= 1) {
             switch (cond.ready()) {
                 .ready => return,
-                .aborted => return o.failPeer(error.PeerFailed, peer.?, "gave up on the op", what),
+                .aborted => return o.failAborted(peer.?, what),
                 .not_yet => {},
             }
             if (spins % 64 != 63) {
@@ -334,6 +336,21 @@ const Op = struct {
             }
             o.own().sleep(cond, Wrap.readyNow, sleep_ns);
         }
+    }
+
+    /// Rank p gave up on the op: fail naming what made it give up when that is a rank of the
+    /// group (the one that died), else p.
+    fn failAborted(o: *Op, p: u32, what: []const u8) Error {
+        const t = o.t;
+        const e = t.boards[p].entry(o.entries[p]);
+        const cause = @atomicLoad(i32, &e.abort_cause, .acquire);
+        for (t.global, 0..) |g, q| {
+            if (cause < 0 or g != cause or q == t.me) continue;
+            var buf: [160]u8 = undefined;
+            const text = std.fmt.bufPrint(&buf, "rank {d} gave up on the op because rank {d} failed (board, waiting for rank {d} {s})", .{ t.global[p], g, t.global[p], what }) catch buf[0..];
+            return t.control.fail(t.control.context, error.PeerFailed, @intCast(q), text);
+        }
+        return o.failPeer(error.PeerFailed, p, "gave up on the op", what);
     }
 
     fn failPeer(o: *Op, err: Error, p: u32, why: []const u8, what: []const u8) Error {

@@ -66,7 +66,9 @@ pub const Entry = extern struct {
     readers: u32 = 0,
     /// When the owner gave up (monotonic ns; one clock for the host).
     abort_ns: u64 = 0,
-    pad0: [12]u8 = [_]u8{0} ** 12,
+    /// Global rank whose failure made the owner give up, or -1 (timeout, cancel).
+    abort_cause: i32 = -1,
+    pad0: [8]u8 = [_]u8{0} ** 8,
     // Reader-written line.
     departed: u32 align(64) = 0,
     pad1: [60]u8 = [_]u8{0} ** 60,
@@ -189,7 +191,8 @@ pub const Board = struct {
     }
 
     /// Owner: gives up on entry `index`; readers that wait on it fail.
-    pub fn abort(board: Board, index: u32) void {
+    pub fn abort(board: Board, index: u32, cause: i32) void {
+        @atomicStore(i32, &board.entry(index).abort_cause, cause, .release);
         @atomicStore(u64, &board.entry(index).abort_ns, sys.monotonicNs(), .release);
         @atomicStore(u32, &board.entry(index).phase, Phase.aborted, .release);
     }

@@ -389,6 +389,14 @@ pub const Net = struct {
         return net.stopReason(ep, peer, what);
     }
 
+    /// The global rank `ep`'s recorded failure names, or -1.
+    pub fn failedPeer(net: *Net, ep: *Endpoint) i32 {
+        net.mu.lock();
+        defer net.mu.unlock();
+        const failure = ep.failure orelse return -1;
+        return failure.peer;
+    }
+
     /// Records `ep`'s failure (the first wins) and returns its error.
     pub fn failOp(net: *Net, ep: *Endpoint, err: Error, peer: i32, message: []const u8) Error {
         return net.fail(ep, err, peer, "{s}", .{message});
