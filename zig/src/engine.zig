@@ -79,8 +79,7 @@ const board_bytes_max_env = struct {
     var once = std.once(read);
     var value: ?u64 = null;
     fn read() void {
-        const text = sys.getenv("MOONRING_BOARD_BYTES_MAX") orelse return;
-        value = std.fmt.parseInt(u64, text, 10) catch null;
+        value = sys.envU64("MOONRING_BOARD_BYTES_MAX");
     }
     fn get() ?u64 {
         once.call();

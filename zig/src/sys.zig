@@ -36,11 +36,9 @@ pub fn spinBudgetNs() u64 {
 var spin_once = std.once(computeSpinBudget);
 var spin_budget_ns: u64 = 0;
 fn computeSpinBudget() void {
-    if (getenv("MOONRING_SPIN_US")) |text| {
-        if (std.fmt.parseInt(u32, text, 10)) |us| {
-            spin_budget_ns = @as(u64, us) * std.time.ns_per_us;
-            return;
-        } else |_| {}
+    if (envU64("MOONRING_SPIN_US")) |us| {
+        spin_budget_ns = us * std.time.ns_per_us;
+        return;
     }
     const cpus = std.Thread.getCpuCount() catch 1;
     spin_budget_ns = (if (cpus >= 8) @as(u64, 20) else 2) * std.time.ns_per_us;
@@ -431,6 +429,12 @@ pub fn hostId() u64 {
     }
     const id = hasher.final();
     return if (id == 0) 1 else id;
+}
+
+/// An unsigned decimal environment variable, or null (unset or not a number).
+pub fn envU64(name: [*:0]const u8) ?u64 {
+    const text = getenv(name) orelse return null;
+    return std.fmt.parseInt(u64, text, 10) catch null;
 }
 
 /// Environment variable (process environment via libc), or null.

@@ -591,8 +591,7 @@ fn allreduceAllBytesMax(n: u32) u64 {
 var all_once = std.once(readAllBytes);
 var all_bytes: u64 = 64 << 10;
 fn readAllBytes() void {
-    const text = sys.getenv("MOONRING_BOARD_ALLREDUCE_ALL") orelse return;
-    all_bytes = std.fmt.parseInt(u64, text, 10) catch return;
+    if (sys.envU64("MOONRING_BOARD_ALLREDUCE_ALL")) |bytes| all_bytes = @max(bytes, 1);
 }
 
 /// Whether the op can run on the board: every rank decides the same from the op alone.

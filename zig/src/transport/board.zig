@@ -265,9 +265,7 @@ fn computeCpus() void {
 var spin_once = std.once(computeSpin);
 var spin_ns: u64 = 50 * std.time.ns_per_us;
 fn computeSpin() void {
-    const text = sys.getenv("MOONRING_BOARD_SPIN_US") orelse return;
-    const us = std.fmt.parseInt(u32, text, 10) catch return;
-    spin_ns = @as(u64, us) * std.time.ns_per_us;
+    if (sys.envU64("MOONRING_BOARD_SPIN_US")) |us| spin_ns = us * std.time.ns_per_us;
 }
 
 test "board: publish, find, depart, free; a departed publish is not found again" {
