@@ -96,7 +96,15 @@ function ensure(buf: NativeBuffer | null, bytes: number): NativeBuffer {
   const want = Math.max(bytes, 64);
   if (buf && buf.byteLength >= want) return buf;
   buf?.release();
-  return sharedBuffers ? dp.allocShared!(want) : dp.alloc(want, device >= 0 ? device : undefined);
+  if (sharedBuffers) {
+    try {
+      return dp.allocShared!(want);
+    } catch (e) {
+      // /dev/shm full or unusable: plain memory (peers then read it with process_vm_readv).
+      process.stderr.write(`bench: rank ${rank}: ${(e as Error).message}; using plain buffers\n`);
+    }
+  }
+  return dp.alloc(want, device >= 0 ? device : undefined);
 }
 
 async function barrier(timeoutMs: number): Promise<void> {
