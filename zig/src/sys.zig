@@ -379,6 +379,19 @@ pub fn shmUnlink(name: []const u8) void {
     _ = linux.unlink(path);
 }
 
+/// The first `buf.len` bytes of /dev/shm/`name` (fewer when shorter; empty when unreadable).
+pub fn shmReadHead(name: []const u8, buf: []u8) []const u8 {
+    var path_buf: [shm_dir.len + shm_name_bytes_max + 1]u8 = undefined;
+    const path = shmPath(name, &path_buf) catch return buf[0..0];
+    const rc = linux.open(path, .{ .ACCMODE = .RDONLY, .CLOEXEC = true, .NOFOLLOW = true }, 0);
+    if (errnoOf(rc) != .SUCCESS) return buf[0..0];
+    const fd: Fd = @intCast(rc);
+    defer closeFd(fd);
+    const n = linux.read(fd, buf.ptr, buf.len);
+    if (errnoOf(n) != .SUCCESS) return buf[0..0];
+    return buf[0..n];
+}
+
 /// Removes every /dev/shm entry whose name starts with `prefix` (what a killed rank left),
 /// except those `keep` says to keep.
 pub fn shmUnlinkPrefix(prefix: []const u8, keep: ?*const fn (name: []const u8) bool) u32 {

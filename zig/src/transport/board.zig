@@ -85,6 +85,7 @@ pub const Entry = extern struct {
 
 comptime {
     std.debug.assert(@sizeOf(Header) <= header_bytes);
+    std.debug.assert(@offsetOf(Header, "magic") == 0 and @offsetOf(Header, "pid") == 12); // sweepDead
     std.debug.assert(@sizeOf(Entry) <= entry_bytes);
     std.debug.assert(inline_bytes_max % 64 == 0 and inline_bytes_large % 64 == 0);
     std.debug.assert(inline_bytes_large >= inline_bytes_max and entries_large <= entries_max);
@@ -102,6 +103,33 @@ pub fn inlineBytes(index: u32) u64 {
 fn dataStart(index: u32) u64 {
     const large = @min(index, entries_large);
     return large * @as(u64, inline_bytes_large) + (index - large) * @as(u64, inline_bytes_max);
+}
+
+/// Removes the boards of processes that died without shutting down (kill -9 leaves a ~6 MiB
+/// file per rank, and a rank of another cluster never sweeps it): once per process.
+pub fn sweepDead() void {
+    sweep_once.call();
+}
+
+var sweep_once = std.once(sweepDeadOnce);
+fn sweepDeadOnce() void {
+    var dir = std.fs.openDirAbsolute(sys.shm_dir, .{ .iterate = true }) catch return;
+    defer dir.close();
+    var it = dir.iterate();
+    var scan_max: u32 = 1 << 16; // bounded scan
+    var removed: u32 = 0;
+    while (scan_max > 0) : (scan_max -= 1) {
+        const entry = (it.next() catch break) orelse break;
+        if (!std.mem.startsWith(u8, entry.name, "moonring-") or std.mem.indexOf(u8, entry.name, "-board-") == null) continue;
+        var head: [16]u8 = undefined;
+        const got = sys.shmReadHead(entry.name, &head);
+        if (got.len < head.len or std.mem.readInt(u64, head[0..8], .little) != magic) continue;
+        const owner_pid = std.mem.readInt(i32, head[12..16], .little);
+        if (owner_pid == sys.processId() or sys.processAlive(owner_pid)) continue;
+        dir.deleteFile(entry.name) catch continue;
+        removed += 1;
+    }
+    if (removed > 0) sys.logLine("removed {d} board(s) of processes that are gone", .{removed});
 }
 
 pub const Board = struct {

@@ -284,6 +284,7 @@ pub const Net = struct {
         net.opts.token = net.token_buf[0..opts_in.token.len];
         net.sweepOwnSegments();
         if (opts_in.mode != .tcp and boardEnabled()) {
+            board_mod.sweepDead();
             var name_buf: [96]u8 = undefined;
             const name = net.boardName(&name_buf, net.rank(), net.port);
             net.board = board_mod.Board.create(name, net.rank(), sys.monotonicNs() ^ @intFromPtr(net)) catch |err| {
