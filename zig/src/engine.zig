@@ -131,32 +131,10 @@ pub const Submit = struct {
 const SlotState = enum { free, queued, running, done };
 
 const Slot = struct {
-    /// Bytes of this rank's send and recv buffers (docs/architecture.md "Native op shapes").
     fn bufferBytes(slot: *const Slot) struct { u64, u64 } {
-        const c = slot.count * slot.dtype.bytes();
-        const n: u64 = slot.group_size;
-        const root = slot.root_group == slot.group_rank;
-        return switch (slot.kind) {
-            .allreduce => .{ c, c },
-            .reduce => .{ c, if (root) c else 0 },
-            .broadcast => .{ if (root) c else 0, c },
-            .allgather => .{ c, c * n },
-            .gather => .{ c, if (root) c * n else 0 },
-            .scatter => .{ if (root) c * n else 0, c },
-            .reduce_scatter => .{ c * n, c },
-            .alltoall => blk: {
-                var send_total: u64 = 0;
-                var recv_total: u64 = 0;
-                for (slot.send_counts[0..slot.group_size], slot.recv_counts[0..slot.group_size]) |a, b| {
-                    send_total += a;
-                    recv_total += b;
-                }
-                break :blk .{ send_total * slot.dtype.bytes(), recv_total * slot.dtype.bytes() };
-            },
-            .barrier => .{ 0, 0 },
-            .send => .{ c, 0 },
-            .recv => .{ 0, c },
-        };
+        const n = slot.group_size;
+        const counted = slot.kind == .alltoall;
+        return op.bufferBytes(slot.kind, slot.dtype.bytes(), slot.count, n, slot.root_group == slot.group_rank, if (counted) slot.send_counts[0..n] else &.{}, if (counted) slot.recv_counts[0..n] else &.{});
     }
 
     state: SlotState = .free,
@@ -350,6 +328,12 @@ pub const Engine = struct {
             break :blk &engine.slots[try engine.admitLocked(s, .running)];
         };
         if (engine.peersPublished(slot)) {
+            // The caller's thread (an event loop) waits at most inline_wait_ms_max for a peer
+            // that started and then stalled, not the op's whole timeout.
+            if (slot.timeout_ms > inline_wait_ms_max) {
+                slot.timeout_ms = inline_wait_ms_max;
+                slot.deadline_ns = @min(slot.deadline_ns, sys.monotonicNs() + inline_wait_ms_max * std.time.ns_per_ms);
+            }
             engine.runSlot(slot, false, std.heap.c_allocator);
             engine.mu.lock();
             defer engine.mu.unlock();
@@ -365,6 +349,8 @@ pub const Engine = struct {
 
     /// Ops up to this size (bytes per rank) may run on the submitting thread (start()).
     const inline_run_bytes_max = 64 << 10;
+    /// How long such an op may wait on its (already started) peers before it times out.
+    const inline_wait_ms_max: u32 = 1000;
 
     /// Every peer of a small host op on the board has published it already.
     fn peersPublished(engine: *Engine, slot: *Slot) bool {

@@ -34,6 +34,31 @@ pub const OpDesc = struct {
     }
 };
 
+/// Bytes of one rank's send and recv buffers (the "native op shapes" above; written once for
+/// the engine, the board and the CUDA direct path). alltoall: the rank's counts, group order.
+pub fn bufferBytes(kind: Collective, elem_bytes: u64, count: u64, n: u64, is_root: bool, send_counts: []const u64, recv_counts: []const u64) struct { u64, u64 } {
+    const c = count * elem_bytes;
+    return switch (kind) {
+        .allreduce => .{ c, c },
+        .reduce => .{ c, if (is_root) c else 0 },
+        .broadcast => .{ if (is_root) c else 0, c },
+        .allgather => .{ c, c * n },
+        .gather => .{ c, if (is_root) c * n else 0 },
+        .scatter => .{ if (is_root) c * n else 0, c },
+        .reduce_scatter => .{ c * n, c },
+        .alltoall => .{ countsTotal(send_counts) * elem_bytes, countsTotal(recv_counts) * elem_bytes },
+        .barrier => .{ 0, 0 },
+        .send => .{ c, 0 },
+        .recv => .{ 0, c },
+    };
+}
+
+pub fn countsTotal(counts: []const u64) u64 {
+    var total: u64 = 0;
+    for (counts) |k| total += k;
+    return total;
+}
+
 comptime {
     std.debug.assert(world_size_max <= 64); // ranks_mask is a u64
 }

@@ -19,6 +19,7 @@
 //! after all its readers departed, so its buffers are never read after the op.
 const std = @import("std");
 const common = @import("common.zig");
+const op = @import("../op.zig");
 const reduce = @import("../reduce.zig");
 const sys = @import("../sys.zig");
 const board_mod = @import("../transport/board.zig");
@@ -148,19 +149,7 @@ const Op = struct {
         const me = o.t.me;
         const es_ = o.es();
         const c = d.count * es_;
-        const bytes: u64 = switch (d.kind) {
-            .allreduce, .reduce, .allgather, .gather => c,
-            .broadcast => if (d.root == me) c else 0,
-            .scatter => if (d.root == me) c * n else 0,
-            .reduce_scatter => c * n,
-            .alltoall => blk: {
-                var total: u64 = 0;
-                for (d.send_counts) |k| total += k;
-                break :blk total * es_;
-            },
-            .barrier => 0,
-            .send, .recv => unreachable,
-        };
+        const bytes, const recv_all = op.bufferBytes(d.kind, es_, d.count, n, d.root == me, d.send_counts, d.recv_counts);
         const send = common.bytesPtr(d.send, bytes);
         // Copied into the board when it fits, unless it lies in a shared buffer (then peers read
         // it in place: copying in cost ~12 us per 64 KiB here, every line stolen back from the
@@ -169,14 +158,9 @@ const Op = struct {
         const shared = bytes > inline_always_bytes and arena.locate(@intFromPtr(send.ptr), bytes) != null;
         o.publish_inline = fits and !shared;
         if (o.publish_inline) return send;
+        // The part of recv whose writes may change what peers read of our send.
         const recv_bytes: u64 = switch (d.kind) {
-            .allgather => c * n,
-            .scatter, .reduce_scatter => c,
-            .alltoall => blk: {
-                var total: u64 = 0;
-                for (d.recv_counts) |k| total += k;
-                break :blk total * es_;
-            },
+            .allgather, .scatter, .reduce_scatter, .alltoall => recv_all,
             // Every rank reduces everything: our recv may be what peers read (in place).
             .allreduce => if (c <= allreduceAllBytesMax(n)) c else 0,
             else => 0, // allreduce in phases, reduce / broadcast / gather: nothing read is written
@@ -413,16 +397,8 @@ const Op = struct {
     /// Copies bytes [offset, offset+dst.len) of rank p's contribution into dst.
     fn copyPart(o: *Op, send: []const u8, p: u32, offset: u64, dst: []u8) Error!void {
         if (dst.len == 0) return;
-        const b = o.t.boards[p];
-        if (p != o.t.me and b.entry(o.entries[p]).inline_data == 0) {
-            const e = b.entry(o.entries[p]);
-            if (offset + dst.len > e.send_bytes)
-                return o.failPeer(error.Protocol, p, "published fewer bytes than the op needs", "(sizes differ between ranks)");
-            if (o.peerShared(p, .send)) |shared| return @memcpy(dst, shared[@intCast(offset)..][0..dst.len]);
-            return o.copyFrom(p, e.send_addr + offset, dst);
-        }
-        const src = try o.source(send, p, offset, dst.len, dst);
-        common.move(dst, src);
+        // A CMA read lands in dst itself (source() then returns dst: the move is a no-op).
+        common.move(dst, try o.source(send, p, offset, dst.len, dst));
     }
 
     /// dst = part [offset, offset+dst.len) reduced over every rank's contribution, in group
@@ -528,10 +504,8 @@ const Op = struct {
             .scatter => try o.copyPart(send, d.root, me * c, common.bytesPtrMut(d.recv, c)),
             .reduce_scatter => try o.reduceAll(send, me * c, common.bytesPtrMut(d.recv, c)),
             .alltoall => {
+                const recv = common.bytesPtrMut(d.recv, op.countsTotal(d.recv_counts) * es_);
                 var recv_offset: u64 = 0;
-                for (d.recv_counts) |k| recv_offset += k;
-                const recv = common.bytesPtrMut(d.recv, recv_offset * es_);
-                recv_offset = 0;
                 for (0..n) |pi| {
                     const p: u32 = @intCast(pi);
                     const len = d.recv_counts[p] * es_;
@@ -540,8 +514,7 @@ const Op = struct {
                     if (counts[me] != d.recv_counts[p]) {
                         return o.failPeer(error.Protocol, p, "sends a different count than this rank receives", "(alltoall counts differ)");
                     }
-                    var send_offset: u64 = 0;
-                    for (counts[0..me]) |k| send_offset += k;
+                    const send_offset = op.countsTotal(counts[0..me]);
                     try o.copyPart(send, p, send_offset * es_, recv[@intCast(recv_offset)..][0..@intCast(len)]);
                     recv_offset += len;
                 }

@@ -227,29 +227,8 @@ fn exchangeMessages(comptime T: type, comm: transport.Comm, mine: []const T, the
     if (first_error) |err| return err;
 }
 
-/// Bytes of this rank's send and recv buffers (docs/architecture.md "Native op shapes").
 fn bufferBytes(o: Op, me: u32) struct { u64, u64 } {
-    const es = o.dtype.bytes();
-    const c = o.count * es;
-    const n: u64 = o.group.len;
-    const is_root = o.root == me;
-    return switch (o.kind) {
-        .allreduce => .{ c, c },
-        .reduce => .{ c, if (is_root) c else 0 },
-        .broadcast => .{ if (is_root) c else 0, c },
-        .allgather => .{ c, c * n },
-        .gather => .{ c, if (is_root) c * n else 0 },
-        .scatter => .{ if (is_root) c * n else 0, c },
-        .reduce_scatter => .{ c * n, c },
-        .alltoall => .{ sum(o.send_counts) * es, sum(o.recv_counts) * es },
-        .barrier, .send, .recv => .{ 0, 0 },
-    };
-}
-
-fn sum(counts: []const u64) u64 {
-    var total: u64 = 0;
-    for (counts) |c| total += c;
-    return total;
+    return op.bufferBytes(o.kind, o.dtype.bytes(), o.count, o.group.len, o.root == me, o.send_counts, o.recv_counts);
 }
 
 fn prefix(counts: []const u64, j: usize) u64 {

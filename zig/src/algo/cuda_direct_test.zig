@@ -12,6 +12,7 @@ const op = @import("../op.zig");
 const driver = @import("../cuda/driver.zig");
 const exports = @import("../cuda/exports.zig");
 const fake = @import("../cuda/fake_api.zig").Fake(@import("../reduce.zig"));
+const fake_driver = @import("../cuda/fake_driver.zig");
 const cuda_direct = @import("cuda_direct.zig");
 
 const Engine = engine_mod.Engine;
@@ -80,15 +81,8 @@ const World = struct {
     }
 };
 
-fn install() !void {
-    fake.reset();
-    _ = driver.installForTest(try driver.Driver.init(fake.api));
-}
-
-fn uninstall() void {
-    driver.resetForTest();
-    fake.reset();
-}
+const install = fake_driver.install;
+const uninstall = fake_driver.uninstall;
 
 // ---- values: f64 <-> dtype bytes (inputs are small integers: exact in every dtype) ----
 

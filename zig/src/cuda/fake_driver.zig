@@ -19,12 +19,13 @@ comptime {
 }
 
 /// Installs the fake as the process-wide driver; undo with `uninstall` (frees everything).
-fn install() !void {
+/// Also used by algo/cuda_direct_test.zig.
+pub fn install() !void {
     fake.reset();
     _ = driver.installForTest(try driver.Driver.init(fake.api));
 }
 
-fn uninstall() void {
+pub fn uninstall() void {
     driver.resetForTest();
     fake.reset();
 }
