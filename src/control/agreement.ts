@@ -1,7 +1,7 @@
 // A rank's side of agreement: sends its CallDesc to the matcher on rank 0 (in-process on
 // rank 0 itself, over the control link elsewhere) and turns the decision into a GoDecision
 // or a typed error (409 mismatch, 504 timeout, ...), identical on every member.
-import { ApiError, CollectiveMismatch, InvalidRequest, MasterLost, NotReady, PeerFailed, Timeout } from "../server/errors";
+import { ApiError, CollectiveMismatch, InvalidRequest, MasterLost, NotReady, PeerFailed, Timeout } from "../errors";
 import type { CoordinatorLink } from "./link";
 import type { CallDesc, Decision, GoDecision, Matcher } from "./matcher";
 

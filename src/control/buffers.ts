@@ -4,7 +4,7 @@
 // Knows nothing of HTTP; the routes (src/server/routes/buffers.ts) decode and encode.
 import type { NativeBuffer } from "../native/types";
 import { dtypeInfo, type DTypeName } from "../ops/table";
-import { InvalidRequest, NotFound, TooLarge } from "../server/errors";
+import { InvalidRequest, NotFound, TooLarge } from "../errors";
 
 /** The CUDA helpers the registry needs (src/native/cuda.ts; tests may pass fakes). */
 export interface DeviceOps {

@@ -3,8 +3,8 @@
 import type { DataPlane, NativeBuffer, NativeOp } from "../native/types";
 import { NativeError } from "../native/types";
 import { dtypeInfo, type DTypeName, type RedOpName } from "../ops/table";
-import { ApiError, Internal, InvalidRequest, NotReady, PeerFailed, Timeout, TooLarge } from "../server/errors";
-import type { CollectiveOp } from "../server/schemas";
+import { ApiError, Internal, InvalidRequest, NotReady, PeerFailed, Timeout, TooLarge } from "../errors";
+import type { CollectiveOp } from "../ops/table";
 import type { Metrics } from "../util/metrics";
 import type { Agreement } from "./agreement";
 import type { CallDesc, GoDecision } from "./matcher";

@@ -22,7 +22,7 @@
 // once every active rank acked the current epoch, each such op is decided again among the ranks
 // that listed it (a new op id, the same calls) and {t:"retry", opId, d} goes to each of them.
 // Members whose part had completed keep their result (their response says who contributed).
-import { Conflict, InvalidRequest, NotReady, Timeout } from "../server/errors";
+import { Conflict, InvalidRequest, NotReady, Timeout } from "../errors";
 import type { Logger } from "../util/log";
 import { sleep } from "../util/net";
 import type { RetryItem } from "./collective";

@@ -10,7 +10,7 @@
 // every rank's next call starts a fresh collective. Tagged calls match by (group, tag), in any
 // order and several at once; a tag reused while an earlier one is still open queues the same way.
 import type { DTypeName, RedOpName } from "../ops/table";
-import type { CollectiveOp } from "../server/schemas";
+import type { CollectiveOp } from "../ops/table";
 import type { Membership } from "./membership";
 
 export interface CallDesc {

@@ -6,8 +6,8 @@
 // answer says the receiver has the data. One HTTP round trip per message.
 import type { DataPlane, NativeBuffer, NativeError } from "../native/types";
 import { dtypeInfo, type DTypeName } from "../ops/table";
-import { InvalidRequest, PeerFailed, Timeout } from "../server/errors";
-import type { P2POffer } from "../server/schemas";
+import { InvalidRequest, PeerFailed, Timeout } from "../errors";
+import type { P2POffer } from "./wire";
 import type { Logger } from "../util/log";
 import type { Metrics } from "../util/metrics";
 import { toApiError } from "./collective";

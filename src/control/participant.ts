@@ -5,7 +5,7 @@
 // re-issues ({t:"retry", opId, d | error}) to the collective runner waiting for them, and runs
 // the data-plane link checks rank 0 asks for ({t:"linkcheck"}: a tiny barrier with one peer).
 // See coordinator.ts for rank 0's side.
-import { apiErrorFromJSON, MasterLost, NotReady, Timeout } from "../server/errors";
+import { apiErrorFromJSON, MasterLost, NotReady, Timeout } from "../errors";
 import type { Logger } from "../util/log";
 import type { CollectiveRunner, RetryHooks } from "./collective";
 import type { GoDecision } from "./matcher";

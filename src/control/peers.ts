@@ -1,6 +1,6 @@
 // HTTP to other rank services (metadata only): keep-alive fetch with the bearer token and
 // typed errors relayed from the peer's JSON error body.
-import { apiErrorFromJSON, PeerFailed } from "../server/errors";
+import { apiErrorFromJSON, PeerFailed } from "../errors";
 
 export class PeerClient {
   constructor(private token: string | undefined) {}

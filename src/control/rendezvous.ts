@@ -6,8 +6,8 @@
 //      then tells its data plane where each peer listens (setPeer).
 //   3. every rank reports ready; rank services answer /health 200 once all N have.
 // Joiners (`serve --join`) register as "awaiting" (inactive) and are admitted later.
-import type { RegisterBody } from "../server/schemas";
-import { Conflict, InvalidRequest } from "../server/errors";
+import type { RegisterBody } from "./wire";
+import { Conflict, InvalidRequest } from "../errors";
 import type { Logger } from "../util/log";
 import { sleep } from "../util/net";
 import type { Membership, MembershipView, RankRecord } from "./membership";

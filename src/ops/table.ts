@@ -10,6 +10,8 @@ export type RedOpName = "sum" | "prod" | "min" | "max" | "avg" | "band" | "bor" 
 export type CollectiveName =
   | "allreduce" | "reduce" | "broadcast" | "allgather" | "gather" | "scatter"
   | "reduce_scatter" | "alltoall" | "barrier" | "send" | "recv";
+/** The collectives of POST /collective/{op} (point to point is not one). */
+export type CollectiveOp = Exclude<CollectiveName, "send" | "recv">;
 
 export interface DTypeInfo { name: DTypeName; short: string; code: number; bytes: number; kind: DTypeKind }
 export interface RedOpInfo { name: RedOpName; code: number; kinds: DTypeKind[] }

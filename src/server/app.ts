@@ -2,7 +2,8 @@
 // {"error": {"code", "message", ...details}}; anything not an ApiError is a bug (500, logged).
 import { Hono } from "hono";
 import { jsonResponse } from "./body";
-import { ApiError, NotFound, Unauthorized } from "./errors";
+import { ApiError, NotFound } from "../errors";
+import { authorize, expectedBearer } from "./auth";
 import { buffersRoutes } from "./routes/buffers";
 import { collectiveRoutes } from "./routes/collective";
 import { internalRoutes } from "./routes/internal";
@@ -24,14 +25,11 @@ export function errorResponse(svc: RankService, err: Error, method: string, path
 
 export function createApp(svc: RankService) {
   const app = new Hono();
-  const token = svc.config.token;
-  const bearer = token ? `Bearer ${token}` : null;
+  const bearer = expectedBearer(svc.config.token);
 
   app.use("*", async (c, next) => {
     svc.metrics.request();
-    if (bearer && c.req.header("authorization") !== bearer && c.req.path !== "/health") {
-      throw new Unauthorized();
-    }
+    if (c.req.path !== "/health") authorize(bearer, c.req.header("authorization"));
     await next();
   });
 

@@ -2,7 +2,7 @@
 // (400 on malformed JSON), and raw octet-stream bodies read straight into native memory.
 import type { Context } from "hono";
 import type { NativeBuffer } from "../native/types";
-import { InvalidRequest, TooLarge } from "./errors";
+import { InvalidRequest, TooLarge } from "../errors";
 
 /** A Hono context, or the bare Request of service.ts's fast path (POST /collective/{op}). */
 export type BodySource = Context | Request;

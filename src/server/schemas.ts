@@ -2,8 +2,8 @@
 // the codec writes them straight into native memory. Schemas are built once at module load
 // (no per-call compilation); /openapi.json is generated from them.
 import { z } from "zod";
-import { dtypeNames, redopNames } from "../ops/table";
-import { InvalidRequest } from "./errors";
+import { dtypeNames, redopNames, type CollectiveOp } from "../ops/table";
+import { InvalidRequest } from "../errors";
 
 export const DEFAULT_TIMEOUT_MS = 30_000;
 export const MAX_TIMEOUT_MS = 24 * 3600 * 1000;
@@ -54,9 +54,9 @@ export const collectiveSchemas = {
   reduce_scatter: z.object({ tensors: tensorList, op: redopSchema.optional(), ...common }),
   alltoall: z.object({ tensors: tensorList, ...common }),
   barrier: z.object({ ...common }),
-} as const;
+} as const satisfies Record<CollectiveOp, z.ZodType>;
 
-export type CollectiveOp = keyof typeof collectiveSchemas;
+export type { CollectiveOp };
 
 // ---- fast check of the common single-tensor bodies ----
 // A body that passes quickCollectiveBody() is exactly one the zod schema accepts, unchanged (no
@@ -120,31 +120,6 @@ export const p2pRecvSchema = z.object({
   timeout_ms: common.timeout_ms,
   format: z.enum(["data", "b64"]).optional().meta({ description: "extension: result encoding (default data)" }),
 });
-
-// ---- internal (rank service to rank service) ----
-export const registerSchema = z.object({
-  rank,
-  world_size: z.number().int().min(1).max(64),
-  world_size_max: z.number().int().min(1).max(64).optional(),
-  url: z.string().min(1),
-  data_host: z.string().min(1),
-  data_port: z.number().int().min(0).max(65535),
-  host_id: z.string().regex(/^\d+$/),
-  pid: z.number().int(),
-  instance: z.string().min(1),
-  join: z.boolean().optional(),
-});
-export type RegisterBody = z.infer<typeof registerSchema>;
-
-export const p2pOfferSchema = z.object({
-  src: rank,
-  tag: z.string(),
-  seq: z.number().int().min(0),
-  dtype: dtypeSchema,
-  shape: z.array(z.number().int().min(0)),
-  timeout_ms: z.number().int().min(1),
-});
-export type P2POffer = z.infer<typeof p2pOfferSchema>;
 
 // ---- responses (documentation) ----
 export const collectiveResponseSchema = z

@@ -15,7 +15,8 @@ import { PeerClient } from "../control/peers";
 import { RendezvousClient, RendezvousServer } from "../control/rendezvous";
 import { Sequencer } from "../control/sequencer";
 import type { DataPlane } from "../native/types";
-import { apiErrorFromJSON, MasterLost, NotReady, Unauthorized, type ApiError } from "./errors";
+import { apiErrorFromJSON, MasterLost, NotReady, type ApiError } from "../errors";
+import { authorize, expectedBearer } from "./auth";
 import { Logger } from "../util/log";
 import { Metrics } from "../util/metrics";
 import { httpUrl } from "../util/net";
@@ -87,7 +88,11 @@ export class RankService {
   readonly app: ReturnType<typeof createApp>;
   private readyResolvers: (() => void)[] = [];
 
+  /** The Authorization header every request must carry (null: no token set). */
+  private readonly bearer: Buffer | null;
+
   constructor(readonly config: ServiceConfig) {
+    this.bearer = expectedBearer(config.token);
     this.log = new Logger(`rank ${config.rank}`);
     this.metrics = new Metrics(config.rank);
     this.membership = new Membership(config.worldSizeMax, config.worldSize);
@@ -245,8 +250,7 @@ export class RankService {
   private async collectiveFast(op: string, req: Request): Promise<Response> {
     this.metrics.request();
     try {
-      const token = this.config.token;
-      if (token && req.headers.get("authorization") !== `Bearer ${token}`) throw new Unauthorized();
+      authorize(this.bearer, req.headers.get("authorization"));
       return await handleCollective(this, op, req);
     } catch (e) {
       return errorResponse(this, e as Error, "POST", `/collective/${op}`);
@@ -258,7 +262,7 @@ export class RankService {
     const app = this.app;
     const svc = this;
     const hub = this.hub;
-    const token = c.token;
+    const bearer = this.bearer;
     this.server = Bun.serve<LinkData>({
       hostname: c.host,
       port: c.port,
@@ -270,8 +274,10 @@ export class RankService {
         if (hub && req.url.includes("/internal/ws")) {
           const u = new URL(req.url);
           if (u.pathname === "/internal/ws") {
-            if (token && req.headers.get("authorization") !== `Bearer ${token}`) {
-              return Response.json({ error: { code: "unauthorized", message: "bad token on control link" } }, { status: 401 });
+            try {
+              authorize(bearer, req.headers.get("authorization"), "bad token on control link");
+            } catch (e) {
+              return Response.json((e as ApiError).toJSON(), { status: 401 });
             }
             const rank = Number(u.searchParams.get("rank"));
             const instance = u.searchParams.get("instance") ?? "";

@@ -3,7 +3,7 @@
 // int64 is exact (BigInt); NaN/±Infinity are the strings "NaN", "Infinity", "-Infinity";
 // float16/bfloat16 round to nearest even from the float64 value.
 import { dtypeInfo, type DTypeName } from "../ops/table";
-import { InvalidRequest, TooLarge } from "../server/errors";
+import { InvalidRequest, TooLarge } from "../errors";
 import { fromBFloat16Bits, fromFloat16Bits, toBFloat16Bits, toFloat16Bits } from "./half";
 
 if (new Uint8Array(new Uint16Array([1]).buffer)[0] !== 1) {

@@ -2,7 +2,7 @@
 // non-finite floats, float16/bfloat16 rounding against independent references, bad input.
 import { describe, expect, test } from "bun:test";
 import { dtypes, type DTypeName } from "../../src/ops/table";
-import { ApiError } from "../../src/server/errors";
+import { ApiError } from "../../src/errors";
 import { encodeTensor, readData, writeB64, writeData, writeTensor } from "../../src/tensor/codec";
 import { fromBFloat16Bits, fromFloat16Bits, fromFloat16BitsSoft, toBFloat16Bits, toFloat16Bits, toFloat16BitsSoft } from "../../src/tensor/half";
 import { rng } from "../support/ref";

@@ -20,7 +20,7 @@ import type { NativeOp } from "../../native/types";
 import { dtypeInfo, redopRejection, type DTypeName, type RedOpName } from "../../ops/table";
 import { checkShape, encodeTensor, numel, writeTensor, type JsonTensor } from "../../tensor/codec";
 import { checkContentLength, isOctetStream, jsonResponse, octetParam, readJson, wantsOctetStream } from "../body";
-import { InvalidRequest, NotReady } from "../errors";
+import { InvalidRequest, NotReady } from "../../errors";
 import { DEFAULT_TIMEOUT_MS, dtypeSchema, MAX_TIMEOUT_MS, parseOrThrow, redopSchema, type CollectiveOp } from "../schemas";
 import type { RankService } from "../service";
 import { requireReady } from "./collective";

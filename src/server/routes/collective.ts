@@ -10,7 +10,7 @@ import type { CollectiveCall, CollectiveResult, ResultTensor, ResultValue } from
 import type { NativeBuffer } from "../../native/types";
 import { redopRejection, type DTypeName, type RedOpName } from "../../ops/table";
 import { checkShape, encodeTensor, numel, writeTensor, type JsonTensor, type WireFormat } from "../../tensor/codec";
-import { InvalidRequest, NotReady, TooLarge } from "../errors";
+import { InvalidRequest, NotReady, TooLarge } from "../../errors";
 import { checkContentLength, isOctetStream, jsonResponse, octetParam, readBodyInto, readJson, wantsOctetStream } from "../body";
 import { collectiveOps, collectiveSchemas, DEFAULT_TIMEOUT_MS, formatIssues, quickCollectiveBody, type CollectiveOp } from "../schemas";
 import { bufferCollective, usesBuffer } from "./buffers";

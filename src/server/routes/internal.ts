@@ -1,9 +1,10 @@
 // Rank-service-to-rank-service endpoints (metadata only): rendezvous on rank 0, p2p offers.
 // The control link (WebSocket /internal/ws) is upgraded in service.ts before Hono.
 import type { Hono } from "hono";
-import { NotFound } from "../errors";
+import { NotFound } from "../../errors";
 import { readJson } from "../body";
-import { p2pOfferSchema, parseOrThrow, registerSchema } from "../schemas";
+import { p2pOfferSchema, registerSchema } from "../../control/wire";
+import { parseOrThrow } from "../schemas";
 import type { RankService } from "../service";
 import { requireReady } from "./collective";
 import { z } from "zod";

@@ -6,7 +6,7 @@
 //   GET  /groups, GET /groups/:name
 // Every change is made by rank 0 (control/coordinator.ts); other ranks forward over their link.
 import type { Hono } from "hono";
-import { NotFound, NotReady } from "../errors";
+import { NotFound, NotReady } from "../../errors";
 import { readJson } from "../body";
 import { groupSchema, membershipChangeSchema, parseOrThrow } from "../schemas";
 import type { RankService } from "../service";

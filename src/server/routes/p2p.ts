@@ -3,7 +3,7 @@ import type { Hono } from "hono";
 import type { NativeBuffer } from "../../native/types";
 import { dtypeInfo } from "../../ops/table";
 import { checkShape, encodeTensor, numel, writeTensor, type JsonTensor } from "../../tensor/codec";
-import { InvalidRequest, TooLarge } from "../errors";
+import { InvalidRequest, TooLarge } from "../../errors";
 import { isOctetStream, octetParam, readBodyInto, readJson, wantsOctetStream, checkContentLength } from "../body";
 import { DEFAULT_TIMEOUT_MS, p2pRecvSchema, p2pSendSchema, parseOrThrow } from "../schemas";
 import type { RankService } from "../service";

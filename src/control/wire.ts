@@ -1,0 +1,30 @@
+// Messages between rank services (rendezvous registration, p2p offers): schemas and types.
+// Below server/: the control plane uses the types, the internal routes parse with the schemas.
+import { z } from "zod";
+import { dtypeNames } from "../ops/table";
+
+const rank = z.number().int().min(0);
+
+export const registerSchema = z.object({
+  rank,
+  world_size: z.number().int().min(1).max(64),
+  world_size_max: z.number().int().min(1).max(64).optional(),
+  url: z.string().min(1),
+  data_host: z.string().min(1),
+  data_port: z.number().int().min(0).max(65535),
+  host_id: z.string().regex(/^\d+$/),
+  pid: z.number().int(),
+  instance: z.string().min(1),
+  join: z.boolean().optional(),
+});
+export type RegisterBody = z.infer<typeof registerSchema>;
+
+export const p2pOfferSchema = z.object({
+  src: rank,
+  tag: z.string(),
+  seq: z.number().int().min(0),
+  dtype: z.enum(dtypeNames),
+  shape: z.array(z.number().int().min(0)),
+  timeout_ms: z.number().int().min(1),
+});
+export type P2POffer = z.infer<typeof p2pOfferSchema>;

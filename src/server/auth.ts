@@ -1,0 +1,20 @@
+// Bearer-token check for every way into a rank service (the Hono app, the JSON fast path,
+// control-link WebSocket upgrades): one timing-safe compare, like the data plane's handshake.
+import { timingSafeEqual } from "node:crypto";
+import { Unauthorized } from "../errors";
+
+/** The exact Authorization header a request must carry, or null when no token is set. */
+export function expectedBearer(token: string | undefined): Buffer | null {
+  return token ? Buffer.from(`Bearer ${token}`) : null;
+}
+
+/**
+ * Throws Unauthorized unless `header` equals `expected` (null: no token set, everything
+ * passes). The compare's time does not depend on where the bytes differ; only the length
+ * can show, as with any constant-time compare.
+ */
+export function authorize(expected: Buffer | null, header: string | null | undefined, message?: string): void {
+  if (expected === null) return;
+  const given = Buffer.from(header ?? "");
+  if (given.length !== expected.length || !timingSafeEqual(given, expected)) throw new Unauthorized(message);
+}
