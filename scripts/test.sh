@@ -1,8 +1,10 @@
 #!/bin/sh
-# npm test: Zig unit + multi-rank tests, then bun tests. Runs after `bootstrap.sh --build`.
+# npm test: type check, Zig unit + multi-rank tests, then bun tests. Runs after `bootstrap.sh --build`.
 set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+echo "== tsc --noEmit"
+tsc -p . --noEmit
 echo "== zig build test"
 ( cd zig && zig build test -Doptimize=ReleaseSafe -Dnvcc="$root/.tools/bin/nvcc" --summary all )
 echo "== bun test"

@@ -3,7 +3,7 @@
 // (completion-waiter.ts) posts to this thread, which drains the native completion queue with
 // mr_poll (no native thread ever calls into JS, and no JS thread spins). The Worker keeps the
 // process alive only while ops are in flight.
-import { toArrayBuffer } from "bun:ffi";
+import { toArrayBuffer, type Pointer } from "bun:ffi";
 import { native, statusName } from "./ffi";
 import { collectiveCode, dtypeInfo, redopInfo } from "../ops/table";
 import {
@@ -169,7 +169,7 @@ export class NativeDataPlane implements DataPlane {
       bytes.fill(0);
       return new HostOrDeviceBuffer(this, bytes, BigInt(cached.address), byteLength, -1, capacity);
     }
-    const address = native.mr_alloc(capacity) as number | null;
+    const address = native.mr_alloc(capacity) as Pointer | null;
     if (!address) throw new NativeError(`alloc of ${byteLength} bytes: ${lastError()}`, "ENOMEM");
     const bytes = new Uint8Array(toArrayBuffer(address, 0, capacity)).subarray(0, byteLength);
     return new HostOrDeviceBuffer(this, bytes, BigInt(address), byteLength, -1, capacity);
@@ -185,7 +185,7 @@ export class NativeDataPlane implements DataPlane {
       throw new NativeError(`allocShared: bad byte length ${byteLength}`, "EINVAL");
     }
     const capacity = Math.max(byteLength, 1);
-    const address = native.mr_alloc_shared(capacity) as number | null;
+    const address = native.mr_alloc_shared(capacity) as Pointer | null;
     if (!address) throw new NativeError(`allocShared of ${byteLength} bytes: ${lastError()}`, "ENOMEM");
     const bytes = new Uint8Array(toArrayBuffer(address, 0, capacity)).subarray(0, byteLength);
     const buf = new HostOrDeviceBuffer(this, bytes, BigInt(address), byteLength, -1, capacity);

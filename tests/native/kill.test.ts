@@ -9,7 +9,7 @@ afterAll(() => {
   for (const c of children) c.kill("SIGKILL");
 });
 
-async function readLine(reader: ReadableStreamDefaultReader<Uint8Array>, state: { buf: string }): Promise<string> {
+async function readLine(reader: { read(): Promise<{ done: boolean; value?: Uint8Array }> }, state: { buf: string }): Promise<string> {
   for (;;) {
     const nl = state.buf.indexOf("\n");
     if (nl >= 0) {
