@@ -43,6 +43,28 @@ async function waitHealthy(url: string, timeoutMs = 30_000): Promise<any> {
   }
 }
 
+/** The first /health answer of a service that may not listen yet (any status). */
+async function waitAnswering(url: string, timeoutMs = 30_000): Promise<{ status: number; body: any }> {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      return await get(url, "/health");
+    } catch {
+      // not listening yet
+    }
+    if (Date.now() > until) throw new Error(`${url} did not answer in ${timeoutMs} ms`);
+    await sleep(50);
+  }
+}
+
+async function waitFor(cond: () => boolean, what: string, timeoutMs = 30_000): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > until) throw new Error(`no ${what} in ${timeoutMs} ms`);
+    await sleep(50);
+  }
+}
+
 describe("launch", () => {
   test("prints `rank R ready http://HOST:PORT` per rank; SIGTERM stops every rank", async () => {
     const w = await launchWorld(3);
@@ -127,13 +149,14 @@ describe("serve", () => {
     const port = await freePortRange(2);
     const env = (r: number) => ({ RANK: String(r), WORLD_SIZE: "2", MASTER_ADDR: "127.0.0.1", MASTER_PORT: String(port), MOONRING_PORT: String(port + r) });
     const r1 = serve([], env(1));
-    await sleep(400);
-    const r1Early = await get(`http://127.0.0.1:${port + 1}`, "/health");
+    const r1Early = await waitAnswering(`http://127.0.0.1:${port + 1}`);
     expect(r1Early.status).toBe(503);
     expect(r1Early.body).toMatchObject({ ready: false, rank: 1, state: "awaiting" });
     const early = await post(`http://127.0.0.1:${port + 1}`, "/collective/allreduce", { tensor: { dtype: "int32", shape: [1], data: [1] } });
     expect(early.status).toBe(503);
     expect(early.body.error.code).toBe("not_ready");
+    // rank 0 starts only once rank 1 has logged a failed attempt (the test is about the retry)
+    await waitFor(() => r1.stderr().includes("waiting for rank 0"), "rank 1's retry log line");
     serve([], env(0));
     const h1 = await waitHealthy(`http://127.0.0.1:${port + 1}`);
     expect(h1).toMatchObject({ rank: 1, world_size: 2, ready: true });
