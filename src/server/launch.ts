@@ -4,6 +4,7 @@
 // and the launcher says so. Children watch their stdin pipe, so even a SIGKILLed launcher
 // leaves no ranks behind.
 import type { Subprocess } from "bun";
+import { writeLine } from "../util/log";
 import { httpUrl, sleep } from "../util/net";
 
 export interface LaunchOptions {
@@ -24,8 +25,8 @@ export async function launchMain(o: LaunchOptions): Promise<number> {
   let shuttingDown = false;
   let ready = false;
   const connectHost = o.host === "0.0.0.0" ? "127.0.0.1" : o.host === "::" ? "::1" : o.host;
-  const say = (line: string) => process.stdout.write(line + "\n");
-  const warn = (line: string) => process.stderr.write(`moonring launch: ${line}\n`);
+  const say = (line: string) => writeLine(process.stdout, line + "\n");
+  const warn = (line: string) => writeLine(process.stderr, `moonring launch: ${line}\n`);
 
   let resolveDone!: (code: number) => void;
   const done = new Promise<number>((r) => (resolveDone = r));

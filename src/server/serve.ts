@@ -4,6 +4,7 @@ import { networkInterfaces } from "node:os";
 import { DataPlaneUnavailable } from "./dataplane";
 import { RankService, type ServiceConfig } from "./service";
 import { RendezvousRefused } from "../control/rendezvous";
+import { writeLine } from "../util/log";
 
 export interface ServeOptions {
   exitWithParent: boolean;
@@ -40,7 +41,7 @@ export async function serveMain(config: ServiceConfig, opts: ServeOptions): Prom
   }
   svc.onFatal = (e) => {
     const refused = e instanceof RendezvousRefused;
-    process.stderr.write(`moonring serve: rank ${config.rank}: ${e.message}\n`);
+    writeLine(process.stderr, `moonring serve: rank ${config.rank}: ${e.message}\n`);
     void stop(refused ? "rendezvous refused" : "rendezvous failed", refused ? 3 : 1);
   };
   process.on("uncaughtException", (e) => {
@@ -54,11 +55,11 @@ export async function serveMain(config: ServiceConfig, opts: ServeOptions): Prom
   } catch (e) {
     const err = e as Error & { code?: string };
     if (e instanceof DataPlaneUnavailable) {
-      process.stderr.write(`moonring serve: rank ${config.rank}: ${err.message}\n`);
+      writeLine(process.stderr, `moonring serve: rank ${config.rank}: ${err.message}\n`);
     } else if (err.code === "EADDRINUSE" || /address already in use|EADDRINUSE/i.test(err.message)) {
-      process.stderr.write(`moonring serve: rank ${config.rank}: port ${config.port} on ${config.host} is already in use\n`);
+      writeLine(process.stderr, `moonring serve: rank ${config.rank}: port ${config.port} on ${config.host} is already in use\n`);
     } else {
-      process.stderr.write(`moonring serve: rank ${config.rank}: could not start: ${err.stack ?? err.message}\n`);
+      writeLine(process.stderr, `moonring serve: rank ${config.rank}: could not start: ${err.stack ?? err.message}\n`);
     }
     await svc.stop().catch(() => {});
     process.exit(2);

@@ -1,6 +1,33 @@
 // Minimal structured-ish logger: one line per event on stderr, prefixed with the rank.
 // stdout is reserved for lines other programs parse (launch's "rank R ready ..." lines).
 
+/**
+ * Writes a line to stdout/stderr, dropping it (and every later one) once the stream broke: a
+ * write to a closed pipe (`launch ... | head -2`) fails with EPIPE as an 'error' event, and with
+ * no listener that event became an uncaught exception whose handler logged it, which failed
+ * again: a rank spun at 100% CPU and ignored SIGTERM. Losing log lines is the lesser harm.
+ */
+export function writeLine(stream: NodeJS.WriteStream, line: string): void {
+  const state = streams.get(stream) ?? watch(stream);
+  if (state.broken) return;
+  try {
+    stream.write(line);
+  } catch {
+    state.broken = true;
+  }
+}
+
+const streams = new Map<NodeJS.WriteStream, { broken: boolean }>();
+
+function watch(stream: NodeJS.WriteStream): { broken: boolean } {
+  const state = { broken: false };
+  streams.set(stream, state);
+  stream.on("error", () => {
+    state.broken = true;
+  });
+  return state;
+}
+
 export type LogLevel = "debug" | "info" | "warn" | "error";
 const order: Record<LogLevel, number> = { debug: 10, info: 20, warn: 30, error: 40 };
 
@@ -34,7 +61,7 @@ export class Logger {
   private write(level: LogLevel, msg: string): void {
     if (order[level] < this.minLevel) return;
     const ts = new Date().toISOString().slice(11, 23);
-    process.stderr.write(`${ts} ${level.padEnd(5)} [${this.prefix}] ${msg}\n`);
+    writeLine(process.stderr, `${ts} ${level.padEnd(5)} [${this.prefix}] ${msg}\n`);
   }
 }
 
