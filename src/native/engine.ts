@@ -43,6 +43,12 @@ const syncWaitMs = Math.max(0, Number(process.env.MOONRING_SYNC_WAIT_MS ?? 1) ||
 /** mr_op_status of an op still running (MR_EBUSY). */
 const statusBusy = -9;
 
+/**
+ * The largest host buffer: JavaScriptCore's largest ArrayBuffer (4 GiB). toArrayBuffer() past it
+ * aborts the whole process (SIGABRT), so a bigger request is refused before anything is mapped.
+ */
+export const HOST_BUFFER_BYTES_MAX = 2 ** 32;
+
 /** Host buffers up to this size are recycled (mr_alloc/mr_free are syscalls). */
 const poolBytesMax = 1 << 20;
 const poolPerClassMax = 16;
@@ -55,6 +61,14 @@ interface Pending {
   counts: BigUint64Array | null;
   /** The op itself: its buffers stay referenced (even foreign NativeBuffer objects). */
   op: NativeOp;
+}
+
+function checkHostBytes(byteLength: number, what: string): void {
+  if (byteLength <= HOST_BUFFER_BYTES_MAX) return;
+  throw new NativeError(
+    `${what} of ${byteLength} bytes: host buffers are at most ${HOST_BUFFER_BYTES_MAX} bytes (4 GiB, the JS runtime's largest ArrayBuffer); use a CUDA buffer or several host buffers`,
+    "ENOMEM",
+  );
 }
 
 class HostOrDeviceBuffer implements NativeBuffer {
@@ -162,6 +176,7 @@ export class NativeDataPlane implements DataPlane {
       if (dptr === 0n) throw new NativeError(`alloc of ${byteLength} bytes on device ${device}: ${lastError()}`, "ENODEV");
       return new HostOrDeviceBuffer(this, new Uint8Array(0), dptr, byteLength, device, byteLength);
     }
+    checkHostBytes(byteLength, "alloc");
     const capacity = byteLength <= poolBytesMax ? sizeClass(Math.max(byteLength, 1)) : byteLength;
     const cached = this.pool.get(capacity)?.pop();
     if (cached) {
@@ -184,6 +199,7 @@ export class NativeDataPlane implements DataPlane {
     if (!Number.isSafeInteger(byteLength) || byteLength < 0) {
       throw new NativeError(`allocShared: bad byte length ${byteLength}`, "EINVAL");
     }
+    checkHostBytes(byteLength, "allocShared");
     const capacity = Math.max(byteLength, 1);
     const address = native.mr_alloc_shared(capacity) as Pointer | null;
     if (!address) throw new NativeError(`allocShared of ${byteLength} bytes: ${lastError()}`, "ENOMEM");
