@@ -36,6 +36,6 @@ test("POST /buffers past the host buffer limit: 413 naming the limit, the rank s
   expect(ok.status).toBe(201);
   const red = await post("/collective/allreduce", { buffer: ok.body.buffer });
   expect(red.status).toBe(200);
-  const back = await (await fetch(`${w.urls[0]}/buffers/${ok.body.buffer}`)).json();
+  const back = (await (await fetch(`${w.urls[0]}/buffers/${ok.body.buffer}`)).json()) as { data: number[] };
   expect(back.data).toEqual([1, 2, 3]);
 });
