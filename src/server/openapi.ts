@@ -1,31 +1,47 @@
-// /openapi.json, generated from the zod schemas (z.toJSONSchema), built once on first request.
+// /openapi.json, generated from the app's routes: every route Hono serves (app.routes) becomes a
+// path + operation, described by api-docs.ts; schemas come from zod (z.toJSONSchema).
 import { z } from "zod";
-import {
-  collectiveOps,
-  collectiveResponseSchema,
-  collectiveSchemas,
-  errorSchema,
-  groupSchema,
-  membershipAnswerSchema,
-  membershipChangeSchema,
-  p2pRecvSchema,
-  p2pSendSchema,
-} from "./schemas";
+import { expandedRouteDocs, routeDocs, type ResponseDoc, type RouteDoc } from "./api-docs";
+import { errorSchema } from "./schemas";
 
-/** Shared schemas (those with a meta id) land in components.schemas; refs point there. */
-let components: Record<string, unknown> = {};
+/** What openapi.ts needs of a Hono route (app.routes entries have more). */
+export interface RouteInfo {
+  method: string;
+  path: string;
+}
 
-function js(schema: z.ZodType, io: "input" | "output" = "input"): Record<string, unknown> {
-  const out = z.toJSONSchema(schema, { io, unrepresentable: "any" }) as Record<string, unknown>;
-  delete out.$schema;
-  const defs = out.$defs as Record<string, Record<string, unknown>> | undefined;
-  delete out.$defs;
-  delete out.id;
-  for (const [name, def] of Object.entries(defs ?? {})) {
-    delete def.id;
-    components[name] = rewriteRefs(def);
+const ERROR_TEXT: Record<string, string> = {
+  "400": "invalid_request: malformed JSON, unknown dtype/op, data length != product(shape), root out of range, list of wrong length, avg on integers, bitwise op on floats",
+  "401": "unauthorized: MOONRING_TOKEN is set and the bearer token is missing or wrong",
+  "404": "not_found: no such object (buffer, group), or this rank does not serve the route (rendezvous on ranks != 0)",
+  "409": "collective_mismatch / conflict: ranks made different calls at the same point (details.calls), or a conflicting definition",
+  "413": "too_large: body or tensor over the configured limit",
+  "503": "not_ready: before rendezvous completes, or this rank is awaiting / failed / left; peer_failed: a peer the call needed failed; master_lost: rank 0 is lost",
+  "504": "timeout: not every rank arrived within timeout_ms; details.missing_ranks",
+};
+
+class SchemaSink {
+  readonly components: Record<string, unknown> = {};
+
+  /** JSON Schema of a zod schema; shared ones (meta id) land in components.schemas. */
+  of(schema: z.ZodType, io: "input" | "output"): Record<string, unknown> {
+    const out = z.toJSONSchema(schema, { io, unrepresentable: "any", target: "draft-2020-12" }) as Record<string, unknown>;
+    delete out.$schema;
+    const defs = out.$defs as Record<string, Record<string, unknown>> | undefined;
+    delete out.$defs;
+    for (const [name, def] of Object.entries(defs ?? {})) {
+      delete def.id;
+      this.components[name] = rewriteRefs(def);
+    }
+    const id = out.id;
+    delete out.id;
+    // A top-level schema with an id is itself shared: store it and refer to it.
+    if (typeof id === "string") {
+      this.components[id] = rewriteRefs(out);
+      return { $ref: `#/components/schemas/${id}` };
+    }
+    return rewriteRefs(out);
   }
-  return rewriteRefs(out) as Record<string, unknown>;
 }
 
 function rewriteRefs<T>(v: T): T {
@@ -40,114 +56,129 @@ function rewriteRefs<T>(v: T): T {
   return v;
 }
 
-const ERRORS: Record<string, string> = {
-  "400": "invalid_request: malformed JSON, unknown dtype/op, data length != product(shape), root out of range, list of wrong length, avg on integers, bitwise op on floats",
-  "401": "unauthorized: MOONRING_TOKEN is set and the bearer token is missing or wrong",
-  "409": "collective_mismatch: ranks made different calls at the same point; details.calls names each rank and its call",
-  "413": "too_large: body or tensor over the configured limit",
-  "503": "not_ready: before rendezvous completes, or this rank is awaiting / failed / left; peer_failed: a peer the call needed failed (root, p2p peer); master_lost: rank 0 is lost",
-  "504": "timeout: not every rank arrived within timeout_ms; details.missing_ranks",
-};
-
-function errorResponses(): Record<string, unknown> {
-  const schema = js(errorSchema, "output");
-  return Object.fromEntries(
-    Object.entries(ERRORS).map(([status, description]) => [status, { description, content: { "application/json": { schema } } }]),
-  );
+/** "/buffers/:id/ipc" -> "/buffers/{id}/ipc" and its parameter names. */
+export function openApiPath(honoPath: string): { path: string; params: string[] } {
+  const params: string[] = [];
+  const path = honoPath.replace(/:([A-Za-z_][A-Za-z0-9_]*)(\{[^}]*\})?\??/g, (_, name: string) => {
+    params.push(name);
+    return `{${name}}`;
+  });
+  return { path, params };
 }
 
-const DESCRIPTIONS: Record<string, string> = {
-  allreduce: "the reduction of all ranks' tensors, on every rank",
-  reduce: "dst gets the reduction; others get null",
-  broadcast: "every rank gets src's tensor (non-src ranks send a tensor of the same dtype and shape)",
-  allgather: "list of N tensors, index j = rank j's tensor",
-  gather: "dst gets the list of N tensors; others null",
-  scatter: "rank r gets tensors[r] of src (tensors given on src only)",
-  reduce_scatter: "rank r gets the reduction over ranks of tensors[r]",
-  alltoall: "list of N: index j = rank j's tensors[r] (sizes may differ)",
-  barrier: "null, once every rank has entered",
-};
+function response(sink: SchemaSink, r: ResponseDoc): Record<string, unknown> {
+  const content: Record<string, unknown> = {};
+  if (r.contentType) content[r.contentType] = { schema: { type: "string" } };
+  else if (r.schema) content["application/json"] = { schema: sink.of(r.schema, "output") };
+  if (r.octet) content["application/octet-stream"] = { schema: { type: "string", format: "binary" } };
+  return Object.keys(content).length ? { description: r.description, content } : { description: r.description };
+}
 
-export function buildOpenApi(): Record<string, unknown> {
-  components = {};
-  const paths: Record<string, unknown> = {};
-  const responseSchema = js(collectiveResponseSchema, "output");
-  for (const op of collectiveOps) {
-    paths[`/collective/${op}`] = {
-      post: {
-        operationId: op,
-        summary: `${op}: ${DESCRIPTIONS[op]}`,
-        description:
-          "Every rank of the group makes the same call. Untagged calls match in arrival order per group; tagged calls by (group, tag). " +
-          "Extension: single-tensor ops also accept application/octet-stream bodies (metadata in query or x-moonring-* headers) and answer in kind.",
-        requestBody: { required: true, content: { "application/json": { schema: js(collectiveSchemas[op]) } } },
-        responses: { "200": { description: "done on this rank", content: { "application/json": { schema: responseSchema } } }, ...errorResponses() },
-      },
-    };
+function operation(sink: SchemaSink, doc: RouteDoc, pathParams: string[], fixed: Record<string, string>): Record<string, unknown> {
+  const parameters: unknown[] = [];
+  for (const name of pathParams) {
+    if (name in fixed) continue;
+    parameters.push({ name, in: "path", required: true, description: doc.params?.[name] ?? name, schema: { type: "string" } });
   }
-  paths["/p2p/send"] = {
-    post: {
-      operationId: "p2p_send",
-      summary: "send a tensor to rank dst; returns once the receiver has the data",
-      requestBody: { required: true, content: { "application/json": { schema: js(p2pSendSchema) } } },
-      responses: { "200": { description: '{"ok": true}' }, ...errorResponses() },
-    },
-  };
-  paths["/p2p/recv"] = {
-    post: {
-      operationId: "p2p_recv",
-      summary: "receive the next tensor from rank src (same tag: in order)",
-      requestBody: { required: true, content: { "application/json": { schema: js(p2pRecvSchema) } } },
-      responses: { "200": { description: '{"result": tensor}' }, ...errorResponses() },
-    },
-  };
-  for (const action of ["activate", "deactivate"] as const) {
-    paths[`/membership/${action}`] = {
-      post: {
-        operationId: `membership_${action}`,
-        summary:
-          action === "activate"
-            ? "admit ranks waiting in state awaiting (serve --join); answers once every active rank applied the new view"
-            : "remove ranks gracefully (state left; not rank 0); answers once every active rank applied the new view",
-        requestBody: { required: true, content: { "application/json": { schema: js(membershipChangeSchema) } } },
-        responses: { "200": { description: "the new view", content: { "application/json": { schema: js(membershipAnswerSchema, "output") } } }, ...errorResponses() },
-      },
-    };
+  for (const [name, q] of Object.entries(doc.query ?? {})) {
+    parameters.push({ name, in: "query", required: false, description: q.description, schema: q.schema });
   }
-  paths["/groups"] = {
-    post: {
-      operationId: "group_define",
-      summary: "define a named group (each member calls it; any rank may; idempotent, other ranks for the same name: 409)",
-      requestBody: { required: true, content: { "application/json": { schema: js(groupSchema) } } },
-      responses: { "200": { description: "{name, ranks, size, active_ranks, group_rank}" }, ...errorResponses() },
-    },
-    get: { operationId: "groups", summary: "the named groups", responses: { "200": { description: "{groups: [...]}" } } },
+  const responses: Record<string, unknown> = {};
+  for (const [status, r] of Object.entries(doc.responses)) responses[status] = response(sink, r);
+  for (const status of doc.errors ?? []) {
+    if (responses[status]) continue;
+    responses[status] = { description: ERROR_TEXT[status] ?? "error", content: { "application/json": { schema: sink.of(errorSchema, "output") } } };
+  }
+  const op: Record<string, unknown> = { operationId: doc.operationId, summary: doc.summary, tags: [doc.tag] };
+  if (doc.description) op.description = doc.description;
+  if (parameters.length) op.parameters = parameters;
+  if (doc.body) {
+    const content: Record<string, unknown> = { "application/json": { schema: sink.of(doc.body.schema, "input") } };
+    if (doc.body.octet) content["application/octet-stream"] = { schema: { type: "string", format: "binary", description: doc.body.octet } };
+    op.requestBody = { required: !doc.body.optional, content };
+  }
+  op.responses = responses;
+  if (doc.public) op.security = [];
+  return op;
+}
+
+function undocumented(method: string, path: string): RouteDoc {
+  return {
+    operationId: `${method.toLowerCase()}_${path.replace(/[^A-Za-z0-9]+/g, "_").replace(/^_|_$/g, "")}`,
+    tag: "internal",
+    summary: `${method} ${path} (not described in src/server/api-docs.ts)`,
+    responses: { "200": { description: "see the route's source" } },
   };
-  paths["/groups/{name}"] = {
-    get: { operationId: "group", summary: "one named group", responses: { "200": { description: "{name, ranks, size, active_ranks, group_rank}" }, "404": { description: "no such group" } } },
+}
+
+/** The app's routes that answer requests (middleware registered with app.use is left out). */
+export function servedRoutes(routes: readonly RouteInfo[]): RouteInfo[] {
+  const seen = new Set<string>();
+  const out: RouteInfo[] = [];
+  for (const r of routes) {
+    if (r.method === "ALL" && (r.path === "*" || r.path === "/*")) continue;
+    const key = `${r.method} ${r.path}`;
+    if (seen.has(key)) continue;
+    seen.add(key);
+    out.push({ method: r.method, path: r.path });
+  }
+  return out;
+}
+
+export function buildOpenApi(routes: readonly RouteInfo[]): Record<string, unknown> {
+  const sink = new SchemaSink();
+  const paths: Record<string, Record<string, unknown>> = {};
+  const add = (path: string, method: string, op: Record<string, unknown>) => {
+    (paths[path] ??= {})[method.toLowerCase()] = op;
   };
-  paths["/health"] = {
-    get: {
-      operationId: "health",
-      summary: "200 once rendezvous is complete, 503 with ready:false before; pid, state, rank, world_size",
-      responses: { "200": { description: "ready" }, "503": { description: "not ready" } },
-    },
-  };
-  paths["/cluster"] = { get: { operationId: "cluster", summary: "membership: epoch, world_size, active_ranks, ranks", responses: { "200": { description: "membership" } } } };
-  paths["/metrics"] = { get: { operationId: "metrics", summary: "Prometheus text metrics", responses: { "200": { description: "text/plain" } } } };
-  paths["/debug/recent"] = { get: { operationId: "debug_recent", summary: "the last collectives on this rank (seq, op, sizes, timing, outcome)", responses: { "200": { description: "recent" } } } };
-  paths["/openapi.json"] = { get: { operationId: "openapi", summary: "this document", responses: { "200": { description: "OpenAPI 3.1" } } } };
+  for (const r of servedRoutes(routes)) {
+    const key = `${r.method} ${r.path}`;
+    const { path, params } = openApiPath(r.path);
+    const expanded = expandedRouteDocs[key];
+    if (expanded) {
+      for (const value of expanded.values) {
+        add(path.replace(`{${expanded.param}}`, value), r.method, operation(sink, expanded.doc(value), params, { [expanded.param]: value }));
+      }
+      continue;
+    }
+    const doc = routeDocs[key];
+    const op = operation(sink, doc ?? undocumented(r.method, r.path), params, {});
+    if (!doc) op["x-moonring-undocumented"] = true;
+    add(path, r.method, op);
+  }
   return {
     openapi: "3.1.0",
     info: {
       title: "moonring rank service",
       version: "1",
-      description: "Collective communication as a service. Contract: docs/api-contract.md; extensions: docs/api-extensions.md.",
+      description:
+        "Collective communication as a service: every rank of a job runs this service; a program calls its local rank. " +
+        "Contract: docs/api-contract.md; extensions: docs/api-extensions.md. With MOONRING_TOKEN set, every route but the probes needs the bearer token.",
     },
+    servers: [{ url: "/", description: "this rank" }],
+    tags: [
+      { name: "collectives", description: "every rank of a group makes the same call" },
+      { name: "p2p", description: "point to point" },
+      { name: "buffers", description: "tensors that stay on the rank (docs/api-extensions.md, Device buffers)" },
+      { name: "membership", description: "elastic membership and named groups" },
+      { name: "operations", description: "probes, metrics, introspection" },
+      { name: "internal", description: "rank service to rank service (not for programs)" },
+    ],
+    security: [{ bearer: [] }],
     components: {
-      schemas: components,
-      securitySchemes: { bearer: { type: "http", scheme: "bearer", description: "required on every route but /health when MOONRING_TOKEN is set" } },
+      schemas: sink.components,
+      securitySchemes: { bearer: { type: "http", scheme: "bearer", description: "MOONRING_TOKEN; required on every route but the probes when set" } },
     },
     paths,
+  };
+}
+
+/** Routes of the app that api-docs.ts does not describe, and descriptions of routes the app lacks. */
+export function docCoverage(routes: readonly RouteInfo[]): { undocumented: string[]; stale: string[] } {
+  const served = new Set(servedRoutes(routes).map((r) => `${r.method} ${r.path}`));
+  const described = new Set([...Object.keys(routeDocs), ...Object.keys(expandedRouteDocs)]);
+  return {
+    undocumented: [...served].filter((k) => !described.has(k)),
+    stale: [...described].filter((k) => !served.has(k)),
   };
 }

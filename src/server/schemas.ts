@@ -130,6 +130,10 @@ export const collectiveResponseSchema = z
     active_ranks: z.array(z.number().int()),
     failed_ranks: z.array(z.number().int()),
     contributors: z.array(z.number().int()),
+    group: z
+      .object({ name: z.string(), ranks: z.array(z.number().int()) })
+      .optional()
+      .meta({ description: "calls on a named group: the group and its global ranks" }),
     elapsed_ms: z.number(),
   })
   .meta({ id: "CollectiveResponse" });

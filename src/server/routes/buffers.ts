@@ -79,7 +79,7 @@ export function registryOf(svc: RankService): Promise<BufferRegistry> {
 
 // ---- /buffers ----
 
-const createSchema = z.object({
+export const createSchema = z.object({
   dtype: dtypeSchema,
   shape: z.array(z.number().int().min(0)),
   device: z.string().optional(),
@@ -240,7 +240,7 @@ export function usesBuffer(raw: unknown): boolean {
   return typeof raw === "object" && raw !== null && !Array.isArray(raw) && ("buffer" in raw || "out" in raw);
 }
 
-const bufferCallSchema = z.object({
+export const bufferCallSchema = z.object({
   buffer: z.string().min(1).optional(),
   out: z.string().min(1).optional(),
   op: redopSchema.optional(),

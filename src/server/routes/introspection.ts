@@ -1,5 +1,6 @@
 // GET /health, /cluster, /metrics, /openapi.json, /debug/recent
 import type { Hono } from "hono";
+import { renderApiReference } from "../api-reference";
 import { buildOpenApi } from "../openapi";
 import type { RankService } from "../service";
 
@@ -66,11 +67,10 @@ export function introspectionRoutes(app: Hono, svc: RankService): void {
     return c.text(svc.metrics.render(extra), 200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" });
   });
 
-  let openapi: unknown = null;
-  app.get("/openapi.json", (c) => {
-    openapi ??= buildOpenApi();
-    return c.json(openapi);
-  });
+  // Built on first request, when every route is registered: the document is the app's routes.
+  let openapi: Record<string, unknown> | null = null;
+  app.get("/openapi.json", (c) => c.json((openapi ??= buildOpenApi(app.routes))));
+  app.get("/docs", (c) => c.html(renderApiReference((openapi ??= buildOpenApi(app.routes)))));
 
   app.get("/debug/recent", (c) => {
     const limit = Math.max(1, Math.min(1000, Number(c.req.query("limit") ?? 100) || 100));
