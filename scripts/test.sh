@@ -5,6 +5,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 echo "== tsc --noEmit"
 tsc -p . --noEmit
+sh scripts/setup-verbs.sh
 echo "== zig build test"
 ( cd zig && zig build test -Doptimize=ReleaseSafe -Dnvcc="$root/.tools/bin/nvcc" --summary all )
 echo "== bun test"

@@ -72,4 +72,36 @@ pub fn build(b: *std.Build) void {
     run_tests.has_side_effects = true;
     const test_step = b.step("test", "Run the Zig unit and multi-rank tests");
     test_step.dependOn(&run_tests.step);
+
+    // The test verbs provider (a userspace "RDMA device", docs/verbs.md) and its conformance
+    // tests; the core's verbs tests load it the way production loads libibverbs.
+    const fakeverbs = b.addLibrary(.{ .linkage = .dynamic, .name = "moonring_fakeverbs", .root_module = b.createModule(.{
+        .root_source_file = b.path("src/verbs/fake_provider.zig"),
+        .target = target,
+        .optimize = optimize,
+        .link_libc = true,
+    }) });
+    const install_fakeverbs = b.addInstallArtifact(fakeverbs, .{});
+    b.getInstallStep().dependOn(&install_fakeverbs.step);
+    const fakeverbs_path = b.getInstallPath(.lib, "libmoonring_fakeverbs.so");
+    run_tests.setEnvironmentVariable("MOONRING_VERBS_LIB", fakeverbs_path);
+    run_tests.step.dependOn(&install_fakeverbs.step);
+    const conformance = b.addTest(.{ .root_module = b.createModule(.{
+        .root_source_file = b.path("src/verbs/conformance_test.zig"),
+        .target = target,
+        .optimize = optimize,
+        .link_libc = true,
+    }) });
+    const verbs_options = b.addOptions();
+    // The ABI check compiles against rdma-core's header where it is installed.
+    const have_header = if (std.fs.accessAbsolute("/usr/include/infiniband/verbs.h", .{})) true else |_| false;
+    verbs_options.addOption(bool, "verbs_header", have_header);
+    conformance.root_module.addOptions("verbs_options", verbs_options);
+    const run_conformance = b.addRunArtifact(conformance);
+    run_conformance.has_side_effects = true;
+    run_conformance.setEnvironmentVariable("MOONRING_VERBS_LIB", fakeverbs_path);
+    run_conformance.step.dependOn(&install_fakeverbs.step);
+    test_step.dependOn(&run_conformance.step);
+    const verbs_step = b.step("test-verbs", "Run the test verbs provider's conformance tests");
+    verbs_step.dependOn(&run_conformance.step);
 }
