@@ -10,3 +10,6 @@ echo "== zig build test"
 ( cd zig && zig build test -Doptimize=ReleaseSafe -Dnvcc="$root/.tools/bin/nvcc" --summary all )
 echo "== bun test"
 bun test
+echo "== python client tests (pytest, .tools/py-venv)"
+py=$(sh scripts/python-env.sh client)
+"$py" -m pytest -q python/tests

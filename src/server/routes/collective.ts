@@ -88,6 +88,7 @@ function octetResponse(res: CollectiveResult, startedAt: number): Response {
     "x-moonring-seq": String(res.seq),
     "x-moonring-active-ranks": res.activeRanks.join(","),
     "x-moonring-contributors": res.contributors.join(","),
+    "x-moonring-failed-ranks": res.failedRanks.join(","),
     "x-moonring-elapsed-ms": String(Math.round((performance.now() - startedAt) * 1000) / 1000),
   };
   const r = res.result;
