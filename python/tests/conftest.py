@@ -19,9 +19,7 @@ def world():
 
 @pytest.fixture(scope="session")
 def clients(world):
-    import moonring
-
-    cs = [moonring.connect(u) for u in world.urls]
+    cs = [world.connect(r) for r in range(len(world.urls))]
     yield cs
     for c in cs:
         c.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import secrets
 import shutil
 import signal
 import socket
@@ -58,7 +59,10 @@ class World:
         if max_world_size:
             cmd += ["--max-world-size", str(max_world_size)]
         cmd += list(args)
-        self.env = {**os.environ, "MOONRING_LOG": os.environ.get("MOONRING_LOG", "warn"), **(env or {})}
+        # a per-world bearer token, as a real job has (clients get it as connect(token=...))
+        self.token = (env or {}).get("MOONRING_TOKEN") or secrets.token_hex(16)
+        self.env = {**os.environ, "MOONRING_LOG": os.environ.get("MOONRING_LOG", "warn"), **(env or {}),
+                    "MOONRING_TOKEN": self.token}
         self.lines: List[str] = []
         self._cond = threading.Condition()
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
@@ -111,6 +115,11 @@ class World:
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
+
+    def connect(self, rank: int, **kw: Any) -> Any:
+        import moonring
+
+        return moonring.connect(self.urls[rank], token=self.token, **kw)
 
     def __enter__(self) -> "World":
         return self

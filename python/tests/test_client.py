@@ -28,6 +28,7 @@ def wait_until(pred, timeout_s=30.0, what="condition"):
 def test_connect_from_torchrun_env(world, monkeypatch):
     for k in ("MOONRING_URL", "MOONRING_UNIX", "MOONRING_PORT"):
         monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("MOONRING_TOKEN", world.token)
     monkeypatch.setenv("RANK", "2")
     monkeypatch.setenv("MOONRING_BASE_PORT", str(world.base_port))
     with moonring.connect() as c:
@@ -121,7 +122,7 @@ def test_elastic_kill_rejoin():
     """A rank's process is killed: the survivors' calls complete among them and say who
     contributed; a replacement joins the slot (serve --join), is activated, and takes part."""
     with World(3) as w:
-        cs = [moonring.connect(u) for u in w.urls]
+        cs = [w.connect(r) for r in range(3)]
         x = [np.full(4, 10.0 ** r) for r in range(3)]
         got = per_rank([lambda c=c, v=v: c.all_reduce(v) for c, v in zip(cs, x)])
         assert got[0].tolist() == [111.0] * 4
@@ -138,7 +139,7 @@ def test_elastic_kill_rejoin():
                    timeout_s=60, what="replacement awaiting")
         assert cs[1].activate([2])["active_ranks"] == [1, 1, 1]
         cs[2].close()
-        cs[2] = moonring.connect(w.urls[2])
+        cs[2] = w.connect(2)
         got = per_rank([lambda c=c, v=v: c.all_reduce(v) for c, v in zip(cs, x)])
         assert all(g.tolist() == [111.0] * 4 for g in got)
         assert cs[2].last_op.contributors == [0, 1, 2]
