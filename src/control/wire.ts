@@ -5,7 +5,7 @@ import { dtypeNames } from "../ops/table";
 
 const rank = z.number().int().min(0);
 
-export const registerSchema = z.object({
+export const registerSchema = z.strictObject({
   rank,
   world_size: z.number().int().min(1).max(64),
   world_size_max: z.number().int().min(1).max(64).optional(),
@@ -19,7 +19,7 @@ export const registerSchema = z.object({
 });
 export type RegisterBody = z.infer<typeof registerSchema>;
 
-export const p2pOfferSchema = z.object({
+export const p2pOfferSchema = z.strictObject({
   src: rank,
   tag: z.string(),
   seq: z.number().int().min(0),

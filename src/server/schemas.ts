@@ -14,7 +14,7 @@ export const redopSchema = z.enum(redopNames).meta({
 });
 
 export const tensorSchema = z
-  .object({
+  .strictObject({
     dtype: dtypeSchema,
     shape: z.array(z.number().int().min(0)).meta({ description: "dimensions; [] is a scalar" }),
     data: z
@@ -45,15 +45,15 @@ const tensorList = z
   .meta({ description: "one tensor per rank (index = rank); null allowed for inactive slots" });
 
 export const collectiveSchemas = {
-  allreduce: z.object({ tensor: tensorSchema, op: redopSchema.optional(), ...common }),
-  reduce: z.object({ tensor: tensorSchema, dst: rank, op: redopSchema.optional(), ...common }),
-  broadcast: z.object({ tensor: tensorSchema, src: rank, ...common }),
-  allgather: z.object({ tensor: tensorSchema, ...common }),
-  gather: z.object({ tensor: tensorSchema, dst: rank, ...common }),
-  scatter: z.object({ src: rank, tensors: tensorList.optional().meta({ description: "N tensors, on src only" }), ...common }),
-  reduce_scatter: z.object({ tensors: tensorList, op: redopSchema.optional(), ...common }),
-  alltoall: z.object({ tensors: tensorList, ...common }),
-  barrier: z.object({ ...common }),
+  allreduce: z.strictObject({ tensor: tensorSchema, op: redopSchema.optional(), ...common }),
+  reduce: z.strictObject({ tensor: tensorSchema, dst: rank, op: redopSchema.optional(), ...common }),
+  broadcast: z.strictObject({ tensor: tensorSchema, src: rank, ...common }),
+  allgather: z.strictObject({ tensor: tensorSchema, ...common }),
+  gather: z.strictObject({ tensor: tensorSchema, dst: rank, ...common }),
+  scatter: z.strictObject({ src: rank, tensors: tensorList.optional().meta({ description: "N tensors, on src only" }), ...common }),
+  reduce_scatter: z.strictObject({ tensors: tensorList, op: redopSchema.optional(), ...common }),
+  alltoall: z.strictObject({ tensors: tensorList, ...common }),
+  barrier: z.strictObject({ ...common }),
 } as const satisfies Record<CollectiveOp, z.ZodType>;
 
 export type { CollectiveOp };
@@ -108,13 +108,13 @@ export function quickCollectiveBody(op: CollectiveOp, raw: unknown): boolean {
 }
 export const collectiveOps = Object.keys(collectiveSchemas) as CollectiveOp[];
 
-export const p2pSendSchema = z.object({
+export const p2pSendSchema = z.strictObject({
   tensor: tensorSchema,
   dst: rank,
   tag: z.string().max(256).optional(),
   timeout_ms: common.timeout_ms,
 });
-export const p2pRecvSchema = z.object({
+export const p2pRecvSchema = z.strictObject({
   src: rank,
   tag: z.string().max(256).optional(),
   timeout_ms: common.timeout_ms,
@@ -174,13 +174,13 @@ export function formatIssues(issues: readonly z.core.$ZodIssue[], where: string)
 
 // ---- membership and groups (docs/api-extensions.md) ----
 export const membershipChangeSchema = z
-  .object({ ranks: z.array(rank).min(1).max(64).meta({ description: "global ranks" }) })
+  .strictObject({ ranks: z.array(rank).min(1).max(64).meta({ description: "global ranks" }) })
   .meta({ id: "MembershipChange" });
 export const membershipAnswerSchema = z
   .object({ epoch: z.number().int(), active_ranks: z.array(z.number().int()).meta({ description: "0/1 per slot" }) })
   .meta({ id: "MembershipAnswer" });
 export const groupSchema = z
-  .object({
+  .strictObject({
     name: z.string().min(1).max(256).meta({ description: 'group name ("world" is reserved)' }),
     ranks: z.array(rank).min(1).max(64).meta({ description: "global ranks; group rank i = the i-th smallest" }),
   })

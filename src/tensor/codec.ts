@@ -92,7 +92,14 @@ function intValue(v: unknown, dtype: string, where: string, i: number): number {
 function int64Value(v: unknown, where: string, i: number): bigint {
   let b: bigint;
   if (typeof v === "string" && DECIMAL.test(v)) b = BigInt(v);
-  else if (typeof v === "number" && Number.isInteger(v)) b = BigInt(v);
+  else if (typeof v === "number" && Number.isSafeInteger(v)) b = BigInt(v);
+  else if (typeof v === "number" && Number.isInteger(v)) {
+    // JSON.parse already rounded it (9007199254740993 reads as 9007199254740992): refuse rather
+    // than compute with a value the caller did not send.
+    throw new InvalidRequest(
+      `${where}.data[${i}]: an integer beyond ±(2^53 - 1) loses precision as a JSON number (this one reads as ${preview(v)}); send int64 values that large as decimal strings ("9007199254740993")`,
+    );
+  }
   else if (typeof v === "boolean") b = v ? 1n : 0n;
   else throw new InvalidRequest(`${where}.data[${i}]: expected an int64 (integer number or decimal string), got ${preview(v)}`);
   if (b < I64_MIN || b > I64_MAX) throw new InvalidRequest(`${where}.data[${i}]: ${preview(v)} is out of int64 range`);
@@ -105,9 +112,12 @@ function boolValue(v: unknown, where: string, i: number): number {
   throw new InvalidRequest(`${where}.data[${i}]: expected true or false, got ${preview(v)}`);
 }
 
+/** A short quote of a bad value; never walks into lists or objects (data may nest 100k deep). */
 function preview(v: unknown): string {
-  const s = JSON.stringify(v);
-  return s === undefined ? String(v) : s.length > 40 ? s.slice(0, 40) + "..." : s;
+  if (Array.isArray(v)) return `a list of ${v.length}`;
+  if (v !== null && typeof v === "object") return "an object";
+  const s = typeof v === "string" ? JSON.stringify(v.length > 40 ? v.slice(0, 40) : v) : String(v);
+  return typeof v === "string" && v.length > 40 ? s.slice(0, -1) + '..."' : s;
 }
 
 /** Typed view of `bytes` for `dtype` (bytes.byteOffset must be aligned to the item size). */

@@ -8,7 +8,7 @@ import { launchWorld, pidAlive, type LaunchedWorld } from "../support/launch-wor
 let w: LaunchedWorld;
 beforeAll(async () => {
   w = await launchWorld(1);
-});
+}, 90_000);
 afterAll(async () => {
   await w?.stop();
 });
@@ -38,4 +38,4 @@ test("POST /buffers past the host buffer limit: 413 naming the limit, the rank s
   expect(red.status).toBe(200);
   const back = (await (await fetch(`${w.urls[0]}/buffers/${ok.body.buffer}`)).json()) as { data: number[] };
   expect(back.data).toEqual([1, 2, 3]);
-});
+}, 30_000);

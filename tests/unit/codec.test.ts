@@ -32,8 +32,10 @@ function code(fn: () => unknown): string {
 
 describe("codec", () => {
   test("int64: numbers and strings in, exact decimal strings out, extremes", () => {
-    const out = roundTrip("int64", ["9223372036854775807", "-9223372036854775808", 0, -1, 12345, "+42", "-0", 2 ** 53]);
-    expect(out).toEqual(["9223372036854775807", "-9223372036854775808", "0", "-1", "12345", "42", "0", "9007199254740992"]);
+    const out = roundTrip("int64", ["9223372036854775807", "-9223372036854775808", 0, -1, 12345, "+42", "-0", 2 ** 53 - 1, -(2 ** 53 - 1)]);
+    expect(out).toEqual(["9223372036854775807", "-9223372036854775808", "0", "-1", "12345", "42", "0", "9007199254740991", "-9007199254740991"]);
+    // a JSON number past 2^53 - 1 may already be rounded (issue 18): refused, never guessed
+    expect(code(() => writeData("int64", [2 ** 53], new Uint8Array(8), "t"))).toBe("400 invalid_request");
     expect(code(() => writeData("int64", ["9223372036854775808"], new Uint8Array(8), "t"))).toBe("400 invalid_request");
     expect(code(() => writeData("int64", ["-9223372036854775809"], new Uint8Array(8), "t"))).toBe("400 invalid_request");
     expect(code(() => writeData("int64", [1.5], new Uint8Array(8), "t"))).toBe("400 invalid_request");

@@ -79,7 +79,7 @@ export function registryOf(svc: RankService): Promise<BufferRegistry> {
 
 // ---- /buffers ----
 
-export const createSchema = z.object({
+export const createSchema = z.strictObject({
   dtype: dtypeSchema,
   shape: z.array(z.number().int().min(0)),
   device: z.string().optional(),
@@ -240,7 +240,7 @@ export function usesBuffer(raw: unknown): boolean {
   return typeof raw === "object" && raw !== null && !Array.isArray(raw) && ("buffer" in raw || "out" in raw);
 }
 
-export const bufferCallSchema = z.object({
+export const bufferCallSchema = z.strictObject({
   buffer: z.string().min(1).optional(),
   out: z.string().min(1).optional(),
   op: redopSchema.optional(),
@@ -419,8 +419,8 @@ export async function bufferCollective(svc: RankService, op: CollectiveOp, raw: 
   }
 }
 
-const sendSchema = z.object({ buffer: z.string().min(1), dst: z.number().int().min(0), tag: z.string().max(256).optional(), timeout_ms: bufferCallSchema.shape.timeout_ms });
-const recvSchema = z.object({ buffer: z.string().min(1), src: z.number().int().min(0), tag: z.string().max(256).optional(), timeout_ms: bufferCallSchema.shape.timeout_ms });
+const sendSchema = z.strictObject({ buffer: z.string().min(1), dst: z.number().int().min(0), tag: z.string().max(256).optional(), timeout_ms: bufferCallSchema.shape.timeout_ms });
+const recvSchema = z.strictObject({ buffer: z.string().min(1), src: z.number().int().min(0), tag: z.string().max(256).optional(), timeout_ms: bufferCallSchema.shape.timeout_ms });
 
 /** POST /p2p/send {"buffer": id, dst, tag?}: sends the buffer's contents (any device). */
 export async function bufferSend(c: Context, svc: RankService, raw: unknown, startedAt: number, ticket: Ticket): Promise<Response> {

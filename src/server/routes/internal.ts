@@ -9,7 +9,7 @@ import type { RankService } from "../service";
 import { requireReady } from "./collective";
 import { z } from "zod";
 
-const readySchema = z.object({ rank: z.number().int().min(0) });
+const readySchema = z.strictObject({ rank: z.number().int().min(0) });
 
 export function internalRoutes(app: Hono, svc: RankService): void {
   const rz = () => {
