@@ -249,6 +249,7 @@ export const bufferCallSchema = z.strictObject({
   group: z.string().min(1).max(256).optional(),
   tag: z.string().max(256).optional(),
   timeout_ms: z.number().int().min(1).max(MAX_TIMEOUT_MS).optional(),
+  format: z.enum(["data", "b64"]).optional(), // accepted as on tensor calls; results here are buffers
 });
 
 const ROOT_FIELD: Partial<Record<CollectiveOp, "dst" | "src">> = { reduce: "dst", gather: "dst", broadcast: "src", scatter: "src" };
