@@ -111,6 +111,7 @@ const healthAnswer = z.looseObject({
   epoch: z.number().int(),
   error: z.string().optional(),
 });
+const livenessAnswer = z.object({ live: z.boolean(), rank: z.number().int(), state: z.string(), pid: z.number().int(), error: z.string().optional() });
 const clusterAnswer = z
   .looseObject({
     epoch: z.number().int(),
@@ -176,6 +177,16 @@ export const routeDocs: Record<string, RouteDoc> = {
     public: true,
     summary: "readiness: 200 once rendezvous is complete and this rank is an active member, 503 before and after",
     responses: { "200": { description: "ready", schema: healthAnswer }, "503": { description: "not ready (starting, awaiting, failed, left)", schema: healthAnswer } },
+  },
+  "GET /livez": {
+    operationId: "liveness",
+    tag: "operations",
+    public: true,
+    summary: "liveness: 200 unless this rank can never serve again (removed as failed, rendezvous failed, coordinator lost): restart it then",
+    responses: {
+      "200": { description: "alive (also while starting, awaiting activation or left)", schema: livenessAnswer },
+      "503": { description: "failed for good; error says why", schema: livenessAnswer },
+    },
   },
   "GET /cluster": {
     operationId: "cluster",

@@ -23,14 +23,24 @@ export function errorResponse(svc: RankService, err: Error, method: string, path
   return jsonResponse({ error: { code: "internal", message: `rank ${svc.rank}: internal error: ${err.message}` } }, 500);
 }
 
+/** Probes answer without the bearer token (kubelet and Docker HEALTHCHECK carry none). */
+export const PUBLIC_PATHS: ReadonlySet<string> = new Set(["/health", "/livez"]);
+
 export function createApp(svc: RankService) {
   const app = new Hono();
   const bearer = expectedBearer(svc.config.token);
 
   app.use("*", async (c, next) => {
-    svc.metrics.request();
-    if (c.req.path !== "/health") authorize(bearer, c.req.header("authorization"));
-    await next();
+    try {
+      if (!PUBLIC_PATHS.has(c.req.path)) authorize(bearer, c.req.header("authorization"));
+      await next();
+    } catch (e) {
+      svc.metrics.httpRequest(c.req.method, "unmatched", e instanceof ApiError ? e.status : 500);
+      throw e;
+    }
+    // the matched route's pattern (bounded label values); "*" is this middleware: no route matched
+    const route = c.req.routePath;
+    svc.metrics.httpRequest(c.req.method, route === "*" || route === "/*" ? "unmatched" : route, c.res.status);
   });
 
   app.onError((err, c) => errorResponse(svc, err, c.req.method, c.req.path));

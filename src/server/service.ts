@@ -116,6 +116,15 @@ export class RankService {
     return this.membership.get(this.rank)?.state ?? "awaiting";
   }
 
+  /** Why this rank can never serve again (liveness fails), or null while it can or may. */
+  deadReason(): string | null {
+    if (this.participant?.masterLost) return `the coordinator (rank 0) is lost: ${this.participant.masterLost}`;
+    if (this.phase === "failed") return `rendezvous failed: ${this.failure ?? "unknown"}`;
+    const rec = this.phase === "ready" ? this.membership.get(this.rank) : undefined;
+    if (rec?.state === "failed") return `removed from the world as failed at epoch ${this.membership.epoch}${rec.reason ? ` (${rec.reason})` : ""}`;
+    return null;
+  }
+
   /** Why this rank can't serve a collective now (503), for routes. */
   unavailable(): ApiError {
     if (this.participant?.masterLost) {
@@ -248,13 +257,15 @@ export class RankService {
 
   /** POST /collective/{op} with a JSON body, without Hono (see listen()). */
   private async collectiveFast(op: string, req: Request): Promise<Response> {
-    this.metrics.request();
+    let res: Response;
     try {
       authorize(this.bearer, req.headers.get("authorization"));
-      return await handleCollective(this, op, req);
+      res = await handleCollective(this, op, req);
     } catch (e) {
-      return errorResponse(this, e as Error, "POST", `/collective/${op}`);
+      res = errorResponse(this, e as Error, "POST", `/collective/${op}`);
     }
+    this.metrics.httpRequest("POST", "/collective/:op", res.status);
+    return res;
   }
 
   private listen(): void {

@@ -1,3 +1,5 @@
+import { renderRuntimeMetrics } from "./runtime-metrics";
+
 // Prometheus text metrics (no dependency): ops and bytes per op/outcome, a latency
 // histogram per op, errors by code. Plus the /debug/recent ring of the last collectives.
 
@@ -46,7 +48,7 @@ export class Metrics {
   private bytes = new Map<string, number>();
   private latency = new Map<string, Histogram>();
   private errors = new Map<string, number>();
-  private httpRequests = 0;
+  private httpRequests = new Map<string, number>(); // key method\0route\0status
   private recentRing: RecentEntry[] = [];
   private recentNext = 0;
   readonly startedAt = Date.now();
@@ -60,8 +62,10 @@ export class Metrics {
     this.rank = rank;
   }
 
-  request(): void {
-    this.httpRequests++;
+  /** One answered HTTP request; route is the route's pattern (/buffers/:id), never the raw path. */
+  httpRequest(method: string, route: string, status: number): void {
+    const k = `${method}\u0000${route}\u0000${status}`;
+    this.httpRequests.set(k, (this.httpRequests.get(k) ?? 0) + 1);
   }
 
   op(op: string, outcome: string, bytes: number, seconds: number): void {
@@ -124,12 +128,16 @@ export class Metrics {
     lines.push("# HELP moonring_errors_total Error responses, by code.");
     lines.push("# TYPE moonring_errors_total counter");
     for (const [code, v] of this.errors) lines.push(`moonring_errors_total{${r},code="${esc(code)}"} ${v}`);
-    lines.push("# HELP moonring_http_requests_total HTTP requests served.");
+    lines.push("# HELP moonring_http_requests_total HTTP requests answered, by method, route pattern and status code.");
     lines.push("# TYPE moonring_http_requests_total counter");
-    lines.push(`moonring_http_requests_total{${r}} ${this.httpRequests}`);
+    for (const [k, v] of this.httpRequests) {
+      const [method, route, status] = k.split("\u0000");
+      lines.push(`moonring_http_requests_total{${r},method="${esc(method!)}",route="${esc(route!)}",code="${status}"} ${v}`);
+    }
     lines.push("# HELP moonring_uptime_seconds Seconds since this rank service started.");
     lines.push("# TYPE moonring_uptime_seconds gauge");
     lines.push(`moonring_uptime_seconds{${r}} ${(Date.now() - this.startedAt) / 1000}`);
+    lines.push(...renderRuntimeMetrics(r));
     lines.push(...extra);
     return lines.join("\n") + "\n";
   }

@@ -1,4 +1,4 @@
-// GET /health, /cluster, /metrics, /openapi.json, /debug/recent
+// GET /health (readiness), /livez (liveness), /cluster, /metrics, /openapi.json, /debug/recent
 import type { Hono } from "hono";
 import { renderApiReference } from "../api-reference";
 import { buildOpenApi } from "../openapi";
@@ -34,6 +34,14 @@ export function introspectionRoutes(app: Hono, svc: RankService): void {
       },
       ready ? 200 : 503,
     );
+  });
+
+  // Liveness (kubelet livenessProbe), distinct from readiness (/health): a rank that is starting,
+  // awaiting activation or left on purpose is alive; one that can never serve again (removed as
+  // failed, rendezvous failed for good, coordinator lost) is not, so the kubelet restarts it.
+  app.get("/livez", (c) => {
+    const why = svc.deadReason();
+    return c.json({ live: why === null, rank: svc.rank, state: svc.state, pid: process.pid, ...(why ? { error: why } : {}) }, why === null ? 200 : 503);
   });
 
   app.get("/cluster", (c) => c.json(svc.membership.toClusterJSON()));
