@@ -28,16 +28,17 @@ static double now_us(void) {
 }
 
 static int blocking; /* NL_BLOCKING=1: mr_run on this thread instead of mr_submit + mr_wait */
+static const uint64_t ranks01[MR_RANK_WORDS] = {3}; /* ranks 0 and 1 */
 
 static int run_op(mr_engine *e, uint32_t kind, uint64_t id, void *send, void *recv, uint64_t count) {
   if (blocking) {
-    int64_t b = p_mr_run(e, kind, 2 /* f32 */, 0 /* sum */, id, 3 /* ranks 0,1 */, 0, send, recv, count, NULL, -1, 30000);
+    int64_t b = p_mr_run(e, kind, 2 /* f32 */, 0 /* sum */, id, ranks01, 0, send, recv, count, NULL, -1, 30000);
     if (b <= 0) return (int)b;
     int status = p_mr_op_status(e, (uint64_t)b);
     p_mr_release(e, (uint64_t)b);
     return status;
   }
-  int64_t t = p_mr_submit(e, kind, 2 /* f32 */, 0 /* sum */, id, 3 /* ranks 0,1 */, 0, send, recv, count, NULL, -1, 30000);
+  int64_t t = p_mr_submit(e, kind, 2 /* f32 */, 0 /* sum */, id, ranks01, 0, send, recv, count, NULL, -1, 30000);
   if (t <= 0) return (int)t;
   uint64_t tickets[8];
   int32_t st[8];

@@ -5,6 +5,7 @@
 //   bench  ...
 import { bytesFlag, helpText, intFlag, parseFlags, UsageError, type FlagSpec } from "./util/args";
 import { parseHostPort } from "./util/net";
+import { WORLD_SIZE_MAX } from "./limits";
 
 const COMMON_LIMITS: Record<string, FlagSpec> = {
   "max-body-bytes": { type: "string", help: "largest request body (e.g. 1G; env MOONRING_MAX_BODY_BYTES; default 1G)" },
@@ -90,10 +91,10 @@ async function serve(argv: string[]): Promise<number> {
     return 0;
   }
   const rank = intFlag(flags.rank ?? env("RANK"), "rank", { min: 0, max: 63 });
-  const worldSize = intFlag(flags["world-size"] ?? env("WORLD_SIZE"), "world-size", { min: 1, max: 64 });
+  const worldSize = intFlag(flags["world-size"] ?? env("WORLD_SIZE"), "world-size", { min: 1, max: WORLD_SIZE_MAX });
   if (rank === undefined) throw new UsageError("serve needs --rank (or RANK)");
   if (worldSize === undefined) throw new UsageError("serve needs --world-size (or WORLD_SIZE)");
-  const maxWorldSize = intFlag(flags["max-world-size"], "max-world-size", { min: worldSize, max: 64 }) ?? worldSize;
+  const maxWorldSize = intFlag(flags["max-world-size"], "max-world-size", { min: worldSize, max: WORLD_SIZE_MAX }) ?? worldSize;
   if (rank >= maxWorldSize) throw new UsageError(`--rank ${rank} is out of range for world size ${maxWorldSize}`);
   const port = intFlag(flags.port ?? env("MOONRING_PORT"), "port", { min: 0, max: 65535 }) ?? 29500 + rank;
   const host = (flags.host as string | undefined) ?? env("MOONRING_HOST") ?? "127.0.0.1";
@@ -144,11 +145,11 @@ async function launch(argv: string[]): Promise<number> {
     console.log(helpText("Usage: moonring launch --nproc N --port P [--device cpu|cuda] [--host 127.0.0.1] [--max-world-size M]\n\nStarts N rank services on this host (rank r on port P + r), prints `rank R ready http://HOST:PORT`\nper rank once the world is ready, and stays in the foreground; SIGINT/SIGTERM stop every rank.", LAUNCH_FLAGS));
     return 0;
   }
-  const nproc = intFlag(flags.nproc, "nproc", { min: 1, max: 64 });
+  const nproc = intFlag(flags.nproc, "nproc", { min: 1, max: WORLD_SIZE_MAX });
   if (nproc === undefined) throw new UsageError("launch needs --nproc N");
   const port = intFlag(flags.port, "port", { min: 1, max: 65535 }) ?? 29500;
   if (port + nproc - 1 > 65535) throw new UsageError(`--port ${port} + ${nproc} ranks runs past port 65535`);
-  const maxWorldSize = intFlag(flags["max-world-size"], "max-world-size", { min: nproc, max: 64 }) ?? nproc;
+  const maxWorldSize = intFlag(flags["max-world-size"], "max-world-size", { min: nproc, max: WORLD_SIZE_MAX }) ?? nproc;
   const serveArgs: string[] = [];
   for (const k of ["max-body-bytes", "max-tensor-bytes", "heartbeat-interval-ms", "heartbeat-timeout-ms"]) {
     if (flags[k] !== undefined) serveArgs.push(`--${k}`, String(flags[k]));

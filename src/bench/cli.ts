@@ -7,6 +7,7 @@ import { parseRecords, renderSvg, seriesFromRuns, sizeLabel } from "./plot";
 import type { CheckMode, SyncMode } from "./protocol";
 import { makeRunner, runBench, type RunConfig, type Sink } from "./runner";
 import { BENCH_OPS, isBenchOp, isRooted, jsonLine, sizeSteps, tableFooter, tableHeader, tableRow, type BenchOp, type BenchResult } from "./spec";
+import { WORLD_SIZE_MAX } from "../limits";
 
 export const BENCH_FLAGS: Record<string, FlagSpec> = {
   nproc: { type: "string", help: "number of ranks (processes) on this host" },
@@ -65,7 +66,7 @@ export function parseBenchArgs(argv: string[]): { cfg: RunConfig | null; json: b
     if (flags.nproc !== undefined) throw new UsageError("--plot with JSON files draws those runs; leave out --nproc");
     return { cfg: null, json, plot, title, files: rest, quiet, help: false };
   }
-  const nproc = intFlag(flags.nproc, "nproc", { min: 1, max: 64 });
+  const nproc = intFlag(flags.nproc, "nproc", { min: 1, max: WORLD_SIZE_MAX });
   if (nproc === undefined) throw new UsageError("bench needs --nproc N");
   const opText = flags.op;
   if (typeof opText !== "string") throw new UsageError(`bench needs --op (${BENCH_OPS.join(", ")}, or all)`);

@@ -1,14 +1,15 @@
 // Messages between rank services (rendezvous registration, p2p offers): schemas and types.
 // Below server/: the control plane uses the types, the internal routes parse with the schemas.
 import { z } from "zod";
+import { WORLD_SIZE_MAX } from "../limits";
 import { dtypeNames } from "../ops/table";
 
 const rank = z.number().int().min(0);
 
 export const registerSchema = z.strictObject({
   rank,
-  world_size: z.number().int().min(1).max(64),
-  world_size_max: z.number().int().min(1).max(64).optional(),
+  world_size: z.number().int().min(1).max(WORLD_SIZE_MAX),
+  world_size_max: z.number().int().min(1).max(WORLD_SIZE_MAX).optional(),
   url: z.string().min(1),
   data_host: z.string().min(1),
   data_port: z.number().int().min(0).max(65535),

@@ -4,7 +4,7 @@
 // mr_poll (no native thread ever calls into JS, and no JS thread spins). The Worker keeps the
 // process alive only while ops are in flight.
 import { toArrayBuffer, type Pointer } from "bun:ffi";
-import { native, statusName } from "./ffi";
+import { constants, native, statusName } from "./ffi";
 import { collectiveCode, dtypeInfo, redopInfo } from "../ops/table";
 import {
   NativeError,
@@ -13,6 +13,9 @@ import {
   type NativeBuffer,
   type NativeOp,
 } from "./types";
+
+/** u64 words of mr_submit's group bitset (moonring.h MR_RANK_WORDS). */
+const rankWords = constants.MR_RANK_WORDS!;
 
 type ErrorCode = NativeError["code"];
 const errorCodes: readonly string[] = ["EINVAL", "ENOMEM", "EPEER", "ETIMEOUT", "ECANCELED", "EPROTO", "ENODEV", "EIO"];
@@ -285,18 +288,19 @@ export class NativeDataPlane implements DataPlane {
     return { ticket, counts };
   }
 
-  /** ranks -> ranks_mask, remembered per ranks array (callers reuse theirs; a BigInt per op shows). */
-  private readonly masks = new WeakMap<readonly number[], bigint>();
-  private maskOf(op: NativeOp): bigint {
+  /** ranks -> mr_submit's group bitset (MR_RANK_WORDS u64 words), remembered per frozen ranks array. */
+  private readonly masks = new WeakMap<readonly number[], BigUint64Array>();
+  private maskOf(op: NativeOp): BigUint64Array {
     const known = this.masks.get(op.ranks);
     if (known !== undefined) return known;
-    let mask = 0n;
+    const words = new Uint32Array(2 * rankWords);
     for (const r of op.ranks) {
       if (!Number.isInteger(r) || r < 0 || r >= this.worldSizeMax) {
         throw new NativeError(`rank ${this.rank}: ${op.kind} op ${op.opId}: rank ${r} is outside the world`, "EINVAL");
       }
-      mask |= 1n << BigInt(r);
+      words[r >>> 5]! |= 1 << (r & 31); // little-endian: u32 word k is the low/high half of u64 k/2
     }
+    const mask = new BigUint64Array(words.buffer);
     if (Object.isFrozen(op.ranks)) this.masks.set(op.ranks, mask);
     return mask;
   }

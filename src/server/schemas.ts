@@ -4,6 +4,7 @@
 import { z } from "zod";
 import { dtypeNames, redopNames, type CollectiveOp } from "../ops/table";
 import { InvalidRequest } from "../errors";
+import { WORLD_SIZE_MAX } from "../limits";
 
 export const DEFAULT_TIMEOUT_MS = 30_000;
 export const MAX_TIMEOUT_MS = 24 * 3600 * 1000;
@@ -174,7 +175,7 @@ export function formatIssues(issues: readonly z.core.$ZodIssue[], where: string)
 
 // ---- membership and groups (docs/api-extensions.md) ----
 export const membershipChangeSchema = z
-  .strictObject({ ranks: z.array(rank).min(1).max(64).meta({ description: "global ranks" }) })
+  .strictObject({ ranks: z.array(rank).min(1).max(WORLD_SIZE_MAX).meta({ description: "global ranks" }) })
   .meta({ id: "MembershipChange" });
 export const membershipAnswerSchema = z
   .object({ epoch: z.number().int(), active_ranks: z.array(z.number().int()).meta({ description: "0/1 per slot" }) })
@@ -182,6 +183,6 @@ export const membershipAnswerSchema = z
 export const groupSchema = z
   .strictObject({
     name: z.string().min(1).max(256).meta({ description: 'group name ("world" is reserved)' }),
-    ranks: z.array(rank).min(1).max(64).meta({ description: "global ranks; group rank i = the i-th smallest" }),
+    ranks: z.array(rank).min(1).max(WORLD_SIZE_MAX).meta({ description: "global ranks; group rank i = the i-th smallest" }),
   })
   .meta({ id: "Group" });

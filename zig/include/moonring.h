@@ -21,6 +21,9 @@
 #define MR_EIO -8
 #define MR_EBUSY -9       /* not yet complete */
 
+#define MR_WORLD_SIZE_MAX 1024 /* slots of a world */
+#define MR_RANK_WORDS 16 /* MR_WORLD_SIZE_MAX / 64: u64 words of a group bitset (mr_submit's ranks) */
+
 typedef struct mr_engine mr_engine;
 
 /* ---- library ---- */
@@ -42,7 +45,7 @@ int32_t mr_pin_thread(uint32_t cpu);
 
 /* ---- engine: one per rank ---- */
 /* Starts the data-plane listener on listen_host:listen_port (0 = any free port).
- * world_size_max: slots of the world (<= 64). cluster_id and token authenticate the handshake
+ * world_size_max: slots of the world (<= MR_WORLD_SIZE_MAX). cluster_id and token authenticate the handshake
  * (token may be empty). Returns NULL on failure. */
 mr_engine *mr_engine_create(uint32_t rank, uint32_t world_size_max,
                             const uint8_t *cluster_id, size_t cluster_id_len,
@@ -63,7 +66,8 @@ void mr_engine_destroy(mr_engine *engine);
 /* Submits one collective or p2p op; returns a ticket > 0, or a negative MR_E* code.
  *  kind: collective code (allreduce .. recv). op_id: identical on every participant
  *  (agreed by the control plane; for p2p derived from (src, dst, tag, seq)); frames carry it.
- *  ranks_mask: bit r set = global rank r participates (group order = ascending rank).
+ *  ranks: the group, a bitset of MR_RANK_WORDS u64 words: bit r%64 of ranks[r/64] set = global
+ *  rank r participates (group order = ascending rank).
  *  root: global rank (reduce dst, broadcast/scatter src, gather dst); peer for send/recv.
  *  count: elements per rank (see README "Native op shapes"); counts: alltoall only,
  *  2*world_size_max u64 elements: send counts per global rank, then recv counts per global rank.
@@ -71,20 +75,20 @@ void mr_engine_destroy(mr_engine *engine);
  *  device: -1 for host memory, else the CUDA device ordinal the pointers live on.
  *  timeout_ms: deadline from submission. */
 int64_t mr_submit(mr_engine *engine, uint32_t kind, uint32_t dtype, uint32_t redop, uint64_t op_id,
-                  uint64_t ranks_mask, uint32_t root, const void *send, void *recv, uint64_t count,
+                  const uint64_t *ranks, uint32_t root, const void *send, void *recv, uint64_t count,
                   const uint64_t *counts, int32_t device, uint32_t timeout_ms);
 /* mr_submit, except that a small same-host op whose peers have all started it already runs on
  * the calling thread (it finishes without waiting: a few microseconds). Returns the ticket;
  * when mr_op_status(ticket) is not MR_EBUSY the op is complete and mr_poll won't report it. */
 int64_t mr_start(mr_engine *engine, uint32_t kind, uint32_t dtype, uint32_t redop, uint64_t op_id,
-                 uint64_t ranks_mask, uint32_t root, const void *send, void *recv, uint64_t count,
+                 const uint64_t *ranks, uint32_t root, const void *send, void *recv, uint64_t count,
                  const uint64_t *counts, int32_t device, uint32_t timeout_ms);
 /* Runs the op of mr_submit's arguments on the calling thread and returns when it is done:
  * a ticket > 0 (status: mr_op_status; not reported by mr_poll; mr_release it), or a negative
  * MR_E* code when the op was refused. For embedders that await each op (no hand-off to an
  * engine thread and back). Not concurrently with mr_engine_destroy. */
 int64_t mr_run(mr_engine *engine, uint32_t kind, uint32_t dtype, uint32_t redop, uint64_t op_id,
-               uint64_t ranks_mask, uint32_t root, const void *send, void *recv, uint64_t count,
+               const uint64_t *ranks, uint32_t root, const void *send, void *recv, uint64_t count,
                const uint64_t *counts, int32_t device, uint32_t timeout_ms);
 /* Status of a completed ticket (MR_OK or MR_E*); MR_EBUSY while it runs. */
 int32_t mr_op_status(mr_engine *engine, uint64_t ticket);

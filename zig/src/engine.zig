@@ -118,7 +118,10 @@ pub const Submit = struct {
     dtype: u32,
     redop: u32,
     op_id: u64,
-    ranks_mask: u64,
+    /// The group: a bitset of op.rank_words_max u64 words (bit r of word r/64 = global rank r).
+    /// Null: `ranks_mask` (ranks 0..63 only; a convenience for callers in Zig).
+    ranks: ?[*]const u64 = null,
+    ranks_mask: u64 = 0,
     root: u32,
     send: ?[*]const u8,
     recv: ?[*]u8,
@@ -428,32 +431,40 @@ pub const Engine = struct {
         if (s.device < -1) return engine.invalid("device {d}", .{s.device});
         if (s.timeout_ms == 0) return engine.invalid("timeout_ms must be > 0", .{});
 
-        const world_mask: u64 = if (engine.world_size_max == 64) std.math.maxInt(u64) else (@as(u64, 1) << @intCast(engine.world_size_max)) - 1;
-        if (s.ranks_mask == 0 or s.ranks_mask & ~world_mask != 0)
-            return engine.invalid("ranks_mask 0x{x} has ranks outside 0..{d}", .{ s.ranks_mask, engine.world_size_max - 1 });
-        if (s.ranks_mask & (@as(u64, 1) << @intCast(engine.rank)) == 0)
-            return engine.invalid("ranks_mask 0x{x} does not contain this rank", .{s.ranks_mask});
         const rooted = switch (kind) {
             .reduce, .broadcast, .gather, .scatter, .send, .recv => true,
             else => false,
         };
-        if (rooted and (s.root >= engine.world_size_max or s.ranks_mask & (@as(u64, 1) << @intCast(s.root)) == 0))
-            return engine.invalid("root/peer {d} is not in ranks_mask 0x{x}", .{ s.root, s.ranks_mask });
-        if ((kind == .send or kind == .recv) and s.root == engine.rank)
-            return engine.invalid("{s} to itself", .{@tagName(kind)});
-
         var group: [op.world_size_max]u32 = undefined;
         var n: u32 = 0;
         var group_rank: u32 = 0;
         var root_group: u32 = 0;
-        var mask = s.ranks_mask;
-        while (mask != 0) : (mask &= mask - 1) {
-            const r: u32 = @ctz(mask);
-            if (r == engine.rank) group_rank = n;
-            if (r == s.root) root_group = n;
-            group[n] = r;
-            n += 1;
+        var has_me = false;
+        var has_root = false;
+        const words: []const u64 = if (s.ranks) |bits| bits[0..op.rank_words_max] else (&s.ranks_mask)[0..1];
+        for (words, 0..) |word, w| {
+            var mask = word;
+            while (mask != 0) : (mask &= mask - 1) {
+                const r: u32 = @intCast(w * 64 + @ctz(mask));
+                if (r >= engine.world_size_max)
+                    return engine.invalid("ranks has rank {d}, outside 0..{d}", .{ r, engine.world_size_max - 1 });
+                if (r == engine.rank) {
+                    group_rank = n;
+                    has_me = true;
+                }
+                if (r == s.root) {
+                    root_group = n;
+                    has_root = true;
+                }
+                group[n] = r;
+                n += 1;
+            }
         }
+        if (n == 0) return engine.invalid("ranks is empty", .{});
+        if (!has_me) return engine.invalid("ranks does not contain this rank ({d})", .{engine.rank});
+        if (rooted and !has_root) return engine.invalid("root/peer {d} is not in ranks", .{s.root});
+        if ((kind == .send or kind == .recv) and s.root == engine.rank)
+            return engine.invalid("{s} to itself", .{@tagName(kind)});
         const elem: u64 = dtype.bytes();
         const bytes_max = @as(u64, 1) << 40;
         if (s.count > bytes_max / elem / n) return engine.invalid("count {d} is too large", .{s.count});

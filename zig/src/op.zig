@@ -7,8 +7,10 @@ pub const DType = ops.DType;
 pub const RedOp = ops.RedOp;
 pub const Collective = ops.Collective;
 
-/// Ranks of the world; bounded so a group is one u64 mask.
-pub const world_size_max = 64;
+/// Ranks of the world (slots). A group crosses the C ABI as a bitset of `rank_words_max` u64
+/// words (mr_submit's `ranks`), bit r of word r/64 = global rank r.
+pub const world_size_max = 1024;
+pub const rank_words_max = world_size_max / 64;
 
 pub const OpDesc = struct {
     kind: Collective,
@@ -60,5 +62,5 @@ pub fn countsTotal(counts: []const u64) u64 {
 }
 
 comptime {
-    std.debug.assert(world_size_max <= 64); // ranks_mask is a u64
+    std.debug.assert(world_size_max % 64 == 0 and world_size_max >= 64);
 }

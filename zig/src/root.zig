@@ -4,6 +4,7 @@
 const std = @import("std");
 pub const ops = @import("ops_table");
 const abi = @import("abi_check.zig");
+const op = @import("op.zig");
 const c = abi.c;
 const engine_mod = @import("engine.zig");
 const sys = @import("sys.zig");
@@ -18,9 +19,10 @@ comptime {
     _ = @import("cuda/exports.zig");
     // Header <-> export signature checks.
     _ = abi;
+    std.debug.assert(c.MR_WORLD_SIZE_MAX == op.world_size_max and c.MR_RANK_WORDS == op.rank_words_max);
 }
 
-pub const abi_version: u32 = 1;
+pub const abi_version: u32 = 2; // 2: mr_submit's group is a bitset pointer (1,024 ranks)
 
 fn engineOf(handle: ?*c.mr_engine) ?*Engine {
     const h = handle orelse {
@@ -167,13 +169,13 @@ pub export fn mr_engine_destroy(handle: ?*c.mr_engine) void {
 
 // ---- operations ----
 
-fn submitArgs(kind: u32, dtype: u32, redop: u32, op_id: u64, ranks_mask: u64, root: u32, send: ?*const anyopaque, recv: ?*anyopaque, count: u64, counts: [*c]const u64, device: i32, timeout_ms: u32) engine_mod.Submit {
+fn submitArgs(kind: u32, dtype: u32, redop: u32, op_id: u64, ranks: [*c]const u64, root: u32, send: ?*const anyopaque, recv: ?*anyopaque, count: u64, counts: [*c]const u64, device: i32, timeout_ms: u32) engine_mod.Submit {
     return .{
         .kind = kind,
         .dtype = dtype,
         .redop = redop,
         .op_id = op_id,
-        .ranks_mask = ranks_mask,
+        .ranks = if (ranks == null) null else @ptrCast(ranks),
         .root = root,
         .send = @ptrCast(send),
         .recv = @ptrCast(recv),
@@ -200,7 +202,7 @@ fn OpEntry(comptime method: fn (*Engine, engine_mod.Submit) Engine.SubmitError!u
             dtype: u32,
             redop: u32,
             op_id: u64,
-            ranks_mask: u64,
+            ranks: [*c]const u64,
             root: u32,
             send: ?*const anyopaque,
             recv: ?*anyopaque,
@@ -210,7 +212,7 @@ fn OpEntry(comptime method: fn (*Engine, engine_mod.Submit) Engine.SubmitError!u
             timeout_ms: u32,
         ) callconv(.c) i64 {
             const engine = engineOf(handle) orelse return Status.einval;
-            const ticket = method(engine, submitArgs(kind, dtype, redop, op_id, ranks_mask, root, send, recv, count, counts, device, timeout_ms)) catch |err| return submitStatus(err);
+            const ticket = method(engine, submitArgs(kind, dtype, redop, op_id, ranks, root, send, recv, count, counts, device, timeout_ms)) catch |err| return submitStatus(err);
             return @intCast(ticket);
         }
     };

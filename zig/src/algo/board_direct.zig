@@ -83,9 +83,10 @@ pub const Team = struct {
 pub fn run(t: *Team, desc: common.OpDesc, scratch: std.mem.Allocator) Error!void {
     const n = t.size();
     std.debug.assert(n >= 2 and t.me < n and t.global.len == n and t.departed_serials.len == n);
+    std.debug.assert(n <= board_mod.counts_max);
     std.debug.assert(t.entry < board_mod.entries_max);
-    var entries: [common.world_size_max]u32 = undefined;
-    var mapped: [common.world_size_max][2]?arena.PeerMaps.Mapped = undefined;
+    var entries: [board_mod.counts_max]u32 = undefined;
+    var mapped: [board_mod.counts_max][2]?arena.PeerMaps.Mapped = undefined;
     @memset(mapped[0..n], .{ null, null });
     var state = Op{ .t = t, .desc = desc, .scratch = scratch, .entries = entries[0..n], .mapped = mapped[0..n] };
     return state.runPublished();
@@ -534,7 +535,7 @@ pub fn exchangeRecords(t: *Team, round: u32, record_bytes: usize, mine: []const 
     std.debug.assert(round < 8);
     std.debug.assert(mine.len == record_bytes * n and theirs.len == record_bytes * n);
     std.debug.assert(record_bytes * n <= board_mod.inline_bytes_max);
-    var counts: [common.world_size_max]u64 = undefined;
+    var counts: [board_mod.counts_max]u64 = undefined;
     @memset(counts[0..n], record_bytes);
     const desc = common.OpDesc{
         .kind = .alltoall,

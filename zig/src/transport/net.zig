@@ -18,9 +18,11 @@ const shm = @import("shm.zig");
 const transport = @import("transport.zig");
 const board_mod = @import("board.zig");
 const arena = @import("arena.zig");
+const op = @import("../op.zig");
 
 pub const Error = transport.Error;
-pub const world_size_max = 64;
+pub const world_size_max = op.world_size_max;
+const GroupSet = std.StaticBitSet(world_size_max);
 pub const endpoints_max = 256;
 /// Sockets (accepted, dialed, in handshake) one rank keeps at once.
 pub const links_max = 256;
@@ -38,7 +40,6 @@ const requests_max = transport.requests_in_flight_max;
 
 comptime {
     std.debug.assert(requests_max <= 64); // reqs_used is a u64 mask
-    std.debug.assert(world_size_max <= 64);
 }
 
 pub const Mode = enum { auto, tcp, shm };
@@ -101,7 +102,7 @@ pub const Endpoint = struct {
     group: [world_size_max]u32 = undefined,
     group_size: u32 = 0,
     group_rank: u32 = 0,
-    group_mask: u64 = 0,
+    group_set: GroupSet = GroupSet.initEmpty(),
     deadline_ns: u64 = 0,
     timeout_ms: u32 = 0,
     canceled: std.atomic.Value(bool) = .init(false),
@@ -149,9 +150,10 @@ const PeerBoard = struct {
 };
 
 /// The boards of one op's group, in group order (Net.boardTeam).
+/// Board ops run only in groups of at most board_mod.counts_max ranks.
 pub const BoardTeam = struct {
-    boards: [world_size_max]board_mod.Board,
-    departed_serials: [world_size_max]*[board_mod.entries_max]u64,
+    boards: [board_mod.counts_max]board_mod.Board,
+    departed_serials: [board_mod.counts_max]*[board_mod.entries_max]u64,
 };
 
 /// Sweeping our rank's stale segments keeps the board of another live process that claims
@@ -352,6 +354,7 @@ pub const Net = struct {
     /// boardTeam() for a group (global ranks, ascending) before its endpoint is open.
     pub fn boardTeamOf(net: *Net, group: []const u32, team: *BoardTeam) bool {
         const own = net.board orelse return false;
+        if (group.len > board_mod.counts_max) return false;
         net.mu.lock();
         defer net.mu.unlock();
         for (group, 0..) |g, i| {
@@ -446,7 +449,7 @@ pub const Net = struct {
         for (peer.links) |maybe| if (maybe) |link| net.closeLinkLocked(link);
         for (net.endpoints) |maybe| {
             const ep = maybe orelse continue;
-            if (ep.group_mask & (@as(u64, 1) << @intCast(peer_rank)) == 0) continue;
+            if (!ep.group_set.isSet(peer_rank)) continue;
             net.failLocked(ep, error.PeerFailed, @intCast(peer_rank), "rank {d} was marked down", .{peer_rank});
         }
         net.peer_cond.broadcast();
@@ -485,7 +488,7 @@ pub const Net = struct {
         ep.op_id = op_id;
         ep.group_size = @intCast(group.len);
         ep.group_rank = group_rank;
-        ep.group_mask = 0;
+        ep.group_set = GroupSet.initEmpty();
         ep.deadline_ns = deadline_ns;
         ep.timeout_ms = timeout_ms;
         ep.canceled = .init(false);
@@ -501,7 +504,7 @@ pub const Net = struct {
             std.debug.assert(g < net.opts.world_size_max);
             std.debug.assert(i == 0 or group[i - 1] < g);
             ep.group[i] = g;
-            ep.group_mask |= @as(u64, 1) << @intCast(g);
+            ep.group_set.set(g);
         }
         net.mu.lock();
         defer net.mu.unlock();
