@@ -8,6 +8,8 @@ export type ErrorCode =
   | "not_found"
   | "collective_mismatch"
   | "too_large"
+  | "too_many_requests"
+  | "cancelled"
   | "not_ready"
   | "timeout"
   | "peer_failed"
@@ -66,6 +68,23 @@ export class Conflict extends ApiError {
 export class TooLarge extends ApiError {
   constructor(message: string, details: Record<string, unknown> = {}) {
     super(413, "too_large", message, details);
+  }
+}
+
+/** Too many calls pending on this rank (a cap, so a flood can't exhaust memory): retry later. */
+export class TooManyRequests extends ApiError {
+  constructor(message: string, details: Record<string, unknown> = {}) {
+    super(429, "too_many_requests", message, details);
+  }
+}
+
+/**
+ * The client went away before its call was decided: the call was withdrawn (never joins a
+ * later collective). 499 as in nginx's "client closed request"; nobody is left to read it.
+ */
+export class Cancelled extends ApiError {
+  constructor(message: string, details: Record<string, unknown> = {}) {
+    super(499, "cancelled", message, details);
   }
 }
 

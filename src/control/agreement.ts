@@ -1,7 +1,7 @@
 // A rank's side of agreement: sends its CallDesc to the matcher on rank 0 (in-process on
 // rank 0 itself, over the control link elsewhere) and turns the decision into a GoDecision
 // or a typed error (409 mismatch, 504 timeout, ...), identical on every member.
-import { ApiError, CollectiveMismatch, InvalidRequest, MasterLost, NotReady, PeerFailed, Timeout } from "../errors";
+import { ApiError, Cancelled, CollectiveMismatch, InvalidRequest, MasterLost, NotReady, PeerFailed, Timeout } from "../errors";
 import type { CoordinatorLink } from "./link";
 import type { CallDesc, Decision, GoDecision, Matcher } from "./matcher";
 
@@ -15,9 +15,25 @@ export class Agreement {
     private link: CoordinatorLink | null,
   ) {}
 
-  join(desc: CallDesc): Promise<GoDecision> {
+  /**
+   * Joins `desc`; once `signal` aborts (the HTTP client went away), the call is withdrawn if it
+   * was not decided yet (it then rejects with 499 cancelled) instead of staying behind to join
+   * a later collective with stale values.
+   */
+  join(desc: CallDesc, signal?: AbortSignal): Promise<GoDecision> {
+    if (signal?.aborted) return Promise.reject(cancelledBeforeJoin(this.rank, desc));
+    if (!signal) return this.send(desc, null);
+    let withdraw = (): void => {};
+    const onAbort = () => withdraw();
+    signal.addEventListener("abort", onAbort, { once: true });
+    return this.send(desc, (w) => (withdraw = w)).finally(() => signal.removeEventListener("abort", onAbort));
+  }
+
+  /** Sends the join; `armWithdraw` receives the function that takes it back. */
+  private send(desc: CallDesc, armWithdraw: ((w: () => void) => void) | null): Promise<GoDecision> {
     if (this.matcher) {
       const matcher = this.matcher;
+      armWithdraw?.(() => matcher.withdraw(this.rank, desc));
       return new Promise((resolve, reject) => {
         // Rank 0's own copy of a decision is delivered on the next macrotask, not as a promise
         // reaction: Bun holds (corks) the decision's messages to the other members until the
@@ -28,7 +44,10 @@ export class Agreement {
       });
     }
     const link = this.link!;
-    return link.request({ t: "join", d: desc, id: 0 }, desc.timeoutMs + COORDINATOR_GRACE_MS).then(
+    const body = { t: "join", d: desc, id: 0 };
+    const answer = link.request(body, desc.timeoutMs + COORDINATOR_GRACE_MS); // sets body.id
+    armWithdraw?.(() => link.send({ t: "withdraw", id: body.id }));
+    return answer.then(
       (msg) => {
         const d = msg.d as Decision;
         if (d.ok) return d;
@@ -60,5 +79,11 @@ export function decisionError(d: Exclude<Decision, GoDecision>): ApiError {
       return new NotReady(d.message, d.details);
     case "peer_failed":
       return new PeerFailed(d.message, d.details);
+    case "cancelled":
+      return new Cancelled(d.message, d.details);
   }
+}
+
+function cancelledBeforeJoin(rank: number, desc: CallDesc): Cancelled {
+  return new Cancelled(`rank ${rank}: ${desc.op} not joined: its client disconnected first`);
 }

@@ -30,6 +30,8 @@ export interface CollectiveCall {
   blockShapes?: number[][];
   /** performance.now() when the request arrived. */
   startedAt: number;
+  /** Aborts when the caller went away: an undecided call is withdrawn (see Agreement.join). */
+  signal?: AbortSignal;
 }
 
 export interface ResultTensor {
@@ -150,7 +152,7 @@ export class CollectiveRunner {
     let agreeMs: number | null = null;
     const t0 = performance.now();
     try {
-      let d = await this.agreement.join(desc);
+      let d = await this.agreement.join(desc, call.signal);
       seq = d.seq;
       const t1 = performance.now();
       agreeMs = t1 - t0;

@@ -11,6 +11,8 @@ export interface LinkData {
 
 export class CoordinatorHub {
   private sockets = new Map<number, ServerWebSocket<LinkData>>();
+  /** Per link: request id -> a join not decided yet (so a "withdraw" can name it). */
+  private undecided = new Map<ServerWebSocket<LinkData>, Map<unknown, CallDesc>>();
   /** Called when a rank's link closes (fault tolerance hooks in here). */
   onRankDisconnected: (rank: number, code: number, reason: string, instance: string) => void = () => {};
   onRankConnected: (rank: number) => void = () => {};
@@ -75,9 +77,20 @@ export class CoordinatorHub {
       if (this.sockets.get(rank) !== ws) return; // a replaced link
       if (this.onMessage(rank, msg)) return;
       if (msg.t === "join") {
-        this.matcher.join(rank, msg.d as CallDesc, (d: Decision) => {
+        const desc = msg.d as CallDesc;
+        let mine = this.undecided.get(ws);
+        if (!mine) this.undecided.set(ws, (mine = new Map()));
+        mine.set(id, desc);
+        this.matcher.join(rank, desc, (d: Decision) => {
+          mine.delete(id);
           ws.send(JSON.stringify({ t: "res", id, d }));
         });
+        return;
+      }
+      if (msg.t === "withdraw") {
+        // the rank's HTTP client went away: take its join back unless it was decided already
+        const desc = this.undecided.get(ws)?.get(id);
+        if (desc) this.matcher.withdraw(rank, desc);
         return;
       }
       const h = this.handlers.get(msg.t as string);
@@ -98,6 +111,7 @@ export class CoordinatorHub {
         );
     },
     close: (ws: ServerWebSocket<LinkData>, code: number, reason: string) => {
+      this.undecided.delete(ws);
       if (this.sockets.get(ws.data.rank) !== ws) return;
       this.sockets.delete(ws.data.rank);
       this.log.debug(`control link from rank ${ws.data.rank} closed (code ${code})`);

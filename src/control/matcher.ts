@@ -54,7 +54,7 @@ export interface FailDecision {
   ok: false;
   seq: number;
   status: number;
-  code: "collective_mismatch" | "timeout" | "invalid_request" | "not_ready" | "peer_failed";
+  code: "collective_mismatch" | "timeout" | "invalid_request" | "not_ready" | "peer_failed" | "cancelled";
   message: string;
   details: Record<string, unknown>;
 }
@@ -64,6 +64,8 @@ export type Reply = (d: Decision) => void;
 interface Joined {
   desc: CallDesc;
   reply: Reply;
+  /** performance.now() by which this call wants its answer (joined + its timeout). */
+  deadline: number;
 }
 
 interface OpenCollective {
@@ -162,17 +164,66 @@ export class Matcher {
       }
       list.push(c);
     }
-    c.joined.set(rank, { desc, reply });
+    const deadline = now + desc.timeoutMs;
+    c.joined.set(rank, { desc, reply, deadline });
     if (c.joined.size === c.members.length) {
       this.finish(c);
       this.decide(c);
       return;
     }
-    const deadline = now + desc.timeoutMs;
     if (deadline < c.deadline) {
       c.deadline = deadline;
       this.armExpiry(deadline, now);
     }
+  }
+
+  /**
+   * Takes back `rank`'s call `desc` (the very object it joined with) when its client went away
+   * before the collective was decided: the call is answered 499 cancelled and can't join a
+   * later collective in its place (it did: the next call's peers got its stale values, with
+   * status 200). The rank's later calls of the same key move one collective up, so its k-th
+   * pending call still meets the others' k-th. Returns false when the call was decided already
+   * (the op runs; its answer just goes nowhere).
+   */
+  withdraw(rank: number, desc: CallDesc): boolean {
+    const key = desc.tag === null ? `u\u0000${desc.group}` : `t\u0000${desc.group}\u0000${desc.tag}`;
+    const list = this.open.get(key);
+    const at = list ? list.findIndex((c) => c.joined.get(rank)?.desc === desc) : -1;
+    if (!list || at < 0) return false;
+    const gone = list[at]!;
+    const call = gone.joined.get(rank)!;
+    const touched = list.slice(at);
+    for (let k = 0; k < touched.length; k++) {
+      const later = touched[k + 1]?.joined.get(rank);
+      if (!later) {
+        touched[k]!.joined.delete(rank);
+        break;
+      }
+      touched[k]!.joined.set(rank, later);
+      touched[k + 1]!.joined.delete(rank);
+    }
+    safeReply(call.reply, {
+      ok: false,
+      seq: gone.seq,
+      status: 499,
+      code: "cancelled",
+      message: `rank ${rank}: ${describeCall(desc)} was withdrawn: its client disconnected before every member joined`,
+      details: { seq: gone.seq, rank },
+    });
+    const now = performance.now();
+    for (const c of touched) {
+      if (c.joined.size === 0) {
+        this.finish(c);
+        if (this.groupSeq.get(c.group) === c.seq) this.groupSeq.set(c.group, c.seq - 1); // no gap in seq
+        continue;
+      }
+      c.deadline = Math.min(...[...c.joined.values()].map((j) => j.deadline));
+      if (c.joined.size === c.members.length) {
+        this.finish(c);
+        this.decide(c);
+      } else this.armExpiry(c.deadline, now);
+    }
+    return true;
   }
 
   /**
@@ -270,7 +321,7 @@ export class Matcher {
   retry(opId: string, seq: number, group: string, tag: string | null, calls: Map<number, CallDesc>, reply: (rank: number, d: Decision) => void): void {
     const members = [...calls.keys()].sort((a, b) => a - b);
     const joined = new Map<number, Joined>();
-    for (const r of members) joined.set(r, { desc: calls.get(r)!, reply: (d) => reply(r, d) });
+    for (const r of members) joined.set(r, { desc: calls.get(r)!, reply: (d) => reply(r, d), deadline: Infinity });
     const c: OpenCollective = {
       key: `r\u0000${opId}`,
       group,

@@ -142,7 +142,7 @@ export const collectiveResponseSchema = z
 export const errorSchema = z
   .object({
     error: z.looseObject({
-      code: z.enum(["invalid_request", "unauthorized", "not_found", "collective_mismatch", "too_large", "not_ready", "timeout", "peer_failed", "master_lost", "conflict", "internal"]),
+      code: z.enum(["invalid_request", "unauthorized", "not_found", "collective_mismatch", "too_large", "too_many_requests", "cancelled", "not_ready", "timeout", "peer_failed", "master_lost", "conflict", "internal"]),
       message: z.string(),
     }),
   })

@@ -252,7 +252,7 @@ export class RankService {
 
   private agreementProxy(): Agreement {
     // The runner is built before the link exists on ranks != 0; route through the current one.
-    return { join: (d) => this.agreement.join(d) } as Agreement;
+    return { join: (d, signal) => this.agreement.join(d, signal) } as Agreement;
   }
 
   /** POST /collective/{op} with a JSON body, without Hono (see listen()). */

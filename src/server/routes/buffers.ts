@@ -268,7 +268,7 @@ function sameList(a: number[], b: number[]): boolean {
  * [N, ...shape] goes to "out" (or a new buffer). scatter, reduce_scatter, alltoall: "buffer"
  * has shape [N, ...block] (block i for rank i); the result goes to "out" (or a new buffer).
  */
-export async function bufferCollective(svc: RankService, op: CollectiveOp, raw: unknown, startedAt: number, ticket: Ticket): Promise<Response> {
+export async function bufferCollective(svc: RankService, op: CollectiveOp, raw: unknown, startedAt: number, ticket: Ticket, signal?: AbortSignal): Promise<Response> {
   requireReady(svc);
   const reg = await registryOf(svc);
   const body = parseOrThrow(bufferCallSchema, raw);
@@ -318,7 +318,7 @@ export async function bufferCollective(svc: RankService, op: CollectiveOp, raw: 
   // Arrival order, then the agreement (sends its join synchronously).
   const wait = tag === null ? svc.sequencer.turn(ticket) : null;
   if (wait) await svc.sequencer.bounded(wait, timeoutMs);
-  const joined = svc.agreement.join(desc);
+  const joined = svc.agreement.join(desc, signal);
   svc.sequencer.finish(ticket);
   let created: BufferEntry | null = null;
   let bytes = 0;

@@ -46,13 +46,15 @@ export async function handleCollective(svc: RankService, op: string, src: Contex
     if (octet && src instanceof Request) throw new Error("octet-stream collective bodies are served through the Hono route");
     const raw = octet ? null : await readJson(src, svc.config.maxBodyBytes);
     // {"buffer": id}: in place on a device/host buffer of POST /buffers (routes/buffers.ts)
-    if (op !== "barrier" && usesBuffer(raw)) return await bufferCollective(svc, op as CollectiveOp, raw, startedAt, ticket);
+    const signal = src instanceof Request ? src.signal : src.req.raw.signal;
+    if (op !== "barrier" && usesBuffer(raw)) return await bufferCollective(svc, op as CollectiveOp, raw, startedAt, ticket, signal);
     const { call, format } = octet
       ? await decodeOctet(src as Context, svc, op as CollectiveOp, startedAt, owned)
       : decodeJson(raw, svc, op as CollectiveOp, startedAt, owned);
     // untagged calls keep arrival order; tagged ones match by tag and needn't wait
     const wait = call.tag === null ? svc.sequencer.turn(ticket) : null;
     if (wait) await svc.sequencer.bounded(wait, call.timeoutMs);
+    call.signal = signal;
     const pending = svc.collectives.run(call); // sends its join synchronously
     svc.sequencer.finish(ticket);
     const res = await pending;
