@@ -113,6 +113,11 @@ export class CollectiveRunner {
     return Promise.race([Promise.all(waits).then(() => {}), new Promise<void>((r) => (timer = setTimeout(r, maxMs)))]).finally(() => clearTimeout(timer));
   }
 
+  /** Ops decided for this rank and not finished (the dashboard's "in flight on the data plane"). */
+  inFlight(): { seq: number; group: string; tag: string | null; op: string; ranks: number[]; state: "running" | "failed" }[] {
+    return [...this.entries.values()].map((e) => ({ seq: e.seq, group: e.group, tag: e.tag, op: e.desc.op, ranks: e.ranks, state: e.state }));
+  }
+
   /** Ops whose part failed here and that wait for rank 0's re-issue (sent with every view ack). */
   awaitingRetry(): RetryItem[] {
     return [...this.entries.values()]

@@ -6,6 +6,7 @@ import { ApiError, NotFound } from "../errors";
 import { authorize, expectedBearer } from "./auth";
 import { buffersRoutes } from "./routes/buffers";
 import { collectiveRoutes } from "./routes/collective";
+import { browserCredential, dashboardRoutes } from "./routes/dashboard";
 import { internalRoutes } from "./routes/internal";
 import { introspectionRoutes } from "./routes/introspection";
 import { membershipRoutes } from "./routes/membership";
@@ -32,7 +33,7 @@ export function createApp(svc: RankService) {
 
   app.use("*", async (c, next) => {
     try {
-      if (!PUBLIC_PATHS.has(c.req.path)) authorize(bearer, c.req.header("authorization"));
+      if (!PUBLIC_PATHS.has(c.req.path)) authorize(bearer, c.req.header("authorization") ?? browserCredential(c));
       await next();
     } catch (e) {
       svc.metrics.httpRequest(c.req.method, "unmatched", e instanceof ApiError ? e.status : 500);
@@ -57,5 +58,6 @@ export function createApp(svc: RankService) {
   membershipRoutes(app, svc); // elastic membership and groups
   buffersRoutes(app, svc); // device buffers (docs/api-extensions.md)
   internalRoutes(app, svc);
+  dashboardRoutes(app, svc); // the live dashboard (browser)
   return app;
 }
