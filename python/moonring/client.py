@@ -91,6 +91,17 @@ def _tensor_json(a: Any, dtype: Optional[str] = None) -> Optional[Dict[str, Any]
     return {"dtype": name, "shape": list(w.shape), "b64": base64.b64encode(_dt.byte_view(w)).decode("ascii")}
 
 
+def _same_dtype(dt: np.dtype, name: str) -> bool:
+    """Whether an array of numpy dtype `dt` holds moonring `name` values (bfloat16 may be held
+    as 16-bit integer bit patterns: torch.bfloat16 tensors are viewed that way)."""
+    if name == "bfloat16" and dt.kind in "iu" and dt.itemsize == 2:
+        return True
+    try:
+        return _dt.dtype_name(dt) == name
+    except TypeError:
+        return False
+
+
 class _Answer:
     """Receives an octet-stream answer straight into numpy memory and decodes it. With `out`
     (a C-contiguous array of the result's dtype and size) the bytes land in `out` directly."""
@@ -104,7 +115,7 @@ class _Answer:
         out = self.out
         if (out is not None and headers.get("x-moonring-result", "tensor") == "tensor"
                 and out.flags.c_contiguous and out.flags.writeable and out.nbytes == length
-                and _dt.dtype_name(out.dtype) == headers.get("x-moonring-dtype")):
+                and _same_dtype(out.dtype, headers.get("x-moonring-dtype", ""))):
             self.raw = out.reshape(-1).view(np.uint8)
             self.into_out = True
         else:
