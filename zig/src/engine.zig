@@ -89,11 +89,15 @@ const board_bytes_max_env = struct {
 
 pub fn modeFromEnv() Mode {
     const value = sys.getenv("MOONRING_TRANSPORT") orelse return .auto;
-    if (std.mem.eql(u8, value, "tcp")) return .tcp;
-    if (std.mem.eql(u8, value, "shm")) return .shm;
-    if (!std.mem.eql(u8, value, "auto") and value.len > 0)
-        sys.logLine("MOONRING_TRANSPORT={s} is not tcp|shm|auto; using auto", .{value});
+    if (std.meta.stringToEnum(Mode, value)) |mode| return mode;
+    if (value.len > 0) sys.logLine("MOONRING_TRANSPORT={s} is not auto or a link kind ({s}); using auto", .{ value, kindNames() });
     return .auto;
+}
+
+fn kindNames() []const u8 {
+    comptime var names: []const u8 = "";
+    inline for (@typeInfo(Mode).@"enum".fields[1..], 0..) |field, i| names = names ++ (if (i > 0) "|" else "") ++ field.name;
+    return names;
 }
 
 pub const Options = struct {

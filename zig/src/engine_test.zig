@@ -462,7 +462,7 @@ fn helloBytes(buf: []u8, src: u32, dst: u32, world_size: u32, cluster: []const u
         .world_size_max = world_size,
         .cluster_id_len = @intCast(cluster.len),
         .token_len = @intCast(token.len),
-        .shm_name_len = 0,
+        .blob_len = 0,
         .host_id = 1,
     };
     var len: usize = 0;

@@ -94,15 +94,7 @@ pub fn applies(o: Op) bool {
 
 /// True when every rank of `group` is on this process's host (the host ids set_peer gave).
 pub fn sameHost(net: *netmod.Net, group: []const u32) bool {
-    net.mu.lock();
-    defer net.mu.unlock();
-    const here = net.opts.host_id;
-    if (here == 0) return false;
-    for (group) |g| {
-        if (g == net.opts.rank) continue;
-        if (net.peers[g].host_id != here) return false;
-    }
-    return true;
+    return net.sameHost(group);
 }
 
 const Hello = extern struct {

@@ -1,48 +1,51 @@
-//! Net: one rank's data plane. Owns the listener, the links to peers (TCP, or shm rings with a
-//! TCP socket kept for the handshake and liveness), and the matching of incoming frames to
-//! posted receives. Each op registers an `Endpoint` (op id + group); `Endpoint.comm()` is the
-//! `transport.Comm` the algorithms run on.
+//! Net: one rank's data plane, and its endpoint layer. Each op registers an `Endpoint` (op id
+//! + group); `Endpoint.comm()` is the `transport.Comm` the algorithms run on. Below it:
+//!   links.zig      the link layer (peers, listener, dial / accept, handshake, liveness)
+//!   link_kind.zig  the table of operations every link kind implements; kinds.zig lists them
+//!                  (kind_tcp.zig, kind_shm.zig)
+//!   boards.zig     the same-host boards the board backend runs on
 //!
-//! Receiving: one thread per link reads frames and routes each by (op id, source rank, message
-//! sequence): straight into a posted receive buffer, else into a bounded stash that irecv()
-//! claims later. A full stash stops the link thread (backpressure through TCP / the ring).
-//! Sending is synchronous on the op's thread (isend returns once the bytes are in the kernel or
-//! the ring); a frame is one chunk of a message, so big messages interleave with other ops.
+//! Receiving: each link's receive thread hands every frame to this layer (link_kind.Receiver),
+//! which routes it by (op id, source rank, message sequence): straight into a posted receive
+//! buffer, else into a bounded stash that irecv() claims later. A full stash stops the link's
+//! thread (backpressure through TCP / the ring). Sending is synchronous on the op's thread
+//! (isend returns once the bytes are in the kernel or the ring); a frame is one chunk of a
+//! message, so big messages interleave with other ops.
 //! Failures: a link that closes fails the ops waiting on that peer (PeerFailed naming it); every
 //! wait is bounded by the op's deadline and wakes on cancel.
 const std = @import("std");
 const sys = @import("../sys.zig");
 const wire = @import("wire.zig");
-const tcp = @import("tcp.zig");
-const shm = @import("shm.zig");
 const transport = @import("transport.zig");
-const board_mod = @import("board.zig");
 const arena = @import("arena.zig");
-const op = @import("../op.zig");
+const link_kind = @import("link_kind.zig");
+const kinds = @import("kinds.zig");
+const links_mod = @import("links.zig");
+const boards_mod = @import("boards.zig");
 
 pub const Error = transport.Error;
-pub const world_size_max = op.world_size_max;
+pub const world_size_max = links_mod.world_size_max;
 const GroupSet = std.StaticBitSet(world_size_max);
 pub const endpoints_max = 256;
-/// Sockets (accepted, dialed, in handshake) one rank keeps at once.
-pub const links_max = 256;
+pub const links_max = links_mod.links_max;
 const EndpointMask = std.meta.Int(.unsigned, endpoints_max);
-pub const links_per_peer_max = 4;
 const finished_ids_max = 256;
 const stash_entries_max = 1 << 14;
 pub const stash_bytes_default: u64 = 256 << 20;
 /// Stashed frames of an op this rank never registers are dropped after this long.
 const orphan_ttl_ns: u64 = 30 * std.time.ns_per_s;
-const rx_idle_wait_ns: u64 = 100 * std.time.ns_per_ms;
-const send_space_wait_ns: u64 = 10 * std.time.ns_per_ms;
-const connect_timeout_ms_max: u32 = 5000;
+const stash_wait_ns: u64 = 100 * std.time.ns_per_ms;
 const requests_max = transport.requests_in_flight_max;
 
 comptime {
     std.debug.assert(requests_max <= 64); // reqs_used is a u64 mask
 }
 
-pub const Mode = enum { auto, tcp, shm };
+/// $MOONRING_TRANSPORT: auto, or the name of one link kind (kinds.zig).
+pub const Mode = kinds.Mode;
+pub const BoardTeam = boards_mod.BoardTeam;
+pub const boardEnabled = boards_mod.boardEnabled;
+pub const boardCma = boards_mod.boardCma;
 
 pub const Options = struct {
     rank: u32,
@@ -53,8 +56,8 @@ pub const Options = struct {
     mode: Mode = .auto,
     host_id: u64,
     stash_bytes_max: u64 = stash_bytes_default,
-    shm_slot_count: u32 = shm.slot_count_default,
-    shm_slot_bytes: u32 = shm.slot_bytes_default,
+    shm_slot_count: u32 = @import("shm.zig").slot_count_default,
+    shm_slot_bytes: u32 = @import("shm.zig").slot_bytes_default,
     tcp_chunk_bytes: u32 = wire.chunk_bytes_max,
 };
 
@@ -79,7 +82,7 @@ const Req = struct {
     routed: u64 = 0,
     received: u64 = 0,
     arrived: bool = false,
-    /// Link threads writing into `buf` right now; close() waits for 0.
+    /// Receive threads writing into `buf` right now; close() waits for 0.
     busy: u32 = 0,
     done: std.atomic.Value(bool) = .init(false),
     /// reduce each chunk into buf instead of copying it.
@@ -87,6 +90,7 @@ const Req = struct {
 
     /// Puts one chunk at `offset` of the message into buf (copy, or reduce with `mine`).
     fn deliver(req: *const Req, offset: u64, data: []const u8) void {
+        std.debug.assert(offset + data.len <= req.buf.len);
         const dst = req.buf[offset..][0..data.len];
         if (req.reduce) |r| {
             r.apply(r.dtype, r.redop, dst, r.mine[offset..][0..data.len], data);
@@ -123,87 +127,21 @@ pub const Endpoint = struct {
         std.debug.assert(self.registered);
         return .{ .context = self, .vtable = &Net.comm_vtable, .rank = self.group_rank, .size = self.group_size };
     }
-};
 
-const Link = struct {
-    net: *Net,
-    fd: sys.Fd,
-    peer: u32,
-    kind: wire.LinkKind,
-    generation: u32 = 0,
-    /// Holders: the link thread and senders (under net.mu).
-    refs: u32 = 0,
-    closing: std.atomic.Value(bool) = .init(false),
-    closed_by_us: bool = false,
-    write_mu: std.Thread.Mutex = .{},
-    tx: ?shm.Ring = null,
-    rx: ?shm.Ring = null,
-};
+    /// An op's blocked send asks this whether to give up.
+    fn mustStop(self: *const Endpoint) bool {
+        return self.failed.load(.acquire) or self.canceled.load(.acquire) or
+            self.net.links.stopping.load(.acquire) or sys.monotonicNs() >= self.deadline_ns;
+    }
 
-const retired_boards_max = 64;
+    fn abortCheck(context: *const anyopaque) bool {
+        const self: *const Endpoint = @ptrCast(@alignCast(context));
+        return self.mustStop();
+    }
 
-const PeerBoard = struct {
-    board: ?board_mod.Board = null,
-    generation: u32 = 0,
-    /// Serial of the publish this rank last departed, per entry of that board.
-    departed_serials: [board_mod.entries_max]u64 = [_]u64{0} ** board_mod.entries_max,
-};
-
-/// The boards of one op's group, in group order (Net.boardTeam).
-/// Board ops run only in groups of at most board_mod.counts_max ranks.
-pub const BoardTeam = struct {
-    boards: [board_mod.counts_max]board_mod.Board,
-    departed_serials: [board_mod.counts_max]*[board_mod.entries_max]u64,
-};
-
-/// Sweeping our rank's stale segments keeps the board of another live process that claims
-/// our rank (a duplicate start the control plane is about to refuse).
-fn keepLiveBoard(name: []const u8) bool {
-    if (std.mem.indexOf(u8, name, "board-") == null) return false;
-    const segment = sys.shmOpen(name, board_mod.segmentBytes()) catch return false;
-    defer segment.unmapSegment();
-    const board = board_mod.Board{ .segment = segment, .header = @ptrCast(@alignCast(segment.ptr)) };
-    return board.pid() != sys.processId() and board.ownerAlive();
-}
-
-/// Whether a rank makes a board: $MOONRING_BOARD (default on; every rank of a host must agree).
-pub fn boardEnabled() bool {
-    const value = sys.getenv("MOONRING_BOARD") orelse return true;
-    return !std.mem.eql(u8, value, "0");
-}
-
-/// Whether large board contributions are read with process_vm_readv: $MOONRING_BOARD_CMA
-/// (default on) and a probe of it on this process (seccomp may forbid it).
-pub fn boardCma() bool {
-    cma_once.call();
-    return cma_usable;
-}
-
-var cma_once = std.once(probeCma);
-var cma_usable = false;
-fn probeCma() void {
-    if (sys.getenv("MOONRING_BOARD_CMA")) |value| if (std.mem.eql(u8, value, "0")) return;
-    const probe: u64 = 0x6d6f6f6e72696e67;
-    var copy: u64 = 0;
-    sys.processRead(sys.processId(), std.mem.asBytes(&copy), @intFromPtr(&probe)) catch |err| {
-        sys.logLine("process_vm_readv is not usable here ({s}): large same-host collectives use the shm rings", .{@errorName(err)});
-        return;
-    };
-    cma_usable = copy == probe;
-}
-
-const Peer = struct {
-    addr: ?sys.Address = null,
-    host_id: u64 = 0,
-    /// mr_engine_peer_down(): sticky until setPeer().
-    down: bool = false,
-    /// A link to it closed and no other is up: receives from it fail at once.
-    lost: bool = false,
-    /// Why: it sent a bad frame (else it closed the link).
-    lost_protocol: bool = false,
-    dialing: bool = false,
-    generation: u32 = 0,
-    links: [links_per_peer_max]?*Link = [_]?*Link{null} ** links_per_peer_max,
+    fn abort(self: *const Endpoint) link_kind.Abort {
+        return .{ .context = self, .check_fn = abortCheck };
+    }
 };
 
 const StashEntry = struct {
@@ -216,25 +154,17 @@ const StashEntry = struct {
     born_ns: u64,
 };
 
-const Target = union(enum) {
-    direct: struct { ep: *Endpoint, req: *Req, dest: []u8 },
-    stash: []u8,
-    discard,
-};
-
 pub const Net = struct {
     alloc: std.mem.Allocator,
     opts: Options,
     cluster_buf: [wire.cluster_id_bytes_max]u8 = undefined,
     token_buf: [wire.token_bytes_max]u8 = undefined,
     cluster_hash: u64,
-    listen_fd: sys.Fd,
-    port: u16,
-    listener: ?std.Thread = null,
-    stopping: std.atomic.Value(bool) = .init(false),
+    port: u16 = 0,
 
+    /// The data plane's one lock: endpoints, stash, and (links.zig) peers and links.
     mu: std.Thread.Mutex = .{},
-    peers: [world_size_max]Peer = [_]Peer{.{}} ** world_size_max,
+    links: links_mod.Links = undefined,
     endpoints: [endpoints_max]?*Endpoint = [_]?*Endpoint{null} ** endpoints_max,
     /// Bit i: endpoints[i] is registered.
     endpoints_used: EndpointMask = 0,
@@ -243,23 +173,15 @@ pub const Net = struct {
     finished_count: u32 = 0,
     stash: std.ArrayListUnmanaged(StashEntry) = .empty,
     stash_bytes: u64 = 0,
-    /// Stash buffers handed to link threads and not yet appended (capacity is reserved).
+    /// Stash buffers handed to receive threads and not yet appended (capacity is reserved).
     stash_pending: u32 = 0,
     stash_full_logged: bool = false,
     stash_cond: std.Thread.Condition = .{},
-    peer_cond: std.Thread.Condition = .{},
-    threads_live: u32 = 0,
-    threads_cond: std.Thread.Condition = .{},
-    links_live: u32 = 0,
-    shm_nonce: u32 = 0,
-    /// This rank's board (board.zig) and the peers' (mapped on first use, per peer
-    /// generation); null when the board is off or the transport is tcp.
-    board: ?board_mod.Board = null,
-    peer_boards: [world_size_max]PeerBoard = [_]PeerBoard{.{}} ** world_size_max,
+    boards: boards_mod.Boards = .{},
     /// Peers' shared buffers this rank has mapped (board ops read them in place).
     peer_maps: arena.PeerMaps = .{},
-    /// Boards replaced while an op may still read them; unmapped at deinit.
-    retired_boards: std.BoundedArray(board_mod.Board, retired_boards_max) = .{},
+    name_prefix_buf: [64]u8 = undefined,
+    name_prefix_len: usize = 0,
 
     pub fn init(alloc: std.mem.Allocator, opts_in: Options) !*Net {
         if (opts_in.world_size_max == 0 or opts_in.world_size_max > world_size_max) return error.BadWorldSize;
@@ -267,16 +189,12 @@ pub const Net = struct {
         if (opts_in.cluster_id.len > wire.cluster_id_bytes_max) return error.ClusterIdTooLong;
         if (opts_in.token.len > wire.token_bytes_max) return error.TokenTooLong;
         if (opts_in.tcp_chunk_bytes == 0 or opts_in.tcp_chunk_bytes > wire.chunk_bytes_max) return error.BadChunk;
-        const listen_fd = try sys.listenTcp(opts_in.listen);
-        errdefer sys.closeFd(listen_fd);
         const net = try alloc.create(Net);
         errdefer alloc.destroy(net);
         net.* = .{
             .alloc = alloc,
             .opts = opts_in,
             .cluster_hash = std.hash.Wyhash.hash(0, opts_in.cluster_id),
-            .listen_fd = listen_fd,
-            .port = sys.localPort(listen_fd),
         };
         try net.stash.ensureTotalCapacity(alloc, stash_entries_max);
         errdefer net.stash.deinit(alloc);
@@ -284,46 +202,55 @@ pub const Net = struct {
         @memcpy(net.token_buf[0..opts_in.token.len], opts_in.token);
         net.opts.cluster_id = net.cluster_buf[0..opts_in.cluster_id.len];
         net.opts.token = net.token_buf[0..opts_in.token.len];
+        net.name_prefix_len = net.shmPrefix(&net.name_prefix_buf, net.rank()).len;
         net.sweepOwnSegments();
+        try net.links.init(alloc, &net.mu, net.sink(), net.linkOptions());
+        errdefer net.links.deinit();
+        net.port = net.links.port;
         if (opts_in.mode != .tcp and boardEnabled()) {
-            board_mod.sweepDead();
-            var name_buf: [96]u8 = undefined;
-            const name = net.boardName(&name_buf, net.rank(), net.port);
-            net.board = board_mod.Board.create(name, net.rank(), sys.monotonicNs() ^ @intFromPtr(net)) catch |err| {
-                sys.logLine("rank {d}: cannot create the board {s}{s} ({d} bytes): {s}; MOONRING_BOARD=0 on every rank turns it off", .{ net.rank(), sys.shm_dir, name, board_mod.segmentBytes(), @errorName(err) });
-                return err;
-            };
+            try net.boards.create(net.rank(), net.namePrefix(), net.port, sys.monotonicNs() ^ @intFromPtr(net));
         }
-        errdefer if (net.board) |b| b.unmap();
-        net.listener = try std.Thread.spawn(.{ .stack_size = 256 * 1024 }, listenLoop, .{net});
+        errdefer net.boards.deinit();
+        try net.links.listen();
         return net;
+    }
+
+    fn linkOptions(net: *Net) links_mod.Options {
+        return .{
+            .identity = .{
+                .rank = net.opts.rank,
+                .world_size_max = net.opts.world_size_max,
+                .cluster_id = net.opts.cluster_id,
+                .token = net.opts.token,
+                .host_id = net.opts.host_id,
+            },
+            .listen = net.opts.listen,
+            .env = .{
+                .alloc = net.alloc,
+                .rank = net.opts.rank,
+                .world_size_max = net.opts.world_size_max,
+                .host_id = net.opts.host_id,
+                .forced = kinds.forcedName(net.opts.mode),
+                .name_prefix = net.namePrefix(),
+                .tcp_chunk_bytes = net.opts.tcp_chunk_bytes,
+                .shm_slot_count = net.opts.shm_slot_count,
+                .shm_slot_bytes = net.opts.shm_slot_bytes,
+            },
+        };
     }
 
     /// Stops the listener and every link; every endpoint must be closed already.
     pub fn deinit(net: *Net) void {
-        net.stopping.store(true, .release);
-        sys.shutdownBoth(net.listen_fd); // wakes the listener's poll at once
-        if (net.listener) |thread| thread.join();
-        sys.closeFd(net.listen_fd);
         net.mu.lock();
         for (net.endpoints) |slot| std.debug.assert(slot == null);
-        for (&net.peers) |*peer| {
-            for (peer.links) |maybe| if (maybe) |link| net.closeLinkLocked(link);
-        }
         net.stash_cond.broadcast();
-        net.peer_cond.broadcast();
-        while (net.threads_live > 0) net.threads_cond.timedWait(&net.mu, 50 * std.time.ns_per_ms) catch {};
+        net.mu.unlock();
+        net.links.deinit();
+        net.mu.lock();
         for (net.stash.items) |entry| net.alloc.free(entry.data);
         net.stash.deinit(net.alloc);
         net.mu.unlock();
-        if (net.board) |b| {
-            b.markDead();
-            b.unmap();
-            var name_buf: [96]u8 = undefined;
-            sys.shmUnlink(net.boardName(&name_buf, net.rank(), net.port));
-        }
-        for (net.peer_boards) |pb| if (pb.board) |b| b.unmap();
-        for (net.retired_boards.constSlice()) |b| b.unmap();
+        net.boards.deinit();
         net.peer_maps.deinit();
         net.sweepOwnSegments();
         net.alloc.destroy(net);
@@ -337,12 +264,17 @@ pub const Net = struct {
         return std.fmt.bufPrint(buf, "moonring-{x:0>16}-{d}-", .{ net.cluster_hash, owner }) catch unreachable;
     }
 
-    /// A board's name carries its owner's data port: a second process claiming the same rank
-    /// (refused later by the control plane) never replaces a live rank's board.
-    fn boardName(net: *const Net, buf: []u8, owner: u32, port: u16) []const u8 {
-        var prefix_buf: [64]u8 = undefined;
-        return std.fmt.bufPrint(buf, "{s}board-{d}", .{ net.shmPrefix(&prefix_buf, owner), port }) catch unreachable;
+    /// Names of this rank's shared segments (rings, board) start with it.
+    fn namePrefix(net: *const Net) []const u8 {
+        return net.name_prefix_buf[0..net.name_prefix_len];
     }
+
+    fn sweepOwnSegments(net: *Net) void {
+        const removed = sys.shmUnlinkPrefix(net.namePrefix(), boards_mod.keepLiveBoard);
+        if (removed > 0) sys.logLine("rank {d}: removed {d} stale shm segment(s)", .{ net.rank(), removed });
+    }
+
+    // ---- boards ----
 
     /// The boards of `ep`'s group when every peer of it is on this host with a live board
     /// (else false: the op runs over the links). Maps boards on first use and again after a
@@ -353,63 +285,28 @@ pub const Net = struct {
 
     /// boardTeam() for a group (global ranks, ascending) before its endpoint is open.
     pub fn boardTeamOf(net: *Net, group: []const u32, team: *BoardTeam) bool {
-        const own = net.board orelse return false;
-        if (group.len > board_mod.counts_max) return false;
+        if (net.boards.own == null) return false;
         net.mu.lock();
         defer net.mu.unlock();
-        for (group, 0..) |g, i| {
-            if (g == net.rank()) {
-                team.boards[i] = own;
-                team.departed_serials[i] = &net.peer_boards[g].departed_serials; // unused
-                continue;
-            }
-            const peer = &net.peers[g];
-            if (peer.addr == null or peer.down or peer.lost or !net.wantShm(peer)) return false;
-            const pb = &net.peer_boards[g];
-            // The alive flag only (no syscall per op): a killed owner is caught by the waits.
-            const current = if (pb.board) |b| pb.generation == peer.generation and b.aliveFlag() else false;
-            if (!current) {
-                var name_buf: [96]u8 = undefined;
-                const fresh = board_mod.Board.open(net.boardName(&name_buf, g, peer.addr.?.getPort()), g) catch return false;
-                if (!fresh.ownerAlive()) {
-                    fresh.unmap();
-                    return false;
-                }
-                if (pb.board) |old| {
-                    if (net.retired_boards.len == retired_boards_max) net.retired_boards.orderedRemove(0).unmap();
-                    net.retired_boards.appendAssumeCapacity(old);
-                }
-                pb.* = .{ .board = fresh, .generation = peer.generation };
-            }
-            team.boards[i] = pb.board.?;
-            team.departed_serials[i] = &pb.departed_serials;
+        return net.boards.teamLocked(net.rank(), group, &net.links.peers, net, boardPeer, shmPrefix, team);
+    }
+
+    /// Whether a peer's board is reachable: on this host (MOONRING_TRANSPORT=shm: any peer).
+    fn boardPeer(net: *const Net, peer: *const links_mod.Peer) bool {
+        if (net.opts.mode == .shm) return true;
+        return net.opts.mode == .auto and peer.host_id != 0 and peer.host_id == net.opts.host_id;
+    }
+
+    /// Whether every rank of `group` (global ranks) is on this host, as setPeer described them.
+    pub fn sameHost(net: *Net, group: []const u32) bool {
+        if (net.opts.host_id == 0) return false;
+        net.mu.lock();
+        defer net.mu.unlock();
+        for (group) |g| {
+            if (g == net.rank()) continue;
+            if (net.links.peers[g].host_id != net.opts.host_id) return false;
         }
         return true;
-    }
-
-    /// Why `ep` must stop now (failed, canceled, shutting down, past its deadline), or null;
-    /// `peer` (global rank) names who it waited for.
-    pub fn stopCheck(net: *Net, ep: *Endpoint, peer: u32, what: []const u8) ?Error {
-        return net.stopReason(ep, peer, what);
-    }
-
-    /// The global rank `ep`'s recorded failure names, or -1.
-    pub fn failedPeer(net: *Net, ep: *Endpoint) i32 {
-        net.mu.lock();
-        defer net.mu.unlock();
-        const failure = ep.failure orelse return -1;
-        return failure.peer;
-    }
-
-    /// Records `ep`'s failure (the first wins) and returns its error.
-    pub fn failOp(net: *Net, ep: *Endpoint, err: Error, peer: i32, message: []const u8) Error {
-        return net.fail(ep, err, peer, "{s}", .{message});
-    }
-
-    fn sweepOwnSegments(net: *Net) void {
-        var buf: [64]u8 = undefined;
-        const removed = sys.shmUnlinkPrefix(net.shmPrefix(&buf, net.rank()), keepLiveBoard);
-        if (removed > 0) sys.logLine("rank {d}: removed {d} stale shm segment(s)", .{ net.rank(), removed });
     }
 
     // ---- peers ----
@@ -417,64 +314,34 @@ pub const Net = struct {
     /// Where `peer` listens and which host it is on. Resets its links when anything changed
     /// or it was down / lost (a rejoined rank).
     pub fn setPeer(net: *Net, peer_rank: u32, addr: sys.Address, host_id: u64) void {
-        std.debug.assert(peer_rank < net.opts.world_size_max);
         net.mu.lock();
         defer net.mu.unlock();
-        const peer = &net.peers[peer_rank];
-        // The first address keeps links the peer already dialed to us (it may have learned our
-        // address first); a changed address, or a peer down / lost, starts over.
-        const changed = if (peer.addr) |old| !old.eql(addr) or peer.host_id != host_id else false;
-        if (!changed and !peer.down and !peer.lost) {
-            peer.addr = addr;
-            peer.host_id = host_id;
-            return;
-        }
-        for (peer.links) |maybe| if (maybe) |link| net.closeLinkLocked(link);
-        peer.addr = addr;
-        peer.host_id = host_id;
-        peer.down = false;
-        peer.lost = false;
-        peer.generation +%= 1;
-        net.peer_cond.broadcast();
+        _ = net.links.setPeerLocked(peer_rank, addr, host_id);
     }
 
     /// Closes the peer's links and fails every op whose group contains it, at once.
     pub fn peerDown(net: *Net, peer_rank: u32) void {
-        std.debug.assert(peer_rank < net.opts.world_size_max);
         net.mu.lock();
         defer net.mu.unlock();
-        const peer = &net.peers[peer_rank];
-        peer.down = true;
-        peer.generation +%= 1;
-        for (peer.links) |maybe| if (maybe) |link| net.closeLinkLocked(link);
+        net.links.peerDownLocked(peer_rank);
         for (net.endpoints) |maybe| {
             const ep = maybe orelse continue;
             if (!ep.group_set.isSet(peer_rank)) continue;
-            net.failLocked(ep, error.PeerFailed, @intCast(peer_rank), "rank {d} was marked down", .{peer_rank});
+            failLocked(ep, error.PeerFailed, @intCast(peer_rank), "rank {d} was marked down", .{peer_rank});
         }
-        net.peer_cond.broadcast();
     }
 
     /// Live links by kind (tests and diagnostics).
     pub fn linkCounts(net: *Net) struct { tcp: u32, shm: u32 } {
         net.mu.lock();
         defer net.mu.unlock();
-        var tcp_links: u32 = 0;
-        var shm_links: u32 = 0;
-        for (net.peers) |peer| for (peer.links) |maybe| {
-            const link = maybe orelse continue;
-            if (link.closing.load(.acquire)) continue;
-            if (link.kind == .shm) shm_links += 1 else tcp_links += 1;
-        };
-        return .{ .tcp = tcp_links, .shm = shm_links };
+        const counts = net.links.linkCountsLocked();
+        return .{ .tcp = counts[kindIndex("tcp")], .shm = counts[kindIndex("shm")] };
     }
 
-    fn wantShm(net: *const Net, peer: *const Peer) bool {
-        return switch (net.opts.mode) {
-            .tcp => false,
-            .shm => true,
-            .auto => peer.host_id != 0 and peer.host_id == net.opts.host_id,
-        };
+    fn kindIndex(comptime name: []const u8) usize {
+        inline for (kinds.all, 0..) |kind, i| if (comptime std.mem.eql(u8, kind.name, name)) return i;
+        @compileError("no link kind " ++ name);
     }
 
     // ---- endpoints ----
@@ -510,10 +377,7 @@ pub const Net = struct {
         defer net.mu.unlock();
         // Only the registered endpoints are looked at (E16: copying and scanning all 256 was
         // ~15% of an 8-byte board op).
-        var used = net.endpoints_used;
-        while (used != 0) : (used &= used - 1) {
-            if (net.endpoints[@ctz(used)].?.op_id == op_id) return error.DuplicateOp;
-        }
+        if (net.findEndpointLocked(op_id) != null) return error.DuplicateOp;
         if (net.endpoints_used == std.math.maxInt(EndpointMask)) return error.TooManyOps;
         const slot: usize = @ctz(~net.endpoints_used);
         std.debug.assert(net.endpoints[slot] == null);
@@ -527,7 +391,7 @@ pub const Net = struct {
         net.endpoints[slot] = ep;
     }
 
-    /// Unregisters an op: no link thread writes into its buffers once this returns; frames
+    /// Unregisters an op: no receive thread writes into its buffers once this returns; frames
     /// that arrive for it later are dropped.
     pub fn close(net: *Net, ep: *Endpoint) void {
         std.debug.assert(ep.registered);
@@ -539,7 +403,7 @@ pub const Net = struct {
         net.endpoints_used &= ~(@as(EndpointMask, 1) << @intCast(ep.endpoint_index));
         var waits: u32 = 0;
         while (endpointBusy(ep)) : (waits += 1) {
-            // Link threads notice `abandoned` within tcp.io_poll_ms.
+            // Receive threads notice `abandoned` within tcp.io_poll_ms.
             ep.cond.timedWait(&net.mu, 10 * std.time.ns_per_ms) catch {};
             if (waits == 1000) sys.logLine("rank {d}: op {d}: still waiting for a link thread to leave its buffer", .{ net.rank(), ep.op_id });
         }
@@ -580,8 +444,26 @@ pub const Net = struct {
         ep.cond.broadcast();
     }
 
-    fn failLocked(net: *Net, ep: *Endpoint, err: Error, peer: i32, comptime fmt: []const u8, args: anytype) void {
-        _ = net;
+    /// Why `ep` must stop now (failed, canceled, shutting down, past its deadline), or null;
+    /// `peer` (global rank) names who it waited for.
+    pub fn stopCheck(net: *Net, ep: *Endpoint, peer: u32, what: []const u8) ?Error {
+        return net.stopReason(ep, peer, what);
+    }
+
+    /// The global rank `ep`'s recorded failure names, or -1.
+    pub fn failedPeer(net: *Net, ep: *Endpoint) i32 {
+        net.mu.lock();
+        defer net.mu.unlock();
+        const failure = ep.failure orelse return -1;
+        return failure.peer;
+    }
+
+    /// Records `ep`'s failure (the first wins) and returns its error.
+    pub fn failOp(net: *Net, ep: *Endpoint, err: Error, peer: i32, message: []const u8) Error {
+        return net.fail(ep, err, peer, "{s}", .{message});
+    }
+
+    fn failLocked(ep: *Endpoint, err: Error, peer: i32, comptime fmt: []const u8, args: anytype) void {
         if (ep.failure == null) {
             var failure = Failure{ .err = err, .peer = peer };
             const text = std.fmt.bufPrint(&failure.text, fmt, args) catch failure.text[0..];
@@ -595,7 +477,7 @@ pub const Net = struct {
     fn fail(net: *Net, ep: *Endpoint, err: Error, peer: i32, comptime fmt: []const u8, args: anytype) Error {
         net.mu.lock();
         defer net.mu.unlock();
-        net.failLocked(ep, err, peer, fmt, args);
+        failLocked(ep, err, peer, fmt, args);
         return ep.failure.?.err;
     }
 
@@ -636,6 +518,7 @@ pub const Net = struct {
     }
 
     fn checkDoneLocked(ep: *Endpoint, req: *Req) void {
+        std.debug.assert(req.received <= req.buf.len);
         if (req.arrived and req.busy == 0 and req.received == req.buf.len) {
             req.done.store(true, .release);
             ep.cond.broadcast();
@@ -650,7 +533,7 @@ pub const Net = struct {
             return ep.failure.?.err;
         }
         if (ep.canceled.load(.acquire)) return net.fail(ep, error.Canceled, -1, "canceled", .{});
-        if (net.stopping.load(.acquire)) return net.fail(ep, error.Canceled, -1, "engine shutting down", .{});
+        if (net.links.stopping.load(.acquire)) return net.fail(ep, error.Canceled, -1, "engine shutting down", .{});
         if (sys.monotonicNs() >= ep.deadline_ns)
             return net.fail(ep, error.Timeout, @intCast(peer), "timed out after {d} ms {s} rank {d}", .{ ep.timeout_ms, what, peer });
         return null;
@@ -674,7 +557,7 @@ pub const Net = struct {
             defer net.mu.unlock();
             if (ep.failure) |f| return f.err;
             const index = allocReqLocked(ep) orelse {
-                net.failLocked(ep, error.OutOfMemory, -1, "more than {d} requests in flight", .{requests_max});
+                failLocked(ep, error.OutOfMemory, -1, "more than {d} requests in flight", .{requests_max});
                 return error.OutOfMemory;
             };
             const seq = ep.send_seq[peer_group];
@@ -705,7 +588,7 @@ pub const Net = struct {
         defer net.mu.unlock();
         if (ep.failure) |f| return f.err;
         const index = allocReqLocked(ep) orelse {
-            net.failLocked(ep, error.OutOfMemory, -1, "more than {d} requests in flight", .{requests_max});
+            failLocked(ep, error.OutOfMemory, -1, "more than {d} requests in flight", .{requests_max});
             return error.OutOfMemory;
         };
         const seq = ep.recv_seq[peer_group];
@@ -716,13 +599,13 @@ pub const Net = struct {
         checkDoneLocked(ep, req);
         // A peer that is gone can't send the rest (what it sent before leaving was stashed).
         if (!req.done.load(.acquire)) {
-            const p = &net.peers[peer];
+            const p = &net.links.peers[peer];
             if (p.down) {
-                net.failLocked(ep, error.PeerFailed, @intCast(peer), "rank {d} was marked down", .{peer});
+                failLocked(ep, error.PeerFailed, @intCast(peer), "rank {d} was marked down", .{peer});
             } else if (p.lost and p.lost_protocol) {
-                net.failLocked(ep, error.Protocol, @intCast(peer), "rank {d} sent a bad frame", .{peer});
+                failLocked(ep, error.Protocol, @intCast(peer), "rank {d} sent a bad frame", .{peer});
             } else if (p.lost) {
-                net.failLocked(ep, error.PeerFailed, @intCast(peer), "rank {d} closed its link", .{peer});
+                failLocked(ep, error.PeerFailed, @intCast(peer), "rank {d} closed its link", .{peer});
             }
         }
         return .{ .index = index };
@@ -739,9 +622,9 @@ pub const Net = struct {
             const entry = net.stash.swapRemove(index);
             net.stash_bytes -= entry.data.len;
             net.stash_cond.broadcast();
-            if (entry.msg_len != req.buf.len or req.routed + entry.data.len > req.buf.len) {
+            if (!fits(req, entry.msg_len, entry.data.len)) {
                 net.alloc.free(entry.data);
-                net.failLocked(ep, error.Protocol, @intCast(req.peer), "rank {d} sent message {d} of {d} bytes, expected {d}", .{ req.peer, req.seq, entry.msg_len, req.buf.len });
+                failLocked(ep, error.Protocol, @intCast(req.peer), "rank {d} sent message {d} of {d} bytes, expected {d}", .{ req.peer, req.seq, entry.msg_len, req.buf.len });
                 continue;
             }
             req.routed += entry.data.len;
@@ -754,6 +637,11 @@ pub const Net = struct {
             req.received += entry.data.len;
             req.arrived = true;
         }
+    }
+
+    /// Whether a chunk of a `msg_len`-byte message fits what `req` still expects.
+    fn fits(req: *const Req, msg_len: u64, chunk_len: u64) bool {
+        return msg_len == req.buf.len and req.routed + chunk_len <= req.buf.len;
     }
 
     const SpinReq = struct {
@@ -782,16 +670,16 @@ pub const Net = struct {
             }
             if (ep.failure) |f| return f.err;
             if (ep.canceled.load(.acquire)) {
-                net.failLocked(ep, error.Canceled, -1, "canceled", .{});
+                failLocked(ep, error.Canceled, -1, "canceled", .{});
                 continue;
             }
-            if (net.stopping.load(.acquire)) {
-                net.failLocked(ep, error.Canceled, -1, "engine shutting down", .{});
+            if (net.links.stopping.load(.acquire)) {
+                failLocked(ep, error.Canceled, -1, "engine shutting down", .{});
                 continue;
             }
             const now = sys.monotonicNs();
             if (now >= ep.deadline_ns) {
-                net.failLocked(ep, error.Timeout, @intCast(req.peer), "timed out after {d} ms waiting for message {d} ({d} bytes, {d} arrived) from rank {d}", .{ ep.timeout_ms, req.seq, req.buf.len, req.received, req.peer });
+                failLocked(ep, error.Timeout, @intCast(req.peer), "timed out after {d} ms waiting for message {d} ({d} bytes, {d} arrived) from rank {d}", .{ ep.timeout_ms, req.seq, req.buf.len, req.received, req.peer });
                 continue;
             }
             ep.cond.timedWait(&net.mu, ep.deadline_ns - now) catch {};
@@ -802,8 +690,8 @@ pub const Net = struct {
 
     fn sendMessage(net: *Net, ep: *Endpoint, peer: u32, seq: u32, bytes: []const u8) Error!void {
         const link = try net.acquireLink(ep, peer);
-        defer net.releaseLink(link);
-        const chunk_max: u64 = if (link.tx) |ring| ring.slot_bytes else net.opts.tcp_chunk_bytes;
+        defer net.links.release(link);
+        const chunk_max: u64 = link.chunkBytes();
         var offset: u64 = 0;
         var chunks_max: u64 = bytes.len / chunk_max + 1;
         while (chunks_max > 0) : (chunks_max -= 1) {
@@ -818,573 +706,163 @@ pub const Net = struct {
                 .offset = offset,
             };
             header.seal();
-            const payload = bytes[offset..][0..chunk_len];
-            if (link.tx) |ring| {
-                try net.sendChunkShm(link, ring, ep, &header, payload);
-            } else {
-                try net.sendChunkTcp(link, ep, &header, payload);
-            }
+            net.links.send(link, &header, bytes[offset..][0..chunk_len], ep.abort()) catch |err|
+                return net.sendFailed(ep, link.peer, seq, err);
             offset += chunk_len;
             if (offset == bytes.len) return;
         }
         unreachable;
     }
 
-    const SendAbort = struct {
-        net: *Net,
-        link: *Link,
-        ep: *Endpoint,
-        pub fn check(self: SendAbort) bool {
-            if (self.link.closing.load(.acquire) or self.net.stopping.load(.acquire)) return true;
-            return self.ep.failed.load(.acquire) or self.ep.canceled.load(.acquire) or
-                sys.monotonicNs() >= self.ep.deadline_ns;
-        }
-    };
-
-    fn sendChunkTcp(net: *Net, link: *Link, ep: *Endpoint, header: *const wire.FrameHeader, payload: []const u8) Error!void {
-        link.write_mu.lock();
-        defer link.write_mu.unlock();
-        if (link.closing.load(.acquire)) return net.fail(ep, error.PeerFailed, @intCast(link.peer), "link to rank {d} closed", .{link.peer});
-        tcp.writeFrame(link.fd, header, payload, SendAbort{ .net = net, .link = link, .ep = ep }) catch |err| {
-            // Mid-frame: the stream can't be resumed, so the link goes.
-            net.mu.lock();
-            defer net.mu.unlock();
-            const by_us = !link.closing.load(.acquire);
-            net.closeLinkLocked(link);
-            if (err == error.Closed) {
-                net.failLocked(ep, error.PeerFailed, @intCast(link.peer), "rank {d} closed its link while we sent message {d}", .{ link.peer, header.seq });
-            } else if (!by_us) {
-                net.failLocked(ep, error.PeerFailed, @intCast(link.peer), "link to rank {d} closed while we sent message {d}", .{ link.peer, header.seq });
-            } else if (ep.failure == null) {
+    /// The op's failure after links.send gave up on message `seq` to `peer`.
+    fn sendFailed(net: *Net, ep: *Endpoint, peer: u32, seq: u32, err: links_mod.SendFailure) Error {
+        net.mu.lock();
+        defer net.mu.unlock();
+        switch (err) {
+            error.PeerClosed => failLocked(ep, error.PeerFailed, @intCast(peer), "rank {d} closed its link while we sent message {d}", .{ peer, seq }),
+            error.LinkClosed => failLocked(ep, error.PeerFailed, @intCast(peer), "link to rank {d} closed while we sent message {d}", .{ peer, seq }),
+            error.Broken, error.Aborted => if (ep.failure == null) {
                 if (ep.canceled.load(.acquire)) {
-                    net.failLocked(ep, error.Canceled, -1, "canceled", .{});
+                    failLocked(ep, error.Canceled, -1, "canceled", .{});
+                } else if (net.links.stopping.load(.acquire)) {
+                    failLocked(ep, error.Canceled, -1, "engine shutting down", .{});
                 } else {
-                    net.failLocked(ep, error.Timeout, @intCast(link.peer), "timed out after {d} ms sending to rank {d} (it stopped reading)", .{ ep.timeout_ms, link.peer });
+                    failLocked(ep, error.Timeout, @intCast(peer), "timed out after {d} ms sending to rank {d} (it stopped reading)", .{ ep.timeout_ms, peer });
                 }
-            }
-            return ep.failure.?.err;
-        };
-    }
-
-    fn sendChunkShm(net: *Net, link: *Link, ring: shm.Ring, ep: *Endpoint, header: *const wire.FrameHeader, payload: []const u8) Error!void {
-        link.write_mu.lock();
-        defer link.write_mu.unlock();
-        std.debug.assert(payload.len <= ring.slot_bytes);
-        const abort = SendAbort{ .net = net, .link = link, .ep = ep };
-        const index = while (true) {
-            if (ring.tryReserve()) |index| break index;
-            if (abort.check()) {
-                if (link.closing.load(.acquire))
-                    return net.fail(ep, error.PeerFailed, @intCast(link.peer), "link to rank {d} closed", .{link.peer});
-                return net.stopReason(ep, link.peer, "sending to (ring full)") orelse error.Canceled;
-            }
-            ring.waitSpace(send_space_wait_ns);
-        };
-        ring.slotHeader(index).* = header.*;
-        @memcpy(ring.slotPayload(index)[0..payload.len], payload);
-        ring.publish(index);
+            },
+        }
+        return ep.failure.?.err;
     }
 
     /// A live link to `peer` (dialing it when there is none), with a reference held.
-    fn acquireLink(net: *Net, ep: *Endpoint, peer_rank: u32) Error!*Link {
-        net.mu.lock();
-        const peer = &net.peers[peer_rank];
-        const addr, const generation, const want_shm = while (true) {
-            if (ep.failure) |f| {
-                net.mu.unlock();
-                return f.err;
-            }
-            if (peer.down) {
-                net.failLocked(ep, error.PeerFailed, @intCast(peer_rank), "rank {d} was marked down", .{peer_rank});
-                net.mu.unlock();
-                return error.PeerFailed;
-            }
-            for (peer.links) |maybe| {
-                const link = maybe orelse continue;
-                if (link.closing.load(.acquire)) continue;
-                link.refs += 1;
-                net.mu.unlock();
-                return link;
-            }
-            const addr = peer.addr orelse {
-                net.failLocked(ep, error.PeerFailed, @intCast(peer_rank), "rank {d} has no data-plane address", .{peer_rank});
-                net.mu.unlock();
-                return error.PeerFailed;
-            };
-            const now = sys.monotonicNs();
-            if (net.stopping.load(.acquire) or ep.canceled.load(.acquire) or now >= ep.deadline_ns) {
-                net.mu.unlock();
-                return net.stopReason(ep, peer_rank, "connecting to") orelse error.Canceled;
-            }
-            if (!peer.dialing) {
-                peer.dialing = true;
-                break .{ addr, peer.generation, net.wantShm(peer) };
-            }
-            net.peer_cond.timedWait(&net.mu, ep.deadline_ns - now) catch {};
+    fn acquireLink(net: *Net, ep: *Endpoint, peer_rank: u32) Error!*links_mod.Link {
+        const why = switch (net.links.acquire(peer_rank, ep.deadline_ns, ep.abort())) {
+            .link => |link| return link,
+            .failed => |why| why,
         };
-        net.mu.unlock();
-
-        const remaining_ms: u32 = @intCast(@min(connect_timeout_ms_max, (ep.deadline_ns -| sys.monotonicNs()) / std.time.ns_per_ms + 1));
-        const dialed = net.dialLink(peer_rank, addr, want_shm, remaining_ms);
-
+        if (why == .stop) return net.stopReason(ep, peer_rank, "connecting to") orelse error.Canceled;
         net.mu.lock();
-        peer.dialing = false;
-        net.peer_cond.broadcast();
-        const link = dialed catch |err| {
-            net.failLocked(ep, error.PeerFailed, @intCast(peer_rank), "could not connect to rank {d} at {any}: {s}", .{ peer_rank, addr, switch (err) {
+        defer net.mu.unlock();
+        switch (why) {
+            .stop => unreachable,
+            .down => failLocked(ep, error.PeerFailed, @intCast(peer_rank), "rank {d} was marked down", .{peer_rank}),
+            .no_address => failLocked(ep, error.PeerFailed, @intCast(peer_rank), "rank {d} has no data-plane address", .{peer_rank}),
+            .dial => |d| failLocked(ep, error.PeerFailed, @intCast(peer_rank), "could not connect to rank {d} at {any}: {s}", .{ peer_rank, d.addr, switch (d.err) {
                 error.Refused => "connection refused",
                 error.TimedOut => "timed out",
                 error.Rejected => "handshake rejected (cluster id / token / rank mismatch?)",
                 error.Protocol => "bad handshake reply",
                 else => "unreachable",
-            } });
-            net.mu.unlock();
-            return error.PeerFailed;
-        };
-        if (generation != peer.generation or !net.installLocked(link)) {
-            net.failLocked(ep, error.PeerFailed, @intCast(peer_rank), "rank {d} was reset while connecting", .{peer_rank});
-            net.mu.unlock();
-            net.destroyLink(link);
-            return error.PeerFailed;
+            } }),
+            .reset => failLocked(ep, error.PeerFailed, @intCast(peer_rank), "rank {d} was reset while connecting", .{peer_rank}),
+            .no_thread => failLocked(ep, error.OutOfMemory, -1, "could not start a link thread", .{}),
         }
-        link.refs = 2; // the link thread and this sender
-        net.threads_live += 1;
-        net.mu.unlock();
-        const thread = std.Thread.spawn(.{ .stack_size = 256 * 1024 }, linkThread, .{link}) catch {
-            net.mu.lock();
-            net.closeLinkLocked(link);
-            net.removeLinkLocked(link);
-            link.refs -= 1;
-            net.threads_live -= 1;
-            net.failLocked(ep, error.OutOfMemory, -1, "could not start a link thread", .{});
-            net.mu.unlock();
-            net.releaseLink(link);
-            return error.OutOfMemory;
-        };
-        thread.detach();
-        return link;
+        return ep.failure.?.err;
     }
 
-    fn releaseLink(net: *Net, link: *Link) void {
-        net.mu.lock();
-        std.debug.assert(link.refs > 0);
-        link.refs -= 1;
-        const last = link.refs == 0;
-        net.mu.unlock();
-        if (last) net.destroyLink(link);
+    // ---- receiving (link_kind.Receiver, called on links' receive threads) ----
+
+    fn sink(net: *Net) links_mod.Sink {
+        return .{ .context = net, .receiver = &receiver_vtable, .link_lost_locked = linkLostLocked };
     }
 
-    fn makeShmName(net: *Net, buf: []u8, peer_rank: u32) []const u8 {
-        var prefix_buf: [64]u8 = undefined;
-        const prefix = net.shmPrefix(&prefix_buf, net.rank());
-        const nonce = @atomicRmw(u32, &net.shm_nonce, .Add, 1, .monotonic);
-        const salt: u32 = @truncate(sys.monotonicNs() ^ @intFromPtr(net));
-        return std.fmt.bufPrint(buf, "{s}{d}-{x:0>8}{x:0>4}", .{ prefix, peer_rank, salt, nonce & 0xffff }) catch unreachable;
-    }
-
-    fn createTxRing(net: *Net, name_buf: []u8, peer_rank: u32) ?struct { ring: shm.Ring, name: []const u8 } {
-        const name = net.makeShmName(name_buf, peer_rank);
-        const bytes = shm.segmentBytes(net.opts.shm_slot_count, net.opts.shm_slot_bytes);
-        const segment = sys.shmCreate(name, bytes) catch |err| {
-            sys.logLine("rank {d}: shm segment {s} ({d} bytes) for rank {d} failed ({s}); using tcp", .{ net.rank(), name, bytes, peer_rank, @errorName(err) });
-            return null;
-        };
-        const ring = shm.Ring.create(segment, net.opts.shm_slot_count, net.opts.shm_slot_bytes, net.rank(), net.opts.host_id);
-        return .{ .ring = ring, .name = name };
-    }
-
-    fn identity(net: *const Net) tcp.Identity {
-        return .{
-            .rank = net.rank(),
-            .world_size_max = net.opts.world_size_max,
-            .cluster_id = net.opts.cluster_id,
-            .token = net.opts.token,
-            .host_id = net.opts.host_id,
-        };
-    }
-
-    fn dialLink(net: *Net, peer_rank: u32, addr: sys.Address, want_shm: bool, timeout_ms: u32) (tcp.DialError || error{OutOfMemory})!*Link {
-        var name_buf: [sys.shm_name_bytes_max]u8 = undefined;
-        const tx = if (want_shm) net.createTxRing(&name_buf, peer_rank) else null;
-        var keep_tx = false;
-        defer if (tx) |t| {
-            sys.shmUnlink(t.name);
-            if (!keep_tx) t.ring.segment.unmapSegment();
-        };
-        const offer: tcp.Offer = if (tx) |t| .{ .kind = .shm, .shm_name = t.name } else .{ .kind = .tcp };
-        const dialed = try tcp.dial(addr, net.identity(), peer_rank, offer, timeout_ms);
-        errdefer sys.closeFd(dialed.fd);
-        var rx: ?shm.Ring = null;
-        if (dialed.kind == .shm) {
-            const name = dialed.shm_name[0..dialed.shm_name_len];
-            defer sys.shmUnlink(name); // both sides have it mapped now: nothing stays in /dev/shm
-            const segment = sys.shmOpen(name, 0) catch return error.Protocol;
-            rx = shm.Ring.attach(segment, peer_rank, null) catch {
-                segment.unmapSegment();
-                return error.Protocol;
-            };
-        } else if (want_shm) {
-            sys.logLine("rank {d}: rank {d} declined shm; using tcp", .{ net.rank(), peer_rank });
-        }
-        errdefer if (rx) |r| r.segment.unmapSegment();
-        const link = try net.alloc.create(Link);
-        link.* = .{ .net = net, .fd = dialed.fd, .peer = peer_rank, .kind = dialed.kind, .tx = if (dialed.kind == .shm) tx.?.ring else null, .rx = rx };
-        keep_tx = dialed.kind == .shm;
-        tcp.setStreaming(dialed.fd);
-        return link;
-    }
-
-    /// Adds a handshaken link to its peer's table. False when the peer is down or we stop.
-    fn installLocked(net: *Net, link: *Link) bool {
-        const peer = &net.peers[link.peer];
-        if (net.stopping.load(.acquire) or peer.down) return false;
-        var free_slot: ?usize = null;
-        for (peer.links, 0..) |maybe, i| {
-            if (maybe == null and free_slot == null) free_slot = i;
-        }
-        if (free_slot == null) {
-            // Full (a flapping peer): the oldest goes.
-            net.closeLinkLocked(peer.links[0].?);
-            net.removeLinkLocked(peer.links[0].?);
-            free_slot = 0;
-        }
-        peer.links[free_slot.?] = link;
-        link.generation = peer.generation;
-        peer.lost = false;
-        net.links_live += 1;
-        return true;
-    }
-
-    fn removeLinkLocked(net: *Net, link: *Link) void {
-        for (&net.peers[link.peer].links) |*slot| {
-            if (slot.* == link) slot.* = null;
-        }
-    }
-
-    fn closeLinkLocked(net: *Net, link: *Link) void {
-        _ = net;
-        if (link.closing.load(.acquire)) return;
-        link.closed_by_us = true;
-        link.closing.store(true, .release);
-        sys.shutdownBoth(link.fd);
-        if (link.rx) |ring| ring.wakeAll();
-        if (link.tx) |ring| ring.wakeAll();
-    }
-
-    fn destroyLink(net: *Net, link: *Link) void {
-        sys.closeFd(link.fd);
-        if (link.tx) |ring| ring.segment.unmapSegment();
-        if (link.rx) |ring| ring.segment.unmapSegment();
-        net.alloc.destroy(link);
-    }
-
-    // ---- accepting ----
-
-    fn listenLoop(net: *Net) void {
-        while (!net.stopping.load(.acquire)) {
-            const accepted = sys.acceptTimeout(net.listen_fd, 100) catch {
-                sys.sleepNs(10 * std.time.ns_per_ms);
-                continue;
-            } orelse continue;
-            net.mu.lock();
-            const admit = !net.stopping.load(.acquire) and net.links_live < links_max;
-            if (admit) {
-                net.links_live += 1;
-                net.threads_live += 1;
-            }
-            net.mu.unlock();
-            if (!admit) {
-                sys.logLine("rank {d}: refused connection from {any}: {d} links open", .{ net.rank(), accepted.addr, links_max });
-                sys.closeFd(accepted.fd);
-                continue;
-            }
-            const thread = std.Thread.spawn(.{ .stack_size = 256 * 1024 }, acceptThread, .{ net, accepted }) catch {
-                sys.closeFd(accepted.fd);
-                net.mu.lock();
-                net.links_live -= 1;
-                net.threads_live -= 1;
-                net.threads_cond.broadcast();
-                net.mu.unlock();
-                continue;
-            };
-            thread.detach();
-        }
-    }
-
-    fn threadExit(net: *Net) void {
-        net.mu.lock();
-        net.threads_live -= 1;
-        net.threads_cond.broadcast();
-        net.mu.unlock();
-    }
-
-    fn rejectAccepted(net: *Net, accepted: sys.Accepted, comptime fmt: []const u8, args: anytype) void {
-        sys.logLine("rank {d}: rejected connection from {any}: " ++ fmt, .{ net.rank(), accepted.addr } ++ args);
-        sys.closeFd(accepted.fd);
-        net.mu.lock();
-        net.links_live -= 1;
-        net.mu.unlock();
-    }
-
-    fn acceptThread(net: *Net, accepted: sys.Accepted) void {
-        defer net.threadExit();
-        var hello: tcp.Hello = undefined;
-        tcp.readHello(accepted.fd, &hello, &net.stopping) catch |err| {
-            return net.rejectAccepted(accepted, "bad handshake ({s})", .{@errorName(err)});
-        };
-        const h = hello.header;
-        const status: wire.AckStatus = if (h.dst_rank != net.rank() or h.src_rank >= net.opts.world_size_max or
-            h.src_rank == net.rank() or h.world_size_max != net.opts.world_size_max)
-            .wrong_rank
-        else if (!std.mem.eql(u8, hello.clusterId(), net.opts.cluster_id))
-            .bad_cluster
-        else if (!tcp.secretEqual(hello.token(), net.opts.token))
-            .bad_token
-        else if (net.stopping.load(.acquire))
-            .shutting_down
-        else
-            .ok;
-        if (status != .ok) {
-            tcp.sendAck(accepted.fd, status, net.rank(), .tcp, "");
-            return net.rejectAccepted(accepted, "{s} (claims rank {d} -> {d}, world {d})", .{ @tagName(status), h.src_rank, h.dst_rank, h.world_size_max });
-        }
-        const src = h.src_rank;
-        var rx: ?shm.Ring = null;
-        var tx: ?shm.Ring = null;
-        var name_buf: [sys.shm_name_bytes_max]u8 = undefined;
-        var tx_name: []const u8 = "";
-        if (hello.kind == .shm and net.opts.mode != .tcp) shm_setup: {
-            const segment = sys.shmOpen(hello.shmName(), 0) catch break :shm_setup;
-            rx = shm.Ring.attach(segment, src, h.host_id) catch {
-                segment.unmapSegment();
-                break :shm_setup;
-            };
-            if (net.createTxRing(&name_buf, src)) |created| {
-                tx = created.ring;
-                tx_name = created.name;
-            } else {
-                rx.?.segment.unmapSegment();
-                rx = null;
-            }
-        }
-        const kind: wire.LinkKind = if (tx != null) .shm else .tcp;
-        const link = net.alloc.create(Link) catch {
-            if (tx) |r| r.segment.unmapSegment();
-            if (rx) |r| r.segment.unmapSegment();
-            if (tx != null) sys.shmUnlink(tx_name);
-            return net.rejectAccepted(accepted, "out of memory", .{});
-        };
-        link.* = .{ .net = net, .fd = accepted.fd, .peer = src, .kind = kind, .tx = tx, .rx = rx };
-        tcp.sendAck(accepted.fd, .ok, net.rank(), kind, tx_name);
-        tcp.setStreaming(accepted.fd);
-
-        net.mu.lock();
-        net.links_live -= 1; // installLocked counts it again
-        if (!net.installLocked(link)) {
-            net.mu.unlock();
-            sys.logLine("rank {d}: dropped link from rank {d} (down or shutting down)", .{ net.rank(), src });
-            if (tx != null) sys.shmUnlink(tx_name);
-            net.destroyLink(link);
-            return;
-        }
-        link.refs = 1;
-        net.threads_live += 1; // linkRun's own exit accounting
-        net.mu.unlock();
-        linkRun(link);
-    }
-
-    // ---- receiving ----
-
-    fn linkThread(link: *Link) void {
-        linkRun(link);
-    }
-
-    fn linkRun(link: *Link) void {
-        const net = link.net;
-        const outcome = if (link.rx) |ring| net.rxShm(link, ring) else net.rxTcp(link);
-        net.mu.lock();
-        net.removeLinkLocked(link);
-        const by_us = link.closed_by_us;
-        net.closeLinkLocked(link); // senders blocked on it (ring full) give up now
-        if (!by_us or outcome == .protocol) net.linkLostLocked(link, outcome);
-        std.debug.assert(link.refs > 0);
-        link.refs -= 1;
-        const last = link.refs == 0;
-        net.links_live -= 1;
-        net.mu.unlock();
-        if (last) net.destroyLink(link);
-        net.threadExit();
-    }
-
-    const RxOutcome = enum { closed, protocol };
-
-    /// The link died under us: ops waiting to receive from that peer fail now, and later
-    /// receives from it fail at once until a new link comes up.
-    fn linkLostLocked(net: *Net, link: *Link, outcome: RxOutcome) void {
-        const peer = &net.peers[link.peer];
-        if (link.generation != peer.generation) return;
-        var others = false;
-        for (peer.links) |maybe| {
-            if (maybe) |other| others = others or !other.closing.load(.acquire);
-        }
-        if (!others) {
-            peer.lost = true;
-            peer.lost_protocol = outcome == .protocol;
-        }
-        if (outcome == .protocol) {
-            sys.logLine("rank {d}: protocol error on link from rank {d}: closed it", .{ net.rank(), link.peer });
-        }
-        for (net.endpoints) |maybe| {
-            const ep = maybe orelse continue;
-            var used = ep.reqs_used;
-            while (used != 0) : (used &= used - 1) {
-                const req = &ep.reqs[@ctz(used)];
-                if (req.kind != .recv or req.peer != link.peer or req.done.load(.monotonic)) continue;
-                if (outcome == .protocol) {
-                    net.failLocked(ep, error.Protocol, @intCast(link.peer), "rank {d} sent a bad frame", .{link.peer});
-                } else {
-                    net.failLocked(ep, error.PeerFailed, @intCast(link.peer), "rank {d} closed its link (message {d}: {d} of {d} bytes arrived)", .{ link.peer, req.seq, req.received, req.buf.len });
-                }
-                break;
-            }
-        }
-    }
-
-    const RxIdle = struct {
-        net: *Net,
-        link: *Link,
-        pub fn check(self: RxIdle) bool {
-            return self.link.closing.load(.acquire) or self.net.stopping.load(.acquire);
-        }
+    const receiver_vtable = link_kind.Receiver.VTable{
+        .frame = rxFrame,
+        .route = rxRoute,
+        .finish_direct = rxFinishDirect,
+        .finish_stash = rxFinishStash,
+        .drop_stash = rxDropStash,
+        .abandoned = rxAbandoned,
     };
 
-    fn rxTcp(net: *Net, link: *Link) RxOutcome {
-        var header: wire.FrameHeader = undefined;
-        var frames: u64 = 0;
-        while (true) : (frames += 1) {
-            tcp.readExact(link.fd, std.mem.asBytes(&header), RxIdle{ .net = net, .link = link }) catch return .closed;
-            header.validate(link.peer, net.opts.tcp_chunk_bytes) catch return .protocol;
-            switch (net.route(link, &header, false)) {
-                .direct => |d| {
-                    const done = net.readDirect(link, d.ep, d.dest);
-                    net.finishDirect(d.ep, d.req, done, done == d.dest.len);
-                    if (done < d.dest.len) {
-                        if (link.closing.load(.acquire)) return .closed;
-                        net.discard(link, d.dest.len - done) catch return .closed;
-                    }
-                },
-                .stash => |buf| {
-                    tcp.readExact(link.fd, buf, RxIdle{ .net = net, .link = link }) catch {
-                        net.dropStashBuffer(buf);
-                        return .closed;
-                    };
-                    net.finishStash(link, &header, buf);
-                },
-                .discard => net.discard(link, header.chunk_len) catch return .closed,
-            }
+    fn of(rx: *const link_kind.Receiver) *Net {
+        return @ptrCast(@alignCast(rx.context));
+    }
+
+    fn rxFrame(rx: *const link_kind.Receiver, header: *const wire.FrameHeader, payload: []const u8) void {
+        const net = of(rx);
+        switch (net.route(rx, header, true)) {
+            .direct => |d| {
+                const req: *Req = @ptrCast(@alignCast(d.request));
+                req.deliver(header.offset, payload);
+                rxFinishDirect(rx, d, d.dest.len, true);
+            },
+            .stash => |buf| {
+                @memcpy(buf, payload);
+                rxFinishStash(rx, header, buf);
+            },
+            .discard => {},
         }
     }
 
-    /// Reads into a posted buffer until done, the op abandons it, or the link fails.
-    fn readDirect(net: *Net, link: *Link, ep: *Endpoint, dest: []u8) usize {
-        _ = net;
-        var done: usize = 0;
-        while (done < dest.len) {
-            if (ep.abandoned.load(.acquire)) break;
-            done += sys.recvSome(link.fd, dest[done..]) catch |err| switch (err) {
-                error.WouldBlock => if (link.closing.load(.acquire)) break else continue,
-                else => break,
-            };
-        }
-        return done;
+    fn rxRoute(rx: *const link_kind.Receiver, header: *const wire.FrameHeader) link_kind.Target {
+        return of(rx).route(rx, header, false);
     }
 
-    fn discard(net: *Net, link: *Link, len: u64) tcp.IoError!void {
-        var scratch: [16 * 1024]u8 = undefined;
-        var left = len;
-        while (left > 0) {
-            const n: usize = @intCast(@min(left, scratch.len));
-            try tcp.readExact(link.fd, scratch[0..n], RxIdle{ .net = net, .link = link });
-            left -= n;
-        }
-    }
-
-    fn rxShm(net: *Net, link: *Link, ring: shm.Ring) RxOutcome {
-        var frames: u64 = 0;
-        while (true) : (frames += 1) {
-            if (link.closing.load(.acquire) or net.stopping.load(.acquire)) return .closed;
-            const index = (ring.peek() catch return .protocol) orelse {
-                ring.waitData(rx_idle_wait_ns);
-                if ((ring.peek() catch return .protocol) == null and sys.peerHungUp(link.fd)) return .closed;
-                continue;
-            };
-            const header = ring.slotHeader(index).*;
-            header.validate(link.peer, ring.slot_bytes) catch return .protocol;
-            const payload = ring.slotPayload(index)[0..header.chunk_len];
-            switch (net.route(link, &header, true)) {
-                .direct => |d| {
-                    d.req.deliver(header.offset, payload);
-                    net.finishDirect(d.ep, d.req, d.dest.len, true);
-                },
-                .stash => |buf| {
-                    @memcpy(buf, payload);
-                    net.finishStash(link, &header, buf);
-                },
-                .discard => {},
-            }
-            ring.release(index);
-        }
+    fn rxAbandoned(rx: *const link_kind.Receiver, direct: link_kind.Direct) bool {
+        _ = rx;
+        const ep: *Endpoint = @ptrCast(@alignCast(direct.endpoint));
+        return ep.abandoned.load(.acquire);
     }
 
     /// Where one frame's payload goes. Waits while the stash is full (backpressure).
-    fn route(net: *Net, link: *Link, header: *const wire.FrameHeader, reduce_direct: bool) Target {
+    /// `in_memory`: the kind hands the payload over in memory, so a reducing receive can take
+    /// it directly; streamed payloads for reducing receives go through the stash.
+    fn route(net: *Net, rx: *const link_kind.Receiver, header: *const wire.FrameHeader, in_memory: bool) link_kind.Target {
         net.mu.lock();
         defer net.mu.unlock();
         var waits: u64 = 0;
         var waiting_since_ns: u64 = 0;
         while (true) : (waits += 1) {
-            if (link.closing.load(.acquire) or net.stopping.load(.acquire)) return .discard;
+            if (rx.stopped()) return .discard;
             const registered = net.findEndpointLocked(header.op_id) != null;
             if (!registered and waits > 0 and sys.monotonicNs() -| waiting_since_ns > orphan_ttl_ns) {
                 // A frame of an op this rank never runs must not block the link forever.
-                sys.logLine("rank {d}: dropping frames of op {d} from rank {d}: the op was not posted here for {d} s", .{ net.rank(), header.op_id, link.peer, orphan_ttl_ns / std.time.ns_per_s });
+                sys.logLine("rank {d}: dropping frames of op {d} from rank {d}: the op was not posted here for {d} s", .{ net.rank(), header.op_id, rx.peer, orphan_ttl_ns / std.time.ns_per_s });
                 net.markFinishedLocked(header.op_id);
                 return .discard;
             }
             if (waits == 0) waiting_since_ns = sys.monotonicNs();
             if (net.findEndpointLocked(header.op_id)) |ep| {
                 if (ep.abandoned.load(.acquire)) return .discard;
-                if (findRecvLocked(ep, link.peer, header.seq)) |req| routed: {
-                    if (req.reduce != null and !reduce_direct) break :routed; // via the stash (TCP reads in place)
-                    if (header.msg_len != req.buf.len or req.routed + header.chunk_len > req.buf.len) {
-                        net.failLocked(ep, error.Protocol, @intCast(link.peer), "rank {d} sent message {d} of {d} bytes, expected {d}", .{ link.peer, header.seq, header.msg_len, req.buf.len });
+                if (findRecvLocked(ep, rx.peer, header.seq)) |req| routed: {
+                    if (req.reduce != null and !in_memory) break :routed; // via the stash (TCP reads in place)
+                    if (!fits(req, header.msg_len, header.chunk_len)) {
+                        failLocked(ep, error.Protocol, @intCast(rx.peer), "rank {d} sent message {d} of {d} bytes, expected {d}", .{ rx.peer, header.seq, header.msg_len, req.buf.len });
                         return .discard;
                     }
                     req.routed += header.chunk_len;
                     req.busy += 1;
-                    return .{ .direct = .{ .ep = ep, .req = req, .dest = req.buf[header.offset..][0..header.chunk_len] } };
+                    return .{ .direct = .{ .endpoint = ep, .request = req, .dest = req.buf[header.offset..][0..header.chunk_len] } };
                 }
             } else if (net.finishedLocked(header.op_id)) {
                 return .discard;
             }
-            if (net.stash.items.len + net.stash_pending < stash_entries_max and net.stash_bytes + header.chunk_len <= net.opts.stash_bytes_max) {
-                if (net.alloc.alloc(u8, header.chunk_len)) |buf| {
-                    net.stash_pending += 1;
-                    net.stash_bytes += buf.len;
-                    net.stash_full_logged = false;
-                    return .{ .stash = buf };
-                } else |_| {}
-            }
+            if (net.stashReserveLocked(header.chunk_len)) |buf| return .{ .stash = buf };
             if (net.evictOrphansLocked() > 0) continue;
             if (!net.stash_full_logged) {
                 net.stash_full_logged = true;
-                sys.logLine("rank {d}: stash full ({d} bytes, {d} entries): link from rank {d} waits for op {d} to be posted", .{ net.rank(), net.stash_bytes, net.stash.items.len, link.peer, header.op_id });
+                sys.logLine("rank {d}: stash full ({d} bytes, {d} entries): link from rank {d} waits for op {d} to be posted", .{ net.rank(), net.stash_bytes, net.stash.items.len, rx.peer, header.op_id });
             }
-            net.stash_cond.timedWait(&net.mu, rx_idle_wait_ns) catch {};
+            net.stash_cond.timedWait(&net.mu, stash_wait_ns) catch {};
         }
     }
 
-    fn finishDirect(net: *Net, ep: *Endpoint, req: *Req, written: usize, complete: bool) void {
+    /// A stash buffer of `len` bytes when the stash has room, else null.
+    fn stashReserveLocked(net: *Net, len: u32) ?[]u8 {
+        if (net.stash.items.len + net.stash_pending >= stash_entries_max) return null;
+        if (net.stash_bytes + len > net.opts.stash_bytes_max) return null;
+        const buf = net.alloc.alloc(u8, len) catch return null;
+        net.stash_pending += 1;
+        net.stash_bytes += buf.len;
+        net.stash_full_logged = false;
+        return buf;
+    }
+
+    fn rxFinishDirect(rx: *const link_kind.Receiver, direct: link_kind.Direct, written: usize, complete: bool) void {
+        const net = of(rx);
+        const ep: *Endpoint = @ptrCast(@alignCast(direct.endpoint));
+        const req: *Req = @ptrCast(@alignCast(direct.request));
         net.mu.lock();
         defer net.mu.unlock();
         std.debug.assert(req.busy > 0);
@@ -1397,28 +875,32 @@ pub const Net = struct {
         ep.cond.broadcast();
     }
 
-    fn dropStashBuffer(net: *Net, buf: []u8) void {
+    fn rxDropStash(rx: *const link_kind.Receiver, buf: []u8) void {
+        const net = of(rx);
         net.mu.lock();
         defer net.mu.unlock();
+        std.debug.assert(net.stash_pending > 0);
         net.stash_pending -= 1;
         net.stash_bytes -= buf.len;
         net.alloc.free(buf);
         net.stash_cond.broadcast();
     }
 
-    fn finishStash(net: *Net, link: *Link, header: *const wire.FrameHeader, buf: []u8) void {
+    fn rxFinishStash(rx: *const link_kind.Receiver, header: *const wire.FrameHeader, buf: []u8) void {
+        const net = of(rx);
         net.mu.lock();
         defer net.mu.unlock();
+        std.debug.assert(net.stash_pending > 0);
         net.stash_pending -= 1;
         // The receive may have been posted while we copied: hand the chunk over now.
         if (net.findEndpointLocked(header.op_id)) |ep| {
             if (!ep.abandoned.load(.acquire)) {
-                if (findRecvLocked(ep, link.peer, header.seq)) |req| {
+                if (findRecvLocked(ep, rx.peer, header.seq)) |req| {
                     net.stash_bytes -= buf.len;
                     net.stash_cond.broadcast();
                     defer net.alloc.free(buf);
-                    if (header.msg_len != req.buf.len or req.routed + buf.len > req.buf.len) {
-                        net.failLocked(ep, error.Protocol, @intCast(link.peer), "rank {d} sent message {d} of {d} bytes, expected {d}", .{ link.peer, header.seq, header.msg_len, req.buf.len });
+                    if (!fits(req, header.msg_len, buf.len)) {
+                        failLocked(ep, error.Protocol, @intCast(rx.peer), "rank {d} sent message {d} of {d} bytes, expected {d}", .{ rx.peer, header.seq, header.msg_len, req.buf.len });
                         return;
                     }
                     req.routed += buf.len;
@@ -1437,7 +919,7 @@ pub const Net = struct {
         }
         net.stash.appendAssumeCapacity(.{
             .op_id = header.op_id,
-            .src = link.peer,
+            .src = rx.peer,
             .seq = header.seq,
             .msg_len = header.msg_len,
             .offset = header.offset,
@@ -1466,5 +948,24 @@ pub const Net = struct {
         }
         if (evicted > 0) sys.logLine("rank {d}: dropped {d} stashed frame(s) of ops never posted here", .{ net.rank(), evicted });
         return evicted;
+    }
+
+    /// A link to `peer` died (links.zig): the first pending receive from it in each op fails.
+    fn linkLostLocked(context: *anyopaque, peer: u32, outcome: link_kind.RxOutcome) void {
+        const net: *Net = @ptrCast(@alignCast(context));
+        for (net.endpoints) |maybe| {
+            const ep = maybe orelse continue;
+            var used = ep.reqs_used;
+            while (used != 0) : (used &= used - 1) {
+                const req = &ep.reqs[@ctz(used)];
+                if (req.kind != .recv or req.peer != peer or req.done.load(.monotonic)) continue;
+                if (outcome == .protocol) {
+                    failLocked(ep, error.Protocol, @intCast(peer), "rank {d} sent a bad frame", .{peer});
+                } else {
+                    failLocked(ep, error.PeerFailed, @intCast(peer), "rank {d} closed its link (message {d}: {d} of {d} bytes arrived)", .{ peer, req.seq, req.received, req.buf.len });
+                }
+                break;
+            }
+        }
     }
 };

@@ -21,14 +21,18 @@ pub const Identity = struct {
 
 pub const Offer = struct {
     kind: wire.LinkKind,
-    shm_name: []const u8 = "",
+    blob: []const u8 = "",
 };
 
 pub const Dialed = struct {
     fd: sys.Fd,
     kind: wire.LinkKind,
-    shm_name_len: usize,
-    shm_name: [wire.shm_name_bytes_max]u8,
+    blob_len: usize,
+    blob: [wire.link_blob_bytes_max]u8,
+
+    pub fn replyBlob(self: *const Dialed) []const u8 {
+        return self.blob[0..self.blob_len];
+    }
 };
 
 pub const DialError = error{ Refused, Unreachable, TimedOut, Rejected, Protocol };
@@ -36,7 +40,7 @@ pub const DialError = error{ Refused, Unreachable, TimedOut, Rejected, Protocol 
 /// Connects to `dst_rank` at `addr` and runs the dialer's side of the handshake.
 pub fn dial(addr: sys.Address, me: Identity, dst_rank: u32, offer: Offer, timeout_ms: u32) DialError!Dialed {
     std.debug.assert(me.cluster_id.len <= wire.cluster_id_bytes_max and me.token.len <= wire.token_bytes_max);
-    std.debug.assert(offer.shm_name.len <= wire.shm_name_bytes_max);
+    std.debug.assert(offer.blob.len <= wire.link_blob_bytes_max);
     const fd = sys.connectTimeout(addr, @max(timeout_ms, 1)) catch |err| return switch (err) {
         error.Refused => error.Refused,
         error.TimedOut => error.TimedOut,
@@ -47,7 +51,7 @@ pub fn dial(addr: sys.Address, me: Identity, dst_rank: u32, offer: Offer, timeou
     sys.setRecvTimeout(fd, hs_ms);
     sys.setSendTimeout(fd, hs_ms);
 
-    var buf: [@sizeOf(wire.Hello) + wire.cluster_id_bytes_max + wire.token_bytes_max + wire.shm_name_bytes_max]u8 = undefined;
+    var buf: [@sizeOf(wire.Hello) + Hello.extra_bytes_max]u8 = undefined;
     const hello = wire.Hello{
         .kind = @intFromEnum(offer.kind),
         .src_rank = me.rank,
@@ -55,11 +59,11 @@ pub fn dial(addr: sys.Address, me: Identity, dst_rank: u32, offer: Offer, timeou
         .world_size_max = me.world_size_max,
         .cluster_id_len = @intCast(me.cluster_id.len),
         .token_len = @intCast(me.token.len),
-        .shm_name_len = @intCast(offer.shm_name.len),
+        .blob_len = @intCast(offer.blob.len),
         .host_id = me.host_id,
     };
     var len: usize = 0;
-    for ([_][]const u8{ std.mem.asBytes(&hello), me.cluster_id, me.token, offer.shm_name }) |part| {
+    for ([_][]const u8{ std.mem.asBytes(&hello), me.cluster_id, me.token, offer.blob }) |part| {
         @memcpy(buf[len..][0..part.len], part);
         len += part.len;
     }
@@ -70,22 +74,29 @@ pub fn dial(addr: sys.Address, me: Identity, dst_rank: u32, offer: Offer, timeou
         error.WouldBlock => error.TimedOut,
         else => error.Rejected, // closed: the acceptor refused us (or is not a moonring rank)
     };
+    const kind = try checkAck(ack, dst_rank, offer.kind);
+    var result = Dialed{ .fd = fd, .kind = kind, .blob_len = ack.blob_len, .blob = undefined };
+    sys.recvAll(fd, result.blob[0..ack.blob_len]) catch return error.Protocol;
+    return result;
+}
+
+/// Validates an Ack (pure: the fuzz tests call it): the kind it took is the one offered or tcp.
+pub fn checkAck(ack: wire.Ack, dst_rank: u32, offered: wire.LinkKind) DialError!wire.LinkKind {
     if (ack.magic != wire.ack_magic) return error.Protocol;
     if (ack.status != .ok) return error.Rejected;
     if (ack.rank != dst_rank) return error.Protocol;
-    const kind = std.meta.intToEnum(wire.LinkKind, ack.kind) catch return error.Protocol;
-    if (ack.shm_name_len > wire.shm_name_bytes_max) return error.Protocol;
-    if ((kind == .shm) != (ack.shm_name_len > 0)) return error.Protocol;
-    if (kind == .shm and offer.kind != .shm) return error.Protocol;
-    var result = Dialed{ .fd = fd, .kind = kind, .shm_name_len = ack.shm_name_len, .shm_name = undefined };
-    sys.recvAll(fd, result.shm_name[0..ack.shm_name_len]) catch return error.Protocol;
-    return result;
+    if (ack.blob_len > wire.link_blob_bytes_max) return error.Protocol;
+    const kind: wire.LinkKind = @enumFromInt(ack.kind);
+    if (kind != offered and kind != .tcp) return error.Protocol;
+    return kind;
 }
 
 pub const Hello = struct {
     header: wire.Hello,
     kind: wire.LinkKind,
-    bytes: [wire.cluster_id_bytes_max + wire.token_bytes_max + wire.shm_name_bytes_max]u8,
+    bytes: [extra_bytes_max]u8,
+
+    pub const extra_bytes_max = wire.cluster_id_bytes_max + wire.token_bytes_max + wire.link_blob_bytes_max;
 
     pub fn clusterId(self: *const Hello) []const u8 {
         return self.bytes[0..self.header.cluster_id_len];
@@ -93,8 +104,12 @@ pub const Hello = struct {
     pub fn token(self: *const Hello) []const u8 {
         return self.bytes[self.header.cluster_id_len..][0..self.header.token_len];
     }
-    pub fn shmName(self: *const Hello) []const u8 {
-        return self.bytes[@as(usize, self.header.cluster_id_len) + self.header.token_len ..][0..self.header.shm_name_len];
+    pub fn blob(self: *const Hello) []const u8 {
+        return self.bytes[@as(usize, self.header.cluster_id_len) + self.header.token_len ..][0..self.header.blob_len];
+    }
+    /// Bytes that follow the fixed header.
+    pub fn extraBytes(self: *const Hello) usize {
+        return @as(usize, self.header.cluster_id_len) + self.header.token_len + self.header.blob_len;
     }
 };
 
@@ -119,26 +134,33 @@ pub fn readHello(fd: sys.Fd, hello: *Hello, stop: *const std.atomic.Value(bool))
         error.Aborted => error.TimedOut,
         else => error.Closed,
     };
-    const h = hello.header;
-    if (h.magic != wire.hello_magic) return error.BadMagic;
-    if (h.version != wire.protocol_version) return error.BadVersion;
-    if (h.cluster_id_len > wire.cluster_id_bytes_max or h.token_len > wire.token_bytes_max or
-        h.shm_name_len > wire.shm_name_bytes_max or h.reserved != 0 or h.reserved2 != 0) return error.BadLength;
-    hello.kind = std.meta.intToEnum(wire.LinkKind, h.kind) catch return error.BadLength;
-    if ((hello.kind == .shm) != (h.shm_name_len > 0)) return error.BadLength;
-    const extra = @as(usize, h.cluster_id_len) + h.token_len + h.shm_name_len;
+    try checkHello(hello);
+    const extra = hello.extraBytes();
     readExact(fd, hello.bytes[0..extra], abort) catch |err| return switch (err) {
         error.Aborted => error.TimedOut,
         else => error.Closed,
     };
 }
 
-pub fn sendAck(fd: sys.Fd, status: wire.AckStatus, rank: u32, kind: wire.LinkKind, shm_name: []const u8) void {
-    var buf: [@sizeOf(wire.Ack) + wire.shm_name_bytes_max]u8 = undefined;
-    const ack = wire.Ack{ .status = status, .rank = rank, .kind = @intFromEnum(kind), .shm_name_len = @intCast(shm_name.len) };
+/// Structural checks of a received Hello's fixed header (pure: the fuzz tests call it); sets
+/// hello.kind. Authentication (cluster, token, ranks) is the acceptor's next step.
+pub fn checkHello(hello: *Hello) HelloError!void {
+    const h = hello.header;
+    if (h.magic != wire.hello_magic) return error.BadMagic;
+    if (h.version != wire.protocol_version) return error.BadVersion;
+    if (h.cluster_id_len > wire.cluster_id_bytes_max or h.token_len > wire.token_bytes_max or
+        h.blob_len > wire.link_blob_bytes_max or h.reserved != 0 or h.reserved2 != 0) return error.BadLength;
+    hello.kind = @enumFromInt(h.kind);
+    std.debug.assert(hello.extraBytes() <= Hello.extra_bytes_max);
+}
+
+pub fn sendAck(fd: sys.Fd, status: wire.AckStatus, rank: u32, kind: wire.LinkKind, blob: []const u8) void {
+    std.debug.assert(blob.len <= wire.link_blob_bytes_max);
+    var buf: [@sizeOf(wire.Ack) + wire.link_blob_bytes_max]u8 = undefined;
+    const ack = wire.Ack{ .status = status, .rank = rank, .kind = @intFromEnum(kind), .blob_len = @intCast(blob.len) };
     @memcpy(buf[0..@sizeOf(wire.Ack)], std.mem.asBytes(&ack));
-    @memcpy(buf[@sizeOf(wire.Ack)..][0..shm_name.len], shm_name);
-    sys.sendAll(fd, buf[0 .. @sizeOf(wire.Ack) + shm_name.len]) catch {};
+    @memcpy(buf[@sizeOf(wire.Ack)..][0..blob.len], blob);
+    sys.sendAll(fd, buf[0 .. @sizeOf(wire.Ack) + blob.len]) catch {};
 }
 
 /// Constant-time comparison for the token.

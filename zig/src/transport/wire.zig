@@ -3,22 +3,26 @@
 //! validated before use; a bad handshake or frame closes the link.
 const std = @import("std");
 
-pub const protocol_version: u16 = 1;
+/// 2: the handshake carries an opaque per-kind blob (was: an shm segment name).
+pub const protocol_version: u16 = 2;
 pub const hello_magic: u32 = 0x4d52_4831; // "MRH1"
 pub const ack_magic: u32 = 0x4d52_4131; // "MRA1"
 pub const frame_magic: u32 = 0x4d52_4631; // "MRF1"
 
 pub const cluster_id_bytes_max = 256;
 pub const token_bytes_max = 256;
-pub const shm_name_bytes_max = 96;
+/// A link kind's handshake blob (link_kind.zig): an shm ring name, a verbs QP description.
+pub const link_blob_bytes_max = 512;
 /// Largest payload of one frame: big messages go as many chunks.
 pub const chunk_bytes_max: u32 = 1 << 20;
 /// Largest message (sanity bound on a header field): 1 TiB.
 pub const message_bytes_max: u64 = 1 << 40;
 
-pub const LinkKind = enum(u16) { tcp = 0, shm = 1 };
+/// Link kind ids on the wire (each kind's `ops.id`; kinds.zig lists them). Non-exhaustive: an
+/// id this rank does not know is declined to tcp.
+pub const LinkKind = enum(u16) { tcp = 0, shm = 1, _ };
 
-/// Dialer -> acceptor, followed by cluster id, token and shm segment name bytes.
+/// Dialer -> acceptor, followed by cluster id, token and the offered kind's blob.
 pub const Hello = extern struct {
     magic: u32 = hello_magic,
     version: u16 = protocol_version,
@@ -28,7 +32,7 @@ pub const Hello = extern struct {
     world_size_max: u32,
     cluster_id_len: u16,
     token_len: u16,
-    shm_name_len: u16,
+    blob_len: u16,
     reserved: u16 = 0,
     reserved2: u32 = 0,
     host_id: u64,
@@ -44,13 +48,13 @@ pub const AckStatus = enum(u32) {
     _,
 };
 
-/// Acceptor -> dialer, followed by the acceptor's shm segment name when kind == shm.
+/// Acceptor -> dialer, followed by the taken kind's reply blob.
 pub const Ack = extern struct {
     magic: u32 = ack_magic,
     status: AckStatus,
     rank: u32,
-    kind: u16, // the LinkKind the acceptor took
-    shm_name_len: u16,
+    kind: u16, // the LinkKind the acceptor took: the offered one, or tcp
+    blob_len: u16,
 };
 
 /// Precedes every chunk. `check` is a hash of the other fields: garbage is caught at once.
@@ -94,6 +98,7 @@ comptime {
     std.debug.assert(@sizeOf(Ack) == 16);
     std.debug.assert(@sizeOf(FrameHeader) == 48);
     std.debug.assert(chunk_bytes_max % 4096 == 0);
+    std.debug.assert(link_blob_bytes_max <= std.math.maxInt(u16));
 }
 
 test "wire: frame header validation" {

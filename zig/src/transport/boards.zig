@@ -1,0 +1,145 @@
+//! The board registry: this rank's board (board.zig) and the boards of its same-host peers,
+//! mapped on first use and again after a peer restarted. Used by net.zig under the data
+//! plane's lock; the peers' liveness comes from the link layer (links.zig).
+const std = @import("std");
+const sys = @import("../sys.zig");
+const board_mod = @import("board.zig");
+const links_mod = @import("links.zig");
+
+const world_size_max = links_mod.world_size_max;
+const retired_boards_max = 64;
+
+const PeerBoard = struct {
+    board: ?board_mod.Board = null,
+    generation: u32 = 0,
+    /// Serial of the publish this rank last departed, per entry of that board.
+    departed_serials: [board_mod.entries_max]u64 = [_]u64{0} ** board_mod.entries_max,
+};
+
+/// The boards of one op's group, in group order (Net.boardTeam).
+/// Board ops run only in groups of at most board_mod.counts_max ranks.
+pub const BoardTeam = struct {
+    boards: [board_mod.counts_max]board_mod.Board,
+    departed_serials: [board_mod.counts_max]*[board_mod.entries_max]u64,
+};
+
+/// Whether a rank makes a board: $MOONRING_BOARD (default on; every rank of a host must agree).
+pub fn boardEnabled() bool {
+    const value = sys.getenv("MOONRING_BOARD") orelse return true;
+    return !std.mem.eql(u8, value, "0");
+}
+
+/// Whether large board contributions are read with process_vm_readv: $MOONRING_BOARD_CMA
+/// (default on) and a probe of it on this process (seccomp may forbid it).
+pub fn boardCma() bool {
+    cma_once.call();
+    return cma_usable;
+}
+
+var cma_once = std.once(probeCma);
+var cma_usable = false;
+fn probeCma() void {
+    if (sys.getenv("MOONRING_BOARD_CMA")) |value| if (std.mem.eql(u8, value, "0")) return;
+    const probe: u64 = 0x6d6f6f6e72696e67;
+    var copy: u64 = 0;
+    sys.processRead(sys.processId(), std.mem.asBytes(&copy), @intFromPtr(&probe)) catch |err| {
+        sys.logLine("process_vm_readv is not usable here ({s}): large same-host collectives use the shm rings", .{@errorName(err)});
+        return;
+    };
+    cma_usable = copy == probe;
+}
+
+/// Sweeping our rank's stale segments keeps the board of another live process that claims
+/// our rank (a duplicate start the control plane is about to refuse).
+pub fn keepLiveBoard(name: []const u8) bool {
+    if (std.mem.indexOf(u8, name, "board-") == null) return false;
+    const segment = sys.shmOpen(name, board_mod.segmentBytes()) catch return false;
+    defer segment.unmapSegment();
+    const board = board_mod.Board{ .segment = segment, .header = @ptrCast(@alignCast(segment.ptr)) };
+    return board.pid() != sys.processId() and board.ownerAlive();
+}
+
+/// A board's name carries its owner's data port: a second process claiming the same rank
+/// (refused later by the control plane) never replaces a live rank's board.
+pub fn boardName(buf: []u8, prefix: []const u8, port: u16) []const u8 {
+    return std.fmt.bufPrint(buf, "{s}board-{d}", .{ prefix, port }) catch unreachable;
+}
+
+pub const Boards = struct {
+    /// This rank's board; null when the board is off or the transport is tcp.
+    own: ?board_mod.Board = null,
+    own_name_len: usize = 0,
+    own_name: [96]u8 = undefined,
+    peers: [world_size_max]PeerBoard = [_]PeerBoard{.{}} ** world_size_max,
+    /// Boards replaced while an op may still read them; unmapped at deinit.
+    retired: std.BoundedArray(board_mod.Board, retired_boards_max) = .{},
+
+    /// Creates this rank's board under `prefix` + port.
+    pub fn create(boards: *Boards, rank: u32, prefix: []const u8, port: u16, incarnation_id: u64) !void {
+        std.debug.assert(boards.own == null);
+        board_mod.sweepDead();
+        const name = boardName(&boards.own_name, prefix, port);
+        boards.own_name_len = name.len;
+        boards.own = board_mod.Board.create(name, rank, incarnation_id) catch |err| {
+            sys.logLine("rank {d}: cannot create the board {s}{s} ({d} bytes): {s}; MOONRING_BOARD=0 on every rank turns it off", .{ rank, sys.shm_dir, name, board_mod.segmentBytes(), @errorName(err) });
+            return err;
+        };
+    }
+
+    pub fn deinit(boards: *Boards) void {
+        if (boards.own) |b| {
+            b.markDead();
+            b.unmap();
+            sys.shmUnlink(boards.own_name[0..boards.own_name_len]);
+        }
+        for (boards.peers) |pb| if (pb.board) |b| b.unmap();
+        for (boards.retired.constSlice()) |b| b.unmap();
+    }
+
+    /// Fills `team` for `group` (global ranks, ascending) when every peer of it is on this
+    /// host (`same_host`) with a live board; else false (the op runs over the links).
+    /// `prefixes(g)` names rank g's segments.
+    pub fn teamLocked(
+        boards: *Boards,
+        rank: u32,
+        group: []const u32,
+        peers: *const [world_size_max]links_mod.Peer,
+        context: anytype,
+        comptime sameHost: fn (@TypeOf(context), *const links_mod.Peer) bool,
+        comptime prefix: fn (@TypeOf(context), []u8, u32) []const u8,
+        team: *BoardTeam,
+    ) bool {
+        const own = boards.own orelse return false;
+        if (group.len > board_mod.counts_max) return false;
+        for (group, 0..) |g, i| {
+            if (g == rank) {
+                team.boards[i] = own;
+                team.departed_serials[i] = &boards.peers[g].departed_serials; // unused
+                continue;
+            }
+            const peer = &peers[g];
+            if (!peer.usable() or !sameHost(context, peer)) return false;
+            const pb = &boards.peers[g];
+            // The alive flag only (no syscall per op): a killed owner is caught by the waits.
+            const current = if (pb.board) |b| pb.generation == peer.generation and b.aliveFlag() else false;
+            if (!current) {
+                var prefix_buf: [64]u8 = undefined;
+                var name_buf: [96]u8 = undefined;
+                const name = boardName(&name_buf, prefix(context, &prefix_buf, g), peer.addr.?.getPort());
+                const fresh = board_mod.Board.open(name, g) catch return false;
+                if (!fresh.ownerAlive()) {
+                    fresh.unmap();
+                    return false;
+                }
+                if (pb.board) |old| {
+                    if (boards.retired.len == retired_boards_max) boards.retired.orderedRemove(0).unmap();
+                    boards.retired.appendAssumeCapacity(old);
+                }
+                pb.* = .{ .board = fresh, .generation = peer.generation };
+            }
+            team.boards[i] = pb.board.?;
+            team.departed_serials[i] = &pb.departed_serials;
+        }
+        return true;
+    }
+};
