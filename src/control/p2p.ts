@@ -16,11 +16,16 @@ import type { PeerClient } from "./peers";
 
 const MASK63 = (1n << 63n) - 1n;
 
-/** op_id of a p2p message: top bit set (collective ids from rank 0 never set it). */
-export function p2pOpId(src: number, dst: number, tag: string, seq: number): bigint {
-  // FNV-1a 64 over "src>dst\0tag\0seq"
+/**
+ * op_id of a p2p message: top bit set (collective ids from rank 0 never set it). The two
+ * ranks' incarnations (RankRecord.instance) are part of it: a replaced rank numbers from 0
+ * again, and its messages must not look like its predecessor's (a peer drops frames of op ids
+ * that finished there).
+ */
+export function p2pOpId(src: number, dst: number, tag: string, seq: number, incarnations = ""): bigint {
+  // FNV-1a 64 over "src>dst\0tag\0seq\0incarnations"
   let h = 0xcbf29ce484222325n;
-  const s = `${src}>${dst}\u0000${tag}\u0000${seq}`;
+  const s = `${src}>${dst}\u0000${tag}\u0000${seq}${incarnations ? `\u0000${incarnations}` : ""}`;
   for (let i = 0; i < s.length; i++) {
     h ^= BigInt(s.charCodeAt(i));
     h = (h * 0x100000001b3n) & 0xffffffffffffffffn;
@@ -61,6 +66,8 @@ export interface ReceivedTensor {
 export class P2P {
   private sendSeq = new Map<string, number>();
   private pairs = new Map<string, PairState>();
+  /** The incarnation (RankRecord.instance) this rank's counts with each peer belong to. */
+  private incarnations = new Map<number, string>();
   /** Set when rank 0 is lost: no p2p any more. */
   private halted: string | null = null;
 
@@ -87,10 +94,46 @@ export class P2P {
   }
 
   /**
+   * A peer replaced by a new process (serve --join + activate) numbers its p2p messages from 0
+   * again: forget the sequence numbers counted with its previous incarnation, both ways, and end
+   * what still waits on that incarnation.
+   */
+  private syncIncarnation(peer: number): void {
+    const instance = this.membership.get(peer)?.instance;
+    if (instance === undefined) return;
+    const known = this.incarnations.get(peer);
+    this.incarnations.set(peer, instance);
+    if (known === undefined || known === instance) return;
+    for (const key of [...this.sendSeq.keys()]) if (key.startsWith(`${peer}\u0000`)) this.sendSeq.delete(key);
+    for (const [key, st] of [...this.pairs]) {
+      if (st.src !== peer) continue;
+      this.pairs.delete(key);
+      const gone = () => new PeerFailed(`p2p with rank ${peer}: it was replaced by a new process`, { failed_ranks: [peer] });
+      for (const w of st.waiters) {
+        if (w.timer) clearTimeout(w.timer);
+        w.reject(gone());
+      }
+      for (const e of st.offers.values()) {
+        if (e.tomb) continue;
+        e.tomb = true;
+        if (e.timer) clearTimeout(e.timer);
+        e.reject(gone());
+      }
+    }
+    this.log.info(`p2p: rank ${peer} is a new process (instance ${instance}); sequence numbers with it start over`);
+  }
+
+  /** Both ends' incarnations, as both of them see them once the pair is active. */
+  private incarnationsOf(src: number, dst: number): string {
+    return `${this.membership.get(src)?.instance ?? ""}>${this.membership.get(dst)?.instance ?? ""}`;
+  }
+
+  /**
    * The view changed (or rank 0 is lost): receives waiting for a peer that is no longer active,
    * and offers from it, end now with 503 peer_failed instead of waiting for their timeout.
    */
   onView(): void {
+    for (const peer of [...this.incarnations.keys()]) this.syncIncarnation(peer);
     const meOk = this.halted === null && this.membership.isActive(this.rank);
     for (const st of this.pairs.values()) {
       if (meOk && this.membership.isActive(st.src)) continue;
@@ -120,11 +163,12 @@ export class P2P {
   /** /p2p/send: resolves once the receiver has the data. */
   async send(dst: number, tag: string, dtype: DTypeName, shape: number[], buf: NativeBuffer, timeoutMs: number): Promise<void> {
     this.checkPeer(dst, "p2p send");
+    this.syncIncarnation(dst);
     const key = `${dst}\u0000${tag}`;
     const seq = this.sendSeq.get(key) ?? 0;
     this.sendSeq.set(key, seq + 1);
     const count = shape.reduce((a, b) => a * b, 1);
-    const opId = p2pOpId(this.rank, dst, tag, seq);
+    const opId = p2pOpId(this.rank, dst, tag, seq, this.incarnationsOf(this.rank, dst));
     const ranks = this.rank < dst ? [this.rank, dst] : [dst, this.rank];
     const nativeSend =
       count > 0
@@ -164,6 +208,7 @@ export class P2P {
   offer(o: P2POffer): Promise<void> {
     if (!this.membership.get(o.src)) throw new InvalidRequest(`p2p offer from unknown rank ${o.src}`);
     if (!this.membership.isActive(o.src)) throw new PeerFailed(`p2p offer from rank ${o.src}, which is not active`, { failed_ranks: [o.src] });
+    this.syncIncarnation(o.src);
     const st = this.pair(o.src, o.tag);
     if (o.seq < st.nextSeq || st.offers.has(o.seq)) {
       throw new InvalidRequest(`p2p offer from rank ${o.src} tag ${JSON.stringify(o.tag)} seq ${o.seq} is a duplicate`);
@@ -190,6 +235,7 @@ export class P2P {
   /** /p2p/recv */
   recv(src: number, tag: string, timeoutMs: number): Promise<ReceivedTensor> {
     this.checkPeer(src, "p2p recv");
+    this.syncIncarnation(src);
     const st = this.pair(src, tag);
     return new Promise<ReceivedTensor>((resolve, reject) => {
       const w: Waiter = { resolve, reject, timer: null, deadline: performance.now() + timeoutMs };
@@ -240,7 +286,7 @@ export class P2P {
       if (count > 0) {
         const ranks = this.rank < src ? [this.rank, src] : [src, this.rank];
         const timeoutMs = Math.max(1000, Math.round(Math.min(e.deadline, w.deadline) - performance.now()));
-        await this.dataPlane.run({ kind: "recv", dtype, opId: p2pOpId(src, this.rank, tag, seq), ranks, root: src, count, recv: buf, timeoutMs });
+        await this.dataPlane.run({ kind: "recv", dtype, opId: p2pOpId(src, this.rank, tag, seq, this.incarnationsOf(src, this.rank)), ranks, root: src, count, recv: buf, timeoutMs });
       }
       e.resolve();
       w.resolve({ dtype, shape, buf, byteLength: bytes });

@@ -129,6 +129,38 @@ describe("recovery", () => {
     await fullAllreduce(w);
   }, 60_000);
 
+  test("p2p with a replaced rank: sequence numbers start over with the new incarnation, both ways, for every tag (issue 18 item 8)", async () => {
+    /** rank a sends `data` to rank b (tag), b receives it: both answers checked. */
+    const exchange = async (a: number, b: number, tag: string | undefined, data: number[]) => {
+      const [sent, got] = await Promise.all([
+        post(w.urls[a]!, "/p2p/send", { tensor: i32(data), dst: b, ...(tag === undefined ? {} : { tag }), timeout_ms: 10_000 }),
+        post(w.urls[b]!, "/p2p/recv", { src: a, ...(tag === undefined ? {} : { tag }), timeout_ms: 10_000 }),
+      ]);
+      expect([sent.status, sent.body?.error?.message]).toEqual([200, undefined]);
+      expect([got.status, got.body?.error?.message]).toEqual([200, undefined]);
+      expect(got.body.result.data).toEqual(data);
+    };
+    // the old incarnation of rank 2 talks to ranks 0 and 1, twice on one tag
+    for (const tag of [undefined, "t"]) {
+      await exchange(0, 2, tag, randInts(3));
+      await exchange(2, 0, tag, randInts(3));
+      await exchange(2, 0, tag, randInts(3));
+    }
+    await exchange(1, 2, "t", randInts(2));
+    kill9(await pidOf(w.urls[2]!));
+    await waitState([w.urls[0]!, w.urls[1]!, w.urls[3]!], 2, "failed");
+    await replace(w, 2, w.urls[1]!);
+    // the new incarnation numbers from 0; the survivors must too (they sent 1-2 to the old one)
+    for (const tag of [undefined, "t"]) {
+      await exchange(0, 2, tag, randInts(4));
+      await exchange(2, 0, tag, randInts(4));
+      await exchange(2, 0, tag, randInts(4));
+    }
+    await exchange(1, 2, "t", randInts(2));
+    await exchange(2, 1, "t", randInts(2));
+    await exchange(3, 2, undefined, randInts(2));
+  }, 60_000);
+
   test("a replacement must start with --join; a failed slot cannot be activated; activating an active rank changes nothing", async () => {
     const c = await cluster(w.urls[0]!);
     expect(c.active_ranks).toEqual([1, 1, 1, 1]);
