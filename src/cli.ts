@@ -6,6 +6,7 @@
 import { bytesFlag, helpText, intFlag, parseFlags, UsageError, type FlagSpec } from "./util/args";
 import { parseHostPort } from "./util/net";
 import { WORLD_SIZE_MAX } from "./limits";
+import { readFileSync } from "node:fs";
 
 const COMMON_LIMITS: Record<string, FlagSpec> = {
   "max-body-bytes": { type: "string", help: "largest request body (e.g. 1G; env MOONRING_MAX_BODY_BYTES; default 1G)" },
@@ -15,6 +16,12 @@ const COMMON_LIMITS: Record<string, FlagSpec> = {
     type: "string",
     help: "silence after which rank 0 removes a rank as failed, and a rank gives up on rank 0 (env MOONRING_HEARTBEAT_TIMEOUT_MS; default 2000)",
   },
+};
+
+/** Local access: how programs of this host reach a rank (socket) and map its host buffers. */
+const LOCAL_FLAGS: Record<string, FlagSpec> = {
+  unix: { type: "string", help: "also serve the API on this Unix-domain socket; {rank} in PATH is replaced by the rank (env MOONRING_UNIX; launch: PATH.{rank} when PATH has no {rank})" },
+  "shm-group": { type: "string", help: "group (name or gid) that may map host buffers too (files 0660); default: the owner only (0600) (env MOONRING_SHM_GROUP)" },
 };
 
 const SERVE_FLAGS: Record<string, FlagSpec> = {
@@ -31,6 +38,7 @@ const SERVE_FLAGS: Record<string, FlagSpec> = {
   "rendezvous-timeout": { type: "string", help: "seconds to keep trying to reach rank 0 (default 300)" },
   "exit-with-parent": { type: "boolean", help: "exit when stdin closes (used by launch)" },
   ...COMMON_LIMITS,
+  ...LOCAL_FLAGS,
   help: { type: "boolean", help: "show this help" },
 };
 
@@ -42,6 +50,7 @@ const LAUNCH_FLAGS: Record<string, FlagSpec> = {
   "max-world-size": { type: "string", help: "slots for joiners: ranks NPROC..M-1 may join later with serve --join" },
   "ready-timeout": { type: "string", help: "seconds to wait for the world to be ready (default 120)" },
   ...COMMON_LIMITS,
+  ...LOCAL_FLAGS,
   help: { type: "boolean", help: "show this help" },
 };
 
@@ -82,6 +91,29 @@ function limits(flags: Record<string, string | boolean | undefined>) {
     maxBodyBytes: bytesFlag(flags["max-body-bytes"] ?? env("MOONRING_MAX_BODY_BYTES"), "max-body-bytes") ?? 1024 ** 3,
     maxTensorBytes: bytesFlag(flags["max-tensor-bytes"] ?? env("MOONRING_MAX_TENSOR_BYTES"), "max-tensor-bytes") ?? 512 * 1024 ** 2,
   };
+}
+
+function localAccess(flags: Record<string, string | boolean | undefined>, rank: number) {
+  const unix = (flags.unix as string | undefined) ?? env("MOONRING_UNIX");
+  if (unix !== undefined && unix.trim() === "") throw new UsageError("--unix needs a path");
+  const group = (flags["shm-group"] as string | undefined) ?? env("MOONRING_SHM_GROUP");
+  return { unixPath: unix?.replaceAll("{rank}", String(rank)), shmGroup: group === undefined ? null : groupId(group) };
+}
+
+/** A group name (from /etc/group) or a numeric gid -> the gid. */
+function groupId(spec: string): number {
+  if (/^\d+$/.test(spec)) return Number(spec);
+  let text = "";
+  try {
+    text = readFileSync("/etc/group", "utf8");
+  } catch {
+    // no /etc/group: only numeric gids
+  }
+  for (const line of text.split("\n")) {
+    const [name, , gid] = line.split(":");
+    if (name === spec && gid !== undefined && /^\d+$/.test(gid)) return Number(gid);
+  }
+  throw new UsageError(`--shm-group: no group ${JSON.stringify(spec)} (give a name from /etc/group or a numeric gid)`);
 }
 
 async function serve(argv: string[]): Promise<number> {
@@ -133,6 +165,7 @@ async function serve(argv: string[]): Promise<number> {
       ...heartbeat(flags),
       clusterId: env("MOONRING_CLUSTER_ID"),
       rendezvousTimeoutMs: (intFlag(flags["rendezvous-timeout"], "rendezvous-timeout", { min: 1 }) ?? 300) * 1000,
+      ...localAccess(flags, rank),
     },
     { exitWithParent: flags["exit-with-parent"] === true },
   );
@@ -154,6 +187,10 @@ async function launch(argv: string[]): Promise<number> {
   for (const k of ["max-body-bytes", "max-tensor-bytes", "heartbeat-interval-ms", "heartbeat-timeout-ms"]) {
     if (flags[k] !== undefined) serveArgs.push(`--${k}`, String(flags[k]));
   }
+  const unix = flags.unix as string | undefined;
+  if (unix !== undefined) serveArgs.push("--unix", unix.includes("{rank}") ? unix : `${unix}.{rank}`);
+  if (flags["shm-group"] !== undefined) serveArgs.push("--shm-group", String(flags["shm-group"]));
+  localAccess(flags, 0); // validate now, not in N children
   limits(flags); // validate now, not in N children
   heartbeat(flags);
   const { launchMain } = await import("./server/launch");

@@ -2,7 +2,8 @@
 // stays in the rank (docs/api-extensions.md "Device buffers"): POST /buffers creates one,
 // collectives and p2p take {"buffer": id}, so a GiB GPU collective never crosses HTTP.
 // Knows nothing of HTTP; the routes (src/server/routes/buffers.ts) decode and encode.
-import type { NativeBuffer } from "../native/types";
+import { chmodSync, chownSync } from "node:fs";
+import type { NativeBuffer, SharedLocation } from "../native/types";
 import { dtypeInfo, type DTypeName } from "../ops/table";
 import { InvalidRequest, NotFound, TooLarge } from "../errors";
 
@@ -16,6 +17,17 @@ export interface DeviceOps {
   ipcHandle(device: number, dptr: bigint): Uint8Array;
 }
 
+/**
+ * Host buffers in shared memory (the native mr_alloc_shared: one /dev/shm file per buffer) that
+ * a program on this host maps (GET /buffers/:id/ipc). Absent: host buffers are private memory.
+ */
+export interface SharedHostOps {
+  alloc(bytes: number): NativeBuffer;
+  locate(buf: NativeBuffer): SharedLocation | null;
+  /** Group that may map the files too (mode 0660); null: the owner only (0600). */
+  group: number | null;
+}
+
 export interface BufferEntry {
   id: string;
   dtype: DTypeName;
@@ -25,6 +37,8 @@ export interface BufferEntry {
   byteLength: number;
   buf: NativeBuffer;
   createdAt: number;
+  /** Host buffers: the /dev/shm file a local program maps, or why there is none. */
+  shm: SharedLocation | { unavailable: string } | null;
 }
 
 /** A buffer's metadata as the API shows it. */
@@ -60,6 +74,7 @@ export class BufferRegistry {
     /** Device of a buffer created without "device". */
     private readonly defaultDevice: "cpu" | "cuda",
     private readonly maxBytes = DEFAULT_MAX_BUFFER_BYTES,
+    private readonly shared: SharedHostOps | null = null,
   ) {}
 
   /** "cpu" | "cuda" | "cuda:N" (undefined: the service's --device) -> -1 or an ordinal. */
@@ -87,16 +102,42 @@ export class BufferRegistry {
     }
     if (this.entries.size >= BUFFERS_MAX) throw new TooLarge(`rank ${this.rank} holds ${BUFFERS_MAX} buffers: delete some`);
     let buf: NativeBuffer;
+    let shm: BufferEntry["shm"] = null;
     try {
-      buf = this.alloc(Math.max(byteLength, 1), device);
+      if (device < 0) ({ buf, shm } = this.allocHost(Math.max(byteLength, 1)));
+      else buf = this.alloc(Math.max(byteLength, 1), device);
     } catch (e) {
       throw new TooLarge(`rank ${this.rank}: could not allocate ${byteLength} bytes on ${deviceName(device)}: ${(e as Error).message}`);
     }
     const id = `r${this.rank}b${this.serial++}`;
-    const entry: BufferEntry = { id, dtype, shape: [...shape], device, byteLength, buf, createdAt: Date.now() };
+    const entry: BufferEntry = { id, dtype, shape: [...shape], device, byteLength, buf, createdAt: Date.now(), shm };
     this.entries.set(id, entry);
     this.bytesInUse += byteLength;
     return entry;
+  }
+
+  /** Host memory: shared (a /dev/shm file) when the data plane can, else private. */
+  private allocHost(bytes: number): { buf: NativeBuffer; shm: BufferEntry["shm"] } {
+    if (!this.shared) return { buf: this.alloc(bytes, -1), shm: { unavailable: "this rank's data plane has no shared memory" } };
+    let buf: NativeBuffer;
+    try {
+      buf = this.shared.alloc(bytes);
+    } catch (e) {
+      // e.g. /dev/shm full: the buffer still works for collectives, it just cannot be mapped.
+      return { buf: this.alloc(bytes, -1), shm: { unavailable: `no shared memory for it: ${(e as Error).message}` } };
+    }
+    const where = this.shared.locate(buf);
+    if (!where) return { buf, shm: { unavailable: "the data plane did not say where it lies" } };
+    if (this.shared.group !== null) {
+      try {
+        chownSync(where.path, process.getuid?.() ?? -1, this.shared.group);
+        chmodSync(where.path, 0o660);
+      } catch (e) {
+        buf.release();
+        throw new Error(`cannot give group ${this.shared.group} access to ${where.path}: ${(e as Error).message}`);
+      }
+    }
+    return { buf, shm: where };
   }
 
   get(id: string): BufferEntry {
@@ -135,7 +176,15 @@ export class BufferRegistry {
     return out;
   }
 
-  /** For GET /buffers/:id/ipc. */
+  /** GET /buffers/:id/ipc of a host buffer: the /dev/shm file and offset a local program maps. */
+  shmLocation(e: BufferEntry): SharedLocation {
+    if (e.device >= 0) throw new InvalidRequest(`buffer ${e.id} is on ${deviceName(e.device)}: not in shared host memory`);
+    const shm = e.shm;
+    if (!shm || "unavailable" in shm) throw new InvalidRequest(`buffer ${e.id} cannot be mapped: ${shm ? shm.unavailable : "not in shared memory"}`);
+    return shm;
+  }
+
+  /** For GET /buffers/:id/ipc of a device buffer. */
   ipc(e: BufferEntry): { handle: Uint8Array; offset: number } {
     if (e.device < 0) throw new InvalidRequest(`buffer ${e.id} is in host memory: no CUDA IPC handle`);
     // Every buffer is its own cuMemAlloc allocation: the handle names it, offset 0.

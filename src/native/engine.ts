@@ -4,6 +4,7 @@
 // mr_poll (no native thread ever calls into JS, and no JS thread spins). The Worker keeps the
 // process alive only while ops are in flight.
 import { toArrayBuffer, type Pointer } from "bun:ffi";
+import { rmSync } from "node:fs";
 import { constants, native, statusName } from "./ffi";
 import { collectiveCode, dtypeInfo, redopInfo } from "../ops/table";
 import {
@@ -12,6 +13,7 @@ import {
   type DataPlaneOptions,
   type NativeBuffer,
   type NativeOp,
+  type SharedLocation,
 } from "./types";
 
 /** u64 words of mr_submit's group bitset (moonring.h MR_RANK_WORDS). */
@@ -28,6 +30,8 @@ function codeOf(status: number): ErrorCode {
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 const messageBuf = new Uint8Array(1024);
+const locateName = new Uint8Array(128);
+const locateOffset = new BigUint64Array(1);
 
 /** The calling thread's last native error message. */
 export function lastError(): string {
@@ -212,7 +216,16 @@ export class NativeDataPlane implements DataPlane {
     return buf;
   }
 
-  private readonly shared = new WeakSet<HostOrDeviceBuffer>();
+  /** Live buffers of allocShared (close() removes their files). */
+  private readonly shared = new Set<HostOrDeviceBuffer>();
+
+  /** The /dev/shm file holding a buffer of allocShared and the buffer's offset in it; else null. */
+  sharedLocation(buf: NativeBuffer): SharedLocation | null {
+    if (buf.device >= 0 || !(buf instanceof HostOrDeviceBuffer) || !this.shared.has(buf) || buf.isReleased) return null;
+    const len = Number(native.mr_shared_locate(Number(buf.address), Math.max(buf.byteLength, 1), locateName, locateName.length, locateOffset));
+    if (len === 0) return null;
+    return { path: `/dev/shm/${decoder.decode(locateName.subarray(0, len))}`, offset: Number(locateOffset[0]) };
+  }
 
   /** Called by HostOrDeviceBuffer.release() once no op uses it. */
   freeBuffer(buf: HostOrDeviceBuffer): void {
@@ -221,7 +234,11 @@ export class NativeDataPlane implements DataPlane {
       return;
     }
     const address = Number(buf.address);
-    if (buf.capacity <= poolBytesMax && this.handle !== null && !this.shared.has(buf)) {
+    if (this.shared.delete(buf)) {
+      native.mr_free(address, buf.capacity);
+      return;
+    }
+    if (buf.capacity <= poolBytesMax && this.handle !== null) {
       let list = this.pool.get(buf.capacity);
       if (!list) this.pool.set(buf.capacity, (list = []));
       if (list.length < poolPerClassMax) {
@@ -444,6 +461,12 @@ export class NativeDataPlane implements DataPlane {
     this.pending.clear();
     for (const list of this.pool.values()) for (const { address, bytes } of list) native.mr_free(address, bytes.byteLength);
     this.pool.clear();
+    // Shared buffers still alive (a service stopping with buffers): remove their /dev/shm files
+    // now (the memory stays mapped, here and in programs that mapped it, until unmapped).
+    for (const buf of this.shared) {
+      const where = this.sharedLocation(buf);
+      if (where) rmSync(where.path, { force: true });
+    }
   }
 }
 

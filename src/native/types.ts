@@ -53,11 +53,19 @@ export interface DataPlane {
   alloc(byteLength: number, device?: number): NativeBuffer;
   /** Optional: host memory same-host peers can map (collectives read it in place). */
   allocShared?(byteLength: number): NativeBuffer;
+  /** Optional: the file a buffer of allocShared lies in (for local programs that map it). */
+  sharedLocation?(buf: NativeBuffer): SharedLocation | null;
   /** Resolves when this rank's part is done; rejects with NativeError. */
   run(op: NativeOp): Promise<void>;
   /** Optional: runs the op on the calling thread and returns when done; throws NativeError. */
   runBlocking?(op: NativeOp): void;
   close(): void;
+}
+
+/** A shared host buffer's place: a /dev/shm file and the buffer's byte offset in it. */
+export interface SharedLocation {
+  path: string;
+  offset: number;
 }
 
 export interface DataPlaneOptions {

@@ -66,13 +66,23 @@ export const bufferInfoSchema = z
   })
   .meta({ id: "BufferInfo" });
 const bufferWithValues = bufferInfoSchema.extend({ data: tensorSchema.shape.data, b64: tensorSchema.shape.b64 });
-const bufferIpc = bufferInfoSchema.extend({
+const deviceBufferIpc = bufferInfoSchema.extend({
+  kind: z.literal("cuda_ipc"),
   handle: z.string().meta({ description: "cudaIpcMemHandle_t, base64" }),
   offset: z.number().int(),
   device_index: z.number().int(),
   rank: z.number().int(),
   pid: z.number().int(),
 });
+const hostBufferIpc = bufferInfoSchema.extend({
+  device: z.literal("cpu"),
+  kind: z.literal("shm"),
+  path: z.string().meta({ description: "the /dev/shm file to map (mode 0600, or 0660 with serve --shm-group)" }),
+  offset: z.number().int().meta({ description: "byte offset of the buffer in the file" }),
+  rank: z.number().int(),
+  pid: z.number().int(),
+});
+const bufferIpc = z.union([deviceBufferIpc, hostBufferIpc]);
 const bufferCollectiveAnswer = z
   .object({
     op: z.string(),
@@ -352,7 +362,7 @@ export const routeDocs: Record<string, RouteDoc> = {
   "GET /buffers/:id/ipc": {
     operationId: "buffer_ipc",
     tag: "buffers",
-    summary: "a CUDA IPC handle of a device buffer, for a process on this host to map it",
+    summary: "what a process on this host needs to map the buffer: a CUDA IPC handle (device) or a /dev/shm file (host)",
     params: bufferId,
     responses: { "200": { description: "the handle", schema: bufferIpc } },
     errors: [400, 401, 404],

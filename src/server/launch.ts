@@ -5,7 +5,24 @@
 // leaves no ranks behind.
 import type { Subprocess } from "bun";
 import { writeLine } from "../util/log";
+import { readdirSync, rmSync } from "node:fs";
 import { httpUrl, sleep } from "../util/net";
+
+/**
+ * A rank's host buffers are /dev/shm files named moonring-arena-PID-N (zig/src/transport/arena.zig):
+ * a rank that exits cleanly removes them, one killed (kill -9) cannot, so its launcher does.
+ * (Any engine start on the host also sweeps the files of dead pids.)
+ */
+function removeSharedFilesOf(pid: number): void {
+  const prefix = `moonring-arena-${pid}-`;
+  let names: string[] = [];
+  try {
+    names = readdirSync("/dev/shm");
+  } catch {
+    return; // no /dev/shm: nothing was shared
+  }
+  for (const name of names) if (name.startsWith(prefix)) rmSync(`/dev/shm/${name}`, { force: true });
+}
 
 export interface LaunchOptions {
   nproc: number;
@@ -68,6 +85,7 @@ export async function launchMain(o: LaunchOptions): Promise<number> {
     alive.add(r);
     void child.exited.then((code) => {
       alive.delete(r);
+      removeSharedFilesOf(child.pid);
       if (shuttingDown) return;
       const how = child.signalCode ? `signal ${child.signalCode}` : `code ${code}`;
       if (!ready) {

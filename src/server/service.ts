@@ -1,5 +1,6 @@
 // One rank service: HTTP server (Hono on Bun.serve), data plane, rendezvous, agreement.
 // `serve` builds one of these; tests build several in one process with a fake data plane.
+import { rmSync } from "node:fs";
 import type { Server } from "bun";
 import { hostname } from "node:os";
 import { Agreement } from "../control/agreement";
@@ -49,6 +50,10 @@ export interface ServiceConfig {
   /** Control-plane heartbeat (rank <-> rank 0): interval and silence that counts as a failure. */
   heartbeatIntervalMs?: number;
   heartbeatTimeoutMs?: number;
+  /** Also serve the API on this Unix-domain socket path (serve --unix). */
+  unixPath?: string;
+  /** Group (gid) that may map this rank's shared host buffers too (mode 0660); default: owner only. */
+  shmGroup?: number | null;
   /** Tests inject a fake; the real service uses src/native/engine.ts. */
   dataPlaneFactory?: DataPlaneFactory;
 }
@@ -85,6 +90,7 @@ export class RankService {
   /** Arrival order of this rank's calls (see control/sequencer.ts). */
   readonly sequencer = new Sequencer();
   server: Server<LinkData> | null = null;
+  unixServer: Server<LinkData> | null = null;
   readonly app: ReturnType<typeof createApp>;
   private readyResolvers: (() => void)[] = [];
 
@@ -274,14 +280,11 @@ export class RankService {
     const svc = this;
     const hub = this.hub;
     const bearer = this.bearer;
-    this.server = Bun.serve<LinkData>({
-      hostname: c.host,
-      port: c.port,
-      idleTimeout: 0, // long collectives must not be cut (Bun's default is 10 s)
+    const options = {
       // Bun's own 413 has no JSON body: let everything through and enforce the limit in body.ts
       maxRequestBodySize: Number.MAX_SAFE_INTEGER,
       development: false,
-      fetch(req, server) {
+      fetch(req: Request, server: Server<LinkData>) {
         if (hub && req.url.includes("/internal/ws")) {
           const u = new URL(req.url);
           if (u.pathname === "/internal/ws") {
@@ -309,10 +312,17 @@ export class RankService {
         : {
             message() {},
           },
-      error(e) {
+      error(e: Error) {
         return Response.json({ error: { code: "internal", message: String(e?.message ?? e) } }, { status: 500 });
       },
-    });
+    };
+    // idleTimeout 0: long collectives must not be cut (Bun's default is 10 s).
+    this.server = Bun.serve<LinkData>({ ...options, hostname: c.host, port: c.port, idleTimeout: 0 });
+    // The same API on a Unix-domain socket, for programs of this host (serve --unix).
+    if (c.unixPath) {
+      rmSync(c.unixPath, { force: true }); // a socket file left by a killed rank
+      this.unixServer = Bun.serve<LinkData>({ ...options, unix: c.unixPath });
+    }
   }
 
   private async runRendezvous(): Promise<void> {
@@ -442,6 +452,8 @@ export class RankService {
     this.hub?.closeAll();
     try {
       this.server?.stop(true);
+      this.unixServer?.stop(true);
+      if (this.config.unixPath) rmSync(this.config.unixPath, { force: true });
     } catch {
       // already stopped
     }

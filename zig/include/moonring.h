@@ -38,6 +38,10 @@ void *mr_alloc(uint64_t bytes);               /* page-aligned, zeroed; NULL on f
 /* Like mr_alloc, but in a /dev/shm file that ranks of this host map: collectives among them
  * read it in place (no process_vm_readv). Like MPI_Alloc_mem. Freed with mr_free. */
 void *mr_alloc_shared(uint64_t bytes);
+/* Where [ptr, ptr + bytes) of an mr_alloc_shared buffer lies, for a program of this host that
+ * maps it: writes the /dev/shm file's name (no directory, no NUL) to name[0..cap) and returns
+ * its length, with ptr's byte offset in the file in *offset; 0 when it lies in no such buffer. */
+size_t mr_shared_locate(const void *ptr, uint64_t bytes, uint8_t *name, size_t cap, uint64_t *offset);
 void mr_free(void *ptr, uint64_t bytes);
 /* Binds the calling thread to one CPU (a rank that drives ops with mr_run spins on shared
  * memory; two such ranks on one CPU take turns). 0, or MR_EINVAL. */

@@ -86,6 +86,17 @@ pub export fn mr_alloc_shared(bytes: u64) ?*anyopaque {
     };
 }
 
+pub export fn mr_shared_locate(ptr: ?*const anyopaque, bytes: u64, name: [*c]u8, cap: usize, offset: [*c]u64) usize {
+    const p = ptr orelse return 0;
+    if (name == null or offset == null) return 0;
+    var name_buf: [sys.shm_name_bytes_max]u8 = undefined;
+    const d = arena.describe(@intFromPtr(p), bytes, &name_buf) orelse return 0;
+    if (d.name.len > cap) return 0;
+    @memcpy(name[0..d.name.len], d.name);
+    offset.* = d.offset;
+    return d.name.len;
+}
+
 /// Binds the calling thread to CPU `cpu`; 0 on success, MR_EINVAL when it can't.
 pub export fn mr_pin_thread(cpu: u32) i32 {
     if (sys.pinThread(cpu)) return Status.ok;
@@ -128,6 +139,8 @@ pub export fn mr_engine_create(
         engine_mod.setLastError("mr_engine_create: cluster_id and token are at most 256 bytes", .{});
         return null;
     }
+    // Shared buffers of ranks killed before they freed them (the board sweeps its own files).
+    arena.sweepDead();
     const engine = Engine.create(std.heap.c_allocator, .{
         .rank = rank,
         .world_size_max = world_size_max,

@@ -6,13 +6,14 @@
 //                                           Accept: application/octet-stream
 //   PUT    /buffers/:id                  {data|b64} or raw bytes: overwrite in place
 //   DELETE /buffers/:id
-//   GET    /buffers/:id/ipc              -> {handle (base64 cudaIpcMemHandle_t), offset, ...}
+//   GET    /buffers/:id/ipc              -> device: {handle (base64 cudaIpcMemHandle_t), offset, ...};
+//                                           host: {kind: "shm", path (/dev/shm file), offset, bytes, ...}
 // Collectives and p2p take {"buffer": id} instead of "tensor"/"tensors" and work in place
 // (bufferCollective, bufferSend, bufferRecv below, called from the collective / p2p routes):
 // results land in buffers and answers carry buffer ids, never the data.
 import type { Context, Hono } from "hono";
 import { z } from "zod";
-import { BufferRegistry, describe, deviceName, type BufferEntry, type DeviceOps } from "../../control/buffers";
+import { BufferRegistry, describe, deviceName, type BufferEntry, type DeviceOps, type SharedHostOps } from "../../control/buffers";
 import { toApiError } from "../../control/collective";
 import type { CallDesc } from "../../control/matcher";
 import type { Ticket } from "../../control/sequencer";
@@ -58,6 +59,17 @@ async function loadDeviceOps(): Promise<DeviceOps> {
   }
 }
 
+/** Host buffers in /dev/shm files when the data plane can make them (the native one can). */
+function sharedHostOps(svc: RankService): SharedHostOps | null {
+  const dp = svc.dataPlane;
+  if (!dp.allocShared || !dp.sharedLocation) return null;
+  return {
+    alloc: (bytes) => dp.allocShared!(bytes),
+    locate: (buf) => dp.sharedLocation!(buf),
+    group: svc.config.shmGroup ?? null,
+  };
+}
+
 export function registryOf(svc: RankService): Promise<BufferRegistry> {
   let r = registries.get(svc);
   if (!r) {
@@ -70,6 +82,8 @@ export function registryOf(svc: RankService): Promise<BufferRegistry> {
           // launch/serve --device cuda: rank r uses GPU r mod count.
           () => svc.rank % Math.max(1, cuda.deviceCount()),
           svc.config.device,
+          undefined,
+          sharedHostOps(svc),
         ),
     );
     registries.set(svc, r);
@@ -213,9 +227,15 @@ export function buffersRoutes(app: Hono, svc: RankService): void {
   app.get("/buffers/:id/ipc", async (c) => {
     const reg = await registryOf(svc);
     const e = reg.get(c.req.param("id"));
+    if (e.device < 0) {
+      // A host buffer: its /dev/shm file, which np.memmap / mmap / torch.frombuffer map.
+      const { path, offset } = reg.shmLocation(e);
+      return c.json({ buffer: e.id, device: "cpu", kind: "shm", path, offset, bytes: e.byteLength, dtype: e.dtype, shape: e.shape, rank: svc.rank, pid: process.pid });
+    }
     const { handle, offset } = reg.ipc(e);
     return c.json({
       ...describe(e),
+      kind: "cuda_ipc",
       handle: b64(handle),
       offset,
       device_index: e.device,

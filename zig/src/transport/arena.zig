@@ -16,21 +16,21 @@ const Buffer = struct { base: usize = 0, bytes: u64 = 0, serial: u64 = 0 };
 var registry_mu: std.Thread.Mutex = .{};
 var registry: [buffers_max]Buffer = [_]Buffer{.{}} ** buffers_max;
 var serial_next: u64 = 1;
-var swept = false;
+
+/// File names are `moonring-arena-<pid>-<serial>`: the pid lets any later process remove the
+/// files of a rank that died without freeing them (sweepDead).
+pub const name_prefix = "moonring-arena-";
 
 fn nameOf(buf: []u8, pid: i32, serial: u64) []const u8 {
-    return std.fmt.bufPrint(buf, "moonring-arena-{d}-{d}", .{ pid, serial }) catch unreachable;
+    return std.fmt.bufPrint(buf, name_prefix ++ "{d}-{d}", .{ pid, serial }) catch unreachable;
 }
 
 /// A shared buffer of `bytes` (zeroed), or null (no /dev/shm space, too many buffers).
 pub fn alloc(bytes: u64) ?[*]u8 {
     if (bytes == 0) return null;
+    sweepDead();
     registry_mu.lock();
     defer registry_mu.unlock();
-    if (!swept) {
-        swept = true;
-        sweepDead();
-    }
     const slot = for (&registry) |*b| {
         if (b.base == 0) break b;
     } else return null;
@@ -71,15 +71,37 @@ pub fn locate(ptr: usize, len: u64) ?Location {
     return null;
 }
 
-/// Files of processes that died without freeing (their names carry the pid).
-fn sweepDead() void {
+pub const Described = struct { name: []const u8, offset: u64, file_bytes: u64 };
+
+/// The /dev/shm file name (written into `name_buf`), offset and file size of the shared buffer
+/// holding [ptr, ptr + len), for a program of this host that maps it (GET /buffers/:id/ipc).
+pub fn describe(ptr: usize, len: u64, name_buf: []u8) ?Described {
+    if (len == 0) return null;
+    registry_mu.lock();
+    defer registry_mu.unlock();
+    for (registry) |b| {
+        if (b.base == 0 or ptr < b.base or ptr + len > b.base + b.bytes) continue;
+        const name = std.fmt.bufPrint(name_buf, name_prefix ++ "{d}-{d}", .{ sys.processId(), b.serial }) catch return null;
+        return .{ .name = name, .offset = ptr - b.base, .file_bytes = b.bytes };
+    }
+    return null;
+}
+
+/// Removes the files of processes that died without freeing (kill -9): once per process, at
+/// the first alloc or engine start, like the board's sweep.
+pub fn sweepDead() void {
+    sweep_once.call();
+}
+
+var sweep_once = std.once(sweepDeadOnce);
+fn sweepDeadOnce() void {
     var dir = std.fs.openDirAbsolute(sys.shm_dir, .{ .iterate = true }) catch return;
     defer dir.close();
     var it = dir.iterate();
     var entries_max: u32 = 1 << 16;
     while (entries_max > 0) : (entries_max -= 1) {
         const entry = (it.next() catch break) orelse break;
-        const rest = if (std.mem.startsWith(u8, entry.name, "moonring-arena-")) entry.name["moonring-arena-".len..] else continue;
+        const rest = if (std.mem.startsWith(u8, entry.name, name_prefix)) entry.name[name_prefix.len..] else continue;
         const dash = std.mem.indexOfScalar(u8, rest, '-') orelse continue;
         const pid = std.fmt.parseInt(i32, rest[0..dash], 10) catch continue;
         if (pid != sys.processId() and !sys.processAlive(pid)) dir.deleteFile(entry.name) catch {};
@@ -154,6 +176,12 @@ test "arena: alloc, locate, a peer maps it and sees the bytes, free" {
     const loc = locate(@intFromPtr(p) + 4096, 100) orelse return error.NotFound;
     try std.testing.expectEqual(@as(u64, 4096), loc.offset);
     try std.testing.expectEqual(@as(?Location, null), locate(@intFromPtr(p) + 4096, 1 << 20));
+    var name_buf: [64]u8 = undefined;
+    const d = describe(@intFromPtr(p) + 4096, 100, &name_buf) orelse return error.NotFound;
+    try std.testing.expectEqual(@as(u64, 4096), d.offset);
+    try std.testing.expect(d.file_bytes >= 3 * 4096 + 10);
+    var expect_buf: [64]u8 = undefined;
+    try std.testing.expectEqualStrings(nameOf(&expect_buf, sys.processId(), loc.serial), d.name);
     var maps = PeerMaps{};
     defer maps.deinit();
     const m = maps.acquire(sys.processId(), loc.serial) orelse return error.NoMap;
