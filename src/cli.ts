@@ -11,6 +11,7 @@ import { readFileSync } from "node:fs";
 const COMMON_LIMITS: Record<string, FlagSpec> = {
   "max-body-bytes": { type: "string", help: "largest request body (e.g. 1G; env MOONRING_MAX_BODY_BYTES; default 1G)" },
   "max-tensor-bytes": { type: "string", help: "largest tensor (or list of tensors) in one call (env MOONRING_MAX_TENSOR_BYTES; default 512M)" },
+  "max-pending-calls": { type: "string", help: "collectives and p2p calls a rank holds at once; more are 429 (env MOONRING_MAX_PENDING_CALLS; default 1024)" },
   "heartbeat-interval-ms": { type: "string", help: "control-plane heartbeat period, rank <-> rank 0 (env MOONRING_HEARTBEAT_INTERVAL_MS; default 500)" },
   "heartbeat-timeout-ms": {
     type: "string",
@@ -90,6 +91,7 @@ function limits(flags: Record<string, string | boolean | undefined>) {
   return {
     maxBodyBytes: bytesFlag(flags["max-body-bytes"] ?? env("MOONRING_MAX_BODY_BYTES"), "max-body-bytes") ?? 1024 ** 3,
     maxTensorBytes: bytesFlag(flags["max-tensor-bytes"] ?? env("MOONRING_MAX_TENSOR_BYTES"), "max-tensor-bytes") ?? 512 * 1024 ** 2,
+    maxPendingCalls: intFlag(flags["max-pending-calls"] ?? env("MOONRING_MAX_PENDING_CALLS"), "max-pending-calls", { min: 1, max: 1_000_000 }) ?? 1024,
   };
 }
 
@@ -184,7 +186,7 @@ async function launch(argv: string[]): Promise<number> {
   if (port + nproc - 1 > 65535) throw new UsageError(`--port ${port} + ${nproc} ranks runs past port 65535`);
   const maxWorldSize = intFlag(flags["max-world-size"], "max-world-size", { min: nproc, max: WORLD_SIZE_MAX }) ?? nproc;
   const serveArgs: string[] = [];
-  for (const k of ["max-body-bytes", "max-tensor-bytes", "heartbeat-interval-ms", "heartbeat-timeout-ms"]) {
+  for (const k of ["max-body-bytes", "max-tensor-bytes", "max-pending-calls", "heartbeat-interval-ms", "heartbeat-timeout-ms"]) {
     if (flags[k] !== undefined) serveArgs.push(`--${k}`, String(flags[k]));
   }
   const unix = flags.unix as string | undefined;

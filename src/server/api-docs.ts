@@ -111,17 +111,18 @@ export const namedGroupSchema = z
     group_rank: z.number().int().nullable().meta({ description: "this rank's index in the group; null when not a member" }),
   })
   .meta({ id: "NamedGroup" });
+// With MOONRING_TOKEN set, a caller without it gets status, ready and state only.
 const healthAnswer = z.looseObject({
   status: z.enum(["ok", "starting", "failed", "left"]),
-  rank: z.number().int(),
-  world_size: z.number().int(),
+  rank: z.number().int().optional(),
+  world_size: z.number().int().optional(),
   ready: z.boolean(),
-  pid: z.number().int(),
+  pid: z.number().int().optional(),
   state: z.string(),
-  epoch: z.number().int(),
+  epoch: z.number().int().optional(),
   error: z.string().optional(),
 });
-const livenessAnswer = z.object({ live: z.boolean(), rank: z.number().int(), state: z.string(), pid: z.number().int(), error: z.string().optional() });
+const livenessAnswer = z.object({ live: z.boolean(), rank: z.number().int().optional(), state: z.string(), pid: z.number().int().optional(), error: z.string().optional() });
 const clusterAnswer = z
   .looseObject({
     epoch: z.number().int(),

@@ -14,7 +14,12 @@ export function expectedBearer(token: string | undefined): Buffer | null {
  * can show, as with any constant-time compare.
  */
 export function authorize(expected: Buffer | null, header: string | null | undefined, message?: string): void {
-  if (expected === null) return;
+  if (!isAuthorized(expected, header)) throw new Unauthorized(message);
+}
+
+/** authorize() without the throw (routes that answer less, not 401, to strangers: /health). */
+export function isAuthorized(expected: Buffer | null, header: string | null | undefined): boolean {
+  if (expected === null) return true;
   const given = Buffer.from(header ?? "");
-  if (given.length !== expected.length || !timingSafeEqual(given, expected)) throw new Unauthorized(message);
+  return given.length === expected.length && timingSafeEqual(given, expected);
 }

@@ -16,7 +16,7 @@ import { PeerClient } from "../control/peers";
 import { RendezvousClient, RendezvousServer } from "../control/rendezvous";
 import { Sequencer } from "../control/sequencer";
 import type { DataPlane } from "../native/types";
-import { apiErrorFromJSON, MasterLost, NotReady, type ApiError } from "../errors";
+import { apiErrorFromJSON, MasterLost, NotReady, type ApiError, TooManyRequests } from "../errors";
 import { authorize, expectedBearer } from "./auth";
 import { Logger } from "../util/log";
 import { Metrics } from "../util/metrics";
@@ -45,6 +45,8 @@ export interface ServiceConfig {
   join: boolean;
   maxBodyBytes: number;
   maxTensorBytes: number;
+  /** Calls (collectives, p2p) this rank holds at once; one more is 429 (default 1024). */
+  maxPendingCalls?: number;
   clusterId?: string;
   rendezvousTimeoutMs: number;
   /** Control-plane heartbeat (rank <-> rank 0): interval and silence that counts as a failure. */
@@ -60,6 +62,8 @@ export interface ServiceConfig {
 
 export const DEFAULT_MAX_BODY_BYTES = 1024 * 1024 * 1024;
 export const DEFAULT_MAX_TENSOR_BYTES = 512 * 1024 * 1024;
+/** Each pending call may wait for its peers up to its timeout_ms, holding its body's memory. */
+export const DEFAULT_MAX_PENDING_CALLS = 1024;
 
 export type ServicePhase = "starting" | "rendezvous" | "ready" | "stopping" | "failed";
 
@@ -108,6 +112,24 @@ export class RankService {
 
   get rank(): number {
     return this.config.rank;
+  }
+
+  /** Collectives and p2p calls being served now (admitCall .. finishCall). */
+  callsInFlight = 0;
+
+  /** Counts a call in, or refuses it (429) when the rank holds its limit already. */
+  admitCall(): void {
+    const limit = this.config.maxPendingCalls ?? DEFAULT_MAX_PENDING_CALLS;
+    if (this.callsInFlight >= limit) {
+      throw new TooManyRequests(`rank ${this.rank} holds ${this.callsInFlight} pending calls, its limit (--max-pending-calls / MOONRING_MAX_PENDING_CALLS): retry once some finish`, {
+        limit,
+      });
+    }
+    this.callsInFlight++;
+  }
+
+  finishCall(): void {
+    this.callsInFlight--;
   }
 
   get ready(): boolean {

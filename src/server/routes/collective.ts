@@ -39,6 +39,7 @@ export async function handleCollective(svc: RankService, op: string, src: Contex
     throw new InvalidRequest(`unknown collective ${JSON.stringify(op)}; expected one of ${collectiveOps.join(", ")}`);
   }
   requireReady(svc);
+  svc.admitCall(); // 429 past the cap, before the body is read
   const owned: NativeBuffer[] = [];
   const ticket = svc.sequencer.take();
   try {
@@ -71,6 +72,7 @@ export async function handleCollective(svc: RankService, op: string, src: Contex
       elapsed_ms: Math.round((performance.now() - startedAt) * 1000) / 1000,
     });
   } finally {
+    svc.finishCall();
     svc.sequencer.finish(ticket);
     for (const b of owned) b.release();
   }

@@ -2,12 +2,17 @@
 import type { Hono } from "hono";
 import { renderApiReference } from "../api-reference";
 import { buildOpenApi } from "../openapi";
+import { expectedBearer, isAuthorized } from "../auth";
 import type { RankService } from "../service";
 
 export function introspectionRoutes(app: Hono, svc: RankService): void {
+  const bearer = expectedBearer(svc.config.token);
   app.get("/health", (c) => {
     const ready = svc.ready;
     const state = svc.state;
+    const status = ready ? "ok" : state === "failed" || state === "left" ? state : "starting";
+    // Probes carry no token: with one set, strangers learn readiness only (no pid, ports, urls).
+    if (!isAuthorized(bearer, c.req.header("authorization"))) return c.json({ status, ready, state }, ready ? 200 : 503);
     const self = svc.membership.get(svc.rank);
     const why = svc.participant?.masterLost
       ? `the coordinator (rank 0) is lost: ${svc.participant.masterLost}`
@@ -16,7 +21,7 @@ export function introspectionRoutes(app: Hono, svc: RankService): void {
         : null;
     return c.json(
       {
-        status: ready ? "ok" : state === "failed" || state === "left" ? state : "starting",
+        status,
         rank: svc.rank,
         world_size: svc.membership.worldSize,
         ready,
@@ -41,6 +46,7 @@ export function introspectionRoutes(app: Hono, svc: RankService): void {
   // failed, rendezvous failed for good, coordinator lost) is not, so the kubelet restarts it.
   app.get("/livez", (c) => {
     const why = svc.deadReason();
+    if (!isAuthorized(bearer, c.req.header("authorization"))) return c.json({ live: why === null, state: svc.state }, why === null ? 200 : 503);
     return c.json({ live: why === null, rank: svc.rank, state: svc.state, pid: process.pid, ...(why ? { error: why } : {}) }, why === null ? 200 : 503);
   });
 

@@ -11,6 +11,14 @@ import { bufferRecv, bufferSend, usesBuffer } from "./buffers";
 import { requireReady } from "./collective";
 
 export function p2pRoutes(app: Hono, svc: RankService): void {
+  app.use("/p2p/*", async (_c, next) => {
+    svc.admitCall(); // 429 past the cap, before the body is read
+    try {
+      await next();
+    } finally {
+      svc.finishCall();
+    }
+  });
   app.post("/p2p/send", async (c) => {
     const startedAt = performance.now();
     requireReady(svc);
