@@ -11,15 +11,7 @@ import { bufferRecv, bufferSend, usesBuffer } from "./buffers";
 import { requireReady } from "./collective";
 
 export function p2pRoutes(app: Hono, svc: RankService): void {
-  app.use("/p2p/*", async (_c, next) => {
-    svc.admitCall(); // 429 past the cap, before the body is read
-    try {
-      await next();
-    } finally {
-      svc.finishCall();
-    }
-  });
-  app.post("/p2p/send", async (c) => {
+  app.post("/p2p/send", (c) => counted(svc, async () => {
     const startedAt = performance.now();
     requireReady(svc);
     const ticket = svc.sequencer.take();
@@ -78,9 +70,9 @@ export function p2pRoutes(app: Hono, svc: RankService): void {
       svc.sequencer.finish(ticket);
       buf?.release();
     }
-  });
+  }));
 
-  app.post("/p2p/recv", async (c) => {
+  app.post("/p2p/recv", (c) => counted(svc, async () => {
     const startedAt = performance.now();
     requireReady(svc);
     const raw = await readJson(c, svc.config.maxBodyBytes);
@@ -115,7 +107,17 @@ export function p2pRoutes(app: Hono, svc: RankService): void {
     } finally {
       got.buf.release();
     }
-  });
+  }));
+}
+
+/** Runs a p2p call counted against the pending-call cap (429 past it, before the body is read). */
+async function counted(svc: RankService, call: () => Promise<Response>): Promise<Response> {
+  svc.admitCall();
+  try {
+    return await call();
+  } finally {
+    svc.finishCall();
+  }
 }
 
 function allocOr413(svc: RankService, bytes: number): NativeBuffer {
