@@ -11,6 +11,14 @@ tools="$root/.tools"
 mkdir -p "$tools/bin"
 log() { echo "[bootstrap] $*" >&2; }
 
+# One bootstrap per checkout at a time (two at once broke each other's npm ci, venv and build):
+# re-run this script under an exclusive lock.
+if [ -z "${MOONRING_BOOTSTRAP_LOCKED:-}" ] && command -v flock >/dev/null 2>&1; then
+  export MOONRING_BOOTSTRAP_LOCKED=1
+  exec flock -w 3600 "$tools/.bootstrap.lock" sh "$root/scripts/bootstrap.sh" "$@"
+fi
+. scripts/venv.sh
+
 # --- bun, pinned in package.json --------------------------------------------------------
 want_bun=$(sed -n 's/.*"bun": "\([0-9.]*\)".*/\1/p' package.json)
 if [ ! -x node_modules/.bin/bun ] || [ "$(node_modules/.bin/bun --version 2>/dev/null)" != "$want_bun" ]; then
@@ -20,13 +28,7 @@ fi
 ln -sf "$root/node_modules/.bin/bun" "$tools/bin/bun"
 
 # --- python venv for PyPI-provided tools ------------------------------------------------
-venv="$tools/venv"
-ensure_venv() {
-  if [ ! -x "$venv/bin/python" ]; then
-    log "creating $venv"
-    python3 -m venv "$venv" >&2
-  fi
-}
+venv="$tools/venv" # made by ensure_venv (scripts/venv.sh): complete or absent, never half-made
 
 # --- zig ---------------------------------------------------------------------------------
 zig_ok() { [ -x "$1" ] && [ "$("$1" version 2>/dev/null)" = "$ZIG_VERSION" ]; }
@@ -35,9 +37,9 @@ if ! zig_ok "$tools/bin/zig"; then
   if [ -n "$sys_zig" ] && zig_ok "$sys_zig"; then
     ln -sf "$sys_zig" "$tools/bin/zig"
   else
-    ensure_venv
+    ensure_venv "$venv" || exit 1
     log "installing ziglang==$ZIG_VERSION from PyPI"
-    "$venv/bin/pip" install -q --disable-pip-version-check "ziglang==$ZIG_VERSION" >&2
+    venv_pip "$venv" install -q --disable-pip-version-check "ziglang==$ZIG_VERSION" >&2
     zig_bin=$("$venv/bin/python" -c 'import ziglang,os;print(os.path.join(os.path.dirname(ziglang.__file__),"zig"))')
     ln -sf "$zig_bin" "$tools/bin/zig"
   fi
@@ -52,9 +54,9 @@ if ! nvcc_ok "$tools/bin/nvcc"; then
     if [ -n "$cand" ] && nvcc_ok "$cand"; then found=$cand; break; fi
   done
   if [ -z "$found" ]; then
-    ensure_venv
+    ensure_venv "$venv" || exit 1
     log "installing nvcc $CUDA_NVCC_VERSION from PyPI (nvidia-cuda-nvcc, -runtime, -cccl)"
-    "$venv/bin/pip" install -q --disable-pip-version-check \
+    venv_pip "$venv" install -q --disable-pip-version-check \
       "nvidia-cuda-nvcc==$CUDA_NVCC_VERSION" "nvidia-cuda-runtime==$CUDA_RUNTIME_VERSION" \
       "nvidia-cuda-cccl==$CUDA_CCCL_VERSION" "nvidia-nvvm==$CUDA_NVVM_VERSION" \
       "nvidia-cuda-crt==$CUDA_CRT_VERSION" >&2
