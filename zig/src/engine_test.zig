@@ -525,6 +525,25 @@ test "strangers: garbage, wrong cluster and bad frames close the connection, nev
     try world.expectAllOk(&.{ customOp(id, 3, &ping, 10_000), customOp(id, 3, &ping, 10_000) });
 }
 
+test "strangers: 300 idle connections neither fill the link slots nor keep a real peer out (issue 18 item 3)" {
+    for ([_]Mode{ .tcp, .shm }) |mode| {
+        var world = try World.init(2, .{ .mode = mode, .runner = dualRunner });
+        defer world.deinit();
+        const port = world.engine(0).dataPort();
+        // More idle connections than link slots (links_max) and handshake slots, each
+        // accepted before rank 1 dials (the accept queue is FIFO).
+        var fds: [300]sys.Fd = undefined;
+        var opened: usize = 0;
+        defer for (fds[0..opened]) |fd| sys.closeFd(fd);
+        while (opened < fds.len) : (opened += 1) fds[opened] = try connectRaw(port);
+        // Rank 1 dials rank 0 (no link yet) and rank 0 dials rank 1: both get in.
+        const ping = Tagged{ .kind = 0, .a = 1, .b = 0 };
+        const id = nextOpId();
+        try world.expectAllOk(&.{ customOp(id, 3, &ping, 10_000), customOp(id, 3, &ping, 10_000) });
+        try testing.expect(world.engine(0).net.linkCounts().tcp + world.engine(0).net.linkCounts().shm > 0);
+    }
+}
+
 test "engine: bad submissions are EINVAL with a message" {
     var world = try World.init(2, .{ .mode = .tcp });
     defer world.deinit();

@@ -295,6 +295,7 @@ test {
     std.testing.refAllDecls(@This());
     _ = @import("sys.zig");
     _ = @import("transport/wire.zig");
+    _ = @import("log_limit.zig");
     _ = @import("transport/tcp.zig");
     _ = @import("transport/shm.zig");
     _ = @import("transport/board.zig");

@@ -15,16 +15,44 @@ const tcp = @import("tcp.zig");
 const link_kind = @import("link_kind.zig");
 const kinds = @import("kinds.zig");
 const op = @import("../op.zig");
+const log_limit = @import("../log_limit.zig");
 
 pub const world_size_max = op.world_size_max;
-/// Sockets (accepted, dialed, in handshake) one rank keeps at once.
+/// Established links one rank accepts at once.
 pub const links_max = 256;
 pub const links_per_peer_max = 4;
+/// Accepted connections not yet authenticated, at most: a flood of idle or slow connections
+/// can't hold more, and when full the oldest goes, so a real peer (which sends its Hello at
+/// once) always gets in (issue 18: 300 idle connections filled every slot and kept rank 1 out).
+pub const handshakes_max = 128;
+/// Of them from one source address: a noisy host evicts its own oldest first.
+pub const handshakes_per_source_max = 32;
 const connect_timeout_ms_max: u32 = 5000;
+/// A dialer whose connection was dropped unanswered tries again after this, doubling.
+const redial_wait_ms_min: u32 = 5;
+const redial_wait_ms_max: u32 = 200;
 const thread_stack_bytes = 256 * 1024;
 
 comptime {
     std.debug.assert(links_per_peer_max * 2 <= links_max);
+    std.debug.assert(handshakes_per_source_max <= handshakes_max);
+}
+
+/// An accepted connection in its handshake (Links.handshakes).
+const Handshake = struct {
+    fd: sys.Fd,
+    addr: sys.Address,
+    source: u128,
+    ticket: u64,
+};
+
+/// The source address of a connection, without its port.
+fn sourceKey(addr: sys.Address) u128 {
+    return switch (addr.any.family) {
+        std.posix.AF.INET => addr.in.sa.addr,
+        std.posix.AF.INET6 => std.mem.readInt(u128, &addr.in6.sa.addr, .big),
+        else => 0,
+    };
 }
 
 pub const Link = struct {
@@ -136,6 +164,11 @@ pub const Links = struct {
     threads_live: u32 = 0,
     threads_cond: std.Thread.Condition = .{},
     links_live: u32 = 0,
+    /// Connections in their handshake, by slot; tickets tell a slot's occupants apart.
+    handshakes: [handshakes_max]?Handshake = [_]?Handshake{null} ** handshakes_max,
+    handshake_tickets: u64 = 0,
+    /// Repeated lines about strangers (bad handshakes, refusals, evictions).
+    stranger_log: log_limit.Limiter = .{},
 
     /// Binds the listener and starts the kinds. `links` stays at this address (threads point
     /// to it); listen() starts accepting.
@@ -351,7 +384,7 @@ pub const Links = struct {
         defer if (state) |s| kinds.all[kind_index].destroy(links.kind_contexts[kind_index].?, s);
         std.debug.assert(pending.blob_len <= blob.len);
         const offered: wire.LinkKind = @enumFromInt(kinds.all[kind_index].id);
-        const dialed = try tcp.dial(addr, links.identity, peer_rank, .{ .kind = offered, .blob = blob[0..pending.blob_len] }, timeout_ms);
+        const dialed = try links.dialRetrying(addr, peer_rank, .{ .kind = offered, .blob = blob[0..pending.blob_len] }, timeout_ms);
         errdefer sys.closeFd(dialed.fd);
         var taken = kind_index;
         if (dialed.kind != offered) {
@@ -369,6 +402,23 @@ pub const Links = struct {
         state = null; // the link owns it now
         tcp.setStreaming(dialed.fd);
         return link;
+    }
+
+    /// tcp.dial, again while the acceptor drops us unanswered (full of strangers' handshakes)
+    /// and `timeout_ms` lasts.
+    fn dialRetrying(links: *Links, addr: sys.Address, peer_rank: u32, offer: tcp.Offer, timeout_ms: u32) tcp.DialError!tcp.Dialed {
+        const deadline_ns = sys.monotonicNs() + @as(u64, timeout_ms) * std.time.ns_per_ms;
+        var wait_ms: u32 = redial_wait_ms_min;
+        var tries: u32 = 0;
+        while (true) : (tries += 1) {
+            const left_ms: u32 = @intCast((deadline_ns -| sys.monotonicNs()) / std.time.ns_per_ms);
+            const result = tcp.dial(addr, links.identity, peer_rank, offer, @max(left_ms, 1));
+            const dropped = if (result) |_| false else |err| err == error.Dropped;
+            if (!dropped or links.stopping.load(.acquire) or left_ms <= wait_ms) return result;
+            if (tries == 0) sys.logLine("rank {d}: rank {d} dropped our connection before its handshake; trying again", .{ links.rank(), peer_rank });
+            sys.sleepNs(@as(u64, wait_ms) * std.time.ns_per_ms);
+            wait_ms = @min(wait_ms * 2, redial_wait_ms_max);
+        }
     }
 
     fn createLink(links: *Links, fd: sys.Fd, peer_rank: u32, kind_index: u8, state: *anyopaque) error{OutOfMemory}!*Link {
@@ -453,28 +503,75 @@ pub const Links = struct {
                 continue;
             } orelse continue;
             links.mu.lock();
-            const admit = !links.stopping.load(.acquire) and links.links_live < links_max;
-            if (admit) {
-                links.links_live += 1;
-                links.threads_live += 1;
-            }
+            const slot = links.enterHandshakeLocked(accepted);
+            if (slot != null) links.threads_live += 1;
             links.mu.unlock();
-            if (!admit) {
-                sys.logLine("rank {d}: refused connection from {any}: {d} links open", .{ links.rank(), accepted.addr, links_max });
+            const entered = slot orelse {
                 sys.closeFd(accepted.fd);
                 continue;
-            }
-            const thread = std.Thread.spawn(.{ .stack_size = thread_stack_bytes }, acceptThread, .{ links, accepted }) catch {
-                sys.closeFd(accepted.fd);
+            };
+            const thread = std.Thread.spawn(.{ .stack_size = thread_stack_bytes }, acceptThread, .{ links, accepted, entered }) catch {
                 links.mu.lock();
-                links.links_live -= 1;
+                links.leaveHandshakeLocked(entered);
                 links.threads_live -= 1;
                 links.threads_cond.broadcast();
                 links.mu.unlock();
+                sys.closeFd(accepted.fd);
                 continue;
             };
             thread.detach();
         }
+    }
+
+    const HandshakeSlot = struct { index: u32, ticket: u64 };
+
+    /// Registers an accepted connection for its handshake, evicting the oldest one from the
+    /// same source (or any source) when that is full. Null: refuse it.
+    fn enterHandshakeLocked(links: *Links, accepted: sys.Accepted) ?HandshakeSlot {
+        if (links.stopping.load(.acquire)) return null;
+        if (links.links_live >= links_max) {
+            links.stranger_log.log("rank {d}: refused connection from {any}: {d} links open", .{ links.rank(), accepted.addr, links_max });
+            return null;
+        }
+        const source = sourceKey(accepted.addr);
+        var same_source: u32 = 0;
+        var oldest_same: ?u32 = null;
+        var oldest_any: ?u32 = null;
+        var free: ?u32 = null;
+        for (&links.handshakes, 0..) |*slot, i| {
+            const hs = slot.* orelse {
+                if (free == null) free = @intCast(i);
+                continue;
+            };
+            if (oldest_any == null or hs.ticket < links.handshakes[oldest_any.?].?.ticket) oldest_any = @intCast(i);
+            if (hs.source != source) continue;
+            same_source += 1;
+            if (oldest_same == null or hs.ticket < links.handshakes[oldest_same.?].?.ticket) oldest_same = @intCast(i);
+        }
+        const index = if (same_source >= handshakes_per_source_max)
+            links.evictHandshakeLocked(oldest_same.?)
+        else
+            free orelse links.evictHandshakeLocked(oldest_any.?);
+        std.debug.assert(links.handshakes[index] == null);
+        links.handshake_tickets += 1;
+        links.handshakes[index] = .{ .fd = accepted.fd, .addr = accepted.addr, .source = source, .ticket = links.handshake_tickets };
+        return .{ .index = index, .ticket = links.handshake_tickets };
+    }
+
+    /// Ends an unauthenticated connection's handshake now (its thread sees the socket shut and
+    /// closes it); returns its slot, free.
+    fn evictHandshakeLocked(links: *Links, index: u32) u32 {
+        const hs = links.handshakes[index].?;
+        // The thread closes the fd only after leaving its slot (under mu): it is still open.
+        sys.shutdownBoth(hs.fd);
+        links.handshakes[index] = null;
+        links.stranger_log.log("rank {d}: dropped an unauthenticated connection from {any} (handshake slots full)", .{ links.rank(), hs.addr });
+        return index;
+    }
+
+    fn leaveHandshakeLocked(links: *Links, slot: HandshakeSlot) void {
+        const hs = links.handshakes[slot.index] orelse return;
+        if (hs.ticket == slot.ticket) links.handshakes[slot.index] = null;
     }
 
     fn threadExit(links: *Links) void {
@@ -485,11 +582,8 @@ pub const Links = struct {
     }
 
     fn rejectAccepted(links: *Links, accepted: sys.Accepted, comptime fmt: []const u8, args: anytype) void {
-        sys.logLine("rank {d}: rejected connection from {any}: " ++ fmt, .{ links.rank(), accepted.addr } ++ args);
+        links.stranger_log.log("rank {d}: rejected connection from {any}: " ++ fmt, .{ links.rank(), accepted.addr } ++ args);
         sys.closeFd(accepted.fd);
-        links.mu.lock();
-        links.links_live -= 1;
-        links.mu.unlock();
     }
 
     /// Whether a Hello may join: addressed to us, from a rank of our world, our cluster and token.
@@ -519,12 +613,14 @@ pub const Links = struct {
         return .{ .index = kinds.base_index, .pending = pending };
     }
 
-    fn acceptThread(links: *Links, accepted: sys.Accepted) void {
+    fn acceptThread(links: *Links, accepted: sys.Accepted, slot: HandshakeSlot) void {
         defer links.threadExit();
         var hello: tcp.Hello = undefined;
-        tcp.readHello(accepted.fd, &hello, &links.stopping) catch |err| {
-            return links.rejectAccepted(accepted, "bad handshake ({s})", .{@errorName(err)});
-        };
+        const read = tcp.readHello(accepted.fd, &hello, &links.stopping);
+        links.mu.lock();
+        links.leaveHandshakeLocked(slot); // authenticated or not, no longer evictable
+        links.mu.unlock();
+        read catch |err| return links.rejectAccepted(accepted, "bad handshake ({s})", .{@errorName(err)});
         const status = links.admission(&hello);
         const h = hello.header;
         if (status != .ok) {
@@ -542,10 +638,9 @@ pub const Links = struct {
         tcp.setStreaming(accepted.fd);
 
         links.mu.lock();
-        links.links_live -= 1; // installLocked counts it again
         if (!links.installLocked(link)) {
             links.mu.unlock();
-            sys.logLine("rank {d}: dropped link from rank {d} (down or shutting down)", .{ links.rank(), h.src_rank });
+            links.stranger_log.log("rank {d}: dropped link from rank {d} (down or shutting down)", .{ links.rank(), h.src_rank });
             links.destroyLink(link);
             return;
         }

@@ -751,6 +751,7 @@ pub const Net = struct {
                 error.Refused => "connection refused",
                 error.TimedOut => "timed out",
                 error.Rejected => "handshake rejected (cluster id / token / rank mismatch?)",
+                error.Dropped => "it dropped the connection before the handshake (flooded or shutting down)",
                 error.Protocol => "bad handshake reply",
                 else => "unreachable",
             } }),

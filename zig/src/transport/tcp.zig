@@ -35,7 +35,9 @@ pub const Dialed = struct {
     }
 };
 
-pub const DialError = error{ Refused, Unreachable, TimedOut, Rejected, Protocol };
+/// Dropped: the acceptor closed the connection before answering (it was full of unauthenticated
+/// connections, or shutting down): worth another try. Rejected: it answered no.
+pub const DialError = error{ Refused, Unreachable, TimedOut, Rejected, Dropped, Protocol };
 
 /// Connects to `dst_rank` at `addr` and runs the dialer's side of the handshake.
 pub fn dial(addr: sys.Address, me: Identity, dst_rank: u32, offer: Offer, timeout_ms: u32) DialError!Dialed {
@@ -72,7 +74,7 @@ pub fn dial(addr: sys.Address, me: Identity, dst_rank: u32, offer: Offer, timeou
     var ack: wire.Ack = undefined;
     sys.recvAll(fd, std.mem.asBytes(&ack)) catch |err| return switch (err) {
         error.WouldBlock => error.TimedOut,
-        else => error.Rejected, // closed: the acceptor refused us (or is not a moonring rank)
+        else => error.Dropped, // closed unanswered: a full acceptor (or not a moonring rank)
     };
     const kind = try checkAck(ack, dst_rank, offer.kind);
     var result = Dialed{ .fd = fd, .kind = kind, .blob_len = ack.blob_len, .blob = undefined };
