@@ -1,7 +1,7 @@
 # moonring rank service image.
 #
-#   docker build -t moonring:latest .
-#   docker run --rm -e RANK=0 -e WORLD_SIZE=1 -e MASTER_ADDR=127.0.0.1 -p 127.0.0.1:29500:29500 moonring:latest
+#   docker build -t moonring:0.1.0 .
+#   docker run --rm -e RANK=0 -e WORLD_SIZE=1 -e MASTER_ADDR=127.0.0.1 -p 127.0.0.1:29500:29500 moonring:0.1.0
 #
 # Stage "build" bootstraps the pinned toolchain (scripts/bootstrap.sh: bun from npm, Zig and
 # nvcc from PyPI) and builds zig/zig-out/lib/libmoonring.so with its CUDA fatbin embedded.

@@ -3,6 +3,7 @@
 //   launch --nproc N --port P [--device cpu|cuda] [--host 127.0.0.1] [--max-world-size M]
 //   serve  --rank R --world-size N --master HOST:PORT --port P [--join]
 //   bench  ...
+import { localRankOf, type LocalRank } from "./util/local-rank";
 import { bytesFlag, helpText, intFlag, parseFlags, UsageError, type FlagSpec } from "./util/args";
 import { parseHostPort } from "./util/net";
 import { WORLD_SIZE_MAX } from "./limits";
@@ -72,6 +73,14 @@ The REST API: docs/api-contract.md; a running rank serves GET /openapi.json.`;
 function env(name: string): string | undefined {
   const v = process.env[name];
   return v === undefined || v === "" ? undefined : v;
+}
+
+function localRankOrUsage(rank: number): LocalRank {
+  try {
+    return localRankOf(rank);
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
 }
 
 function device(v: string | boolean | undefined): "cpu" | "cuda" {
@@ -162,6 +171,7 @@ async function serve(argv: string[]): Promise<number> {
       dataPort: intFlag(flags["data-port"] ?? env("MOONRING_DATA_PORT"), "data-port", { min: 0, max: 65535 }),
       token: env("MOONRING_TOKEN"),
       device: device(flags.device ?? env("MOONRING_DEVICE")),
+      localRank: localRankOrUsage(rank),
       join: flags.join === true,
       ...limits(flags),
       ...heartbeat(flags),

@@ -80,7 +80,9 @@ export async function launchMain(o: LaunchOptions): Promise<number> {
       ...(o.maxWorldSize !== o.nproc ? ["--max-world-size", String(o.maxWorldSize)] : []),
       ...o.serveArgs,
     ];
-    const child = Bun.spawn(args, { stdin: "pipe", stdout: "inherit", stderr: "inherit", env: process.env });
+    // one host: local rank = rank, as torchrun sets them (the GPU choice reads them)
+    const env = { ...process.env, LOCAL_RANK: String(r), LOCAL_WORLD_SIZE: String(o.nproc) };
+    const child = Bun.spawn(args, { stdin: "pipe", stdout: "inherit", stderr: "inherit", env });
     children.push(child);
     alive.add(r);
     void child.exited.then((code) => {

@@ -19,6 +19,7 @@ import type { DataPlane } from "../native/types";
 import { apiErrorFromJSON, MasterLost, NotReady, type ApiError, TooManyRequests } from "../errors";
 import { authorize, expectedBearer } from "./auth";
 import { Logger } from "../util/log";
+import { localRankOf, type LocalRank } from "../util/local-rank";
 import { Metrics } from "../util/metrics";
 import { httpUrl } from "../util/net";
 import { createApp, errorResponse } from "./app";
@@ -56,6 +57,8 @@ export interface ServiceConfig {
   unixPath?: string;
   /** Group (gid) that may map this rank's shared host buffers too (mode 0660); default: owner only. */
   shmGroup?: number | null;
+  /** LOCAL_RANK / LOCAL_WORLD_SIZE as serve read them (default: the global rank, no env). */
+  localRank?: LocalRank;
   /** Tests inject a fake; the real service uses src/native/engine.ts. */
   dataPlaneFactory?: DataPlaneFactory;
 }
@@ -101,7 +104,11 @@ export class RankService {
   /** The Authorization header every request must carry (null: no token set). */
   private readonly bearer: Buffer | null;
 
+  /** LOCAL_RANK / LOCAL_WORLD_SIZE (torchrun): which GPU this rank uses (util/local-rank.ts). */
+  readonly localRank: LocalRank;
+
   constructor(readonly config: ServiceConfig) {
+    this.localRank = config.localRank ?? localRankOf(config.rank, {});
     this.bearer = expectedBearer(config.token);
     this.log = new Logger(`rank ${config.rank}`);
     this.metrics = new Metrics(config.rank);

@@ -54,6 +54,30 @@ describe("deploy/compose.yaml", () => {
   });
 });
 
+describe("README's compose commands with the compose installed here (Debian's docker-compose v1)", () => {
+  test("every docker-compose line of the README names deploy/compose.yaml, and v1 accepts the file", () => {
+    const inst = spawnSync("sh", [join(root, "scripts/apt-tools.sh"), "docker-compose", "docker-compose"], { encoding: "utf8", timeout: 600_000 });
+    const lines = read("README.md").split("\n").map((l) => l.trim()).filter((l) => /^docker-compose\s/.test(l));
+    expect(lines.length).toBeGreaterThanOrEqual(2);
+    expect(read("README.md")).not.toMatch(/^\s*docker compose /m); // v2 syntax only in prose
+    if (inst.status !== 0) {
+      console.warn(`SKIP docker-compose config check: could not install docker-compose: ${inst.stderr.slice(-300)}`);
+      return;
+    }
+    for (const l of lines) {
+      const args = l.replace(/#.*$/, "").trim().split(/\s+/).slice(1);
+      const f = args.indexOf("-f");
+      expect(args[f + 1]).toBe("deploy/compose.yaml");
+      // the same project and file, `config -q` instead of the action: v1 parses and validates it
+      const r = spawnSync("docker-compose", [...args.slice(0, f + 2), "config", "-q"], { cwd: root, encoding: "utf8", timeout: 60_000 });
+      expect([l, r.status, r.stderr.trim()]).toEqual([l, 0, ""]);
+    }
+    const cfg = spawnSync("docker-compose", ["-f", "deploy/compose.yaml", "config"], { cwd: root, encoding: "utf8", timeout: 60_000 });
+    expect(cfg.stdout).toContain(`image: moonring:${JSON.parse(read("package.json")).version}`);
+    expect(cfg.stdout).not.toContain(":latest");
+  }, 620_000);
+});
+
 describe("deploy/k8s", () => {
   const svc = yamlDocs("deploy/k8s/base/service.yaml")[0];
   const ss = yamlDocs("deploy/k8s/base/statefulset.yaml")[0];
@@ -80,13 +104,31 @@ describe("deploy/k8s", () => {
     }
   });
 
-  test("probes on /health, resources, non-root", () => {
+  test("readiness on /health, liveness and startup on /livez, requests and limits, pinned tag, non-root", () => {
     expect(c.readinessProbe.httpGet.path).toBe("/health");
-    expect(c.livenessProbe.exec.command).toEqual(["moonring-entrypoint", "health", "--live"]);
+    expect(c.livenessProbe.httpGet.path).toBe("/livez");
+    expect(c.startupProbe.httpGet.path).toBe("/livez");
     expect(c.resources.requests.cpu).toBeDefined();
     expect(c.resources.requests.memory).toBeDefined();
+    expect(c.resources.limits.cpu).toBeDefined();
+    expect(c.resources.limits.memory).toBeDefined();
+    expect(c.image).toMatch(/^moonring:\d+\.\d+\.\d+$/);
+    expect(c.image).toBe(`moonring:${JSON.parse(read("package.json")).version}`);
     expect(ss.spec.template.spec.securityContext.runAsNonRoot).toBe(true);
     expect(c.securityContext.readOnlyRootFilesystem).toBe(true);
+  });
+
+  test("ServiceMonitor scrapes every rank's /metrics on the http port, with the token's Secret", () => {
+    const k = yaml("deploy/k8s/monitoring/kustomization.yaml");
+    const sm = yaml(`deploy/k8s/monitoring/${k.resources.find((r: string) => r.includes("servicemonitor"))}`);
+    expect(sm.apiVersion).toBe("monitoring.coreos.com/v1");
+    expect(sm.kind).toBe("ServiceMonitor");
+    for (const [key, v] of Object.entries(sm.spec.selector.matchLabels)) expect(svc.metadata.labels[key]).toBe(v);
+    expect(sm.spec.endpoints).toEqual([
+      expect.objectContaining({ port: svc.spec.ports[0].name, path: "/metrics", authorization: { type: "Bearer", credentials: { name: "moonring-token", key: "token", optional: true } } }),
+    ]);
+    const annotations = ss.spec.template.metadata.annotations;
+    expect(annotations["prometheus.io/port"]).toBe(String(c.ports.find((p: any) => p.name === "http").containerPort));
   });
 
   test("GPU overlay asks for one nvidia.com/gpu per rank", () => {

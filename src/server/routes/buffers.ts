@@ -25,6 +25,7 @@ import { InvalidRequest, NotReady } from "../../errors";
 import { DEFAULT_TIMEOUT_MS, dtypeSchema, MAX_TIMEOUT_MS, parseOrThrow, redopSchema, type CollectiveOp } from "../schemas";
 import type { RankService } from "../service";
 import { requireReady } from "./collective";
+import { cudaDeviceFor } from "../../util/local-rank";
 
 // ---- the registry of a service (created on first use) ----
 
@@ -79,8 +80,8 @@ export function registryOf(svc: RankService): Promise<BufferRegistry> {
           svc.rank,
           (bytes, device) => svc.dataPlane.alloc(bytes, device >= 0 ? device : undefined),
           cuda,
-          // launch/serve --device cuda: rank r uses GPU r mod count.
-          () => svc.rank % Math.max(1, cuda.deviceCount()),
+          // --device cuda: GPU LOCAL_RANK (torchrun), else rank, mod the devices this process sees.
+          () => cudaDeviceFor(svc.localRank, cuda.deviceCount()),
           svc.config.device,
           undefined,
           sharedHostOps(svc),

@@ -17,7 +17,11 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/kustomize/api/krusty"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
@@ -50,6 +54,43 @@ func envValue(c corev1.Container, name string) (string, bool) {
 	return "", false
 }
 
+func selects(sel *metav1.LabelSelector, set labels.Set) bool {
+	s, err := metav1.LabelSelectorAsSelector(sel)
+	return err == nil && !s.Empty() && s.Matches(set)
+}
+
+// jobOnly: the policy selects the rank pods, restricts ingress, and every rule admits only pods
+// of the job (no namespace or IP blocks) on the named http and data ports.
+func jobOnly(p networkingv1.NetworkPolicy, rankLabels labels.Set) bool {
+	if !selects(&p.Spec.PodSelector, rankLabels) || len(p.Spec.Ingress) == 0 {
+		return false
+	}
+	ingress := false
+	for _, t := range p.Spec.PolicyTypes {
+		ingress = ingress || t == networkingv1.PolicyTypeIngress
+	}
+	for _, rule := range p.Spec.Ingress {
+		if len(rule.From) == 0 || len(rule.Ports) != 2 {
+			return false
+		}
+		for _, peer := range rule.From {
+			if peer.PodSelector == nil || peer.NamespaceSelector != nil || peer.IPBlock != nil || !selects(peer.PodSelector, rankLabels) {
+				return false
+			}
+		}
+		names := map[string]bool{}
+		for _, port := range rule.Ports {
+			if port.Port != nil {
+				names[port.Port.String()] = true
+			}
+		}
+		if !names["http"] || !names["data"] {
+			return false
+		}
+	}
+	return ingress
+}
+
 func validateDir(dir string) {
 	fmt.Printf("== %s\n", dir)
 	k := krusty.MakeKustomizer(krusty.MakeDefaultOptions())
@@ -63,6 +104,8 @@ func validateDir(dir string) {
 
 	var services []corev1.Service
 	var sets []appsv1.StatefulSet
+	var pdbs []policyv1.PodDisruptionBudget
+	var policies []networkingv1.NetworkPolicy
 	for _, doc := range bytes.Split(out, []byte("\n---\n")) {
 		if len(bytes.TrimSpace(doc)) == 0 {
 			continue
@@ -84,6 +127,16 @@ func validateDir(dir string) {
 			err := yaml.UnmarshalStrict(doc, &s)
 			check("strict decode StatefulSet "+s.Name, err == nil, fmt.Sprint(err))
 			sets = append(sets, s)
+		case "policy/v1 PodDisruptionBudget":
+			var p policyv1.PodDisruptionBudget
+			err := yaml.UnmarshalStrict(doc, &p)
+			check("strict decode PodDisruptionBudget "+p.Name, err == nil, fmt.Sprint(err))
+			pdbs = append(pdbs, p)
+		case "networking.k8s.io/v1 NetworkPolicy":
+			var p networkingv1.NetworkPolicy
+			err := yaml.UnmarshalStrict(doc, &p)
+			check("strict decode NetworkPolicy "+p.Name, err == nil, fmt.Sprint(err))
+			policies = append(policies, p)
 		default:
 			check("known kind "+name, false, "no typed check for this kind")
 		}
@@ -157,10 +210,28 @@ func validateDir(dir string) {
 	rp := c.ReadinessProbe
 	check("readinessProbe GET /health", rp != nil && rp.HTTPGet != nil && rp.HTTPGet.Path == "/health", fmt.Sprint(rp))
 	lp := c.LivenessProbe
-	check("livenessProbe on /health (entrypoint health --live)", lp != nil && lp.Exec != nil &&
-		strings.Join(lp.Exec.Command, " ") == "moonring-entrypoint health --live", fmt.Sprint(lp))
+	check("livenessProbe GET /livez (distinct from readiness)", lp != nil && lp.HTTPGet != nil && lp.HTTPGet.Path == "/livez", fmt.Sprint(lp))
+	sp := c.StartupProbe
+	check("startupProbe GET /livez", sp != nil && sp.HTTPGet != nil && sp.HTTPGet.Path == "/livez", fmt.Sprint(sp))
 	req := c.Resources.Requests
 	check("cpu and memory requests", !req.Cpu().IsZero() && !req.Memory().IsZero(), fmt.Sprint(req))
+	lim := c.Resources.Limits
+	check("cpu and memory limits", !lim.Cpu().IsZero() && !lim.Memory().IsZero(), fmt.Sprint(lim))
+	check("pinned image tag (not :latest, not untagged)", strings.Contains(c.Image, ":") && !strings.HasSuffix(c.Image, ":latest"), c.Image)
+	dataPort := int32(0)
+	for _, p := range c.Ports {
+		if p.Name == "data" {
+			dataPort = p.ContainerPort
+		}
+	}
+	dp, _ := envValue(c, "MOONRING_DATA_PORT")
+	check("data-plane port: container port data = MOONRING_DATA_PORT", dataPort != 0 && dp == fmt.Sprint(dataPort), fmt.Sprint(dataPort, " ", dp))
+	ann := spec.Template.Annotations
+	check("scrape annotations (prometheus.io/scrape, port, path)", ann["prometheus.io/scrape"] == "true" && ann["prometheus.io/port"] == fmt.Sprint(port) && ann["prometheus.io/path"] == "/metrics", fmt.Sprint(ann))
+	podLabels := labels.Set(spec.Template.Labels)
+	check("one PodDisruptionBudget selecting the ranks, at most one unavailable", len(pdbs) == 1 && pdbs[0].Spec.Selector != nil &&
+		selects(pdbs[0].Spec.Selector, podLabels) && pdbs[0].Spec.MaxUnavailable != nil && pdbs[0].Spec.MaxUnavailable.IntValue() == 1, fmt.Sprint(pdbs))
+	check("one NetworkPolicy: ingress to the ranks only from the job's pods, on http and data only", len(policies) == 1 && jobOnly(policies[0], podLabels), fmt.Sprint(policies))
 	sc := c.SecurityContext
 	check("non-root, no privilege escalation, read-only root fs",
 		pod.SecurityContext != nil && pod.SecurityContext.RunAsNonRoot != nil && *pod.SecurityContext.RunAsNonRoot &&
@@ -181,6 +252,19 @@ func validateDir(dir string) {
 }
 
 func main() {
+	// render DIR: print the kustomization's resources as YAML (for kubeconform and kube-score)
+	if len(os.Args) == 3 && os.Args[1] == "render" {
+		resMap, err := krusty.MakeKustomizer(krusty.MakeDefaultOptions()).Run(filesys.MakeFsOnDisk(), os.Args[2])
+		if err == nil {
+			var out []byte
+			if out, err = resMap.AsYaml(); err == nil {
+				os.Stdout.Write(out)
+				return
+			}
+		}
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
 	dirs := os.Args[1:]
 	if len(dirs) == 0 {
 		// Default: the repository's two variants, found from the current directory upwards.
