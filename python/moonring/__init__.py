@@ -8,10 +8,10 @@
 """
 from .client import Client, Group, OpInfo, ReduceOp, connect, resolve_url
 from .dtypes import DTYPES
-from .errors import (CollectiveMismatch, CollectiveTimeout, Conflict, InvalidRequest, MasterLost, MoonringError,
+from .errors import (Cancelled, TooManyRequests, CollectiveMismatch, CollectiveTimeout, Conflict, InvalidRequest, MasterLost, MoonringError,
                      NotFound, NotReady, PeerFailed, ServiceUnreachable, TooLarge, Unauthorized)
 
 __all__ = ["Client", "Group", "OpInfo", "ReduceOp", "connect", "resolve_url", "DTYPES", "MoonringError",
            "InvalidRequest", "Unauthorized", "NotFound", "Conflict", "CollectiveMismatch", "TooLarge", "NotReady",
-           "PeerFailed", "MasterLost", "CollectiveTimeout", "ServiceUnreachable"]
+           "PeerFailed", "MasterLost", "CollectiveTimeout", "ServiceUnreachable", "TooManyRequests", "Cancelled"]
 __version__ = "0.1.0"

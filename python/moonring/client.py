@@ -21,7 +21,7 @@ import numpy as np
 
 from . import dtypes as _dt
 from ._http import HttpTransport, Response
-from .errors import InvalidRequest, MoonringError, NotReady, ServiceUnreachable
+from .errors import InvalidRequest, MoonringError, NotReady, ServiceUnreachable, Unauthorized
 
 Timeout = Union[None, float, int, datetime.timedelta]
 DEFAULT_PORT = 29500
@@ -314,6 +314,9 @@ class Client(_Collectives):
         self._last_lock = threading.Lock()
         self._last: Optional[OpInfo] = None
         health = self.wait_ready(wait)
+        if "rank" not in health:  # with a token set, /health tells strangers readiness only
+            raise Unauthorized(f"rank service {self.url}: the bearer token is missing or wrong "
+                               "(set MOONRING_TOKEN or pass token=)", status=401, code="unauthorized")
         self.rank: int = int(health["rank"])
         self.world_size: int = int(health["world_size"])
         self.device: str = str(health.get("device", "cpu"))
@@ -417,20 +420,34 @@ class Client(_Collectives):
         return self._transport.request("POST", "/membership/deactivate", body={"ranks": [int(r) for r in ranks]}).json()
 
 
+def _unix_path(path: str, rank: Optional[int]) -> str:
+    """serve --unix PATH: {rank} in PATH is the rank; launch --unix PATH without {rank} puts
+    rank r on PATH.r."""
+    if rank is None and os.environ.get("RANK") is not None:
+        rank = int(os.environ["RANK"])
+    if "{rank}" in path:
+        if rank is None:
+            raise ValueError(f"MOONRING_UNIX={path!r} has {{rank}}: pass rank= or set RANK")
+        return path.replace("{rank}", str(rank))
+    if rank is not None and not os.path.exists(path) and os.path.exists(f"{path}.{rank}"):
+        return f"{path}.{rank}"
+    return path
+
+
 def resolve_url(url: Optional[str] = None, *, rank: Optional[int] = None, unix_socket: Optional[str] = None) -> str:
     """Where this process's rank service is, in order: `url`; `unix_socket`; MOONRING_URL;
-    MOONRING_UNIX (a Unix socket path, serve --unix); else http://MOONRING_HOST (127.0.0.1):
+    MOONRING_UNIX (a Unix socket path as serve/launch --unix take it); else http://MOONRING_HOST (127.0.0.1):
     MOONRING_PORT, or MOONRING_BASE_PORT (launch --port; default 29500) + rank, where rank is
     `rank` or RANK (torchrun) — launch puts rank r on port base + r, serve defaults to 29500 + rank."""
     if url:
         return url
     if unix_socket:
-        return f"unix://{unix_socket}"
+        return f"unix://{_unix_path(unix_socket, rank)}"
     env = os.environ
     if env.get("MOONRING_URL"):
         return env["MOONRING_URL"]
     if env.get("MOONRING_UNIX"):
-        return f"unix://{env['MOONRING_UNIX']}"
+        return f"unix://{_unix_path(env['MOONRING_UNIX'], rank)}"
     host = env.get("MOONRING_HOST") or "127.0.0.1"
     if host in ("0.0.0.0", "::"):
         host = "127.0.0.1"

@@ -56,6 +56,14 @@ class TooLarge(MoonringError):
     """413 too_large: a body or tensor over the service's limit."""
 
 
+class TooManyRequests(MoonringError):
+    """429 too_many_requests: the rank already holds its limit of pending calls; retry later."""
+
+
+class Cancelled(MoonringError):
+    """499 cancelled: the call was withdrawn (its client disconnected before it was decided)."""
+
+
 class NotReady(MoonringError):
     """503 not_ready: rendezvous not complete, this rank awaiting activation, or removed."""
 
@@ -96,11 +104,13 @@ _BY_CODE = {
     "collective_mismatch": CollectiveMismatch,
     "too_large": TooLarge,
     "not_ready": NotReady,
+    "too_many_requests": TooManyRequests,
+    "cancelled": Cancelled,
     "peer_failed": PeerFailed,
     "master_lost": MasterLost,
     "timeout": CollectiveTimeout,
 }
-_BY_STATUS = {400: InvalidRequest, 401: Unauthorized, 404: NotFound, 409: Conflict, 413: TooLarge, 503: NotReady, 504: CollectiveTimeout}
+_BY_STATUS = {400: InvalidRequest, 401: Unauthorized, 404: NotFound, 409: Conflict, 413: TooLarge, 429: TooManyRequests, 499: Cancelled, 503: NotReady, 504: CollectiveTimeout}
 
 
 def error_from_response(status: int, body: bytes) -> MoonringError:

@@ -16,6 +16,7 @@ about the last op (contributors, active and failed ranks) is `last_op(group)`.
 """
 from __future__ import annotations
 
+import atexit
 import datetime
 import queue
 import threading
@@ -150,25 +151,48 @@ class _Work(dist._Work):
 
 
 class _Lane:
-    """One worker thread running queued works in order."""
+    """One worker thread running queued works in order. A synchronous op (async_op=False) finding
+    the lane idle runs on the caller's thread instead (no thread hand-off on the latency path);
+    `_exec` keeps it from overlapping a queued work."""
 
     def __init__(self, name: str):
         self._queue: "queue.SimpleQueue[Optional[_Work]]" = queue.SimpleQueue()
+        self._exec = threading.Lock()
+        self._count_lock = threading.Lock()
+        self._pending = 0  # submitted and not yet finished
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, work: _Work) -> None:
-        self._queue.put(work)
+    def submit(self, work: _Work, inline: bool = False) -> None:
+        with self._count_lock:
+            run_here = inline and self._pending == 0
+            self._pending += 1
+        if run_here:
+            with self._exec:
+                self._finished(work)
+        else:
+            self._queue.put(work)
+
+    def _finished(self, work: _Work) -> None:
+        try:
+            work._run()
+        finally:
+            with self._count_lock:
+                self._pending -= 1
 
     def stop(self) -> None:
+        """Lets queued works finish, then ends the thread (joined: none is left running)."""
         self._queue.put(None)
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
 
     def _loop(self) -> None:
         while True:
             work = self._queue.get()
             if work is None:
                 return
-            work._run()
+            with self._exec:
+                self._finished(work)
 
 
 class MoonringBackend(_C10dBackend):
@@ -202,9 +226,10 @@ class MoonringBackend(_C10dBackend):
             return min(t, MAX_TIMEOUT)
         return self._timeout
 
-    def _submit(self, op: str, fn: Callable[[], None], result: List[torch.Tensor], lane: Optional[_Lane] = None) -> _Work:
+    def _submit(self, op: str, fn: Callable[[], None], result: List[torch.Tensor], lane: Optional[_Lane] = None,
+                opts: Any = None) -> _Work:
         work = _Work(fn, result, self, op)
-        (lane or self._lane).submit(work)
+        (lane or self._lane).submit(work, inline=opts is not None and getattr(opts, "asyncOp", True) is False)
         return work
 
     def _p2p_lane(self, key: Any) -> _Lane:
@@ -217,6 +242,11 @@ class MoonringBackend(_C10dBackend):
             return lane
 
     def shutdown(self) -> None:
+        """Called by dist.destroy_process_group(): stops the workers, forgets the backend (a
+        Python backend still alive at interpreter teardown aborts the process in c10d)."""
+        for key, b in list(_backends.items()):
+            if b is self:
+                del _backends[key]
         self._lane.stop()
         with self._p2p_lock:
             for lane in self._p2p.values():
@@ -232,7 +262,7 @@ class MoonringBackend(_C10dBackend):
                 with _Staged(t) as c:
                     a = _np(c)
                     self._coll.all_reduce(a, op=red, out=a, dtype=_dtype(t), timeout=tmo)
-        return self._submit("allreduce", run, list(tensors))
+        return self._submit("allreduce", run, list(tensors), opts=opts)
 
     def allreduce_coalesced(self, tensors: Sequence[torch.Tensor], opts: Any = None) -> _Work:
         return self.allreduce(tensors, opts)
@@ -245,7 +275,7 @@ class MoonringBackend(_C10dBackend):
                 with _Staged(t, write_back=self._rank == root) as c:
                     a = _np(c)
                     self._coll.reduce(a, dst=root, op=red, out=a if self._rank == root else None, dtype=_dtype(t), timeout=tmo)
-        return self._submit("reduce", run, list(tensors))
+        return self._submit("reduce", run, list(tensors), opts=opts)
 
     def broadcast(self, tensors: Sequence[torch.Tensor], opts: Any = None) -> _Work:
         root, tmo = int(opts.rootRank), self._op_timeout(opts)
@@ -255,7 +285,7 @@ class MoonringBackend(_C10dBackend):
                 with _Staged(t) as c:
                     a = _np(c)
                     self._coll.broadcast(a, src=root, out=a, dtype=_dtype(t), timeout=tmo)
-        return self._submit("broadcast", run, list(tensors))
+        return self._submit("broadcast", run, list(tensors), opts=opts)
 
     # -- gathers ------------------------------------------------------------------------
     def allgather(self, output_tensors: Sequence[Sequence[torch.Tensor]], input_tensors: Sequence[torch.Tensor], opts: Any = None) -> _Work:
@@ -267,7 +297,7 @@ class MoonringBackend(_C10dBackend):
                     blocks = self._coll.all_gather(_np(c), dtype=_dtype(t), timeout=tmo)
                 for o, b in zip(outs, blocks):
                     _copy_in(o, b)
-        return self._submit("allgather", run, [o for outs in output_tensors for o in outs])
+        return self._submit("allgather", run, [o for outs in output_tensors for o in outs], opts=opts)
 
     def _allgather_base(self, output: torch.Tensor, input: torch.Tensor, opts: Any = None) -> _Work:
         tmo = self._op_timeout(opts)
@@ -280,7 +310,7 @@ class MoonringBackend(_C10dBackend):
                 raise ValueError("moonring: all_gather_into_tensor needs a contiguous output tensor")
             for o, b in zip(parts, blocks):
                 _copy_in(o, b)
-        return self._submit("allgather", run, [output])
+        return self._submit("allgather", run, [output], opts=opts)
 
     def allgather_into_tensor_coalesced(self, outputs: Sequence[torch.Tensor], inputs: Sequence[torch.Tensor], opts: Any = None) -> _Work:
         works = [self._allgather_base(o, i, opts) for o, i in zip(outputs, inputs)]
@@ -296,7 +326,7 @@ class MoonringBackend(_C10dBackend):
             if self._rank == root:
                 for o, b in zip(output_tensors[0], blocks):
                     _copy_in(o, b)
-        return self._submit("gather", run, [o for outs in output_tensors for o in outs])
+        return self._submit("gather", run, [o for outs in output_tensors for o in outs], opts=opts)
 
     def scatter(self, output_tensors: Sequence[torch.Tensor], input_tensors: Sequence[Sequence[torch.Tensor]], opts: Any = None) -> _Work:
         root, tmo = int(opts.rootRank), self._op_timeout(opts)
@@ -308,7 +338,7 @@ class MoonringBackend(_C10dBackend):
                 a = _np(c)
                 self._coll.scatter([_np(x) for x in staged] if staged is not None else None, src=root, out=a,
                                    dtype=_dtype(out), timeout=tmo)
-        return self._submit("scatter", run, list(output_tensors))
+        return self._submit("scatter", run, list(output_tensors), opts=opts)
 
     # -- reduce_scatter / all_to_all ----------------------------------------------------
     def reduce_scatter(self, output_tensors: Sequence[torch.Tensor], input_tensors: Sequence[Sequence[torch.Tensor]], opts: Any = None) -> _Work:
@@ -320,7 +350,7 @@ class MoonringBackend(_C10dBackend):
                 with _Staged(out) as c:
                     a = _np(c)
                     self._coll.reduce_scatter([_np(x) for x in staged], op=red, out=a, dtype=_dtype(out), timeout=tmo)
-        return self._submit("reduce_scatter", run, list(output_tensors))
+        return self._submit("reduce_scatter", run, list(output_tensors), opts=opts)
 
     def _reduce_scatter_base(self, output: torch.Tensor, input: torch.Tensor, opts: Any = None) -> _Work:
         chunks = list(input.contiguous().view(-1).split(output.numel()))
@@ -338,7 +368,7 @@ class MoonringBackend(_C10dBackend):
             blocks = self._coll.all_to_all([_np(x) for x in staged], dtype=_dtype(input_tensors[0]), timeout=tmo)
             for o, b in zip(output_tensors, blocks):
                 _copy_in(o, b)
-        return self._submit("alltoall", run, list(output_tensors))
+        return self._submit("alltoall", run, list(output_tensors), opts=opts)
 
     def alltoall_base(self, output: torch.Tensor, input: torch.Tensor, output_split_sizes: Sequence[int],
                       input_split_sizes: Sequence[int], opts: Any = None) -> _Work:
@@ -364,7 +394,7 @@ class MoonringBackend(_C10dBackend):
 
     def barrier(self, opts: Any = None) -> _Work:
         tmo = self._op_timeout(opts)
-        return self._submit("barrier", lambda: self._coll.barrier(timeout=tmo), [])
+        return self._submit("barrier", lambda: self._coll.barrier(timeout=tmo), [], opts=opts)
 
     # -- point to point -----------------------------------------------------------------
     @staticmethod
@@ -474,6 +504,15 @@ def contributors(group: Any = None) -> List[int]:
     """Group ranks whose data is in the last op's result."""
     info = last_op(group)
     return list(info.contributors) if info else []
+
+
+@atexit.register
+def _forget_all() -> None:
+    global _world_client
+    _backends.clear()
+    if _world_client is not None:
+        _world_client.close()
+        _world_client = None
 
 
 def register() -> None:

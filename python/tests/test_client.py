@@ -110,11 +110,14 @@ def test_token_is_sent_from_env(monkeypatch):
         got = per_rank([lambda c=c: c.all_reduce(np.arange(3)) for c in cs])
         assert got[0].tolist() == [0, 2, 4]
         monkeypatch.setenv("MOONRING_TOKEN", "wrong")
-        bad = moonring.connect(w.urls[0])  # /health stays open
-        with pytest.raises(moonring.Unauthorized) as e:
-            bad.all_reduce(np.ones(1))
+        with pytest.raises(moonring.Unauthorized) as e:  # /health tells strangers readiness only
+            moonring.connect(w.urls[0])
         assert e.value.status == 401
-        for c in [*cs, bad]:
+        with pytest.raises(moonring.Unauthorized) as e:  # and every call is refused
+            cs[0]._transport.token = "wrong"
+            cs[0].all_reduce(np.ones(1))
+        assert e.value.status == 401 and e.value.code == "unauthorized"
+        for c in cs:
             c.close()
 
 
@@ -160,3 +163,26 @@ def test_pip_install(tmp_path):
                          env={**os.environ, "PYTHONPATH": str(target)}, cwd=str(tmp_path),
                          capture_output=True, text=True, check=True).stdout
     assert out.strip().startswith(str(target))
+
+
+def test_unix_socket(tmp_path, monkeypatch):
+    """launch --unix PATH: rank r also serves on PATH.r; connect() takes the path (or
+    MOONRING_UNIX with RANK) and reuses one keep-alive connection."""
+    path = str(tmp_path / "mr.sock")
+    with World(2, args=["--unix", path]) as w:
+        cs = [moonring.connect(unix_socket=path, rank=r, token=w.token) for r in range(2)]
+        assert [c.rank for c in cs] == [0, 1] and cs[1].url == f"unix://{path}.1"
+        got = per_rank([lambda c=c: c.all_reduce(np.arange(4) * (c.rank + 1)) for c in cs])
+        assert got[1].tolist() == [0, 3, 6, 9]
+        for _ in range(3):
+            per_rank([lambda c=c: c.barrier() for c in cs])
+        assert len(cs[0]._transport._idle) == 1  # one connection, reused
+        for k in ("MOONRING_URL", "MOONRING_PORT"):
+            monkeypatch.delenv(k, raising=False)
+        monkeypatch.setenv("MOONRING_UNIX", path)
+        monkeypatch.setenv("RANK", "1")
+        monkeypatch.setenv("MOONRING_TOKEN", w.token)
+        with moonring.connect() as c:
+            assert c.rank == 1 and c.url.startswith("unix://")
+        for c in cs:
+            c.close()
