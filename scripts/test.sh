@@ -10,6 +10,8 @@ echo "== zig build test"
 ( cd zig && zig build test -Doptimize=ReleaseSafe -Dnvcc="$root/.tools/bin/nvcc" --summary all )
 echo "== bun test"
 bun test
+echo "== REST fuzz (schemathesis against a launched rank's /openapi.json; scripts/fuzz-rest.sh)"
+sh scripts/fuzz-rest.sh
 echo "== python client tests (pytest, .tools/py-venv)"
 py=$(sh scripts/python-env.sh client)
 "$py" -m pytest -q python/tests

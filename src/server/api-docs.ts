@@ -144,7 +144,9 @@ const clusterAnswer = z
 const anyJson = z.looseObject({});
 
 const COMMON_ERRORS = [400, 401, 413, 503];
-const COLLECTIVE_ERRORS = [400, 401, 409, 413, 503, 504];
+// 404: a {"buffer": id} body naming no buffer of this rank; 429: the rank holds its limit of
+// pending calls; 499: the client went away first (nobody reads it; listed for completeness).
+const COLLECTIVE_ERRORS = [400, 401, 404, 409, 413, 429, 499, 503, 504];
 
 const COLLECTIVE_SUMMARIES: Record<CollectiveOp, string> = {
   allreduce: "the reduction of all ranks' tensors, on every rank",
@@ -399,6 +401,6 @@ export const routeDocs: Record<string, RouteDoc> = {
     summary: "rank service to rank service: a p2p message is ready to be pulled",
     body: { schema: p2pOfferSchema },
     responses: { "200": { description: "accepted", schema: z.object({ ok: z.literal(true) }) } },
-    errors: [...COMMON_ERRORS, 404],
+    errors: [...COMMON_ERRORS, 404, 504], // 504: no matching recv within timeout_ms
   },
 };

@@ -16,6 +16,8 @@ const ERROR_TEXT: Record<string, string> = {
   "404": "not_found: no such object (buffer, group), or this rank does not serve the route (rendezvous on ranks != 0)",
   "409": "collective_mismatch / conflict: ranks made different calls at the same point (details.calls), or a conflicting definition",
   "413": "too_large: body or tensor over the configured limit",
+  "429": "too_many_requests: this rank holds --max-pending-calls calls already; retry once some finish",
+  "499": "cancelled: the client disconnected before every member joined; the call was withdrawn",
   "503": "not_ready: before rendezvous completes, or this rank is awaiting / failed / left; peer_failed: a peer the call needed failed; master_lost: rank 0 is lost",
   "504": "timeout: not every rank arrived within timeout_ms; details.missing_ranks",
 };
