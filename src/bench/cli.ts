@@ -21,6 +21,10 @@ export const BENCH_FLAGS: Record<string, FlagSpec> = {
   warmup: { type: "string", help: "untimed iterations per size (default 5)" },
   device: { type: "string", help: "cpu or cuda (default cpu)" },
   via: { type: "string", help: "native: worker processes drive the data plane directly (default); rest: `launch` rank services timed over HTTP" },
+  "rest-mode": {
+    type: "string",
+    help: "via rest: body (tensors in request bodies), shm (shared buffers the bench maps), or all (default: native, HTTP echo, body and shm for each point, one table with the ratios)",
+  },
   transport: { type: "string", help: "data-plane transport between ranks of this host: tcp, shm or auto (default auto; sets MOONRING_TRANSPORT)" },
   sync: { type: "string", help: "barrier: barrier before every timed iteration, slowest rank per iteration (default, like mpi_bench.c); none: back to back, like nccl-tests" },
   check: { type: "boolean", help: "verify every iteration's result (outside the timed region); default: one verified extra iteration per size" },
@@ -90,7 +94,10 @@ export function parseBenchArgs(argv: string[]): { cfg: RunConfig | null; json: b
   const via = choice(flags.via, "via", ["native", "rest"] as const, "native");
   const sync = choice(flags.sync, "sync", ["barrier", "none"] as const, "barrier") as SyncMode;
   if (via === "rest" && sync === "none") throw new UsageError("--sync none is for --via native (REST iterations are timed one by one)");
+  const restMode = choice(flags["rest-mode"], "rest-mode", ["body", "shm", "all"] as const, "all");
+  if (flags["rest-mode"] !== undefined && via !== "rest") throw new UsageError("--rest-mode is for --via rest");
   const cfg: RunConfig = {
+    restMode,
     nproc,
     ops: ops as BenchOp[],
     sizes: sizeSteps(minBytes, maxBytes),
@@ -166,6 +173,11 @@ export async function benchMain(argv: string[]): Promise<number> {
     return 0;
   }
   const cfg = a.cfg;
+  if (cfg.via === "rest" && cfg.restMode === "all") {
+    const { runCompare } = await import("./compare");
+    const results = await runCompare(cfg, a.json, a.quiet);
+    return results.some((r) => (r.wrong ?? 0) > 0) ? 3 : 0;
+  }
   const runner = await makeRunner(cfg);
   const stopOnSignal = () => {
     void runner.stop().finally(() => process.exit(130));

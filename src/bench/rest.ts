@@ -8,6 +8,7 @@ import { freePortRange, sleep } from "../util/net";
 import { checkOutput, fillSend, hasOutput, tablesFor, viewOf, type CheckContext } from "./pattern";
 import { defaultIters, itemBytes, makeResult, pointShape, summarize, type BenchOp, type BenchResult } from "./spec";
 import type { RunConfig, Runner } from "./runner";
+import { shmPoint } from "./rest-shm";
 
 const CLI = new URL("../cli.ts", import.meta.url).pathname;
 
@@ -23,11 +24,35 @@ export class RestRunner implements Runner {
   private stopping = false;
   readonly label: string;
 
-  constructor(private cfg: RunConfig) {
-    this.label = `via rest (launch, ${cfg.transport} transport)`;
+  private urls: string[] = [];
+
+  /**
+   * body: tensors travel in request and response bodies (octet-stream, base64 for list ops).
+   * shm: each rank's tensors live in shared host buffers this process maps (GET /buffers/:id/ipc)
+   * and fills in place; a call carries only {"buffer": id} (docs/api-extensions.md).
+   */
+  constructor(
+    private cfg: RunConfig,
+    readonly mode: "body" | "shm" = cfg.restMode === "shm" ? "shm" : "body",
+  ) {
+    this.label = `via rest${mode === "shm" ? " on shared buffers" : ""} (launch, ${cfg.transport} transport)`;
   }
 
+  /** Uses the world another runner started (body and shm modes timed on the same ranks). */
+  static sharing(other: RestRunner, mode: "body" | "shm"): RestRunner {
+    const r = new RestRunner(other.cfg, mode);
+    r.owner = other;
+    return r;
+  }
+
+  /** The runner whose world this one uses (set by sharing()). */
+  private owner: RestRunner | null = null;
+
   async start(): Promise<void> {
+    if (this.owner) {
+      ({ urls: this.urls, octet: this.octet, b64: this.b64 } = this.owner);
+      return;
+    }
     const c = this.cfg;
     const port = await freePortRange(c.nproc, c.host);
     const env: Record<string, string> = { ...(process.env as Record<string, string>), MOONRING_TRANSPORT: c.transport };
@@ -64,6 +89,7 @@ export class RestRunner implements Runner {
       await sleep(50);
     }
     const urls = Array.from({ length: c.nproc }, (_, r) => `http://${c.host}:${port + r}`);
+    this.urls = urls;
     this.octet = urls.map((u) => new MoonringClient(u, { wire: "octet" }));
     this.b64 = urls.map((u) => new MoonringClient(u, { wire: "b64" }));
   }
@@ -111,6 +137,7 @@ export class RestRunner implements Runner {
   }
 
   async point(op: BenchOp, size: number): Promise<BenchResult | null> {
+    if (this.mode === "shm") return shmPoint(this.cfg, this.urls, op, size);
     const c = this.cfg;
     const n = c.nproc;
     const isz = itemBytes(c.dtype);
@@ -169,6 +196,7 @@ export class RestRunner implements Runner {
     for (let it = 0; it < iters; it++) await once(true, c.check === "every");
     if (c.check === "once") await once(false, true);
     const res = makeResult({ op, shape, dtype: c.dtype, redop: c.redop, root: c.root, nranks: n, via: "rest", timesUs: times, wrong, transport: c.transport, device: c.device });
+    res.mode = "body";
     const per = summarize(calls);
     res.call_p50_us = Math.round(per.p50 * 100) / 100;
     res.call_p99_us = Math.round(per.p99 * 100) / 100;
@@ -176,6 +204,7 @@ export class RestRunner implements Runner {
   }
 
   async stop(): Promise<void> {
+    if (this.owner) return;
     const p = this.proc;
     this.proc = null;
     if (!p) return;

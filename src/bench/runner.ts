@@ -18,6 +18,8 @@ export interface RunConfig {
   sync: SyncMode;
   device: "cpu" | "cuda";
   via: "native" | "rest";
+  /** via rest: bodies, shared buffers, or all of them with the native and HTTP echo baselines. */
+  restMode?: "body" | "shm" | "all";
   transport: "tcp" | "shm" | "auto";
   host: string;
   timeoutMs: number;

@@ -127,6 +127,8 @@ export interface BenchResult {
   min_us: number;
   transport?: string;
   device?: string;
+  /** via rest: how tensors travel (bodies, or shared buffers); "echo": the plain HTTP echo baseline. */
+  mode?: "body" | "shm" | "echo";
   /** via rest: percentiles of single calls (each rank's request on its own). */
   call_p50_us?: number;
   call_p99_us?: number;
