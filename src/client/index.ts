@@ -129,6 +129,11 @@ export interface ClientOptions {
   wire?: Wire;
   /** Extra milliseconds the HTTP request may take beyond timeoutMs (default 10000). */
   httpGraceMs?: number;
+  /**
+   * A Unix-domain socket of the rank (serve/launch --unix) to send every request over instead
+   * of TCP; a base URL "unix:/path/to.sock" means the same.
+   */
+  unix?: string;
 }
 
 interface WireTensor {
@@ -201,7 +206,13 @@ export class MoonringClient {
   readonly wire: Wire;
   private graceMs: number;
 
+  /** Added to every fetch: keep-alive (one pooled connection per rank, no handshake per call), unix socket. */
+  private readonly transport: { keepalive: true; unix?: string };
+
   constructor(baseUrl: string, opts: ClientOptions = {}) {
+    const unix = opts.unix ?? (baseUrl.startsWith("unix:") ? baseUrl.slice(5) : undefined);
+    if (unix !== undefined) baseUrl = "http://localhost";
+    this.transport = unix === undefined ? { keepalive: true } : { keepalive: true, unix };
     this.baseUrl = baseUrl.replace(/\/+$/, "");
     this.token = opts.token ?? (typeof process !== "undefined" ? process.env.MOONRING_TOKEN || undefined : undefined);
     this.wire = opts.wire ?? "b64";
@@ -236,14 +247,14 @@ export class MoonringClient {
   /** POST JSON and return the parsed body (throws MoonringError on non-2xx). */
   async post<T = unknown>(path: string, body: unknown, opts: CallOptions = {}): Promise<T> {
     const url = this.baseUrl + path;
-    const res = await fetch(url, { method: "POST", headers: this.headers("application/json"), body: JSON.stringify(body), signal: this.signal(opts) });
+    const res = await fetch(url, { ...this.transport, method: "POST", headers: this.headers("application/json"), body: JSON.stringify(body), signal: this.signal(opts) });
     await this.check(res, url);
     return (await res.json()) as T;
   }
 
   async get<T = unknown>(path: string): Promise<T> {
     const url = this.baseUrl + path;
-    const res = await fetch(url, { headers: this.headers() });
+    const res = await fetch(url, { ...this.transport, headers: this.headers() });
     await this.check(res, url);
     return (await res.json()) as T;
   }
@@ -255,7 +266,7 @@ export class MoonringClient {
     return this.get("/cluster");
   }
   async metrics(): Promise<string> {
-    const res = await fetch(this.baseUrl + "/metrics", { headers: this.headers() });
+    const res = await fetch(this.baseUrl + "/metrics", { ...this.transport, headers: this.headers() });
     await this.check(res, this.baseUrl + "/metrics");
     return res.text();
   }
@@ -265,7 +276,7 @@ export class MoonringClient {
     const until = Date.now() + timeoutMs;
     for (;;) {
       try {
-        const res = await fetch(this.baseUrl + "/health", { headers: this.headers() });
+        const res = await fetch(this.baseUrl + "/health", { ...this.transport, headers: this.headers() });
         if (res.status === 200) return;
       } catch {
         // not up yet
@@ -309,7 +320,7 @@ export class MoonringClient {
     const q = new URLSearchParams({ dtype: t.dtype, shape: t.shape.join(",") });
     for (const k of ["op", "dst", "src", "group", "tag", "timeout_ms"]) if (body[k] !== undefined) q.set(k, String(body[k]));
     const url = `${this.baseUrl}/collective/${op}?${q}`;
-    const res = await fetch(url, { method: "POST", headers: this.headers("application/octet-stream"), body: bytesOf(t), signal: this.signal(opts) });
+    const res = await fetch(url, { ...this.transport, method: "POST", headers: this.headers("application/octet-stream"), body: bytesOf(t), signal: this.signal(opts) });
     await this.check(res, url);
     const bytes = new Uint8Array(await res.arrayBuffer());
     const kind = res.headers.get("x-moonring-result");

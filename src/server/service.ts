@@ -350,7 +350,9 @@ export class RankService {
     // The same API on a Unix-domain socket, for programs of this host (serve --unix).
     if (c.unixPath) {
       rmSync(c.unixPath, { force: true }); // a socket file left by a killed rank
-      this.unixServer = Bun.serve<LinkData>({ ...options, unix: c.unixPath });
+      // Bun's types leave idleTimeout out for unix sockets, but it applies (10 s by default).
+      const unixOptions = { ...options, unix: c.unixPath, idleTimeout: 0 };
+      this.unixServer = Bun.serve<LinkData>(unixOptions as unknown as Parameters<typeof Bun.serve<LinkData>>[0]);
     }
   }
 
