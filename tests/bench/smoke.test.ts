@@ -70,7 +70,7 @@ describe.skipIf(!haveEngine)("bench --via rest (2 ranks)", () => {
     "single-tensor (octet) and list (b64) ops through `launch`, checked",
     async () => {
       const ops = ["allreduce", "allgather", "reduce_scatter", "alltoall", "scatter", "sendrecv"];
-      const r = await bench(["--nproc", "2", "--op", ops.join(","), "--via", "rest", "--min-bytes", "64", "--max-bytes", "256", "--iters", "2", "--warmup", "1", "--check", "--json", "--quiet"]);
+      const r = await bench(["--nproc", "2", "--op", ops.join(","), "--via", "rest", "--rest-mode", "body", "--min-bytes", "64", "--max-bytes", "256", "--iters", "2", "--warmup", "1", "--check", "--json", "--quiet"]);
       if (r.code !== 0) throw new Error(`bench exited ${r.code}:\n${r.err}`);
       expect(r.records.length).toBe(ops.length * 3);
       for (const rec of r.records) {
@@ -80,5 +80,25 @@ describe.skipIf(!haveEngine)("bench --via rest (2 ranks)", () => {
       }
     },
     120_000,
+  );
+
+  test(
+    "the default: native, HTTP echo, REST bodies and REST on shared buffers for each point, one run, checked",
+    async () => {
+      const ops = ["allreduce", "gather", "scatter", "reduce_scatter", "alltoall", "broadcast", "reduce", "allgather", "sendrecv"];
+      const r = await bench(["--nproc", "2", "--op", ops.join(","), "--via", "rest", "--min-bytes", "64", "--max-bytes", "128", "--iters", "2", "--warmup", "1", "--check", "--json", "--quiet"]);
+      if (r.code !== 0) throw new Error(`bench exited ${r.code}:\n${r.err}`);
+      const kinds = r.records.map((rec) => `${rec.op}/${rec.bytes}/${rec.via}/${(rec as { mode?: string }).mode ?? "-"}`);
+      for (const op of ops) {
+        for (const bytes of [64, 128]) {
+          expect(kinds).toContain(`${op}/${bytes}/native/-`);
+          expect(kinds).toContain(`${op}/${bytes}/rest/echo`);
+          expect(kinds).toContain(`${op}/${bytes}/rest/body`);
+          if (op !== "sendrecv") expect(kinds).toContain(`${op}/${bytes}/rest/shm`); // p2p: bodies only
+        }
+      }
+      for (const rec of r.records) if ((rec as { mode?: string }).mode !== "echo") expect(rec.wrong).toBe(0);
+    },
+    180_000,
   );
 });
