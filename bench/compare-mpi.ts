@@ -102,7 +102,7 @@ interface Variant {
 }
 
 function moonring(v: Variant, op: string, min: number, max: number, extra: string[] = []): Rec[] {
-  const cmd = [process.execPath, CLI, "bench", "--nproc", String(nproc), "--op", op, "--min-bytes", String(min), "--max-bytes", String(max), "--json", "--quiet", "--transport", v.env.MOONRING_TRANSPORT ?? transport, ...extra];
+  const cmd = [process.execPath, CLI, "bench", "--nproc", String(nproc), "--op", op, "--min-bytes", String(min), "--max-bytes", String(max), "--json", "--quiet", "--no-in-place", "--transport", v.env.MOONRING_TRANSPORT ?? transport, ...extra];
   const r = sh(cmd, { env: v.env });
   const recs = r.out
     .split("\n")

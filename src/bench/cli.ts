@@ -14,6 +14,10 @@ export const BENCH_FLAGS: Record<string, FlagSpec> = {
   op: { type: "string", help: `op, or a comma list, or "all": ${BENCH_OPS.join(", ")}` },
   "min-bytes": { type: "string", help: "smallest size (default 8; 1K, 4M, ... accepted)" },
   "max-bytes": { type: "string", help: "largest size (default 64M); sizes double from min to max" },
+  "step-factor": { type: "string", help: "multiply the size by this from min to max (default 2; nccl-tests -f)" },
+  "step-bytes": { type: "string", help: "add this many bytes from min to max instead of multiplying (nccl-tests -i)" },
+  "check-iters": { type: "string", help: "nccl-tests -c: 0 no check, 1 one checked iteration (default), more: every iteration" },
+  "no-in-place": { type: "boolean", help: "time out of place only (the in-place columns print N/A)" },
   dtype: { type: "string", help: "element type (default float32)" },
   redop: { type: "string", help: "reduce op for allreduce/reduce/reduce_scatter (default sum)" },
   root: { type: "string", help: "root of broadcast/reduce/gather/scatter (default 0)" },
@@ -38,9 +42,68 @@ export const BENCH_FLAGS: Record<string, FlagSpec> = {
   help: { type: "boolean", help: "show this help" },
 };
 
+/**
+ * nccl-tests' flags (all_reduce_perf -b 8 -e 128M -f 2 -g 4 -n 20 -w 5 -c 1): short ones,
+ * "-b 8" or "-b8", and their long spellings, mapped onto bench's own. -g (GPUs per process
+ * there) is the number of ranks here: one rank per GPU.
+ */
+const NCCL_SHORT: Record<string, string> = {
+  b: "min-bytes",
+  e: "max-bytes",
+  f: "step-factor",
+  i: "step-bytes",
+  g: "nproc",
+  n: "iters",
+  w: "warmup",
+  c: "check-iters",
+  o: "redop",
+  d: "dtype",
+  r: "root",
+};
+const NCCL_LONG: Record<string, string> = {
+  minbytes: "min-bytes",
+  maxbytes: "max-bytes",
+  stepfactor: "step-factor",
+  stepbytes: "step-bytes",
+  ngpus: "nproc",
+  warmup_iters: "warmup",
+  datatype: "dtype",
+};
+/** nccl-tests' type names -> ours (the rest are spelled alike). */
+const NCCL_DTYPES: Record<string, string> = { half: "float16", float: "float32", double: "float64", int: "int32", char: "int8" };
+
+/** Rewrites nccl-tests' flags into bench's long ones; everything else passes through. */
+export function ncclArgs(argv: string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    const short = /^-([a-zA-Z])(.*)$/.exec(a);
+    const long = /^--([a-z_]+)(?:=(.*))?$/.exec(a);
+    let name: string | undefined;
+    let value: string | undefined;
+    if (short && !a.startsWith("--")) {
+      name = NCCL_SHORT[short[1]!];
+      if (!name) throw new UsageError(`unknown flag ${a} (nccl-tests' -b -e -f -i -g -n -w -c -o -d -r are understood)`);
+      value = short[2] !== "" ? short[2] : argv[++i];
+      if (value === undefined) throw new UsageError(`${a} needs a value`);
+    } else if (long && NCCL_LONG[long[1]!]) {
+      name = NCCL_LONG[long[1]!];
+      value = long[2] ?? argv[++i];
+      if (value === undefined) throw new UsageError(`--${long[1]} needs a value`);
+    } else {
+      out.push(a);
+      continue;
+    }
+    if (name === "dtype") value = NCCL_DTYPES[value!] ?? value;
+    out.push(`--${name}`, value!);
+  }
+  return out;
+}
+
 const USAGE = `Usage: moonring bench --nproc N --op OP [--min-bytes B] [--max-bytes B] [--dtype float32] [--redop sum]
                       [--root R] [--iters K] [--warmup W] [--device cpu|cuda] [--via native|rest] [--check]
                       [--json] [--plot FILE.svg] [--transport tcp|shm|auto]
+       moonring bench --op allreduce -b 8 -e 128M -f 2 -g 4 -n 20 -w 5 -c 1    (nccl-tests' flags)
        moonring bench --plot FILE.svg RUN.json [RUN2.json ...]
 
 Times OP over sizes doubling from min to max and prints nccl-tests' table:
@@ -48,7 +111,10 @@ size(B) count type redop root time(us) algbw(GB/s) busbw(GB/s) #wrong. Sizes of 
 scatter, reduce_scatter and alltoall are totals (n x the per-rank part, count = the part), as in
 nccl-tests; busbw = algbw x 2(n-1)/n (allreduce), (n-1)/n (allgather, reduce_scatter, alltoall,
 gather, scatter), 1 (broadcast, reduce, sendrecv). sendrecv: every rank sends to rank+1 and
-receives from rank-1 at once. time = per iteration the slowest rank, mean over iterations.`;
+receives from rank-1 at once. time = per iteration the slowest rank, mean over iterations.
+Like nccl-tests, every point runs out of place and then in place (recv = send for allreduce,
+reduce, broadcast; send = recv + rank's block for allgather, gather; recv = send + rank's block
+for reduce_scatter, scatter; alltoall and sendrecv: N/A), each its own column group.`;
 
 function choice<T extends string>(v: string | boolean | undefined, name: string, options: readonly T[], dflt: T): T {
   if (v === undefined) return dflt;
@@ -59,7 +125,7 @@ function choice<T extends string>(v: string | boolean | undefined, name: string,
 }
 
 export function parseBenchArgs(argv: string[]): { cfg: RunConfig | null; json: boolean; plot?: string; title?: string; files: string[]; quiet: boolean; help: boolean } {
-  const { flags, rest } = parseFlags(argv, BENCH_FLAGS);
+  const { flags, rest } = parseFlags(ncclArgs(argv), BENCH_FLAGS);
   const json = flags.json === true;
   const plot = flags.plot as string | undefined;
   const title = flags.title as string | undefined;
@@ -90,7 +156,14 @@ export function parseBenchArgs(argv: string[]): { cfg: RunConfig | null; json: b
   const root = intFlag(flags.root, "root", { min: 0, max: nproc - 1 }) ?? 0;
   if (root !== 0 && !(ops as BenchOp[]).some(isRooted)) throw new UsageError(`--root is for broadcast, reduce, gather, scatter`);
   if (flags.check && flags["no-check"]) throw new UsageError("--check and --no-check exclude each other");
-  const check: CheckMode = flags.check ? "every" : flags["no-check"] ? "none" : "once";
+  const checkIters = intFlag(flags["check-iters"], "check-iters", { min: 0 });
+  if (checkIters !== undefined && (flags.check || flags["no-check"])) throw new UsageError("-c (--check-iters) and --check / --no-check exclude each other");
+  const check: CheckMode =
+    checkIters !== undefined ? (checkIters === 0 ? "none" : checkIters === 1 ? "once" : "every") : flags.check ? "every" : flags["no-check"] ? "none" : "once";
+  const stepFactor = intFlag(flags["step-factor"], "step-factor", { min: 2 });
+  const stepBytes = bytesFlag(flags["step-bytes"], "step-bytes");
+  if (stepFactor !== undefined && stepBytes !== undefined) throw new UsageError("-f (--step-factor) and -i (--step-bytes) exclude each other");
+  if (stepBytes !== undefined && stepBytes < 1) throw new UsageError("-i (--step-bytes) must be >= 1");
   const via = choice(flags.via, "via", ["native", "rest"] as const, "native");
   const sync = choice(flags.sync, "sync", ["barrier", "none"] as const, "barrier") as SyncMode;
   if (via === "rest" && sync === "none") throw new UsageError("--sync none is for --via native (REST iterations are timed one by one)");
@@ -100,7 +173,7 @@ export function parseBenchArgs(argv: string[]): { cfg: RunConfig | null; json: b
     restMode,
     nproc,
     ops: ops as BenchOp[],
-    sizes: sizeSteps(minBytes, maxBytes),
+    sizes: sizeSteps(minBytes, maxBytes, stepFactor ?? 2, stepBytes),
     dtype,
     redop,
     root,
@@ -113,6 +186,7 @@ export function parseBenchArgs(argv: string[]): { cfg: RunConfig | null; json: b
     transport: choice(flags.transport, "transport", ["tcp", "shm", "auto"] as const, (process.env.MOONRING_TRANSPORT as "tcp" | "shm" | "auto" | undefined) ?? "auto"),
     host: (flags.host as string | undefined) ?? "127.0.0.1",
     timeoutMs: intFlag(flags["timeout-ms"], "timeout-ms", { min: 1 }) ?? 60_000,
+    inPlace: flags["no-in-place"] !== true,
   };
   return { cfg, json, plot, title, files: rest, quiet, help: false };
 }
@@ -130,9 +204,9 @@ function tableSink(cfg: RunConfig, json: boolean, quiet: boolean, label: string)
     beginOp(op) {
       if (json) return;
       out(`# moonring bench: ${op}, ${cfg.nproc} ranks ${label}, ${cfg.device}`);
-      out(`#   sizes ${sizeLabel(cfg.sizes[0]!)}B..${sizeLabel(cfg.sizes[cfg.sizes.length - 1]!)}B x2, iters ${iters}, warmup ${cfg.warmup}, sync ${cfg.sync}, check ${cfg.check}`);
+      out(`#   sizes ${sizeLabel(cfg.sizes[0]!)}B..${sizeLabel(cfg.sizes[cfg.sizes.length - 1]!)}B (${cfg.sizes.length} points), iters ${iters}, warmup ${cfg.warmup}, sync ${cfg.sync}, check ${cfg.check}`);
       out("#");
-      out(tableHeader());
+      for (const l of tableHeader()) out(l);
     },
     result(r) {
       clearProgress();

@@ -12,7 +12,7 @@ import type { DataPlane, NativeBuffer, NativeOp } from "../native/types";
 import { dtypeInfo, type DTypeName } from "../ops/table";
 import { checkOutput, fillSend, hasOutput, poison, tablesFor, viewOf, type CheckContext, type Tables } from "./pattern";
 import { parseLine, type ParentMsg, type WorkerMsg } from "./protocol";
-import { pointShape, type PointShape } from "./spec";
+import { hasInPlace, pointShape, type PointShape } from "./spec";
 
 const [rankText, nText, clusterId, listenHost, deviceText] = process.argv.slice(2);
 const rank = Number(rankText);
@@ -112,10 +112,43 @@ async function barrier(timeoutMs: number): Promise<void> {
   await runOp({ kind: "barrier", dtype: "uint8", opId: nextStep() << 8n, ranks, count: 0, timeoutMs });
 }
 
-/** One step of the op; both buffers are ready. */
-function stepRunner(op: string, dtype: DTypeName, redop: string, root: number, shape: PointShape, timeoutMs: number): () => Promise<unknown> {
+/** `bytes` of `buf` from byte `offset` on, as a buffer of its own (in-place blocks); never released on its own. */
+function slice(buf: NativeBuffer, offset: number, bytes: number): NativeBuffer {
+  return {
+    bytes: buf.device >= 0 ? buf.bytes : buf.bytes.subarray(offset, offset + bytes),
+    address: buf.address + BigInt(offset),
+    byteLength: bytes,
+    device: buf.device,
+    release() {},
+  };
+}
+
+/**
+ * The send and recv buffers of a point. In place as nccl-tests runs it: recv = send (allreduce,
+ * reduce; broadcast always), send = recv + rank's block (allgather, gather), recv = send + rank's
+ * block (reduce_scatter, scatter).
+ */
+function pointBuffers(op: string, shape: PointShape, isz: number, inPlace: boolean): { send: NativeBuffer; recv: NativeBuffer } {
   const s = sendBuf!;
   const r = recvBuf!;
+  if (!inPlace) return { send: s, recv: r };
+  const block = shape.part * isz;
+  switch (op) {
+    case "allreduce":
+    case "reduce":
+      return { send: r, recv: r };
+    case "allgather":
+    case "gather":
+      return { send: slice(r, rank * block, block), recv: r };
+    case "scatter":
+    case "reduce_scatter":
+      return { send: s, recv: slice(s, rank * block, block) };
+  }
+  return { send: s, recv: r };
+}
+
+/** One step of the op; both buffers are ready. */
+function stepRunner(op: string, dtype: DTypeName, redop: string, root: number, shape: PointShape, timeoutMs: number, s: NativeBuffer, r: NativeBuffer): () => Promise<unknown> {
   const base = { dtype, ranks, timeoutMs };
   const isRoot = rank === root;
   // One op object per point, its id bumped per step (no allocation per timed op).
@@ -172,13 +205,15 @@ async function point(m: Extract<ParentMsg, { cmd: "point" }>): Promise<WorkerMsg
   // Host buffers are filled and checked in place; device buffers through host staging copies
   // (src/native/cuda.ts), outside the timed region.
   const host = device < 0;
+  const inPlace = m.inPlace === true && hasInPlace(m.op);
+  const { send: sendNB, recv: recvNB } = pointBuffers(m.op, shape, isz, inPlace);
   const check = m.check;
   const ctx: CheckContext = { op: m.op, dtype: m.dtype, redop: m.redop, n, rank, root: m.root, shape };
   const tables: Tables | null = check !== "none" && m.op !== "barrier" ? tablesFor(m.dtype, m.redop, n) : null;
   const sendBytes = shape.sendElems * isz;
   const recvElems = Math.max(shape.recvElems, m.op === "broadcast" ? shape.count : 0);
-  const stageSend = host ? sendBuf.bytes : new Uint8Array(Math.max(sendBytes, 8));
-  const stageRecv = host ? recvBuf.bytes : new Uint8Array(Math.max(recvElems * isz, 8));
+  const stageSend = host ? sendNB.bytes : new Uint8Array(Math.max(sendBytes, 8));
+  const stageRecv = host ? recvNB.bytes : new Uint8Array(Math.max(recvElems * isz, 8));
   const cuda = host ? null : await import("../native/cuda");
   const toDevice = (buf: NativeBuffer, stage: Uint8Array, bytes: number) => cuda?.copyToDevice(device, buf.address, stage.subarray(0, bytes));
   const sendView = () => viewOf(m.dtype, stageSend, shape.sendElems);
@@ -186,32 +221,34 @@ async function point(m: Extract<ParentMsg, { cmd: "point" }>): Promise<WorkerMsg
   const bcastRoot = m.op === "broadcast" && rank === m.root;
   const poisonRecv = () => {
     poison(stageRecv.subarray(0, shape.recvElems * isz));
-    toDevice(recvBuf!, stageRecv, shape.recvElems * isz);
+    toDevice(recvNB, stageRecv, shape.recvElems * isz);
   };
   const prepare = () => {
     if (!tables) return;
     if (bcastRoot) {
       fillSend(ctx, recvView(), tables);
-      toDevice(recvBuf!, stageRecv, recvElems * isz);
+      toDevice(recvNB, stageRecv, recvElems * isz);
     } else {
-      fillSend(ctx, sendView(), tables);
-      toDevice(sendBuf!, stageSend, sendBytes);
+      // in place, send and recv overlap: poison first, then the input over it
       poisonRecv();
+      fillSend(ctx, sendView(), tables);
+      toDevice(sendNB, stageSend, sendBytes);
     }
   };
   const verify = () => {
     if (!tables || !hasOutput(m.op, rank, m.root)) return 0;
-    if (cuda) cuda.copyToHost(device, stageRecv.subarray(0, recvElems * isz), recvBuf!.address);
+    if (cuda) cuda.copyToHost(device, stageRecv.subarray(0, recvElems * isz), recvNB.address);
     return checkOutput(ctx, recvView(), tables);
   };
   prepare();
-  const step = stepRunner(m.op, m.dtype, m.redop, m.root, shape, m.timeoutMs);
+  const step = stepRunner(m.op, m.dtype, m.redop, m.root, shape, m.timeoutMs, sendNB, recvNB);
   let wrong: number | null = check === "none" ? null : 0;
   const timesUs: number[] = [];
 
   if (m.sync === "barrier") {
     for (let it = -m.warmup; it < m.iters; it++) {
-      if (check === "every" && it >= 0 && !bcastRoot) poisonRecv();
+      // in place the last step overwrote the input: lay it out again
+      if (check === "every" && it >= 0 && !bcastRoot) (inPlace ? prepare : poisonRecv)();
       await barrier(m.timeoutMs);
       const t0 = performance.now();
       await step();

@@ -110,7 +110,10 @@ export class NativeRunner implements Runner {
     await Promise.all(this.workers.map(async (w) => expect(await w.next(30_000, "setting peers"), "peered")));
   }
 
-  async point(op: RunConfig["ops"][number], size: number): Promise<BenchResult | null> {
+  /** Runs the in-place form of ops that have one (runner.ts asks for it per point). */
+  readonly inPlace = true;
+
+  async point(op: RunConfig["ops"][number], size: number, inPlace = false): Promise<BenchResult | null> {
     const c = this.cfg;
     const shape = pointShape(op, size, c.nproc, itemBytes(c.dtype));
     if (op !== "barrier" && shape.count === 0) return null;
@@ -127,11 +130,12 @@ export class NativeRunner implements Runner {
       check: c.check,
       sync: c.sync,
       timeoutMs: c.timeoutMs,
+      ...(inPlace ? { inPlace: true } : {}),
     };
     for (const w of this.workers) w.send(msg);
     // Generous: iterations x the per-op timeout would be silly; a point that stalls this long is broken.
     const limit = c.timeoutMs * 2 + 60_000;
-    const res = await Promise.all(this.workers.map(async (w) => expect(await w.next(limit, `running ${op} ${shape.bytes} B`), "point")));
+    const res = await Promise.all(this.workers.map(async (w) => expect(await w.next(limit, `running ${op} ${shape.bytes} B${inPlace ? " in place" : ""}`), "point")));
     const len = Math.min(...res.map((m) => m.timesUs.length));
     const timesUs = Array.from({ length: len }, (_, i) => Math.max(...res.map((m) => m.timesUs[i]!)));
     const wrong = res.some((m) => m.wrong === null) ? null : res.reduce((a, m) => a + m.wrong!, 0);

@@ -31,6 +31,8 @@ export type ParentMsg =
       check: CheckMode;
       sync: SyncMode;
       timeoutMs: number;
+      /** The in-place form (spec.ts hasInPlace); absent: out of place. */
+      inPlace?: boolean;
     }
   | { cmd: "exit" };
 

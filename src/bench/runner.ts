@@ -1,7 +1,7 @@
 // The benchmark loop shared by both ways of running ranks (native workers, REST services).
 import type { DTypeName, RedOpName } from "../ops/table";
 import type { CheckMode, SyncMode } from "./protocol";
-import type { BenchOp, BenchResult } from "./spec";
+import { hasInPlace, type BenchOp, type BenchResult } from "./spec";
 
 export interface RunConfig {
   nproc: number;
@@ -23,13 +23,17 @@ export interface RunConfig {
   transport: "tcp" | "shm" | "auto";
   host: string;
   timeoutMs: number;
+  /** Also time each point in place, as nccl-tests does (--no-in-place: N/A). */
+  inPlace?: boolean;
 }
 
 export interface Runner {
   readonly label: string;
   start(): Promise<void>;
-  /** One point; null when the size rounds to 0 elements for this op. */
-  point(op: BenchOp, size: number): Promise<BenchResult | null>;
+  /** One point; null when the size rounds to 0 elements for this op. inPlace: its in-place form. */
+  point(op: BenchOp, size: number, inPlace?: boolean): Promise<BenchResult | null>;
+  /** Whether point() can run in-place forms (else the in-place columns print N/A). */
+  readonly inPlace?: boolean;
   stop(): Promise<void>;
 }
 
@@ -63,6 +67,11 @@ export async function runBench(cfg: RunConfig, runner: Runner, sink: Sink): Prom
         sink.progress(op, sizes[i]!, i, sizes.length);
         const r = await runner.point(op, sizes[i]!);
         if (!r) continue;
+        r.in_place = null;
+        if (cfg.inPlace !== false && runner.inPlace && hasInPlace(op)) {
+          const ip = await runner.point(op, sizes[i]!, true);
+          if (ip) r.in_place = { time_us: ip.time_us, algbw_gbps: ip.algbw_gbps, busbw_gbps: ip.busbw_gbps, wrong: ip.wrong };
+        }
         rows.push(r);
         all.push(r);
         sink.result(r);

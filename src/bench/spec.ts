@@ -92,17 +92,46 @@ export function pointShape(op: BenchOp, sizeBytes: number, n: number, itemBytes:
   }
 }
 
-/** Requested sizes: min, 2*min, 4*min, ... <= max (nccl-tests -f 2). */
-export function sizeSteps(minBytes: number, maxBytes: number, factor = 2): number[] {
-  if (!(minBytes >= 1) || !(maxBytes >= minBytes) || !(factor >= 2)) return minBytes >= 1 && maxBytes >= minBytes ? [minBytes] : [];
+/** Sizes a run visits, at most (a limit on the loop below). */
+export const SIZE_STEPS_MAX = 4096;
+
+/**
+ * Requested sizes, as nccl-tests steps them: min, min*f, min*f^2, ... <= max (-f, default 2);
+ * or with a step of bytes (-i) min, min+i, min+2i, ... <= max.
+ */
+export function sizeSteps(minBytes: number, maxBytes: number, factor = 2, stepBytes?: number): number[] {
+  if (!(minBytes >= 1) || !(maxBytes >= minBytes)) return [];
   const out: number[] = [];
-  for (let s = minBytes; s <= maxBytes; s *= factor) out.push(s);
+  if (stepBytes !== undefined) {
+    if (!(stepBytes >= 1)) return [minBytes];
+    for (let s = minBytes; s <= maxBytes && out.length < SIZE_STEPS_MAX; s += stepBytes) out.push(s);
+    return out;
+  }
+  if (!(factor >= 2)) return [minBytes];
+  for (let s = minBytes; s <= maxBytes && out.length < SIZE_STEPS_MAX; s *= factor) out.push(s);
   return out;
+}
+
+/**
+ * Ops with an in-place form, as nccl-tests times them: recv = send (allreduce, reduce,
+ * broadcast), send = recv + rank's block (allgather, gather), recv = send + rank's block
+ * (reduce_scatter, scatter). alltoall and sendrecv have none (nccl-tests prints N/A).
+ */
+export function hasInPlace(op: BenchOp): boolean {
+  return op !== "alltoall" && op !== "sendrecv" && op !== "barrier";
 }
 
 /** Timed iterations when --iters is not given: the schedule of the Open MPI peer (mpi_bench.c). */
 export function defaultIters(bytes: number): number {
   return bytes <= 1 << 20 ? 200 : bytes <= 16 << 20 ? 20 : 5;
+}
+
+/** The in-place column group of a point. */
+export interface InPlaceResult {
+  time_us: number;
+  algbw_gbps: number;
+  busbw_gbps: number;
+  wrong: number | null;
 }
 
 export interface BenchResult {
@@ -132,6 +161,8 @@ export interface BenchResult {
   /** via rest: percentiles of single calls (each rank's request on its own). */
   call_p50_us?: number;
   call_p99_us?: number;
+  /** The in-place run of the same point; null where the op or the runner has none (N/A). */
+  in_place?: InPlaceResult | null;
 }
 
 export function algbwGBps(bytes: number, timeUs: number): number {
@@ -200,22 +231,39 @@ export function jsonLine(r: BenchResult): string {
   return JSON.stringify(r);
 }
 
-// ---- the nccl-tests table ----
+// ---- the nccl-tests table: out-of-place and in-place column groups ----
 
-const COLS = [
-  ["size(B)", 12],
-  ["count", 12],
-  ["type", 9],
-  ["redop", 6],
-  ["root", 5],
-  ["time(us)", 10],
-  ["algbw(GB/s)", 12],
-  ["busbw(GB/s)", 12],
-  ["#wrong", 7],
+const KEY_COLS = [
+  ["size", "(B)", 12],
+  ["count", "(elements)", 12],
+  ["type", "", 9],
+  ["redop", "", 6],
+  ["root", "", 5],
 ] as const;
+const GROUP_COLS = [
+  ["time", "(us)", 8],
+  ["algbw", "(GB/s)", 7],
+  ["busbw", "(GB/s)", 7],
+  ["#wrong", "", 6],
+] as const;
+const WIDTHS = [...KEY_COLS.map((c) => c[2]), ...GROUP_COLS.map((c) => c[2]), ...GROUP_COLS.map((c) => c[2])];
+/** Separator between the two column groups (nccl-tests puts a wider gap there). */
+const GROUP_GAP = "  ";
 
-export function tableHeader(): string {
-  return "#" + COLS.map(([name, w], i) => (i === 0 ? name.padStart(w - 1) : name.padStart(w))).join(" ");
+function line(cells: string[]): string {
+  const key = cells.slice(0, KEY_COLS.length).map((c, i) => c.padStart(WIDTHS[i]!)).join(" ");
+  const group = (from: number) => cells.slice(from, from + GROUP_COLS.length).map((c, i) => c.padStart(WIDTHS[from + i]!)).join(" ");
+  return `${key}  ${group(KEY_COLS.length)}${GROUP_GAP}${group(KEY_COLS.length + GROUP_COLS.length)}`;
+}
+
+/** nccl-tests' three header lines: the group titles, the column names, their units. */
+export function tableHeader(): string[] {
+  const names = line([...KEY_COLS.map((c) => c[0]), ...GROUP_COLS.map((c) => c[0]), ...GROUP_COLS.map((c) => c[0])]);
+  const units = line([...KEY_COLS.map((c) => c[1]), ...GROUP_COLS.map((c) => c[1]), ...GROUP_COLS.map((c) => c[1])]);
+  const keyWidth = KEY_COLS.reduce((a, c) => a + c[2] + 1, 0) + 1;
+  const groupWidth = GROUP_COLS.reduce((a, c) => a + c[2] + 1, 0) - 1;
+  const title = " ".repeat(keyWidth) + "out-of-place".padStart(Math.floor((groupWidth + 12) / 2)).padEnd(groupWidth) + GROUP_GAP + "in-place".padStart(Math.floor((groupWidth + 8) / 2)).padEnd(groupWidth);
+  return [`#${title.slice(1)}`, `#${names.slice(1)}`, `#${units.slice(1)}`];
 }
 
 /** nccl-tests prints time with fewer decimals as it grows. */
@@ -223,27 +271,22 @@ export function formatTimeUs(us: number): string {
   return us >= 10000 ? us.toFixed(0) : us >= 100 ? us.toFixed(1) : us.toFixed(2);
 }
 
-export function tableRow(r: BenchResult): string {
-  const cells = [
-    String(r.bytes),
-    String(r.count),
-    r.dtype,
-    r.redop ?? "none",
-    String(r.root),
-    formatTimeUs(r.time_us),
-    r.algbw_gbps.toFixed(2),
-    r.busbw_gbps.toFixed(2),
-    r.wrong === null ? "N/A" : String(r.wrong),
-  ];
-  return " " + cells.map((c, i) => (i === 0 ? c.padStart(COLS[i]![1] - 1) : c.padStart(COLS[i]![1]))).join(" ");
+function groupCells(g: { time_us: number; algbw_gbps: number; busbw_gbps: number; wrong: number | null } | null | undefined): string[] {
+  if (!g) return ["N/A", "N/A", "N/A", "N/A"];
+  return [formatTimeUs(g.time_us), g.algbw_gbps.toFixed(2), g.busbw_gbps.toFixed(2), g.wrong === null ? "N/A" : String(g.wrong)];
 }
 
-/** nccl-tests' footer: average bus bandwidth over the points, and the wrong-value verdict. */
+export function tableRow(r: BenchResult): string {
+  return line([String(r.bytes), String(r.count), r.dtype, r.redop ?? "none", String(r.root), ...groupCells(r), ...groupCells(r.in_place)]);
+}
+
+/** nccl-tests' footer: wrong values over both groups, and bus bandwidth averaged over both. */
 export function tableFooter(rows: BenchResult[]): string[] {
   const withBw = rows.filter((r) => r.op !== "barrier");
-  const avg = withBw.length ? withBw.reduce((a, r) => a + r.busbw_gbps, 0) / withBw.length : 0;
-  const checked = rows.filter((r) => r.wrong !== null);
-  const wrong = checked.reduce((a, r) => a + (r.wrong ?? 0), 0);
+  const groups = [...withBw, ...withBw.map((r) => r.in_place).filter((g): g is InPlaceResult => !!g)];
+  const avg = groups.length ? groups.reduce((a, g) => a + g.busbw_gbps, 0) / groups.length : 0;
+  const checked = [...rows, ...rows.map((r) => r.in_place).filter((g): g is InPlaceResult => !!g)].filter((g) => g.wrong !== null);
+  const wrong = checked.reduce((a, g) => a + (g.wrong ?? 0), 0);
   const verdict = checked.length === 0 ? "not checked" : wrong === 0 ? "0 OK" : `${wrong} FAILED`;
   return [`# Out of bounds values : ${verdict}`, `# Avg bus bandwidth    : ${avg.toFixed(4)}`];
 }

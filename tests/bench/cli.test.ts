@@ -21,6 +21,19 @@ describe("bench flags", () => {
     expect(cfg(["--nproc", "2", "--op", "all", "--no-check"]).ops).toEqual(["allreduce", "reduce", "broadcast", "allgather", "gather", "scatter", "reduce_scatter", "alltoall", "sendrecv"]);
     expect(cfg(["--nproc", "2", "--op", "all", "--no-check"]).check).toBe("none");
   });
+  test("nccl-tests' flags: -b -e -f -g -n -w -c (and -i -o -d -r), '-b 8' or '-b8'", () => {
+    const c = cfg(["--op", "allreduce", "-b", "8", "-e", "128M", "-f", "4", "-g", "4", "-n", "20", "-w", "3", "-c", "1"]);
+    expect(c).toMatchObject({ nproc: 4, iters: 20, warmup: 3, check: "once" });
+    expect(c.sizes).toEqual([8, 32, 128, 512, 2048, 8192, 32768, 131072, 524288, 2097152, 8388608, 33554432, 134217728]);
+    expect(cfg(["--op", "allreduce", "-b8", "-e64", "-g2"]).sizes).toEqual([8, 16, 32, 64]);
+    expect(cfg(["--op", "allreduce", "-g", "2", "-c", "0"]).check).toBe("none");
+    expect(cfg(["--op", "allreduce", "-g", "2", "-c", "5"]).check).toBe("every");
+    expect(cfg(["--op", "allreduce", "-g", "2", "-b", "1K", "-e", "4K", "-i", "1K"]).sizes).toEqual([1024, 2048, 3072, 4096]);
+    expect(cfg(["--op", "reduce", "-g", "2", "-o", "max", "-d", "half", "-r", "1"])).toMatchObject({ redop: "max", dtype: "float16", root: 1 });
+    expect(cfg(["--op", "allreduce", "--ngpus", "2", "--minbytes=1K", "--maxbytes", "2K", "--stepfactor", "2", "--warmup_iters", "0"])).toMatchObject({ nproc: 2, warmup: 0, sizes: [1024, 2048] });
+    expect(cfg(["--op", "allreduce", "-g", "2"]).inPlace).toBe(true);
+    expect(cfg(["--op", "allreduce", "-g", "2", "--no-in-place"]).inPlace).toBe(false);
+  });
   test("plot-only mode: --plot FILE with JSON files and no --nproc", () => {
     const a = parseBenchArgs(["--plot", "out.svg", "a.json", "b.json"]);
     expect(a.cfg).toBeNull();
@@ -29,6 +42,11 @@ describe("bench flags", () => {
   });
   const bad: [string[], RegExp][] = [
     [["--op", "allreduce"], /--nproc/],
+    [["--op", "allreduce", "-g", "2", "-f", "1"], /--step-factor/],
+    [["--op", "allreduce", "-g", "2", "-f", "2", "-i", "8"], /exclude each other/],
+    [["--op", "allreduce", "-g", "2", "-c", "1", "--check"], /exclude each other/],
+    [["--op", "allreduce", "-g", "2", "-x", "1"], /unknown flag -x/],
+    [["--op", "allreduce", "-g"], /-g needs a value/],
     [["--nproc", "2"], /--op/],
     [["--nproc", "2", "--op", "allreduce,bogus"], /unknown op "bogus"/],
     [["--nproc", "2", "--op", "allreduce", "--dtype", "float33"], /--dtype must be one of/],

@@ -124,23 +124,36 @@ describe("the nccl-tests table", () => {
     ...makeResult({ op: "allreduce", shape: pointShape("allreduce", 1 << 20, 2, 4), dtype: "float32", redop: "sum", root: 0, nranks: 2, via: "native", timesUs: [123.456], wrong: 0 }),
     ...over,
   });
-  test("header has exactly nccl-tests' columns", () => {
-    const h = tableHeader();
-    expect(h.startsWith("#")).toBe(true);
-    expect(h.slice(1).trim().split(/\s+/)).toEqual(["size(B)", "count", "type", "redop", "root", "time(us)", "algbw(GB/s)", "busbw(GB/s)", "#wrong"]);
+  const GROUP = ["time", "algbw", "busbw", "#wrong"];
+  test("header: nccl-tests' out-of-place and in-place column groups, names and units", () => {
+    const [titles, names, units] = tableHeader();
+    for (const l of [titles!, names!, units!]) expect(l.startsWith("#")).toBe(true);
+    expect(titles!.slice(1).trim().split(/\s+/)).toEqual(["out-of-place", "in-place"]);
+    expect(names!.slice(1).trim().split(/\s+/)).toEqual(["size", "count", "type", "redop", "root", ...GROUP, ...GROUP]);
+    expect(units!.slice(1).trim().split(/\s+/)).toEqual(["(B)", "(elements)", "(us)", "(GB/s)", "(GB/s)", "(us)", "(GB/s)", "(GB/s)"]);
+    // each group title sits over its group
+    const at = (l: string, word: string, from = 0) => l.indexOf(word, from);
+    expect(at(titles!, "out-of-place")).toBeGreaterThan(at(names!, "root"));
+    expect(at(titles!, "out-of-place")).toBeLessThan(at(names!, "#wrong"));
+    expect(at(titles!, "in-place")).toBeGreaterThan(at(names!, "#wrong"));
   });
-  test("a row: values right-aligned under the headers", () => {
-    const r = tableRow(row({}));
-    expect(r.trim().split(/\s+/)).toEqual(["1048576", "262144", "float32", "sum", "-1", "123.5", "8.49", "8.49", "0"]);
+  test("a row: both groups, values right-aligned under the headers", () => {
+    const r = tableRow(row({ in_place: { time_us: 99.5, algbw_gbps: 10.54, busbw_gbps: 10.54, wrong: 0 } }));
+    expect(r.trim().split(/\s+/)).toEqual(["1048576", "262144", "float32", "sum", "-1", "123.5", "8.49", "8.49", "0", "99.50", "10.54", "10.54", "0"]);
     // every column ends where its header ends
-    const h = tableHeader();
+    const [, names] = tableHeader();
     const ends = (s: string) => [...s.matchAll(/\S+/g)].map((m) => m.index! + m[0].length);
-    expect(ends(r)).toEqual(ends(h).slice(1)); // the first token of the header is "#"
-    expect(r.length).toBe(h.length);
+    expect(ends(r)).toEqual(ends(names!).slice(1)); // the first token of the header is "#"
   });
-  test("unchecked results print N/A, ops without a redop print none, rooted ops their root", () => {
-    const r = tableRow(row({ op: "broadcast", redop: null, root: 1, wrong: null, time_us: 12345.6 }));
-    expect(r.trim().split(/\s+/)).toEqual(["1048576", "262144", "float32", "none", "1", "12346", "8.49", "8.49", "N/A"]);
+  test("unchecked results print N/A, ops without a redop print none, rooted ops their root, no in-place form N/A", () => {
+    const r = tableRow(row({ op: "broadcast", redop: null, root: 1, wrong: null, time_us: 12345.6, in_place: null }));
+    expect(r.trim().split(/\s+/)).toEqual(["1048576", "262144", "float32", "none", "1", "12346", "8.49", "8.49", "N/A", "N/A", "N/A", "N/A", "N/A"]);
+  });
+  test("sizes step by a factor (-f) or by bytes (-i)", () => {
+    expect(sizeSteps(8, 1024, 4)).toEqual([8, 32, 128, 512]);
+    expect(sizeSteps(8, 8192, 10)).toEqual([8, 80, 800, 8000]);
+    expect(sizeSteps(100, 400, 2, 100)).toEqual([100, 200, 300, 400]);
+    expect(sizeSteps(1, 1 << 30, 2, 1).length).toBe(4096); // bounded
   });
   test("time decimals shrink as time grows", () => {
     expect(formatTimeUs(5.123)).toBe("5.12");
@@ -151,5 +164,7 @@ describe("the nccl-tests table", () => {
     expect(tableFooter([row({ busbw_gbps: 2 }), row({ busbw_gbps: 4 })])).toEqual(["# Out of bounds values : 0 OK", "# Avg bus bandwidth    : 3.0000"]);
     expect(tableFooter([row({ wrong: 3 })])[0]).toBe("# Out of bounds values : 3 FAILED");
     expect(tableFooter([row({ wrong: null })])[0]).toBe("# Out of bounds values : not checked");
+    // both groups count: nccl-tests averages busbw over out-of-place and in-place
+    expect(tableFooter([row({ busbw_gbps: 2, in_place: { time_us: 1, algbw_gbps: 6, busbw_gbps: 6, wrong: 2 } })])).toEqual(["# Out of bounds values : 2 FAILED", "# Avg bus bandwidth    : 4.0000"]);
   });
 });

@@ -50,14 +50,16 @@ describe.skipIf(!haveEngine)("bench --via native (2 ranks)", () => {
       const r = await bench(["--nproc", "2", "--op", "allreduce", "--dtype", "bfloat16", "--redop", "max", "--min-bytes", "2", "--max-bytes", "64K", "--iters", "2", "--warmup", "0", "--transport", "tcp", "--quiet"]);
       if (r.code !== 0) throw new Error(`bench exited ${r.code}:\n${r.err}`);
       const lines = r.out.split("\n");
-      const header = lines.find((l) => l.includes("size(B)"))!;
-      expect(header.slice(1).trim().split(/\s+/)).toEqual(["size(B)", "count", "type", "redop", "root", "time(us)", "algbw(GB/s)", "busbw(GB/s)", "#wrong"]);
+      const header = lines.find((l) => l.includes("#wrong"))!;
+      expect(header.slice(1).trim().split(/\s+/)).toEqual(["size", "count", "type", "redop", "root", "time", "algbw", "busbw", "#wrong", "time", "algbw", "busbw", "#wrong"]);
+      expect(lines.some((l) => /^#\s+out-of-place\s+in-place\s*$/.test(l))).toBe(true);
       const rows = lines.filter((l) => /^\s+\d+\s/.test(l)).map((l) => l.trim().split(/\s+/));
       expect(rows.map((c) => Number(c[0]))).toEqual([2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536]);
       for (const c of rows) {
         expect(c[2]).toBe("bfloat16");
         expect(c[3]).toBe("max");
         expect(c[8]).toBe("0");
+        expect(c[12]).toBe("0"); // in place, checked too
       }
       expect(lines).toContain("# Out of bounds values : 0 OK");
     },
