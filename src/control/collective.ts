@@ -42,10 +42,26 @@ export interface ResultTensor {
 
 export type ResultValue = ResultTensor | (ResultTensor | null)[] | null;
 
-export interface CollectiveResult {
+/** One attempt's outcome: the result and the native buffers it views (release after encoding). */
+export interface Attempt<R> {
+  result: R;
+  owned: NativeBuffer[];
+}
+
+/**
+ * Runs one attempt of a decided op on the data plane. The tensor executor is
+ * CollectiveRunner.execute; buffers have theirs (control/buffer-collective.ts).
+ */
+export interface Executor<R> {
+  attempt(d: GoDecision, timeoutMs: number): Promise<Attempt<R>>;
+  /** A failed attempt leaves every member's inputs intact: rank 0 may re-issue among survivors. */
+  reissuable: boolean;
+}
+
+export interface CollectiveResult<R = ResultValue> {
   op: CollectiveOp;
   seq: number;
-  result: ResultValue;
+  result: R;
   activeRanks: number[];
   contributors: number[];
   failedRanks: number[];
@@ -55,6 +71,26 @@ export interface CollectiveResult {
   groupRanks?: number[];
   /** Native buffers the result views; release after encoding. */
   owned: NativeBuffer[];
+}
+
+/** What this rank tells rank 0 about its call (matched against the other members'). */
+function callDesc(call: CollectiveCall): CallDesc {
+  const desc: CallDesc = {
+    op: call.op,
+    group: call.group,
+    tag: call.tag,
+    dtype: call.dtype,
+    count: call.count,
+    shape: call.shape,
+    root: call.root,
+    redop: call.redop,
+    timeoutMs: call.timeoutMs,
+  };
+  if (call.op === "alltoall") {
+    desc.shapes = call.blockShapes;
+    if (call.blockRanks) desc.blockRanks = call.blockRanks;
+  }
+  return desc;
 }
 
 function prod(shape: number[]): number {
@@ -133,115 +169,110 @@ export class CollectiveRunner {
     return e;
   }
 
-  async run(call: CollectiveCall): Promise<CollectiveResult> {
-    const desc: CallDesc = {
-      op: call.op,
-      group: call.group,
-      tag: call.tag,
-      dtype: call.dtype,
-      count: call.count,
-      shape: call.shape,
-      root: call.root,
-      redop: call.redop,
-      timeoutMs: call.timeoutMs,
-    };
-    if (call.op === "alltoall") {
-      desc.shapes = call.blockShapes;
-      if (call.blockRanks) desc.blockRanks = call.blockRanks;
-    }
-    const inBytes = call.send?.byteLength ?? 0;
+  /** A call on tensors decoded into native memory: results land in fresh native buffers. */
+  run(call: CollectiveCall): Promise<CollectiveResult> {
+    return this.runWith(call, { attempt: (d, timeoutMs) => this.execute(call, d, timeoutMs), reissuable: true });
+  }
+
+  /**
+   * One collective call, whatever holds its data: agreement via rank 0, the executor's attempts
+   * (re-issued among the survivors when a peer fails), metrics and /debug/recent.
+   */
+  async runWith<R>(call: CollectiveCall, exec: Executor<R>): Promise<CollectiveResult<R>> {
+    const desc = callDesc(call);
     /** The members this call expected (failed_ranks = those of them found failed meanwhile). */
     const expected = this.membership.groupRanks(call.group).slice();
-    const deadline = call.startedAt + call.timeoutMs;
     let seq: number | null = null;
     let agreeMs: number | null = null;
     const t0 = performance.now();
     try {
-      let d = await this.agreement.join(desc, call.signal);
-      seq = d.seq;
-      const t1 = performance.now();
-      agreeMs = t1 - t0;
-      let out: CollectiveResult;
-      for (let attempt = 1; ; attempt++) {
-        const entry = this.register(d, call, desc);
-        try {
-          const remaining = Math.max(1000, Math.round(deadline - performance.now()));
-          out = await this.execute(call, d, remaining);
-          this.entries.delete(entry.opId);
-          entry.settle();
-          break;
-        } catch (e) {
-          const peer = retryablePeer(e, d, this.rank);
-          if (peer === null || !this.hooks || deadline - performance.now() < 1) {
-            this.entries.delete(entry.opId);
-            entry.settle();
-            const late = timedOutPeer(e, d, this.rank);
-            if (late !== null) this.hooks?.opTimedOut(d.opId, late, (e as Error).message);
-            throw e;
-          }
-          // Stay registered as "failed": the next view ack lists this op and rank 0 re-issues
-          // it among the survivors whose part failed too (new op id, same inputs).
-          entry.state = "failed";
-          entry.settle();
-          const why = (e as Error).message;
-          const next = this.hooks.awaitRetry(d.opId, Math.max(1, deadline - performance.now()));
-          this.hooks.opFailed(d.opId, peer, why);
-          try {
-            d = await next;
-          } finally {
-            this.entries.delete(entry.opId);
-          }
-        }
-      }
-      const t2 = performance.now();
-      out.agreeMs = agreeMs;
-      out.dataMs = t2 - t1;
-      this.finishMembers(out, call.group, d.ranks, expected);
-      const elapsed = (t2 - call.startedAt) / 1000;
-      this.metrics.op(call.op, "ok", inBytes, elapsed);
-      this.metrics.recent({
-        seq: d.seq,
+      const first = await this.agreement.join(desc, call.signal);
+      seq = first.seq;
+      agreeMs = performance.now() - t0;
+      const { d, outcome } = await this.attempts(call, desc, first, exec);
+      const out: CollectiveResult<R> = {
         op: call.op,
-        group: call.group,
-        tag: call.tag,
-        dtype: call.dtype ?? d.dtype ?? null,
-        count: call.count >= 0 ? call.count : null,
-        bytes: inBytes,
-        started_at: Date.now() - (t2 - call.startedAt),
-        elapsed_ms: round3(t2 - call.startedAt),
-        agree_ms: round3(agreeMs),
-        data_ms: round3(t2 - t1),
-        outcome: "ok",
-      });
+        seq: d.seq,
+        ...outcome,
+        activeRanks: [],
+        contributors: [],
+        failedRanks: [],
+        agreeMs,
+        dataMs: performance.now() - t0 - agreeMs,
+      };
+      this.finishMembers(out, call.group, d.ranks, expected);
+      this.record(call, d.seq, call.dtype ?? d.dtype ?? null, null, t0, agreeMs);
       return out;
     } catch (e) {
       const err = toApiError(e, this.rank, call.op, seq);
-      const now = performance.now();
-      this.metrics.op(call.op, err.code, inBytes, (now - call.startedAt) / 1000);
-      this.metrics.recent({
-        seq: seq ?? ((err.details.seq as number | undefined) ?? null),
-        op: call.op,
-        group: call.group,
-        tag: call.tag,
-        dtype: call.dtype,
-        count: call.count >= 0 ? call.count : null,
-        bytes: inBytes,
-        started_at: Date.now() - (now - call.startedAt),
-        elapsed_ms: round3(now - call.startedAt),
-        agree_ms: agreeMs === null ? null : round3(agreeMs),
-        data_ms: agreeMs === null ? null : round3(now - t0 - agreeMs),
-        outcome: err.code,
-        message: err.message,
-      });
+      this.record(call, seq ?? ((err.details.seq as number | undefined) ?? null), call.dtype, err, t0, agreeMs);
       throw err;
     }
+  }
+
+  /** Attempts of the op until one succeeds, re-issued by rank 0 while a failed peer is to blame. */
+  private async attempts<R>(call: CollectiveCall, desc: CallDesc, first: GoDecision, exec: Executor<R>): Promise<{ d: GoDecision; outcome: Attempt<R> }> {
+    const deadline = call.startedAt + call.timeoutMs;
+    let d = first;
+    for (;;) {
+      const entry = this.register(d, call, desc);
+      try {
+        const outcome = await exec.attempt(d, Math.max(1000, Math.round(deadline - performance.now())));
+        this.entries.delete(entry.opId);
+        entry.settle();
+        return { d, outcome };
+      } catch (e) {
+        const peer = retryablePeer(e, d, this.rank);
+        if (peer === null || !exec.reissuable || !this.hooks || deadline - performance.now() < 1) {
+          this.entries.delete(entry.opId);
+          entry.settle();
+          const late = timedOutPeer(e, d, this.rank);
+          if (late !== null) this.hooks?.opTimedOut(d.opId, late, (e as Error).message);
+          throw e;
+        }
+        // Stay registered as "failed": the next view ack lists this op and rank 0 re-issues
+        // it among the survivors whose part failed too (new op id, same inputs).
+        entry.state = "failed";
+        entry.settle();
+        const next = this.hooks.awaitRetry(d.opId, Math.max(1, deadline - performance.now()));
+        this.hooks.opFailed(d.opId, peer, (e as Error).message);
+        try {
+          d = await next;
+        } finally {
+          this.entries.delete(entry.opId);
+        }
+      }
+    }
+  }
+
+  /** Metrics and the /debug/recent entry of a finished call (err null: it succeeded). */
+  private record(call: CollectiveCall, seq: number | null, dtype: DTypeName | null, err: ApiError | null, t0: number, agreeMs: number | null): void {
+    const now = performance.now();
+    const inBytes = call.send?.byteLength ?? 0;
+    const elapsedMs = now - call.startedAt;
+    this.metrics.op(call.op, err ? err.code : "ok", inBytes, elapsedMs / 1000);
+    this.metrics.recent({
+      seq,
+      op: call.op,
+      group: call.group,
+      tag: call.tag,
+      dtype,
+      count: call.count >= 0 ? call.count : null,
+      bytes: inBytes,
+      started_at: Date.now() - elapsedMs,
+      elapsed_ms: round3(elapsedMs),
+      agree_ms: agreeMs === null ? null : round3(agreeMs),
+      data_ms: agreeMs === null ? null : round3(now - t0 - agreeMs),
+      outcome: err ? err.code : "ok",
+      ...(err ? { message: err.message } : {}),
+    });
   }
 
   /**
    * Fills active_ranks / contributors / failed_ranks. For a named group (POST /groups) they are
    * group ranks and active_ranks has one entry per group rank; otherwise global ranks and slots.
    */
-  private finishMembers(out: CollectiveResult, group: string, ranks: number[], expected: number[]): void {
+  private finishMembers(out: CollectiveResult<unknown>, group: string, ranks: number[], expected: number[]): void {
     const m = this.membership;
     // inactive now and not removed gracefully (a deactivated rank "left"; it did not fail)
     const failed = expected.filter((r) => !ranks.includes(r) && !m.isActive(r) && m.get(r)?.state !== "left");
@@ -301,21 +332,12 @@ export class CollectiveRunner {
     return { send: out, blockShapes: call.blockShapes ? picks.map((i) => call.blockShapes![i]!) : undefined };
   }
 
-  private async execute(call: CollectiveCall, d: GoDecision, timeoutMs: number): Promise<CollectiveResult> {
+  private async execute(call: CollectiveCall, d: GoDecision, timeoutMs: number): Promise<Attempt<ResultValue>> {
     const ranks = d.ranks;
     const n = ranks.length;
     const me = ranks.indexOf(this.rank);
     const owned: NativeBuffer[] = [];
-    const base = {
-      op: call.op,
-      seq: d.seq,
-      activeRanks: [] as number[],
-      contributors: ranks,
-      failedRanks: [] as number[],
-      agreeMs: 0,
-      dataMs: 0,
-      owned,
-    };
+    const base = { owned };
     const opId = BigInt(d.opId);
     const native = (op: Omit<NativeOp, "opId" | "ranks" | "timeoutMs" | "dtype"> & { dtype?: DTypeName }) =>
       this.dataPlane.run({ dtype: call.dtype ?? d.dtype ?? "uint8", ...op, opId, ranks, timeoutMs });

@@ -10,7 +10,7 @@ export type RedOpName = "sum" | "prod" | "min" | "max" | "avg" | "band" | "bor" 
 export type CollectiveName =
   | "allreduce" | "reduce" | "broadcast" | "allgather" | "gather" | "scatter"
   | "reduce_scatter" | "alltoall" | "barrier" | "send" | "recv";
-/** The collectives of POST /collective/{op} (point to point is not one). */
+/** The collectives of POST /collective/{op} (point to point is not one: table.json "rest"). */
 export type CollectiveOp = Exclude<CollectiveName, "send" | "recv">;
 
 export interface DTypeInfo { name: DTypeName; short: string; code: number; bytes: number; kind: DTypeKind }
@@ -18,8 +18,30 @@ export interface RedOpInfo { name: RedOpName; code: number; kinds: DTypeKind[] }
 
 export const dtypes: readonly DTypeInfo[] = table.dtypes as DTypeInfo[];
 export const redops: readonly RedOpInfo[] = table.redops as RedOpInfo[];
-export const collectives: readonly { name: CollectiveName; code: number }[] =
-  table.collectives as { name: CollectiveName; code: number }[];
+/** Where a collective's part is present: on every member, or on the root only. */
+export type Presence = "all" | "root";
+/** One rank's native buffer in elements: count, count x members, alltoall's counts, nothing. */
+export type NativeShape = "count" | "count_n" | "counts" | "none";
+
+/** What a collective is (table.json "collective_fields" says what each field means). */
+export interface CollectiveInfo {
+  name: CollectiveName;
+  code: number;
+  rest: boolean;
+  root: "dst" | "src" | null;
+  reduces: boolean;
+  input: "tensor" | "tensors" | "none";
+  input_on: Presence;
+  output: "tensor" | "tensors" | "none";
+  output_on: Presence;
+  octet: boolean;
+  send: NativeShape;
+  send_on: Presence;
+  recv: NativeShape;
+  recv_on: Presence;
+}
+
+export const collectives: readonly CollectiveInfo[] = table.collectives as CollectiveInfo[];
 
 export const dtypeNames = dtypes.map((d) => d.name) as [DTypeName, ...DTypeName[]];
 export const redopNames = redops.map((r) => r.name) as [RedOpName, ...RedOpName[]];
@@ -40,11 +62,18 @@ export function redopInfo(name: RedOpName): RedOpInfo {
   return info;
 }
 
-export function collectiveCode(name: CollectiveName): number {
+export function collectiveInfo(name: CollectiveName): CollectiveInfo {
   const info = collectiveByName.get(name);
   if (!info) throw new Error(`unknown collective ${name}`);
-  return info.code;
+  return info;
 }
+
+export function collectiveCode(name: CollectiveName): number {
+  return collectiveInfo(name).code;
+}
+
+/** The collectives of POST /collective/{op}, in table order. */
+export const collectiveOps = collectives.filter((c) => c.rest).map((c) => c.name as CollectiveOp);
 
 /** null when `redop` is defined for `dtype`, else why not (for a 400 message). */
 export function redopRejection(redop: RedOpName, dtype: DTypeName): string | null {

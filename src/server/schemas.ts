@@ -2,7 +2,7 @@
 // the codec writes them straight into native memory. Schemas are built once at module load
 // (no per-call compilation); /openapi.json is generated from them.
 import { z } from "zod";
-import { dtypeNames, redopNames, type CollectiveOp } from "../ops/table";
+import { collectiveInfo, collectiveOps, dtypeNames, redopNames, type CollectiveInfo, type CollectiveOp } from "../ops/table";
 import { InvalidRequest } from "../errors";
 import { WORLD_SIZE_MAX } from "../limits";
 
@@ -45,17 +45,21 @@ const tensorList = z
   .array(tensorSchema.nullable())
   .meta({ description: "one tensor per rank (index = rank); null allowed for inactive slots" });
 
-export const collectiveSchemas = {
-  allreduce: z.strictObject({ tensor: tensorSchema, op: redopSchema.optional(), ...common }),
-  reduce: z.strictObject({ tensor: tensorSchema, dst: rank, op: redopSchema.optional(), ...common }),
-  broadcast: z.strictObject({ tensor: tensorSchema, src: rank, ...common }),
-  allgather: z.strictObject({ tensor: tensorSchema, ...common }),
-  gather: z.strictObject({ tensor: tensorSchema, dst: rank, ...common }),
-  scatter: z.strictObject({ src: rank, tensors: tensorList.optional().meta({ description: "N tensors, on src only" }), ...common }),
-  reduce_scatter: z.strictObject({ tensors: tensorList, op: redopSchema.optional(), ...common }),
-  alltoall: z.strictObject({ tensors: tensorList, ...common }),
-  barrier: z.strictObject({ ...common }),
-} as const satisfies Record<CollectiveOp, z.ZodType>;
+/** A collective's body schema, from what the table says it is (root field, reduce op, inputs). */
+function collectiveSchema(info: CollectiveInfo): z.ZodObject {
+  const fields: Record<string, z.ZodType> = {};
+  if (info.input === "tensor") fields.tensor = tensorSchema;
+  if (info.input === "tensors") {
+    fields.tensors = info.input_on === "root" ? tensorList.optional().meta({ description: `N tensors, on ${info.root} only` }) : tensorList;
+  }
+  if (info.root) fields[info.root] = rank;
+  if (info.reduces) fields.op = redopSchema.optional();
+  return z.strictObject({ ...fields, ...common });
+}
+
+export const collectiveSchemas = Object.fromEntries(
+  collectiveOps.map((op) => [op, collectiveSchema(collectiveInfo(op))]),
+) as Record<CollectiveOp, z.ZodObject>;
 
 export type { CollectiveOp };
 
@@ -65,14 +69,12 @@ export type { CollectiveOp };
 // keys, any doubt) goes through zod, which also words the errors.
 const dtypeSet = new Set<string>(dtypeNames);
 const redopSet = new Set<string>(redopNames);
-const QUICK_KEYS: Partial<Record<CollectiveOp, ReadonlySet<string>>> = {
-  allreduce: new Set(["tensor", "op", "group", "tag", "timeout_ms", "format"]),
-  reduce: new Set(["tensor", "dst", "op", "group", "tag", "timeout_ms", "format"]),
-  broadcast: new Set(["tensor", "src", "group", "tag", "timeout_ms", "format"]),
-  allgather: new Set(["tensor", "group", "tag", "timeout_ms", "format"]),
-  gather: new Set(["tensor", "dst", "group", "tag", "timeout_ms", "format"]),
-  barrier: new Set(["group", "tag", "timeout_ms", "format"]),
-};
+/** Single-tensor (and no-tensor) bodies: the keys their schema has. */
+const QUICK_KEYS: Partial<Record<CollectiveOp, ReadonlySet<string>>> = Object.fromEntries(
+  collectiveOps
+    .filter((op) => collectiveInfo(op).input !== "tensors")
+    .map((op) => [op, new Set(Object.keys(collectiveSchemas[op].shape))]),
+);
 
 function isPlainObject(v: unknown): v is Record<string, unknown> {
   return typeof v === "object" && v !== null && !Array.isArray(v) && Object.getPrototypeOf(v) === Object.prototype;
@@ -107,7 +109,7 @@ export function quickCollectiveBody(op: CollectiveOp, raw: unknown): boolean {
   if (t !== undefined && (typeof t !== "number" || !Number.isSafeInteger(t) || t < 1 || t > MAX_TIMEOUT_MS)) return false;
   return raw.format === undefined || raw.format === "data" || raw.format === "b64";
 }
-export const collectiveOps = Object.keys(collectiveSchemas) as CollectiveOp[];
+export { collectiveOps };
 
 export const p2pSendSchema = z.strictObject({
   tensor: tensorSchema,

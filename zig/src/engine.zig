@@ -425,7 +425,7 @@ pub const Engine = struct {
     fn admitLocked(engine: *Engine, s: Submit, state: SlotState) SubmitError!usize {
         const kind = std.meta.intToEnum(Collective, s.kind) catch return engine.invalid("unknown collective code {d}", .{s.kind});
         const dtype = std.meta.intToEnum(DType, s.dtype) catch return engine.invalid("unknown dtype code {d}", .{s.dtype});
-        const reduces = kind == .allreduce or kind == .reduce or kind == .reduce_scatter;
+        const reduces = kind.reduces();
         const redop: RedOp = if (reduces)
             std.meta.intToEnum(RedOp, s.redop) catch return engine.invalid("unknown reduce op code {d}", .{s.redop})
         else
@@ -435,10 +435,7 @@ pub const Engine = struct {
         if (s.device < -1) return engine.invalid("device {d}", .{s.device});
         if (s.timeout_ms == 0) return engine.invalid("timeout_ms must be > 0", .{});
 
-        const rooted = switch (kind) {
-            .reduce, .broadcast, .gather, .scatter, .send, .recv => true,
-            else => false,
-        };
+        const rooted = kind.rooted();
         var group: [op.world_size_max]u32 = undefined;
         var n: u32 = 0;
         var group_rank: u32 = 0;

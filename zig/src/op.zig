@@ -36,22 +36,21 @@ pub const OpDesc = struct {
     }
 };
 
-/// Bytes of one rank's send and recv buffers (the "native op shapes" above; written once for
-/// the engine, the board and the CUDA direct path). alltoall: the rank's counts, group order.
+/// Bytes of one rank's send and recv buffers (the "native op shapes" above, from the op table;
+/// one formula for the engine, the board and the CUDA direct path). alltoall: the rank's counts,
+/// group order.
 pub fn bufferBytes(kind: Collective, elem_bytes: u64, count: u64, n: u64, is_root: bool, send_counts: []const u64, recv_counts: []const u64) struct { u64, u64 } {
-    const c = count * elem_bytes;
-    return switch (kind) {
-        .allreduce => .{ c, c },
-        .reduce => .{ c, if (is_root) c else 0 },
-        .broadcast => .{ if (is_root) c else 0, c },
-        .allgather => .{ c, c * n },
-        .gather => .{ c, if (is_root) c * n else 0 },
-        .scatter => .{ if (is_root) c * n else 0, c },
-        .reduce_scatter => .{ c * n, c },
-        .alltoall => .{ countsTotal(send_counts) * elem_bytes, countsTotal(recv_counts) * elem_bytes },
-        .barrier => .{ 0, 0 },
-        .send => .{ c, 0 },
-        .recv => .{ 0, c },
+    const send = if (kind.sendOnRootOnly() and !is_root) 0 else shapeElements(kind.sendShape(), count, n, send_counts);
+    const recv = if (kind.recvOnRootOnly() and !is_root) 0 else shapeElements(kind.recvShape(), count, n, recv_counts);
+    return .{ send * elem_bytes, recv * elem_bytes };
+}
+
+fn shapeElements(shape: ops.NativeShape, count: u64, n: u64, counts: []const u64) u64 {
+    return switch (shape) {
+        .none => 0,
+        .count => count,
+        .count_n => count * n,
+        .counts => countsTotal(counts),
     };
 }
 
@@ -63,4 +62,23 @@ pub fn countsTotal(counts: []const u64) u64 {
 
 comptime {
     std.debug.assert(world_size_max % 64 == 0 and world_size_max >= 64);
+}
+
+test "bufferBytes: the table's native op shapes" {
+    const c: u64 = 3;
+    const e: u64 = 4;
+    const counts = [_]u64{ 1, 2, 3 };
+    const none = [_]u64{};
+    try std.testing.expectEqual(.{ c * e, c * e }, bufferBytes(.allreduce, e, c, 3, false, &none, &none));
+    try std.testing.expectEqual(.{ c * e, 0 }, bufferBytes(.reduce, e, c, 3, false, &none, &none));
+    try std.testing.expectEqual(.{ c * e, c * e }, bufferBytes(.reduce, e, c, 3, true, &none, &none));
+    try std.testing.expectEqual(.{ 0, c * e }, bufferBytes(.broadcast, e, c, 3, false, &none, &none));
+    try std.testing.expectEqual(.{ c * e, 3 * c * e }, bufferBytes(.allgather, e, c, 3, false, &none, &none));
+    try std.testing.expectEqual(.{ c * e, 0 }, bufferBytes(.gather, e, c, 3, false, &none, &none));
+    try std.testing.expectEqual(.{ 3 * c * e, c * e }, bufferBytes(.scatter, e, c, 3, true, &none, &none));
+    try std.testing.expectEqual(.{ 3 * c * e, c * e }, bufferBytes(.reduce_scatter, e, c, 3, false, &none, &none));
+    try std.testing.expectEqual(.{ 6 * e, 3 * e }, bufferBytes(.alltoall, e, 0, 3, false, &counts, counts[0..2]));
+    try std.testing.expectEqual(.{ 0, 0 }, bufferBytes(.barrier, e, c, 3, false, &none, &none));
+    try std.testing.expectEqual(.{ c * e, 0 }, bufferBytes(.send, e, c, 2, false, &none, &none));
+    try std.testing.expectEqual(.{ 0, c * e }, bufferBytes(.recv, e, c, 2, false, &none, &none));
 }

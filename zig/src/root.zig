@@ -301,6 +301,7 @@ test {
     _ = @import("transport/board.zig");
     _ = @import("transport/arena.zig");
     _ = @import("engine_test.zig");
+    _ = @import("op.zig");
 }
 test { _ = @import("algo/dispatch.zig"); _ = @import("reduce.zig"); }
 test { _ = @import("algo/cuda_direct.zig"); }

@@ -5,9 +5,26 @@ const std = @import("std");
 
 const DType = struct { name: []const u8, short: []const u8, code: u32, bytes: u32, kind: []const u8 };
 const RedOp = struct { name: []const u8, code: u32, kinds: []const []const u8, bool_as: ?[]const u8 = null };
-const Collective = struct { name: []const u8, code: u32 };
+/// What a collective is (table.json "collective_fields" says what each field means).
+const Collective = struct {
+    name: []const u8,
+    code: u32,
+    rest: bool,
+    root: ?[]const u8,
+    reduces: bool,
+    input: []const u8,
+    input_on: []const u8,
+    output: []const u8,
+    output_on: []const u8,
+    octet: bool,
+    send: []const u8,
+    send_on: []const u8,
+    recv: []const u8,
+    recv_on: []const u8,
+};
 const Table = struct {
     comment: []const u8 = "",
+    collective_fields: []const u8 = "",
     dtypes: []const DType,
     redops: []const RedOp,
     collectives: []const Collective,
@@ -22,6 +39,30 @@ fn cudaType(short: []const u8) []const u8 {
     };
     inline for (map) |entry| if (std.mem.eql(u8, entry[0], short)) return entry[1];
     std.debug.panic("gen_ops: no CUDA type for dtype {s}", .{short});
+}
+
+/// The Collective enum with what each collective is: rooted, reduces, and one rank's native
+/// send/recv buffer (op.bufferBytes computes the bytes from these).
+fn writeCollectives(z: anytype, collectives: []const Collective) !void {
+    try z.writeAll("/// One rank's native buffer in elements: count, count x members, alltoall's counts, nothing.\n");
+    try z.writeAll("pub const NativeShape = enum { none, count, count_n, counts };\n\n");
+    try z.writeAll("pub const Collective = enum(u32) {\n");
+    for (collectives) |c| try z.print("    {s} = {d},\n", .{ c.name, c.code });
+    try z.writeAll("\n    /// Has a root (reduce/gather dst, broadcast/scatter src; the peer of send/recv).\n");
+    try z.writeAll("    pub fn rooted(self: Collective) bool {\n        return switch (self) {\n");
+    for (collectives) |c| try z.print("            .{s} => {},\n", .{ c.name, c.root != null });
+    try z.writeAll("        };\n    }\n\n    /// Takes a reduce op.\n");
+    try z.writeAll("    pub fn reduces(self: Collective) bool {\n        return switch (self) {\n");
+    for (collectives) |c| try z.print("            .{s} => {},\n", .{ c.name, c.reduces });
+    inline for (.{ "send", "recv" }) |side| {
+        try z.print("        }};\n    }}\n\n    /// One rank's native {s} buffer.\n", .{side});
+        try z.print("    pub fn {s}Shape(self: Collective) NativeShape {{\n        return switch (self) {{\n", .{side});
+        for (collectives) |c| try z.print("            .{s} => .{s},\n", .{ c.name, @field(c, side) });
+        try z.print("        }};\n    }}\n\n    /// The {s} buffer exists on the root only.\n", .{side});
+        try z.print("    pub fn {s}OnRootOnly(self: Collective) bool {{\n        return switch (self) {{\n", .{side});
+        for (collectives) |c| try z.print("            .{s} => {},\n", .{ c.name, std.mem.eql(u8, @field(c, side ++ "_on"), "root") });
+    }
+    try z.writeAll("        };\n    }\n};\n");
 }
 
 fn supports(op: RedOp, kind: []const u8) bool {
@@ -66,9 +107,7 @@ pub fn main() !void {
     for (table.redops) |r| try z.print("            .{s} => .{s},\n", .{ r.name, r.bool_as orelse r.name });
     try z.writeAll("        };\n    }\n};\n\n");
 
-    try z.writeAll("pub const Collective = enum(u32) {\n");
-    for (table.collectives) |c| try z.print("    {s} = {d},\n", .{ c.name, c.code });
-    try z.writeAll("};\n");
+    try writeCollectives(z, table.collectives);
     try std.fs.cwd().writeFile(.{ .sub_path = args[2], .data = zig_out.items });
 
     var cuh_out = std.ArrayList(u8).init(arena);

@@ -14,17 +14,16 @@
 import type { Context, Hono } from "hono";
 import { z } from "zod";
 import { BufferRegistry, describe, deviceName, type BufferEntry, type DeviceOps, type SharedHostOps } from "../../control/buffers";
-import { toApiError } from "../../control/collective";
-import type { CallDesc } from "../../control/matcher";
+import { bufferExecutor } from "../../control/buffer-collective";
+import type { CollectiveCall } from "../../control/collective";
 import type { Ticket } from "../../control/sequencer";
-import type { NativeOp } from "../../native/types";
-import { dtypeInfo, redopRejection, type DTypeName, type RedOpName } from "../../ops/table";
+import { collectiveInfo, redopRejection, type CollectiveOp } from "../../ops/table";
 import { checkShape, encodeTensor, numel, writeTensor, type JsonTensor } from "../../tensor/codec";
 import { checkContentLength, isOctetStream, jsonResponse, octetParam, readJson, wantsOctetStream } from "../body";
-import { InvalidRequest, NotReady } from "../../errors";
-import { DEFAULT_TIMEOUT_MS, dtypeSchema, MAX_TIMEOUT_MS, parseOrThrow, redopSchema, type CollectiveOp } from "../schemas";
+import { InvalidRequest } from "../../errors";
+import { DEFAULT_TIMEOUT_MS, dtypeSchema, MAX_TIMEOUT_MS, parseOrThrow, redopSchema } from "../schemas";
 import type { RankService } from "../service";
-import { requireReady } from "./collective";
+import { baseCall, requireReady } from "./collective";
 import { cudaDeviceFor } from "../../util/local-rank";
 
 // ---- the registry of a service (created on first use) ----
@@ -273,171 +272,67 @@ export const bufferCallSchema = z.strictObject({
   format: z.enum(["data", "b64"]).optional(), // accepted as on tensor calls; results here are buffers
 });
 
-const ROOT_FIELD: Partial<Record<CollectiveOp, "dst" | "src">> = { reduce: "dst", gather: "dst", broadcast: "src", scatter: "src" };
-const REDOP_OPS = new Set<CollectiveOp>(["allreduce", "reduce", "reduce_scatter"]);
-/** Ops whose buffer holds one block per rank: shape [N, ...block]. */
-const LIST_OPS = new Set<CollectiveOp>(["scatter", "reduce_scatter", "alltoall"]);
-
-function sameList(a: number[], b: number[]): boolean {
-  return a.length === b.length && a.every((x, i) => x === b[i]);
-}
-
 /**
  * POST /collective/{op} with {"buffer": id, "out"?: id, ...}: runs in place on the rank's
- * buffers. allreduce, broadcast: the buffer is input and result. reduce: the result replaces
- * the buffer on dst (or goes to "out"). allgather, gather: "buffer" is the input; the result
- * [N, ...shape] goes to "out" (or a new buffer). scatter, reduce_scatter, alltoall: "buffer"
- * has shape [N, ...block] (block i for rank i); the result goes to "out" (or a new buffer).
+ * buffers through the same runner as tensor bodies (control/buffer-collective.ts says where
+ * each op's result goes). dst/src are group ranks, as for tensors.
  */
 export async function bufferCollective(svc: RankService, op: CollectiveOp, raw: unknown, startedAt: number, ticket: Ticket, signal?: AbortSignal): Promise<Response> {
   requireReady(svc);
   const reg = await registryOf(svc);
   const body = parseOrThrow(bufferCallSchema, raw);
-  const timeoutMs = body.timeout_ms ?? DEFAULT_TIMEOUT_MS;
-  const tag = body.tag ?? null;
-  const redop: RedOpName | null = REDOP_OPS.has(op) ? (body.op ?? "sum") : null;
-  const rootField = ROOT_FIELD[op];
-  let root: number | null = null;
-  if (rootField) {
-    const r = body[rootField];
-    if (r === undefined) throw new InvalidRequest(`${op}: "${rootField}" is required`);
-    if (r >= svc.membership.worldSize) throw new InvalidRequest(`${rootField} ${r} is out of range for world size ${svc.membership.worldSize}`);
-    if (!svc.membership.isActive(r)) throw new InvalidRequest(`${rootField} ${r} is not an active rank`);
-    root = r;
-  }
-  const isRoot = root === svc.rank;
+  const info = collectiveInfo(op);
+  const call = baseCall(svc, op, body, startedAt);
+  call.signal = signal;
   const input = body.buffer !== undefined ? reg.get(body.buffer) : null;
   const out = body.out !== undefined ? reg.get(body.out) : null;
-  const needsInput = !(op === "scatter" && !isRoot);
+  const needsInput = info.input_on === "all" || call.root === svc.rank;
   if (needsInput && !input) throw new InvalidRequest(`${op}: "buffer" (a buffer id from POST /buffers) is required`);
   if (input && out && input.device !== out.device) {
     throw new InvalidRequest(`"buffer" is on ${deviceName(input.device)} but "out" on ${deviceName(out.device)}: one device per call`);
   }
-  const active = svc.membership.activeRanks();
-  const desc: CallDesc = { op, group: body.group ?? "world", tag, dtype: null, count: -1, shape: null, root, redop, timeoutMs };
-  if (input) {
-    desc.dtype = input.dtype;
-    desc.shape = input.shape;
-    desc.count = numel(input.shape);
-    if (LIST_OPS.has(op)) {
-      if (input.shape.length === 0 || input.shape[0] !== active.length) {
-        throw new InvalidRequest(`${op}: buffer ${input.id} must have shape [${active.length}, ...] (one block per active rank); it has ${JSON.stringify(input.shape)}`);
-      }
-      desc.shape = input.shape.slice(1);
-      desc.count = numel(desc.shape);
-      if (op === "alltoall") {
-        desc.shapes = active.map(() => desc.shape!);
-        desc.count = -1;
-      }
+  if (input) describeInput(svc, call, input);
+  // Arrival order, then the runner (sends its join synchronously).
+  const wait = call.tag === null ? svc.sequencer.turn(ticket) : null;
+  if (wait) await svc.sequencer.bounded(wait, call.timeoutMs);
+  const pending = svc.collectives.runWith(call, bufferExecutor(reg, svc.dataPlane, svc.rank, { call, input, out }));
+  svc.sequencer.finish(ticket);
+  const res = await pending;
+  return jsonResponse({
+    op,
+    seq: res.seq,
+    result: res.result ? describe(res.result) : null,
+    active_ranks: res.activeRanks,
+    failed_ranks: res.failedRanks,
+    contributors: res.contributors,
+    ...(res.groupRanks ? { group: { name: call.group, ranks: res.groupRanks } } : {}),
+    elapsed_ms: Math.round((performance.now() - startedAt) * 1000) / 1000,
+  });
+}
+
+/** The call's data from its input buffer; a list op's buffer is [members, ...block]. */
+function describeInput(svc: RankService, call: CollectiveCall, input: BufferEntry): void {
+  const info = collectiveInfo(call.op);
+  call.dtype = input.dtype;
+  call.shape = input.shape;
+  call.count = numel(input.shape);
+  call.send = input.buf;
+  if (info.input === "tensors") {
+    const members = svc.membership.groupRanks(call.group);
+    if (input.shape.length === 0 || input.shape[0] !== members.length) {
+      throw new InvalidRequest(`${call.op}: buffer ${input.id} must have shape [${members.length}, ...] (one block per active rank); it has ${JSON.stringify(input.shape)}`);
     }
-    if (redop) {
-      const why = redopRejection(redop, input.dtype);
-      if (why) throw new InvalidRequest(why);
+    call.shape = input.shape.slice(1);
+    call.count = numel(call.shape);
+    call.blockRanks = members.slice();
+    if (info.send === "counts") {
+      call.blockShapes = members.map(() => call.shape!);
+      call.count = -1;
     }
   }
-
-  // Arrival order, then the agreement (sends its join synchronously).
-  const wait = tag === null ? svc.sequencer.turn(ticket) : null;
-  if (wait) await svc.sequencer.bounded(wait, timeoutMs);
-  const joined = svc.agreement.join(desc, signal);
-  svc.sequencer.finish(ticket);
-  let created: BufferEntry | null = null;
-  let bytes = 0;
-  try {
-    const d = await joined;
-    const ranks = d.ranks;
-    const n = ranks.length;
-    if (LIST_OPS.has(op) && input && input.shape[0] !== n) {
-      throw new NotReady(`${op} (seq ${d.seq}): the active ranks changed while the call was decoded (${active.join(",")} -> ${ranks.join(",")}); retry`);
-    }
-    const dtype: DTypeName = (input?.dtype ?? d.dtype)!;
-    const isz = dtypeInfo(dtype).bytes;
-    const blockShape: number[] = op === "scatter" ? d.shape! : (desc.shape ?? []);
-    const count = numel(blockShape);
-    /** The result buffer: "out" (checked) or a new one of `shape` on the input's device. */
-    const resultBuffer = (shape: number[]): BufferEntry => {
-      if (out) {
-        if (out.dtype !== dtype || numel(out.shape) !== numel(shape)) {
-          throw new InvalidRequest(`${op}: "out" buffer ${out.id} is ${out.dtype}${JSON.stringify(out.shape)}; the result is ${dtype}${JSON.stringify(shape)}`);
-        }
-        return out;
-      }
-      created = reg.create(dtype, shape, input?.device ?? reg.parseDevice(undefined));
-      return created;
-    };
-    const remaining = Math.max(1000, Math.round(timeoutMs - (performance.now() - startedAt)));
-    const run = async (o: Omit<NativeOp, "opId" | "ranks" | "timeoutMs" | "dtype">): Promise<void> => {
-      await svc.dataPlane.run({ ...o, dtype, opId: BigInt(d.opId), ranks, timeoutMs: remaining }).catch((e) => {
-        throw toApiError(e, svc.rank, `${op} (buffer)`, d.seq);
-      });
-    };
-    let result: BufferEntry | null = null;
-    switch (op) {
-      case "allreduce":
-        if (count > 0) await run({ kind: "allreduce", redop: redop!, count, send: input!.buf, recv: input!.buf });
-        result = input;
-        break;
-      case "broadcast":
-        if (count > 0) await run({ kind: "broadcast", root: root!, count, send: isRoot ? input!.buf : undefined, recv: input!.buf });
-        result = input;
-        break;
-      case "reduce": {
-        const recv = isRoot ? (out ? resultBuffer(input!.shape) : input!) : null;
-        if (count > 0) await run({ kind: "reduce", redop: redop!, root: root!, count, send: input!.buf, recv: recv?.buf });
-        result = recv;
-        break;
-      }
-      case "allgather":
-      case "gather": {
-        const recv = op === "allgather" || isRoot ? resultBuffer([n, ...input!.shape]) : null;
-        if (count > 0) await run({ kind: op, root: op === "gather" ? root! : undefined, count, send: input!.buf, recv: recv?.buf });
-        result = recv;
-        break;
-      }
-      case "scatter": {
-        const recv = resultBuffer(blockShape);
-        if (count > 0) await run({ kind: "scatter", root: root!, count, send: isRoot ? input!.buf : undefined, recv: recv.buf });
-        result = recv;
-        break;
-      }
-      case "reduce_scatter": {
-        const recv = resultBuffer(blockShape);
-        if (count > 0) await run({ kind: "reduce_scatter", redop: redop!, count, send: input!.buf, recv: recv.buf });
-        result = recv;
-        break;
-      }
-      case "alltoall": {
-        const recvShapes = d.shapes ?? ranks.map(() => blockShape);
-        const recvCounts = recvShapes.map((s) => numel(s));
-        const total = recvCounts.reduce((a, b) => a + b, 0);
-        const sameBlocks = recvShapes.every((s) => sameList(s, blockShape));
-        const recv = resultBuffer(sameBlocks ? [n, ...blockShape] : [total]);
-        if (n > 0) {
-          await run({ kind: "alltoall", count: 0, sendCounts: ranks.map(() => count), recvCounts, send: input!.buf, recv: recv.buf });
-        }
-        result = recv;
-        break;
-      }
-      case "barrier":
-        break;
-    }
-    bytes = input?.byteLength ?? 0;
-    svc.metrics.op(op, "ok", bytes, (performance.now() - startedAt) / 1000);
-    void isz;
-    return jsonResponse({
-      op,
-      seq: d.seq,
-      result: result ? describe(result) : null,
-      active_ranks: svc.membership.activeMask(),
-      failed_ranks: [],
-      contributors: ranks,
-      elapsed_ms: Math.round((performance.now() - startedAt) * 1000) / 1000,
-    });
-  } catch (e) {
-    if (created) reg.delete((created as BufferEntry).id);
-    const err = toApiError(e, svc.rank, op, null);
-    svc.metrics.op(op, err.code, bytes, (performance.now() - startedAt) / 1000);
-    throw err;
+  if (call.redop) {
+    const why = redopRejection(call.redop, input.dtype);
+    if (why) throw new InvalidRequest(why);
   }
 }
 

@@ -8,17 +8,15 @@
 import type { Context, Hono } from "hono";
 import type { CollectiveCall, CollectiveResult, ResultTensor, ResultValue } from "../../control/collective";
 import type { NativeBuffer } from "../../native/types";
-import { redopRejection, type DTypeName, type RedOpName } from "../../ops/table";
+import { collectiveInfo, collectiveOps, redopRejection, type CollectiveOp, type DTypeName, type RedOpName } from "../../ops/table";
 import { checkShape, encodeTensor, numel, writeTensor, type JsonTensor, type WireFormat } from "../../tensor/codec";
 import { InvalidRequest, NotReady, TooLarge } from "../../errors";
 import { checkContentLength, isOctetStream, jsonResponse, octetParam, readBodyInto, readJson, wantsOctetStream } from "../body";
-import { collectiveOps, collectiveSchemas, DEFAULT_TIMEOUT_MS, formatIssues, quickCollectiveBody, type CollectiveOp } from "../schemas";
+import { collectiveSchemas, DEFAULT_TIMEOUT_MS, formatIssues, quickCollectiveBody } from "../schemas";
 import { bufferCollective, usesBuffer } from "./buffers";
 import type { RankService } from "../service";
 
 const opSet = new Set<string>(collectiveOps);
-const ROOT_FIELD: Partial<Record<CollectiveOp, "dst" | "src">> = { reduce: "dst", gather: "dst", broadcast: "src", scatter: "src" };
-const REDOP_OPS = new Set<CollectiveOp>(["allreduce", "reduce", "reduce_scatter"]);
 
 export function requireReady(svc: RankService): void {
   if (svc.ready) return;
@@ -48,7 +46,7 @@ export async function handleCollective(svc: RankService, op: string, src: Contex
     const raw = octet ? null : await readJson(src, svc.config.maxBodyBytes);
     // {"buffer": id}: in place on a device/host buffer of POST /buffers (routes/buffers.ts)
     const signal = src instanceof Request ? src.signal : src.req.raw.signal;
-    if (op !== "barrier" && usesBuffer(raw)) return await bufferCollective(svc, op as CollectiveOp, raw, startedAt, ticket, signal);
+    if (collectiveInfo(op as CollectiveOp).input !== "none" && usesBuffer(raw)) return await bufferCollective(svc, op as CollectiveOp, raw, startedAt, ticket, signal);
     const { call, format } = octet
       ? await decodeOctet(src as Context, svc, op as CollectiveOp, startedAt, owned)
       : decodeJson(raw, svc, op as CollectiveOp, startedAt, owned);
@@ -131,10 +129,12 @@ function alloc(svc: RankService, bytes: number, owned: NativeBuffer[]): NativeBu
   return b;
 }
 
-/** Checks a root (a rank of the call's group) and returns its global rank. */
-function checkRoot(svc: RankService, op: CollectiveOp, root: number, group: string): number {
+/** Checks a root (a rank of the call's group, as REST gives it) and returns its global rank. */
+function rootGlobal(svc: RankService, op: CollectiveOp, rootGroup: number | undefined, group: string): number {
   const m = svc.membership;
-  const field = ROOT_FIELD[op]!;
+  const field = collectiveInfo(op).root!;
+  if (rootGroup === undefined) throw new InvalidRequest(`${op}: "${field}" is required`);
+  const root = rootGroup;
   const def = m.groupDef(group);
   const size = m.groupSize(group);
   const where = def ? `group ${JSON.stringify(group)} of ${size} ranks` : `world size ${size}`;
@@ -199,11 +199,12 @@ export function decodeJson(
     return { call, format };
   }
 
-  if (op === "barrier") return { call, format };
-  if (op === "scatter" && call.root !== svc.rank) return { call, format }; // non-src ranks send nothing
+  const info = collectiveInfo(op);
+  if (info.input === "none") return { call, format };
+  if (info.input_on === "root" && call.root !== svc.rank) return { call, format }; // e.g. scatter's non-src ranks send nothing
 
   const list = body.tensors;
-  if (!list) throw new InvalidRequest(op === "scatter" ? `scatter: src rank ${call.root} must give "tensors" (one per rank)` : `${op}: "tensors" is required`);
+  if (!list) throw new InvalidRequest(info.input_on === "root" ? `${op}: ${info.root} rank ${call.root} must give "tensors" (one per rank)` : `${op}: "tensors" is required`);
   const ranks = svc.membership.groupRanks(call.group);
   const index = svc.membership.listIndexForActive(list.length, call.group);
   const size = svc.membership.groupSize(call.group);
@@ -223,7 +224,7 @@ export function decodeJson(
   let total = 0;
   const sizes = blocks.map(({ t, where }) => {
     if (t.dtype !== first.dtype) throw new InvalidRequest(`${where}: dtype ${t.dtype} differs from tensors[${index[0]}] (${first.dtype}); all must match`);
-    if (op !== "alltoall" && !sameShape(t.shape, first.shape)) {
+    if (info.send !== "counts" && !sameShape(t.shape, first.shape)) {
       throw new InvalidRequest(`${where}: shape ${JSON.stringify(t.shape)} differs from ${JSON.stringify(first.shape)}; ${op} needs equal shapes`);
     }
     const b = checkShape(t, where, maxT);
@@ -243,7 +244,7 @@ export function decodeJson(
   call.count = numel(first.shape);
   call.send = buf;
   call.blockRanks = ranks;
-  if (op === "alltoall") {
+  if (info.send === "counts") {
     call.blockShapes = blocks.map(({ t }) => t.shape);
     call.count = -1;
   }
@@ -255,7 +256,7 @@ function sameShape(a: number[], b: number[]): boolean {
   return a.length === b.length && a.every((d, i) => d === b[i]);
 }
 
-const OCTET_OPS = new Set<CollectiveOp>(["allreduce", "reduce", "broadcast", "allgather", "gather"]);
+const OCTET_OPS = collectiveOps.filter((op) => collectiveInfo(op).octet);
 
 async function decodeOctet(
   c: Context,
@@ -264,8 +265,8 @@ async function decodeOctet(
   startedAt: number,
   owned: NativeBuffer[],
 ): Promise<{ call: CollectiveCall; format: WireFormat }> {
-  if (!OCTET_OPS.has(op)) {
-    throw new InvalidRequest(`application/octet-stream bodies carry one tensor: ${[...OCTET_OPS].join(", ")}; use JSON for ${op}`);
+  if (!collectiveInfo(op).octet) {
+    throw new InvalidRequest(`application/octet-stream bodies carry one tensor: ${OCTET_OPS.join(", ")}; use JSON for ${op}`);
   }
   checkContentLength(c, svc.config.maxBodyBytes);
   const meta: Record<string, unknown> = {};
@@ -309,19 +310,23 @@ async function decodeOctet(
   return { call, format: "octet" };
 }
 
-/** The call's metadata common to JSON and octet-stream bodies; tensors are filled in by the caller. */
-function baseCall(
+/**
+ * The call's metadata common to JSON, octet-stream and {"buffer": id} bodies; the caller fills
+ * in the data. The root (dst/src) comes as a group rank and is kept as a global rank.
+ */
+export function baseCall(
   svc: RankService,
   op: CollectiveOp,
   body: { op?: RedOpName; dst?: number; src?: number; group?: string; tag?: string; timeout_ms?: number },
   startedAt: number,
 ): CollectiveCall {
+  const info = collectiveInfo(op);
   const call: CollectiveCall = {
     op,
     group: body.group ?? "world",
     tag: body.tag ?? null,
     timeoutMs: body.timeout_ms ?? DEFAULT_TIMEOUT_MS,
-    redop: REDOP_OPS.has(op) ? (body.op ?? "sum") : null,
+    redop: info.reduces ? (body.op ?? "sum") : null,
     root: null,
     dtype: null,
     shape: null,
@@ -329,7 +334,6 @@ function baseCall(
     send: null,
     startedAt,
   };
-  const rootField = ROOT_FIELD[op];
-  if (rootField) call.root = checkRoot(svc, op, body[rootField]!, call.group);
+  if (info.root) call.root = rootGlobal(svc, op, body[info.root], call.group);
   return call;
 }
