@@ -1,7 +1,7 @@
 // moonring vs Open MPI on this host, in one run (interleaved per op), plus a memory-bandwidth
 // bound for allreduce and 8-byte latencies.
 //   bun bench/compare-mpi.ts --nproc 2 --ops allreduce,allgather,reduce_scatter,broadcast,alltoall \
-//       --min-bytes 8 --max-bytes 67108864 [--transport auto] [--repeat 1] [--out bench/results] [--no-rest]
+//       --min-bytes 8 --max-bytes 67108864 [--transport auto] [--repeat 1] [--out bench/results/raw] [--no-rest]
 //
 // moonring: `moonring bench --via native --json` (worker processes on the data plane directly).
 // Open MPI: ../shared/bench/mpi_bench.c (built here if needed). It steps sizes x4, so it runs twice
@@ -34,7 +34,7 @@ const FLAGS = {
   "max-bytes": { type: "string", help: "default 64M" },
   transport: { type: "string", help: "moonring transport: tcp, shm, auto (default auto)" },
   repeat: { type: "string", help: "run each (moonring, MPI) pair K times, alternating; keep each side's best busbw per size (default 1)" },
-  out: { type: "string", help: "directory for the JSON records and the SVG chart (default bench/results)" },
+  out: { type: "string", help: "directory for the JSON records and the SVG chart (default bench/results/raw, git-ignored: fold what matters into bench/results/SUMMARY-<machine>.md)" },
   "no-rest": { type: "boolean", help: "skip the REST latency run" },
   "no-membw": { type: "boolean", help: "skip the memory-bandwidth bound" },
   "lat-iters": { type: "string", help: "iterations of the 8-byte latency runs (default 2000)" },
@@ -199,7 +199,7 @@ const maxBytes = bytesFlag(args["max-bytes"], "max-bytes") ?? 64 << 20;
 const transport = (args.transport as string | undefined) ?? "auto";
 const repeat = intFlag(args.repeat, "repeat", { min: 1, max: 20 }) ?? 1;
 const latIters = intFlag(args["lat-iters"], "lat-iters", { min: 10 }) ?? 2000;
-const outDir = (args.out as string | undefined) ?? join(ROOT, "bench/results");
+const outDir = (args.out as string | undefined) ?? join(ROOT, "bench/results/raw");
 if (!["tcp", "shm", "auto"].includes(transport)) throw new UsageError("--transport must be tcp, shm or auto");
 
 const started = new Date();
