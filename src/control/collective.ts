@@ -1,14 +1,15 @@
-// Runs one collective call for a rank: CallDesc -> agreement via rank 0 -> native op(s) on the
-// data plane -> result buffers. Knows nothing of HTTP or JSON (routes decode/encode around it).
-import type { DataPlane, NativeBuffer, NativeOp } from "../native/types";
+// Runs one collective call for a rank: CallDesc -> agreement via rank 0 -> an executor's
+// attempts on the data plane (tensor-collective.ts, buffer-collective.ts), re-issued among the
+// survivors when a peer fails -> result. Knows nothing of HTTP or JSON (routes decode/encode).
+import type { DataPlane, NativeBuffer } from "../native/types";
 import { NativeError } from "../native/types";
-import { dtypeInfo, type DTypeName, type RedOpName } from "../ops/table";
-import { ApiError, Internal, InvalidRequest, NotReady, PeerFailed, Timeout, TooLarge } from "../errors";
-import type { CollectiveOp } from "../ops/table";
+import type { CollectiveOp, DTypeName, RedOpName } from "../ops/table";
+import { ApiError, Internal, InvalidRequest, PeerFailed, Timeout, TooLarge } from "../errors";
 import type { Metrics } from "../util/metrics";
 import type { Agreement } from "./agreement";
 import type { CallDesc, GoDecision } from "./matcher";
 import type { Membership } from "./membership";
+import { tensorExecutor } from "./tensor-collective";
 
 export interface CollectiveCall {
   op: CollectiveOp;
@@ -93,12 +94,6 @@ function callDesc(call: CollectiveCall): CallDesc {
   return desc;
 }
 
-function prod(shape: number[]): number {
-  let n = 1;
-  for (const d of shape) n *= d;
-  return n;
-}
-
 /** What the runner needs from the fault-tolerance side (control/participant.ts). */
 export interface RetryHooks {
   /** This rank's part of op `opId` failed because `peer` failed or broke its link: tell rank 0. */
@@ -138,7 +133,6 @@ export class CollectiveRunner {
     private membership: Membership,
     private agreement: Agreement,
     private metrics: Metrics,
-    private device: number = -1,
   ) {}
 
   /** Resolves once every running op that involves one of `ranks` has settled (or after maxMs). */
@@ -171,7 +165,7 @@ export class CollectiveRunner {
 
   /** A call on tensors decoded into native memory: results land in fresh native buffers. */
   run(call: CollectiveCall): Promise<CollectiveResult> {
-    return this.runWith(call, { attempt: (d, timeoutMs) => this.execute(call, d, timeoutMs), reissuable: true });
+    return this.runWith(call, tensorExecutor(this.rank, this.dataPlane, this.membership, call));
   }
 
   /**
@@ -288,177 +282,6 @@ export class CollectiveRunner {
     out.failedRanks = failed.map((r) => def.indexOf(r));
     out.groupRanks = def.slice();
   }
-
-  private alloc(bytes: number, owned: NativeBuffer[]): NativeBuffer {
-    let b: NativeBuffer;
-    try {
-      b = this.dataPlane.alloc(Math.max(bytes, 1));
-    } catch (e) {
-      throw new TooLarge(`rank ${this.rank}: could not allocate ${bytes} bytes: ${(e as Error).message}`);
-    }
-    owned.push(b);
-    return b;
-  }
-
-  /**
-   * The list input (scatter root, reduce_scatter, alltoall) for the members of `d`: the blocks
-   * were laid out for call.blockRanks; when ranks dropped out since (failure, re-issue among
-   * survivors), the blocks of the remaining members are packed into a new buffer.
-   */
-  private listInput(call: CollectiveCall, d: GoDecision, owned: NativeBuffer[]): { send: NativeBuffer | null; blockShapes?: number[][] } {
-    const from = call.blockRanks;
-    if (!from || !call.send || sameRanks(from, d.ranks)) return { send: call.send, blockShapes: call.blockShapes };
-    if (!d.ranks.every((r) => from.includes(r))) {
-      throw new NotReady(
-        `${call.op} (seq ${d.seq}): the active ranks changed while the call was decoded (${from.join(",")} -> ${d.ranks.join(",")}); retry`,
-      );
-    }
-    const isz = dtypeInfo(call.dtype!).bytes;
-    const sizes = from.map((_, i) => (call.blockShapes ? prod(call.blockShapes[i]!) : call.count) * isz);
-    const offsets: number[] = [];
-    let off = 0;
-    for (const b of sizes) {
-      offsets.push(off);
-      off += b;
-    }
-    const picks = d.ranks.map((r) => from.indexOf(r));
-    const total = picks.reduce((a, i) => a + sizes[i]!, 0);
-    const out = this.alloc(total, owned);
-    let at = 0;
-    for (const i of picks) {
-      out.bytes.set(call.send.bytes.subarray(offsets[i]!, offsets[i]! + sizes[i]!), at);
-      at += sizes[i]!;
-    }
-    return { send: out, blockShapes: call.blockShapes ? picks.map((i) => call.blockShapes![i]!) : undefined };
-  }
-
-  private async execute(call: CollectiveCall, d: GoDecision, timeoutMs: number): Promise<Attempt<ResultValue>> {
-    const ranks = d.ranks;
-    const n = ranks.length;
-    const me = ranks.indexOf(this.rank);
-    const owned: NativeBuffer[] = [];
-    const base = { owned };
-    const opId = BigInt(d.opId);
-    const native = (op: Omit<NativeOp, "opId" | "ranks" | "timeoutMs" | "dtype"> & { dtype?: DTypeName }) =>
-      this.dataPlane.run({ dtype: call.dtype ?? d.dtype ?? "uint8", ...op, opId, ranks, timeoutMs });
-    const m = this.membership;
-    const slotList = (blocks: (ResultTensor | null)[]): (ResultTensor | null)[] => {
-      const out = new Array<ResultTensor | null>(m.groupSize(call.group)).fill(null);
-      for (let j = 0; j < n; j++) out[m.toGroupRank(call.group, ranks[j]!)] = blocks[j]!;
-      return out;
-    };
-
-    try {
-      const { send, blockShapes } = this.listInput(call, d, owned);
-      switch (call.op) {
-        case "barrier":
-          // Agreement already proved every member entered: nothing left to move.
-          return { ...base, result: null };
-
-        case "allreduce": {
-          // Out of place: the input stays intact, so a re-issue among survivors can use it again
-          // (the ring copies send -> recv up front either way).
-          let out = send!;
-          if (n > 1 && call.count > 0) {
-            out = this.alloc(send!.byteLength, owned);
-            await native({ kind: "allreduce", redop: call.redop!, count: call.count, send: send!, recv: out });
-          }
-          return { ...base, result: { dtype: call.dtype!, shape: call.shape!, bytes: out.bytes.subarray(0, send!.byteLength) } };
-        }
-
-        case "reduce": {
-          const isRoot = this.rank === call.root;
-          let out = send!;
-          if (n > 1 && call.count > 0) {
-            const recv = isRoot ? this.alloc(send!.byteLength, owned) : undefined;
-            await native({ kind: "reduce", redop: call.redop!, root: call.root!, count: call.count, send: send!, recv });
-            if (recv) out = recv;
-          }
-          return { ...base, result: isRoot ? { dtype: call.dtype!, shape: call.shape!, bytes: out.bytes.subarray(0, send!.byteLength) } : null };
-        }
-
-        case "broadcast": {
-          // The root only reads its buffer; the others' values are ignored: a re-issue can reuse both.
-          if (n > 1 && call.count > 0) {
-            const isRoot = this.rank === call.root;
-            await native({ kind: "broadcast", root: call.root!, count: call.count, send: isRoot ? send! : undefined, recv: send! });
-          }
-          return { ...base, result: { dtype: call.dtype!, shape: call.shape!, bytes: send!.bytes } };
-        }
-
-        case "allgather":
-        case "gather": {
-          const isRoot = call.op === "allgather" || this.rank === call.root;
-          const blockBytes = send!.byteLength;
-          let recv: NativeBuffer | undefined;
-          if (isRoot) recv = this.alloc(blockBytes * n, owned);
-          if (n > 1 && call.count > 0) {
-            await native({ kind: call.op, root: call.op === "gather" ? call.root! : undefined, count: call.count, send: send!, recv });
-          } else if (recv) {
-            recv.bytes.set(send!.bytes.subarray(0, blockBytes), me * blockBytes);
-          }
-          if (!recv) return { ...base, result: null };
-          const blocks = ranks.map((_, j) => ({
-            dtype: call.dtype!,
-            shape: d.shapes?.[j] ?? call.shape!,
-            bytes: recv!.bytes.subarray(j * blockBytes, (j + 1) * blockBytes),
-          }));
-          return { ...base, result: slotList(blocks) };
-        }
-
-        case "scatter": {
-          const dtype = d.dtype!;
-          const shape = d.shape!;
-          const count = prod(shape);
-          const blockBytes = count * dtypeInfo(dtype).bytes;
-          const isRoot = this.rank === call.root;
-          const recv = this.alloc(blockBytes, owned);
-          if (n > 1 && count > 0) {
-            await native({ kind: "scatter", dtype, root: call.root!, count, send: isRoot ? send! : undefined, recv });
-          } else if (isRoot) {
-            recv.bytes.set(send!.bytes.subarray(me * blockBytes, (me + 1) * blockBytes));
-          }
-          return { ...base, result: { dtype, shape, bytes: recv.bytes.subarray(0, blockBytes) } };
-        }
-
-        case "reduce_scatter": {
-          const blockBytes = call.count * dtypeInfo(call.dtype!).bytes;
-          if (n === 1 || call.count === 0) {
-            return { ...base, result: { dtype: call.dtype!, shape: call.shape!, bytes: send!.bytes.subarray(0, blockBytes) } };
-          }
-          const recv = this.alloc(blockBytes, owned);
-          await native({ kind: "reduce_scatter", redop: call.redop!, count: call.count, send: send!, recv });
-          return { ...base, result: { dtype: call.dtype!, shape: call.shape!, bytes: recv.bytes.subarray(0, blockBytes) } };
-        }
-
-        case "alltoall": {
-          const isz = dtypeInfo(call.dtype!).bytes;
-          const sendCounts = blockShapes!.map(prod);
-          const recvShapes = d.shapes!;
-          const recvCounts = recvShapes.map(prod);
-          const total = recvCounts.reduce((a, b) => a + b, 0);
-          const recv = this.alloc(total * isz, owned);
-          if (n > 1) {
-            await native({ kind: "alltoall", count: 0, sendCounts, recvCounts, send: send!, recv });
-          } else {
-            recv.bytes.set(send!.bytes.subarray(0, total * isz));
-          }
-          let off = 0;
-          const blocks = recvShapes.map((shape, j) => {
-            const len = recvCounts[j]! * isz;
-            const t = { dtype: call.dtype!, shape, bytes: recv.bytes.subarray(off, off + len) };
-            off += len;
-            return t;
-          });
-          return { ...base, result: slotList(blocks) };
-        }
-      }
-    } catch (e) {
-      for (const b of owned) b.release();
-      owned.length = 0;
-      throw e;
-    }
-  }
 }
 
 /**
@@ -482,12 +305,6 @@ export function retryablePeer(e: unknown, d: GoDecision, me: number): number | n
   const peer = ne.failedPeer;
   if (peer === null || peer < 0 || peer === me || !d.ranks.includes(peer)) return null;
   return peer;
-}
-
-function sameRanks(a: number[], b: number[]): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
 }
 
 function round3(x: number): number {
