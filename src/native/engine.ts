@@ -5,7 +5,8 @@
 // process alive only while ops are in flight.
 import { toArrayBuffer, type Pointer } from "bun:ffi";
 import { rmSync } from "node:fs";
-import { constants, native, statusName } from "./ffi";
+import { MR_RANK_WORDS, statusCodes } from "./abi";
+import { native, statusName } from "./ffi";
 import { collectiveCode, dtypeInfo, redopInfo } from "../ops/table";
 import {
   NativeError,
@@ -17,14 +18,14 @@ import {
 } from "./types";
 
 /** u64 words of mr_submit's group bitset (moonring.h MR_RANK_WORDS). */
-const rankWords = constants.MR_RANK_WORDS!;
+const rankWords = MR_RANK_WORDS;
 
 type ErrorCode = NativeError["code"];
-const errorCodes: readonly string[] = ["EINVAL", "ENOMEM", "EPEER", "ETIMEOUT", "ECANCELED", "EPROTO", "ENODEV", "EIO"];
 
+/** A failed op's status -> its MR_E* name (EBUSY is "not done", never a failure: EIO then). */
 function codeOf(status: number): ErrorCode {
   const name = statusName(status);
-  return (errorCodes.includes(name) ? name : "EIO") as ErrorCode;
+  return name in statusCodes && name !== "EBUSY" ? (name as ErrorCode) : "EIO";
 }
 
 const encoder = new TextEncoder();

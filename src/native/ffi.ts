@@ -1,80 +1,15 @@
 // The only bun:ffi declarations of moonring. The symbol table is built by parsing the C
 // prototypes of zig/include/moonring.h (the one definition of the native ABI; Zig checks its
-// exports against the same header at compile time), so nothing here restates a signature.
+// exports against the same header at compile time), so nothing here restates a signature;
+// its TypeScript types (NativeSymbols) are generated from the same header (native/abi.ts).
 // Library: $MOONRING_LIB, else zig/zig-out/lib/libmoonring.so of this checkout.
-import { dlopen, FFIType, type FFIFunction } from "bun:ffi";
+import { dlopen, type FFIFunction } from "bun:ffi";
 import { existsSync, readFileSync } from "node:fs";
-import { fileURLToPath } from "node:url";
+import { statusCodes, type NativeSymbols } from "./abi";
+import { headerPath, parseConstants, parsePrototypes, repoRoot, type Prototype } from "./header";
 
-const repoRoot = fileURLToPath(new URL("../../", import.meta.url));
-export const headerPath = `${repoRoot}zig/include/moonring.h`;
+export { headerPath, parseConstants, parsePrototypes, type Prototype };
 export const defaultLibraryPath = `${repoRoot}zig/zig-out/lib/libmoonring.so`;
-
-export interface Prototype {
-  name: string;
-  returns: FFIType;
-  args: FFIType[];
-  /** The C text of the declaration, for messages. */
-  c: string;
-}
-
-const scalarTypes: Record<string, FFIType> = {
-  void: FFIType.void,
-  uint8_t: FFIType.u8,
-  int8_t: FFIType.i8,
-  uint16_t: FFIType.u16,
-  int16_t: FFIType.i16,
-  uint32_t: FFIType.u32,
-  int32_t: FFIType.i32,
-  uint64_t: FFIType.u64,
-  int64_t: FFIType.i64,
-  size_t: FFIType.u64,
-  int: FFIType.i32,
-};
-
-/** Maps one C type (parameter or return, name removed) to its bun:ffi type. */
-function ffiType(cType: string, where: string): FFIType {
-  const t = cType.replace(/\bconst\b/g, " ").replace(/\s+/g, " ").trim();
-  if (t.includes("*")) return FFIType.ptr;
-  const mapped = scalarTypes[t];
-  if (mapped === undefined) throw new Error(`moonring.h: no bun:ffi mapping for C type '${t}' in ${where}`);
-  return mapped;
-}
-
-/** Splits "const uint8_t *buf" into its type ("const uint8_t *"). */
-function paramType(param: string, where: string): string {
-  const m = /^(.*?)([A-Za-z_]\w*)\s*$/.exec(param.trim());
-  if (!m || m[1]!.trim() === "") throw new Error(`moonring.h: cannot parse parameter '${param}' of ${where}`);
-  return m[1]!;
-}
-
-/** Every `mr_*` function prototype of a C header's text. */
-export function parsePrototypes(headerText: string): Prototype[] {
-  const text = headerText
-    .replace(/\/\*[\s\S]*?\*\//g, " ")
-    .replace(/\/\/[^\n]*/g, " ")
-    .replace(/^\s*#[^\n]*$/gm, " ");
-  const prototypes: Prototype[] = [];
-  const re = /([A-Za-z_][\w\s]*?[\s*]+)(mr_\w+)\s*\(([^()]*)\)\s*;/g;
-  for (const m of text.matchAll(re)) {
-    const name = m[2]!;
-    const c = m[0].replace(/\s+/g, " ").trim();
-    const params = m[3]!.trim();
-    const args =
-      params === "" || params === "void"
-        ? []
-        : params.split(",").map((p) => ffiType(paramType(p, name), name));
-    prototypes.push({ name, returns: ffiType(m[1]!, name), args, c });
-  }
-  return prototypes;
-}
-
-/** `#define MR_X <int>` constants (status codes). */
-export function parseConstants(headerText: string): Record<string, number> {
-  const out: Record<string, number> = {};
-  for (const m of headerText.matchAll(/^\s*#define\s+(MR_\w+)\s+(-?\d+)/gm)) out[m[1]!] = Number(m[2]);
-  return out;
-}
 
 const headerText = readFileSync(headerPath, "utf8");
 export const prototypes: readonly Prototype[] = parsePrototypes(headerText);
@@ -82,7 +17,7 @@ export const constants: Readonly<Record<string, number>> = parseConstants(header
 
 /** Status code (MR_E*) -> its name without the MR_ prefix ("EPEER", ...). */
 export function statusName(code: number): string {
-  for (const [name, value] of Object.entries(constants)) if (value === code && name !== "MR_OK") return name.slice(3);
+  for (const [name, value] of Object.entries(statusCodes)) if (value === code) return name;
   return code === 0 ? "OK" : `E${code}`;
 }
 
@@ -127,7 +62,7 @@ function open(): { symbols: Symbols; missing: string[] } {
 }
 
 const opened = open();
-/** The native functions, named as in moonring.h. */
-export const native: Symbols = opened.symbols;
+/** The native functions, named and typed as in moonring.h. */
+export const native = opened.symbols as unknown as NativeSymbols;
 /** Header functions the library lacks (empty for a library built from this checkout). */
 export const missingSymbols: readonly string[] = opened.missing;

@@ -1,6 +1,7 @@
 // The data plane as the control plane sees it. src/native/engine.ts implements it over
 // libmoonring (bun:ffi); nothing else in src/ touches bun:ffi.
 import type { CollectiveName, DTypeName, RedOpName } from "../ops/table";
+import type { StatusName } from "./abi";
 
 /** Memory owned by native code (stable address); `bytes` views it. Free with release(). */
 export interface NativeBuffer {
@@ -36,7 +37,7 @@ export interface NativeOp {
 export class NativeError extends Error {
   constructor(
     message: string,
-    readonly code: "EINVAL" | "ENOMEM" | "EPEER" | "ETIMEOUT" | "ECANCELED" | "EPROTO" | "ENODEV" | "EIO",
+    readonly code: Exclude<StatusName, "EBUSY">,
     readonly failedPeer: number | null = null,
   ) {
     super(message);
