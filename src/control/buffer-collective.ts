@@ -45,13 +45,13 @@ const steps: Record<CollectiveOp, StepFn> = {
   },
   async broadcast(x) {
     const input = x.bc.input!;
-    if (x.count > 0) await x.run({ kind: "broadcast", root: x.bc.call.root!, count: x.count, send: x.isRoot ? input.buf : undefined, recv: input.buf });
+    if (x.count > 0) await x.run({ kind: "broadcast", root: x.bc.call.rootGlobal!, count: x.count, send: x.isRoot ? input.buf : undefined, recv: input.buf });
     return input;
   },
   async reduce(x) {
     const { input, out, call } = x.bc;
     const recv = x.isRoot ? (out ? x.resultBuffer(input!.shape) : input!) : null;
-    if (x.count > 0) await x.run({ kind: "reduce", redop: call.redop!, root: call.root!, count: x.count, send: input!.buf, recv: recv?.buf });
+    if (x.count > 0) await x.run({ kind: "reduce", redop: call.redop!, root: call.rootGlobal!, count: x.count, send: input!.buf, recv: recv?.buf });
     return recv;
   },
   allgather: (x) => gatherTo(x, "allgather"),
@@ -59,7 +59,7 @@ const steps: Record<CollectiveOp, StepFn> = {
   async scatter(x) {
     const recv = x.resultBuffer(x.blockShape);
     const send = x.isRoot ? x.bc.input!.buf : undefined;
-    if (x.count > 0) await x.run({ kind: "scatter", root: x.bc.call.root!, count: x.count, send, recv: recv.buf });
+    if (x.count > 0) await x.run({ kind: "scatter", root: x.bc.call.rootGlobal!, count: x.count, send, recv: recv.buf });
     return recv;
   },
   async reduce_scatter(x) {
@@ -86,7 +86,7 @@ const steps: Record<CollectiveOp, StepFn> = {
 async function gatherTo(x: Step, kind: "allgather" | "gather"): Promise<BufferEntry | null> {
   const input = x.bc.input!;
   const recv = kind === "allgather" || x.isRoot ? x.resultBuffer([x.d.ranks.length, ...input.shape]) : null;
-  const root = kind === "gather" ? x.bc.call.root! : undefined;
+  const root = kind === "gather" ? x.bc.call.rootGlobal! : undefined;
   if (x.count > 0) await x.run({ kind, root, count: x.count, send: input.buf, recv: recv?.buf });
   return recv;
 }
@@ -117,7 +117,7 @@ export function bufferExecutor(reg: BufferRegistry, dataPlane: DataPlane, rank: 
       const step: Step = {
         bc,
         d,
-        isRoot: call.root === rank,
+        isRoot: call.rootGlobal === rank,
         count: numel(blockShape),
         blockShape,
         run: (o) => dataPlane.run({ ...o, dtype, opId: BigInt(d.opId), ranks: d.ranks, timeoutMs }),

@@ -17,7 +17,8 @@ export interface CollectiveCall {
   tag: string | null;
   timeoutMs: number;
   redop: RedOpName | null;
-  root: number | null;
+  /** The root (reduce/gather dst, broadcast/scatter src) as a global rank; REST gives a group rank. */
+  rootGlobal: number | null;
   dtype: DTypeName | null;
   /** This rank's tensor shape, or the shape of one block for list inputs. */
   shape: number[] | null;
@@ -83,7 +84,7 @@ function callDesc(call: CollectiveCall): CallDesc {
     dtype: call.dtype,
     count: call.count,
     shape: call.shape,
-    root: call.root,
+    root: call.rootGlobal,
     redop: call.redop,
     timeoutMs: call.timeoutMs,
   };

@@ -27,6 +27,7 @@ export interface CallDesc {
   shapes?: number[][];
   /** alltoall: the global rank each entry of `shapes` is for (when absent: the members, in order). */
   blockRanks?: number[];
+  /** Global rank of the root (CollectiveCall.rootGlobal); null when unrooted. */
   root: number | null;
   redop: RedOpName | null;
   timeoutMs: number;

@@ -63,7 +63,7 @@ const steps: Record<CollectiveOp, StepFn> = {
     let out = send;
     if (x.n > 1 && x.call.count > 0) {
       const recv = x.isRoot ? x.alloc(send.byteLength) : undefined;
-      await x.native({ kind: "reduce", redop: x.call.redop!, root: x.call.root!, count: x.call.count, send, recv });
+      await x.native({ kind: "reduce", redop: x.call.redop!, root: x.call.rootGlobal!, count: x.call.count, send, recv });
       if (recv) out = recv;
     }
     return x.isRoot ? tensor(x, out.bytes.subarray(0, send.byteLength)) : null;
@@ -73,7 +73,7 @@ const steps: Record<CollectiveOp, StepFn> = {
     // The root only reads its buffer; the others' values are ignored: a re-issue can reuse both.
     const send = x.send!;
     if (x.n > 1 && x.call.count > 0) {
-      await x.native({ kind: "broadcast", root: x.call.root!, count: x.call.count, send: x.isRoot ? send : undefined, recv: send });
+      await x.native({ kind: "broadcast", root: x.call.rootGlobal!, count: x.call.count, send: x.isRoot ? send : undefined, recv: send });
     }
     return tensor(x, send.bytes);
   },
@@ -88,7 +88,7 @@ const steps: Record<CollectiveOp, StepFn> = {
     const blockBytes = count * dtypeInfo(dtype).bytes;
     const recv = x.alloc(blockBytes);
     if (x.n > 1 && count > 0) {
-      await x.native({ kind: "scatter", dtype, root: x.call.root!, count, send: x.isRoot ? x.send! : undefined, recv });
+      await x.native({ kind: "scatter", dtype, root: x.call.rootGlobal!, count, send: x.isRoot ? x.send! : undefined, recv });
     } else if (x.isRoot) {
       recv.bytes.set(x.send!.bytes.subarray(x.me * blockBytes, (x.me + 1) * blockBytes));
     }
@@ -128,7 +128,7 @@ async function gatherTo(x: Step, kind: "allgather" | "gather"): Promise<ResultVa
   const blockBytes = send.byteLength;
   const recv = kind === "allgather" || x.isRoot ? x.alloc(blockBytes * x.n) : undefined;
   if (x.n > 1 && x.call.count > 0) {
-    await x.native({ kind, root: kind === "gather" ? x.call.root! : undefined, count: x.call.count, send, recv });
+    await x.native({ kind, root: kind === "gather" ? x.call.rootGlobal! : undefined, count: x.call.count, send, recv });
   } else if (recv) {
     recv.bytes.set(send.bytes.subarray(0, blockBytes), x.me * blockBytes);
   }
@@ -203,7 +203,7 @@ export function tensorExecutor(rank: number, dataPlane: DataPlane, membership: M
           blockShapes,
           n: ranks.length,
           me: ranks.indexOf(rank),
-          isRoot: rank === call.root,
+          isRoot: rank === call.rootGlobal,
           alloc,
           native: (op) => dataPlane.run({ dtype: call.dtype ?? d.dtype ?? "uint8", ...op, opId, ranks, timeoutMs }),
           slotList(blocks) {

@@ -286,7 +286,7 @@ export async function bufferCollective(svc: RankService, op: CollectiveOp, raw: 
   call.signal = signal;
   const input = body.buffer !== undefined ? reg.get(body.buffer) : null;
   const out = body.out !== undefined ? reg.get(body.out) : null;
-  const needsInput = info.input_on === "all" || call.root === svc.rank;
+  const needsInput = info.input_on === "all" || call.rootGlobal === svc.rank;
   if (needsInput && !input) throw new InvalidRequest(`${op}: "buffer" (a buffer id from POST /buffers) is required`);
   if (input && out && input.device !== out.device) {
     throw new InvalidRequest(`"buffer" is on ${deviceName(input.device)} but "out" on ${deviceName(out.device)}: one device per call`);

@@ -130,7 +130,7 @@ function alloc(svc: RankService, bytes: number, owned: NativeBuffer[]): NativeBu
 }
 
 /** Checks a root (a rank of the call's group, as REST gives it) and returns its global rank. */
-function rootGlobal(svc: RankService, op: CollectiveOp, rootGroup: number | undefined, group: string): number {
+function toRootGlobal(svc: RankService, op: CollectiveOp, rootGroup: number | undefined, group: string): number {
   const m = svc.membership;
   const field = collectiveInfo(op).root!;
   if (rootGroup === undefined) throw new InvalidRequest(`${op}: "${field}" is required`);
@@ -201,10 +201,10 @@ export function decodeJson(
 
   const info = collectiveInfo(op);
   if (info.input === "none") return { call, format };
-  if (info.input_on === "root" && call.root !== svc.rank) return { call, format }; // e.g. scatter's non-src ranks send nothing
+  if (info.input_on === "root" && call.rootGlobal !== svc.rank) return { call, format }; // e.g. scatter's non-src ranks send nothing
 
   const list = body.tensors;
-  if (!list) throw new InvalidRequest(info.input_on === "root" ? `${op}: ${info.root} rank ${call.root} must give "tensors" (one per rank)` : `${op}: "tensors" is required`);
+  if (!list) throw new InvalidRequest(info.input_on === "root" ? `${op}: ${info.root} rank ${call.rootGlobal} must give "tensors" (one per rank)` : `${op}: "tensors" is required`);
   const ranks = svc.membership.groupRanks(call.group);
   const index = svc.membership.listIndexForActive(list.length, call.group);
   const size = svc.membership.groupSize(call.group);
@@ -327,13 +327,13 @@ export function baseCall(
     tag: body.tag ?? null,
     timeoutMs: body.timeout_ms ?? DEFAULT_TIMEOUT_MS,
     redop: info.reduces ? (body.op ?? "sum") : null,
-    root: null,
+    rootGlobal: null,
     dtype: null,
     shape: null,
     count: -1,
     send: null,
     startedAt,
   };
-  if (info.root) call.root = rootGlobal(svc, op, body[info.root], call.group);
+  if (info.root) call.rootGlobal = toRootGlobal(svc, op, body[info.root], call.group);
   return call;
 }
