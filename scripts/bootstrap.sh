@@ -21,7 +21,10 @@ fi
 
 # --- bun, pinned in package.json --------------------------------------------------------
 want_bun=$(sed -n 's/.*"bun": "\([0-9.]*\)".*/\1/p' package.json)
-if [ ! -x node_modules/.bin/bun ] || [ "$(node_modules/.bin/bun --version 2>/dev/null)" != "$want_bun" ]; then
+# Also when package-lock.json changed since the last install (a new devDependency: tsc would
+# fail on its imports in a checkout bootstrapped before it).
+if [ ! -x node_modules/.bin/bun ] || [ "$(node_modules/.bin/bun --version 2>/dev/null)" != "$want_bun" ] ||
+  { [ -f package-lock.json ] && [ package-lock.json -nt node_modules/.package-lock.json ]; }; then
   log "installing npm dependencies (bun $want_bun)"
   if [ -f package-lock.json ]; then npm ci --no-audit --no-fund --loglevel=error >&2; else npm install --no-audit --no-fund --loglevel=error >&2; fi
 fi
