@@ -119,12 +119,13 @@ class SharedBuffers:
 
     # -- in-place collectives -----------------------------------------------------------
     def run(self, coll: Any, op: str, array: Any, params: Dict[str, Any], tag: Any, timeout: Any,
-            out: Optional[np.ndarray]) -> Optional[np.ndarray]:
-        """allreduce / reduce / broadcast through a pooled shared buffer of the array's shape."""
-        name, a = _dt.as_wire(array)
+            out: Optional[np.ndarray], dtype: Optional[str] = None) -> Optional[np.ndarray]:
+        """allreduce / reduce / broadcast through a pooled shared buffer of the array's shape.
+        `dtype` names the values when the array holds raw bits (bfloat16 as int16)."""
+        name, a = _dt.as_wire(array, dtype)
         buf = self.take(name, tuple(a.shape))
         try:
-            np.copyto(buf.array, a)
+            np.copyto(buf.array.view(a.dtype) if buf.array.dtype != a.dtype else buf.array, a, casting="no")
             body = {"buffer": buf.id, **params, **coll._common(tag, timeout)}
             resp = self.client._transport.request("POST", f"/collective/{op}", body=body, timeout=coll._http_timeout(timeout))
             doc = resp.json()
@@ -132,7 +133,8 @@ class SharedBuffers:
             if doc.get("result") is None:
                 return None
             if out is not None:
-                np.copyto(out, buf.array.reshape(out.shape))
+                res = buf.array if buf.array.dtype == out.dtype else buf.array.view(out.dtype)
+                np.copyto(out, res.reshape(out.shape), casting="no")
                 return out
             return buf.array.copy()
         finally:

@@ -10,8 +10,19 @@ from values import ALL, FLOATS, assert_reduced, redops_for, reference, values
 CASES = [(d, op) for d in ALL for op in redops_for(d)]
 
 
+@pytest.fixture(params=["json", "octet"])
+def wire(request, clients):
+    """Small arrays go as JSON (the service's fast path), others as octet-stream: both, here."""
+    saved = [c.small_json_bytes for c in clients]
+    for c in clients:
+        c.small_json_bytes = 1 << 30 if request.param == "json" else -1
+    yield request.param
+    for c, v in zip(clients, saved):
+        c.small_json_bytes = v
+
+
 @pytest.mark.parametrize("dtype,redop", CASES)
-def test_all_reduce(clients, dtype, redop):
+def test_all_reduce(clients, wire, dtype, redop):
     xs = [values(dtype, r, redop=redop) for r in range(len(clients))]
     got = per_rank([lambda c=c, x=x: c.all_reduce(x, op=redop) for c, x in zip(clients, xs)])
     ref = reference(xs, redop, dtype)
@@ -23,7 +34,7 @@ def test_all_reduce(clients, dtype, redop):
 
 @pytest.mark.parametrize("dtype", ALL)
 @pytest.mark.parametrize("root", [0, 2])
-def test_reduce(clients, dtype, root):
+def test_reduce(clients, wire, dtype, root):
     redop = "max" if dtype == "bool" else "sum"
     xs = [values(dtype, r, shape=(5,), salt=root) for r in range(3)]
     got = per_rank([lambda c=c, x=x: c.reduce(x, dst=root, op=redop) for c, x in zip(clients, xs)])
@@ -36,7 +47,7 @@ def test_reduce(clients, dtype, root):
 
 @pytest.mark.parametrize("dtype", ALL)
 @pytest.mark.parametrize("root", [0, 2])
-def test_broadcast(clients, dtype, root):
+def test_broadcast(clients, wire, dtype, root):
     xs = [values(dtype, r, shape=(3, 2), salt=5) for r in range(3)]
     got = per_rank([lambda c=c, x=x: c.broadcast(x, src=root) for c, x in zip(clients, xs)])
     for g in got:
@@ -45,7 +56,7 @@ def test_broadcast(clients, dtype, root):
 
 
 @pytest.mark.parametrize("dtype", ALL)
-def test_all_gather(clients, dtype):
+def test_all_gather(clients, wire, dtype):
     xs = [values(dtype, r, shape=(4,), salt=7) for r in range(3)]
     got = per_rank([lambda c=c, x=x: c.all_gather(x) for c, x in zip(clients, xs)])
     for g in got:
@@ -57,7 +68,7 @@ def test_all_gather(clients, dtype):
 
 @pytest.mark.parametrize("dtype", ALL)
 @pytest.mark.parametrize("root", [0, 2])
-def test_gather(clients, dtype, root):
+def test_gather(clients, wire, dtype, root):
     xs = [values(dtype, r, shape=(2, 2), salt=9) for r in range(3)]
     got = per_rank([lambda c=c, x=x: c.gather(x, dst=root) for c, x in zip(clients, xs)])
     for r, g in enumerate(got):
@@ -103,7 +114,7 @@ def test_barrier(clients):
 
 
 @pytest.mark.parametrize("dtype", ALL)
-def test_send_recv(clients, dtype):
+def test_send_recv(clients, wire, dtype):
     x = values(dtype, 0, shape=(2, 5), salt=17)
     y = values(dtype, 1, shape=(7,), salt=17)
 
@@ -148,7 +159,7 @@ def test_random_floats_large(clients):
             np.testing.assert_allclose(g.astype(np.float64), ref, rtol=rtol, atol=rtol * 10)
 
 
-def test_scalar_and_out_in_place(clients):
+def test_scalar_and_out_in_place(clients, wire):
     xs = [np.float64(r + 0.5) for r in range(3)]
     got = per_rank([lambda c=c, x=x: c.all_reduce(np.asarray(x)) for c, x in zip(clients, xs)])
     assert all(g.shape == () and float(g) == 4.5 for g in got)

@@ -356,6 +356,44 @@ def main():
         dist.gather(t, gl, dst=last, group=g)
         return out(gl)
 
+    for dt, n in ((torch.float32, 1 << 18), (torch.bfloat16, 1 << 18), (torch.int64, 1 << 16)):
+        def large_case(dt=dt, n=n):
+            # 256 KiB and more: through the rank's shared host buffers under moonring
+            t = (torch.arange(n) % 7 + rank).to(dt)
+            dist.all_reduce(t)
+            b = (torch.arange(n) % 5 * (rank + 1)).to(dt)
+            dist.broadcast(b, src=last)
+            r = (torch.arange(n) % 3 + rank).to(dt)
+            dist.reduce(r, dst=0, op=dist.ReduceOp.MAX)
+            return [out(t[:5]), float(t.double().sum()), float(b.double().sum()), float(r.double().sum()) if rank == 0 else None]
+        large_case.__name__ = f"large_{name(dt)}"
+        case(large_case)
+
+    @case
+    def object_collectives():
+        objs = [None]
+        if rank == last:
+            objs = [{"from": rank, "list": [1, 2, 3]}]
+        dist.broadcast_object_list(objs, src=last)
+        gathered = [None] * world
+        dist.all_gather_object(gathered, ("rank", rank))
+        gl = [None] * world if rank == 0 else None
+        dist.gather_object({"r": rank}, gl, dst=0)
+        got = [None]
+        dist.scatter_object_list(got, [f"to {p}" for p in range(world)] if rank == 0 else None, src=0)
+        return [objs[0], [list(x) for x in gathered], gl, got[0]]
+
+    @case
+    def send_recv_object_list():
+        if rank == 0:
+            dist.send_object_list([{"k": "v"}, 42], dst=last)
+            return None
+        if rank == last:
+            objs = [None, None]
+            dist.recv_object_list(objs, src=0)
+            return objs
+        return None
+
     @case
     def world_info():
         return [dist.get_rank(), dist.get_world_size(), dist.is_initialized()]
