@@ -169,10 +169,14 @@ function jsonFloat(v: number): number | string {
   return Number.isFinite(v) ? v : Number.isNaN(v) ? "NaN" : v > 0 ? "Infinity" : "-Infinity";
 }
 
-function fromBytes(dtype: DType, shape: number[], bytes: Uint8Array): Tensor {
+/** A tensor over `bytes`: a view when it may keep them (owned, aligned for the dtype), else a copy. */
+function fromBytes(dtype: DType, shape: number[], bytes: Uint8Array, owned = false): Tensor {
+  const Ctor = CTOR[dtype];
+  if (owned && bytes.byteOffset % ITEM[dtype] === 0) {
+    return { dtype, shape, data: new Ctor(bytes.buffer as ArrayBuffer, bytes.byteOffset, bytes.byteLength / ITEM[dtype]) as TypedArrayFor<DType> };
+  }
   const copy = new Uint8Array(bytes.byteLength);
   copy.set(bytes);
-  const Ctor = CTOR[dtype];
   const data = new Ctor(copy.buffer, 0, copy.byteLength / ITEM[dtype]);
   return { dtype, shape, data: data as TypedArrayFor<DType> };
 }
@@ -327,7 +331,8 @@ export class MoonringClient {
     let result: unknown = null;
     if (kind === "tensor") {
       const shapeText = res.headers.get("x-moonring-shape") ?? "";
-      result = fromBytes(res.headers.get("x-moonring-dtype") as DType, shapeText === "" ? [] : shapeText.split(",").map(Number), bytes);
+      // the response's own buffer: a view of it, no copy
+      result = fromBytes(res.headers.get("x-moonring-dtype") as DType, shapeText === "" ? [] : shapeText.split(",").map(Number), bytes, true);
     } else if (kind === "list") {
       const dtype = res.headers.get("x-moonring-dtype") as DType;
       const shapes = JSON.parse(res.headers.get("x-moonring-shapes") ?? "[]") as (number[] | null)[];
@@ -335,7 +340,7 @@ export class MoonringClient {
       result = shapes.map((s) => {
         if (!s) return null;
         const len = s.reduce((a, b) => a * b, 1) * ITEM[dtype];
-        const out = fromBytes(dtype, s, bytes.subarray(off, off + len));
+        const out = fromBytes(dtype, s, bytes.subarray(off, off + len), true); // views where aligned
         off += len;
         return out;
       });

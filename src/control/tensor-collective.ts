@@ -141,10 +141,14 @@ async function gatherTo(x: Step, kind: "allgather" | "gather"): Promise<ResultVa
   return x.slotList(blocks);
 }
 
+/** Results from this size up live in JS memory (wrapJs); smaller ones come from the native pool. */
+export const JS_RESULT_MIN_BYTES = 1 << 20;
+
 function allocOwned(dataPlane: DataPlane, rank: number, bytes: number, owned: NativeBuffer[]): NativeBuffer {
   let b: NativeBuffer;
   try {
-    b = dataPlane.alloc(Math.max(bytes, 1));
+    // Large results in JS memory: an octet-stream answer sends them without copying them out.
+    b = bytes >= JS_RESULT_MIN_BYTES && dataPlane.wrapJs ? dataPlane.wrapJs(new Uint8Array(bytes)) : dataPlane.alloc(Math.max(bytes, 1));
   } catch (e) {
     throw new TooLarge(`rank ${rank}: could not allocate ${bytes} bytes: ${(e as Error).message}`);
   }

@@ -3,7 +3,7 @@
 // (completion-waiter.ts) posts to this thread, which drains the native completion queue with
 // mr_poll (no native thread ever calls into JS, and no JS thread spins). The Worker keeps the
 // process alive only while ops are in flight.
-import { toArrayBuffer, type Pointer } from "bun:ffi";
+import { ptr, toArrayBuffer, type Pointer } from "bun:ffi";
 import { rmSync } from "node:fs";
 import { MR_RANK_WORDS, statusCodes } from "./abi";
 import { native, statusName } from "./ffi";
@@ -15,6 +15,7 @@ import {
   type NativeBuffer,
   type NativeOp,
   type SharedLocation,
+  jsOwnedMemory,
 } from "./types";
 
 /** u64 words of mr_submit's group bitset (moonring.h MR_RANK_WORDS). */
@@ -111,6 +112,21 @@ class HostOrDeviceBuffer implements NativeBuffer {
   get isReleased(): boolean {
     return this.released;
   }
+}
+
+/** JS memory lent to ops (wrapJs): the GC owns it; pending ops keep it referenced. */
+class JsBuffer implements NativeBuffer {
+  readonly address: bigint;
+  readonly byteLength: number;
+  readonly device = -1;
+
+  constructor(readonly bytes: Uint8Array) {
+    this.address = bytes.byteLength > 0 ? BigInt(ptr(bytes)) : 0n;
+    this.byteLength = bytes.byteLength;
+    jsOwnedMemory.add(bytes.buffer);
+  }
+
+  release(): void {}
 }
 
 function sizeClass(bytes: number): number {
@@ -219,6 +235,11 @@ export class NativeDataPlane implements DataPlane {
 
   /** Live buffers of allocShared (close() removes their files). */
   private readonly shared = new Set<HostOrDeviceBuffer>();
+
+  wrapJs(bytes: Uint8Array): NativeBuffer {
+    if (bytes.byteLength === 0) throw new NativeError("wrapJs: empty buffer", "EINVAL");
+    return new JsBuffer(bytes);
+  }
 
   /** The /dev/shm file holding a buffer of allocShared and the buffer's offset in it; else null. */
   sharedLocation(buf: NativeBuffer): SharedLocation | null {

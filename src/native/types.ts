@@ -54,6 +54,12 @@ export interface DataPlane {
   alloc(byteLength: number, device?: number): NativeBuffer;
   /** Optional: host memory same-host peers can map (collectives read it in place). */
   allocShared?(byteLength: number): NativeBuffer;
+  /**
+   * Optional: JS memory (a Uint8Array the GC owns) as a buffer ops read and write in place, e.g.
+   * an HTTP body, or a result an HTTP response then sends without a copy. release() does nothing:
+   * the memory lives while the Uint8Array (and an op using it) is referenced.
+   */
+  wrapJs?(bytes: Uint8Array): NativeBuffer;
   /** Optional: the file a buffer of allocShared lies in (for local programs that map it). */
   sharedLocation?(buf: NativeBuffer): SharedLocation | null;
   /** Resolves when this rank's part is done; rejects with NativeError. */
@@ -62,6 +68,9 @@ export interface DataPlane {
   runBlocking?(op: NativeOp): void;
   close(): void;
 }
+
+/** ArrayBuffers of wrapJs() buffers: a response may send their bytes as they are (no copy). */
+export const jsOwnedMemory = new WeakSet<ArrayBufferLike>();
 
 /** A shared host buffer's place: a /dev/shm file and the buffer's byte offset in it. */
 export interface SharedLocation {

@@ -7,7 +7,7 @@
 // (see docs/api-extensions.md).
 import type { Context, Hono } from "hono";
 import type { CollectiveCall, CollectiveResult, ResultTensor, ResultValue } from "../../control/collective";
-import type { NativeBuffer } from "../../native/types";
+import { jsOwnedMemory, type NativeBuffer } from "../../native/types";
 import { collectiveInfo, collectiveOps, redopRejection, type CollectiveOp, type DTypeName, type RedOpName } from "../../ops/table";
 import { checkShape, encodeTensor, numel, writeTensor, type JsonTensor, type WireFormat } from "../../tensor/codec";
 import { InvalidRequest, NotReady, TooLarge } from "../../errors";
@@ -102,13 +102,21 @@ function octetResponse(res: CollectiveResult, startedAt: number): Response {
     headers["x-moonring-result"] = "tensor";
     headers["x-moonring-dtype"] = r.dtype;
     headers["x-moonring-shape"] = r.shape.join(",");
-    return new Response(r.bytes.slice(), { status: 200, headers });
+    // A result in JS memory goes out as it is; native memory is released after this call: copy.
+    return new Response(jsOwnedMemory.has(r.bytes.buffer) ? r.bytes : r.bytes.slice(), { status: 200, headers });
   }
   headers["x-moonring-result"] = "list";
   const present = r.filter((t): t is ResultTensor => t !== null);
   headers["x-moonring-dtype"] = present[0]?.dtype ?? "";
   headers["x-moonring-shapes"] = JSON.stringify(r.map((t) => (t ? t.shape : null)));
   const total = present.reduce((a, t) => a + t.bytes.byteLength, 0);
+  // Blocks back to back in one JS-memory result (allgather, gather): send that span, no copy.
+  const first = present[0]?.bytes;
+  const contiguous =
+    first !== undefined &&
+    jsOwnedMemory.has(first.buffer) &&
+    present.every((t, i) => t.bytes.buffer === first.buffer && (i === 0 || t.bytes.byteOffset === present[i - 1]!.bytes.byteOffset + present[i - 1]!.bytes.byteLength));
+  if (contiguous) return new Response(new Uint8Array(first.buffer, first.byteOffset, total), { status: 200, headers });
   const out = new Uint8Array(total);
   let off = 0;
   for (const t of present) {
