@@ -67,7 +67,8 @@ pub fn build(b: *std.Build) void {
     const lib = b.addLibrary(.{ .linkage = .dynamic, .name = "moonring", .root_module = root_module });
     b.installArtifact(lib);
 
-    const tests = b.addTest(.{ .root_module = root_module });
+    const test_filters = b.option([]const []const u8, "test-filter", "Run only the Zig tests whose names contain this") orelse &.{};
+    const tests = b.addTest(.{ .root_module = root_module, .filters = test_filters });
     const run_tests = b.addRunArtifact(tests);
     run_tests.has_side_effects = true;
     const test_step = b.step("test", "Run the Zig unit and multi-rank tests");

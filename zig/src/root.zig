@@ -305,3 +305,4 @@ test {
 }
 test { _ = @import("algo/dispatch.zig"); _ = @import("reduce.zig"); }
 test { _ = @import("algo/cuda_direct.zig"); }
+test { _ = @import("transport/verbs_test.zig"); }

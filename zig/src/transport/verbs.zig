@@ -1,0 +1,774 @@
+//! The RDMA verbs link kind: one RC queue pair per peer, frames carried by RDMA write with
+//! immediate into the peer's registered ring (the eager path), credits returned by RDMA write
+//! into the sender's registered credit word (flow control: a sender never writes a slot the
+//! receiver has not released), and zero-copy writes into memory the peer advertises
+//! (`writeDirect`, for the rendezvous path).
+//!
+//! libibverbs is opened at run time (verbs/lib.zig: libibverbs.so.1, or the library that
+//! $MOONRING_VERBS_LIB names, e.g. the test provider); no library or no usable device makes
+//! `Device.open` fail with a reason the caller logs once, and the other link kinds carry on.
+//!
+//! A `Channel` looks like an shm.Ring pair to the link layer: tx `tryReserve / slotHeader /
+//! slotPayload / publish / waitSpace`, rx `peek / slotHeader / slotPayload / release /
+//! waitData`. One poller thread per device drains the completion queues (it never calls into
+//! JS, and never blocks on a link): receive completions advance a channel's arrival count and
+//! wake its link thread, send completions free send-queue entries, and an error completion
+//! (a dead peer's QP: retry exceeded) fails the channel with a text naming the peer.
+const std = @import("std");
+const sys = @import("../sys.zig");
+const wire = @import("wire.zig");
+const abi = @import("../verbs/abi.zig");
+const lib = @import("../verbs/lib.zig");
+
+pub const slot_header_bytes = 64;
+pub const slot_count_default: u32 = 16;
+pub const slot_bytes_default: u32 = 256 * 1024;
+pub const slot_count_max: u32 = 256;
+/// Channels (peers) one device serves.
+pub const channels_max = 64;
+/// Zero-copy writes one channel has in flight at once.
+const direct_writes_max = 16;
+/// Largest single RDMA write (messages above it go as several).
+const direct_write_bytes_max: u64 = 1 << 30;
+/// Regions the registration cache keeps registered.
+pub const cache_entries_max = 64;
+const poller_idle_sleep_ns_max: u64 = 1 * std.time.ns_per_ms;
+const poller_spin_polls = 2000;
+/// RC transport timeout 2^18 x 4.096 us ~ 1.07 s per try, 7 tries: a dead peer's QP errors
+/// within ~8 s even where nothing else notices (the TCP link usually notices first).
+const qp_timeout_code: u8 = 18;
+const qp_retry_count: u8 = 7;
+/// rnr_retry 7 = retry forever: receives are reposted by the poller, never starved for long.
+const qp_rnr_retry: u8 = 7;
+const qp_min_rnr_timer: u8 = 12; // 0.64 ms
+
+comptime {
+    std.debug.assert(@sizeOf(wire.FrameHeader) <= slot_header_bytes);
+    std.debug.assert(slot_count_max <= 1 << 16);
+}
+
+pub const Config = struct {
+    /// MOONRING_IB_HCA: which devices/ports, NCCL_IB_HCA style ("mlx5_0:1,mlx5_1",
+    /// "^mlx5_2" excludes, "=mlx5_0" matches the whole name). Empty: the first active port.
+    hca: []const u8 = "",
+    /// MOONRING_IB_GID_INDEX: the GID to use; null: a RoCE v2 IPv4 GID where there is one.
+    gid_index: ?u8 = null,
+    slot_count: u32 = slot_count_default,
+    slot_bytes: u32 = slot_bytes_default,
+
+    pub fn fromEnv() Config {
+        var config = Config{};
+        if (sys.getenv("MOONRING_IB_HCA")) |value| config.hca = value;
+        if (sys.getenv("MOONRING_IB_GID_INDEX")) |value| config.gid_index = std.fmt.parseInt(u8, value, 10) catch null;
+        return config;
+    }
+};
+
+pub const OpenError = error{ NoLibrary, NoDevice, OutOfMemory };
+
+/// Why a device could not be opened or a channel failed (for the log and /cluster).
+pub const Reason = struct {
+    len: usize = 0,
+    text: [256]u8 = undefined,
+
+    pub fn set(self: *Reason, comptime fmt: []const u8, args: anytype) void {
+        self.len = (std.fmt.bufPrint(&self.text, fmt, args) catch self.text[0..]).len;
+    }
+    pub fn message(self: *const Reason) []const u8 {
+        return self.text[0..self.len];
+    }
+};
+
+/// What one side tells the other in the data-plane handshake (the verbs kind's opaque blob).
+pub const Blob = extern struct {
+    magic: u32 = blob_magic,
+    qpn: u32,
+    gid: [16]u8,
+    lid: u16,
+    link_layer: u8,
+    mtu: u8,
+    slot_count: u32,
+    slot_bytes: u32,
+    reserved: u32 = 0,
+    ring_addr: u64,
+    ring_rkey: u32,
+    credit_rkey: u32,
+    credit_addr: u64,
+
+    pub const blob_magic: u32 = 0x4d52_5642; // "MRVB"
+
+    pub fn valid(self: *const Blob) bool {
+        return self.magic == blob_magic and self.slot_count > 0 and self.slot_count <= slot_count_max and
+            self.slot_bytes > 0 and self.slot_bytes <= wire.chunk_bytes_max and self.slot_bytes % 64 == 0 and
+            self.qpn != 0 and self.reserved == 0;
+    }
+};
+
+comptime {
+    std.debug.assert(@sizeOf(Blob) == 64);
+}
+
+pub const Device = struct {
+    api: lib.Api,
+    context: *abi.Context,
+    pd: *abi.Pd,
+    port: u8,
+    gid_index: u8,
+    gid: abi.Gid,
+    lid: u16,
+    link_layer: u8,
+    mtu: u32,
+    name_len: usize,
+    name_buf: [64]u8,
+    config: Config,
+    mu: std.Thread.Mutex = .{},
+    channels: [channels_max]?*Channel = [_]?*Channel{null} ** channels_max,
+    stop: std.atomic.Value(bool) = .init(false),
+    poller: ?std.Thread = null,
+    cache: RegCache = .{},
+
+    fn attach(dev: *Device, c: *Channel) bool {
+        return attachImpl(dev, c);
+    }
+
+    fn detach(dev: *Device, c: *Channel) void {
+        detachImpl(dev, c);
+    }
+
+    pub fn name(self: *const Device) []const u8 {
+        return self.name_buf[0..self.name_len];
+    }
+
+    /// Opens libibverbs, picks a device / port / GID, allocates the PD and starts the poller.
+    pub fn open(config: Config, why: *Reason) OpenError!*Device {
+        var path_buf: [512]u8 = undefined;
+        const path = lib.libraryPath(&path_buf);
+        var load_why: [256]u8 = undefined;
+        const api = lib.load(path, &load_why) catch {
+            why.set("{s}", .{lib.whyText(&load_why)});
+            return error.NoLibrary;
+        };
+        const dev = try std.heap.c_allocator.create(Device);
+        errdefer std.heap.c_allocator.destroy(dev);
+        dev.* = .{ .api = api, .context = undefined, .pd = undefined, .port = 0, .gid_index = 0, .gid = undefined, .lid = 0, .link_layer = 0, .mtu = 0, .name_len = 0, .name_buf = undefined, .config = config };
+        try dev.pick(path, why);
+        errdefer _ = dev.api.close_device(dev.context);
+        dev.pd = dev.api.alloc_pd(dev.context) orelse {
+            why.set("{s}: ibv_alloc_pd failed", .{dev.name()});
+            return error.NoDevice;
+        };
+        dev.poller = std.Thread.spawn(.{ .stack_size = 256 * 1024 }, pollLoop, .{dev}) catch {
+            _ = dev.api.dealloc_pd(dev.pd);
+            why.set("could not start the verbs poller thread", .{});
+            return error.OutOfMemory;
+        };
+        return dev;
+    }
+
+    pub fn close(dev: *Device) void {
+        dev.stop.store(true, .release);
+        if (dev.poller) |t| t.join();
+        dev.mu.lock();
+        for (dev.channels) |c| std.debug.assert(c == null);
+        dev.mu.unlock();
+        dev.cache.clear(&dev.api);
+        _ = dev.api.dealloc_pd(dev.pd);
+        _ = dev.api.close_device(dev.context);
+        std.heap.c_allocator.destroy(dev);
+    }
+
+    /// The first device and active port that MOONRING_IB_HCA admits, and its GID.
+    fn pick(dev: *Device, path: []const u8, why: *Reason) OpenError!void {
+        var count: c_int = 0;
+        const list = dev.api.get_device_list(&count) orelse {
+            why.set("{s}: no RDMA devices (ibv_get_device_list failed)", .{path});
+            return error.NoDevice;
+        };
+        defer dev.api.free_device_list(list);
+        if (count <= 0) {
+            why.set("{s}: no RDMA devices", .{path});
+            return error.NoDevice;
+        }
+        var i: usize = 0;
+        while (i < @as(usize, @intCast(count))) : (i += 1) {
+            const device = list[i] orelse continue;
+            const dev_name = std.mem.span(dev.api.get_device_name(device) orelse continue);
+            const context = dev.api.open_device(device) orelse continue;
+            if (dev.pickPort(context, dev_name)) {
+                dev.context = context;
+                const n = @min(dev_name.len, dev.name_buf.len);
+                @memcpy(dev.name_buf[0..n], dev_name[0..n]);
+                dev.name_len = n;
+                return;
+            }
+            _ = dev.api.close_device(context);
+        }
+        why.set("{s}: no active port on {d} device(s) matching MOONRING_IB_HCA='{s}'", .{ path, count, dev.config.hca });
+        return error.NoDevice;
+    }
+
+    fn pickPort(dev: *Device, context: *abi.Context, dev_name: []const u8) bool {
+        var attr: abi.DeviceAttr = .{};
+        if (dev.api.query_device(context, &attr) != 0) return false;
+        var port: u8 = 1;
+        while (port <= attr.phys_port_cnt) : (port += 1) {
+            if (!hcaAdmits(dev.config.hca, dev_name, port)) continue;
+            var pa: abi.PortAttr = .{};
+            if (dev.api.query_port(context, port, &pa) != 0 or pa.state != abi.port_active) continue;
+            const gid_index = pickGid(&dev.api, context, port, pa, dev.config.gid_index) orelse continue;
+            var gid: abi.Gid = undefined;
+            if (dev.api.query_gid(context, port, gid_index, &gid) != 0) continue;
+            dev.port = port;
+            dev.gid_index = gid_index;
+            dev.gid = gid;
+            dev.lid = pa.lid;
+            dev.link_layer = pa.link_layer;
+            dev.mtu = pa.active_mtu;
+            return true;
+        }
+        return false;
+    }
+};
+
+/// NCCL_IB_HCA syntax: comma-separated `name[:port]` entries; a leading '^' excludes them, a
+/// leading '=' matches names exactly (else by prefix). Empty admits everything.
+pub fn hcaAdmits(spec_in: []const u8, dev_name: []const u8, port: u8) bool {
+    if (spec_in.len == 0) return true;
+    var spec = spec_in;
+    const exclude = spec[0] == '^';
+    if (exclude) spec = spec[1..];
+    const exact = spec.len > 0 and spec[0] == '=';
+    if (exact) spec = spec[1..];
+    var it = std.mem.tokenizeScalar(u8, spec, ',');
+    var matched = false;
+    while (it.next()) |entry| {
+        var parts = std.mem.splitScalar(u8, entry, ':');
+        const want_name = parts.first();
+        const want_port: ?u8 = if (parts.next()) |p| std.fmt.parseInt(u8, p, 10) catch null else null;
+        const name_ok = if (exact) std.mem.eql(u8, dev_name, want_name) else std.mem.startsWith(u8, dev_name, want_name);
+        if (name_ok and (want_port == null or want_port.? == port)) matched = true;
+    }
+    return matched != exclude;
+}
+
+/// The GID index to use: the one configured, else (Ethernet / RoCE) the first IPv4-mapped GID
+/// that sysfs calls "RoCE v2" (or any IPv4-mapped one where sysfs says nothing), else 0 (IB).
+fn pickGid(api: *const lib.Api, context: *abi.Context, port: u8, pa: abi.PortAttr, configured: ?u8) ?u8 {
+    if (configured) |index| return if (index < pa.gid_tbl_len) index else null;
+    if (pa.link_layer != abi.link_layer_ethernet) return 0;
+    var fallback: ?u8 = null;
+    var index: u8 = 0;
+    while (index < pa.gid_tbl_len and index < 255) : (index += 1) {
+        var gid: abi.Gid = undefined;
+        if (api.query_gid(context, port, index, &gid) != 0) continue;
+        if (abi.gidIpv4(gid) == null) continue;
+        switch (gidType(context, port, index)) {
+            .roce_v2 => return index,
+            .unknown => if (fallback == null) {
+                fallback = index;
+            },
+            .other => {},
+        }
+    }
+    return fallback;
+}
+
+const GidType = enum { roce_v2, other, unknown };
+
+/// /sys/class/infiniband/<dev>/ports/<port>/gid_attrs/types/<index> (absent for the test provider).
+fn gidType(context: *abi.Context, port: u8, index: u8) GidType {
+    const dev_name = std.mem.sliceTo(&context.device.name, 0);
+    var path_buf: [256]u8 = undefined;
+    const path = std.fmt.bufPrint(&path_buf, "/sys/class/infiniband/{s}/ports/{d}/gid_attrs/types/{d}", .{ dev_name, port, index }) catch return .unknown;
+    var file = std.fs.openFileAbsolute(path, .{}) catch return .unknown;
+    defer file.close();
+    var text: [32]u8 = undefined;
+    const n = file.read(&text) catch return .unknown;
+    return if (std.mem.indexOf(u8, text[0..n], "v2") != null) .roce_v2 else .other;
+}
+
+// ---- registration cache ----------------------------------------------------------------------
+
+/// Memory regions registered for zero-copy, keyed by address range: a lookup that falls inside
+/// a cached region reuses it; a miss registers the page-aligned range, evicting the least
+/// recently used region nobody holds. (NCCL / UCX keep such a cache: registering costs
+/// a system call and page pinning, far too much per message.)
+pub const RegCache = struct {
+    mu: std.Thread.Mutex = .{},
+    entries: [cache_entries_max]Entry = [_]Entry{.{}} ** cache_entries_max,
+    clock: u64 = 0,
+    hits: u64 = 0,
+    misses: u64 = 0,
+
+    const Entry = struct {
+        start: usize = 0,
+        len: usize = 0,
+        mr: ?*abi.Mr = null,
+        users: u32 = 0,
+        last_use: u64 = 0,
+    };
+
+    pub const Handle = struct { index: u32, lkey: u32, rkey: u32 };
+
+    /// A registration covering [addr, addr + len), held until `release`.
+    pub fn acquire(cache: *RegCache, dev: *Device, addr: usize, len: usize) ?Handle {
+        std.debug.assert(len > 0);
+        cache.mu.lock();
+        defer cache.mu.unlock();
+        cache.clock += 1;
+        for (&cache.entries, 0..) |*e, i| {
+            if (e.mr != null and addr >= e.start and addr + len <= e.start + e.len) {
+                e.users += 1;
+                e.last_use = cache.clock;
+                cache.hits += 1;
+                return .{ .index = @intCast(i), .lkey = e.mr.?.lkey, .rkey = e.mr.?.rkey };
+            }
+        }
+        cache.misses += 1;
+        const slot = cache.victim() orelse return null;
+        const e = &cache.entries[slot];
+        if (e.mr) |old| _ = dev.api.dereg_mr(old);
+        e.* = .{};
+        const page: usize = 4096;
+        const start = addr & ~(page - 1);
+        const end = std.mem.alignForward(usize, addr + len, page);
+        const access = abi.access_local_write | abi.access_remote_write | abi.access_remote_read;
+        const mr = dev.api.reg_mr(dev.pd, @ptrFromInt(start), end - start, access) orelse return null;
+        e.* = .{ .start = start, .len = end - start, .mr = mr, .users = 1, .last_use = cache.clock };
+        return .{ .index = @intCast(slot), .lkey = mr.lkey, .rkey = mr.rkey };
+    }
+
+    pub fn release(cache: *RegCache, handle: Handle) void {
+        cache.mu.lock();
+        defer cache.mu.unlock();
+        const e = &cache.entries[handle.index];
+        std.debug.assert(e.users > 0);
+        e.users -= 1;
+    }
+
+    /// Drops every region containing [addr, addr + len): its memory is being freed.
+    pub fn forget(cache: *RegCache, dev: *Device, addr: usize, len: usize) void {
+        cache.mu.lock();
+        defer cache.mu.unlock();
+        for (&cache.entries) |*e| {
+            if (e.mr == null or e.users > 0) continue;
+            if (addr < e.start + e.len and e.start < addr + len) {
+                _ = dev.api.dereg_mr(e.mr.?);
+                e.* = .{};
+            }
+        }
+    }
+
+    fn victim(cache: *RegCache) ?usize {
+        var best: ?usize = null;
+        for (cache.entries, 0..) |e, i| {
+            if (e.mr == null) return i;
+            if (e.users > 0) continue;
+            if (best == null or e.last_use < cache.entries[best.?].last_use) best = i;
+        }
+        return best;
+    }
+
+    fn clear(cache: *RegCache, api: *const lib.Api) void {
+        for (&cache.entries) |*e| {
+            if (e.mr) |mr| _ = api.dereg_mr(mr);
+            e.* = .{};
+        }
+    }
+};
+
+// ---- channels --------------------------------------------------------------------------------
+
+const wr_kind_ring: u64 = 1;
+const wr_kind_credit: u64 = 2;
+const wr_kind_direct: u64 = 3;
+
+/// Page-aligned registered memory.
+const Region = struct {
+    bytes: []align(4096) u8,
+    mr: *abi.Mr,
+
+    fn alloc(dev: *Device, len: usize, access: c_int) ?Region {
+        const bytes = std.heap.page_allocator.alignedAlloc(u8, 4096, std.mem.alignForward(usize, len, 4096)) catch return null;
+        @memset(bytes, 0);
+        const mr = dev.api.reg_mr(dev.pd, bytes.ptr, bytes.len, access) orelse {
+            std.heap.page_allocator.free(bytes);
+            return null;
+        };
+        return .{ .bytes = bytes, .mr = mr };
+    }
+
+    fn free(region: Region, dev: *Device) void {
+        _ = dev.api.dereg_mr(region.mr);
+        std.heap.page_allocator.free(region.bytes);
+    }
+};
+
+pub const Channel = struct {
+    dev: *Device,
+    peer: u32,
+    cq: *abi.Cq,
+    qp: *abi.Qp,
+    slot_count: u32,
+    slot_bytes: u32,
+    /// The peer writes frames here.
+    rx: Region,
+    /// Frames are assembled here before the NIC reads them.
+    tx: Region,
+    /// [0]: the peer's released count, written by the peer's NIC. [8]: our released count, the
+    /// source of the credit write (inline).
+    credit: Region,
+    remote: ?Blob = null,
+    sq_depth: u32,
+    post_mu: std.Thread.Mutex = .{},
+    sq_inflight: std.atomic.Value(u32) = .init(0),
+    tx_head: u32 = 0,
+    /// Frames that have landed in `rx` (futex word) and frames released.
+    arrived: std.atomic.Value(u32) = .init(0),
+    consumed: u32 = 0,
+    direct_done: std.atomic.Value(u64) = .init(0),
+    direct_posted: u64 = 0,
+    failed: std.atomic.Value(bool) = .init(false),
+    reason: Reason = .{},
+
+    fn stride(c: *const Channel) u64 {
+        return slot_header_bytes + @as(u64, c.slot_bytes);
+    }
+
+    /// A channel to `peer` with its QP in INIT and receives posted; `blob()` is what the peer
+    /// needs, `connect()` takes the peer's.
+    pub fn create(dev: *Device, peer: u32, why: *Reason) error{ OutOfMemory, NoDevice }!*Channel {
+        const n = dev.config.slot_count;
+        std.debug.assert(n > 0 and n <= slot_count_max and dev.config.slot_bytes % 64 == 0);
+        const c = try std.heap.c_allocator.create(Channel);
+        errdefer std.heap.c_allocator.destroy(c);
+        const ring_bytes = @as(usize, n) * (slot_header_bytes + dev.config.slot_bytes);
+        const local = abi.access_local_write;
+        const remote = abi.access_local_write | abi.access_remote_write;
+        const rx = Region.alloc(dev, ring_bytes, remote) orelse return fail(why, "ring registration ({d} bytes) failed on {s}", .{ ring_bytes, dev.name() });
+        errdefer rx.free(dev);
+        const tx = Region.alloc(dev, ring_bytes, local) orelse return fail(why, "staging registration failed on {s}", .{dev.name()});
+        errdefer tx.free(dev);
+        const credit = Region.alloc(dev, 4096, remote) orelse return fail(why, "credit registration failed on {s}", .{dev.name()});
+        errdefer credit.free(dev);
+        const sq_depth = 2 * n + direct_writes_max + 2;
+        const cq = dev.api.create_cq(dev.context, @intCast(sq_depth + n + 4), null, null, 0) orelse return fail(why, "ibv_create_cq failed on {s}", .{dev.name()});
+        errdefer _ = dev.api.destroy_cq(cq);
+        var init_attr = abi.QpInitAttr{ .send_cq = cq, .recv_cq = cq, .cap = .{ .max_send_wr = sq_depth, .max_recv_wr = n, .max_send_sge = 1, .max_recv_sge = 1, .max_inline_data = 64 }, .sq_sig_all = 1 };
+        const qp = dev.api.create_qp(dev.pd, &init_attr) orelse return fail(why, "ibv_create_qp failed on {s}", .{dev.name()});
+        errdefer _ = dev.api.destroy_qp(qp);
+        c.* = .{ .dev = dev, .peer = peer, .cq = cq, .qp = qp, .slot_count = n, .slot_bytes = dev.config.slot_bytes, .rx = rx, .tx = tx, .credit = credit, .sq_depth = sq_depth };
+        var attr = abi.QpAttr{ .qp_state = .init, .port_num = dev.port, .qp_access_flags = @intCast(abi.access_local_write | abi.access_remote_write | abi.access_remote_read) };
+        if (dev.api.modify_qp(qp, &attr, abi.qp_state | abi.qp_pkey_index | abi.qp_port | abi.qp_access_flags) != 0)
+            return fail(why, "QP to INIT failed on {s}", .{dev.name()});
+        var i: u32 = 0;
+        while (i < n) : (i += 1) {
+            if (!c.postReceive()) return fail(why, "ibv_post_recv failed on {s}", .{dev.name()});
+        }
+        if (!dev.attach(c)) return fail(why, "more than {d} verbs channels on {s}", .{ channels_max, dev.name() });
+        return c;
+    }
+
+    fn fail(why: *Reason, comptime fmt: []const u8, args: anytype) error{NoDevice} {
+        why.set(fmt, args);
+        return error.NoDevice;
+    }
+
+    pub fn blob(c: *const Channel) Blob {
+        return .{
+            .qpn = c.qp.qp_num,
+            .gid = c.dev.gid.raw,
+            .lid = c.dev.lid,
+            .link_layer = c.dev.link_layer,
+            .mtu = @intCast(c.dev.mtu),
+            .slot_count = c.slot_count,
+            .slot_bytes = c.slot_bytes,
+            .ring_addr = @intFromPtr(c.rx.bytes.ptr),
+            .ring_rkey = c.rx.mr.rkey,
+            .credit_addr = @intFromPtr(c.credit.bytes.ptr),
+            .credit_rkey = c.credit.mr.rkey,
+        };
+    }
+
+    /// INIT -> RTR -> RTS toward the peer's QP.
+    pub fn connect(c: *Channel, remote: Blob, why: *Reason) error{NoDevice}!void {
+        if (!remote.valid() or remote.slot_count != c.slot_count or remote.slot_bytes != c.slot_bytes)
+            return fail(why, "rank {d} sent a bad verbs handshake", .{c.peer});
+        if (remote.link_layer != c.dev.link_layer)
+            return fail(why, "rank {d} is on another link layer ({d} vs {d})", .{ c.peer, remote.link_layer, c.dev.link_layer });
+        var attr = abi.QpAttr{
+            .qp_state = .rtr,
+            .path_mtu = @min(c.dev.mtu, remote.mtu),
+            .dest_qp_num = remote.qpn,
+            .max_dest_rd_atomic = 1,
+            .min_rnr_timer = qp_min_rnr_timer,
+        };
+        attr.ah_attr = .{ .port_num = c.dev.port, .dlid = remote.lid };
+        if (c.dev.link_layer == abi.link_layer_ethernet) {
+            attr.ah_attr.is_global = 1;
+            attr.ah_attr.grh = .{ .dgid = .{ .raw = remote.gid }, .sgid_index = c.dev.gid_index, .hop_limit = 64 };
+        }
+        const rtr_mask = abi.qp_state | abi.qp_av | abi.qp_path_mtu | abi.qp_dest_qpn | abi.qp_rq_psn | abi.qp_max_dest_rd_atomic | abi.qp_min_rnr_timer;
+        if (c.dev.api.modify_qp(c.qp, &attr, rtr_mask) != 0) return fail(why, "QP to RTR toward rank {d} failed on {s}", .{ c.peer, c.dev.name() });
+        attr = .{ .qp_state = .rts, .timeout = qp_timeout_code, .retry_cnt = qp_retry_count, .rnr_retry = qp_rnr_retry, .max_rd_atomic = 1 };
+        const rts_mask = abi.qp_state | abi.qp_sq_psn | abi.qp_timeout | abi.qp_retry_cnt | abi.qp_rnr_retry | abi.qp_max_qp_rd_atomic;
+        if (c.dev.api.modify_qp(c.qp, &attr, rts_mask) != 0) return fail(why, "QP to RTS toward rank {d} failed on {s}", .{ c.peer, c.dev.name() });
+        c.remote = remote;
+    }
+
+    pub fn destroy(c: *Channel) void {
+        const dev = c.dev;
+        dev.detach(c);
+        var attr = abi.QpAttr{ .qp_state = .err };
+        _ = dev.api.modify_qp(c.qp, &attr, abi.qp_state);
+        _ = dev.api.destroy_qp(c.qp);
+        _ = dev.api.destroy_cq(c.cq);
+        c.rx.free(dev);
+        c.tx.free(dev);
+        c.credit.free(dev);
+        std.heap.c_allocator.destroy(c);
+    }
+
+    pub fn isFailed(c: *const Channel) bool {
+        return c.failed.load(.acquire);
+    }
+
+    /// Fails the channel once (the first reason wins) and wakes its waiters.
+    pub fn failWith(c: *Channel, comptime fmt: []const u8, args: anytype) void {
+        c.post_mu.lock();
+        defer c.post_mu.unlock();
+        if (c.failed.load(.acquire)) return;
+        c.reason.set(fmt, args);
+        c.failed.store(true, .release);
+        _ = c.arrived.fetchAdd(0, .seq_cst);
+        std.Thread.Futex.wake(&c.arrived, std.math.maxInt(u32));
+    }
+
+    fn postReceive(c: *Channel) bool {
+        var wr = abi.RecvWr{ .wr_id = wr_kind_ring, .sg_list = null, .num_sge = 0 };
+        return c.dev.api.postRecv(c.qp, &wr) == 0;
+    }
+
+    fn postLocked(c: *Channel, wr: *abi.SendWr) bool {
+        _ = c.sq_inflight.fetchAdd(1, .acq_rel);
+        const rc = c.dev.api.postSend(c.qp, wr);
+        if (rc != 0) {
+            _ = c.sq_inflight.fetchSub(1, .acq_rel);
+            return false;
+        }
+        return true;
+    }
+
+    fn peerReleased(c: *const Channel) u32 {
+        const word: *const volatile u64 = @ptrCast(@alignCast(c.credit.bytes.ptr));
+        return @truncate(word.*);
+    }
+
+    // ---- producer (one sender at a time: the link layer serializes senders) ----
+
+    /// A free slot of the peer's ring, or null when the peer has not released one yet (or the
+    /// send queue is full).
+    pub fn tryReserve(c: *Channel) ?u32 {
+        if (c.tx_head -% c.peerReleased() >= c.slot_count) return null;
+        if (c.sq_inflight.load(.acquire) + 2 > c.sq_depth) return null;
+        return c.tx_head;
+    }
+
+    pub fn waitSpace(c: *Channel, timeout_ns: u64) void {
+        _ = c;
+        std.Thread.sleep(@min(timeout_ns, 20 * std.time.ns_per_us));
+    }
+
+    pub fn txHeader(c: *Channel, index: u32) *wire.FrameHeader {
+        return @ptrCast(@alignCast(c.tx.bytes.ptr + (index % c.slot_count) * c.stride()));
+    }
+
+    pub fn txPayload(c: *Channel, index: u32) [*]u8 {
+        return c.tx.bytes.ptr + (index % c.slot_count) * c.stride() + slot_header_bytes;
+    }
+
+    /// RDMA-writes slot `index` (header + chunk) into the peer's ring, with the slot number as
+    /// the immediate: the peer's receive completion says it has landed.
+    pub fn publish(c: *Channel, index: u32) bool {
+        std.debug.assert(index == c.tx_head);
+        const remote = c.remote.?;
+        const len: u32 = slot_header_bytes + c.txHeader(index).chunk_len;
+        const offset = (index % c.slot_count) * c.stride();
+        var sge = abi.Sge{ .addr = @intFromPtr(c.tx.bytes.ptr) + offset, .length = len, .lkey = c.tx.mr.lkey };
+        var wr = abi.SendWr{ .wr_id = wr_kind_ring, .sg_list = @ptrCast(&sge), .num_sge = 1, .opcode = abi.wr_rdma_write_with_imm, .send_flags = abi.send_signaled, .imm_data = abi.immEncode(index) };
+        wr.wr = .{ .rdma = .{ .remote_addr = remote.ring_addr + offset, .rkey = remote.ring_rkey } };
+        c.post_mu.lock();
+        defer c.post_mu.unlock();
+        if (c.failed.load(.acquire)) return false;
+        if (!c.postLocked(&wr)) return false;
+        c.tx_head +%= 1;
+        return true;
+    }
+
+    // ---- consumer (the link thread) ----
+
+    pub fn peek(c: *Channel) ?u32 {
+        if (c.arrived.load(.acquire) == c.consumed) return null;
+        return c.consumed;
+    }
+
+    pub fn rxHeader(c: *Channel, index: u32) *const wire.FrameHeader {
+        return @ptrCast(@alignCast(c.rx.bytes.ptr + (index % c.slot_count) * c.stride()));
+    }
+
+    pub fn rxPayload(c: *Channel, index: u32) [*]const u8 {
+        return c.rx.bytes.ptr + (index % c.slot_count) * c.stride() + slot_header_bytes;
+    }
+
+    /// Frees slot `index` and tells the peer (its credit word) so it may reuse it.
+    pub fn release(c: *Channel, index: u32) bool {
+        std.debug.assert(index == c.consumed);
+        c.consumed +%= 1;
+        const source: *u64 = @ptrCast(@alignCast(c.credit.bytes.ptr + 8));
+        c.post_mu.lock();
+        defer c.post_mu.unlock();
+        if (c.failed.load(.acquire)) return false;
+        // The send queue has room: ring writes and credits are each bounded by slot_count.
+        source.* = c.consumed;
+        var sge = abi.Sge{ .addr = @intFromPtr(source), .length = 8, .lkey = c.credit.mr.lkey };
+        var wr = abi.SendWr{ .wr_id = wr_kind_credit, .sg_list = @ptrCast(&sge), .num_sge = 1, .opcode = abi.wr_rdma_write, .send_flags = abi.send_signaled | abi.send_inline };
+        wr.wr = .{ .rdma = .{ .remote_addr = c.remote.?.credit_addr, .rkey = c.remote.?.credit_rkey } };
+        return c.postLocked(&wr);
+    }
+
+    pub fn waitData(c: *Channel, timeout_ns: u64) void {
+        const seen = c.arrived.load(.acquire);
+        if (seen != c.consumed or c.failed.load(.acquire)) return;
+        std.Thread.Futex.timedWait(&c.arrived, seen, timeout_ns) catch {};
+    }
+
+    pub fn wakeAll(c: *Channel) void {
+        std.Thread.Futex.wake(&c.arrived, std.math.maxInt(u32));
+    }
+
+    // ---- zero copy ----
+
+    /// RDMA-writes `local` to (remote_addr, rkey) of the peer and waits for the write to
+    /// complete locally (the bytes have left `local`). A frame published after this returns
+    /// lands after these bytes (RC ordering): that frame is the receiver's completion.
+    pub fn writeDirect(c: *Channel, local: []const u8, remote_addr: u64, rkey: u32, abort: anytype) bool {
+        if (local.len == 0) return true;
+        const handle = c.dev.cache.acquire(c.dev, @intFromPtr(local.ptr), local.len) orelse return false;
+        defer c.dev.cache.release(handle);
+        var offset: u64 = 0;
+        var target: u64 = 0;
+        while (offset < local.len) {
+            const len: u32 = @intCast(@min(direct_write_bytes_max, local.len - offset));
+            while (c.sq_inflight.load(.acquire) + 2 > c.sq_depth) {
+                if (c.isFailed() or abort.check()) return false;
+                std.Thread.sleep(20 * std.time.ns_per_us);
+            }
+            var sge = abi.Sge{ .addr = @intFromPtr(local.ptr) + offset, .length = len, .lkey = handle.lkey };
+            var wr = abi.SendWr{ .wr_id = wr_kind_direct, .sg_list = @ptrCast(&sge), .num_sge = 1, .opcode = abi.wr_rdma_write, .send_flags = abi.send_signaled };
+            wr.wr = .{ .rdma = .{ .remote_addr = remote_addr + offset, .rkey = rkey } };
+            c.post_mu.lock();
+            const ok = !c.failed.load(.acquire) and c.postLocked(&wr);
+            if (ok) {
+                c.direct_posted += 1;
+                target = c.direct_posted;
+            }
+            c.post_mu.unlock();
+            if (!ok) return false;
+            offset += len;
+        }
+        while (c.direct_done.load(.acquire) < target) {
+            if (c.isFailed() or abort.check()) return false;
+            std.Thread.sleep(10 * std.time.ns_per_us);
+        }
+        return true;
+    }
+
+    /// Registers [addr, addr + len) for the peer to write into (the rendezvous receiver's
+    /// advertisement); release the handle once the message is complete.
+    pub fn expose(c: *Channel, addr: usize, len: usize) ?RegCache.Handle {
+        return c.dev.cache.acquire(c.dev, addr, len);
+    }
+
+    pub fn unexpose(c: *Channel, handle: RegCache.Handle) void {
+        c.dev.cache.release(handle);
+    }
+
+    /// One poll of this channel's CQ (the poller thread, under dev.mu). True when it found work.
+    fn drain(c: *Channel) bool {
+        var wcs: [32]abi.Wc = undefined;
+        const n = c.dev.api.pollCq(c.cq, &wcs);
+        if (n < 0) {
+            c.failWith("completion queue toward rank {d} failed (overrun?)", .{c.peer});
+            return false;
+        }
+        for (wcs[0..@intCast(n)]) |wc| c.complete(wc);
+        return n > 0;
+    }
+
+    fn complete(c: *Channel, wc: abi.Wc) void {
+        if (wc.status != .success) {
+            // After the first error the rest are flushes; the first says why.
+            if (wc.status != .wr_flush_err or !c.isFailed())
+                c.failWith("RDMA toward rank {d} failed: {s} (status {d}, vendor error {d})", .{ c.peer, c.dev.api.statusText(wc.status), @intFromEnum(wc.status), wc.vendor_err });
+            return;
+        }
+        if (wc.opcode == abi.wc_recv_rdma_with_imm) {
+            const expected = c.arrived.load(.monotonic);
+            if (abi.immDecode(wc.imm_data) != expected) {
+                c.failWith("rank {d} wrote ring slot {d}, expected {d}", .{ c.peer, abi.immDecode(wc.imm_data), expected });
+                return;
+            }
+            if (!c.postReceive()) c.failWith("could not repost a receive toward rank {d}", .{c.peer});
+            _ = c.arrived.fetchAdd(1, .release);
+            std.Thread.Futex.wake(&c.arrived, 1);
+            return;
+        }
+        _ = c.sq_inflight.fetchSub(1, .acq_rel);
+        if (wc.wr_id == wr_kind_direct) _ = c.direct_done.fetchAdd(1, .release);
+    }
+};
+
+fn pollLoop(dev: *Device) void {
+    var idle_polls: u64 = 0;
+    var sleep_ns: u64 = 10 * std.time.ns_per_us;
+    while (!dev.stop.load(.acquire)) {
+        var busy = false;
+        dev.mu.lock();
+        for (dev.channels) |maybe| {
+            if (maybe) |c| busy = c.drain() or busy;
+        }
+        dev.mu.unlock();
+        if (busy) {
+            idle_polls = 0;
+            sleep_ns = 10 * std.time.ns_per_us;
+            continue;
+        }
+        idle_polls += 1;
+        if (idle_polls < poller_spin_polls) {
+            std.atomic.spinLoopHint();
+            continue;
+        }
+        std.Thread.sleep(sleep_ns);
+        sleep_ns = @min(sleep_ns * 2, poller_idle_sleep_ns_max);
+    }
+}
+
+fn attachImpl(dev: *Device, c: *Channel) bool {
+    dev.mu.lock();
+    defer dev.mu.unlock();
+    for (&dev.channels) |*slot| {
+        if (slot.* == null) {
+            slot.* = c;
+            return true;
+        }
+    }
+    return false;
+}
+
+fn detachImpl(dev: *Device, c: *Channel) void {
+    dev.mu.lock();
+    defer dev.mu.unlock();
+    for (&dev.channels) |*slot| {
+        if (slot.* == c) slot.* = null;
+    }
+}
