@@ -85,7 +85,7 @@ pub fn build(b: *std.Build) void {
     const install_fakeverbs = b.addInstallArtifact(fakeverbs, .{});
     b.getInstallStep().dependOn(&install_fakeverbs.step);
     const fakeverbs_path = b.getInstallPath(.lib, "libmoonring_fakeverbs.so");
-    run_tests.setEnvironmentVariable("MOONRING_VERBS_LIB", fakeverbs_path);
+    run_tests.setEnvironmentVariable("MOONRING_TEST_VERBS_LIB", fakeverbs_path);
     run_tests.step.dependOn(&install_fakeverbs.step);
     const conformance = b.addTest(.{ .root_module = b.createModule(.{
         .root_source_file = b.path("src/verbs/conformance_test.zig"),

@@ -1317,3 +1317,59 @@ test "start: the last rank to start a small board op runs it on its own thread, 
     world.engine(1).release(t1);
     for (0..3) |r| for (x[r], 0..) |v, k| try testing.expectEqual(@as(f64, @floatFromInt(200 + k)), v);
 }
+
+// ---- the verbs link kind, against the test provider ($MOONRING_VERBS_LIB, set by zig build test) ----
+
+const verbs_lib = @import("verbs/lib.zig");
+
+fn verbsProvider() bool {
+    return verbs_lib.useTestProvider();
+}
+
+test "verbs: ordered messages of many sizes, late receives and a tiny stash, 2..5 ranks (test provider)" {
+    if (!verbsProvider()) return error.SkipZigTest;
+    defer verbs_lib.dropTestProvider();
+    try runMessages(.verbs, 2, .{ .messages = 20, .size_max = 200_000, .post_late = false }, 0);
+    try runMessages(.verbs, 3, .{ .messages = 10, .size_max = 70_000, .post_late = false }, 0);
+    try runMessages(.verbs, 5, .{ .messages = 6, .size_max = 20_000, .post_late = false }, 0);
+    try runMessages(.verbs, 3, .{ .messages = 10, .size_max = 100_000, .post_late = true }, 0);
+    try runMessages(.verbs, 3, .{ .messages = 6, .size_max = 300_000, .post_late = true, .one_way = true }, 32 * 1024);
+}
+
+test "collectives over verbs, 2..5 ranks, roots 0 and last (test provider)" {
+    if (!verbsProvider()) return error.SkipZigTest;
+    defer verbs_lib.dropTestProvider();
+    for (2..ranks_max + 1) |n| try runCollectives(.verbs, @intCast(n));
+}
+
+test "transport choice with verbs: auto takes verbs between host ids and shm within one; forced verbs on one host" {
+    if (!verbsProvider()) return error.SkipZigTest;
+    defer verbs_lib.dropTestProvider();
+    const Case = struct { mode: Mode, same_host: bool, kind: enum { shm, verbs } };
+    for ([_]Case{
+        .{ .mode = .auto, .same_host = true, .kind = .shm },
+        .{ .mode = .auto, .same_host = false, .kind = .verbs },
+        .{ .mode = .verbs, .same_host = true, .kind = .verbs },
+    }) |case| {
+        var world = try World.init(2, .{ .mode = case.mode, .runner = dualRunner });
+        defer world.deinit();
+        if (!case.same_host) {
+            try world.engine(0).setPeer(1, "127.0.0.1", world.engine(1).dataPort(), 0xaaaa);
+            try world.engine(1).setPeer(0, "127.0.0.1", world.engine(0).dataPort(), 0xbbbb);
+        }
+        const ping = Tagged{ .kind = 0, .a = 2, .b = 0 };
+        const id = nextOpId();
+        try world.expectAllOk(&.{ customOp(id, 3, &ping, 10_000), customOp(id, 3, &ping, 10_000) });
+        for (0..2) |r| {
+            const counts = world.engine(r).net.linkCounts();
+            try testing.expectEqual(@as(u32, 0), counts.tcp);
+            if (case.kind == .verbs) {
+                try testing.expect(counts.verbs >= 1);
+                try testing.expectEqual(@as(u32, 0), counts.shm);
+            } else {
+                try testing.expect(counts.shm >= 1);
+                try testing.expectEqual(@as(u32, 0), counts.verbs);
+            }
+        }
+    }
+}

@@ -8,6 +8,7 @@ const wire = @import("wire.zig");
 pub const all = [_]*const link_kind.Ops{
     &@import("kind_tcp.zig").ops,
     &@import("kind_shm.zig").ops,
+    &@import("kind_verbs.zig").ops,
 };
 
 /// The index in `all` of the base kind, which every rank starts and accepts.

@@ -332,11 +332,11 @@ pub const Net = struct {
     }
 
     /// Live links by kind (tests and diagnostics).
-    pub fn linkCounts(net: *Net) struct { tcp: u32, shm: u32 } {
+    pub fn linkCounts(net: *Net) struct { tcp: u32, shm: u32, verbs: u32 } {
         net.mu.lock();
         defer net.mu.unlock();
         const counts = net.links.linkCountsLocked();
-        return .{ .tcp = counts[kindIndex("tcp")], .shm = counts[kindIndex("shm")] };
+        return .{ .tcp = counts[kindIndex("tcp")], .shm = counts[kindIndex("shm")], .verbs = counts[kindIndex("verbs")] };
     }
 
     fn kindIndex(comptime name: []const u8) usize {

@@ -382,6 +382,11 @@ pub const RegCache = struct {
 const wr_kind_ring: u64 = 1;
 const wr_kind_credit: u64 = 2;
 const wr_kind_direct: u64 = 3;
+/// The credit region: [0] the peer's released count (written by the peer), [8] the source of
+/// our credit writes, [16] the peer's "ready" flag, [24] the source of our ready write.
+const ready_offset = 16;
+const ready_source_offset = 24;
+const ready_value: u64 = 0x5245_4144_5921; // "READY!"
 
 /// Page-aligned registered memory.
 const Region = struct {
@@ -430,6 +435,10 @@ pub const Channel = struct {
     direct_posted: u64 = 0,
     failed: std.atomic.Value(bool) = .init(false),
     reason: Reason = .{},
+    /// The acceptor's side waits for the dialer's "ready" write before its first frame: a
+    /// frame sent to a QP not yet in RTR is dropped by hardware and only retransmitted after
+    /// the transport timeout (~1 s).
+    wait_ready: bool = false,
 
     fn stride(c: *const Channel) u64 {
         return slot_header_bytes + @as(u64, c.slot_bytes);
@@ -569,6 +578,11 @@ pub const Channel = struct {
     /// A free slot of the peer's ring, or null when the peer has not released one yet (or the
     /// send queue is full).
     pub fn tryReserve(c: *Channel) ?u32 {
+        if (c.wait_ready) {
+            const flag: *const volatile u64 = @ptrCast(@alignCast(c.credit.bytes.ptr + ready_offset));
+            if (flag.* != ready_value) return null;
+            c.wait_ready = false;
+        }
         if (c.tx_head -% c.peerReleased() >= c.slot_count) return null;
         if (c.sq_inflight.load(.acquire) + 2 > c.sq_depth) return null;
         return c.tx_head;
@@ -603,6 +617,18 @@ pub const Channel = struct {
         if (!c.postLocked(&wr)) return false;
         c.tx_head +%= 1;
         return true;
+    }
+
+    /// Dialer side, once connected: tells the peer (which connected first) it may send.
+    pub fn markPeerReady(c: *Channel) bool {
+        const source: *u64 = @ptrCast(@alignCast(c.credit.bytes.ptr + ready_source_offset));
+        source.* = ready_value;
+        var sge = abi.Sge{ .addr = @intFromPtr(source), .length = 8, .lkey = c.credit.mr.lkey };
+        var wr = abi.SendWr{ .wr_id = wr_kind_credit, .sg_list = @ptrCast(&sge), .num_sge = 1, .opcode = abi.wr_rdma_write, .send_flags = abi.send_signaled | abi.send_inline };
+        wr.wr = .{ .rdma = .{ .remote_addr = c.remote.?.credit_addr + ready_offset, .rkey = c.remote.?.credit_rkey } };
+        c.post_mu.lock();
+        defer c.post_mu.unlock();
+        return !c.failed.load(.acquire) and c.postLocked(&wr);
     }
 
     // ---- consumer (the link thread) ----

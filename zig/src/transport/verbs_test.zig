@@ -7,7 +7,7 @@ const lib = @import("../verbs/lib.zig");
 const testing = std.testing;
 
 fn providerNamed() bool {
-    return std.posix.getenv(lib.env_library) != null;
+    return lib.useTestProvider();
 }
 
 const NoAbort = struct {
@@ -76,6 +76,7 @@ fn recvFrame(c: *verbs.Channel, out: []u8) !wire.FrameHeader {
 
 test "verbs: frames both ways through RDMA-written rings, more frames than slots (credits)" {
     if (!providerNamed()) return error.SkipZigTest;
+    defer lib.dropTestProvider();
     var p = try Pair.init(.{ .slot_count = 4, .slot_bytes = 4096 });
     defer p.deinit();
     const Sender = struct {
@@ -107,6 +108,7 @@ test "verbs: frames both ways through RDMA-written rings, more frames than slots
 
 test "verbs: zero-copy write into an exposed buffer, then a frame completes it" {
     if (!providerNamed()) return error.SkipZigTest;
+    defer lib.dropTestProvider();
     var p = try Pair.init(.{ .slot_count = 4, .slot_bytes = 4096 });
     defer p.deinit();
     const len = 3 << 20;
@@ -131,6 +133,7 @@ test "verbs: zero-copy write into an exposed buffer, then a frame completes it" 
 
 test "verbs: the peer's QP goes away, the channel fails naming the peer" {
     if (!providerNamed()) return error.SkipZigTest;
+    defer lib.dropTestProvider();
     var p = try Pair.init(.{ .slot_count = 4, .slot_bytes = 4096 });
     defer {
         p.ab.destroy();
@@ -150,6 +153,7 @@ test "verbs: the peer's QP goes away, the channel fails naming the peer" {
 
 test "verbs: no library / MOONRING_IB_HCA matching nothing says why" {
     if (!providerNamed()) return error.SkipZigTest;
+    defer lib.dropTestProvider();
     var why: verbs.Reason = .{};
     try testing.expectError(error.NoDevice, verbs.Device.open(.{ .hca = "mlx5_" }, &why));
     try testing.expect(std.mem.indexOf(u8, why.message(), "MOONRING_IB_HCA='mlx5_'") != null);

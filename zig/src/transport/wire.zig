@@ -20,7 +20,7 @@ pub const message_bytes_max: u64 = 1 << 40;
 
 /// Link kind ids on the wire (each kind's `ops.id`; kinds.zig lists them). Non-exhaustive: an
 /// id this rank does not know is declined to tcp.
-pub const LinkKind = enum(u16) { tcp = 0, shm = 1, _ };
+pub const LinkKind = enum(u16) { tcp = 0, shm = 1, verbs = 2, _ };
 
 /// Dialer -> acceptor, followed by cluster id, token and the offered kind's blob.
 pub const Hello = extern struct {

@@ -60,8 +60,8 @@ pub const Loaded = struct {
 
 /// Which library to open: $MOONRING_VERBS_LIB, else the system's libibverbs.so.1.
 pub fn libraryPath(buf: *[512]u8) [:0]const u8 {
-    const value = std.posix.getenv(env_library) orelse return soname;
-    return std.fmt.bufPrintZ(buf, "{s}", .{value}) catch soname;
+    const value = std.c.getenv(env_library) orelse return soname;
+    return std.fmt.bufPrintZ(buf, "{s}", .{std.mem.sliceTo(value, 0)}) catch soname;
 }
 
 /// dlopen + dlsym of every entry point; `why` gets the reason on failure.
@@ -90,4 +90,20 @@ pub fn load(path: [:0]const u8, why: *[256]u8) LoadError!Api {
 
 pub fn whyText(why: *const [256]u8) []const u8 {
     return std.mem.sliceTo(why, 0);
+}
+
+/// Tests of the core (zig build test) get the test provider's path here rather than in
+/// $MOONRING_VERBS_LIB, so that only the tests meant for verbs see a verbs device: they call
+/// `useTestProvider` (sets $MOONRING_VERBS_LIB for the process) and `dropTestProvider` after.
+pub const env_test_library = "MOONRING_TEST_VERBS_LIB";
+extern "c" fn setenv(name: [*:0]const u8, value: [*:0]const u8, overwrite: c_int) c_int;
+extern "c" fn unsetenv(name: [*:0]const u8) c_int;
+
+pub fn useTestProvider() bool {
+    const path = std.c.getenv(env_test_library) orelse return false;
+    return setenv(env_library, path, 1) == 0;
+}
+
+pub fn dropTestProvider() void {
+    _ = unsetenv(env_library);
 }

@@ -1,0 +1,228 @@
+//! The verbs link kind (RDMA): one RC queue pair per link, frames RDMA-written with immediate
+//! into the peer's registered ring, credits RDMA-written back (verbs.zig has the mechanics).
+//! The blob is verbs.Blob (QP number, GID / LID, ring and credit addresses and rkeys).
+//! The socket stays for liveness, as for shm: a dead peer's socket hangs up; a dead peer's QP
+//! also errors (retry exceeded) and the channel's reason is logged naming the peer.
+//!
+//! Used between hosts when libibverbs (or $MOONRING_VERBS_LIB) has an active port; for every
+//! peer when MOONRING_TRANSPORT=verbs (tests on one host). Not usable: said once in the log
+//! (`start` returns null) and the other kinds carry every link.
+const std = @import("std");
+const sys = @import("../sys.zig");
+const wire = @import("wire.zig");
+const link_kind = @import("link_kind.zig");
+const verbs = @import("verbs.zig");
+
+pub const ops = link_kind.Ops{
+    .name = "verbs",
+    .id = @intFromEnum(wire.LinkKind.verbs),
+    .start = start,
+    .stop = stop,
+    .preference = preference,
+    .offer = offer,
+    .accept = accept,
+    .complete = complete,
+    .chunk_bytes = chunkBytes,
+    .send = send,
+    .receive = receive,
+    .wake = wake,
+    .destroy = destroy,
+};
+
+const rx_idle_wait_ns: u64 = 100 * std.time.ns_per_ms;
+const send_space_wait_ns: u64 = 1 * std.time.ns_per_ms;
+/// Between hosts: above tcp. Forced (MOONRING_TRANSPORT=verbs): above shm too.
+const preference_other_host: u8 = 2;
+const preference_forced: u8 = 4;
+
+comptime {
+    std.debug.assert(@sizeOf(verbs.Blob) <= wire.link_blob_bytes_max);
+    std.debug.assert(preference_other_host > link_kind.preference_base);
+}
+
+/// What this rank's verbs kind is: the device in use, or why there is none (for /cluster).
+pub const Status = struct {
+    usable: bool = false,
+    text_len: usize = 0,
+    text: [256]u8 = undefined,
+
+    pub fn message(self: *const Status) []const u8 {
+        return self.text[0..self.text_len];
+    }
+};
+
+/// The last rank started in this process (one per process in production).
+pub var status: Status = .{};
+var status_mu: std.Thread.Mutex = .{};
+
+fn setStatus(usable: bool, comptime fmt: []const u8, args: anytype) void {
+    status_mu.lock();
+    defer status_mu.unlock();
+    status.usable = usable;
+    status.text_len = (std.fmt.bufPrint(&status.text, fmt, args) catch status.text[0..]).len;
+}
+
+pub fn statusCopy() Status {
+    status_mu.lock();
+    defer status_mu.unlock();
+    return status;
+}
+
+const Context = struct {
+    alloc: std.mem.Allocator,
+    rank: u32,
+    device: *verbs.Device,
+};
+
+fn context(kind: *anyopaque) *Context {
+    return @ptrCast(@alignCast(kind));
+}
+
+fn channelOf(link: *anyopaque) *verbs.Channel {
+    return @ptrCast(@alignCast(link));
+}
+
+fn start(env: *const link_kind.Env) ?*anyopaque {
+    if (env.forced) |forced| if (!std.mem.eql(u8, forced, "verbs")) {
+        setStatus(false, "not used: MOONRING_TRANSPORT={s}", .{forced});
+        return null;
+    };
+    var config = verbs.Config.fromEnv();
+    // The shm ring geometry is the project's one setting for ring slots.
+    config.slot_count = @min(env.shm_slot_count, verbs.slot_count_max);
+    config.slot_bytes = @min(env.shm_slot_bytes, wire.chunk_bytes_max);
+    var why: verbs.Reason = .{};
+    const device = verbs.Device.open(config, &why) catch {
+        const then = if (env.isForced("verbs")) "MOONRING_TRANSPORT=verbs falls back to the other transports" else "links to other hosts use tcp";
+        sys.logLine("rank {d}: RDMA verbs not available ({s}); {s}", .{ env.rank, why.message(), then });
+        setStatus(false, "unavailable: {s}", .{why.message()});
+        return null;
+    };
+    const ctx = env.alloc.create(Context) catch {
+        device.close();
+        return null;
+    };
+    ctx.* = .{ .alloc = env.alloc, .rank = env.rank, .device = device };
+    const ll: []const u8 = if (device.link_layer == 2) "RoCE" else "InfiniBand";
+    sys.logLine("rank {d}: RDMA verbs on {s} port {d} ({s}, GID index {d})", .{ env.rank, device.name(), device.port, ll, device.gid_index });
+    setStatus(true, "{s} port {d} ({s}, GID index {d})", .{ device.name(), device.port, ll, device.gid_index });
+    return ctx;
+}
+
+fn stop(kind: *anyopaque) void {
+    const ctx = context(kind);
+    ctx.device.close();
+    ctx.alloc.destroy(ctx);
+}
+
+fn preference(kind: *anyopaque, env: *const link_kind.Env, peer: link_kind.PeerInfo) u8 {
+    _ = kind;
+    if (env.isForced("verbs")) return preference_forced;
+    const other_host = peer.host_id != 0 and peer.host_id != env.host_id;
+    return if (other_host) preference_other_host else 0;
+}
+
+fn createChannel(ctx: *Context, peer: u32) ?*verbs.Channel {
+    var why: verbs.Reason = .{};
+    return verbs.Channel.create(ctx.device, peer, &why) catch {
+        sys.logLine("rank {d}: verbs link to rank {d} not made ({s}); using tcp", .{ ctx.rank, peer, why.message() });
+        return null;
+    };
+}
+
+fn writeBlob(channel: *const verbs.Channel, blob_out: []u8) usize {
+    const blob = channel.blob();
+    @memcpy(blob_out[0..@sizeOf(verbs.Blob)], std.mem.asBytes(&blob));
+    return @sizeOf(verbs.Blob);
+}
+
+fn readBlob(blob_in: []const u8) ?verbs.Blob {
+    if (blob_in.len != @sizeOf(verbs.Blob)) return null;
+    const blob = std.mem.bytesToValue(verbs.Blob, blob_in[0..@sizeOf(verbs.Blob)]);
+    return if (blob.valid()) blob else null;
+}
+
+fn offer(kind: *anyopaque, env: *const link_kind.Env, peer: link_kind.PeerInfo, blob_out: []u8) ?link_kind.Pending {
+    _ = env;
+    const channel = createChannel(context(kind), peer.rank) orelse return null;
+    return .{ .link = channel, .blob_len = writeBlob(channel, blob_out) };
+}
+
+fn accept(kind: *anyopaque, env: *const link_kind.Env, peer: link_kind.PeerInfo, blob_in: []const u8, blob_out: []u8) ?link_kind.Pending {
+    _ = env;
+    const ctx = context(kind);
+    const remote = readBlob(blob_in) orelse return null;
+    const channel = createChannel(ctx, peer.rank) orelse return null;
+    var why: verbs.Reason = .{};
+    channel.connect(remote, &why) catch {
+        sys.logLine("rank {d}: verbs link from rank {d} declined ({s}); using tcp", .{ ctx.rank, peer.rank, why.message() });
+        channel.destroy();
+        return null;
+    };
+    channel.wait_ready = true;
+    return .{ .link = channel, .blob_len = writeBlob(channel, blob_out) };
+}
+
+fn complete(kind: *anyopaque, link: *anyopaque, peer: link_kind.PeerInfo, blob_in: []const u8) link_kind.CompleteError!void {
+    const channel = channelOf(link);
+    const remote = readBlob(blob_in) orelse return error.Protocol;
+    var why: verbs.Reason = .{};
+    channel.connect(remote, &why) catch {
+        sys.logLine("rank {d}: verbs link to rank {d} failed ({s})", .{ context(kind).rank, peer.rank, why.message() });
+        return error.Protocol;
+    };
+    if (!channel.markPeerReady()) return error.Protocol;
+}
+
+fn chunkBytes(link: *anyopaque) u32 {
+    return channelOf(link).slot_bytes;
+}
+
+fn send(link: *anyopaque, fd: sys.Fd, header: *const wire.FrameHeader, payload: []const u8, abort: link_kind.Abort) link_kind.SendError!void {
+    _ = fd;
+    const channel = channelOf(link);
+    std.debug.assert(payload.len <= channel.slot_bytes);
+    const index = while (true) {
+        if (channel.isFailed()) return error.Closed;
+        if (channel.tryReserve()) |index| break index;
+        if (abort.check()) return error.Aborted; // nothing of the frame was written
+        channel.waitSpace(send_space_wait_ns);
+    };
+    channel.txHeader(index).* = header.*;
+    @memcpy(channel.txPayload(index)[0..payload.len], payload);
+    if (!channel.publish(index)) return error.Closed;
+}
+
+fn receive(link: *anyopaque, fd: sys.Fd, rx: *const link_kind.Receiver) link_kind.RxOutcome {
+    const channel = channelOf(link);
+    var frames: u64 = 0;
+    while (true) : (frames += 1) {
+        if (rx.stopped()) return .closed;
+        const index = channel.peek() orelse {
+            if (channel.isFailed()) return lost(channel);
+            channel.waitData(rx_idle_wait_ns);
+            if (channel.peek() == null and sys.peerHungUp(fd)) return .closed;
+            continue;
+        };
+        // A copy: the peer's NIC could write the slot again only after we release it, but the
+        // header is validated once and used after.
+        const header = channel.rxHeader(index).*;
+        header.validate(rx.peer, channel.slot_bytes) catch return .protocol;
+        rx.frame(&header, channel.rxPayload(index)[0..header.chunk_len]);
+        if (!channel.release(index)) return lost(channel);
+    }
+}
+
+fn lost(channel: *verbs.Channel) link_kind.RxOutcome {
+    sys.logLine("verbs link to rank {d} failed: {s}", .{ channel.peer, channel.reason.message() });
+    return .closed;
+}
+
+fn wake(link: *anyopaque) void {
+    channelOf(link).wakeAll();
+}
+
+fn destroy(kind: *anyopaque, link: *anyopaque) void {
+    _ = kind;
+    channelOf(link).destroy();
+}
