@@ -16,6 +16,7 @@ import {
   type NativeOp,
   type SharedLocation,
   jsOwnedMemory,
+  type DataPlaneLinks,
 } from "./types";
 
 /** u64 words of mr_submit's group bitset (moonring.h MR_RANK_WORDS). */
@@ -189,6 +190,12 @@ export class NativeDataPlane implements DataPlane {
   peerDown(rank: number): void {
     const rc = native.mr_engine_peer_down(this.engine(), rank) as number;
     if (rc !== 0) throw new NativeError(lastError(), codeOf(rc));
+  }
+
+  links(): DataPlaneLinks {
+    const buf = new Uint8Array(64 * 1024);
+    const len = Number(native.mr_engine_links(this.engine(), buf, buf.length));
+    return JSON.parse(decoder.decode(buf.subarray(0, len))) as DataPlaneLinks;
   }
 
   alloc(byteLength: number, device = -1): NativeBuffer {

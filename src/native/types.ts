@@ -45,12 +45,21 @@ export class NativeError extends Error {
   }
 }
 
+/** A rank's data-plane links (GET /cluster's data_plane): see mr_engine_links in moonring.h. */
+export interface DataPlaneLinks {
+  rank: number;
+  verbs: { usable: boolean; detail: string };
+  links: { peer: number; transport: string }[];
+}
+
 export interface DataPlane {
   readonly rank: number;
   readonly dataPort: number;
   readonly hostId: bigint;
   setPeer(rank: number, host: string, port: number, hostId: bigint): void;
   peerDown(rank: number): void;
+  /** Optional: which transport carries each live link, and whether RDMA verbs is usable. */
+  links?(): DataPlaneLinks;
   alloc(byteLength: number, device?: number): NativeBuffer;
   /** Optional: host memory same-host peers can map (collectives read it in place). */
   allocShared?(byteLength: number): NativeBuffer;

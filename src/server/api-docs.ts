@@ -139,6 +139,16 @@ const clusterAnswer = z
       }),
     ),
     groups: z.record(z.string(), intList),
+    data_plane: z
+      .object({
+        rank: z.number().int(),
+        verbs: z.object({ usable: z.boolean(), detail: z.string() }).meta({ description: "RDMA verbs on this rank: the device in use, or why not" }),
+        links: z
+          .array(z.object({ peer: z.number().int(), transport: z.string() }))
+          .meta({ description: "this rank's live data-plane links: the transport (tcp, shm, verbs) to each peer it has exchanged data with" }),
+      })
+      .optional()
+      .meta({ description: "this rank's data plane (native engines only)" }),
   })
   .meta({ id: "Cluster" });
 const anyJson = z.looseObject({});

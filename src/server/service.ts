@@ -15,7 +15,7 @@ import { Participant, type CoordinatorChannel } from "../control/participant";
 import { PeerClient } from "../control/peers";
 import { RendezvousClient, RendezvousServer } from "../control/rendezvous";
 import { Sequencer } from "../control/sequencer";
-import type { DataPlane } from "../native/types";
+import type { DataPlane, DataPlaneLinks } from "../native/types";
 import { apiErrorFromJSON, MasterLost, NotReady, type ApiError, TooManyRequests } from "../errors";
 import { authorize, expectedBearer } from "./auth";
 import { Logger } from "../util/log";
@@ -195,6 +195,16 @@ export class RankService {
 
   get url(): string {
     return httpUrl(this.advertiseHost, this.port);
+  }
+
+  /** This rank's data-plane links for GET /cluster (undefined before start or without a native engine). */
+  dataPlaneLinks(): DataPlaneLinks | undefined {
+    if (!this.dataPlane?.links) return undefined;
+    try {
+      return this.dataPlane.links();
+    } catch {
+      return undefined; // closed (the rank is stopping)
+    }
   }
 
   get port(): number {

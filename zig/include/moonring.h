@@ -63,6 +63,9 @@ int32_t mr_engine_set_peer(mr_engine *engine, uint32_t rank, const uint8_t *host
                            uint16_t port, uint64_t host_id);
 /* Marks a peer down: its links close, ops waiting on it fail with MR_EPEER at once. */
 int32_t mr_engine_peer_down(mr_engine *engine, uint32_t rank);
+/* This rank's data-plane links as JSON (GET /cluster): {"rank","verbs":{"usable","detail"},
+ * "links":[{"peer","transport"}]}; returns the bytes written (truncated to cap). */
+size_t mr_engine_links(mr_engine *engine, uint8_t *buf, size_t cap);
 /* Stops threads, closes links, removes shm segments. In-flight ops complete with MR_ECANCELED. */
 void mr_engine_destroy(mr_engine *engine);
 

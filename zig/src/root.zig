@@ -175,6 +175,12 @@ pub export fn mr_engine_peer_down(handle: ?*c.mr_engine, rank: u32) i32 {
     return Status.ok;
 }
 
+pub export fn mr_engine_links(handle: ?*c.mr_engine, buf: [*c]u8, cap: usize) usize {
+    const engine = engineOf(handle) orelse return 0;
+    if (buf == null or cap == 0) return 0;
+    return engine.net.linksJson(buf[0..cap]).len;
+}
+
 pub export fn mr_engine_destroy(handle: ?*c.mr_engine) void {
     const engine = engineOf(handle) orelse return;
     engine.destroy();

@@ -50,7 +50,10 @@ export function introspectionRoutes(app: Hono, svc: RankService): void {
     return c.json({ live: why === null, rank: svc.rank, state: svc.state, pid: process.pid, ...(why ? { error: why } : {}) }, why === null ? 200 : 503);
   });
 
-  app.get("/cluster", (c) => c.json(svc.membership.toClusterJSON()));
+  app.get("/cluster", (c) => {
+    const dataPlane = svc.dataPlaneLinks();
+    return c.json({ ...svc.membership.toClusterJSON(), ...(dataPlane ? { data_plane: dataPlane } : {}) });
+  });
 
   app.get("/metrics", (c) => {
     const extra: string[] = [

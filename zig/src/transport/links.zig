@@ -274,6 +274,16 @@ pub const Links = struct {
         return counts;
     }
 
+    /// Bit i set: a live link of kinds.all[i] to `peer_rank` (GET /cluster says which).
+    pub fn peerKindsLocked(links: *Links, peer_rank: u32) u32 {
+        var mask: u32 = 0;
+        for (links.peers[peer_rank].links) |maybe| {
+            const link = maybe orelse continue;
+            if (!link.closing.load(.acquire)) mask |= @as(u32, 1) << @intCast(link.kind);
+        }
+        return mask;
+    }
+
     /// Kind indices (into kinds.all) in the order the dialer offers them to `peer`: started
     /// kinds that want it, highest preference first; the base kind always last.
     fn offerOrderLocked(links: *Links, peer_rank: u32, order: *[kinds.all.len]u8) []const u8 {

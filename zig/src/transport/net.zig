@@ -20,6 +20,7 @@ const transport = @import("transport.zig");
 const arena = @import("arena.zig");
 const link_kind = @import("link_kind.zig");
 const kinds = @import("kinds.zig");
+const kind_verbs = @import("kind_verbs.zig");
 const links_mod = @import("links.zig");
 const boards_mod = @import("boards.zig");
 
@@ -337,6 +338,34 @@ pub const Net = struct {
         defer net.mu.unlock();
         const counts = net.links.linkCountsLocked();
         return .{ .tcp = counts[kindIndex("tcp")], .shm = counts[kindIndex("shm")], .verbs = counts[kindIndex("verbs")] };
+    }
+
+    /// This rank's data-plane links as JSON for GET /cluster: the transport of each peer it has
+    /// a link to, and whether RDMA verbs is in use here (or why not). Truncated to `buf`.
+    pub fn linksJson(net: *Net, buf: []u8) []const u8 {
+        var stream = std.io.fixedBufferStream(buf);
+        const w = stream.writer();
+        const verbs_status = kind_verbs.statusCopy();
+        w.print("{{\"rank\":{d},\"verbs\":{{\"usable\":{},\"detail\":", .{ net.rank(), verbs_status.usable }) catch return stream.getWritten();
+        std.json.encodeJsonString(verbs_status.message(), .{}, w) catch return stream.getWritten();
+        w.writeAll("},\"links\":[") catch return stream.getWritten();
+        net.mu.lock();
+        defer net.mu.unlock();
+        var first = true;
+        for (0..net.links.peers.len) |p| {
+            const mask = net.links.peerKindsLocked(@intCast(p));
+            if (mask == 0) continue;
+            w.print("{s}{{\"peer\":{d},\"transport\":", .{ if (first) "" else ",", p }) catch return stream.getWritten();
+            first = false;
+            // One kind per peer; two only while a link is being replaced (either is right).
+            var name: []const u8 = "";
+            inline for (kinds.all, 0..) |kind, i| if (mask & (1 << i) != 0) {
+                name = kind.name;
+            };
+            w.print("\"{s}\"}}", .{name}) catch return stream.getWritten();
+        }
+        w.writeAll("]}") catch return stream.getWritten();
+        return stream.getWritten();
     }
 
     fn kindIndex(comptime name: []const u8) usize {
