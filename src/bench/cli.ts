@@ -29,7 +29,7 @@ export const BENCH_FLAGS: Record<string, FlagSpec> = {
     type: "string",
     help: "via rest: body (tensors in request bodies), shm (shared buffers the bench maps), or all (default: native, HTTP echo, body and shm for each point, one table with the ratios)",
   },
-  transport: { type: "string", help: "data-plane transport between ranks of this host: tcp, shm or auto (default auto; sets MOONRING_TRANSPORT)" },
+  transport: { type: "string", help: "data-plane transport between the ranks: tcp, shm, verbs (RDMA; MOONRING_VERBS_LIB picks a verbs library other than libibverbs.so.1) or auto (default auto; sets MOONRING_TRANSPORT)" },
   sync: { type: "string", help: "barrier: barrier before every timed iteration, slowest rank per iteration (default, like mpi_bench.c); none: back to back, like nccl-tests" },
   check: { type: "boolean", help: "verify every iteration's result (outside the timed region); default: one verified extra iteration per size" },
   "no-check": { type: "boolean", help: "do not verify results (#wrong N/A)" },
@@ -102,7 +102,7 @@ export function ncclArgs(argv: string[]): string[] {
 
 const USAGE = `Usage: moonring bench --nproc N --op OP [--min-bytes B] [--max-bytes B] [--dtype float32] [--redop sum]
                       [--root R] [--iters K] [--warmup W] [--device cpu|cuda] [--via native|rest] [--check]
-                      [--json] [--plot FILE.svg] [--transport tcp|shm|auto]
+                      [--json] [--plot FILE.svg] [--transport tcp|shm|verbs|auto]
        moonring bench --op allreduce -b 8 -e 128M -f 2 -g 4 -n 20 -w 5 -c 1    (nccl-tests' flags)
        moonring bench --plot FILE.svg RUN.json [RUN2.json ...]
 
@@ -183,7 +183,7 @@ export function parseBenchArgs(argv: string[]): { cfg: RunConfig | null; json: b
     sync,
     device: choice(flags.device, "device", ["cpu", "cuda"] as const, "cpu"),
     via,
-    transport: choice(flags.transport, "transport", ["tcp", "shm", "auto"] as const, (process.env.MOONRING_TRANSPORT as "tcp" | "shm" | "auto" | undefined) ?? "auto"),
+    transport: choice(flags.transport, "transport", ["tcp", "shm", "verbs", "auto"] as const, (process.env.MOONRING_TRANSPORT as "tcp" | "shm" | "verbs" | "auto" | undefined) ?? "auto"),
     host: (flags.host as string | undefined) ?? "127.0.0.1",
     timeoutMs: intFlag(flags["timeout-ms"], "timeout-ms", { min: 1 }) ?? 60_000,
     inPlace: flags["no-in-place"] !== true,

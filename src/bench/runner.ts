@@ -20,7 +20,7 @@ export interface RunConfig {
   via: "native" | "rest";
   /** via rest: bodies, shared buffers, or all of them with the native and HTTP echo baselines. */
   restMode?: "body" | "shm" | "all";
-  transport: "tcp" | "shm" | "auto";
+  transport: "tcp" | "shm" | "verbs" | "auto";
   host: string;
   timeoutMs: number;
   /** Also time each point in place, as nccl-tests does (--no-in-place: N/A). */

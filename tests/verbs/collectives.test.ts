@@ -5,7 +5,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { launchWorld, type LaunchedWorld } from "../support/launch-world";
 import { agreementCases, collectiveCases } from "../support/suites";
-import { providerMissing, verbsEnv } from "./provider";
+import { expectedDevice, providerMissing, verbsEnv } from "./provider";
 
 const missing = providerMissing();
 if (missing) console.warn(`SKIP verbs collectives: ${missing}`);
@@ -35,7 +35,7 @@ for (const n of missing ? [] : [2, 3, 4, 5]) {
       for (const url of ref.urls()) {
         const c = (await (await fetch(`${url}/cluster`)).json()) as any;
         expect(c.data_plane.verbs.usable).toBe(true);
-        expect(c.data_plane.verbs.detail).toContain("moonring_fake0");
+        expect(c.data_plane.verbs.detail).toContain(expectedDevice);
         for (const l of c.data_plane.links) expect(l.transport).toBe("verbs");
         links += c.data_plane.links.length;
       }
