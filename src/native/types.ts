@@ -48,7 +48,7 @@ export class NativeError extends Error {
 /** A rank's data-plane links (GET /cluster's data_plane): see mr_engine_links in moonring.h. */
 export interface DataPlaneLinks {
   rank: number;
-  verbs: { usable: boolean; detail: string };
+  verbs: { usable: boolean; detail: string; rendezvous_direct_bytes: number; rendezvous_staged_bytes: number };
   links: { peer: number; transport: string }[];
 }
 

@@ -30,6 +30,27 @@ for (const n of missing ? [] : [2, 3, 4, 5]) {
     // control plane, the same for every transport).
     if (n === 2 || n === 5) agreementCases(n, ref);
 
+    test(`N=${n} a 4 MiB broadcast and allreduce: large messages go zero-copy (RDMA read into the posted receive)`, async () => {
+      const urls = ref.urls();
+      const before = await Promise.all(urls.map(async (u) => ((await (await fetch(`${u}/cluster`)).json()) as any).data_plane.verbs.rendezvous_direct_bytes as number));
+      const count = 1 << 20; // float32: 4 MiB
+      const b64 = (r: number) => Buffer.from(new Float32Array(count).map((_, i) => (i % 1000) + r).buffer).toString("base64");
+      const post = (path: string, body: (r: number) => unknown) =>
+        Promise.all(urls.map((u, r) => fetch(`${u}${path}`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body(r)) }).then((x) => x.json() as any)));
+      for (const b of await post("/collective/broadcast", (r) => ({ tensor: { dtype: "float32", shape: [count], b64: b64(r) }, src: n - 1 }))) {
+        const got = new Float32Array(Buffer.from(b.result.b64, "base64").buffer);
+        expect([got[0], got[999], got[count - 1]]).toEqual([n - 1, 999 + n - 1, ((count - 1) % 1000) + n - 1]);
+      }
+      const sumR = (n * (n - 1)) / 2;
+      for (const b of await post("/collective/allreduce", (r) => ({ tensor: { dtype: "float32", shape: [count], b64: b64(r) } }))) {
+        const got = new Float32Array(Buffer.from(b.result.b64, "base64").buffer);
+        expect([got[0], got[7], got[count - 1]]).toEqual([sumR, 7 * n + sumR, ((count - 1) % 1000) * n + sumR]);
+      }
+      const after = await Promise.all(urls.map(async (u) => ((await (await fetch(`${u}/cluster`)).json()) as any).data_plane.verbs.rendezvous_direct_bytes as number));
+      // Every rank but the root receives the broadcast's 4 MiB in a posted receive.
+      expect(after.filter((a, r) => a > before[r]!).length).toBeGreaterThanOrEqual(n - 1);
+    }, 60_000);
+
     test(`N=${n} GET /cluster: every live link of every rank is verbs, on the test provider's device`, async () => {
       let links = 0;
       for (const url of ref.urls()) {

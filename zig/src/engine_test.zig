@@ -1329,11 +1329,18 @@ fn verbsProvider() bool {
 test "verbs: ordered messages of many sizes, late receives and a tiny stash, 2..5 ranks (test provider)" {
     if (!verbsProvider()) return error.SkipZigTest;
     defer verbs_lib.dropTestProvider();
+    const kind_verbs = @import("transport/kind_verbs.zig");
+    const direct0 = kind_verbs.rendezvous_direct_bytes.load(.monotonic);
     try runMessages(.verbs, 2, .{ .messages = 20, .size_max = 200_000, .post_late = false }, 0);
     try runMessages(.verbs, 3, .{ .messages = 10, .size_max = 70_000, .post_late = false }, 0);
     try runMessages(.verbs, 5, .{ .messages = 6, .size_max = 20_000, .post_late = false }, 0);
+    // Messages of 4 slots (64 KiB here) and more went zero-copy into posted receives.
+    try testing.expect(kind_verbs.rendezvous_direct_bytes.load(.monotonic) > direct0);
+    const staged0 = kind_verbs.rendezvous_staged_bytes.load(.monotonic);
     try runMessages(.verbs, 3, .{ .messages = 10, .size_max = 100_000, .post_late = true }, 0);
     try runMessages(.verbs, 3, .{ .messages = 6, .size_max = 300_000, .post_late = true, .one_way = true }, 32 * 1024);
+    // Receives posted after the data came: the rendezvous pulled into the stash instead.
+    try testing.expect(kind_verbs.rendezvous_staged_bytes.load(.monotonic) > staged0);
 }
 
 test "collectives over verbs, 2..5 ranks, roots 0 and last (test provider)" {

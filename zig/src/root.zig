@@ -9,6 +9,7 @@ const c = abi.c;
 const engine_mod = @import("engine.zig");
 const sys = @import("sys.zig");
 const arena = @import("transport/arena.zig");
+const verbs_buffers = @import("transport/verbs.zig").buffers;
 const cuda_driver = @import("cuda/driver.zig");
 
 const Engine = engine_mod.Engine;
@@ -74,16 +75,19 @@ pub export fn mr_alloc(bytes: u64) ?*anyopaque {
         engine_mod.setLastError("mr_alloc: cannot map {d} bytes", .{bytes});
         return null;
     };
+    verbs_buffers.note(@intFromPtr(ptr), bytes);
     return ptr;
 }
 
 /// Host memory that same-host peers can map: board collectives read it in place instead of
 /// with process_vm_readv. Freed with mr_free.
 pub export fn mr_alloc_shared(bytes: u64) ?*anyopaque {
-    return arena.alloc(bytes) orelse {
+    const ptr = arena.alloc(bytes) orelse {
         engine_mod.setLastError("mr_alloc_shared: cannot create a /dev/shm buffer of {d} bytes", .{bytes});
         return null;
     };
+    verbs_buffers.note(@intFromPtr(ptr), bytes);
+    return ptr;
 }
 
 pub export fn mr_shared_locate(ptr: ?*const anyopaque, bytes: u64, name: [*c]u8, cap: usize, offset: [*c]u64) usize {
@@ -106,6 +110,8 @@ pub export fn mr_pin_thread(cpu: u32) i32 {
 
 pub export fn mr_free(ptr: ?*anyopaque, bytes: u64) void {
     const p = ptr orelse return;
+    // RDMA registrations of it go first (a cached one would pin pages no longer ours).
+    verbs_buffers.drop(@intFromPtr(p), bytes);
     if (arena.free(@ptrCast(p))) return;
     sys.unmap(@ptrCast(p), bytes);
 }

@@ -27,6 +27,18 @@ pub const ops = link_kind.Ops{
     .receive = receive,
     .wake = wake,
     .destroy = destroy,
+    .rendezvous = &rendezvous,
+};
+
+/// Messages of at least this many slots go zero-copy (the peer RDMA-reads them); smaller
+/// ones go through the rings, where one copy costs less than the extra round trip.
+const rendezvous_slots_min: u64 = 4;
+
+const rendezvous = link_kind.Rendezvous{
+    .min_bytes = rendezvousMinBytes,
+    .expose = expose,
+    .await_taken = awaitTaken,
+    .withdraw = withdraw,
 };
 
 const rx_idle_wait_ns: u64 = 100 * std.time.ns_per_ms;
@@ -67,6 +79,12 @@ pub fn statusCopy() Status {
     defer status_mu.unlock();
     return status;
 }
+
+/// Bytes received by rendezvous in this process: straight into the posted receive (zero
+/// copy), or through the bounce area into the stash (the receive was not posted yet or
+/// reduces). GET /cluster shows them; tests check the zero-copy path ran.
+pub var rendezvous_direct_bytes = std.atomic.Value(u64).init(0);
+pub var rendezvous_staged_bytes = std.atomic.Value(u64).init(0);
 
 const Context = struct {
     alloc: std.mem.Allocator,
@@ -208,9 +226,86 @@ fn receive(link: *anyopaque, fd: sys.Fd, rx: *const link_kind.Receiver) link_kin
         // header is validated once and used after.
         const header = channel.rxHeader(index).*;
         header.validate(rx.peer, channel.slot_bytes) catch return .protocol;
+        if (header.flags == wire.flag_rendezvous) {
+            const desc = descOf(channel.rxPayload(index)[0..header.chunk_len]) orelse return .protocol;
+            if (desc.len != header.msg_len) return .protocol;
+            if (!channel.release(index)) return lost(channel);
+            if (!take(channel, rx, header, desc)) return if (rx.stopped()) .closed else lost(channel);
+            continue;
+        }
         rx.frame(&header, channel.rxPayload(index)[0..header.chunk_len]);
         if (!channel.release(index)) return lost(channel);
     }
+}
+
+fn rendezvousMinBytes(link: *anyopaque) u64 {
+    return rendezvous_slots_min * channelOf(link).slot_bytes;
+}
+
+fn expose(link: *anyopaque, bytes: []const u8, desc_out: []u8) ?usize {
+    const desc = channelOf(link).expose(bytes) orelse return null;
+    @memcpy(desc_out[0..@sizeOf(verbs.Desc)], std.mem.asBytes(&desc));
+    return @sizeOf(verbs.Desc);
+}
+
+fn descOf(bytes: []const u8) ?verbs.Desc {
+    if (bytes.len != @sizeOf(verbs.Desc)) return null;
+    const desc = std.mem.bytesToValue(verbs.Desc, bytes[0..@sizeOf(verbs.Desc)]);
+    return if (desc.slot < verbs.rendezvous_slots and desc.len > 0) desc else null;
+}
+
+fn awaitTaken(link: *anyopaque, desc_bytes: []const u8, abort: link_kind.Abort) link_kind.SendError!void {
+    const channel = channelOf(link);
+    const desc = descOf(desc_bytes).?;
+    const outcome = channel.awaitTaken(desc, abort);
+    // Released only once taken: a peer still reading must find the region registered (after a
+    // failure or abort the link closes, and the channel's destroy releases it).
+    switch (outcome) {
+        .taken => channel.unexposeSlot(desc),
+        .failed => return error.Closed,
+        .aborted => return error.Broken,
+    }
+}
+
+fn withdraw(link: *anyopaque, desc_bytes: []const u8) void {
+    channelOf(link).unexposeSlot(descOf(desc_bytes).?);
+}
+
+/// The receiving side of a rendezvous: the message is read from the sender's memory piece by
+/// piece, each piece routed like a streamed frame (into the posted receive: zero-copy; else a
+/// stash buffer through the bounce area), then the sender is told it may reuse its buffer.
+fn take(channel: *verbs.Channel, rx: *const link_kind.Receiver, header: wire.FrameHeader, desc: verbs.Desc) bool {
+    var offset: u64 = 0;
+    // Stash-sized pieces until a piece lands in the posted receive: then the rest can too.
+    var piece_max: u64 = channel.slot_bytes;
+    var pieces_max: u64 = desc.len / channel.slot_bytes + 2;
+    while (offset < desc.len and pieces_max > 0) : (pieces_max -= 1) {
+        if (rx.stopped()) return false;
+        const len = @min(piece_max, desc.len - offset);
+        var h = wire.FrameHeader{ .src_rank = header.src_rank, .op_id = header.op_id, .seq = header.seq, .chunk_len = @intCast(len), .msg_len = desc.len, .offset = offset };
+        h.seal();
+        switch (rx.route(&h)) {
+            .direct => |d| {
+                const ok = !rx.abandoned(d) and channel.pull(d.dest, desc.addr + offset, desc.rkey);
+                if (ok) _ = rendezvous_direct_bytes.fetchAdd(len, .monotonic);
+                rx.finishDirect(d, if (ok) d.dest.len else 0, ok);
+                if (!ok and channel.isFailed()) return false;
+                piece_max = verbs.pull_bytes_max;
+            },
+            .stash => |buf| {
+                if (!channel.pullStaged(buf, desc.addr + offset, desc.rkey)) {
+                    rx.dropStash(buf);
+                    return false;
+                }
+                _ = rendezvous_staged_bytes.fetchAdd(len, .monotonic);
+                rx.finishStash(&h, buf);
+            },
+            .discard => {},
+        }
+        offset += len;
+    }
+    std.debug.assert(offset == desc.len);
+    return channel.markTaken(desc);
 }
 
 fn lost(channel: *verbs.Channel) link_kind.RxOutcome {

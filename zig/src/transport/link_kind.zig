@@ -199,6 +199,28 @@ pub const Ops = struct {
     receive: *const fn (link: *anyopaque, fd: sys.Fd, rx: *const Receiver) RxOutcome,
     wake: *const fn (link: *anyopaque) void,
     destroy: *const fn (kind: *anyopaque, link: *anyopaque) void,
+    /// Optional: zero-copy for large messages (verbs). Null: every message goes as frames.
+    rendezvous: ?*const Rendezvous = null,
+};
+
+/// Zero-copy for large messages, for kinds that can reach the peer's memory (RDMA). The
+/// sender exposes its message and sends one descriptor frame (header.flags =
+/// wire.flag_rendezvous, payload = the kind's descriptor, msg_len = the message's length);
+/// the receiving side of the kind (its `receive` loop) takes the bytes itself (routing each
+/// chunk like a streamed kind: into the posted receive, else the stash) and tells the sender.
+pub const Rendezvous = struct {
+    /// Messages of at least this many bytes go by rendezvous on this link.
+    min_bytes: *const fn (link: *anyopaque) u64,
+    /// Sender (op thread, link write lock held): makes `bytes` readable by the peer, writes
+    /// the descriptor (<= wire.rendezvous_desc_bytes_max) into `desc_out` and returns its
+    /// length; null: send frames instead.
+    expose: *const fn (link: *anyopaque, bytes: []const u8, desc_out: []u8) ?usize,
+    /// Sender, after the descriptor frame went out (write lock released): blocks until the
+    /// peer has taken every byte, the link fails (Closed) or abort says stop (Aborted; the
+    /// link is unusable then: Broken), and releases what expose took.
+    await_taken: *const fn (link: *anyopaque, desc: []const u8, abort: Abort) SendError!void,
+    /// Sender: the descriptor frame could not be sent; releases what expose took.
+    withdraw: *const fn (link: *anyopaque, desc: []const u8) void,
 };
 
 /// The preference of the base kind (tcp): every other kind that wants a peer returns more.

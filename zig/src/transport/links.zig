@@ -504,6 +504,37 @@ pub const Links = struct {
         };
     }
 
+    /// Sends `bytes` as one rendezvous (link_kind.Rendezvous) when the link's kind offers it
+    /// at this size: a descriptor frame, then a wait until the peer has taken the bytes.
+    /// False: the caller sends frames. `header` gives src_rank, op_id and seq.
+    pub fn sendRendezvous(links: *Links, link: *Link, header: wire.FrameHeader, bytes: []const u8, abort: link_kind.Abort) SendFailure!bool {
+        const rendezvous = link.ops().rendezvous orelse return false;
+        if (bytes.len < rendezvous.min_bytes(link.state)) return false;
+        var desc: [wire.rendezvous_desc_bytes_max]u8 = undefined;
+        const desc_len = rendezvous.expose(link.state, bytes, &desc) orelse return false;
+        std.debug.assert(desc_len > 0 and desc_len <= desc.len);
+        var h = header;
+        h.flags = wire.flag_rendezvous;
+        h.chunk_len = @intCast(desc_len);
+        h.msg_len = bytes.len;
+        h.offset = 0;
+        h.seal();
+        links.send(link, &h, desc[0..desc_len], abort) catch |err| {
+            rendezvous.withdraw(link.state, desc[0..desc_len]);
+            return err;
+        };
+        rendezvous.await_taken(link.state, desc[0..desc_len], abort) catch |err| {
+            // The peer may still be reading: the link can't carry on either way.
+            links.mu.lock();
+            defer links.mu.unlock();
+            const already = link.closing.load(.acquire);
+            closeLinkLocked(link);
+            if (err == error.Closed) return error.PeerClosed;
+            return if (already) error.LinkClosed else error.Broken;
+        };
+        return true;
+    }
+
     // ---- accepting ----
 
     fn listenLoop(links: *Links) void {

@@ -348,7 +348,7 @@ pub const Net = struct {
         const verbs_status = kind_verbs.statusCopy();
         w.print("{{\"rank\":{d},\"verbs\":{{\"usable\":{},\"detail\":", .{ net.rank(), verbs_status.usable }) catch return stream.getWritten();
         std.json.encodeJsonString(verbs_status.message(), .{}, w) catch return stream.getWritten();
-        w.writeAll("},\"links\":[") catch return stream.getWritten();
+        w.print(",\"rendezvous_direct_bytes\":{d},\"rendezvous_staged_bytes\":{d}}},\"links\":[", .{ kind_verbs.rendezvous_direct_bytes.load(.monotonic), kind_verbs.rendezvous_staged_bytes.load(.monotonic) }) catch return stream.getWritten();
         net.mu.lock();
         defer net.mu.unlock();
         var first = true;
@@ -720,6 +720,10 @@ pub const Net = struct {
     fn sendMessage(net: *Net, ep: *Endpoint, peer: u32, seq: u32, bytes: []const u8) Error!void {
         const link = try net.acquireLink(ep, peer);
         defer net.links.release(link);
+        const template = wire.FrameHeader{ .src_rank = @intCast(net.rank()), .op_id = ep.op_id, .seq = seq, .chunk_len = 0, .msg_len = bytes.len, .offset = 0 };
+        const zero_copy = net.links.sendRendezvous(link, template, bytes, ep.abort()) catch |err|
+            return net.sendFailed(ep, link.peer, seq, err);
+        if (zero_copy) return;
         const chunk_max: u64 = link.chunkBytes();
         var offset: u64 = 0;
         var chunks_max: u64 = bytes.len / chunk_max + 1;

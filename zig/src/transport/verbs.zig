@@ -162,6 +162,7 @@ pub const Device = struct {
             why.set("could not start the verbs poller thread", .{});
             return error.OutOfMemory;
         };
+        buffers.addDevice(dev);
         return dev;
     }
 
@@ -171,6 +172,7 @@ pub const Device = struct {
         dev.mu.lock();
         for (dev.channels) |c| std.debug.assert(c == null);
         dev.mu.unlock();
+        buffers.removeDevice(dev);
         dev.cache.clear(&dev.api);
         _ = dev.api.dealloc_pd(dev.pd);
         _ = dev.api.close_device(dev.context);
@@ -308,11 +310,23 @@ pub const RegCache = struct {
         last_use: u64 = 0,
     };
 
-    pub const Handle = struct { index: u32, lkey: u32, rkey: u32 };
+    /// `index` null: a registration of its own, deregistered on release.
+    pub const Handle = struct { index: ?u32, mr: *abi.Mr, lkey: u32, rkey: u32 };
 
-    /// A registration covering [addr, addr + len), held until `release`.
+    /// A registration covering [addr, addr + len), held until `release`. Only memory that
+    /// stays mapped until mr_free tells us (buffers.contains) is cached: a registration pins
+    /// the pages it was made on, and memory unmapped and mapped again at the same address
+    /// would leave a cached one pointing at the old pages. Other memory is registered per use.
     pub fn acquire(cache: *RegCache, dev: *Device, addr: usize, len: usize) ?Handle {
         std.debug.assert(len > 0);
+        const page: usize = 4096;
+        const start = addr & ~(page - 1);
+        const end = std.mem.alignForward(usize, addr + len, page);
+        const access = abi.access_local_write | abi.access_remote_write | abi.access_remote_read;
+        if (!buffers.contains(start, end - start)) {
+            const mr = dev.api.reg_mr(dev.pd, @ptrFromInt(start), end - start, access) orelse return null;
+            return .{ .index = null, .mr = mr, .lkey = mr.lkey, .rkey = mr.rkey };
+        }
         cache.mu.lock();
         defer cache.mu.unlock();
         cache.clock += 1;
@@ -321,7 +335,7 @@ pub const RegCache = struct {
                 e.users += 1;
                 e.last_use = cache.clock;
                 cache.hits += 1;
-                return .{ .index = @intCast(i), .lkey = e.mr.?.lkey, .rkey = e.mr.?.rkey };
+                return .{ .index = @intCast(i), .mr = e.mr.?, .lkey = e.mr.?.lkey, .rkey = e.mr.?.rkey };
             }
         }
         cache.misses += 1;
@@ -329,24 +343,24 @@ pub const RegCache = struct {
         const e = &cache.entries[slot];
         if (e.mr) |old| _ = dev.api.dereg_mr(old);
         e.* = .{};
-        const page: usize = 4096;
-        const start = addr & ~(page - 1);
-        const end = std.mem.alignForward(usize, addr + len, page);
-        const access = abi.access_local_write | abi.access_remote_write | abi.access_remote_read;
         const mr = dev.api.reg_mr(dev.pd, @ptrFromInt(start), end - start, access) orelse return null;
         e.* = .{ .start = start, .len = end - start, .mr = mr, .users = 1, .last_use = cache.clock };
-        return .{ .index = @intCast(slot), .lkey = mr.lkey, .rkey = mr.rkey };
+        return .{ .index = @intCast(slot), .mr = mr, .lkey = mr.lkey, .rkey = mr.rkey };
     }
 
-    pub fn release(cache: *RegCache, handle: Handle) void {
+    pub fn release(cache: *RegCache, dev: *Device, handle: Handle) void {
+        const index = handle.index orelse {
+            _ = dev.api.dereg_mr(handle.mr);
+            return;
+        };
         cache.mu.lock();
         defer cache.mu.unlock();
-        const e = &cache.entries[handle.index];
+        const e = &cache.entries[index];
         std.debug.assert(e.users > 0);
         e.users -= 1;
     }
 
-    /// Drops every region containing [addr, addr + len): its memory is being freed.
+    /// Drops every unused region overlapping [addr, addr + len): its memory is being unmapped.
     pub fn forget(cache: *RegCache, dev: *Device, addr: usize, len: usize) void {
         cache.mu.lock();
         defer cache.mu.unlock();
@@ -377,16 +391,92 @@ pub const RegCache = struct {
     }
 };
 
+/// The host buffers mr_alloc / mr_alloc_shared handed out and mr_free has not taken back yet
+/// (process-wide): the memory the registration cache may keep registered. mr_free drops a
+/// buffer's cached registrations on every open device before unmapping it.
+pub const buffers = struct {
+    const max = 1024;
+    var mu: std.Thread.Mutex = .{};
+    const Range = struct { start: usize = 0, len: usize = 0 };
+    var ranges: [max]Range = [_]Range{.{}} ** max;
+    var devices: [16]?*Device = [_]?*Device{null} ** 16;
+
+    pub fn note(ptr: usize, len: usize) void {
+        mu.lock();
+        defer mu.unlock();
+        for (&ranges) |*r| if (r.len == 0) {
+            r.* = .{ .start = ptr, .len = len };
+            return;
+        };
+        // Full: that buffer simply registers per use.
+    }
+
+    pub fn drop(ptr: usize, len: usize) void {
+        mu.lock();
+        defer mu.unlock();
+        for (&ranges) |*r| if (r.start == ptr and r.len != 0) {
+            r.* = .{};
+        };
+        for (devices) |maybe| if (maybe) |dev| dev.cache.forget(dev, ptr, len);
+    }
+
+    fn contains(start: usize, len: usize) bool {
+        mu.lock();
+        defer mu.unlock();
+        for (ranges) |r| if (r.len != 0 and start >= r.start and start + len <= std.mem.alignForward(usize, r.start + r.len, 4096)) return true;
+        return false;
+    }
+
+    fn addDevice(dev: *Device) void {
+        mu.lock();
+        defer mu.unlock();
+        for (&devices) |*slot| if (slot.* == null) {
+            slot.* = dev;
+            return;
+        };
+    }
+
+    fn removeDevice(dev: *Device) void {
+        mu.lock();
+        defer mu.unlock();
+        for (&devices) |*slot| if (slot.* == dev) {
+            slot.* = null;
+        };
+    }
+};
+
 // ---- channels --------------------------------------------------------------------------------
 
 const wr_kind_ring: u64 = 1;
 const wr_kind_credit: u64 = 2;
 const wr_kind_direct: u64 = 3;
 /// The credit region: [0] the peer's released count (written by the peer), [8] the source of
-/// our credit writes, [16] the peer's "ready" flag, [24] the source of our ready write.
+/// our credit writes, [16] the peer's "ready" flag, [24] the source of our ready write, [32]
+/// the source of our "taken" writes, [64..] the taken words of our rendezvous slots.
 const ready_offset = 16;
 const ready_source_offset = 24;
 const ready_value: u64 = 0x5245_4144_5921; // "READY!"
+/// [64 + 8 i]: rendezvous slot i's "taken" word, written by the peer when it has read the
+/// message exposed under that slot (the token of that exposure).
+const taken_offset = 64;
+pub const rendezvous_slots = 32;
+const wr_kind_read: u64 = 4;
+/// Rendezvous pulls into a posted receive go in pieces of at most this (one RDMA read each).
+pub const pull_bytes_max: u64 = 64 << 20;
+
+/// What a rendezvous descriptor frame carries (link_kind.Rendezvous).
+pub const Desc = extern struct {
+    addr: u64,
+    len: u64,
+    rkey: u32,
+    slot: u32,
+    token: u64,
+};
+
+comptime {
+    std.debug.assert(@sizeOf(Desc) <= wire.rendezvous_desc_bytes_max);
+    std.debug.assert(taken_offset + 8 * rendezvous_slots <= 4096);
+}
 
 /// Page-aligned registered memory.
 const Region = struct {
@@ -439,6 +529,14 @@ pub const Channel = struct {
     /// frame sent to a QP not yet in RTR is dropped by hardware and only retransmitted after
     /// the transport timeout (~1 s).
     wait_ready: bool = false,
+    /// Rendezvous exposures in flight (bit i: slot i) and their registrations; under post_mu.
+    exposed_mask: u32 = 0,
+    exposed: [rendezvous_slots]?RegCache.Handle = [_]?RegCache.Handle{null} ** rendezvous_slots,
+    token_next: u64 = 1,
+    reads_posted: u64 = 0,
+    reads_done: std.atomic.Value(u64) = .init(0),
+    /// Registered landing area for pulls whose destination is a stash buffer.
+    bounce: ?Region = null,
 
     fn stride(c: *const Channel) u64 {
         return slot_header_bytes + @as(u64, c.slot_bytes);
@@ -460,13 +558,15 @@ pub const Channel = struct {
         errdefer tx.free(dev);
         const credit = Region.alloc(dev, 4096, remote) orelse return fail(why, "credit registration failed on {s}", .{dev.name()});
         errdefer credit.free(dev);
+        const bounce = Region.alloc(dev, dev.config.slot_bytes, local) orelse return fail(why, "bounce registration failed on {s}", .{dev.name()});
+        errdefer bounce.free(dev);
         const sq_depth = 2 * n + direct_writes_max + 2;
         const cq = dev.api.create_cq(dev.context, @intCast(sq_depth + n + 4), null, null, 0) orelse return fail(why, "ibv_create_cq failed on {s}", .{dev.name()});
         errdefer _ = dev.api.destroy_cq(cq);
         var init_attr = abi.QpInitAttr{ .send_cq = cq, .recv_cq = cq, .cap = .{ .max_send_wr = sq_depth, .max_recv_wr = n, .max_send_sge = 1, .max_recv_sge = 1, .max_inline_data = 64 }, .sq_sig_all = 1 };
         const qp = dev.api.create_qp(dev.pd, &init_attr) orelse return fail(why, "ibv_create_qp failed on {s}", .{dev.name()});
         errdefer _ = dev.api.destroy_qp(qp);
-        c.* = .{ .dev = dev, .peer = peer, .cq = cq, .qp = qp, .slot_count = n, .slot_bytes = dev.config.slot_bytes, .rx = rx, .tx = tx, .credit = credit, .sq_depth = sq_depth };
+        c.* = .{ .dev = dev, .peer = peer, .cq = cq, .qp = qp, .slot_count = n, .slot_bytes = dev.config.slot_bytes, .rx = rx, .tx = tx, .credit = credit, .sq_depth = sq_depth, .bounce = bounce };
         var attr = abi.QpAttr{ .qp_state = .init, .port_num = dev.port, .qp_access_flags = @intCast(abi.access_local_write | abi.access_remote_write | abi.access_remote_read) };
         if (dev.api.modify_qp(qp, &attr, abi.qp_state | abi.qp_pkey_index | abi.qp_port | abi.qp_access_flags) != 0)
             return fail(why, "QP to INIT failed on {s}", .{dev.name()});
@@ -532,9 +632,11 @@ pub const Channel = struct {
         _ = dev.api.modify_qp(c.qp, &attr, abi.qp_state);
         _ = dev.api.destroy_qp(c.qp);
         _ = dev.api.destroy_cq(c.cq);
+        for (c.exposed) |maybe| if (maybe) |h| dev.cache.release(dev, h);
         c.rx.free(dev);
         c.tx.free(dev);
         c.credit.free(dev);
+        if (c.bounce) |b| b.free(dev);
         std.heap.c_allocator.destroy(c);
     }
 
@@ -680,7 +782,7 @@ pub const Channel = struct {
     pub fn writeDirect(c: *Channel, local: []const u8, remote_addr: u64, rkey: u32, abort: anytype) bool {
         if (local.len == 0) return true;
         const handle = c.dev.cache.acquire(c.dev, @intFromPtr(local.ptr), local.len) orelse return false;
-        defer c.dev.cache.release(handle);
+        defer c.dev.cache.release(c.dev, handle);
         var offset: u64 = 0;
         var target: u64 = 0;
         while (offset < local.len) {
@@ -711,12 +813,119 @@ pub const Channel = struct {
 
     /// Registers [addr, addr + len) for the peer to write into (the rendezvous receiver's
     /// advertisement); release the handle once the message is complete.
-    pub fn expose(c: *Channel, addr: usize, len: usize) ?RegCache.Handle {
+    pub fn exposeRange(c: *Channel, addr: usize, len: usize) ?RegCache.Handle {
         return c.dev.cache.acquire(c.dev, addr, len);
     }
 
-    pub fn unexpose(c: *Channel, handle: RegCache.Handle) void {
-        c.dev.cache.release(handle);
+    pub fn unexposeRange(c: *Channel, handle: RegCache.Handle) void {
+        c.dev.cache.release(c.dev, handle);
+    }
+
+    // ---- rendezvous (link_kind.Rendezvous) ----
+
+    fn takenWord(c: *Channel, slot: u32) *const volatile u64 {
+        return @ptrCast(@alignCast(c.credit.bytes.ptr + taken_offset + 8 * slot));
+    }
+
+    /// Sender: registers `bytes` for the peer to read and describes them; null when all
+    /// rendezvous slots are in use or registration fails (the message goes as frames).
+    pub fn expose(c: *Channel, bytes: []const u8) ?Desc {
+        std.debug.assert(bytes.len > 0);
+        const handle = c.dev.cache.acquire(c.dev, @intFromPtr(bytes.ptr), bytes.len) orelse return null;
+        c.post_mu.lock();
+        defer c.post_mu.unlock();
+        const free = ~c.exposed_mask;
+        if (free == 0 or c.failed.load(.acquire)) {
+            c.dev.cache.release(c.dev, handle);
+            return null;
+        }
+        const slot: u32 = @ctz(free);
+        c.exposed_mask |= @as(u32, 1) << @intCast(slot);
+        c.exposed[slot] = handle;
+        const token = c.token_next;
+        c.token_next += 1;
+        const word: *volatile u64 = @ptrCast(@alignCast(c.credit.bytes.ptr + taken_offset + 8 * slot));
+        word.* = 0;
+        return .{ .addr = @intFromPtr(bytes.ptr), .len = bytes.len, .rkey = handle.rkey, .slot = slot, .token = token };
+    }
+
+    /// Sender: releases an exposure (after the peer took it, or when it was never sent).
+    pub fn unexposeSlot(c: *Channel, desc: Desc) void {
+        std.debug.assert(desc.slot < rendezvous_slots);
+        c.post_mu.lock();
+        const handle = c.exposed[desc.slot];
+        c.exposed[desc.slot] = null;
+        c.exposed_mask &= ~(@as(u32, 1) << @intCast(desc.slot));
+        c.post_mu.unlock();
+        if (handle) |h| c.dev.cache.release(c.dev, h);
+    }
+
+    /// Sender: waits until the peer wrote this exposure's token into its taken word.
+    pub fn awaitTaken(c: *Channel, desc: Desc, abort: anytype) enum { taken, failed, aborted } {
+        var polls: u64 = 0;
+        while (c.takenWord(desc.slot).* != desc.token) : (polls += 1) {
+            if (c.isFailed()) return .failed;
+            if (polls % 64 == 0 and abort.check()) return .aborted;
+            if (polls < 1000) std.atomic.spinLoopHint() else std.Thread.sleep(20 * std.time.ns_per_us);
+        }
+        return .taken;
+    }
+
+    /// Receiver: RDMA-reads [remote_addr, + dest.len) of the peer into `dest`.
+    pub fn pull(c: *Channel, dest: []u8, remote_addr: u64, rkey: u32) bool {
+        if (dest.len == 0) return true;
+        const handle = c.dev.cache.acquire(c.dev, @intFromPtr(dest.ptr), dest.len) orelse return c.pullStaged(dest, remote_addr, rkey);
+        defer c.dev.cache.release(c.dev, handle);
+        return c.read(@intFromPtr(dest.ptr), @intCast(dest.len), handle.lkey, remote_addr, rkey);
+    }
+
+    /// Receiver: pulls through the registered bounce area (for destinations not worth
+    /// registering: stash buffers).
+    pub fn pullStaged(c: *Channel, dest: []u8, remote_addr: u64, rkey: u32) bool {
+        const bounce = c.bounce.?;
+        var offset: usize = 0;
+        while (offset < dest.len) {
+            const n = @min(bounce.bytes.len, dest.len - offset);
+            if (!c.read(@intFromPtr(bounce.bytes.ptr), @intCast(n), bounce.mr.lkey, remote_addr + offset, rkey)) return false;
+            @memcpy(dest[offset..][0..n], bounce.bytes[0..n]);
+            offset += n;
+        }
+        return true;
+    }
+
+    fn read(c: *Channel, local: usize, len: u32, lkey: u32, remote_addr: u64, rkey: u32) bool {
+        while (c.sq_inflight.load(.acquire) + 2 > c.sq_depth) {
+            if (c.isFailed()) return false;
+            std.Thread.sleep(20 * std.time.ns_per_us);
+        }
+        var sge = abi.Sge{ .addr = local, .length = len, .lkey = lkey };
+        var wr = abi.SendWr{ .wr_id = wr_kind_read, .sg_list = @ptrCast(&sge), .num_sge = 1, .opcode = abi.wr_rdma_read, .send_flags = abi.send_signaled };
+        wr.wr = .{ .rdma = .{ .remote_addr = remote_addr, .rkey = rkey } };
+        c.post_mu.lock();
+        const ok = !c.failed.load(.acquire) and c.postLocked(&wr);
+        if (ok) c.reads_posted += 1;
+        const ticket = c.reads_posted;
+        c.post_mu.unlock();
+        if (!ok) return false;
+        var polls: u64 = 0;
+        while (c.reads_done.load(.acquire) < ticket) : (polls += 1) {
+            if (c.isFailed()) return false;
+            if (polls < 1000) std.atomic.spinLoopHint() else std.Thread.sleep(10 * std.time.ns_per_us);
+        }
+        return true;
+    }
+
+    /// Receiver: tells the sender it has taken the message of `desc` (its taken word).
+    pub fn markTaken(c: *Channel, desc: Desc) bool {
+        if (desc.slot >= rendezvous_slots) return false;
+        c.post_mu.lock();
+        defer c.post_mu.unlock();
+        const source: *u64 = @ptrCast(@alignCast(c.credit.bytes.ptr + 32));
+        source.* = desc.token;
+        var sge = abi.Sge{ .addr = @intFromPtr(source), .length = 8, .lkey = c.credit.mr.lkey };
+        var wr = abi.SendWr{ .wr_id = wr_kind_credit, .sg_list = @ptrCast(&sge), .num_sge = 1, .opcode = abi.wr_rdma_write, .send_flags = abi.send_signaled | abi.send_inline };
+        wr.wr = .{ .rdma = .{ .remote_addr = c.remote.?.credit_addr + taken_offset + 8 * desc.slot, .rkey = c.remote.?.credit_rkey } };
+        return !c.failed.load(.acquire) and c.postLocked(&wr);
     }
 
     /// One poll of this channel's CQ (the poller thread, under dev.mu). True when it found work.
@@ -751,6 +960,7 @@ pub const Channel = struct {
         }
         _ = c.sq_inflight.fetchSub(1, .acq_rel);
         if (wc.wr_id == wr_kind_direct) _ = c.direct_done.fetchAdd(1, .release);
+        if (wc.wr_id == wr_kind_read) _ = c.reads_done.fetchAdd(1, .release);
     }
 };
 

@@ -57,6 +57,11 @@ pub const Ack = extern struct {
     blob_len: u16,
 };
 
+/// FrameHeader.flags: the frame describes a message the receiver takes by itself
+/// (link_kind.Rendezvous); msg_len is the message's length, the payload the kind's descriptor.
+pub const flag_rendezvous: u16 = 1;
+pub const rendezvous_desc_bytes_max = 64;
+
 /// Precedes every chunk. `check` is a hash of the other fields: garbage is caught at once.
 pub const FrameHeader = extern struct {
     magic: u32 = frame_magic,
@@ -86,7 +91,14 @@ pub const FrameHeader = extern struct {
     pub fn validate(self: FrameHeader, src_rank: u32, chunk_limit: u32) Invalid!void {
         if (self.magic != frame_magic) return error.Protocol;
         if (self.check != self.computeCheck()) return error.Protocol;
-        if (self.src_rank != src_rank or self.flags != 0 or self.reserved != 0) return error.Protocol;
+        if (self.src_rank != src_rank or self.reserved != 0) return error.Protocol;
+        if (self.flags == flag_rendezvous) {
+            // A rendezvous descriptor (link_kind.Rendezvous): the payload is the descriptor.
+            if (self.chunk_len == 0 or self.chunk_len > rendezvous_desc_bytes_max or self.offset != 0) return error.Protocol;
+            if (self.msg_len == 0 or self.msg_len > message_bytes_max) return error.Protocol;
+            return;
+        }
+        if (self.flags != 0) return error.Protocol;
         if (self.chunk_len > chunk_limit or self.msg_len > message_bytes_max) return error.Protocol;
         if (self.offset > self.msg_len or self.chunk_len > self.msg_len - self.offset) return error.Protocol;
         if (self.chunk_len == 0 and self.msg_len != 0) return error.Protocol;
