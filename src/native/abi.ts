@@ -55,6 +55,8 @@ export interface NativeSymbols {
   mr_engine_set_peer(engine: number | ArrayBufferView | null, rank: number, host: number | ArrayBufferView | null, host_len: number | bigint, port: number, host_id: number | bigint): number;
   /** int32_t mr_engine_peer_down(mr_engine *engine, uint32_t rank); */
   mr_engine_peer_down(engine: number | ArrayBufferView | null, rank: number): number;
+  /** size_t mr_engine_links(mr_engine *engine, uint8_t *buf, size_t cap); */
+  mr_engine_links(engine: number | ArrayBufferView | null, buf: number | ArrayBufferView | null, cap: number | bigint): number | bigint;
   /** void mr_engine_destroy(mr_engine *engine); */
   mr_engine_destroy(engine: number | ArrayBufferView | null): void;
   /** int64_t mr_submit(mr_engine *engine, uint32_t kind, uint32_t dtype, uint32_t redop, uint64_t op_id, const uint64_t *ranks, uint32_t root, const void *send, void *recv, uint64_t count, const uint64_t *counts, int32_t device, uint32_t timeout_ms); */
