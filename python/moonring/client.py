@@ -362,6 +362,9 @@ class Client(_Collectives):
     def close(self) -> None:
         if self._shm is not None:
             self._shm.close()
+        dev = getattr(self, "_dev", None)  # moonring.cuda_ipc's pool, made by moonring.torch
+        if dev is not None:
+            dev.close()
         self._transport.close()
 
     def __enter__(self) -> "Client":

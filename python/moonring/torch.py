@@ -7,7 +7,9 @@
 Each process talks to its own rank service (found as moonring.connect() finds it: MOONRING_URL,
 MOONRING_UNIX, MOONRING_PORT, or MOONRING_BASE_PORT + RANK). CPU tensors travel in place: the
 answer is read straight into the tensor's memory (shared host buffers for large ones when the
-service offers them). CUDA tensors are staged through host memory (see docs/python.md).
+service offers them). all_reduce, reduce and broadcast of CUDA tensors run in the rank's
+device buffers mapped over CUDA IPC (GPU to GPU, no host round trip); other ops stage CUDA
+tensors through host memory.
 
 Every op runs on a worker thread of its process group, in issue order (so `async_op=True` calls
 return at once and ranks still match calls in order); point-to-point ops run on one worker per
@@ -20,6 +22,7 @@ import atexit
 import datetime
 import queue
 import threading
+import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -76,6 +79,11 @@ def _copy_in(dst: torch.Tensor, block: Optional[np.ndarray]) -> None:
         src = torch.from_numpy(np.ascontiguousarray(block))
     with torch.no_grad():
         dst.copy_(src.reshape(dst.shape))
+
+
+def _stream_of(t: torch.Tensor) -> Any:
+    """The caller's current CUDA stream for a CUDA tensor (the op is ordered after its work)."""
+    return torch.cuda.current_stream(t.device) if t.is_cuda else None
 
 
 class _Staged:
@@ -253,15 +261,43 @@ class MoonringBackend(_C10dBackend):
                 lane.stop()
             self._p2p.clear()
 
+    def _device(self) -> Any:
+        """The rank's device buffers for CUDA tensors (one pool per client), or None."""
+        from .cuda_ipc import DeviceBuffers
+
+        dev = getattr(self._client, "_dev", None)
+        if dev is None:
+            dev = self._client._dev = DeviceBuffers(self._client)
+        return dev if dev.usable() else None
+
+    def _in_place(self, op: str, t: torch.Tensor, params: Dict[str, Any], tmo: Any, stream: Any, write_back: bool,
+                  host: Callable[[], None]) -> None:
+        """A CUDA tensor through a mapped device buffer of the rank (CUDA IPC); else `host`."""
+        dev = self._device() if stream is not None else None
+        if dev is not None:
+            from .cuda_ipc import DeviceSetupError
+
+            try:
+                dev.run(self._coll, op, t, _dtype(t), params, tmo, stream, write_back)
+                return
+            except DeviceSetupError as e:
+                dev.disable(str(e))
+                warnings.warn(f"moonring: CUDA tensors staged through host memory: {e}")
+        host()
+
     # -- reductions and broadcast (in place) -------------------------------------------
     def allreduce(self, tensors: Sequence[torch.Tensor], opts: Any = None) -> _Work:
         red, tmo = _redop(opts.reduceOp), self._op_timeout(opts)
 
+        streams = [_stream_of(t) for t in tensors]
+
         def run() -> None:
-            for t in tensors:
-                with _Staged(t) as c:
-                    a = _np(c)
-                    self._coll.all_reduce(a, op=red, out=a, dtype=_dtype(t), timeout=tmo)
+            for t, stream in zip(tensors, streams):
+                def host(t: torch.Tensor = t) -> None:
+                    with _Staged(t) as c:
+                        a = _np(c)
+                        self._coll.all_reduce(a, op=red, out=a, dtype=_dtype(t), timeout=tmo)
+                self._in_place("allreduce", t, {"op": red}, tmo, stream, True, host)
         return self._submit("allreduce", run, list(tensors), opts=opts)
 
     def allreduce_coalesced(self, tensors: Sequence[torch.Tensor], opts: Any = None) -> _Work:
@@ -270,21 +306,29 @@ class MoonringBackend(_C10dBackend):
     def reduce(self, tensors: Sequence[torch.Tensor], opts: Any = None) -> _Work:
         red, root, tmo = _redop(opts.reduceOp), int(opts.rootRank), self._op_timeout(opts)
 
+        streams = [_stream_of(t) for t in tensors]
+
         def run() -> None:
-            for t in tensors:
-                with _Staged(t, write_back=self._rank == root) as c:
-                    a = _np(c)
-                    self._coll.reduce(a, dst=root, op=red, out=a if self._rank == root else None, dtype=_dtype(t), timeout=tmo)
+            for t, stream in zip(tensors, streams):
+                def host(t: torch.Tensor = t) -> None:
+                    with _Staged(t, write_back=self._rank == root) as c:
+                        a = _np(c)
+                        self._coll.reduce(a, dst=root, op=red, out=a if self._rank == root else None, dtype=_dtype(t), timeout=tmo)
+                self._in_place("reduce", t, {"op": red, "dst": root}, tmo, stream, self._rank == root, host)
         return self._submit("reduce", run, list(tensors), opts=opts)
 
     def broadcast(self, tensors: Sequence[torch.Tensor], opts: Any = None) -> _Work:
         root, tmo = int(opts.rootRank), self._op_timeout(opts)
 
+        streams = [_stream_of(t) for t in tensors]
+
         def run() -> None:
-            for t in tensors:
-                with _Staged(t) as c:
-                    a = _np(c)
-                    self._coll.broadcast(a, src=root, out=a, dtype=_dtype(t), timeout=tmo)
+            for t, stream in zip(tensors, streams):
+                def host(t: torch.Tensor = t) -> None:
+                    with _Staged(t) as c:
+                        a = _np(c)
+                        self._coll.broadcast(a, src=root, out=a, dtype=_dtype(t), timeout=tmo)
+                self._in_place("broadcast", t, {"src": root}, tmo, stream, True, host)
         return self._submit("broadcast", run, list(tensors), opts=opts)
 
     # -- gathers ------------------------------------------------------------------------
