@@ -59,6 +59,10 @@ export interface NativeSymbols {
   mr_engine_links(engine: number | ArrayBufferView | null, buf: number | ArrayBufferView | null, cap: number | bigint): number | bigint;
   /** void mr_engine_destroy(mr_engine *engine); */
   mr_engine_destroy(engine: number | ArrayBufferView | null): void;
+  /** uint32_t mr_engine_traffic(mr_engine *engine, uint64_t *out, uint32_t cap); */
+  mr_engine_traffic(engine: number | ArrayBufferView | null, out: number | ArrayBufferView | null, cap: number): number;
+  /** size_t mr_link_kind_name(uint32_t kind, uint8_t *buf, size_t cap); */
+  mr_link_kind_name(kind: number, buf: number | ArrayBufferView | null, cap: number | bigint): number | bigint;
   /** int64_t mr_submit(mr_engine *engine, uint32_t kind, uint32_t dtype, uint32_t redop, uint64_t op_id, const uint64_t *ranks, uint32_t root, const void *send, void *recv, uint64_t count, const uint64_t *counts, int32_t device, uint32_t timeout_ms); */
   mr_submit(engine: number | ArrayBufferView | null, kind: number, dtype: number, redop: number, op_id: number | bigint, ranks: number | ArrayBufferView | null, root: number, send: number | ArrayBufferView | null, recv: number | ArrayBufferView | null, count: number | bigint, counts: number | ArrayBufferView | null, device: number, timeout_ms: number): number | bigint;
   /** int64_t mr_start(mr_engine *engine, uint32_t kind, uint32_t dtype, uint32_t redop, uint64_t op_id, const uint64_t *ranks, uint32_t root, const void *send, void *recv, uint64_t count, const uint64_t *counts, int32_t device, uint32_t timeout_ms); */

@@ -17,7 +17,9 @@ import {
   type SharedLocation,
   jsOwnedMemory,
   type DataPlaneLinks,
+  type TrafficRecord,
 } from "./types";
+import { WORLD_SIZE_MAX } from "../limits";
 
 /** u64 words of mr_submit's group bitset (moonring.h MR_RANK_WORDS). */
 const rankWords = MR_RANK_WORDS;
@@ -28,6 +30,21 @@ type ErrorCode = NativeError["code"];
 function codeOf(status: number): ErrorCode {
   const name = statusName(status);
   return name in statusCodes && name !== "EBUSY" ? (name as ErrorCode) : "EIO";
+}
+
+/** (peer, link kind) pairs one /metrics scrape reads at most: every slot over two kinds. */
+const TRAFFIC_RECORDS_MAX = 2 * WORLD_SIZE_MAX;
+const linkKindNames = new Map<number, string>();
+/** mr_link_kind_name, remembered. */
+function linkKindName(kind: number): string {
+  let name = linkKindNames.get(kind);
+  if (name === undefined) {
+    const buf = new Uint8Array(32);
+    const len = Number(native.mr_link_kind_name(kind, buf, buf.length)); // size_t: a bigint
+    name = len > 0 ? new TextDecoder().decode(buf.subarray(0, Math.min(len, buf.length))) : `kind${kind}`;
+    linkKindNames.set(kind, name);
+  }
+  return name;
 }
 
 const encoder = new TextEncoder();
@@ -185,6 +202,19 @@ export class NativeDataPlane implements DataPlane {
     const h = encoder.encode(host);
     const rc = native.mr_engine_set_peer(this.engine(), rank, h, h.length, port, hostId) as number;
     if (rc !== 0) throw new NativeError(lastError(), codeOf(rc));
+  }
+
+  /** Bytes per peer and link kind since the engine started (mr_engine_traffic). */
+  traffic(): TrafficRecord[] {
+    const max = TRAFFIC_RECORDS_MAX;
+    const out = new BigUint64Array(max * 4);
+    const n = native.mr_engine_traffic(this.engine(), out, out.length) as number;
+    const records: TrafficRecord[] = [];
+    for (let i = 0; i < Math.min(n, max); i++) {
+      const [peer, kind, tx, rx] = out.subarray(i * 4, i * 4 + 4);
+      records.push({ peer: Number(peer), transport: linkKindName(Number(kind)), txBytes: Number(tx), rxBytes: Number(rx) });
+    }
+    return records;
   }
 
   peerDown(rank: number): void {

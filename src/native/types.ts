@@ -13,6 +13,14 @@ export interface NativeBuffer {
   release(): void;
 }
 
+/** Data-plane bytes between this rank and `peer` over links of one kind ("tcp", "shm"). */
+export interface TrafficRecord {
+  peer: number;
+  transport: string;
+  txBytes: number;
+  rxBytes: number;
+}
+
 export interface NativeOp {
   kind: CollectiveName;
   dtype: DTypeName;
@@ -69,6 +77,8 @@ export interface DataPlane {
    * the memory lives while the Uint8Array (and an op using it) is referenced.
    */
   wrapJs?(bytes: Uint8Array): NativeBuffer;
+  /** Optional: bytes sent to / received from each peer over links, by link kind (metrics). */
+  traffic?(): TrafficRecord[];
   /** Optional: the file a buffer of allocShared lies in (for local programs that map it). */
   sharedLocation?(buf: NativeBuffer): SharedLocation | null;
   /** Resolves when this rank's part is done; rejects with NativeError. */

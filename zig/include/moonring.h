@@ -68,6 +68,14 @@ int32_t mr_engine_peer_down(mr_engine *engine, uint32_t rank);
 size_t mr_engine_links(mr_engine *engine, uint8_t *buf, size_t cap);
 /* Stops threads, closes links, removes shm segments. In-flight ops complete with MR_ECANCELED. */
 void mr_engine_destroy(mr_engine *engine);
+/* Data-plane bytes per peer and link kind since the engine started (metrics): writes up to
+ * cap / 4 records (peer, kind, tx_bytes, rx_bytes) into out, one per pair that moved bytes;
+ * returns how many. Board ops (same-host collectives on the shared board) are not links and
+ * are not counted here. */
+uint32_t mr_engine_traffic(mr_engine *engine, uint64_t *out, uint32_t cap);
+/* The name of link kind `kind` (the index mr_engine_traffic reports: "tcp", "shm"); copies at
+ * most cap bytes into buf and returns the name's length; 0 for no such kind. */
+size_t mr_link_kind_name(uint32_t kind, uint8_t *buf, size_t cap);
 
 /* ---- operations ---- */
 /* Submits one collective or p2p op; returns a ticket > 0, or a negative MR_E* code.

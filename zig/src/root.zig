@@ -165,6 +165,20 @@ pub export fn mr_engine_data_port(handle: ?*c.mr_engine) u16 {
     return engine.dataPort();
 }
 
+pub export fn mr_engine_traffic(handle: ?*c.mr_engine, out: [*c]u64, cap: u32) u32 {
+    const engine = engineOf(handle) orelse return 0;
+    if (out == null) return 0;
+    return engine.net.traffic.snapshot(out[0..cap]);
+}
+
+pub export fn mr_link_kind_name(kind: u32, buf: [*c]u8, cap: usize) usize {
+    const all = @import("transport/kinds.zig").all;
+    if (kind >= all.len) return 0;
+    const name = all[kind].name;
+    if (buf != null) @memcpy(buf[0..@min(cap, name.len)], name[0..@min(cap, name.len)]);
+    return name.len;
+}
+
 pub export fn mr_engine_set_peer(handle: ?*c.mr_engine, rank: u32, host: [*c]const u8, host_len: usize, port: u16, host_id: u64) i32 {
     const engine = engineOf(handle) orelse return Status.einval;
     const h = bytesOf(host, host_len) orelse {
@@ -312,6 +326,7 @@ test {
     _ = @import("transport/shm.zig");
     _ = @import("transport/board.zig");
     _ = @import("transport/arena.zig");
+    _ = @import("transport/traffic.zig");
     _ = @import("engine_test.zig");
     _ = @import("op.zig");
 }

@@ -3,6 +3,7 @@ import type { Hono } from "hono";
 import { renderApiReference } from "../api-reference";
 import { buildOpenApi } from "../openapi";
 import { expectedBearer, isAuthorized } from "../auth";
+import type { TrafficRecord } from "../../native/types";
 import type { RankService } from "../service";
 
 export function introspectionRoutes(app: Hono, svc: RankService): void {
@@ -74,6 +75,7 @@ export function introspectionRoutes(app: Hono, svc: RankService): void {
         `moonring_collective_reissues_total{rank="${svc.rank}"} ${svc.coordinator.stats.retries}`,
       );
     }
+    extra.push(...dataPlaneTrafficLines(svc));
     if (svc.matcher) {
       extra.push(
         "# HELP moonring_pending_collectives Collectives waiting for members (rank 0 only).",
@@ -97,4 +99,25 @@ export function introspectionRoutes(app: Hono, svc: RankService): void {
       ...(svc.matcher ? { pending: svc.matcher.pending() } : {}),
     });
   });
+}
+
+/** moonring_dataplane_bytes_total{transport, peer, direction}: what the native links moved. */
+function dataPlaneTrafficLines(svc: RankService): string[] {
+  let records: TrafficRecord[] = [];
+  try {
+    records = svc.dataPlane?.traffic?.() ?? [];
+  } catch (e) {
+    if (svc.phase !== "stopping") svc.log.warn(`data-plane traffic counters: ${(e as Error).message}`);
+    return [];
+  }
+  const lines = [
+    "# HELP moonring_dataplane_bytes_total Bytes this rank's data plane sent to (tx) / received from (rx) a peer over links, by link kind (same-host collectives on the shared board move no link bytes).",
+    "# TYPE moonring_dataplane_bytes_total counter",
+  ];
+  for (const t of records) {
+    for (const [direction, v] of [["tx", t.txBytes], ["rx", t.rxBytes]] as const) {
+      lines.push(`moonring_dataplane_bytes_total{rank="${svc.rank}",transport="${t.transport}",peer="${t.peer}",direction="${direction}"} ${v}`);
+    }
+  }
+  return lines;
 }

@@ -22,6 +22,7 @@ const link_kind = @import("link_kind.zig");
 const kinds = @import("kinds.zig");
 const kind_verbs = @import("kind_verbs.zig");
 const links_mod = @import("links.zig");
+const traffic_mod = @import("traffic.zig");
 const boards_mod = @import("boards.zig");
 
 pub const Error = transport.Error;
@@ -183,6 +184,8 @@ pub const Net = struct {
     peer_maps: arena.PeerMaps = .{},
     name_prefix_buf: [64]u8 = undefined,
     name_prefix_len: usize = 0,
+    /// Bytes sent to / received from each peer, by link kind (metrics).
+    traffic: traffic_mod.Traffic(world_size_max) = .{},
 
     pub fn init(alloc: std.mem.Allocator, opts_in: Options) !*Net {
         if (opts_in.world_size_max == 0 or opts_in.world_size_max > world_size_max) return error.BadWorldSize;
@@ -741,6 +744,7 @@ pub const Net = struct {
             header.seal();
             net.links.send(link, &header, bytes[offset..][0..chunk_len], ep.abort()) catch |err|
                 return net.sendFailed(ep, link.peer, seq, err);
+            net.traffic.addTx(link.peer, link.kind, chunk_len);
             offset += chunk_len;
             if (offset == bytes.len) return;
         }
@@ -899,6 +903,7 @@ pub const Net = struct {
         const req: *Req = @ptrCast(@alignCast(direct.request));
         net.mu.lock();
         defer net.mu.unlock();
+        net.countRxLocked(rx.peer, written);
         std.debug.assert(req.busy > 0);
         req.busy -= 1;
         if (complete) {
@@ -920,10 +925,19 @@ pub const Net = struct {
         net.stash_cond.broadcast();
     }
 
+    /// Received bytes count under the kind of the peer's live link (one per peer in practice).
+    fn countRxLocked(net: *Net, peer: u32, bytes: usize) void {
+        const kind: u8 = for (net.links.peers[peer].links) |maybe| {
+            if (maybe) |link| break link.kind;
+        } else kinds.base_index;
+        net.traffic.addRx(peer, kind, bytes);
+    }
+
     fn rxFinishStash(rx: *const link_kind.Receiver, header: *const wire.FrameHeader, buf: []u8) void {
         const net = of(rx);
         net.mu.lock();
         defer net.mu.unlock();
+        net.countRxLocked(rx.peer, buf.len);
         std.debug.assert(net.stash_pending > 0);
         net.stash_pending -= 1;
         // The receive may have been posted while we copied: hand the chunk over now.
