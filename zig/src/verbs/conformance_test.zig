@@ -576,15 +576,9 @@ fn expectByte(fd: std.posix.fd_t, want: u8) !void {
     try testing.expectEqual(want, b[0]);
 }
 
-test "two processes: send one way, RDMA write back" {
-    const v = try api();
-    var me = try openClient(local_content);
-    defer {
-        me.client.deinit(v);
-        _ = v.close_device(me.context);
-    }
-    const c = &me.client;
-    const child = try forkChild(false);
+/// Connects to a forked child, sends it one message and sees its RDMA write back.
+fn exchangeWithChild(v: *const lib.Api, c: *Client, wait_for_kill: bool) !struct { child: Child, peer: Address } {
+    const child = try forkChild(wait_for_kill);
     const peer = try exchange(child.from_child, child.to_child, .{ .gid = c.gid, .qpn = c.qp.qp_num, .rkey = c.mr.rkey, .addr = @intFromPtr(c.buffer.ptr) });
     try bringUp(v, c.qp, peer.gid, peer.qpn, 7);
     try expectByte(child.from_child, 'r');
@@ -594,7 +588,18 @@ test "two processes: send one way, RDMA write back" {
     try testing.expectEqual(abi.WcStatus.success, (try waitCompletion(c.cq)).status);
     try expectByte(child.from_child, 'd');
     try expectAll(c.buffer, 'z');
-    const result = std.posix.waitpid(child.pid, 0);
+    return .{ .child = child, .peer = peer };
+}
+
+test "two processes: send one way, RDMA write back" {
+    const v = try api();
+    var me = try openClient(local_content);
+    defer {
+        me.client.deinit(v);
+        _ = v.close_device(me.context);
+    }
+    const done = try exchangeWithChild(v, &me.client, false);
+    const result = std.posix.waitpid(done.child.pid, 0);
     try testing.expectEqual(@as(u32, 0), result.status);
 }
 
@@ -606,17 +611,11 @@ test "two processes: the peer is killed, requests complete retry-exceeded" {
         _ = v.close_device(me.context);
     }
     const c = &me.client;
-    const child = try forkChild(true);
-    const peer = try exchange(child.from_child, child.to_child, .{ .gid = c.gid, .qpn = c.qp.qp_num, .rkey = c.mr.rkey, .addr = @intFromPtr(c.buffer.ptr) });
-    try bringUp(v, c.qp, peer.gid, peer.qpn, 7);
-    try expectByte(child.from_child, 'r');
+    const done = try exchangeWithChild(v, c, true);
+    const peer = done.peer;
+    try std.posix.kill(done.child.pid, std.posix.SIG.KILL);
+    _ = std.posix.waitpid(done.child.pid, 0);
     var sge = [_]abi.Sge{c.sge()};
-    var wr = sendWr(1, &sge, abi.wr_send);
-    try postSendOk(c, &wr);
-    try testing.expectEqual(abi.WcStatus.success, (try waitCompletion(c.cq)).status);
-    try expectByte(child.from_child, 'd');
-    try std.posix.kill(child.pid, std.posix.SIG.KILL);
-    _ = std.posix.waitpid(child.pid, 0);
     var write = sendWr(2, &sge, abi.wr_rdma_write);
     write.wr = .{ .rdma = .{ .remote_addr = peer.addr, .rkey = peer.rkey } };
     try postSendOk(c, &write);
