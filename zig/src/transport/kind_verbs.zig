@@ -258,12 +258,16 @@ fn awaitTaken(link: *anyopaque, desc_bytes: []const u8, abort: link_kind.Abort) 
     const channel = channelOf(link);
     const desc = descOf(desc_bytes).?;
     const outcome = channel.awaitTaken(desc, abort);
-    // Released only once taken: a peer still reading must find the region registered (after a
-    // failure or abort the link closes, and the channel's destroy releases it).
+    // Released only once taken: a peer still reading must find the region registered. An op
+    // that gives up leaves the link usable (the peer is alive, its op fails on its own): the
+    // exposure stays until the peer's taken word arrives (or the channel goes).
     switch (outcome) {
         .taken => channel.unexposeSlot(desc),
         .failed => return error.Closed,
-        .aborted => return error.Broken,
+        .aborted => {
+            channel.abandonSlot(desc);
+            return error.Aborted;
+        },
     }
 }
 

@@ -216,8 +216,9 @@ pub const Rendezvous = struct {
     /// length; null: send frames instead.
     expose: *const fn (link: *anyopaque, bytes: []const u8, desc_out: []u8) ?usize,
     /// Sender, after the descriptor frame went out (write lock released): blocks until the
-    /// peer has taken every byte, the link fails (Closed) or abort says stop (Aborted; the
-    /// link is unusable then: Broken), and releases what expose took.
+    /// peer has taken every byte (then releases what expose took), the link fails (Closed), or
+    /// abort says stop (Aborted: the link stays usable; the kind releases the exposure once the
+    /// peer has taken it, since the peer may still be reading).
     await_taken: *const fn (link: *anyopaque, desc: []const u8, abort: Abort) SendError!void,
     /// Sender: the descriptor frame could not be sent; releases what expose took.
     withdraw: *const fn (link: *anyopaque, desc: []const u8) void,

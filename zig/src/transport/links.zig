@@ -524,7 +524,8 @@ pub const Links = struct {
             return err;
         };
         rendezvous.await_taken(link.state, desc[0..desc_len], abort) catch |err| {
-            // The peer may still be reading: the link can't carry on either way.
+            // Given up (op failed or canceled): the link carries on, the peer is alive.
+            if (err == error.Aborted) return if (link.closing.load(.acquire)) error.LinkClosed else error.Aborted;
             links.mu.lock();
             defer links.mu.unlock();
             const already = link.closing.load(.acquire);

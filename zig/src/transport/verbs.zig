@@ -532,6 +532,11 @@ pub const Channel = struct {
     /// Rendezvous exposures in flight (bit i: slot i) and their registrations; under post_mu.
     exposed_mask: u32 = 0,
     exposed: [rendezvous_slots]?RegCache.Handle = [_]?RegCache.Handle{null} ** rendezvous_slots,
+    exposed_token: [rendezvous_slots]u64 = [_]u64{0} ** rendezvous_slots,
+    /// Exposures whose sender gave up waiting (its op failed): the peer may still read them,
+    /// so they stay registered until their taken word shows up (reclaimed by expose) or the
+    /// channel goes.
+    abandoned_mask: u32 = 0,
     token_next: u64 = 1,
     reads_posted: u64 = 0,
     reads_done: std.atomic.Value(u64) = .init(0),
@@ -832,6 +837,7 @@ pub const Channel = struct {
     pub fn expose(c: *Channel, bytes: []const u8) ?Desc {
         std.debug.assert(bytes.len > 0);
         const handle = c.dev.cache.acquire(c.dev, @intFromPtr(bytes.ptr), bytes.len) orelse return null;
+        c.reclaimAbandoned();
         c.post_mu.lock();
         defer c.post_mu.unlock();
         const free = ~c.exposed_mask;
@@ -844,6 +850,7 @@ pub const Channel = struct {
         c.exposed[slot] = handle;
         const token = c.token_next;
         c.token_next += 1;
+        c.exposed_token[slot] = token;
         const word: *volatile u64 = @ptrCast(@alignCast(c.credit.bytes.ptr + taken_offset + 8 * slot));
         word.* = 0;
         return .{ .addr = @intFromPtr(bytes.ptr), .len = bytes.len, .rkey = handle.rkey, .slot = slot, .token = token };
@@ -858,6 +865,29 @@ pub const Channel = struct {
         c.exposed_mask &= ~(@as(u32, 1) << @intCast(desc.slot));
         c.post_mu.unlock();
         if (handle) |h| c.dev.cache.release(c.dev, h);
+    }
+
+    /// Sender: its op gave up on this exposure; it is released once the peer took it.
+    pub fn abandonSlot(c: *Channel, desc: Desc) void {
+        c.post_mu.lock();
+        defer c.post_mu.unlock();
+        c.abandoned_mask |= @as(u32, 1) << @intCast(desc.slot);
+    }
+
+    fn reclaimAbandoned(c: *Channel) void {
+        var release_mask: u32 = 0;
+        c.post_mu.lock();
+        var pending = c.abandoned_mask;
+        while (pending != 0) : (pending &= pending - 1) {
+            const slot: u32 = @ctz(pending);
+            if (c.takenWord(slot).* == c.exposed_token[slot]) release_mask |= @as(u32, 1) << @intCast(slot);
+        }
+        c.abandoned_mask &= ~release_mask;
+        c.post_mu.unlock();
+        while (release_mask != 0) : (release_mask &= release_mask - 1) {
+            const slot: u32 = @ctz(release_mask);
+            c.unexposeSlot(.{ .addr = 0, .len = 0, .rkey = 0, .slot = slot, .token = c.exposed_token[slot] });
+        }
     }
 
     /// Sender: waits until the peer wrote this exposure's token into its taken word.

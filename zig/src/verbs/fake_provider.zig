@@ -57,6 +57,51 @@ comptime {
     std.debug.assert(@sizeOf(Hello) == 24);
 }
 
+// ---- memory access ---------------------------------------------------------------------------
+
+/// Copies into / out of application memory the way a NIC does, without taking the process
+/// down when the application unmapped a still-registered region meanwhile (a NIC would reach
+/// the pinned pages; process_vm_readv / writev on ourselves fail with EFAULT instead of a
+/// SIGSEGV). False: the memory is gone. Plain memcpy where those calls are not permitted.
+fn copyOut(dst: []u8, src_addr: u64) bool {
+    if (dst.len == 0) return true;
+    const local = [_]posix.iovec{.{ .base = dst.ptr, .len = dst.len }};
+    const remote = [_]posix.iovec_const{.{ .base = @ptrFromInt(src_addr), .len = dst.len }};
+    return vmCopy(std.os.linux.process_vm_readv(std.os.linux.getpid(), &local, &remote, 0), dst.len, struct {
+        fn plain(d: []u8, a: u64) void {
+            const src: [*]const u8 = @ptrFromInt(a);
+            @memcpy(d, src[0..d.len]);
+        }
+    }.plain, dst, src_addr);
+}
+
+fn copyIn(dst_addr: u64, src: []const u8) bool {
+    if (src.len == 0) return true;
+    const local = [_]posix.iovec_const{.{ .base = src.ptr, .len = src.len }};
+    const remote = [_]posix.iovec_const{.{ .base = @ptrFromInt(dst_addr), .len = src.len }};
+    const rc = std.os.linux.process_vm_writev(std.os.linux.getpid(), &local, &remote, 0);
+    switch (std.os.linux.E.init(rc)) {
+        .SUCCESS => return rc == src.len,
+        .PERM, .NOSYS => {
+            const dst: [*]u8 = @ptrFromInt(dst_addr);
+            @memcpy(dst[0..src.len], src);
+            return true;
+        },
+        else => return false,
+    }
+}
+
+fn vmCopy(rc: usize, len: usize, plain: *const fn ([]u8, u64) void, dst: []u8, src_addr: u64) bool {
+    switch (std.os.linux.E.init(rc)) {
+        .SUCCESS => return rc == len,
+        .PERM, .NOSYS => {
+            plain(dst, src_addr);
+            return true;
+        },
+        else => return false,
+    }
+}
+
 // ---- objects ---------------------------------------------------------------------------------
 
 const Ctx = struct {
@@ -1183,15 +1228,11 @@ fn execute(qp: *Qp, header: RequestHeader, payload: []const u8) void {
     switch (header.kind) {
         .read => {
             if (!remoteOk(qp, header, abi.access_remote_read)) return fail(qp, .rem_access);
-            const src: [*]const u8 = if (header.length == 0) payload.ptr else @ptrFromInt(header.remote_addr);
-            respond(qp, .ack, src[0..header.length]);
+            respondRead(qp, header);
         },
         .write => {
             if (!remoteOk(qp, header, abi.access_remote_write)) return fail(qp, .rem_access);
-            if (header.length > 0) {
-                const dst: [*]u8 = @ptrFromInt(header.remote_addr);
-                @memcpy(dst[0..header.length], payload);
-            }
+            if (!copyIn(header.remote_addr, payload)) return fail(qp, .rem_access);
             if (header.with_imm != 0) {
                 const r = qp.rq.pop();
                 Cq.of(qp.base.recv_cq).push(.{ .wr_id = r.wr_id, .opcode = abi.wc_recv_rdma_with_imm, .byte_len = header.length, .imm_data = header.imm, .wc_flags = abi.wc_with_imm, .qp_num = qp.base.qp_num, .src_qp = qp.dest_qpn });
@@ -1199,6 +1240,19 @@ fn execute(qp: *Qp, header: RequestHeader, payload: []const u8) void {
             respond(qp, .ack, &.{});
         },
         .send => receive(qp, header, payload),
+    }
+}
+
+/// The read response: header, then the bytes read straight into the outgoing buffer.
+fn respondRead(qp: *Qp, header: RequestHeader) void {
+    const response = ResponseHeader{ .status = .ack, .length = header.length };
+    qp.rx_out.ensureUnusedCapacity(gpa, @sizeOf(ResponseHeader) + header.length) catch return fail(qp, .rem_op);
+    const at = qp.rx_out.items.len;
+    qp.rx_out.appendSliceAssumeCapacity(std.mem.asBytes(&response));
+    qp.rx_out.items.len += header.length;
+    if (!copyOut(qp.rx_out.items[at + @sizeOf(ResponseHeader) ..], header.remote_addr)) {
+        qp.rx_out.items.len = at;
+        return fail(qp, .rem_access);
     }
 }
 
@@ -1239,8 +1293,7 @@ fn scatter(sges: []const abi.Sge, data: []const u8) void {
     for (sges) |s| {
         if (off == data.len) return;
         const part = @min(data.len - off, s.length);
-        const dst: [*]u8 = @ptrFromInt(s.addr);
-        @memcpy(dst[0..part], data[off..][0..part]);
+        _ = copyIn(s.addr, data[off..][0..part]);
         off += part;
     }
 }
