@@ -27,6 +27,7 @@ import type { Logger } from "../util/log";
 import { sleep } from "../util/net";
 import type { RetryItem } from "./collective";
 import type { CoordinatorHub } from "./hub";
+import type { Liveness } from "./liveness";
 import type { CallDesc, Decision, Matcher } from "./matcher";
 import type { Membership, MembershipView, RankState } from "./membership";
 import type { RendezvousServer } from "./rendezvous";
@@ -37,6 +38,10 @@ export const DEFAULT_HEARTBEAT_TIMEOUT_MS = 2000;
 export interface FaultOptions {
   heartbeatIntervalMs: number;
   heartbeatTimeoutMs: number;
+  /** The heartbeat thread's view of each rank (control/liveness.ts); Liveness.none() without one. */
+  liveness: Liveness;
+  /** This coordinator's own rank (0, or the survivor that took over: control/failover.ts). */
+  self: number;
 }
 
 interface AckState {
@@ -67,6 +72,8 @@ interface LinkCheck {
 
 /** How many re-issued op ids are remembered (an op is re-issued at most once per id). */
 const RETRIED_MAX = 4096;
+/** After a control link closes: how long past one heartbeat interval to listen for the rank's heartbeat. */
+const CLOSE_GRACE_MS = 250;
 /** How long activate waits for a joiner's control link to come up. */
 const LINK_WAIT_MS = 10_000;
 
@@ -101,6 +108,14 @@ export class Coordinator {
     hub.onRankConnected = (r) => {
       this.lastSeen.set(r, performance.now());
       this.byes.delete(r);
+      // a rank that reconnects may have missed views meanwhile
+      if (this.rendezvous.isComplete) this.hub.sendTo(r, { t: "view", view: this.membership.view() });
+      const rec = this.membership.get(r);
+      if (rec?.state === "awaiting" && rec.rejoin === "auto" && this.rendezvous.isComplete) {
+        // --rejoin auto: a restarted rank becomes active as soon as its control link is up
+        this.log.info(`rank ${r} (pid ${rec.pid}) rejoins by itself (--rejoin auto)`);
+        this.activate([r]).catch((e: Error) => this.log.warn(`auto rejoin of rank ${r}: ${e.message}`));
+      }
     };
     hub.onRankDisconnected = (r, code, reason, instance) => this.linkClosed(r, code, reason, instance);
     hub.onMessage = (r, msg) => {
@@ -133,6 +148,15 @@ export class Coordinator {
     this.timer.unref?.();
   }
 
+  /**
+   * A coordinator that took over (failover): every active rank gets `graceMs` to connect and
+   * heartbeat before the usual timeout applies, so ranks that never follow are removed.
+   */
+  expect(ranks: number[], graceMs: number): void {
+    const at = performance.now() + graceMs;
+    for (const r of ranks) if (r !== this.opts.self && !this.lastSeen.has(r)) this.lastSeen.set(r, at);
+  }
+
   stop(): void {
     this.stopped = true;
     if (this.timer) clearInterval(this.timer);
@@ -148,7 +172,7 @@ export class Coordinator {
   }
 
   private push(rank: number, msg: Record<string, unknown>): void {
-    if (rank === 0) this.local(msg);
+    if (rank === this.opts.self) this.local(msg);
     else this.hub.sendTo(rank, msg);
   }
 
@@ -178,7 +202,9 @@ export class Coordinator {
     for (const [r, seen] of this.lastSeen) {
       const rec = this.membership.get(r);
       if (!rec || rec.state === "failed" || rec.state === "left") continue;
-      const silent = now - seen;
+      // The heartbeat thread's datagrams count as much as control-link messages: a rank whose
+      // event loop is busy still heartbeats from its worker (and ours still hears it).
+      const silent = Math.min(now - seen, this.opts.liveness.silentMs(r));
       if (silent > this.opts.heartbeatTimeoutMs) {
         this.lastSeen.delete(r);
         this.markRemoved([r], "failed", `no heartbeat for ${Math.round(silent)} ms (timeout ${this.opts.heartbeatTimeoutMs} ms)`);
@@ -189,6 +215,7 @@ export class Coordinator {
 
   private linkClosed(rank: number, code: number, reason: string, instance: string): void {
     const rec = this.membership.get(rank);
+    const seen = this.lastSeen.get(rank);
     this.lastSeen.delete(rank); // the slot's next link (if any) starts the clock again
     // the link of an older process of this slot (a replacement registered meanwhile): not news
     if (rec && instance && rec.instance !== instance) return;
@@ -201,7 +228,24 @@ export class Coordinator {
       this.markRemoved([rank], "left", "stopped (it said bye and closed its control link)");
       return;
     }
-    this.markRemoved([rank], "failed", `its control link closed (code ${code}${reason ? `: ${reason}` : ""})`);
+    const why = `its control link closed (code ${code}${reason ? `: ${reason}` : ""})`;
+    if (!this.opts.liveness.running || (rec.hbPort ?? 0) === 0) {
+      this.markRemoved([rank], "failed", why);
+      return;
+    }
+    // A closed link alone is no proof of death (a broken connection; the rank reconnects):
+    // removed only when its heartbeat thread is silent too, one interval and a margin later.
+    const closedAt = performance.now();
+    if (seen !== undefined) this.lastSeen.set(rank, seen);
+    setTimeout(() => {
+      if (this.stopped || this.hub.isConnected(rank) || this.membership.get(rank)?.instance !== rec.instance) return;
+      if (this.opts.liveness.silentMs(rank) < performance.now() - closedAt) {
+        this.log.info(`rank ${rank}'s control link closed (code ${code}) but its heartbeat goes on: waiting for it to reconnect`);
+        return; // tick() removes it if it goes silent
+      }
+      this.lastSeen.delete(rank);
+      this.markRemoved([rank], "failed", `${why}, and its heartbeat stopped`);
+    }, this.opts.heartbeatIntervalMs + CLOSE_GRACE_MS).unref?.();
   }
 
   /**
@@ -213,7 +257,7 @@ export class Coordinator {
     const changes: { rank: number; state: RankState; active: boolean; reason: string }[] = [];
     for (const r of ranks) {
       const rec = this.membership.get(r);
-      if (!rec || r === 0 || rec.state === "failed" || rec.state === "left") continue;
+      if (!rec || r === this.opts.self || rec.state === "failed" || rec.state === "left") continue;
       changes.push({ rank: r, state, active: false, reason });
     }
     if (changes.length === 0) return false;
@@ -239,13 +283,14 @@ export class Coordinator {
     const m = this.membership;
     if (!m.isActive(reporter)) throw new NotReady(`rank ${reporter} is not active (state ${m.get(reporter)?.state ?? "unknown"})`);
     if (!Number.isInteger(peer) || peer === reporter || !m.isActive(peer)) return { ok: true, action: "none" };
-    if (peer === 0 && kind === "timeout") {
-      this.startLinkCheck(reporter, 0, why);
+    const self = this.opts.self;
+    if (peer === self && kind === "timeout") {
+      this.startLinkCheck(reporter, self, why);
       return { ok: true, action: "checking" };
     }
-    if (peer === 0) {
-      // rank 0 answers the reporter, so it is alive: their data-plane link broke; rank 0 stays.
-      this.markRemoved([reporter], "failed", `its data-plane link to rank 0 broke (${why}) while its control link stayed up (a partition); rank 0 stays`);
+    if (peer === self) {
+      // the coordinator answers the reporter, so it is alive: their data-plane link broke; the coordinator stays.
+      this.markRemoved([reporter], "failed", `its data-plane link to rank ${self} (the coordinator) broke (${why}) while its control link stayed up (a partition); the coordinator stays`);
       return { ok: true, action: "removed", rank: reporter };
     }
     const p = this.probes.get(peer);
@@ -283,7 +328,7 @@ export class Coordinator {
         this.startLinkCheck(reporter, rank, why);
         continue;
       }
-      const victim = reporter === 0 ? rank : Math.max(reporter, rank);
+      const victim = reporter === this.opts.self ? rank : Math.max(reporter, rank);
       const other = victim === rank ? reporter : rank;
       this.markRemoved(
         [victim],
@@ -335,7 +380,7 @@ export class Coordinator {
       return;
     }
     if (!this.membership.isActive(a) || !this.membership.isActive(b)) return;
-    const victim = a === 0 ? b : Math.max(a, b);
+    const victim = a === this.opts.self ? b : b === this.opts.self ? a : Math.max(a, b);
     const detail = c.ranks.map((r) => `rank ${r}: ${c.done.get(r)?.error ?? (c.done.get(r)?.ok ? "ok" : "no answer")}`).join("; ");
     this.markRemoved(
       [victim],
@@ -398,13 +443,20 @@ export class Coordinator {
     for (const r of active) {
       const st = this.acks.get(r);
       if (!st || st.retry.length === 0) continue;
+      const later: RetryItem[] = [];
       for (const it of st.retry) {
         if (this.retried.has(it.opId)) continue;
+        // Re-issued only once the view removed one of its members: until then the failure is
+        // unexplained (a suspect being probed, a closed link in its grace period).
+        if (it.ranks.every((x) => this.membership.isActive(x))) {
+          later.push(it);
+          continue;
+        }
         let m = byOp.get(it.opId);
         if (!m) byOp.set(it.opId, (m = new Map()));
         m.set(r, it);
       }
-      st.retry = [];
+      st.retry = later;
     }
     for (const [opId, items] of byOp) {
       this.retried.add(opId);
@@ -462,7 +514,7 @@ export class Coordinator {
       const rec = m.get(r);
       if (!rec) throw new InvalidRequest(`activate: rank ${r} has not registered; start it with \`serve --rank ${r} ... --join\` first`, { rank: r });
       if (rec.active) continue;
-      if (rec.state === "awaiting" || (rec.state === "left" && (r === 0 || this.hub.isConnected(r)))) {
+      if (rec.state === "awaiting" || (rec.state === "left" && (r === this.opts.self || this.hub.isConnected(r)))) {
         todo.push(r);
         continue;
       }
@@ -474,7 +526,7 @@ export class Coordinator {
     if (todo.length > 0) {
       const until = Date.now() + LINK_WAIT_MS;
       for (;;) {
-        const notYet = todo.filter((r) => r !== 0 && !this.hub.isConnected(r));
+        const notYet = todo.filter((r) => r !== this.opts.self && !this.hub.isConnected(r));
         if (notYet.length === 0) break;
         if (Date.now() > until) throw new NotReady(`activate: rank${notYet.length > 1 ? "s" : ""} ${notYet.join(", ")} did not connect to rank 0 within ${LINK_WAIT_MS} ms`, { ranks: notYet });
         await sleep(20);
@@ -493,7 +545,8 @@ export class Coordinator {
   /** POST /membership/deactivate: removes ranks gracefully (state "left"). */
   async deactivate(v: unknown): Promise<Record<string, unknown>> {
     const ranks = this.parseRanks(v, "deactivate");
-    if (ranks.includes(0)) throw new InvalidRequest("deactivate: rank 0 is the coordinator and cannot leave (stop the world instead)", { rank: 0 });
+    const self = this.opts.self;
+    if (ranks.includes(self)) throw new InvalidRequest(`deactivate: rank ${self} is the coordinator and cannot leave (stop the world instead)`, { rank: self });
     for (const r of ranks) {
       if (!this.membership.get(r)) throw new InvalidRequest(`deactivate: rank ${r} has not registered`, { rank: r });
     }

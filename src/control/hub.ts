@@ -11,8 +11,8 @@ export interface LinkData {
 
 export class CoordinatorHub {
   private sockets = new Map<number, ServerWebSocket<LinkData>>();
-  /** Per link: request id -> a join not decided yet (so a "withdraw" can name it). */
-  private undecided = new Map<ServerWebSocket<LinkData>, Map<unknown, CallDesc>>();
+  /** Per rank process (rank/instance, across its reconnects): request id -> a join not decided yet (so a "withdraw" can name it). */
+  private undecided = new Map<string, Map<unknown, CallDesc>>();
   /** Called when a rank's link closes (fault tolerance hooks in here). */
   onRankDisconnected: (rank: number, code: number, reason: string, instance: string) => void = () => {};
   onRankConnected: (rank: number) => void = () => {};
@@ -62,6 +62,7 @@ export class CoordinatorHub {
         }
       }
       this.sockets.set(ws.data.rank, ws);
+      for (const key of this.undecided.keys()) if (key.startsWith(`${ws.data.rank}/`) && key !== linkKey(ws)) this.undecided.delete(key);
       this.log.debug(`control link from rank ${ws.data.rank} open`);
       this.onRankConnected(ws.data.rank);
     },
@@ -78,18 +79,21 @@ export class CoordinatorHub {
       if (this.onMessage(rank, msg)) return;
       if (msg.t === "join") {
         const desc = msg.d as CallDesc;
-        let mine = this.undecided.get(ws);
-        if (!mine) this.undecided.set(ws, (mine = new Map()));
+        const key = linkKey(ws);
+        let mine = this.undecided.get(key);
+        if (!mine) this.undecided.set(key, (mine = new Map()));
         mine.set(id, desc);
+        // The decision goes to the rank's link at decision time: a rank that reconnected
+        // meanwhile still gets it (its request stays pending across the reconnect).
         this.matcher.join(rank, desc, (d: Decision) => {
           mine.delete(id);
-          ws.send(JSON.stringify({ t: "res", id, d }));
+          this.sendTo(rank, { t: "res", id, d });
         });
         return;
       }
       if (msg.t === "withdraw") {
         // the rank's HTTP client went away: take its join back unless it was decided already
-        const desc = this.undecided.get(ws)?.get(id);
+        const desc = this.undecided.get(linkKey(ws))?.get(id);
         if (desc) this.matcher.withdraw(rank, desc);
         return;
       }
@@ -102,16 +106,15 @@ export class CoordinatorHub {
         .then(() => h(rank, msg))
         .then(
           (body) => {
-            if (id !== undefined) ws.send(JSON.stringify({ ...body, t: "res", id }));
+            if (id !== undefined) this.sendTo(rank, { ...body, t: "res", id });
           },
           (e: Error & { status?: number; code?: string; details?: Record<string, unknown> }) => {
             if (id === undefined) return;
-            ws.send(JSON.stringify({ t: "res", id, error: e.message, status: e.status ?? 500, code: e.code ?? "internal", details: e.details ?? {} }));
+            this.sendTo(rank, { t: "res", id, error: e.message, status: e.status ?? 500, code: e.code ?? "internal", details: e.details ?? {} });
           },
         );
     },
     close: (ws: ServerWebSocket<LinkData>, code: number, reason: string) => {
-      this.undecided.delete(ws);
       if (this.sockets.get(ws.data.rank) !== ws) return;
       this.sockets.delete(ws.data.rank);
       this.log.debug(`control link from rank ${ws.data.rank} closed (code ${code})`);
@@ -152,4 +155,9 @@ export class CoordinatorHub {
     }
     this.sockets.clear();
   }
+}
+
+/** A rank process's key: its requests stay pending across reconnects of its link. */
+function linkKey(ws: ServerWebSocket<LinkData>): string {
+  return `${ws.data.rank}/${ws.data.instance}`;
 }

@@ -4,11 +4,13 @@
 // an HTTP fetch costs ~130 us, and the 8-byte allreduce budget is 200 us end to end.
 //
 // Liveness: both ends send {t:"hb"} every heartbeat interval; any message counts as a sign of
-// life. When rank 0 is silent for the heartbeat timeout, or the link closes after it was up,
-// rank 0 is lost: pending requests fail, onDown fires once, and the link does not reconnect
-// (a lost coordinator is final for this process: docs/api-extensions.md "Rank 0").
+// life, and so do the answers of rank 0's heartbeat thread (control/liveness.ts), which a busy
+// event loop on either side does not delay. A link that closes is reconnected (requests stay
+// pending, new ones wait in a bounded outbox) for as long as rank 0's heartbeat thread still
+// answers, or one heartbeat timeout when it doesn't: only then is rank 0 lost and onDown fires.
 import { Logger } from "../util/log";
 import { sleep } from "../util/net";
+import type { Liveness } from "./liveness";
 
 export type LinkMessage = Record<string, unknown> & { t: string };
 
@@ -19,6 +21,11 @@ interface PendingRequest {
   deadline: number;
   timeoutMs: number;
 }
+
+/** Close code rank 0 uses for a rank it removed from the world. */
+export const CLOSE_REMOVED = 4002;
+/** Messages kept while the link reconnects. */
+const OUTBOX_MAX = 1024;
 
 export class LinkClosedError extends Error {
   constructor(message: string) {
@@ -36,6 +43,12 @@ export class CoordinatorLink {
   private sweeper: ReturnType<typeof setInterval> | null = null;
   private heartbeat: ReturnType<typeof setInterval> | null = null;
   private lastHeardMs = 0;
+  private reconnecting = false;
+  /** Messages sent while reconnecting: [request id or 0, text]; flushed on reconnect. */
+  private outbox: [number, string][] = [];
+  private heartbeatTimeoutMs = 0;
+  /** The link reconnected after a close (the service re-acknowledges its view). */
+  onReconnect: () => void = () => {};
   /** Set once rank 0 is declared lost (link closed after it was up, or heartbeat timeout). */
   lost = false;
   lostReason: string | null = null;
@@ -49,6 +62,9 @@ export class CoordinatorLink {
     private instance: string,
     private token: string | undefined,
     private log: Logger,
+    private liveness: Liveness,
+    /** The rank at the other end (its heartbeat thread's answers count as signs of life). */
+    private coordinatorRank = 0,
   ) {}
 
   get connected(): boolean {
@@ -99,18 +115,73 @@ export class CoordinatorLink {
           reject(new Error(`closed before open (code ${ev.code}${ev.reason ? `: ${ev.reason}` : ""})`));
           return;
         }
-        if (this.ws === ws) this.ws = null;
+        if (this.ws !== ws) return; // a link this one replaced
+        this.ws = null;
         const why = `control link to rank 0 closed (code ${ev.code}${ev.reason ? `: ${ev.reason}` : ""})`;
-        this.failPending(why);
-        if (!this.closing) {
-          const clean = ev.code === 1000 || ev.code === 1001;
-          if (clean) this.log.info(`rank 0 closed the control link (code ${ev.code}: shutting down?)`);
-          else this.log.warn(`control link to rank 0 lost (code ${ev.code})`);
-          this.declareLost(why, clean);
+        if (this.closing) {
+          this.failPending(why);
+          return;
         }
+        const clean = ev.code === 1000 || ev.code === 1001;
+        if (clean || ev.code === CLOSE_REMOVED) {
+          // rank 0 shut down, or it removed this rank: nothing to reconnect to
+          if (clean) this.log.info(`rank 0 closed the control link (code ${ev.code}: shutting down?)`);
+          else this.log.warn(`rank 0 closed the control link: ${ev.reason}`);
+          this.failPending(why);
+          this.declareLost(why, clean);
+          return;
+        }
+        this.log.warn(`control link to rank 0 lost (code ${ev.code}); reconnecting`);
+        void this.reconnect(why);
       };
       ws.onmessage = (ev) => this.onMessage(ev.data as string);
     });
+  }
+
+  /**
+   * Reconnects after the link closed: retries while rank 0's heartbeat thread answers, and
+   * for one heartbeat timeout past its last answer (or past the close without one).
+   */
+  private async reconnect(why: string): Promise<void> {
+    if (this.reconnecting) return;
+    this.reconnecting = true;
+    const closedAt = performance.now();
+    const timeoutMs = this.heartbeatTimeoutMs || 2000;
+    let delay = 50;
+    try {
+      for (let attempt = 1; !this.closing; attempt++) {
+        try {
+          await this.open();
+          this.log.info(`control link to rank 0 reconnected (attempt ${attempt})`);
+          this.flushOutbox();
+          this.onReconnect();
+          return;
+        } catch (e) {
+          const silent = Math.min(performance.now() - closedAt, this.liveness.silentMs(this.coordinatorRank));
+          if (silent > timeoutMs) {
+            this.failPending(why);
+            this.declareLost(`${why}; reconnecting failed for ${Math.round(performance.now() - closedAt)} ms (${(e as Error).message}) and its heartbeat is silent`);
+            return;
+          }
+          await sleep(delay);
+          delay = Math.min(delay * 2, 500);
+        }
+      }
+    } finally {
+      this.reconnecting = false;
+    }
+  }
+
+  private flushOutbox(): void {
+    const ws = this.ws;
+    for (const [id, text] of this.outbox.splice(0)) {
+      if (id !== 0 && !this.pending.has(id)) continue; // timed out meanwhile
+      try {
+        ws?.send(text);
+      } catch {
+        // closed again: its close handler reconnects, the request times out
+      }
+    }
   }
 
   /**
@@ -120,6 +191,7 @@ export class CoordinatorLink {
    */
   startHeartbeat(intervalMs: number, timeoutMs: number): void {
     if (this.heartbeat) return;
+    this.heartbeatTimeoutMs = timeoutMs;
     let lastTick = performance.now();
     this.lastHeardMs = lastTick;
     this.heartbeat = setInterval(() => {
@@ -128,7 +200,7 @@ export class CoordinatorLink {
       lastTick = now;
       if (gap > intervalMs * 2 + 250) this.lastHeardMs = Math.max(this.lastHeardMs, now - intervalMs);
       this.send({ t: "hb" });
-      const silent = now - this.lastHeardMs;
+      const silent = Math.min(now - this.lastHeardMs, this.liveness.silentMs(this.coordinatorRank));
       if (silent > timeoutMs && this.ws) {
         this.log.warn(`rank 0 silent for ${Math.round(silent)} ms (heartbeat timeout ${timeoutMs} ms): coordinator lost`);
         this.declareLost(`no heartbeat from rank 0 for ${Math.round(silent)} ms (timeout ${timeoutMs} ms)`);
@@ -187,7 +259,8 @@ export class CoordinatorLink {
   /** Sends a request and resolves with rank 0's {t:"res", id, ...} answer. */
   request(body: Record<string, unknown>, timeoutMs: number): Promise<LinkMessage> {
     const ws = this.ws;
-    if (!ws || ws.readyState !== WebSocket.OPEN) {
+    const open = ws !== null && ws.readyState === WebSocket.OPEN;
+    if (!open && !(this.reconnecting && this.outbox.length < OUTBOX_MAX)) {
       return Promise.reject(new LinkClosedError(`no control link to rank 0 (${this.connectedOnce ? "lost" : "not connected yet"})`));
     }
     const id = this.nextId++;
@@ -195,7 +268,9 @@ export class CoordinatorLink {
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject, deadline: performance.now() + timeoutMs, timeoutMs });
       body.id = id;
-      ws.send(JSON.stringify(body));
+      const text = JSON.stringify(body);
+      if (open) ws.send(text);
+      else this.outbox.push([id, text]);
     });
   }
 

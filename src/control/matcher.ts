@@ -91,12 +91,16 @@ export interface MatcherEvents {
 export class Matcher {
   private open = new Map<string, OpenCollective[]>();
   private groupSeq = new Map<string, number>();
-  private nextOpId = 1n;
+  private nextOpId: bigint;
 
   constructor(
     private membership: Membership,
     private events: MatcherEvents = {},
-  ) {}
+    /** First op id (a coordinator that took over starts past every id its predecessor could have used). */
+    firstOpId = 1n,
+  ) {
+    this.nextOpId = firstOpId;
+  }
 
   /** A fresh op id from the same sequence as decisions (data-plane link checks). */
   allocOpId(): string {

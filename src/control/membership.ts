@@ -21,6 +21,10 @@ export interface RankRecord {
   pid: number;
   /** Random per process: tells a retry from a duplicate. */
   instance: string;
+  /** UDP port of the rank's heartbeat thread (control/liveness.ts); 0/absent: none. */
+  hbPort?: number;
+  /** A restarted process of this slot rejoins by itself ("auto") or waits for activate ("manual"). */
+  rejoin?: "auto" | "manual";
   state: RankState;
   active: boolean;
   /** Why the rank is failed / left (set by rank 0), and when (epoch ms). */
@@ -31,6 +35,8 @@ export interface RankRecord {
 export interface MembershipView {
   epoch: number;
   worldSize: number;
+  /** The rank that coordinates (agreement, membership): 0 until it fails, then the survivor elected. */
+  coordinator?: number;
   ranks: RankRecord[];
   /** Named groups: name -> ascending global ranks. */
   groups?: Record<string, number[]>;
@@ -45,6 +51,8 @@ export class Membership {
   private activeCache: number[] | null = null;
   private maskCache: number[] | null = null;
   private groups = new Map<string, number[]>();
+  /** The coordinating rank of this view (see MembershipView.coordinator). */
+  coordinator = 0;
 
   /** worldSize = number of slots (launch --max-world-size M gives M slots, N of them used at start). */
   constructor(
@@ -123,7 +131,13 @@ export class Membership {
   }
 
   view(): MembershipView {
-    return { epoch: this._epoch, worldSize: this.worldSize, ranks: this.all().map((r) => ({ ...r })), groups: this.allGroups() };
+    return {
+      epoch: this._epoch,
+      worldSize: this.worldSize,
+      coordinator: this.coordinator,
+      ranks: this.all().map((r) => ({ ...r })),
+      groups: this.allGroups(),
+    };
   }
 
   /** Replaces the whole view (a rank applying rank 0's view). Ignores stale epochs. */
@@ -133,6 +147,7 @@ export class Membership {
     this.records = new Map(view.ranks.map((r) => [r.rank, { ...r }]));
     if (view.groups) this.groups = new Map(Object.entries(view.groups).map(([k, v]) => [k, v.slice()]));
     this._epoch = view.epoch;
+    this.coordinator = view.coordinator ?? 0;
     this.activeCache = null;
     this.maskCache = null;
     for (const l of this.listeners) l(this.view(), previous);
@@ -147,8 +162,9 @@ export class Membership {
   }
 
   /** Changes ranks' state/activity and bumps the epoch; listeners are told. */
-  update(changes: { rank: number; state?: RankState; active?: boolean; reason?: string }[]): number {
+  update(changes: { rank: number; state?: RankState; active?: boolean; reason?: string }[], coordinator?: number): number {
     const previous = this.view();
+    if (coordinator !== undefined) this.coordinator = coordinator;
     const now = Date.now();
     for (const c of changes) {
       const r = this.records.get(c.rank);
@@ -183,6 +199,7 @@ export class Membership {
     return {
       epoch: this._epoch,
       world_size: this.worldSize,
+      coordinator: this.coordinator,
       active_ranks: this.activeMask(),
       ranks: this.all().map((r) => ({
         rank: r.rank,

@@ -28,6 +28,13 @@ export class RendezvousServer {
     private log: Logger,
   ) {}
 
+  /** A coordinator that took over an established world: rendezvous is long done. */
+  adopt(): void {
+    this.complete = true;
+    for (const r of this.membership.all()) this.readySet.add(r.rank);
+    for (let r = 0; r < this.membership.initialWorldSize; r++) this.readySet.add(r);
+  }
+
   get isComplete(): boolean {
     return this.complete;
   }
@@ -71,6 +78,8 @@ export class RendezvousServer {
       hostId: b.host_id,
       pid: b.pid,
       instance: b.instance,
+      hbPort: b.hb_port ?? 0,
+      rejoin: b.rejoin ?? "manual",
       state: join ? "awaiting" : "healthy",
       active: !join,
     };

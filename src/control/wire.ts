@@ -17,6 +17,10 @@ export const registerSchema = z.strictObject({
   pid: z.number().int(),
   instance: z.string().min(1),
   join: z.boolean().optional(),
+  /** UDP port of the rank's heartbeat thread (control/liveness.ts); absent: none. */
+  hb_port: z.number().int().min(0).max(65535).optional(),
+  /** Whether a restart of this rank rejoins by itself (docs/api-extensions.md "Rejoin"). */
+  rejoin: z.enum(["auto", "manual"]).optional(),
 });
 export type RegisterBody = z.infer<typeof registerSchema>;
 

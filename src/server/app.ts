@@ -7,6 +7,7 @@ import { authorize, expectedBearer } from "./auth";
 import { buffersRoutes } from "./routes/buffers";
 import { collectiveRoutes } from "./routes/collective";
 import { browserCredential, dashboardRoutes } from "./routes/dashboard";
+import { debugRoutes, testHooksEnabled } from "./routes/debug";
 import { internalRoutes } from "./routes/internal";
 import { introspectionRoutes } from "./routes/introspection";
 import { membershipRoutes } from "./routes/membership";
@@ -59,5 +60,6 @@ export function createApp(svc: RankService) {
   buffersRoutes(app, svc); // device buffers (docs/api-extensions.md)
   internalRoutes(app, svc);
   dashboardRoutes(app, svc); // the live dashboard (browser)
+  if (testHooksEnabled()) debugRoutes(app, svc);
   return app;
 }

@@ -8,6 +8,7 @@ import { CollectiveRunner } from "../control/collective";
 import { Coordinator, DEFAULT_HEARTBEAT_INTERVAL_MS, DEFAULT_HEARTBEAT_TIMEOUT_MS } from "../control/coordinator";
 import { CoordinatorHub, type LinkData } from "../control/hub";
 import { CoordinatorLink } from "../control/link";
+import { Liveness } from "../control/liveness";
 import { Matcher } from "../control/matcher";
 import { Membership, type MembershipView, type RankState } from "../control/membership";
 import { P2P } from "../control/p2p";
@@ -59,6 +60,10 @@ export interface ServiceConfig {
   shmGroup?: number | null;
   /** LOCAL_RANK / LOCAL_WORLD_SIZE as serve read them (default: the global rank, no env). */
   localRank?: LocalRank;
+  /** Heartbeats from a Worker over UDP (control/liveness.ts; default on). In-process test worlds of many ranks turn it off. */
+  heartbeatThread?: boolean;
+  /** Whether a restart of this rank rejoins by itself (default "manual"; docs/api-extensions.md "Rejoin"). */
+  rejoin?: "auto" | "manual";
   /** Tests inject a fake; the real service uses src/native/engine.ts. */
   dataPlaneFactory?: DataPlaneFactory;
 }
@@ -84,6 +89,8 @@ export class RankService {
   hub: CoordinatorHub | null = null;
   rendezvous: RendezvousServer | null = null;
   link: CoordinatorLink | null = null;
+  /** This rank's heartbeat thread (control/liveness.ts). */
+  liveness: Liveness = Liveness.none();
   /** Rank 0: failure detection, reconciliation, activation, groups (control/coordinator.ts). */
   coordinator: Coordinator | null = null;
   /** Every rank: applies views, acks them, waits for re-issues (control/participant.ts). */
@@ -239,6 +246,15 @@ export class RankService {
       listenHost: c.host,
       listenPort: c.dataPort,
     });
+    if (c.heartbeatThread !== false) {
+      this.liveness = await Liveness.start({
+        rank: c.rank,
+        instance: this.instance,
+        key: c.token ?? c.clusterId ?? `moonring@${c.masterHost}:${c.masterPort}`,
+        host: c.host,
+        intervalMs: this.heartbeatIntervalMs,
+      });
+    }
     this.collectives = new CollectiveRunner(c.rank, this.dataPlane, this.membership, this.agreementProxy(), this.metrics);
     this.participant = new Participant(c.rank, this.membership, this.collectives, this.log);
     this.collectives.hooks = this.participant;
@@ -257,6 +273,8 @@ export class RankService {
       const co = new Coordinator(this.membership, this.matcher, this.hub, this.rendezvous, (msg) => this.participant.onPush(msg), this.log, {
         heartbeatIntervalMs: this.heartbeatIntervalMs,
         heartbeatTimeoutMs: this.heartbeatTimeoutMs,
+        liveness: this.liveness,
+        self: c.rank,
       });
       this.coordinator = co;
       this.rendezvous.onComplete = () => this.participant.scheduleAck();
@@ -384,6 +402,8 @@ export class RankService {
       pid: process.pid,
       instance: this.instance,
       join: c.join,
+      hb_port: this.liveness.port,
+      rejoin: c.rejoin ?? "manual",
     });
     const view = await client.table();
     if ((this.phase as ServicePhase) === "stopping") return;
@@ -391,8 +411,11 @@ export class RankService {
     else this.syncPeers(this.membership.view(), null);
     if (c.rank !== 0) {
       const wsUrl = this.masterUrl.replace(/^http/, "ws") + "/internal/ws";
-      const link = new CoordinatorLink(wsUrl, c.rank, this.instance, c.token, this.log);
+      const link = new CoordinatorLink(wsUrl, c.rank, this.instance, c.token, this.log, this.liveness);
       this.link = link;
+      const coord = this.membership.get(0);
+      if (coord) this.liveness.target(coord.dataHost, coord.hbPort ?? 0);
+      link.onReconnect = () => this.participant.scheduleAck();
       link.onPush = (msg) => {
         if (msg.t === "view" || msg.t === "retry" || msg.t === "ping" || msg.t === "linkcheck") this.participant.onPush(msg);
         else if (msg.t !== "hb") this.onPush?.(msg);
@@ -490,6 +513,7 @@ export class RankService {
     this.phase = "stopping";
     this.coordinator?.stop();
     this.link?.close();
+    this.liveness.stop();
     this.hub?.closeAll();
     try {
       this.server?.stop(true);
