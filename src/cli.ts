@@ -16,7 +16,11 @@ const COMMON_LIMITS: Record<string, FlagSpec> = {
   "heartbeat-interval-ms": { type: "string", help: "control-plane heartbeat period, rank <-> rank 0 (env MOONRING_HEARTBEAT_INTERVAL_MS; default 500)" },
   "heartbeat-timeout-ms": {
     type: "string",
-    help: "silence after which rank 0 removes a rank as failed, and a rank gives up on rank 0 (env MOONRING_HEARTBEAT_TIMEOUT_MS; default 2000)",
+    help: "silence after which the coordinator removes a rank as failed, and the ranks elect a new coordinator (env MOONRING_HEARTBEAT_TIMEOUT_MS; default 2000)",
+  },
+  rejoin: {
+    type: "string",
+    help: "auto: a restarted rank (same --rank) rejoins the running world and becomes active by itself; manual: it needs --join and POST /membership/activate (env MOONRING_REJOIN; default manual)",
   },
 };
 
@@ -25,6 +29,12 @@ const LOCAL_FLAGS: Record<string, FlagSpec> = {
   unix: { type: "string", help: "also serve the API on this Unix-domain socket; {rank} in PATH is replaced by the rank (env MOONRING_UNIX; launch: PATH.{rank} when PATH has no {rank})" },
   "shm-group": { type: "string", help: "group (name or gid) that may map host buffers too (files 0660); default: the owner only (0600) (env MOONRING_SHM_GROUP)" },
 };
+
+function rejoin(flags: Record<string, string | boolean | undefined>): "auto" | "manual" {
+  const v = flags.rejoin ?? env("MOONRING_REJOIN") ?? "manual";
+  if (v !== "auto" && v !== "manual") throw new UsageError(`--rejoin must be auto or manual, got ${JSON.stringify(v)}`);
+  return v;
+}
 
 const SERVE_FLAGS: Record<string, FlagSpec> = {
   rank: { type: "string", help: "this rank (env RANK)" },
@@ -173,6 +183,7 @@ async function serve(argv: string[]): Promise<number> {
       device: device(flags.device ?? env("MOONRING_DEVICE")),
       localRank: localRankOrUsage(rank),
       join: flags.join === true,
+      rejoin: rejoin(flags),
       ...limits(flags),
       ...heartbeat(flags),
       clusterId: env("MOONRING_CLUSTER_ID"),
@@ -196,7 +207,7 @@ async function launch(argv: string[]): Promise<number> {
   if (port + nproc - 1 > 65535) throw new UsageError(`--port ${port} + ${nproc} ranks runs past port 65535`);
   const maxWorldSize = intFlag(flags["max-world-size"], "max-world-size", { min: nproc, max: WORLD_SIZE_MAX }) ?? nproc;
   const serveArgs: string[] = [];
-  for (const k of ["max-body-bytes", "max-tensor-bytes", "max-pending-calls", "heartbeat-interval-ms", "heartbeat-timeout-ms"]) {
+  for (const k of ["max-body-bytes", "max-tensor-bytes", "max-pending-calls", "heartbeat-interval-ms", "heartbeat-timeout-ms", "rejoin"]) {
     if (flags[k] !== undefined) serveArgs.push(`--${k}`, String(flags[k]));
   }
   const unix = flags.unix as string | undefined;
@@ -205,6 +216,7 @@ async function launch(argv: string[]): Promise<number> {
   localAccess(flags, 0); // validate now, not in N children
   limits(flags); // validate now, not in N children
   heartbeat(flags);
+  rejoin(flags);
   const { launchMain } = await import("./server/launch");
   return launchMain({
     nproc,

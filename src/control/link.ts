@@ -24,6 +24,8 @@ interface PendingRequest {
 
 /** Close code rank 0 uses for a rank it removed from the world. */
 export const CLOSE_REMOVED = 4002;
+/** How long one attempt to open the link may take. */
+const OPEN_TIMEOUT_MS = 2000;
 /** Messages kept while the link reconnects. */
 const OUTBOX_MAX = 1024;
 
@@ -101,7 +103,18 @@ export class CoordinatorLink {
       const url = `${this.wsUrl}?rank=${this.rank}&instance=${encodeURIComponent(this.instance)}`;
       const ws = new (WebSocket as unknown as new (u: string, o: unknown) => WebSocket)(url, { headers });
       let opened = false;
+      // a blackholed address never answers the SYN: give up on this attempt, not on the link
+      const timer = setTimeout(() => {
+        if (opened) return;
+        reject(new Error(`no answer within ${OPEN_TIMEOUT_MS} ms`));
+        try {
+          ws.close();
+        } catch {
+          // not open
+        }
+      }, OPEN_TIMEOUT_MS);
       ws.onopen = () => {
+        clearTimeout(timer);
         opened = true;
         this.ws = ws;
         this.lastHeardMs = performance.now();

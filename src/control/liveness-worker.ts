@@ -92,6 +92,8 @@ async function init(m: Init): Promise<void> {
         stalled[msg.r] = Number.isFinite(msg.s) ? msg.s : 0;
         if (msg.k === "hb") send("ack", port, addr);
       },
+      // ICMP "port unreachable" from a dead peer surfaces here: not this thread's problem
+      error() {},
     },
   });
   timer = setInterval(() => {
@@ -100,6 +102,10 @@ async function init(m: Init): Promise<void> {
   socket = sock;
   postMessage({ t: "ready", port: sock.port });
 }
+
+// Nothing may end this thread (a dead thread would read as this rank being dead).
+self.addEventListener("error", (e) => e.preventDefault());
+process.on("uncaughtException", () => {});
 
 self.onmessage = (e: MessageEvent) => {
   const m = e.data as Init | Target | { t: "stop" };

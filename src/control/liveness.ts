@@ -75,7 +75,11 @@ export class Liveness {
 
   /** Heartbeats go to this socket (the coordinator's); null host: to nobody (this rank coordinates). */
   target(host: string | null, port: number): void {
-    this.worker?.postMessage({ t: "target", host: port > 0 ? host : null, port });
+    try {
+      this.worker?.postMessage({ t: "target", host: port > 0 ? host : null, port });
+    } catch {
+      // the thread is gone (stopping)
+    }
   }
 
   /** Milliseconds since a heartbeat datagram from `rank` arrived (Infinity: never). */

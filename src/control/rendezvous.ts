@@ -7,7 +7,7 @@
 //   3. every rank reports ready; rank services answer /health 200 once all N have.
 // Joiners (`serve --join`) register as "awaiting" (inactive) and are admitted later.
 import type { RegisterBody } from "./wire";
-import { Conflict, InvalidRequest } from "../errors";
+import { Conflict, InvalidRequest, NotReady } from "../errors";
 import type { Logger } from "../util/log";
 import { sleep } from "../util/net";
 import type { Membership, MembershipView, RankRecord } from "./membership";
@@ -22,6 +22,12 @@ export class RendezvousServer {
   onViewChange: (view: MembershipView) => void = () => {};
   /** Called once all initial ranks registered (epoch 1). */
   onComplete: () => void = () => {};
+  /** Whether the process registered for `rank` is gone (no control link, heartbeat silent). */
+  previousGone: (rank: number) => boolean = () => false;
+  /** Removes the gone process of `rank` (a restart of it registers): the coordinator's markRemoved. */
+  replaced: (rank: number, why: string) => void = () => {};
+  /** Set when this rendezvous was abandoned for an established world's coordinator at that URL. */
+  redirect: string | null = null;
 
   constructor(
     private membership: Membership,
@@ -57,10 +63,24 @@ export class RendezvousServer {
     if (b.rank >= M) {
       throw new InvalidRequest(`${from}: rank ${b.rank} is out of range for world size ${M}`, { rank: b.rank });
     }
-    const join = b.join === true || b.rank >= N;
+    // --rejoin auto: a process registering for a slot of a running world is a restart of that
+    // rank (the same identity, e.g. a pod restarted in place): it joins without --join, and
+    // replaces the slot's previous process once that one is gone.
+    const auto = b.rejoin === "auto" && this.complete;
+    const join = b.join === true || b.rank >= N || auto;
     const prev = m.get(b.rank);
     if (prev && prev.instance !== b.instance) {
-      const replaceable = prev.state === "failed" || prev.state === "left";
+      let replaceable = prev.state === "failed" || prev.state === "left";
+      if (!replaceable && auto) {
+        if (!this.previousGone(b.rank)) {
+          throw new NotReady(`rank ${b.rank}: its previous process (pid ${prev.pid} at ${prev.url}) still looks alive; retry once it is gone`, {
+            rank: b.rank,
+            registered_pid: prev.pid,
+          });
+        }
+        this.replaced(b.rank, `restarted: a new process (pid ${b.pid} at ${b.url}) registered for its slot`);
+        replaceable = true;
+      }
       if (!replaceable || !join) {
         throw new Conflict(
           `duplicate rank ${b.rank}: already registered by pid ${prev.pid} at ${prev.url}; refusing ${from}` +
@@ -102,7 +122,15 @@ export class RendezvousServer {
     return { ok: true, epoch: m.epoch, complete: this.complete };
   }
 
-  async table(waitMs: number): Promise<{ complete: boolean; view: MembershipView }> {
+  /** Abandons this (fresh) rendezvous for the coordinator of an established world at `url`. */
+  abandon(url: string): void {
+    this.redirect = url;
+    for (const w of this.tableWaiters.splice(0)) w();
+    for (const w of this.readyWaiters.splice(0)) w();
+  }
+
+  async table(waitMs: number): Promise<{ complete: boolean; view: MembershipView; redirect?: string }> {
+    if (this.redirect) return { complete: false, view: this.membership.view(), redirect: this.redirect };
     if (!this.complete && waitMs > 0) {
       await new Promise<void>((resolve) => {
         const t = setTimeout(() => {
@@ -116,6 +144,7 @@ export class RendezvousServer {
         this.tableWaiters.push(done);
       });
     }
+    if (this.redirect) return { complete: false, view: this.membership.view(), redirect: this.redirect };
     return { complete: this.complete, view: this.membership.view() };
   }
 
@@ -147,6 +176,14 @@ export class RendezvousRefused extends Error {
   }
 }
 
+/** The rendezvous this rank waited in was abandoned: an established world's coordinator is at `url`. */
+export class RendezvousRedirected extends Error {
+  constructor(readonly url: string) {
+    super(`rendezvous moved to the coordinator of the running world at ${url}`);
+    this.name = "RendezvousRedirected";
+  }
+}
+
 /** A rank's side: register (retrying with back-off while rank 0 is not up), fetch the table, report ready. */
 export class RendezvousClient {
   constructor(
@@ -154,12 +191,16 @@ export class RendezvousClient {
     private peers: PeerClient,
     private log: Logger,
     private deadlineMs: number,
+    /** The URL of a running world's coordinator this rank was told to join instead (or null). */
+    private redirected: () => string | null = () => null,
   ) {}
 
   private async retrying<T>(what: string, fn: () => Promise<T>): Promise<T> {
     const until = Date.now() + this.deadlineMs;
     let delay = 50;
     for (let attempt = 1; ; attempt++) {
+      const moved = this.redirected();
+      if (moved) throw new RendezvousRedirected(moved);
       try {
         return await fn();
       } catch (e) {
@@ -186,8 +227,9 @@ export class RendezvousClient {
   async table(): Promise<MembershipView> {
     for (;;) {
       const r = await this.retrying("rank table", () =>
-        this.peers.get<{ complete: boolean; view: MembershipView }>(`${this.masterUrl}/internal/rendezvous/table?wait_ms=10000`, 15000, "table"),
+        this.peers.get<{ complete: boolean; view: MembershipView; redirect?: string }>(`${this.masterUrl}/internal/rendezvous/table?wait_ms=10000`, 15000, "table"),
       );
+      if (r.redirect) throw new RendezvousRedirected(r.redirect);
       if (r.complete) return r.view;
     }
   }

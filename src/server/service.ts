@@ -1,9 +1,10 @@
 // One rank service: HTTP server (Hono on Bun.serve), data plane, rendezvous, agreement.
 // `serve` builds one of these; tests build several in one process with a fake data plane.
 import { rmSync } from "node:fs";
-import type { Server } from "bun";
+import type { Server, ServerWebSocket } from "bun";
 import { hostname } from "node:os";
 import { Agreement } from "../control/agreement";
+import type { CallDesc, GoDecision } from "../control/matcher";
 import { CollectiveRunner } from "../control/collective";
 import { Coordinator, DEFAULT_HEARTBEAT_INTERVAL_MS, DEFAULT_HEARTBEAT_TIMEOUT_MS } from "../control/coordinator";
 import { CoordinatorHub, type LinkData } from "../control/hub";
@@ -14,7 +15,7 @@ import { Membership, type MembershipView, type RankState } from "../control/memb
 import { P2P } from "../control/p2p";
 import { Participant, type CoordinatorChannel } from "../control/participant";
 import { PeerClient } from "../control/peers";
-import { RendezvousClient, RendezvousServer } from "../control/rendezvous";
+import { RendezvousClient, RendezvousRedirected, RendezvousServer } from "../control/rendezvous";
 import { Sequencer } from "../control/sequencer";
 import type { DataPlane, DataPlaneLinks } from "../native/types";
 import { apiErrorFromJSON, MasterLost, NotReady, type ApiError, TooManyRequests } from "../errors";
@@ -72,6 +73,14 @@ export const DEFAULT_MAX_BODY_BYTES = 1024 * 1024 * 1024;
 export const DEFAULT_MAX_TENSOR_BYTES = 512 * 1024 * 1024;
 /** Each pending call may wait for its peers up to its timeout_ms, holding its body's memory. */
 export const DEFAULT_MAX_PENDING_CALLS = 1024;
+
+/** How many heartbeat timeouts a rank waits for a failover candidate to take over before trying the next one. */
+const FAILOVER_CONNECT_TIMEOUTS = 3;
+/** How often the coordinator looks for restarted processes of failed ranks, and how many per round. */
+const RECRUIT_INTERVAL_MS = 1000;
+const RECRUIT_PROBES_MAX = 16;
+/** Failovers remembered for /cluster. */
+const FAILOVERS_KEPT = 16;
 
 export type ServicePhase = "starting" | "rendezvous" | "ready" | "stopping" | "failed";
 
@@ -265,41 +274,7 @@ export class RankService {
       this.p2p.onView();
     });
     this.participant.start();
-    if (c.rank === 0) {
-      this.matcher = new Matcher(this.membership);
-      this.hub = new CoordinatorHub(this.matcher, this.log);
-      this.rendezvous = new RendezvousServer(this.membership, this.log);
-      this.agreement = new Agreement(c.rank, this.matcher, null);
-      const co = new Coordinator(this.membership, this.matcher, this.hub, this.rendezvous, (msg) => this.participant.onPush(msg), this.log, {
-        heartbeatIntervalMs: this.heartbeatIntervalMs,
-        heartbeatTimeoutMs: this.heartbeatTimeoutMs,
-        liveness: this.liveness,
-        self: c.rank,
-      });
-      this.coordinator = co;
-      this.rendezvous.onComplete = () => this.participant.scheduleAck();
-      co.start();
-      this.channel = {
-        send: (msg) => {
-          if (msg.t === "view_ack") co.onAck(0, msg);
-          else if (msg.t === "linkcheck_done") co.onLinkCheckDone(0, msg);
-        },
-        request: async (msg) => {
-          switch (msg.t) {
-            case "suspect":
-              return co.suspect(0, Number(msg.peer), String(msg.why ?? ""), msg.kind === "timeout" ? "timeout" : "peer");
-            case "activate":
-              return co.activate(msg.ranks);
-            case "deactivate":
-              return co.deactivate(msg.ranks);
-            case "group":
-              return co.defineGroup(msg.name, msg.ranks);
-          }
-          throw new Error(`unknown request ${String(msg.t)}`);
-        },
-      };
-      this.participant.attach(this.channel);
-    }
+    if (c.rank === 0) this.becomeCoordinator(null);
     this.listen();
     this.log.info(`listening on ${this.url} (data plane port ${this.dataPlane.dataPort}); rendezvous via ${this.masterUrl}`);
     void this.runRendezvous().catch((e) => {
@@ -315,7 +290,25 @@ export class RankService {
 
   private agreementProxy(): Agreement {
     // The runner is built before the link exists on ranks != 0; route through the current one.
-    return { join: (d, signal) => this.agreement.join(d, signal) } as Agreement;
+    return { join: (d: CallDesc, signal?: AbortSignal) => this.joinAgreement(d, signal) } as Agreement;
+  }
+
+  /**
+   * A call's agreement. When the coordinator is lost before it answered, the call is sent
+   * again to the coordinator that takes over (within the call's timeout): the lost one's
+   * matcher died with it, so every survivor's pending calls meet again at the new one.
+   */
+  private joinAgreement(d: CallDesc, signal?: AbortSignal): Promise<GoDecision> {
+    const first = this.agreement;
+    const until = performance.now() + d.timeoutMs;
+    const again = (a: Agreement, e: unknown): Promise<GoDecision> => {
+      if (!(e instanceof MasterLost)) throw e;
+      return this.whenCoordinatorChanged(a, until - performance.now()).then((next) => {
+        if (!next) throw e;
+        return next.join(d, signal).catch((e2: unknown) => again(next, e2));
+      });
+    };
+    return first.join(d, signal).catch((e: unknown) => again(first, e));
   }
 
   /** POST /collective/{op} with a JSON body, without Hono (see listen()). */
@@ -335,16 +328,16 @@ export class RankService {
     const c = this.config;
     const app = this.app;
     const svc = this;
-    const hub = this.hub;
     const bearer = this.bearer;
     const options = {
       // Bun's own 413 has no JSON body: let everything through and enforce the limit in body.ts
       maxRequestBodySize: Number.MAX_SAFE_INTEGER,
       development: false,
       fetch(req: Request, server: Server<LinkData>) {
-        if (hub && req.url.includes("/internal/ws")) {
+        if (req.url.includes("/internal/ws")) {
           const u = new URL(req.url);
           if (u.pathname === "/internal/ws") {
+            if (!svc.hub) return svc.notCoordinator();
             try {
               authorize(bearer, req.headers.get("authorization"), "bad token on control link");
             } catch (e) {
@@ -364,11 +357,12 @@ export class RankService {
         }
         return app.fetch(req, { server });
       },
-      websocket: hub
-        ? hub.websocket
-        : {
-            message() {},
-          },
+      // the coordinator's hub changes hands on failover: route to the current one
+      websocket: {
+        open: (ws: ServerWebSocket<LinkData>) => (svc.hub ? svc.hub.websocket.open(ws) : ws.close(4003, "not the coordinator")),
+        message: (ws: ServerWebSocket<LinkData>, text: string | Buffer) => svc.hub?.websocket.message(ws, text),
+        close: (ws: ServerWebSocket<LinkData>, code: number, reason: string) => svc.hub?.websocket.close(ws, code, reason),
+      },
       error(e: Error) {
         return Response.json({ error: { code: "internal", message: String(e?.message ?? e) } }, { status: 500 });
       },
@@ -389,8 +383,45 @@ export class RankService {
     this.phase = "rendezvous";
     // Rank 0 registers with itself directly (its master name may not resolve yet, e.g. in k8s).
     const bind = c.host === "0.0.0.0" ? "127.0.0.1" : c.host === "::" ? "::1" : c.host;
-    const rzUrl = c.rank === 0 ? httpUrl(bind, this.port) : this.masterUrl;
-    const client = new RendezvousClient(rzUrl, this.peers, this.log, c.rendezvousTimeoutMs);
+    let rzUrl = c.rank === 0 ? httpUrl(bind, this.port) : this.masterUrl;
+    let join = c.join;
+    for (;;) {
+      const client = new RendezvousClient(rzUrl, this.peers, this.log, c.rendezvousTimeoutMs, () => this.redirectTo);
+      try {
+        await this.rendezvousAt(client, join);
+        return;
+      } catch (e) {
+        if (!(e instanceof RendezvousRedirected)) throw e;
+        // a running world's coordinator found this (restarted) rank: join that world instead
+        this.log.warn(`joining the running world: its coordinator is at ${e.url}`);
+        rzUrl = e.url;
+        join = true;
+        this.redirectTo = null;
+      }
+    }
+  }
+
+  /** Where a running world's coordinator told this rank, still in rendezvous, to register (POST /internal/follow). */
+  private redirectTo: string | null = null;
+
+  /** A running world's coordinator found this restarted rank in rendezvous: go and join it. */
+  followWorld(url: string): boolean {
+    if (this.phase !== "rendezvous" || this.rendezvous?.isComplete) return false;
+    if (this.rendezvous) {
+      // a restarted rank 0 that started a fresh rendezvous: give up the coordinator role
+      this.coordinator?.stop();
+      this.hub?.closeAll();
+      this.coordinator = null;
+      this.hub = null;
+      this.matcher = null;
+      this.rendezvous.abandon(url);
+    }
+    this.redirectTo = url;
+    return true;
+  }
+
+  private async rendezvousAt(client: RendezvousClient, join: boolean): Promise<void> {
+    const c = this.config;
     await client.register({
       rank: c.rank,
       world_size: c.worldSize,
@@ -401,47 +432,18 @@ export class RankService {
       host_id: this.dataPlane.hostId.toString(),
       pid: process.pid,
       instance: this.instance,
-      join: c.join,
+      join,
       hb_port: this.liveness.port,
       rejoin: c.rejoin ?? "manual",
     });
     const view = await client.table();
     if ((this.phase as ServicePhase) === "stopping") return;
-    if (c.rank !== 0) this.membership.applyView(view);
-    else this.syncPeers(this.membership.view(), null);
-    if (c.rank !== 0) {
-      const wsUrl = this.masterUrl.replace(/^http/, "ws") + "/internal/ws";
-      const link = new CoordinatorLink(wsUrl, c.rank, this.instance, c.token, this.log, this.liveness);
-      this.link = link;
-      const coord = this.membership.get(0);
-      if (coord) this.liveness.target(coord.dataHost, coord.hbPort ?? 0);
-      link.onReconnect = () => this.participant.scheduleAck();
-      link.onPush = (msg) => {
-        if (msg.t === "view" || msg.t === "retry" || msg.t === "ping" || msg.t === "linkcheck") this.participant.onPush(msg);
-        else if (msg.t !== "hb") this.onPush?.(msg);
-      };
-      link.onDown = (why, clean) => this.onMasterLost(why, clean);
-      await link.connect(c.rendezvousTimeoutMs);
-      this.agreement = new Agreement(c.rank, null, link);
-      this.channel = {
-        send: (msg) => {
-          link.send(msg);
-        },
-        request: async (msg, timeoutMs) => {
-          const res = await link.request(msg, timeoutMs).catch((e: Error) => {
-            throw link.lost ? this.unavailable() : new NotReady(`rank ${this.rank}: rank 0 did not answer: ${e.message}`);
-          });
-          if (res.error !== undefined) {
-            throw apiErrorFromJSON(Number(res.status ?? 500), { error: { code: res.code ?? "internal", message: String(res.error), ...((res.details as object) ?? {}) } });
-          }
-          const { t: _t, id: _id, ...body } = res;
-          return body;
-        },
-      };
-      this.participant.attach(this.channel);
-      link.startHeartbeat(this.heartbeatIntervalMs, this.heartbeatTimeoutMs);
+    if (this.isCoordinator) this.syncPeers(this.membership.view(), null);
+    else {
+      this.membership.applyView(view);
+      await this.follow(this.membership.coordinator, c.rendezvousTimeoutMs);
     }
-    if (!c.join && c.rank < c.worldSize) await client.ready(c.rank);
+    if (!join && c.rank < c.worldSize) await client.ready(c.rank);
     if ((this.phase as ServicePhase) === "stopping") return;
     this.phase = "ready";
     this.log.info(
@@ -491,27 +493,281 @@ export class RankService {
     }
   }
 
-  /** Rank 0 is lost: every call fails fast with 503 master_lost from now on (final). */
-  private onMasterLost(why: string, clean = false): void {
+  // ---- the coordinator role (rank 0 at start; a survivor after a failover) ----
+
+  get isCoordinator(): boolean {
+    return this.coordinator !== null;
+  }
+
+  /** 503 for a control link or registration that reached a rank which does not coordinate. */
+  notCoordinator(): Response {
+    const co = this.membership.get(this.membership.coordinator);
+    const e = new NotReady(`rank ${this.rank} is not the coordinator (rank ${this.membership.coordinator} is${co ? `, at ${co.url}` : ""})`, {
+      coordinator: this.membership.coordinator,
+      ...(co ? { coordinator_url: co.url } : {}),
+    });
+    return Response.json(e.toJSON(), { status: e.status });
+  }
+
+  /**
+   * Takes the coordinator role: matcher, hub, rendezvous, failure detection. At start (rank 0)
+   * `takeover` is null; after a failover it names the lost coordinator(s): they are marked
+   * failed in a new epoch that names this rank as coordinator, and every other active rank has
+   * a heartbeat timeout of grace to connect before the usual detection applies.
+   */
+  private becomeCoordinator(takeover: { lost: number[]; why: string } | null): void {
+    const c = this.config;
+    // op ids past any the predecessor used (it numbered from 1 up; 2^40 ops per coordinator)
+    const firstOpId = takeover ? BigInt(this.membership.epoch + 1) << 40n : 1n;
+    this.matcher = new Matcher(this.membership, {}, firstOpId);
+    this.hub = new CoordinatorHub(this.matcher, this.log);
+    this.rendezvous = new RendezvousServer(this.membership, this.log);
+    this.agreement = new Agreement(c.rank, this.matcher, null);
+    const co = new Coordinator(this.membership, this.matcher, this.hub, this.rendezvous, (msg) => this.participant.onPush(msg), this.log, {
+      heartbeatIntervalMs: this.heartbeatIntervalMs,
+      heartbeatTimeoutMs: this.heartbeatTimeoutMs,
+      liveness: this.liveness,
+      self: c.rank,
+    });
+    this.coordinator = co;
+    this.rendezvous.onComplete = () => this.participant.scheduleAck();
+    this.rendezvous.previousGone = (r) => !this.hub?.isConnected(r) && this.liveness.silentMs(r) > 2 * this.heartbeatIntervalMs;
+    this.rendezvous.replaced = (r, why) => co.markRemoved([r], "failed", why);
+    this.link = null;
+    this.liveness.target(null, 0);
+    if (takeover) {
+      this.rendezvous.adopt();
+      co.expect(this.membership.activeRanks(), this.heartbeatTimeoutMs);
+    }
+    co.start();
+    this.channel = {
+      send: (msg) => {
+        if (msg.t === "view_ack") co.onAck(c.rank, msg);
+        else if (msg.t === "linkcheck_done") co.onLinkCheckDone(c.rank, msg);
+      },
+      request: async (msg) => {
+        switch (msg.t) {
+          case "suspect":
+            return co.suspect(c.rank, Number(msg.peer), String(msg.why ?? ""), msg.kind === "timeout" ? "timeout" : "peer");
+          case "activate":
+            return co.activate(msg.ranks);
+          case "deactivate":
+            return co.deactivate(msg.ranks);
+          case "group":
+            return co.defineGroup(msg.name, msg.ranks);
+        }
+        throw new Error(`unknown request ${String(msg.t)}`);
+      },
+    };
+    if (takeover) {
+      const lost = takeover.lost.filter((r) => this.membership.isActive(r));
+      const reason = `the coordinator was lost (${takeover.why}); rank ${c.rank} took over`;
+      const epoch = this.membership.update(lost.map((r) => ({ rank: r, state: "failed" as const, active: false, reason })), c.rank);
+      co.stats.failures += lost.length;
+      this.log.warn(`took over as coordinator (epoch ${epoch}; lost: ${takeover.lost.join(", ")}; active: ${this.membership.activeRanks().join(", ")})`);
+    }
+    this.startRecruiting();
+    this.participant.attach(this.channel);
+    this.coordinatorChanged();
+  }
+
+  /** Follows the coordinator `coord`: its control link, heartbeats to its heartbeat thread. */
+  private async follow(coord: number, connectMs: number): Promise<void> {
+    const c = this.config;
+    const rec = this.membership.get(coord);
+    if (!rec) throw new Error(`rank ${coord} (the coordinator) is not in the view`);
+    const wsUrl = rec.url.replace(/^http/, "ws") + "/internal/ws";
+    const link = new CoordinatorLink(wsUrl, c.rank, this.instance, c.token, this.log, this.liveness, coord);
+    this.liveness.target(rec.dataHost, rec.hbPort ?? 0);
+    link.onReconnect = () => this.participant.scheduleAck();
+    link.onPush = (msg) => {
+      if (msg.t === "view" || msg.t === "retry" || msg.t === "ping" || msg.t === "linkcheck") this.participant.onPush(msg);
+      else if (msg.t !== "hb") this.onPush?.(msg);
+    };
+    link.onDown = (why) => this.onCoordinatorLost(coord, why);
+    await link.connect(connectMs);
+    this.link = link;
+    this.agreement = new Agreement(c.rank, null, link);
+    this.channel = {
+      send: (msg) => {
+        link.send(msg);
+      },
+      request: async (msg, timeoutMs) => {
+        const res = await link.request(msg, timeoutMs).catch((e: Error) => {
+          throw link.lost ? this.unavailable() : new NotReady(`rank ${this.rank}: the coordinator (rank ${coord}) did not answer: ${e.message}`);
+        });
+        if (res.error !== undefined) {
+          throw apiErrorFromJSON(Number(res.status ?? 500), { error: { code: res.code ?? "internal", message: String(res.error), ...((res.details as object) ?? {}) } });
+        }
+        const { t: _t, id: _id, ...body } = res;
+        return body;
+      },
+    };
+    this.participant.attach(this.channel);
+    link.startHeartbeat(this.heartbeatIntervalMs, this.heartbeatTimeoutMs);
+    this.coordinatorChanged();
+  }
+
+  private recruiter: ReturnType<typeof setInterval> | null = null;
+
+  /**
+   * The coordinator looks for restarted processes of failed ranks at their addresses (a
+   * restarted rank 0 starts a fresh rendezvous of its own; a restarted rank whose rendezvous
+   * address is dead can't find the world): one still in rendezvous is told to join this world.
+   */
+  private startRecruiting(): void {
+    if (this.recruiter) return;
+    let busy = false;
+    this.recruiter = setInterval(() => {
+      if (busy || !this.isCoordinator || (this.phase as ServicePhase) === "stopping") return;
+      const failed = this.membership.all().filter((r) => r.state === "failed" && r.rank !== this.rank).slice(0, RECRUIT_PROBES_MAX);
+      if (failed.length === 0) return;
+      busy = true;
+      void Promise.all(failed.map((rec) => this.recruit(rec.url, rec.instance))).finally(() => (busy = false));
+    }, RECRUIT_INTERVAL_MS);
+    this.recruiter.unref?.();
+  }
+
+  private async recruit(url: string, oldInstance: string): Promise<void> {
+    try {
+      const who = await this.peers.get<{ instance: string; phase: string; complete: boolean }>(`${url}/internal/whoami`, RECRUIT_INTERVAL_MS, "whoami");
+      if (who.instance === oldInstance || who.phase !== "rendezvous" || who.complete) return;
+      await this.peers.post(`${url}/internal/follow`, { url: this.url }, RECRUIT_INTERVAL_MS, "follow");
+      this.log.info(`found a restarted process at ${url} still in rendezvous: told it to join this world`);
+    } catch {
+      // nobody there (yet)
+    }
+  }
+
+  private coordinatorWaiters: (() => void)[] = [];
+  private failingOver = false;
+  /** Failovers this process took part in: when the loss was detected and when a coordinator was back (ms, performance.now()). */
+  private readonly failovers: { lost: number[]; detectedAt: number; resumedAt: number | null; coordinator: number | null }[] = [];
+
+  /** The failovers this process saw, for /cluster: wall-clock times (epoch ms). */
+  failoverLog(): { lost: number[]; coordinator: number | null; detected_at_ms: number; resumed_at_ms: number | null }[] {
+    const wall = (t: number) => Math.round(performance.timeOrigin + t);
+    return this.failovers.map((f) => ({
+      lost: f.lost,
+      coordinator: f.coordinator,
+      detected_at_ms: wall(f.detectedAt),
+      resumed_at_ms: f.resumedAt === null ? null : wall(f.resumedAt),
+    }));
+  }
+
+  private coordinatorChanged(): void {
+    for (const w of this.coordinatorWaiters.splice(0)) w();
+  }
+
+  /** Resolves with the agreement of a coordinator other than `old`'s, or null (none within `ms`, or lost for good). */
+  private whenCoordinatorChanged(old: Agreement, ms: number): Promise<Agreement | null> {
+    if (this.agreement !== old) return Promise.resolve(this.agreement);
+    if (ms <= 0 || this.participant.masterLost) return Promise.resolve(null);
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        resolve(this.agreement !== old && !this.participant.masterLost ? this.agreement : null);
+      };
+      const timer = setTimeout(() => {
+        this.coordinatorWaiters = this.coordinatorWaiters.filter((w) => w !== done);
+        resolve(null);
+      }, ms);
+      this.coordinatorWaiters.push(done);
+    });
+  }
+
+  /** The coordinator is gone (its link stayed closed and its heartbeat silent, or it timed out). */
+  private onCoordinatorLost(coord: number, why: string): void {
     if ((this.phase as ServicePhase) === "stopping") return;
     const self = this.membership.get(this.rank);
     if (self && !self.active && (self.state === "failed" || self.state === "left")) {
-      // Rank 0 removed this rank (its view said so before it closed the link): not a lost master.
-      this.log.error(`removed from the world by rank 0 (${self.state}: ${self.reason ?? "no reason given"}); restart this rank with --join to rejoin`);
+      // The coordinator removed this rank (its view said so before it closed the link).
+      this.log.error(`removed from the world by the coordinator (${self.state}: ${self.reason ?? "no reason given"}); restart this rank to rejoin`);
       for (const r of this.membership.all()) if (r.rank !== this.rank) this.markPeerDown(r.rank);
       this.p2p.halt(`rank ${this.rank} was removed from the world`);
       return;
     }
-    this.log[clean ? "info" : "error"](`coordinator (rank 0) lost: ${why}; this rank fails every call with 503 master_lost until it is restarted`);
+    void this.failover([coord], why);
+  }
+
+  /**
+   * Elects a new coordinator: the lowest active rank of the last view that is not known lost.
+   * This rank takes over if it is that rank; otherwise it follows it, and moves on to the next
+   * candidate when that one can't be reached within a few heartbeat timeouts.
+   */
+  private async failover(lost: number[], why: string): Promise<void> {
+    if (this.failingOver) return;
+    this.failingOver = true;
+    const record = { lost: lost.slice(), detectedAt: performance.now(), resumedAt: null as number | null, coordinator: null as number | null };
+    this.failovers.push(record);
+    if (this.failovers.length > FAILOVERS_KEPT) this.failovers.shift();
+    const gone = new Set(lost);
+    /** Candidates that did not take over but may be alive (no answer at all: a partition?). */
+    const unsure = new Set<number>();
+    this.log.warn(`coordinator (rank ${lost.join(", ")}) lost: ${why}; electing a new one`);
+    try {
+      for (;;) {
+        if ((this.phase as ServicePhase) === "stopping") return;
+        const candidate = this.membership.activeRanks().find((r) => !gone.has(r) && !unsure.has(r));
+        if (candidate === undefined) {
+          this.loseCoordinatorForGood(`${why}; no active rank is left to take over`);
+          return;
+        }
+        if (candidate === this.rank) {
+          // Only past ranks known dead: one cut off from a lower rank that may be alive must not
+          // start a world of its own (the side of the partition with that rank goes on).
+          const lower = [...unsure].filter((r) => r < this.rank);
+          if (lower.length > 0) {
+            this.loseCoordinatorForGood(`${why}; rank${lower.length > 1 ? "s" : ""} ${lower.join(", ")} did not answer (maybe cut off from this rank, maybe coordinating)`);
+            return;
+          }
+          this.becomeCoordinator({ lost: [...gone, ...unsure], why });
+        } else {
+          try {
+            await this.follow(candidate, FAILOVER_CONNECT_TIMEOUTS * this.heartbeatTimeoutMs);
+            this.log.warn(`following rank ${candidate}, the new coordinator`);
+          } catch (e) {
+            const dead = await this.refusesConnections(candidate);
+            this.log.warn(`rank ${candidate} did not take over as coordinator (${dead ? "its port is closed" : "no answer"}): ${(e as Error).message}; trying the next rank`);
+            (dead ? gone : unsure).add(candidate);
+            continue;
+          }
+        }
+        record.resumedAt = performance.now();
+        record.coordinator = candidate;
+        return;
+      }
+    } finally {
+      this.failingOver = false;
+    }
+  }
+
+  /** Whether `rank`'s HTTP port refuses connections (its process is gone) rather than not answering. */
+  private async refusesConnections(rank: number): Promise<boolean> {
+    const url = this.membership.get(rank)?.url;
+    if (!url) return true;
+    try {
+      await fetch(`${url}/livez`, { signal: AbortSignal.timeout(this.heartbeatTimeoutMs) });
+      return false;
+    } catch (e) {
+      return (e as { code?: string }).code === "ConnectionRefused";
+    }
+  }
+
+  /** No coordinator can be found: every call fails fast with 503 master_lost from now on. */
+  private loseCoordinatorForGood(why: string): void {
+    this.log.error(`coordinator lost: ${why}; this rank fails every call with 503 master_lost until it is restarted`);
     this.participant.lost(why);
+    this.coordinatorChanged();
     for (const r of this.membership.all()) if (r.rank !== this.rank) this.markPeerDown(r.rank);
-    this.p2p.halt(`the coordinator (rank 0) is lost: ${why}`);
+    this.p2p.halt(`the coordinator is lost: ${why}`);
   }
 
   async stop(): Promise<void> {
     if ((this.phase as ServicePhase) === "stopping") return;
     this.phase = "stopping";
     this.coordinator?.stop();
+    if (this.recruiter) clearInterval(this.recruiter);
     this.link?.close();
     this.liveness.stop();
     this.hub?.closeAll();

@@ -53,7 +53,7 @@ export function introspectionRoutes(app: Hono, svc: RankService): void {
 
   app.get("/cluster", (c) => {
     const dataPlane = svc.dataPlaneLinks();
-    return c.json({ ...svc.membership.toClusterJSON(), ...(dataPlane ? { data_plane: dataPlane } : {}) });
+    return c.json({ ...svc.membership.toClusterJSON(), failovers: svc.failoverLog(), ...(dataPlane ? { data_plane: dataPlane } : {}) });
   });
 
   app.get("/metrics", (c) => {
