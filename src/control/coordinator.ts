@@ -264,6 +264,7 @@ export class Coordinator {
     const removed = changes.map((c) => c.rank);
     if (state === "failed") this.stats.failures += removed.length;
     for (const r of removed) {
+      this.lastSeen.delete(r); // a later process of this slot starts its own clock
       const p = this.probes.get(r);
       if (p) clearTimeout(p.timer);
       this.probes.delete(r);

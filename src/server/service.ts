@@ -79,6 +79,8 @@ const FAILOVER_CONNECT_TIMEOUTS = 3;
 /** How often the coordinator looks for restarted processes of failed ranks, and how many per round. */
 const RECRUIT_INTERVAL_MS = 1000;
 const RECRUIT_PROBES_MAX = 16;
+/** A refused connection this fast means the peer's host is up and its port closed (its process is gone). */
+const REFUSED_FAST_MS = 500;
 /** Failovers remembered for /cluster. */
 const FAILOVERS_KEPT = 16;
 
@@ -535,10 +537,7 @@ export class RankService {
     this.rendezvous.replaced = (r, why) => co.markRemoved([r], "failed", why);
     this.link = null;
     this.liveness.target(null, 0);
-    if (takeover) {
-      this.rendezvous.adopt();
-      co.expect(this.membership.activeRanks(), this.heartbeatTimeoutMs);
-    }
+    if (takeover) this.rendezvous.adopt();
     co.start();
     this.channel = {
       send: (msg) => {
@@ -564,6 +563,7 @@ export class RankService {
       const reason = `the coordinator was lost (${takeover.why}); rank ${c.rank} took over`;
       const epoch = this.membership.update(lost.map((r) => ({ rank: r, state: "failed" as const, active: false, reason })), c.rank);
       co.stats.failures += lost.length;
+      co.expect(this.membership.activeRanks(), this.heartbeatTimeoutMs);
       this.log.warn(`took over as coordinator (epoch ${epoch}; lost: ${takeover.lost.join(", ")}; active: ${this.membership.activeRanks().join(", ")})`);
     }
     this.startRecruiting();
@@ -584,7 +584,12 @@ export class RankService {
       if (msg.t === "view" || msg.t === "retry" || msg.t === "ping" || msg.t === "linkcheck") this.participant.onPush(msg);
       else if (msg.t !== "hb") this.onPush?.(msg);
     };
-    link.onDown = (why) => this.onCoordinatorLost(coord, why);
+    link.onDown = (why, clean) => {
+      // a coordinator shutting down cleanly is usually the whole world stopping (launch,
+      // compose down): fail over only if this rank is still running an interval later
+      if (!clean) this.onCoordinatorLost(coord, why);
+      else setTimeout(() => this.onCoordinatorLost(coord, why), this.heartbeatIntervalMs).unref?.();
+    };
     await link.connect(connectMs);
     this.link = link;
     this.agreement = new Agreement(c.rank, null, link);
@@ -623,7 +628,10 @@ export class RankService {
       const failed = this.membership.all().filter((r) => r.state === "failed" && r.rank !== this.rank).slice(0, RECRUIT_PROBES_MAX);
       if (failed.length === 0) return;
       busy = true;
-      void Promise.all(failed.map((rec) => this.recruit(rec.url, rec.instance))).finally(() => (busy = false));
+      // rank 0 also at the --master address: a restarted pod keeps its DNS name, not its IP
+      const probes = failed.map((rec) => this.recruit(rec.url, rec.instance));
+      if (failed.some((rec) => rec.rank === 0) && this.masterUrl !== this.membership.get(0)?.url) probes.push(this.recruit(this.masterUrl, this.membership.get(0)!.instance));
+      void Promise.all(probes).finally(() => (busy = false));
     }, RECRUIT_INTERVAL_MS);
     this.recruiter.unref?.();
   }
@@ -746,11 +754,14 @@ export class RankService {
   private async refusesConnections(rank: number): Promise<boolean> {
     const url = this.membership.get(rank)?.url;
     if (!url) return true;
+    const t0 = performance.now();
     try {
       await fetch(`${url}/livez`, { signal: AbortSignal.timeout(this.heartbeatTimeoutMs) });
       return false;
     } catch (e) {
-      return (e as { code?: string }).code === "ConnectionRefused";
+      // a live host answers a closed port with a reset at once; an unreachable one (a cut
+      // link: ARP or routing fails) takes seconds, whatever the error is called
+      return (e as { code?: string }).code === "ConnectionRefused" && performance.now() - t0 < REFUSED_FAST_MS;
     }
   }
 

@@ -104,7 +104,9 @@ describe("coordinator failover", () => {
     kill9(w.pids[0]!);
     await waitFor("rank 1 to coordinate", async () => (await cluster(w.urls[2]!)).coordinator === 1);
     const restarted = h.join(w, 0, 3, [...FAST, "--rejoin", "auto"], { join: false });
-    await waitState(w.urls.slice(1), 0, "healthy", 30_000);
+    await waitState(w.urls.slice(1), 0, "healthy", 30_000).catch((e) => {
+      throw new Error(`${e.message}\nrestarted rank 0 said:\n${restarted.stderr()}\nworld:\n${w.stderrText().slice(-3000)}`);
+    });
     await waitFor("the restarted rank 0 to be ready", async () => (await get(restarted.url, "/health")).body?.ready === true, 30_000);
     const c = await cluster(restarted.url);
     expect(c.coordinator).toBe(1);

@@ -82,7 +82,7 @@ describe("launch", () => {
     const code = await w.stop("SIGTERM");
     expect(code).toBe(0);
     for (const pid of w.pids) expect(pidAlive(pid)).toBe(false);
-  });
+  }, 30_000);
 
   test("a rank that dies is reported and the other ranks keep running; SIGINT then stops the rest", async () => {
     const w = await launchWorld(3);
@@ -94,14 +94,14 @@ describe("launch", () => {
     expect((await get(w.urls[1]!, "/health")).status).toBe(200);
     worlds.pop();
     expect(await w.stop("SIGINT")).toBe(0);
-  });
+  }, 30_000);
 
   test("a SIGKILLed launcher leaves no rank behind", async () => {
     const w = await launchWorld(2);
     w.proc.kill("SIGKILL");
     await w.proc.exited;
     expect(await waitGone(w.pids, 10_000)).toEqual([]);
-  });
+  }, 30_000);
 
   test("MOONRING_TOKEN: REST needs the bearer token; /health stays open", async () => {
     const w = await launchWorld(2, { token: "tok-123" });
@@ -113,7 +113,7 @@ describe("launch", () => {
     expect((await get(w.urls[0]!, "/health")).status).toBe(200);
     const ok = await Promise.all(w.urls.map((u) => post(u, "/collective/allreduce", body, { authorization: "Bearer tok-123" })));
     for (const x of ok) expect(x.body.result.data).toEqual([2]);
-  });
+  }, 30_000);
 
   test("limits: 413 too_large over --max-tensor-bytes, and the world keeps working", async () => {
     const w = await launchWorld(2, { args: ["--max-tensor-bytes", "1K", "--max-body-bytes", "64K"] });
@@ -130,7 +130,7 @@ describe("launch", () => {
     expect(avg.status).toBe(400);
     const ok = await all(w.urls, "/collective/allreduce", (r) => ({ tensor: { dtype: "float64", shape: [2], data: [r, 1] } }));
     for (const x of ok) expect(x.body.result.data).toEqual([1, 2]);
-  });
+  }, 30_000);
 
   test("--help for every command", async () => {
     for (const cmd of [["--help"], ["launch", "--help"], ["serve", "--help"], ["bench", "--help"]]) {
@@ -172,7 +172,7 @@ describe("serve", () => {
     // the original world still works
     const res = await all([`http://127.0.0.1:${port}`, `http://127.0.0.1:${port + 1}`], "/collective/allreduce", (r) => ({ tensor: { dtype: "int64", shape: [1], data: [String(r + 1)] } }));
     for (const x of res) expect(x.body.result.data).toEqual(["3"]);
-  });
+  }, 30_000);
 
   test("launch --max-world-size leaves free slots; serve --join waits in awaiting; lists have null for inactive slots", async () => {
     const w = await launchWorld(2, { args: ["--max-world-size", "3"] });
@@ -201,5 +201,5 @@ describe("serve", () => {
     }
     j.p.kill("SIGTERM");
     expect(await j.p.exited).toBe(0);
-  });
+  }, 30_000);
 });
