@@ -54,8 +54,8 @@ export class Agreement {
         throw decisionError(d);
       },
       (e: Error) => {
-        const why = `rank ${this.rank}: ${desc.op} could not reach the coordinator (rank 0): ${e.message}`;
-        if (link.lost) throw new MasterLost(`${why} — rank 0 is lost; this rank can no longer take part (restart the world)`);
+        const why = `rank ${this.rank}: ${desc.op} could not reach the coordinator: ${e.message}`;
+        if (link.lost) throw new MasterLost(`${why} — the coordinator is lost and no other took over within the call's timeout`);
         throw new PeerFailed(why, { failed_ranks: [0] });
       },
     );

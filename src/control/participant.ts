@@ -195,7 +195,7 @@ export class Participant implements RetryHooks {
   }
 
   private lostError(): Error {
-    return new MasterLost(`rank ${this.rank}: the coordinator (rank 0) is lost: ${this.masterLost}`);
+    return new MasterLost(`rank ${this.rank}: no coordinator: ${this.masterLost}`);
   }
 
   /** This rank was removed (failed / left): calls waiting for a re-issue end now. */

@@ -407,6 +407,21 @@ export const routeDocs: Record<string, RouteDoc> = {
     responses: { "200": { description: "the world's state", schema: anyJson } },
     errors: [400, 401, 404],
   },
+  "GET /internal/whoami": {
+    operationId: "internal_whoami",
+    tag: "internal",
+    summary: "rank service to rank service: this process (rank, instance, phase, coordinator); a coordinator looks for restarted ranks with it",
+    responses: { "200": { description: "this process", schema: anyJson } },
+    errors: [401],
+  },
+  "POST /internal/follow": {
+    operationId: "internal_follow",
+    tag: "internal",
+    summary: "coordinator to a restarted rank still in rendezvous: register with the running world at `url` instead",
+    body: { schema: z.object({ url: z.string() }) },
+    responses: { "200": { description: "whether this rank follows (only while in rendezvous)", schema: anyJson } },
+    errors: [400, 401],
+  },
   "POST /internal/p2p/offer": {
     operationId: "internal_p2p_offer",
     tag: "internal",

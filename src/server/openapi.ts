@@ -18,7 +18,7 @@ const ERROR_TEXT: Record<string, string> = {
   "413": "too_large: body or tensor over the configured limit",
   "429": "too_many_requests: this rank holds --max-pending-calls calls already; retry once some finish",
   "499": "cancelled: the client disconnected before every member joined; the call was withdrawn",
-  "503": "not_ready: before rendezvous completes, or this rank is awaiting / failed / left; peer_failed: a peer the call needed failed; master_lost: rank 0 is lost",
+  "503": "not_ready: before rendezvous completes, or this rank is awaiting / failed / left; peer_failed: a peer the call needed failed; master_lost: no coordinator can be reached and none took over",
   "504": "timeout: not every rank arrived within timeout_ms; details.missing_ranks",
 };
 

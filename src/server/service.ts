@@ -171,7 +171,7 @@ export class RankService {
 
   /** Why this rank can never serve again (liveness fails), or null while it can or may. */
   deadReason(): string | null {
-    if (this.participant?.masterLost) return `the coordinator (rank 0) is lost: ${this.participant.masterLost}`;
+    if (this.participant?.masterLost) return `no coordinator: ${this.participant.masterLost}`;
     if (this.phase === "failed") return `rendezvous failed: ${this.failure ?? "unknown"}`;
     const rec = this.phase === "ready" ? this.membership.get(this.rank) : undefined;
     if (rec?.state === "failed") return `removed from the world as failed at epoch ${this.membership.epoch}${rec.reason ? ` (${rec.reason})` : ""}`;
@@ -181,7 +181,7 @@ export class RankService {
   /** Why this rank can't serve a collective now (503), for routes. */
   unavailable(): ApiError {
     if (this.participant?.masterLost) {
-      return new MasterLost(`rank ${this.rank}: the coordinator (rank 0) is lost (${this.participant.masterLost}); restart the world`);
+      return new MasterLost(`rank ${this.rank}: no coordinator (${this.participant.masterLost}); restart this rank`);
     }
     if (this.phase === "ready") {
       const rec = this.membership.get(this.rank);

@@ -146,7 +146,7 @@ describe("in-process worlds: re-issue among survivors, partition rule", () => {
     // rank 3 reports rank 0: rank 0 is alive by definition -> the reporter goes
     s[3]!.participant.opFailed("2", 0, "test: link to rank 0 broke");
     for (let i = 0; i < 200 && m0.isActive(3); i++) await sleep(5);
-    expect(m0.get(3)!.reason).toContain("rank 0 stays");
+    expect(m0.get(3)!.reason).toContain("the coordinator stays");
     expect(m0.activeRanks()).toEqual([0, 1]);
   }, 30_000);
 

@@ -93,19 +93,24 @@ describe("/metrics", () => {
 });
 
 describe("/livez (liveness) vs /health (readiness)", () => {
-  test("alive and ready; once rank 0 is gone rank 1 is neither, and says why", async () => {
+  test("alive and ready; once rank 0 is gone rank 1 takes over and stays so; a rank that lost every coordinator is neither, and says why", async () => {
     const r1 = w.services[1]!;
     for (const svc of w.services) {
       expect((await fetch(`${svc.url}/livez`)).status).toBe(200);
       expect((await fetch(`${svc.url}/health`)).status).toBe(200);
     }
     await s.stop();
+    await until("rank 1 to coordinate", async () => r1.isCoordinator);
+    expect((await fetch(`${r1.url}/livez`)).status).toBe(200);
+    expect((await fetch(`${r1.url}/health`)).status).toBe(200);
+    // what a rank that found no coordinator to follow does (control/failover in service.ts)
+    r1.participant.lost("no active rank is left to take over (test)");
     const dead = await until("rank 1 not live", async () => {
       const res = await fetch(`${r1.url}/livez`);
       return res.status === 503 ? ((await res.json()) as { live: boolean; error: string }) : null;
     });
     expect(dead.live).toBe(false);
-    expect(dead.error).toContain("coordinator (rank 0) is lost");
+    expect(dead.error).toContain("no active rank is left to take over");
     expect((await fetch(`${r1.url}/health`)).status).toBe(503);
   });
 

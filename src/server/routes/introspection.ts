@@ -16,7 +16,7 @@ export function introspectionRoutes(app: Hono, svc: RankService): void {
     if (!isAuthorized(bearer, c.req.header("authorization"))) return c.json({ status, ready, state }, ready ? 200 : 503);
     const self = svc.membership.get(svc.rank);
     const why = svc.participant?.masterLost
-      ? `the coordinator (rank 0) is lost: ${svc.participant.masterLost}`
+      ? `no coordinator: ${svc.participant.masterLost}`
       : (state === "failed" || state === "left") && self?.reason
         ? self.reason
         : null;
