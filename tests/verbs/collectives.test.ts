@@ -49,6 +49,10 @@ for (const n of missing ? [] : [2, 3, 4, 5]) {
       const after = await Promise.all(urls.map(async (u) => ((await (await fetch(`${u}/cluster`)).json()) as any).data_plane.verbs.rendezvous_direct_bytes as number));
       // Every rank but the root receives the broadcast's 4 MiB in a posted receive.
       expect(after.filter((a, r) => a > before[r]!).length).toBeGreaterThanOrEqual(n - 1);
+      // ... and the link byte counters have it under transport="verbs", sent and received.
+      const metrics = await (await fetch(`${urls[n - 1]}/metrics`)).text();
+      const tx = metrics.split("\n").filter((l) => l.startsWith("moonring_dataplane_bytes_total{") && l.includes('transport="verbs"') && l.includes('direction="tx"'));
+      expect(tx.reduce((a, l) => a + Number(l.split(" ").pop()), 0)).toBeGreaterThanOrEqual(4 << 20);
     }, 60_000);
 
     test(`N=${n} GET /cluster: every live link of every rank is verbs, on the test provider's device`, async () => {

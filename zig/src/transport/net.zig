@@ -726,7 +726,10 @@ pub const Net = struct {
         const template = wire.FrameHeader{ .src_rank = @intCast(net.rank()), .op_id = ep.op_id, .seq = seq, .chunk_len = 0, .msg_len = bytes.len, .offset = 0 };
         const zero_copy = net.links.sendRendezvous(link, template, bytes, ep.abort()) catch |err|
             return net.sendFailed(ep, link.peer, seq, err);
-        if (zero_copy) return;
+        if (zero_copy) {
+            net.traffic.addTx(link.peer, link.kind, bytes.len);
+            return;
+        }
         const chunk_max: u64 = link.chunkBytes();
         var offset: u64 = 0;
         var chunks_max: u64 = bytes.len / chunk_max + 1;
