@@ -12,8 +12,9 @@ const netmod = @import("transport/net.zig");
 const dispatch = @import("algo/dispatch.zig");
 const cuda_driver = @import("cuda/driver.zig");
 const staging = @import("cuda/staging.zig");
-const cuda_direct = @import("algo/cuda_direct.zig");
-const board_direct = @import("algo/board_direct.zig");
+const cuda_direct = @import("backend/cuda_direct.zig");
+const board_direct = @import("backend/board_direct.zig");
+const plan = @import("plan.zig");
 const board_mod = @import("transport/board.zig");
 
 pub const Collective = op.Collective;
@@ -74,30 +75,9 @@ pub fn lastError() []const u8 {
     return last_error_buf[0..last_error_len];
 }
 
-/// $MOONRING_BOARD_BYTES_MAX: ops larger than this (bytes per rank) skip the board (A/B runs).
-const board_bytes_max_env = struct {
-    var once = std.once(read);
-    var value: ?u64 = null;
-    fn read() void {
-        value = sys.envU64("MOONRING_BOARD_BYTES_MAX");
-    }
-    fn get() ?u64 {
-        once.call();
-        return value;
-    }
-};
-
+/// $MOONRING_TRANSPORT (root.zig reads it once per engine it creates).
 pub fn modeFromEnv() Mode {
-    const value = sys.getenv("MOONRING_TRANSPORT") orelse return .auto;
-    if (std.meta.stringToEnum(Mode, value)) |mode| return mode;
-    if (value.len > 0) sys.logLine("MOONRING_TRANSPORT={s} is not auto or a link kind ({s}); using auto", .{ value, kindNames() });
-    return .auto;
-}
-
-fn kindNames() []const u8 {
-    comptime var names: []const u8 = "";
-    inline for (@typeInfo(Mode).@"enum".fields[1..], 0..) |field, i| names = names ++ (if (i > 0) "|" else "") ++ field.name;
-    return names;
+    return plan.Config.fromEnv().transport;
 }
 
 pub const Options = struct {
@@ -110,6 +90,9 @@ pub const Options = struct {
     mode: Mode = .auto,
     host_id: u64 = 0, // 0 = this host's id
     runner: Runner = dispatch.run,
+    /// Every other MOONRING_* knob; null: read from the environment (plan.Config.fromEnv) at
+    /// create(). `mode` overrides its transport.
+    config: ?plan.Config = null,
     stash_bytes_max: u64 = netmod.stash_bytes_default,
     shm_slot_bytes: u32 = 0, // 0 = default
     shm_slot_count: u32 = 0,
@@ -138,6 +121,19 @@ pub const Submit = struct {
 const SlotState = enum { free, queued, running, done };
 
 const Slot = struct {
+    /// The planner's facts about this op that need no lookup (same_host and boards_live are
+    /// the engine's to fill).
+    fn query(slot: *const Slot) plan.Query {
+        return .{
+            .kind = slot.kind,
+            .bytes = slot.count * slot.dtype.bytes(),
+            .ranks = slot.group_size,
+            .same_host = false,
+            .boards_live = false,
+            .device = slot.device >= 0,
+        };
+    }
+
     fn bufferBytes(slot: *const Slot) struct { u64, u64 } {
         const n = slot.group_size;
         const counted = slot.kind == .alltoall;
@@ -192,6 +188,8 @@ pub const Engine = struct {
     world_size_max: u32,
     net: *netmod.Net,
     runner: Runner,
+    /// Read once at create(): the planner and the backends take their knobs from here.
+    config: plan.Config,
 
     mu: std.Thread.Mutex = .{},
     stopping: bool = false,
@@ -211,7 +209,7 @@ pub const Engine = struct {
     cq_head: u32 = 0,
     cq_len: u32 = 0,
     cq_cond: std.Thread.Condition = .{},
-    /// Peer device buffers mapped by the CUDA IPC direct path (algo/cuda_direct.zig).
+    /// Peer device buffers mapped by the CUDA IPC direct path (backend/cuda_direct.zig).
     cuda_ipc: cuda_direct.Cache = .{},
 
     pub fn create(alloc: std.mem.Allocator, options: Options) !*Engine {
@@ -227,6 +225,8 @@ pub const Engine = struct {
             setLastError("rank {d}: cannot resolve listen host '{s}'", .{ options.rank, options.listen_host });
             return error.InvalidArgument;
         };
+        var config = options.config orelse plan.Config.fromEnv();
+        config.transport = options.mode;
         var net_options = netmod.Options{
             .rank = options.rank,
             .world_size_max = options.world_size_max,
@@ -234,6 +234,7 @@ pub const Engine = struct {
             .token = options.token,
             .listen = listen,
             .mode = options.mode,
+            .board = config.board,
             .host_id = if (options.host_id != 0) options.host_id else sys.hostId(),
             .stash_bytes_max = options.stash_bytes_max,
         };
@@ -255,6 +256,7 @@ pub const Engine = struct {
             .world_size_max = options.world_size_max,
             .net = net,
             .runner = options.runner,
+            .config = config,
         };
         return engine;
     }
@@ -364,9 +366,7 @@ pub const Engine = struct {
         if (slot.device >= 0 or slot.group_size < 2 or slot.kind == .send or slot.kind == .recv or slot.kind == .alltoall) return false;
         if (slot.count * slot.dtype.bytes() > inline_run_bytes_max) return false;
         // The same test runSlot() applies (boardUsable), else the op would wait on the links.
-        const shape = op.OpDesc{ .kind = slot.kind, .dtype = slot.dtype, .redop = slot.redop, .root = slot.root_group, .count = slot.count, .send = &dummy_buffer, .recv = @constCast(&dummy_buffer) };
-        if (!board_direct.suits(shape, slot.group_size, netmod.boardCma())) return false;
-        if (board_bytes_max_env.get()) |limit| if (slot.count * slot.dtype.bytes() > limit) return false;
+        if (!plan.boardRuns(slot.query(), &engine.config)) return false;
         if (!engine.net.boardTeamOf(slot.group[0..slot.group_size], &slot.board_team)) return false;
         for (0..slot.group_size) |p| {
             if (p == slot.group_rank) continue;
@@ -631,7 +631,7 @@ pub const Engine = struct {
 
         // Buffers the op shapes let a rank omit (non-root reduce/gather recv, ...) are never
         // touched by the algorithms; they still get a valid pointer.
-        var recv: ?[*]u8 = slot.recv;
+        const recv: ?[*]u8 = slot.recv;
         var send: ?[*]const u8 = slot.send;
         if (send == null and (slot.kind == .broadcast or slot.kind == .scatter)) send = recv;
 
@@ -644,42 +644,73 @@ pub const Engine = struct {
         engine.mu.unlock();
         if (cancel_now) engine.net.cancel(&slot.ep);
 
-        // CUDA IPC direct path (algo/cuda_direct.zig): ranks of one host read and write each
-        // other's device buffers over NVLink. Every rank of the op gets the same outcome;
-        // .fallback (other hosts, no IPC, ...) goes on with host staging over the same endpoint.
-        if (slot.device >= 0) {
-            const direct_op: cuda_direct.Op = .{
-                .kind = slot.kind,
-                .dtype = slot.dtype,
-                .redop = slot.redop,
-                .root = slot.root_group,
-                .count = slot.count,
-                .send_counts = slot.send_counts[0..if (slot.kind == .alltoall) slot.group_size else 0],
-                .recv_counts = slot.recv_counts[0..if (slot.kind == .alltoall) slot.group_size else 0],
-                .group = slot.group[0..slot.group_size],
-                .device = slot.device,
-                .send = if (send) |p| @intFromPtr(p) else 0,
-                .recv = if (recv) |p| @intFromPtr(p) else 0,
-                .same_host = cuda_direct.sameHost(engine.net, slot.group[0..slot.group_size]),
-            };
-            var team: board_direct.Team = undefined;
-            const board: ?*board_direct.Team = if (direct_op.same_host and cuda_direct.applies(direct_op) and engine.net.boardTeam(&slot.ep, &slot.board_team)) blk: {
-                team = engine.boardTeamOf(slot);
-                break :blk &team;
-            } else null;
-            const outcome = cuda_direct.run(&engine.cuda_ipc, slot.ep.comm(), board, direct_op) catch |err| {
-                engine.net.close(&slot.ep);
-                if (slot.ep.failure) |failure| return engine.setSlotError(slot, Status.fromError(failure.err), failure.peer, "{s}", .{failure.message()});
-                const status = switch (err) {
-                    error.NoDevice, error.InvalidArgument, error.Cuda => |e| cudaStatus(e),
-                    else => |e| Status.fromError(e),
-                };
-                return engine.setSlotError(slot, status, -1, "device {d}: {s}", .{ slot.device, if (status == Status.eio or status == Status.einval or status == Status.enodev) cuda_driver.lastErrorMessage() else @errorName(err) });
-            };
-            if (outcome == .done) return engine.net.close(&slot.ep);
-        }
+        const chosen, const facts = engine.planSlot(slot);
+        std.debug.assert(chosen.path != .board or !facts.device);
+        if (chosen.path == .cuda_direct and engine.runCudaDirect(slot, send, recv, facts.same_host)) return;
+        engine.runHost(slot, send, recv, chosen, scratch);
+    }
 
-        // Device buffers: staged through pinned host mirrors (copy in, host algorithm, copy out).
+    /// The planner's choice for `slot` (backend/plan.zig), with the facts it was given: host
+    /// placement and live boards are looked up only where they can change the answer.
+    fn planSlot(engine: *Engine, slot: *Slot) struct { plan.Plan, plan.Query } {
+        var facts = slot.query();
+        if (facts.device) {
+            facts.same_host = engine.net.sameHost(slot.group[0..slot.group_size]);
+        } else if (engine.runner == dispatch.run and plan.boardRuns(facts, &engine.config)) {
+            // Custom runners (tests) always get the links.
+            facts.boards_live = engine.net.boardTeam(&slot.ep, &slot.board_team);
+            facts.same_host = facts.boards_live;
+        }
+        return .{ plan.plan(facts, &engine.config), facts };
+    }
+
+    /// The CUDA IPC direct path (backend/cuda_direct.zig): ranks of one host read and write
+    /// each other's device buffers over NVLink. True when the op ended here (done or failed);
+    /// false: every rank of the op falls back to host staging over the same endpoint.
+    fn runCudaDirect(engine: *Engine, slot: *Slot, send: ?[*]const u8, recv: ?[*]u8, same_host: bool) bool {
+        const direct_op: cuda_direct.Op = .{
+            .kind = slot.kind,
+            .dtype = slot.dtype,
+            .redop = slot.redop,
+            .root = slot.root_group,
+            .count = slot.count,
+            .send_counts = slot.send_counts[0..if (slot.kind == .alltoall) slot.group_size else 0],
+            .recv_counts = slot.recv_counts[0..if (slot.kind == .alltoall) slot.group_size else 0],
+            .group = slot.group[0..slot.group_size],
+            .device = slot.device,
+            .send = if (send) |p| @intFromPtr(p) else 0,
+            .recv = if (recv) |p| @intFromPtr(p) else 0,
+            .same_host = same_host,
+            .config = &engine.config.cuda,
+        };
+        var team: board_direct.Team = undefined;
+        const board: ?*board_direct.Team = if (same_host and engine.net.boardTeam(&slot.ep, &slot.board_team)) blk: {
+            team = engine.boardTeamOf(slot);
+            break :blk &team;
+        } else null;
+        const outcome = cuda_direct.run(&engine.cuda_ipc, slot.ep.comm(), board, direct_op) catch |err| {
+            engine.net.close(&slot.ep);
+            if (slot.ep.failure) |failure| {
+                engine.setSlotError(slot, Status.fromError(failure.err), failure.peer, "{s}", .{failure.message()});
+                return true;
+            }
+            const status = switch (err) {
+                error.NoDevice, error.InvalidArgument, error.Cuda => |e| cudaStatus(e),
+                else => |e| Status.fromError(e),
+            };
+            engine.setSlotError(slot, status, -1, "device {d}: {s}", .{ slot.device, if (status == Status.eio or status == Status.einval or status == Status.enodev) cuda_driver.lastErrorMessage() else @errorName(err) });
+            return true;
+        };
+        if (outcome == .fallback) return false;
+        engine.net.close(&slot.ep);
+        return true;
+    }
+
+    /// Host buffers (device ones staged through pinned host mirrors: copy in, host
+    /// algorithm, copy out) on the board or over the links, as planned.
+    fn runHost(engine: *Engine, slot: *Slot, send_in: ?[*]const u8, recv_in: ?[*]u8, chosen: plan.Plan, scratch: std.mem.Allocator) void {
+        var send = send_in;
+        var recv = recv_in;
         var mirror: ?staging.HostMirror = null;
         defer if (mirror) |*m| m.release();
         if (slot.device >= 0) {
@@ -705,8 +736,7 @@ pub const Engine = struct {
             .send = send orelse &dummy_buffer,
             .recv = recv orelse @constCast(&dummy_buffer),
         };
-
-        const result = if (mirror == null and engine.runner == dispatch.run and engine.boardUsable(slot, desc))
+        const result = if (chosen.path == .board)
             engine.runOnBoard(slot, desc, scratch)
         else
             engine.runner(slot.ep.comm(), desc, scratch);
@@ -715,7 +745,6 @@ pub const Engine = struct {
             if (mirror) |*m| m.finish() catch |err| {
                 return engine.setSlotError(slot, cudaStatus(err), -1, "device {d}: copying the result back: {s}", .{ slot.device, cuda_driver.lastErrorMessage() });
             };
-            return;
         } else |err| {
             if (slot.ep.failure) |failure| {
                 engine.setSlotError(slot, Status.fromError(failure.err), failure.peer, "{s}", .{failure.message()});
@@ -725,15 +754,7 @@ pub const Engine = struct {
         }
     }
 
-    // ---- the board (same-host groups, algo/board_direct.zig) ----
-
-    /// Every rank of the op decides the same: same-host group with live boards, an op the
-    /// board runs, and CMA where contributions may be large.
-    fn boardUsable(engine: *Engine, slot: *Slot, desc: op.OpDesc) bool {
-        if (slot.group_size < 2 or !board_direct.suits(desc, slot.group_size, netmod.boardCma())) return false;
-        if (board_bytes_max_env.get()) |limit| if (slot.count * slot.dtype.bytes() > limit) return false;
-        return engine.net.boardTeam(&slot.ep, &slot.board_team);
-    }
+    // ---- the board (same-host groups, backend/board_direct.zig) ----
 
     fn runOnBoard(engine: *Engine, slot: *Slot, desc: op.OpDesc, scratch: std.mem.Allocator) transport.Error!void {
         try dispatch.validate(slot.group_size, slot.group_rank, desc);
@@ -754,7 +775,8 @@ pub const Engine = struct {
             .op_id = slot.op_id,
             .departed_serials = slot.board_team.departed_serials[0..n],
             .control = control,
-            .cma = netmod.boardCma(),
+            .cma = engine.config.board_cma,
+            .allreduce_all_bytes = engine.config.board_allreduce_all_bytes,
             .maps = &engine.net.peer_maps,
         };
     }

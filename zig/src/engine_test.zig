@@ -544,6 +544,74 @@ test "strangers: 300 idle connections neither fill the link slots nor keep a rea
     }
 }
 
+/// One stranger's bytes: garbage, a Hello with random fields, or a Hello that passes as rank 1
+/// followed by frames (valid, mutated, random).
+fn fuzzConnection(random: std.Random, port: u16, cluster: []const u8) !void {
+    const fd = try connectRaw(port);
+    defer sys.closeFd(fd);
+    var buf: [4096]u8 = undefined;
+    var len: usize = 0;
+    const class = random.uintLessThan(u32, 3);
+    if (class == 0) {
+        len = random.uintAtMost(usize, buf.len);
+        random.bytes(buf[0..len]);
+    } else {
+        var hello_buf: [1024]u8 = undefined;
+        const hello = helloBytes(&hello_buf, 1, 0, ranks_max + 1, cluster, "");
+        var header: wire.Hello = std.mem.bytesToValue(wire.Hello, hello[0..@sizeOf(wire.Hello)]);
+        header.kind = random.uintAtMost(u16, 3);
+        if (class == 1) random.bytes(std.mem.asBytes(&header)[random.uintLessThan(usize, @sizeOf(wire.Hello))..]);
+        const blob_len = random.uintAtMost(u16, 200);
+        if (class == 2) header.blob_len = blob_len;
+        @memcpy(buf[0..@sizeOf(wire.Hello)], std.mem.asBytes(&header));
+        len = @sizeOf(wire.Hello);
+        @memcpy(buf[len..][0 .. hello.len - len], hello[len..]);
+        len = hello.len;
+        if (class == 2) {
+            random.bytes(buf[len..][0..blob_len]); // a random shm name / blob
+            len += blob_len;
+            for (0..random.uintAtMost(u32, 4)) |_| {
+                var frame = wire.FrameHeader{ .src_rank = 1, .op_id = random.int(u64) | 1 << 62, .seq = random.uintAtMost(u32, 3), .chunk_len = 8, .msg_len = 8, .offset = 0 };
+                frame.seal();
+                if (random.boolean()) std.mem.asBytes(&frame)[random.uintLessThan(usize, @sizeOf(wire.FrameHeader))] ^= 0x10;
+                if (len + @sizeOf(wire.FrameHeader) + 8 > buf.len) break;
+                @memcpy(buf[len..][0..@sizeOf(wire.FrameHeader)], std.mem.asBytes(&frame));
+                len += @sizeOf(wire.FrameHeader);
+                random.bytes(buf[len..][0..8]);
+                len += 8;
+            }
+        }
+    }
+    sys.sendAll(fd, buf[0..len]) catch {};
+}
+
+test "fuzz: a live rank fed random handshakes and frames stays up and serves its real peer (issue 18)" {
+    for ([_]Mode{ .tcp, .shm }) |mode| {
+        var world = try World.init(2, .{ .mode = mode, .runner = dualRunner });
+        defer world.deinit();
+        var prng = std.Random.DefaultPrng.init(@as(u64, 0x18f022) + @intFromEnum(mode));
+        const net = world.engine(0).net;
+        const accepted_before = net.acceptActivity().accepted;
+        for (0..150) |i| {
+            try fuzzConnection(prng.random(), world.engine(0).dataPort(), world.cluster());
+            // One stranger at a time: wait (bounded) until rank 0 took it and every thread it
+            // caused (handshake, receive loop) has ended.
+            var polls: u32 = 0;
+            while (polls < 20_000) : (polls += 1) {
+                const activity = net.acceptActivity();
+                if (activity.accepted == accepted_before + i + 1 and activity.threads == 0) break;
+                std.Thread.sleep(std.time.ns_per_ms);
+            } else return error.TestStrangerNotDone;
+        }
+        // The impersonations may have poisoned rank 1's peer state (a bad frame): reset it, as
+        // the control plane does for a rank it still trusts, then the real rank 1 gets through.
+        try world.engine(0).setPeer(1, "127.0.0.1", world.engine(1).dataPort(), test_host_id);
+        const ping = Tagged{ .kind = 0, .a = 2, .b = 0 };
+        const id = nextOpId();
+        try world.expectAllOk(&.{ customOp(id, 3, &ping, 20_000), customOp(id, 3, &ping, 20_000) });
+    }
+}
+
 test "engine: bad submissions are EINVAL with a message" {
     var world = try World.init(2, .{ .mode = .tcp });
     defer world.deinit();
@@ -1115,7 +1183,7 @@ test "set_peer after the peer already dialed us keeps its link" {
     }
 }
 
-// ---- the board (same-host groups: algo/board_direct.zig) ----
+// ---- the board (same-host groups: backend/board_direct.zig) ----
 
 /// Every rank runs its op with runNow() on a thread of its own (as blocking embedders do).
 fn runNowAll(world: *World, args: []const Submit, statuses: []i32) !void {

@@ -322,6 +322,7 @@ test {
     _ = @import("sys.zig");
     _ = @import("transport/wire.zig");
     _ = @import("log_limit.zig");
+    _ = @import("transport/fuzz_test.zig");
     _ = @import("transport/tcp.zig");
     _ = @import("transport/shm.zig");
     _ = @import("transport/board.zig");
@@ -331,5 +332,5 @@ test {
     _ = @import("op.zig");
 }
 test { _ = @import("algo/dispatch.zig"); _ = @import("reduce.zig"); }
-test { _ = @import("algo/cuda_direct.zig"); }
+test { _ = @import("backend/cuda_direct.zig"); }
 test { _ = @import("transport/verbs_test.zig"); }

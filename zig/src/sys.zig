@@ -351,6 +351,9 @@ pub fn shmCreate(name: []const u8, bytes: u64) !Segment {
 }
 
 /// Maps an existing segment; its size must be exactly `bytes_expected` (0 = whatever it is).
+/// Only a segment this process's user owns: the owner of a file in /dev/shm is the uid of the
+/// process that made it, which a peer can't forge, so a same-host peer offering a ring or a
+/// board proves it runs as our user (issue 18: another user completed the handshake).
 pub fn shmOpen(name: []const u8, bytes_expected: u64) !Segment {
     var path_buf: [shm_dir.len + shm_name_bytes_max + 1]u8 = undefined;
     const path = try shmPath(name, &path_buf);
@@ -360,6 +363,7 @@ pub fn shmOpen(name: []const u8, bytes_expected: u64) !Segment {
     defer closeFd(fd);
     var st: linux.Stat = undefined;
     if (errnoOf(linux.fstat(fd, &st)) != .SUCCESS) return error.ShmStatFailed;
+    if (st.uid != linux.geteuid()) return error.ShmNotOurs;
     const bytes: u64 = @intCast(st.size);
     if (bytes == 0 or (bytes_expected != 0 and bytes != bytes_expected)) return error.ShmBadSize;
     return mapShared(fd, bytes);
@@ -478,6 +482,21 @@ test "sys: shm segment create, open, unlink" {
     try std.testing.expectError(error.ShmBadSize, shmOpen(name, 4096));
     try std.testing.expectEqual(@as(u32, 1), shmUnlinkPrefix("moonring-systest-0-", null));
     try std.testing.expectError(error.ShmOpenFailed, shmOpen(name, 0));
+}
+
+test "sys: a segment another user owns is refused (same-host peers prove their uid)" {
+    const name = "moonring-systest-0-foreign";
+    const a = try shmCreate(name, 8192);
+    defer a.unmapSegment();
+    defer shmUnlink(name);
+    var path_buf: [shm_dir.len + shm_name_bytes_max + 1]u8 = undefined;
+    const rc = linux.open(try shmPath(name, &path_buf), .{ .ACCMODE = .RDWR, .CLOEXEC = true }, 0);
+    if (errnoOf(rc) != .SUCCESS) return error.ShmOpenFailed;
+    const fd: Fd = @intCast(rc);
+    defer closeFd(fd);
+    // Giving a file away needs root (CAP_CHOWN); without it there is no foreign file to test.
+    if (errnoOf(linux.fchown(fd, 65534, 65534)) != .SUCCESS) return error.SkipZigTest;
+    try std.testing.expectError(error.ShmNotOurs, shmOpen(name, 0));
 }
 
 test "sys: spinUntil polls through a spinHotFor window" {

@@ -13,14 +13,15 @@
 //! | barrier        | dissemination (barrier_dissemination)                             |
 //! | send/recv      | p2p                                                               |
 //!
-//! Groups whose ranks share a host run on the board instead (board_direct.zig, chosen by the
-//! engine before it gets here). A group of one copies send -> recv. Every reduction gives identical bytes on every rank.
+//! The choice is plan.algorithm (plan.zig). Groups whose ranks share a host run on the board
+//! instead (backend/board_direct.zig, chosen by the planner before it gets here). A group of one copies send -> recv. Every reduction gives identical bytes on every rank.
 //! On error an algorithm has waited for every request it posted before it returns.
 const std = @import("std");
 const transport = @import("../transport/transport.zig");
 const op = @import("../op.zig");
 const common = @import("common.zig");
 const reduce = @import("../reduce.zig");
+const plan = @import("../plan.zig");
 
 pub const Tuning = common.Tuning;
 
@@ -37,7 +38,7 @@ pub const reduce_scatter_ring = @import("reduce_scatter_ring.zig");
 pub const alltoall_pairwise = @import("alltoall_pairwise.zig");
 pub const barrier_dissemination = @import("barrier_dissemination.zig");
 pub const p2p = @import("p2p.zig");
-pub const board_direct = @import("board_direct.zig");
+
 
 /// Runs one op of `desc` over `comm` (this rank's view of the op's group). `scratch` provides
 /// bounded temporary buffers (see each algorithm; a few MiB at most, except in-place
@@ -56,26 +57,22 @@ pub fn runTuned(comm: transport.Comm, desc: op.OpDesc, scratch: std.mem.Allocato
     const n = comm.size;
     const bytes = desc.count * desc.elementBytes();
     if (n == 1) return runAlone(desc);
-    switch (desc.kind) {
-        .allreduce => if (bytes < tuning.small_bytes)
-            try allreduce_rd.run(comm, desc, scratch, tuning)
-        else
-            try allreduce_ring.run(comm, desc, scratch, tuning),
-        .reduce => if (bytes < tuning.small_bytes)
-            try reduce_tree.run(comm, desc, scratch, tuning)
-        else
-            try reduce_chain.run(comm, desc, scratch, tuning),
-        .broadcast => if (bytes < tuning.small_bytes)
-            try broadcast_tree.run(comm, desc, scratch, tuning)
-        else
-            try broadcast_chain.run(comm, desc, scratch, tuning),
-        .allgather => try allgather_ring.run(comm, desc, scratch, tuning),
-        .gather => try gather_linear.run(comm, desc, scratch, tuning),
-        .scatter => try scatter_linear.run(comm, desc, scratch, tuning),
-        .reduce_scatter => try reduce_scatter_ring.run(comm, desc, scratch, tuning),
-        .alltoall => try alltoall_pairwise.run(comm, desc, scratch, tuning),
-        .barrier => try barrier_dissemination.run(comm, desc, scratch, tuning),
-        .send, .recv => try p2p.run(comm, desc, scratch, tuning),
+    // The planner names the algorithm (one table for the engine, the tests and this).
+    switch (plan.algorithm(desc.kind, bytes, tuning)) {
+        .allreduce_rd => try allreduce_rd.run(comm, desc, scratch, tuning),
+        .allreduce_ring => try allreduce_ring.run(comm, desc, scratch, tuning),
+        .reduce_tree => try reduce_tree.run(comm, desc, scratch, tuning),
+        .reduce_chain => try reduce_chain.run(comm, desc, scratch, tuning),
+        .broadcast_tree => try broadcast_tree.run(comm, desc, scratch, tuning),
+        .broadcast_chain => try broadcast_chain.run(comm, desc, scratch, tuning),
+        .allgather_ring => try allgather_ring.run(comm, desc, scratch, tuning),
+        .gather_linear => try gather_linear.run(comm, desc, scratch, tuning),
+        .scatter_linear => try scatter_linear.run(comm, desc, scratch, tuning),
+        .reduce_scatter_ring => try reduce_scatter_ring.run(comm, desc, scratch, tuning),
+        .alltoall_pairwise => try alltoall_pairwise.run(comm, desc, scratch, tuning),
+        .barrier_dissemination => try barrier_dissemination.run(comm, desc, scratch, tuning),
+        .p2p => try p2p.run(comm, desc, scratch, tuning),
+        .alone, .backend => unreachable, // n > 1; backends are not run from here
     }
 }
 

@@ -19,7 +19,7 @@ comptime {
 }
 
 /// Installs the fake as the process-wide driver; undo with `uninstall` (frees everything).
-/// Also used by algo/cuda_direct_test.zig.
+/// Also used by backend/cuda_direct_test.zig.
 pub fn install() !void {
     fake.reset();
     _ = driver.installForTest(try driver.Driver.init(fake.api));

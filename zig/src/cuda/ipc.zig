@@ -1,4 +1,4 @@
-//! CUDA IPC for the direct device path (algo/cuda_direct.zig): what one rank process tells
+//! CUDA IPC for the direct device path (backend/cuda_direct.zig): what one rank process tells
 //! its same-host peers about a device buffer (`Ref`: the 64-byte IPC handle of the buffer's
 //! allocation + the offset into it), and a per-engine cache of peer allocations opened here.
 //!

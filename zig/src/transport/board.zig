@@ -1,5 +1,5 @@
 //! The board: one shared-memory segment per rank through which the ranks of one host run whole
-//! collectives without the links (algo/board_direct.zig). Why: a message through an shm ring
+//! collectives without the links (backend/board_direct.zig). Why: a message through an shm ring
 //! crosses four threads (op thread -> peer link thread -> peer op thread -> JS), each a futex
 //! wake; on the board the thread that runs an op publishes its part and reads its peers'
 //! parts itself, spinning briefly, so a small collective costs a few cache-line transfers

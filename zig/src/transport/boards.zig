@@ -23,32 +23,6 @@ pub const BoardTeam = struct {
     departed_serials: [board_mod.counts_max]*[board_mod.entries_max]u64,
 };
 
-/// Whether a rank makes a board: $MOONRING_BOARD (default on; every rank of a host must agree).
-pub fn boardEnabled() bool {
-    const value = sys.getenv("MOONRING_BOARD") orelse return true;
-    return !std.mem.eql(u8, value, "0");
-}
-
-/// Whether large board contributions are read with process_vm_readv: $MOONRING_BOARD_CMA
-/// (default on) and a probe of it on this process (seccomp may forbid it).
-pub fn boardCma() bool {
-    cma_once.call();
-    return cma_usable;
-}
-
-var cma_once = std.once(probeCma);
-var cma_usable = false;
-fn probeCma() void {
-    if (sys.getenv("MOONRING_BOARD_CMA")) |value| if (std.mem.eql(u8, value, "0")) return;
-    const probe: u64 = 0x6d6f6f6e72696e67;
-    var copy: u64 = 0;
-    sys.processRead(sys.processId(), std.mem.asBytes(&copy), @intFromPtr(&probe)) catch |err| {
-        sys.logLine("process_vm_readv is not usable here ({s}): large same-host collectives use the shm rings", .{@errorName(err)});
-        return;
-    };
-    cma_usable = copy == probe;
-}
-
 /// Sweeping our rank's stale segments keeps the board of another live process that claims
 /// our rank (a duplicate start the control plane is about to refuse).
 pub fn keepLiveBoard(name: []const u8) bool {

@@ -167,6 +167,8 @@ pub const Links = struct {
     /// Connections in their handshake, by slot; tickets tell a slot's occupants apart.
     handshakes: [handshakes_max]?Handshake = [_]?Handshake{null} ** handshakes_max,
     handshake_tickets: u64 = 0,
+    /// Connections the listener took (admitted or not), ever.
+    accepted_total: u64 = 0,
     /// Repeated lines about strangers (bad handshakes, refusals, evictions).
     stranger_log: log_limit.Limiter = .{},
 
@@ -545,6 +547,7 @@ pub const Links = struct {
                 continue;
             } orelse continue;
             links.mu.lock();
+            links.accepted_total += 1;
             const slot = links.enterHandshakeLocked(accepted);
             if (slot != null) links.threads_live += 1;
             links.mu.unlock();
@@ -733,7 +736,7 @@ pub const Links = struct {
             peer.lost_protocol = outcome == .protocol;
         }
         if (outcome == .protocol) {
-            sys.logLine("rank {d}: protocol error on link from rank {d}: closed it", .{ links.rank(), link.peer });
+            links.stranger_log.log("rank {d}: protocol error on link from rank {d}: closed it", .{ links.rank(), link.peer });
         }
         links.sink.link_lost_locked(links.sink.context, link.peer, outcome);
     }

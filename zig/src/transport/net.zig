@@ -46,8 +46,6 @@ comptime {
 /// $MOONRING_TRANSPORT: auto, or the name of one link kind (kinds.zig).
 pub const Mode = kinds.Mode;
 pub const BoardTeam = boards_mod.BoardTeam;
-pub const boardEnabled = boards_mod.boardEnabled;
-pub const boardCma = boards_mod.boardCma;
 
 pub const Options = struct {
     rank: u32,
@@ -56,6 +54,8 @@ pub const Options = struct {
     token: []const u8 = "",
     listen: sys.Address,
     mode: Mode = .auto,
+    /// Make a board (MOONRING_BOARD; every rank of a host must agree). Never with mode tcp.
+    board: bool = true,
     host_id: u64,
     stash_bytes_max: u64 = stash_bytes_default,
     shm_slot_count: u32 = @import("shm.zig").slot_count_default,
@@ -211,7 +211,7 @@ pub const Net = struct {
         try net.links.init(alloc, &net.mu, net.sink(), net.linkOptions());
         errdefer net.links.deinit();
         net.port = net.links.port;
-        if (opts_in.mode != .tcp and boardEnabled()) {
+        if (opts_in.mode != .tcp and opts_in.board) {
             try net.boards.create(net.rank(), net.namePrefix(), net.port, sys.monotonicNs() ^ @intFromPtr(net));
         }
         errdefer net.boards.deinit();
@@ -369,6 +369,14 @@ pub const Net = struct {
         }
         w.writeAll("]}") catch return stream.getWritten();
         return stream.getWritten();
+    }
+
+    /// Connections the listener took so far, and threads of the link layer still running
+    /// (handshakes, receive loops): tests wait for strangers to be dealt with.
+    pub fn acceptActivity(net: *Net) struct { accepted: u64, threads: u32 } {
+        net.mu.lock();
+        defer net.mu.unlock();
+        return .{ .accepted = net.links.accepted_total, .threads = net.links.threads_live };
     }
 
     fn kindIndex(comptime name: []const u8) usize {

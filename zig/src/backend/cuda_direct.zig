@@ -43,6 +43,7 @@ const driver = @import("../cuda/driver.zig");
 const staging = @import("../cuda/staging.zig");
 const ipc = @import("../cuda/ipc.zig");
 const board_direct = @import("board_direct.zig");
+const plan = @import("../plan.zig");
 
 pub const Cache = ipc.Cache;
 pub const Error = transport.Error || driver.Error;
@@ -78,18 +79,15 @@ pub const Op = struct {
     recv: u64,
     /// Every member of the group is on this rank's host (same host id).
     same_host: bool,
+    /// The engine's MOONRING_CUDA_* knobs (plan.Config, read once).
+    config: *const plan.CudaConfig = &plan.CudaConfig{},
 };
 
 /// Whether the op takes part in the protocol at all. Every rank of an op decides the same
 /// (kind, group size and count are agreed), so no message is exchanged when it doesn't.
 pub fn applies(o: Op) bool {
-    const n = o.group.len;
-    if (n < 2 or n > group_size_max or o.device < 0) return false;
-    return switch (o.kind) {
-        .barrier, .send, .recv => false,
-        .alltoall => true, // counts differ per rank; the hello tells
-        else => o.count > 0,
-    };
+    if (o.device < 0) return false;
+    return plan.cudaDirectRuns(.{ .kind = o.kind, .bytes = o.count * o.dtype.bytes(), .ranks = @intCast(o.group.len), .same_host = o.same_host, .boards_live = false, .device = true });
 }
 
 /// True when every rank of `group` is on this process's host (the host ids set_peer gave).
@@ -136,36 +134,6 @@ fn say(cache: *Cache, rank: u32, reason: Reason, detail: []const u8) void {
     sys.logLine("rank {d}: device ops use host staging, not the CUDA IPC direct path ({s}{s}{s})", .{
         rank, text, if (detail.len > 0) ": " else "", detail,
     });
-}
-
-fn ipcEnvDisabled() bool {
-    const value = sys.getenv("MOONRING_CUDA_IPC") orelse return false;
-    return std.mem.eql(u8, value, "0") or std.mem.eql(u8, value, "off");
-}
-
-/// MOONRING_CUDA_TRACE=1: one log line per direct op with the time of each phase (diagnostics).
-fn traceEnabled() bool {
-    const value = sys.getenv("MOONRING_CUDA_TRACE") orelse return false;
-    return std.mem.eql(u8, value, "1");
-}
-
-/// MOONRING_CUDA_SPIN_US=N: the control-message waiters of this process (link threads, the op
-/// thread) keep polling for N us from the op's start and again from the end of its part,
-/// instead of sleeping on a futex after MOONRING_SPIN_US (sys.spinHotFor). Off by default
-/// (0). Run 7 on 4x H200 (bench/results/2026-11-26-h200x4-gpu-run7-trace.txt): the GPU part of
-/// a 4 MiB allreduce took ~50 us, the final barrier after it up to ~900 us: the messages
-/// waited on woken threads.
-fn hotSpinNs() u64 {
-    const text = sys.getenv("MOONRING_CUDA_SPIN_US") orelse return 0;
-    const us = std.fmt.parseInt(u32, text, 10) catch return 0;
-    return @as(u64, us) * std.time.ns_per_us;
-}
-
-/// Push copies with the copy engines (cuMemcpyDtoDAsync, default) or SM kernels
-/// (MOONRING_CUDA_COPY=kernel).
-fn copyWithKernel() bool {
-    const value = sys.getenv("MOONRING_CUDA_COPY") orelse return false;
-    return std.mem.eql(u8, value, "kernel");
 }
 
 /// Control rounds that went over the board (tests).
@@ -281,11 +249,11 @@ pub fn run(cache: *Cache, comm: transport.Comm, board: ?*board_direct.Team, o: O
     std.debug.assert(n == o.group.len and me < n);
     const my_rank = o.group[me];
     const es = o.dtype.bytes();
-    const trace = traceEnabled();
+    const trace = o.config.trace;
     var t: [6]u64 = [_]u64{0} ** 6;
     if (trace) t[0] = sys.monotonicNs();
     const opens_before = cache.opens.load(.monotonic);
-    const hot_ns = hotSpinNs();
+    const hot_ns = o.config.hot_spin_ns;
     sys.spinHotFor(hot_ns);
 
     // ---- 1. hello ----
@@ -293,7 +261,7 @@ pub fn run(cache: *Cache, comm: transport.Comm, board: ?*board_direct.Team, o: O
     var detail_buf: [240]u8 = undefined;
     var detail: []const u8 = "";
     if (!o.same_host) refusal = .other_host;
-    if (refusal == null and ipcEnvDisabled()) refusal = .env;
+    if (refusal == null and !o.config.ipc) refusal = .env;
     if (refusal == null and cache.disabled.load(.acquire)) refusal = .disabled;
     const send_bytes, const recv_bytes = bufferBytes(o, me);
     // A bad device or buffer fails the op here, before any message (like host staging would).
@@ -456,17 +424,12 @@ fn blockRange(count: u64, es: u64, n: u32, j: u32) struct { u64, u64 } {
 /// Tests: pipeline allreduce blocks whatever MOONRING_CUDA_PIPELINE says.
 pub var pipeline_for_test = false;
 
-/// Chunks of an allreduce block of `bytes` with MOONRING_CUDA_PIPELINE=1: 1 below 2 MiB,
-/// else one per MiB up to 8. Off by default: on 2 H200s (NV18) it measured slower than one
-/// reduce then one push (allreduce 64 MiB: 158 vs 265 GB/s busbw, 256 MiB: 283 vs 308).
-fn pipelineChunks(bytes: u64) u64 {
-    if (!pipeline_for_test and !pipelineEnabled()) return 1;
+/// Chunks of an allreduce block of `bytes` with MOONRING_CUDA_PIPELINE=1 (`enabled`): 1 below
+/// 2 MiB, else one per MiB up to 8. Off by default: on 2 H200s (NV18) it measured slower than
+/// one reduce then one push (allreduce 64 MiB: 158 vs 265 GB/s busbw, 256 MiB: 283 vs 308).
+fn pipelineChunks(bytes: u64, enabled: bool) u64 {
+    if (!pipeline_for_test and !enabled) return 1;
     return std.math.clamp(bytes >> 20, 1, 8);
-}
-
-fn pipelineEnabled() bool {
-    const value = sys.getenv("MOONRING_CUDA_PIPELINE") orelse return false;
-    return std.mem.eql(u8, value, "1");
 }
 
 /// Element range of chunk k of [begin, end) in `chunks` (chunks start 256-byte aligned).
@@ -488,13 +451,12 @@ fn reduceInto(stream: driver.Stream, o: Op, dst: u64, srcs: []const u64, count: 
     if (o.redop == .avg) try stream.scale(o.dtype, dst, count, @floatFromInt(srcs.len));
 }
 
-/// MOONRING_CUDA_PUSH=parallel: pushes to the peers each on a stream of its own (forked from
-/// the op's stream by an event), so the copies to different peers run side by side instead of
-/// one after another on one stream. Pushes below parallel_push_min_bytes stay on one stream.
-fn parallelPush() bool {
-    if (parallel_push_for_test) return true;
-    const value = sys.getenv("MOONRING_CUDA_PUSH") orelse return false;
-    return std.mem.eql(u8, value, "parallel");
+/// MOONRING_CUDA_PUSH=parallel (`enabled`): pushes to the peers each on a stream of its own
+/// (forked from the op's stream by an event), so the copies to different peers run side by
+/// side instead of one after another on one stream. Pushes below parallel_push_min_bytes stay
+/// on one stream.
+fn parallelPush(enabled: bool) bool {
+    return parallel_push_for_test or enabled;
 }
 const parallel_push_min_bytes = 1 << 20;
 /// Tests: parallel pushes whatever MOONRING_CUDA_PUSH says.
@@ -553,7 +515,7 @@ fn part(cache: *Cache, o: Op, me: u32, theirs: *const [group_size_max]Hello, map
     const es = o.dtype.bytes();
     const stream = try cache.takeStream(o.device);
     defer cache.putStream(stream);
-    const kernel_copy = copyWithKernel();
+    const kernel_copy = o.config.copy_kernel;
     // Rank j's buffers as this rank addresses them (own: local; peers: mapped; 0: not needed).
     var send: [group_size_max]u64 = undefined;
     var recv: [group_size_max]u64 = undefined;
@@ -569,7 +531,7 @@ fn part(cache: *Cache, o: Op, me: u32, theirs: *const [group_size_max]Hello, map
             if (end > begin) {
                 // MOONRING_CUDA_PIPELINE=1: reduce chunk k (stream) while chunk k-1 is pushed
                 // (a second stream, ordered by an event). Default: one reduce, then one push.
-                const chunks = pipelineChunks((end - begin) * es);
+                const chunks = pipelineChunks((end - begin) * es, o.config.pipeline);
                 const push_stream = if (chunks > 1) try cache.takeStream(o.device) else stream;
                 defer if (chunks > 1) cache.putStream(push_stream);
                 const event = if (chunks > 1) try stream.device.createEvent(false) else null;
@@ -589,7 +551,7 @@ fn part(cache: *Cache, o: Op, me: u32, theirs: *const [group_size_max]Hello, map
                     const push_bytes = (c_end - c_begin) * es;
                     var fanout: Fanout = .{ .cache = cache, .ordinal = o.device };
                     defer fanout.deinit();
-                    const fan = chunks == 1 and n > 2 and push_bytes >= parallel_push_min_bytes and parallelPush();
+                    const fan = chunks == 1 and n > 2 and push_bytes >= parallel_push_min_bytes and parallelPush(o.config.push_parallel);
                     if (fan) try fanout.fork(stream);
                     // Peers in turn from me + 1: at any moment each rank pushes into a
                     // different peer (all ranks starting at rank 0 would all write into it).
@@ -615,7 +577,7 @@ fn part(cache: *Cache, o: Op, me: u32, theirs: *const [group_size_max]Hello, map
             const bytes = o.count * es;
             var fanout: Fanout = .{ .cache = cache, .ordinal = o.device };
             defer fanout.deinit();
-            const fan = n > 2 and bytes >= parallel_push_min_bytes and parallelPush();
+            const fan = n > 2 and bytes >= parallel_push_min_bytes and parallelPush(o.config.push_parallel);
             if (fan) try fanout.fork(stream);
             // Peers in turn from me + 1 (no incast on one rank), this rank's own block last.
             for (1..n + 1) |k| {
@@ -683,9 +645,9 @@ test "cuda direct: allreduce blocks tile the count, aligned" {
 test "cuda direct: pipeline chunks tile a block" {
     pipeline_for_test = true;
     defer pipeline_for_test = false;
-    try std.testing.expectEqual(@as(u64, 1), pipelineChunks(1 << 20));
-    try std.testing.expectEqual(@as(u64, 2), pipelineChunks(2 << 20));
-    try std.testing.expectEqual(@as(u64, 8), pipelineChunks(128 << 20));
+    try std.testing.expectEqual(@as(u64, 1), pipelineChunks(1 << 20, true));
+    try std.testing.expectEqual(@as(u64, 2), pipelineChunks(2 << 20, true));
+    try std.testing.expectEqual(@as(u64, 8), pipelineChunks(128 << 20, true));
     for ([_][2]u64{ .{ 0, 1000 }, .{ 64, 1 << 20 }, .{ 1 << 19, (1 << 20) + 5 } }) |range| {
         for ([_]u64{ 1, 2, 3, 8 }) |chunks| {
             var next = range[0];

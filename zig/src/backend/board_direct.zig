@@ -18,7 +18,7 @@
 //! Every rank arrives at every peer's entry and departs it when done; an owner returns only
 //! after all its readers departed, so its buffers are never read after the op.
 const std = @import("std");
-const common = @import("common.zig");
+const common = @import("../algo/common.zig");
 const op = @import("../op.zig");
 const reduce = @import("../reduce.zig");
 const sys = @import("../sys.zig");
@@ -71,6 +71,8 @@ pub const Team = struct {
     departed_serials: []const *[board_mod.entries_max]u64,
     control: Control,
     cma: bool,
+    /// Allreduces up to this x (n - 1) bytes: every rank reduces everything (plan.Config).
+    allreduce_all_bytes: u64 = 64 << 10,
     /// Peers' shared buffers mapped by this rank (the net's).
     maps: *arena.PeerMaps,
 
@@ -163,7 +165,7 @@ const Op = struct {
         const recv_bytes: u64 = switch (d.kind) {
             .allgather, .scatter, .reduce_scatter, .alltoall => recv_all,
             // Every rank reduces everything: our recv may be what peers read (in place).
-            .allreduce => if (c <= allreduceAllBytesMax(n)) c else 0,
+            .allreduce => if (c <= allreduceAllBytesMax(o.t)) c else 0,
             else => 0, // allreduce in phases, reduce / broadcast / gather: nothing read is written
         };
         const recv = common.bytesPtr(d.recv, recv_bytes);
@@ -469,7 +471,7 @@ const Op = struct {
         switch (d.kind) {
             .allreduce => {
                 const recv = common.bytesPtrMut(d.recv, c);
-                if (c <= allreduceAllBytesMax(n)) return o.reduceAll(send, 0, recv);
+                if (c <= allreduceAllBytesMax(t)) return o.reduceAll(send, 0, recv);
                 // Block me reduced here, the others read from their reducers' recv.
                 const mine = common.block(d.count, n, me);
                 try o.reduceAll(send, mine.start * es_, recv[@intCast(mine.start * es_)..][0..@intCast(mine.len * es_)]);
@@ -555,30 +557,10 @@ pub fn exchangeRecords(t: *Team, round: u32, record_bytes: usize, mine: []const 
 }
 
 /// Allreduce up to this size: every rank reduces every contribution (one synchronisation, n x
-/// the data read); above: reduce-scatter then copy (two, ~2 x). $MOONRING_BOARD_ALLREDUCE_ALL
-/// (bytes) overrides; every rank must agree.
-fn allreduceAllBytesMax(n: u32) u64 {
-    all_once.call();
-    return all_bytes / (n - 1);
-}
-
-var all_once = std.once(readAllBytes);
-var all_bytes: u64 = 64 << 10;
-fn readAllBytes() void {
-    if (sys.envU64("MOONRING_BOARD_ALLREDUCE_ALL")) |bytes| all_bytes = @max(bytes, 1);
-}
-
-/// Whether the op can run on the board: every rank decides the same from the op alone.
-/// `cma`: large contributions can be read with process_vm_readv on this host.
-pub fn suits(desc: common.OpDesc, n: u32, cma: bool) bool {
-    if (n < 2 or n > board_mod.counts_max) return false;
-    const c = desc.count * desc.elementBytes();
-    const largest: u64 = switch (desc.kind) {
-        .send, .recv => return false,
-        .allreduce, .reduce, .allgather, .gather, .broadcast => c,
-        .scatter, .reduce_scatter => c * n,
-        .alltoall => std.math.maxInt(u64), // ranks send different totals: assume large
-        .barrier => 0,
-    };
-    return largest <= board_mod.inline_bytes_max or cma;
+/// the data read); above: reduce-scatter then copy (two, ~2 x). Team.allreduce_all_bytes
+/// ($MOONRING_BOARD_ALLREDUCE_ALL, plan.Config) sets it; every rank must agree. Which ops run
+/// here at all is plan.boardRuns.
+fn allreduceAllBytesMax(t: *const Team) u64 {
+    std.debug.assert(t.size() >= 2 and t.allreduce_all_bytes >= 1);
+    return t.allreduce_all_bytes / (t.size() - 1);
 }
