@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import base64
 import ctypes
-import threading
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import torch
 
-from .errors import MoonringError
+from .shm import BufferPool
 
 POOL_PER_SHAPE = 2
 
@@ -69,11 +68,12 @@ class DeviceBuffer:
         self.cuda.cuIpcCloseMemHandle(self.base)
 
 
-class DeviceBuffers:
+class DeviceBuffers(BufferPool):
+    device = "cuda"
+    per_key = POOL_PER_SHAPE
+
     def __init__(self, client: Any):
-        self.client = client
-        self._lock = threading.Lock()
-        self._idle: Dict[Tuple[str, Tuple[int, ...]], List[DeviceBuffer]] = {}
+        super().__init__(client)
         self._cuda: Any = None
         self._broken: Optional[str] = None  # why this path is off (then: host staging)
 
@@ -83,46 +83,10 @@ class DeviceBuffers:
     def disable(self, why: str) -> None:
         self._broken = why
 
-    def _create(self, name: str, shape: Tuple[int, ...], torch_dtype: torch.dtype) -> DeviceBuffer:
-        t = self.client._transport
-        meta = t.request("POST", "/buffers", body={"dtype": name, "shape": list(shape), "device": "cuda"}).json()
-        try:
-            ipc = t.request("GET", f"/buffers/{meta['buffer']}/ipc").json()
-            if self._cuda is None:
-                self._cuda = _driver()
-            return DeviceBuffer(self._cuda, ipc, torch_dtype)
-        except BaseException:
-            t.request("DELETE", f"/buffers/{meta['buffer']}")
-            raise
-
-    def take(self, name: str, shape: Tuple[int, ...], torch_dtype: torch.dtype) -> DeviceBuffer:
-        with self._lock:
-            idle = self._idle.get((name, shape))
-            if idle:
-                return idle.pop()
-        return self._create(name, shape, torch_dtype)
-
-    def give(self, buf: DeviceBuffer) -> None:
-        with self._lock:
-            idle = self._idle.setdefault(buf.key, [])
-            if len(idle) < POOL_PER_SHAPE:
-                idle.append(buf)
-                return
-        self._delete(buf)
-
-    def _delete(self, buf: DeviceBuffer) -> None:
-        buf.close()
-        try:
-            self.client._transport.request("DELETE", f"/buffers/{buf.id}")
-        except MoonringError:
-            pass
-
-    def close(self) -> None:
-        with self._lock:
-            bufs = [b for idle in self._idle.values() for b in idle]
-            self._idle.clear()
-        for b in bufs:
-            self._delete(b)
+    def _map(self, ipc: Dict[str, Any], torch_dtype: torch.dtype) -> DeviceBuffer:
+        if self._cuda is None:
+            self._cuda = _driver()
+        return DeviceBuffer(self._cuda, ipc, torch_dtype)
 
     def run(self, coll: Any, op: str, t: torch.Tensor, name: str, params: Dict[str, Any], timeout: Any,
             stream: Any, write_back: bool) -> None:

@@ -27,6 +27,7 @@ class SharedBuffer:
         self.id: str = meta["buffer"]
         self.dtype: str = meta["dtype"]
         self.shape: Tuple[int, ...] = tuple(meta["shape"])
+        self.key = (self.dtype, self.shape)
         nbytes = int(meta["bytes"])
         offset = int(meta.get("offset", 0))
         fd = os.open(meta["path"], os.O_RDWR)
@@ -45,12 +46,65 @@ class SharedBuffer:
             pass  # a caller still holds a view: the mapping goes when it does
 
 
-class SharedBuffers:
-    def __init__(self, client: Any, min_bytes: int):
+class BufferPool:
+    """Buffers of the rank mapped into this process, pooled per (dtype, shape): `_map(ipc,
+    extra)` maps one from its GET /buffers/:id/ipc answer (host: shm file; moonring.cuda_ipc:
+    CUDA IPC handle)."""
+
+    device = "cpu"
+    per_key = POOL_PER_SHAPE
+
+    def __init__(self, client: Any):
         self.client = client
-        self.min_bytes = min_bytes
         self._lock = threading.Lock()
-        self._idle: Dict[Tuple[str, Tuple[int, ...]], List[SharedBuffer]] = {}
+        self._idle: Dict[Tuple[str, Tuple[int, ...]], List[Any]] = {}
+
+    def _map(self, ipc: Dict[str, Any], extra: Any) -> Any:
+        raise NotImplementedError
+
+    def _create(self, dtype: str, shape: Tuple[int, ...], extra: Any = None) -> Any:
+        t = self.client._transport
+        meta = t.request("POST", "/buffers", body={"dtype": dtype, "shape": list(shape), "device": self.device}).json()
+        try:
+            return self._map(t.request("GET", f"/buffers/{meta['buffer']}/ipc").json(), extra)
+        except BaseException:
+            t.request("DELETE", f"/buffers/{meta['buffer']}")
+            raise
+
+    def _delete(self, buf: Any) -> None:
+        buf.close()
+        try:
+            self.client._transport.request("DELETE", f"/buffers/{buf.id}")
+        except MoonringError:
+            pass
+
+    def take(self, dtype: str, shape: Tuple[int, ...], extra: Any = None) -> Any:
+        with self._lock:
+            idle = self._idle.get((dtype, shape))
+            if idle:
+                return idle.pop()
+        return self._create(dtype, shape, extra)
+
+    def give(self, buf: Any) -> None:
+        with self._lock:
+            idle = self._idle.setdefault(buf.key, [])
+            if len(idle) < self.per_key:
+                idle.append(buf)
+                return
+        self._delete(buf)
+
+    def close(self) -> None:
+        with self._lock:
+            bufs = [b for idle in self._idle.values() for b in idle]
+            self._idle.clear()
+        for b in bufs:
+            self._delete(b)
+
+
+class SharedBuffers(BufferPool):
+    def __init__(self, client: Any, min_bytes: int):
+        super().__init__(client)
+        self.min_bytes = min_bytes
         self._supported: Optional[bool] = None
 
     @classmethod
@@ -75,47 +129,10 @@ class SharedBuffers:
         nbytes = getattr(array, "nbytes", 0)
         return nbytes >= self.min_bytes and self.supported()
 
-    # -- pool ---------------------------------------------------------------------------
-    def _create(self, dtype: str, shape: Tuple[int, ...]) -> SharedBuffer:
-        t = self.client._transport
-        meta = t.request("POST", "/buffers", body={"dtype": dtype, "shape": list(shape), "device": "cpu"}).json()
-        try:
-            ipc = t.request("GET", f"/buffers/{meta['buffer']}/ipc").json()
-            if ipc.get("kind") != "shm" or not ipc.get("path"):
-                raise ValueError(f"buffer {meta['buffer']} is not a shared host buffer: {ipc}")
-            return SharedBuffer(self, ipc)
-        except BaseException:
-            t.request("DELETE", f"/buffers/{meta['buffer']}")
-            raise
-
-    def _delete(self, buf: SharedBuffer) -> None:
-        buf.close()
-        try:
-            self.client._transport.request("DELETE", f"/buffers/{buf.id}")
-        except MoonringError:
-            pass
-
-    def take(self, dtype: str, shape: Tuple[int, ...]) -> SharedBuffer:
-        with self._lock:
-            idle = self._idle.get((dtype, shape))
-            if idle:
-                return idle.pop()
-        return self._create(dtype, shape)
-
-    def give(self, buf: SharedBuffer) -> None:
-        with self._lock:
-            idle = self._idle.setdefault((buf.dtype, buf.shape), [])
-            if len(idle) < POOL_PER_SHAPE:
-                idle.append(buf)
-                return
-        self._delete(buf)
-
-    def close(self) -> None:
-        with self._lock:
-            bufs = [b for idle in self._idle.values() for b in idle]
-            self._idle.clear()
-        for b in bufs:
-            self._delete(b)
+    def _map(self, ipc: Dict[str, Any], extra: Any) -> SharedBuffer:
+        if ipc.get("kind") != "shm" or not ipc.get("path"):
+            raise ValueError(f"buffer {ipc.get('buffer')} is not a shared host buffer: {ipc}")
+        return SharedBuffer(self, ipc)
 
     # -- in-place collectives -----------------------------------------------------------
     def run(self, coll: Any, op: str, array: Any, params: Dict[str, Any], tag: Any, timeout: Any,

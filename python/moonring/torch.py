@@ -286,50 +286,40 @@ class MoonringBackend(_C10dBackend):
         host()
 
     # -- reductions and broadcast (in place) -------------------------------------------
-    def allreduce(self, tensors: Sequence[torch.Tensor], opts: Any = None) -> _Work:
-        red, tmo = _redop(opts.reduceOp), self._op_timeout(opts)
-
+    def _in_place_op(self, op: str, tensors: Sequence[torch.Tensor], opts: Any, params: Dict[str, Any],
+                     write_back: bool, call: Callable[[np.ndarray, str, Any], None]) -> _Work:
+        """allreduce / reduce / broadcast: each tensor in place (device buffers for CUDA, else
+        `call(numpy view, dtype name, timeout)` on a host copy of it)."""
+        tmo = self._op_timeout(opts)
         streams = [_stream_of(t) for t in tensors]
 
         def run() -> None:
             for t, stream in zip(tensors, streams):
                 def host(t: torch.Tensor = t) -> None:
-                    with _Staged(t) as c:
-                        a = _np(c)
-                        self._coll.all_reduce(a, op=red, out=a, dtype=_dtype(t), timeout=tmo)
-                self._in_place("allreduce", t, {"op": red}, tmo, stream, True, host)
-        return self._submit("allreduce", run, list(tensors), opts=opts)
+                    with _Staged(t, write_back=write_back) as c:
+                        call(_np(c), _dtype(t), tmo)
+                self._in_place(op, t, params, tmo, stream, write_back, host)
+        return self._submit(op, run, list(tensors), opts=opts)
+
+    def allreduce(self, tensors: Sequence[torch.Tensor], opts: Any = None) -> _Work:
+        red = _redop(opts.reduceOp)
+        return self._in_place_op("allreduce", tensors, opts, {"op": red}, True,
+                                 lambda a, dt, tmo: self._coll.all_reduce(a, op=red, out=a, dtype=dt, timeout=tmo))
 
     def allreduce_coalesced(self, tensors: Sequence[torch.Tensor], opts: Any = None) -> _Work:
         return self.allreduce(tensors, opts)
 
     def reduce(self, tensors: Sequence[torch.Tensor], opts: Any = None) -> _Work:
-        red, root, tmo = _redop(opts.reduceOp), int(opts.rootRank), self._op_timeout(opts)
-
-        streams = [_stream_of(t) for t in tensors]
-
-        def run() -> None:
-            for t, stream in zip(tensors, streams):
-                def host(t: torch.Tensor = t) -> None:
-                    with _Staged(t, write_back=self._rank == root) as c:
-                        a = _np(c)
-                        self._coll.reduce(a, dst=root, op=red, out=a if self._rank == root else None, dtype=_dtype(t), timeout=tmo)
-                self._in_place("reduce", t, {"op": red, "dst": root}, tmo, stream, self._rank == root, host)
-        return self._submit("reduce", run, list(tensors), opts=opts)
+        red, root = _redop(opts.reduceOp), int(opts.rootRank)
+        mine = self._rank == root
+        return self._in_place_op("reduce", tensors, opts, {"op": red, "dst": root}, mine,
+                                 lambda a, dt, tmo: self._coll.reduce(a, dst=root, op=red, out=a if mine else None,
+                                                                      dtype=dt, timeout=tmo))
 
     def broadcast(self, tensors: Sequence[torch.Tensor], opts: Any = None) -> _Work:
-        root, tmo = int(opts.rootRank), self._op_timeout(opts)
-
-        streams = [_stream_of(t) for t in tensors]
-
-        def run() -> None:
-            for t, stream in zip(tensors, streams):
-                def host(t: torch.Tensor = t) -> None:
-                    with _Staged(t) as c:
-                        a = _np(c)
-                        self._coll.broadcast(a, src=root, out=a, dtype=_dtype(t), timeout=tmo)
-                self._in_place("broadcast", t, {"src": root}, tmo, stream, True, host)
-        return self._submit("broadcast", run, list(tensors), opts=opts)
+        root = int(opts.rootRank)
+        return self._in_place_op("broadcast", tensors, opts, {"src": root}, True,
+                                 lambda a, dt, tmo: self._coll.broadcast(a, src=root, out=a, dtype=dt, timeout=tmo))
 
     # -- gathers ------------------------------------------------------------------------
     def allgather(self, output_tensors: Sequence[Sequence[torch.Tensor]], input_tensors: Sequence[torch.Tensor], opts: Any = None) -> _Work:
