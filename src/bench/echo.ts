@@ -3,7 +3,8 @@
 // its server at once and reads the echo back, timed like the REST calls (first request to last
 // answer). What any HTTP service on this host costs for the same bodies, with the same client.
 import type { Subprocess } from "bun";
-import { defaultIters, itemBytes, makeResult, pointShape, summarize, type BenchOp, type BenchResult } from "./spec";
+import { restPoint, restResult } from "./rest-point";
+import type { BenchOp, BenchResult } from "./spec";
 import type { RunConfig, Runner } from "./runner";
 
 const SERVER = new URL("./echo-server.ts", import.meta.url).pathname;
@@ -33,11 +34,9 @@ export class EchoRunner implements Runner {
 
   async point(op: BenchOp, size: number): Promise<BenchResult | null> {
     const c = this.cfg;
-    const n = c.nproc;
-    const shape = pointShape(op, size, n, itemBytes(c.dtype));
-    if (op !== "barrier" && shape.count === 0) return null;
-    const iters = c.iters ?? defaultIters(shape.bytes);
-    const body = new Uint8Array(shape.sendElems * itemBytes(c.dtype));
+    const p = restPoint(c, op, size);
+    if (!p) return null;
+    const body = new Uint8Array(p.shape.sendElems * p.isz);
     const times: number[] = [];
     const calls: number[] = [];
     const once = async (record: boolean) => {
@@ -53,13 +52,8 @@ export class EchoRunner implements Runner {
       if (record) times.push((performance.now() - t0) * 1000);
     };
     for (let it = 0; it < c.warmup; it++) await once(false);
-    for (let it = 0; it < iters; it++) await once(true);
-    const res = makeResult({ op, shape, dtype: c.dtype, redop: c.redop, root: c.root, nranks: n, via: "rest", timesUs: times, wrong: null, device: c.device });
-    res.mode = "echo";
-    const per = summarize(calls);
-    res.call_p50_us = Math.round(per.p50 * 100) / 100;
-    res.call_p99_us = Math.round(per.p99 * 100) / 100;
-    return res;
+    for (let it = 0; it < p.iters; it++) await once(true);
+    return restResult(c, op, p, "echo", times, calls, null);
   }
 
   async stop(): Promise<void> {

@@ -2,8 +2,9 @@
 // (docs/api-extensions.md "Shared host buffers") that this process maps and fills in place, as a
 // local program would; every timed call is POST /collective/{op} {"buffer": id, "out"?: id},
 // so only metadata crosses HTTP. Results are checked where they lie, in the mapped buffers.
-import { checkOutput, fillSend, hasOutput, tablesFor, viewOf, type CheckContext } from "./pattern";
-import { defaultIters, itemBytes, makeResult, pointShape, summarize, type BenchOp, type BenchResult } from "./spec";
+import { checkOutput, fillSend, hasOutput, viewOf } from "./pattern";
+import { restPoint, restResult } from "./rest-point";
+import type { BenchOp, BenchResult } from "./spec";
 import type { RunConfig } from "./runner";
 
 interface Mapped {
@@ -58,13 +59,9 @@ const REDOP_OPS = new Set<BenchOp>(["allreduce", "reduce", "reduce_scatter"]);
 
 export async function shmPoint(c: RunConfig, urls: string[], op: BenchOp, size: number): Promise<BenchResult | null> {
   if (op === "sendrecv") return null; // p2p on buffers is not a collective: body mode only
-  const n = c.nproc;
-  const isz = itemBytes(c.dtype);
-  const shape = pointShape(op, size, n, isz);
-  if (op !== "barrier" && shape.count === 0) return null;
-  const iters = c.iters ?? defaultIters(shape.bytes);
-  const tables = tablesFor(c.dtype, c.redop, n);
-  const ctx = (r: number): CheckContext => ({ op, dtype: c.dtype, redop: c.redop, n, rank: r, root: c.root, shape });
+  const p = restPoint(c, op, size);
+  if (!p) return null;
+  const { n, isz, shape, iters, tables, ctx } = p;
   const inputs: (Mapped | null)[] = [];
   const outs: (Mapped | null)[] = [];
   const bodies: string[] = [];
@@ -121,12 +118,7 @@ export async function shmPoint(c: RunConfig, urls: string[], op: BenchOp, size: 
         wrong += checkOutput(ctx(r), viewOf(c.dtype, where.bytes, shape.recvElems), tables);
       }
     }
-    const res = makeResult({ op, shape, dtype: c.dtype, redop: c.redop, root: c.root, nranks: n, via: "rest", timesUs: times, wrong, transport: c.transport, device: c.device });
-    res.mode = "shm";
-    const per = summarize(calls);
-    res.call_p50_us = Math.round(per.p50 * 100) / 100;
-    res.call_p99_us = Math.round(per.p99 * 100) / 100;
-    return res;
+    return restResult(c, op, p, "shm", times, calls, wrong);
   } finally {
     for (let r = 0; r < n; r++) {
       for (const b of [inputs[r], outs[r]]) if (b) await api(urls[r]!, "DELETE", `/buffers/${b.id}`).catch(() => {});

@@ -5,10 +5,11 @@
 import type { Subprocess } from "bun";
 import { MoonringClient, type Tensor } from "../client";
 import { freePortRange, sleep } from "../util/net";
-import { checkOutput, fillSend, hasOutput, tablesFor, viewOf, type CheckContext } from "./pattern";
-import { defaultIters, itemBytes, makeResult, pointShape, summarize, type BenchOp, type BenchResult } from "./spec";
+import { checkOutput, fillSend, hasOutput, viewOf } from "./pattern";
+import type { BenchOp, BenchResult } from "./spec";
 import type { RunConfig, Runner } from "./runner";
 import { shmPoint } from "./rest-shm";
+import { restPoint, restResult } from "./rest-point";
 
 const CLI = new URL("../cli.ts", import.meta.url).pathname;
 
@@ -139,13 +140,9 @@ export class RestRunner implements Runner {
   async point(op: BenchOp, size: number): Promise<BenchResult | null> {
     if (this.mode === "shm") return shmPoint(this.cfg, this.urls, op, size);
     const c = this.cfg;
-    const n = c.nproc;
-    const isz = itemBytes(c.dtype);
-    const shape = pointShape(op, size, n, isz);
-    if (op !== "barrier" && shape.count === 0) return null;
-    const iters = c.iters ?? defaultIters(shape.bytes);
-    const tables = tablesFor(c.dtype, c.redop, n);
-    const ctx = (r: number): CheckContext => ({ op, dtype: c.dtype, redop: c.redop, n, rank: r, root: c.root, shape });
+    const p = restPoint(c, op, size);
+    if (!p) return null;
+    const { n, isz, shape, iters, tables, ctx } = p;
     // Per-rank inputs: the single tensor (sendElems), and for list ops the same split into n blocks.
     const inputs: Tensor[] = [];
     const lists: (Tensor[] | null)[] = [];
@@ -195,12 +192,7 @@ export class RestRunner implements Runner {
     for (let it = 0; it < c.warmup; it++) await once(false, false);
     for (let it = 0; it < iters; it++) await once(true, c.check === "every");
     if (c.check === "once") await once(false, true);
-    const res = makeResult({ op, shape, dtype: c.dtype, redop: c.redop, root: c.root, nranks: n, via: "rest", timesUs: times, wrong, transport: c.transport, device: c.device });
-    res.mode = "body";
-    const per = summarize(calls);
-    res.call_p50_us = Math.round(per.p50 * 100) / 100;
-    res.call_p99_us = Math.round(per.p99 * 100) / 100;
-    return res;
+    return restResult(c, op, p, "body", times, calls, wrong);
   }
 
   async stop(): Promise<void> {
