@@ -14,6 +14,7 @@ export const BENCH_FLAGS: Record<string, FlagSpec> = {
   op: { type: "string", help: `op, or a comma list, or "all": ${BENCH_OPS.join(", ")}` },
   "min-bytes": { type: "string", help: "smallest size (default 8; 1K, 4M, ... accepted)" },
   "max-bytes": { type: "string", help: "largest size (default 64M); sizes double from min to max" },
+  sizes: { type: "string", help: "exactly these sizes instead of min..max, e.g. 8,1M,64M" },
   "step-factor": { type: "string", help: "multiply the size by this from min to max (default 2; nccl-tests -f)" },
   "step-bytes": { type: "string", help: "add this many bytes from min to max instead of multiplying (nccl-tests -i)" },
   "check-iters": { type: "string", help: "nccl-tests -c: 0 no check, 1 one checked iteration (default), more: every iteration" },
@@ -143,6 +144,9 @@ export function parseBenchArgs(argv: string[]): { cfg: RunConfig | null; json: b
   const ops = opText === "all" ? BENCH_OPS.filter((o) => o !== "barrier") : opText.split(",").map((s) => s.trim());
   for (const o of ops) if (!isBenchOp(o)) throw new UsageError(`unknown op ${JSON.stringify(o)} (${BENCH_OPS.join(", ")})`);
   if (nproc === 1 && ops.includes("sendrecv")) throw new UsageError("sendrecv needs --nproc 2 or more (each rank sends to the next)");
+  const sizeList = typeof flags.sizes === "string" ? flags.sizes.split(",").map((x) => bytesFlag(x.trim(), "sizes")!) : null;
+  if (sizeList && (flags["min-bytes"] !== undefined || flags["max-bytes"] !== undefined)) throw new UsageError("--sizes replaces --min-bytes/--max-bytes");
+  if (sizeList?.some((x) => !(x >= 1))) throw new UsageError("--sizes: every size must be >= 1");
   const minBytes = bytesFlag(flags["min-bytes"], "min-bytes") ?? 8;
   const maxBytes = bytesFlag(flags["max-bytes"], "max-bytes") ?? 64 << 20;
   if (minBytes < 1) throw new UsageError("--min-bytes must be >= 1");
@@ -173,7 +177,7 @@ export function parseBenchArgs(argv: string[]): { cfg: RunConfig | null; json: b
     restMode,
     nproc,
     ops: ops as BenchOp[],
-    sizes: sizeSteps(minBytes, maxBytes, stepFactor ?? 2, stepBytes),
+    sizes: sizeList ?? sizeSteps(minBytes, maxBytes, stepFactor ?? 2, stepBytes),
     dtype,
     redop,
     root,

@@ -34,6 +34,12 @@ describe("bench flags", () => {
     expect(cfg(["--op", "allreduce", "-g", "2"]).inPlace).toBe(true);
     expect(cfg(["--op", "allreduce", "-g", "2", "--no-in-place"]).inPlace).toBe(false);
   });
+  test("--sizes: exactly those sizes; --via rest runs every REST mode unless --rest-mode says one", () => {
+    const c = cfg(["--nproc", "2", "--op", "allreduce", "--via", "rest", "--sizes", "8,1M,64M"]);
+    expect(c.sizes).toEqual([8, 1 << 20, 64 << 20]);
+    expect(c.restMode).toBe("all");
+    expect(cfg(["--nproc", "2", "--op", "allreduce", "--via", "rest", "--rest-mode", "shm"]).restMode).toBe("shm");
+  });
   test("plot-only mode: --plot FILE with JSON files and no --nproc", () => {
     const a = parseBenchArgs(["--plot", "out.svg", "a.json", "b.json"]);
     expect(a.cfg).toBeNull();
@@ -61,6 +67,9 @@ describe("bench flags", () => {
     [["--nproc", "1", "--op", "sendrecv"], /sendrecv needs --nproc 2/],
     [["--nproc", "2", "--op", "allreduce", "stray.json"], /JSON files are for --plot/],
     [["--nproc", "2", "--op", "allreduce", "--bogus"], /unknown flag --bogus/],
+    [["--nproc", "2", "--op", "allreduce", "--sizes", "8,1M", "--max-bytes", "2M"], /--sizes replaces/],
+    [["--nproc", "2", "--op", "allreduce", "--rest-mode", "shm"], /--rest-mode is for --via rest/],
+    [["--nproc", "2", "--op", "allreduce", "--via", "rest", "--rest-mode", "mmap"], /--rest-mode must be one of/],
   ];
   for (const [argv, re] of bad) {
     test(`usage error: ${argv.join(" ")}`, () => {
