@@ -73,11 +73,12 @@ export function wantsOctetStream(c: BodySource): boolean {
 const SMALL_BODY_BYTES = 256 * 1024;
 
 /** Streams the body into `target` (exactly target.byteLength bytes expected). */
-export async function readBodyInto(c: Context, target: NativeBuffer, expected: number): Promise<void> {
-  const len = c.req.header("content-length");
+export async function readBodyInto(c: BodySource, target: NativeBuffer, expected: number): Promise<void> {
+  const req = c instanceof Request ? c : c.req.raw;
+  const len = header(c, "content-length");
   if (len !== undefined && Number(len) <= SMALL_BODY_BYTES) {
     // small bodies: one read is cheaper than a stream reader
-    const got = new Uint8Array(await c.req.arrayBuffer());
+    const got = new Uint8Array(await req.arrayBuffer());
     if (got.byteLength !== expected) {
       throw new InvalidRequest(`octet-stream body has ${got.byteLength} bytes but dtype and shape need ${expected}`, {
         expected_bytes: expected,
@@ -87,7 +88,7 @@ export async function readBodyInto(c: Context, target: NativeBuffer, expected: n
     target.bytes.set(got);
     return;
   }
-  const body = c.req.raw.body;
+  const body = req.body;
   let off = 0;
   if (body) {
     const reader = body.getReader();
@@ -113,8 +114,21 @@ export async function readBodyInto(c: Context, target: NativeBuffer, expected: n
 }
 
 /** Metadata of an octet-stream request: query parameter, else x-moonring-<name> header. */
-export function octetParam(c: Context, name: string): string | undefined {
+export function octetParam(c: BodySource, name: string): string | undefined {
+  if (c instanceof Request) return queryOf(c).get(name) ?? c.headers.get(`x-moonring-${name.replace(/_/g, "-")}`) ?? undefined;
   return c.req.query(name) ?? c.req.header(`x-moonring-${name.replace(/_/g, "-")}`);
+}
+
+/** The query of a bare Request, parsed once per request. */
+const queries = new WeakMap<Request, URLSearchParams>();
+function queryOf(req: Request): URLSearchParams {
+  let q = queries.get(req);
+  if (!q) {
+    const i = req.url.indexOf("?");
+    q = new URLSearchParams(i < 0 ? "" : req.url.slice(i + 1));
+    queries.set(req, q);
+  }
+  return q;
 }
 
 /** A JSON response as Hono's c.json makes it (Content-Type: application/json), without a Context. */

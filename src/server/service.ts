@@ -25,7 +25,6 @@ import { localRankOf, type LocalRank } from "../util/local-rank";
 import { Metrics } from "../util/metrics";
 import { httpUrl } from "../util/net";
 import { createApp, errorResponse } from "./app";
-import { isOctetStream } from "./body";
 import { handleCollective } from "./routes/collective";
 import { nativeDataPlaneFactory, type DataPlaneFactory } from "./dataplane";
 
@@ -351,11 +350,11 @@ export class RankService {
             return Response.json({ error: { code: "invalid_request", message: "websocket upgrade failed" } }, { status: 400 });
           }
         }
-        // Fast path: JSON collectives skip Hono's router, context and middleware (the same
-        // auth, metrics and error mapping inline); everything else goes through the app.
+        // Fast path: collectives (JSON and octet-stream bodies) skip Hono's router, context and
+        // middleware (the same auth, metrics and error mapping inline); the rest goes through the app.
         if (req.method === "POST") {
           const op = collectivePathOp(req.url);
-          if (op !== null && !isOctetStream(req)) return svc.collectiveFast(op, req);
+          if (op !== null) return svc.collectiveFast(op, req);
         }
         return app.fetch(req, { server });
       },

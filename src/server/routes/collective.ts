@@ -11,7 +11,7 @@ import { jsOwnedMemory, type NativeBuffer } from "../../native/types";
 import { collectiveInfo, collectiveOps, redopRejection, type CollectiveOp, type DTypeName, type RedOpName } from "../../ops/table";
 import { checkShape, encodeTensor, numel, writeTensor, type JsonTensor, type WireFormat } from "../../tensor/codec";
 import { InvalidRequest, NotReady, TooLarge } from "../../errors";
-import { checkContentLength, isOctetStream, jsonResponse, octetParam, readBodyInto, readJson, wantsOctetStream } from "../body";
+import { checkContentLength, isOctetStream, jsonResponse, octetParam, readBodyInto, readJson, wantsOctetStream, type BodySource } from "../body";
 import { collectiveSchemas, DEFAULT_TIMEOUT_MS, formatIssues, quickCollectiveBody } from "../schemas";
 import { bufferCollective, usesBuffer } from "./buffers";
 import type { RankService } from "../service";
@@ -42,13 +42,12 @@ export async function handleCollective(svc: RankService, op: string, src: Contex
   const ticket = svc.sequencer.take();
   try {
     const octet = isOctetStream(src);
-    if (octet && src instanceof Request) throw new Error("octet-stream collective bodies are served through the Hono route");
     const raw = octet ? null : await readJson(src, svc.config.maxBodyBytes);
     // {"buffer": id}: in place on a device/host buffer of POST /buffers (routes/buffers.ts)
     const signal = src instanceof Request ? src.signal : src.req.raw.signal;
     if (collectiveInfo(op as CollectiveOp).input !== "none" && usesBuffer(raw)) return await bufferCollective(svc, op as CollectiveOp, raw, startedAt, ticket, signal);
     const { call, format } = octet
-      ? await decodeOctet(src as Context, svc, op as CollectiveOp, startedAt, owned)
+      ? await decodeOctet(src, svc, op as CollectiveOp, startedAt, owned)
       : decodeJson(raw, svc, op as CollectiveOp, startedAt, owned);
     // untagged calls keep arrival order; tagged ones match by tag and needn't wait
     const wait = call.tag === null ? svc.sequencer.turn(ticket) : null;
@@ -267,7 +266,7 @@ function sameShape(a: number[], b: number[]): boolean {
 const OCTET_OPS = collectiveOps.filter((op) => collectiveInfo(op).octet);
 
 async function decodeOctet(
-  c: Context,
+  c: BodySource,
   svc: RankService,
   op: CollectiveOp,
   startedAt: number,
