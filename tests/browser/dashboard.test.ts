@@ -87,6 +87,15 @@ describe.skipIf(skipWhy !== null)("dashboard in headless Chromium", () => {
     expect(await page.$$eval("#chart-busbw polyline", (l) => l.length)).toBe(1);
     expect(await page.$$eval("#chart-latency polyline", (l) => l.length)).toBe(1);
 
+    // a collective ranks 0..2 have called and rank 3 hasn't: rank 0's page names who is missing
+    const stuck = [0, 1, 2].map((r) =>
+      fetch(`${w.urls[r]}/collective/barrier`, { method: "POST", headers: auth, body: JSON.stringify({ timeout_ms: 30_000 }) }).then(
+        (res) => res.status,
+        () => 0,
+      ),
+    );
+    await page.waitForFunction(`/called: 0, 1, 2.*not yet: 3/.test(document.querySelector("#inflight")?.textContent ?? "")`, null, { timeout: 10_000 });
+
     const killedAt = performance.now();
     process.kill(w.pids[3]!, "SIGKILL");
     await page.waitForSelector("[data-testid=rank-3][data-state=failed]", { timeout: 15_000 });
@@ -97,6 +106,9 @@ describe.skipIf(skipWhy !== null)("dashboard in headless Chromium", () => {
     expect(await page.textContent("[data-testid=summary]")).toContain("4 ranks · 3 active · 1 failed");
     const events = await page.$$eval("#events tr", (rows) => rows.map((r) => r.textContent ?? ""));
     expect(events.some((t) => /healthy\s*→\s*failed/.test(t))).toBe(true);
+    // the barrier rank 3 never joined ends on the survivors (re-issued among them, or failed): either way it leaves the in-flight list
+    expect((await Promise.all(stuck)).every((status) => status > 0)).toBe(true);
+    await page.waitForFunction(`!/not yet: 3/.test(document.querySelector("#inflight")?.textContent ?? "")`, null, { timeout: 10_000 });
     await page.screenshot({ path: SCREENSHOT, fullPage: true });
     expect(statSync(SCREENSHOT).size).toBeGreaterThan(10_000);
     expect(consoleErrors).toEqual([]);
