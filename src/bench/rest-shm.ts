@@ -35,6 +35,7 @@ async function mappedBuffer(url: string, dtype: string, shape: number[]): Promis
 function shapesFor(op: BenchOp, n: number, part: number, count: number, rank: number, root: number): { input: number[] | null; out: number[] | null } {
   switch (op) {
     case "allreduce":
+      return { input: [count], out: [count] }; // out of place, like the native bench
     case "broadcast":
     case "reduce":
     case "sendrecv":

@@ -1,7 +1,7 @@
 // The executor of collectives on registered buffers ({"buffer": id} bodies): one attempt of a
 // decided op, in place on the rank's buffers (host or device). CollectiveRunner.runWith runs it
 // like the tensor executor: same agreement, re-issue among survivors, metrics, /debug/recent.
-// The result shapes: allreduce, broadcast: the input buffer. reduce: the input on the root (or
+// The result shapes: allreduce: the input buffer (or "out"); broadcast: the input buffer. reduce: the input on the root (or
 // "out"). allgather, gather: [N, ...input] in "out" or a new buffer. scatter, reduce_scatter:
 // one block; alltoall: [N, ...block] (or [total] for uneven blocks); "buffer" of a list op
 // holds [N, ...block], block i for group rank i.
@@ -39,9 +39,12 @@ type StepFn = (x: Step) => Promise<BufferEntry | null>;
 
 const steps: Record<CollectiveOp, StepFn> = {
   async allreduce(x) {
+    // In place, or into "out" (out of place: the engine reads every input where it lies and
+    // writes the sum once, no snapshot of the input first).
     const input = x.bc.input!;
-    if (x.count > 0) await x.run({ kind: "allreduce", redop: x.bc.call.redop!, count: x.count, send: input.buf, recv: input.buf });
-    return input;
+    const recv = x.bc.out ? x.resultBuffer(input.shape) : input;
+    if (x.count > 0) await x.run({ kind: "allreduce", redop: x.bc.call.redop!, count: x.count, send: input.buf, recv: recv.buf });
+    return recv;
   },
   async broadcast(x) {
     const input = x.bc.input!;

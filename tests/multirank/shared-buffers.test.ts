@@ -105,6 +105,7 @@ interface Case {
 const x = [input(0), input(1)];
 const CASES: Case[] = [
   { op: "allreduce", body: () => ({ op: "sum" }), inShape: [COUNT], outShape: null, want: () => sum(x[0]!, x[1]!) },
+  { op: "allreduce", body: () => ({ op: "min" }), inShape: [COUNT], outShape: () => [COUNT], want: () => x[0]!.map((v, i) => Math.min(v, x[1]![i]!)) },
   { op: "broadcast", body: () => ({ src: 1 }), inShape: [COUNT], outShape: null, want: () => x[1]! },
   { op: "reduce", body: () => ({ op: "max", dst: 0 }), inShape: [COUNT], outShape: null, want: (r) => (r === 0 ? x[0]!.map((v, i) => Math.max(v, x[1]![i]!)) : null) },
   { op: "allgather", body: () => ({}), inShape: [COUNT], outShape: () => [N, COUNT], want: () => [...x[0]!, ...x[1]!] },
@@ -149,7 +150,7 @@ describe("shared host buffers: a local program maps them (Bun on rank 0, numpy o
   }, 60_000);
 
   for (const c of CASES) {
-    test(`${c.op}: filled through the mapping, run on {"buffer": id}, read in place`, async () => {
+    test(`${c.op}${c.outShape ? " into out" : ""}: filled through the mapping, run on {"buffer": id}, read in place`, async () => {
       const ins = await Promise.all([0, 1].map((r) => createBuffer(r, c.inShape)));
       const outs = await Promise.all([0, 1].map((r) => (c.outShape?.(r) ? createBuffer(r, c.outShape(r)!) : Promise.resolve(null))));
       const inIpc = await Promise.all([0, 1].map((r) => ipcOf(r, ins[r]!)));
