@@ -25,7 +25,7 @@ interface PendingRequest {
 /** Close code rank 0 uses for a rank it removed from the world. */
 export const CLOSE_REMOVED = 4002;
 /** How long one attempt to open the link may take. */
-const OPEN_TIMEOUT_MS = 2000;
+const OPEN_TIMEOUT_MS = 5000;
 /** Messages kept while the link reconnects. */
 const OUTBOX_MAX = 1024;
 

@@ -227,7 +227,7 @@ export class RendezvousClient {
   async table(): Promise<MembershipView> {
     for (;;) {
       const r = await this.retrying("rank table", () =>
-        this.peers.get<{ complete: boolean; view: MembershipView; redirect?: string }>(`${this.masterUrl}/internal/rendezvous/table?wait_ms=10000`, 15000, "table"),
+        this.peers.get<{ complete: boolean; view: MembershipView; redirect?: string }>(`${this.masterUrl}/internal/rendezvous/table?wait_ms=10000`, 15000, "table").then(answered),
       );
       if (r.redirect) throw new RendezvousRedirected(r.redirect);
       if (r.complete) return r.view;
@@ -237,9 +237,15 @@ export class RendezvousClient {
   async ready(rank: number): Promise<void> {
     for (;;) {
       const r = await this.retrying("ready", () =>
-        this.peers.post<{ all_ready: boolean }>(`${this.masterUrl}/internal/rendezvous/ready?wait_ms=10000`, { rank }, 15000, "ready"),
+        this.peers.post<{ all_ready: boolean }>(`${this.masterUrl}/internal/rendezvous/ready?wait_ms=10000`, { rank }, 15000, "ready").then(answered),
       );
       if (r.all_ready) return;
     }
   }
+}
+
+/** A 2xx answer without a JSON object (an empty body seen under 1,024 concurrent long polls) is retried. */
+function answered<T>(body: T | null): T {
+  if (body === null || typeof body !== "object") throw new Error("empty answer");
+  return body;
 }
