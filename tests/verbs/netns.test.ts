@@ -5,9 +5,9 @@
 // namespace's own IPv4 addresses, like RoCE v2). Each namespace gets its own hostname
 // (unshare --uts), so the host ids differ as between machines.
 //
-// Layout: namespaces A (ranks 0, 1 at 10.213.9.1) and B (ranks 2, 3 at 10.213.9.2) meet on a
-// bridge in a hub namespace; a third veth gives this test's own namespace 10.213.9.254 to
-// reach the ranks' HTTP ports (nothing else is added here). Needs root and `ip netns`;
+// Layout: namespaces A (ranks 0, 1 at SUBNET.1) and B (ranks 2, 3 at SUBNET.2) meet on a
+// bridge in a hub namespace; a third veth gives this test's own namespace SUBNET.254 to reach
+// the ranks' HTTP ports (nothing else is added here). Needs root and `ip netns`;
 // skipped with a message where that isn't permitted. Every process and namespace made here
 // is removed here.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
@@ -22,8 +22,11 @@ const id = `${process.pid % 100000}`;
 const NS = [`mrv${id}a`, `mrv${id}b`];
 const HUB = `mrv${id}h`;
 const HOST_VETH = `mrv${id}t`;
-const ADDR = ["10.213.9.1", "10.213.9.2"];
-const TEST_ADDR = "10.213.9.254";
+// A subnet of its own per run: test runs of other checkouts on this machine may overlap, and
+// this one's address sits in the host's namespace.
+const SUBNET = `10.${100 + (process.pid % 100)}.${(Math.floor(process.pid / 100) % 250) + 1}`;
+const ADDR = [`${SUBNET}.1`, `${SUBNET}.2`];
+const TEST_ADDR = `${SUBNET}.254`;
 const N = 4;
 const nsOf = (r: number) => (r < 2 ? 0 : 1);
 const port = 29700 + (process.pid % 50) * 10;
@@ -188,6 +191,7 @@ describe.skipIf(skipReason !== null)("verbs between network namespaces as hosts,
       expect([got[0], got[count - 1]]).toEqual([10, 10]);
     }
     const wholeMs = performance.now() - w0;
+    console.log(`netns kill test: the whole run took ${wholeMs.toFixed(0)} ms`);
     const pid = (await get(url(3), "/health")).body.pid as number;
     const t0 = performance.now();
     const pending = Promise.all([0, 1, 2, 3].map((r) => post(url(r), "/collective/allreduce", body(r)).catch((e) => ({ status: 0, body: String(e) }))));
@@ -219,7 +223,8 @@ describe.skipIf(skipReason !== null)("verbs between network namespaces as hosts,
       if (c.active_ranks[3] === 0 || Date.now() > until) break;
       await sleep(50);
     }
-    const small = await Promise.all([0, 1, 2].map((r) => post(url(r), "/collective/allreduce", { tensor: { dtype: "int32", shape: [2], data: [r + 1, 10] } })));
+    console.log(`netns kill test: rank 3 ${(await get(url(0), "/cluster")).body.active_ranks[3] === 0 ? "removed" : "still active"} ${(performance.now() - t0).toFixed(0)} ms after the call`);
+    const small = await Promise.all([0, 1, 2].map((r) => post(url(r), "/collective/allreduce", { tensor: { dtype: "int32", shape: [2], data: [r + 1, 10] }, timeout_ms: 20_000 })));
     for (const x of small) {
       expect({ status: x.status, body: x.status === 200 ? "ok" : x.body }).toEqual({ status: 200, body: "ok" });
       expect(x.body.contributors).toEqual([0, 1, 2]);
