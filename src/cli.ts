@@ -76,7 +76,8 @@ Usage:
 
   moonring COMMAND --help     flags of a command
 
-Environment: MOONRING_TOKEN (bearer token for REST and the data-plane handshake),
+Environment: MOONRING_TOKEN (bearer token for REST and the data-plane handshake; launch makes a
+per-job one when it is unset, see docs/api-extensions.md "Security"),
 MOONRING_LOG (debug|info|warn|error), MOONRING_TRANSPORT, MOONRING_LIB.
 The REST API: docs/api-contract.md; a running rank serves GET /openapi.json.`;
 
@@ -179,7 +180,7 @@ async function serve(argv: string[]): Promise<number> {
       port,
       advertiseHost,
       dataPort: intFlag(flags["data-port"] ?? env("MOONRING_DATA_PORT"), "data-port", { min: 0, max: 65535 }),
-      token: env("MOONRING_TOKEN"),
+      ...(await jobToken(master)),
       device: device(flags.device ?? env("MOONRING_DEVICE")),
       localRank: localRankOrUsage(rank),
       join: flags.join === true,
@@ -193,6 +194,21 @@ async function serve(argv: string[]): Promise<number> {
     { exitWithParent: flags["exit-with-parent"] === true },
   );
   return -1; // keeps running
+}
+
+/**
+ * MOONRING_TOKEN; else, for a rank 0 on this host, the secret of a job this user launched there
+ * (a replacement or new rank started with serve --join next to `launch`).
+ */
+async function jobToken(master: { host: string; port: number }): Promise<{ token?: string; localUserAuth: boolean }> {
+  const token = env("MOONRING_TOKEN");
+  const localUserAuth = env("MOONRING_LOCAL_USER_AUTH") === "1";
+  if (token) return { token, localUserAuth };
+  const { isLoopback } = await import("./server/peer-user");
+  if (!isLoopback(master.host) && master.host !== "localhost") return { localUserAuth: false };
+  const { readLaunchToken } = await import("./server/launch");
+  const launched = readLaunchToken(master.port);
+  return launched ? { token: launched, localUserAuth: true } : { localUserAuth: false };
 }
 
 async function launch(argv: string[]): Promise<number> {

@@ -12,10 +12,16 @@ interface Mapped {
   bytes: Uint8Array;
 }
 
+/** The job's bearer token (RestRunner sets MOONRING_TOKEN before it launches the ranks). */
+function auth(): Record<string, string> {
+  const token = process.env.MOONRING_TOKEN;
+  return token ? { authorization: `Bearer ${token}` } : {};
+}
+
 async function api(url: string, method: string, path: string, body?: unknown): Promise<any> {
   const res = await fetch(url + path, {
     method,
-    headers: body === undefined ? {} : { "content-type": "application/json" },
+    headers: body === undefined ? auth() : { "content-type": "application/json", ...auth() },
     body: body === undefined ? undefined : JSON.stringify(body),
   });
   const json = await res.json();
@@ -88,8 +94,9 @@ export async function shmPoint(c: RunConfig, urls: string[], op: BenchOp, size: 
         fillSend({ ...ctx(r), op: op === "scatter" ? "allgather" : op }, viewOf(c.dtype, input.bytes, elems), tables);
       }
     };
+    const headers = { "content-type": "application/json", ...auth() };
     const call = (r: number) =>
-      fetch(`${urls[r]}/collective/${op}`, { method: "POST", headers: { "content-type": "application/json" }, body: bodies[r] }).then(async (res) => {
+      fetch(`${urls[r]}/collective/${op}`, { method: "POST", headers, body: bodies[r] }).then(async (res) => {
         if (!res.ok) throw new Error(`rank ${r} ${op} on buffers: ${res.status} ${await res.text()}`);
         await res.arrayBuffer();
       });

@@ -3,6 +3,7 @@
 // for the list ops and p2p) and times the batch from the first request to the last answer.
 // This is what a user of the service sees: HTTP, agreement through rank 0, data plane, encoding.
 import type { Subprocess } from "bun";
+import { randomBytes } from "node:crypto";
 import { MoonringClient, type Tensor } from "../client";
 import { freePortRange, sleep } from "../util/net";
 import { checkOutput, fillSend, hasOutput, viewOf } from "./pattern";
@@ -56,7 +57,11 @@ export class RestRunner implements Runner {
     }
     const c = this.cfg;
     const port = await freePortRange(c.nproc, c.host);
-    const env: Record<string, string> = { ...(process.env as Record<string, string>), MOONRING_TRANSPORT: c.transport };
+    // the job's secret, chosen here so the clients send it (a bearer compare per call, as users
+    // with a token pay; launch would make one of its own otherwise)
+    const token = process.env.MOONRING_TOKEN || randomBytes(32).toString("hex");
+    process.env.MOONRING_TOKEN = token; // this process's other callers of the ranks (rest-shm.ts) send it too
+    const env: Record<string, string> = { ...(process.env as Record<string, string>), MOONRING_TRANSPORT: c.transport, MOONRING_TOKEN: token };
     if (!env.MOONRING_LOG) env.MOONRING_LOG = "warn";
     this.proc = Bun.spawn(
       [process.execPath, CLI, "launch", "--nproc", String(c.nproc), "--port", String(port), "--host", c.host, "--device", c.device],
@@ -91,8 +96,8 @@ export class RestRunner implements Runner {
     }
     const urls = Array.from({ length: c.nproc }, (_, r) => `http://${c.host}:${port + r}`);
     this.urls = urls;
-    this.octet = urls.map((u) => new MoonringClient(u, { wire: "octet" }));
-    this.b64 = urls.map((u) => new MoonringClient(u, { wire: "b64" }));
+    this.octet = urls.map((u) => new MoonringClient(u, { wire: "octet", token }));
+    this.b64 = urls.map((u) => new MoonringClient(u, { wire: "b64", token }));
   }
 
   /** One REST call of rank r for the op; resolves to this rank's output as bytes (or null). */

@@ -2,8 +2,8 @@
 // {"error": {"code", "message", ...details}}; anything not an ApiError is a bug (500, logged).
 import { Hono } from "hono";
 import { jsonResponse } from "./body";
-import { ApiError, NotFound } from "../errors";
-import { authorize, expectedBearer } from "./auth";
+import { ApiError, NotFound, Unauthorized } from "../errors";
+import { serverOf } from "./auth";
 import { buffersRoutes } from "./routes/buffers";
 import { collectiveRoutes } from "./routes/collective";
 import { browserCredential, dashboardRoutes } from "./routes/dashboard";
@@ -30,11 +30,10 @@ export const PUBLIC_PATHS: ReadonlySet<string> = new Set(["/health", "/livez"]);
 
 export function createApp(svc: RankService) {
   const app = new Hono();
-  const bearer = expectedBearer(svc.config.token);
 
   app.use("*", async (c, next) => {
     try {
-      if (!PUBLIC_PATHS.has(c.req.path)) authorize(bearer, c.req.header("authorization") ?? browserCredential(c));
+      if (!PUBLIC_PATHS.has(c.req.path) && !svc.isCaller(c.req.header("authorization") ?? browserCredential(c), c.req.raw, serverOf(c))) throw new Unauthorized();
       await next();
     } catch (e) {
       svc.metrics.httpRequest(c.req.method, "unmatched", e instanceof ApiError ? e.status : 500);

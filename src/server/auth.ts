@@ -1,6 +1,9 @@
 // Bearer-token check for every way into a rank service (the Hono app, the JSON fast path,
 // control-link WebSocket upgrades): one timing-safe compare, like the data plane's handshake.
+import type { Server } from "bun";
+import type { Context } from "hono";
 import { timingSafeEqual } from "node:crypto";
+import type { LinkData } from "../control/hub";
 import { Unauthorized } from "../errors";
 
 /** The exact Authorization header a request must carry, or null when no token is set. */
@@ -22,4 +25,9 @@ export function isAuthorized(expected: Buffer | null, header: string | null | un
   if (expected === null) return true;
   const given = Buffer.from(header ?? "");
   return given.length === expected.length && timingSafeEqual(given, expected);
+}
+
+/** The Bun server a request came through (app.fetch(req, {server})); none in app.request(). */
+export function serverOf(c: Context): Pick<Server<LinkData>, "requestIP"> | undefined {
+  return (c.env as { server?: Server<LinkData> } | undefined)?.server;
 }

@@ -4,8 +4,11 @@
 // and the launcher says so. Children watch their stdin pipe, so even a SIGKILLed launcher
 // leaves no ranks behind.
 import type { Subprocess } from "bun";
+import { randomBytes } from "node:crypto";
+import { mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
 import { writeLine } from "../util/log";
-import { readdirSync, rmSync } from "node:fs";
 import { httpUrl, sleep } from "../util/net";
 
 /**
@@ -36,6 +39,46 @@ export interface LaunchOptions {
   cliPath: string;
 }
 
+/**
+ * Secure by default: without MOONRING_TOKEN, the job gets a fresh secret of its own. Its ranks
+ * use it for the data-plane handshake and REST; processes of this user on this host may call
+ * REST without it (MOONRING_LOCAL_USER_AUTH: they could read it from the ranks' environment
+ * anyway); anyone else needs it: it is in a file only this user can read.
+ */
+function jobSecret(port: number): { env: Record<string, string>; tokenFile: string | null } {
+  const given = process.env.MOONRING_TOKEN;
+  if (given) return { env: { MOONRING_TOKEN: given }, tokenFile: null };
+  const token = randomBytes(32).toString("hex");
+  const tokenFile = launchTokenFile(port);
+  const dir = dirname(tokenFile);
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const st = statSync(dir);
+  if (st.uid !== process.getuid?.() || (st.mode & 0o077) !== 0) throw new Error(`${dir} must be a private directory of this user (mode 0700)`);
+  writeFileSync(tokenFile, token + "\n", { mode: 0o600 });
+  return { env: { MOONRING_TOKEN: token, MOONRING_LOCAL_USER_AUTH: "1" }, tokenFile };
+}
+
+/** Where launch keeps the secret of the job whose rank 0 serves on `port` (this user only). */
+export function launchTokenFile(port: number): string {
+  return join(process.env.XDG_RUNTIME_DIR || tmpdir(), `moonring-${process.getuid?.() ?? "user"}`, `launch-${port}.token`);
+}
+
+/**
+ * The secret of a job launched by this user on this host with rank 0 on `port` (serve --join
+ * next to a launched job finds it by itself), or null. Only a file of this user, mode 0600.
+ */
+export function readLaunchToken(port: number): string | null {
+  const file = launchTokenFile(port);
+  try {
+    const st = statSync(file);
+    if (st.uid !== process.getuid?.() || (st.mode & 0o077) !== 0) return null;
+    const token = readFileSync(file, "utf8").trim();
+    return /^[0-9a-f]{64}$/.test(token) ? token : null;
+  } catch {
+    return null;
+  }
+}
+
 export async function launchMain(o: LaunchOptions): Promise<number> {
   const children: (Subprocess<"pipe", "inherit", "inherit"> | null)[] = [];
   const alive = new Set<number>();
@@ -47,6 +90,11 @@ export async function launchMain(o: LaunchOptions): Promise<number> {
 
   let resolveDone!: (code: number) => void;
   const done = new Promise<number>((r) => (resolveDone = r));
+  const secret = jobSecret(o.port);
+  if (secret.tokenFile) {
+    warn(`a per-job token guards the data plane and REST (MOONRING_TOKEN in ${secret.tokenFile}; this user's local processes need none)`);
+    void done.then(() => rmSync(secret.tokenFile!, { force: true }));
+  }
 
   const shutdown = async (why: string, code: number) => {
     if (shuttingDown) return;
@@ -81,7 +129,7 @@ export async function launchMain(o: LaunchOptions): Promise<number> {
       ...o.serveArgs,
     ];
     // one host: local rank = rank, as torchrun sets them (the GPU choice reads them)
-    const env = { ...process.env, LOCAL_RANK: String(r), LOCAL_WORLD_SIZE: String(o.nproc) };
+    const env = { ...process.env, ...secret.env, LOCAL_RANK: String(r), LOCAL_WORLD_SIZE: String(o.nproc) };
     const child = Bun.spawn(args, { stdin: "pipe", stdout: "inherit", stderr: "inherit", env });
     children.push(child);
     alive.add(r);
@@ -103,7 +151,7 @@ export async function launchMain(o: LaunchOptions): Promise<number> {
   // Wait for every rank's /health to say ready.
   const urls = Array.from({ length: o.nproc }, (_, r) => httpUrl(connectHost, o.port + r));
   const shown = Array.from({ length: o.nproc }, (_, r) => httpUrl(o.host, o.port + r));
-  const headers: Record<string, string> = process.env.MOONRING_TOKEN ? { authorization: `Bearer ${process.env.MOONRING_TOKEN}` } : {};
+  const headers: Record<string, string> = { authorization: `Bearer ${secret.env.MOONRING_TOKEN}` };
   const deadline = Date.now() + o.readyTimeoutMs;
   const isReady = new Array<boolean>(o.nproc).fill(false);
   while (!shuttingDown && isReady.some((x) => !x)) {

@@ -5,6 +5,7 @@ import { DataPlaneUnavailable } from "./dataplane";
 import { RankService, type ServiceConfig } from "./service";
 import { RendezvousRefused } from "../control/rendezvous";
 import { writeLine } from "../util/log";
+import { isLoopback } from "./peer-user";
 
 export interface ServeOptions {
   exitWithParent: boolean;
@@ -50,6 +51,11 @@ export async function serveMain(config: ServiceConfig, opts: ServeOptions): Prom
   process.on("unhandledRejection", (e) => {
     svc.log.error(`unhandled rejection (kept running): ${(e as Error)?.stack ?? e}`);
   });
+  const insecure = svc.securityWarning();
+  if (insecure) {
+    const loud = !isLoopback(config.host) && config.host !== "localhost";
+    writeLine(process.stderr, loud ? `\nmoonring serve: rank ${config.rank}: SECURITY WARNING: ${insecure}\n\n` : `moonring serve: rank ${config.rank}: warning: ${insecure}\n`);
+  }
   try {
     await svc.start();
   } catch (e) {

@@ -18,8 +18,9 @@ import { PeerClient } from "../control/peers";
 import { RendezvousClient, RendezvousRedirected, RendezvousServer } from "../control/rendezvous";
 import { Sequencer } from "../control/sequencer";
 import type { DataPlane, DataPlaneLinks } from "../native/types";
-import { apiErrorFromJSON, MasterLost, NotReady, type ApiError, TooManyRequests } from "../errors";
-import { authorize, expectedBearer } from "./auth";
+import { apiErrorFromJSON, MasterLost, NotReady, type ApiError, TooManyRequests, Unauthorized } from "../errors";
+import { authorize, expectedBearer, isAuthorized } from "./auth";
+import { isLoopback, peerIsThisUser } from "./peer-user";
 import { Logger } from "../util/log";
 import { localRankOf, type LocalRank } from "../util/local-rank";
 import { Metrics } from "../util/metrics";
@@ -43,6 +44,11 @@ export interface ServiceConfig {
   advertiseHost?: string;
   dataPort?: number;
   token?: string;
+  /**
+   * REST callers on this host running as this process's user need no token (launch's per-job
+   * secret: MOONRING_LOCAL_USER_AUTH=1); everyone else needs it. The data plane always does.
+   */
+  localUserAuth?: boolean;
   device: "cpu" | "cuda";
   join: boolean;
   maxBodyBytes: number;
@@ -312,11 +318,39 @@ export class RankService {
     return first.join(d, signal).catch((e: unknown) => again(first, e));
   }
 
+  /**
+   * Whether a REST caller may in: the bearer token, or (launch's per-job secret) a loopback
+   * connection from a process of this user (server/peer-user.ts). `server` gives the peer's
+   * address; absent in app.request() tests, where only the token counts.
+   */
+  isCaller(authorization: string | null | undefined, req: Request, server: Pick<Server<LinkData>, "requestIP"> | undefined): boolean {
+    if (isAuthorized(this.bearer, authorization)) return true;
+    return this.config.localUserAuth === true && server !== undefined && peerIsThisUser(server.requestIP(req), this.port);
+  }
+
+  /** How callers and peers prove they belong: /health's "auth". */
+  get authMode(): "token" | "token+local-user" | "none" {
+    return this.config.token ? (this.config.localUserAuth ? "token+local-user" : "token") : "none";
+  }
+
+  /**
+   * Set when nothing guards this rank: no token (launch always sets one; serve needs
+   * MOONRING_TOKEN). Said at start and in /health; loudest when other hosts can reach it.
+   */
+  securityWarning(): string | null {
+    if (this.config.token) return null;
+    const h = this.config.host;
+    if (isLoopback(h) || h === "localhost") {
+      return "no MOONRING_TOKEN: any local process can call this rank's REST API and join its data plane as a rank (moonring launch sets a per-job token)";
+    }
+    return `no MOONRING_TOKEN while serving on ${h}: any host that reaches this rank's ports can call its REST API and join its data plane as a rank; set MOONRING_TOKEN (one secret for every rank of the job)`;
+  }
+
   /** POST /collective/{op} with a JSON body, without Hono (see listen()). */
-  private async collectiveFast(op: string, req: Request): Promise<Response> {
+  private async collectiveFast(op: string, req: Request, server: Server<LinkData>): Promise<Response> {
     let res: Response;
     try {
-      authorize(this.bearer, req.headers.get("authorization"));
+      if (!this.isCaller(req.headers.get("authorization"), req, server)) throw new Unauthorized();
       res = await handleCollective(this, op, req);
     } catch (e) {
       res = errorResponse(this, e as Error, "POST", `/collective/${op}`);
@@ -354,7 +388,7 @@ export class RankService {
         // middleware (the same auth, metrics and error mapping inline); the rest goes through the app.
         if (req.method === "POST") {
           const op = collectivePathOp(req.url);
-          if (op !== null) return svc.collectiveFast(op, req);
+          if (op !== null) return svc.collectiveFast(op, req, server);
         }
         return app.fetch(req, { server });
       },

@@ -2,18 +2,17 @@
 import type { Hono } from "hono";
 import { renderApiReference } from "../api-reference";
 import { buildOpenApi } from "../openapi";
-import { expectedBearer, isAuthorized } from "../auth";
+import { serverOf } from "../auth";
 import type { TrafficRecord } from "../../native/types";
 import type { RankService } from "../service";
 
 export function introspectionRoutes(app: Hono, svc: RankService): void {
-  const bearer = expectedBearer(svc.config.token);
   app.get("/health", (c) => {
     const ready = svc.ready;
     const state = svc.state;
     const status = ready ? "ok" : state === "failed" || state === "left" ? state : "starting";
     // Probes carry no token: with one set, strangers learn readiness only (no pid, ports, urls).
-    if (!isAuthorized(bearer, c.req.header("authorization"))) return c.json({ status, ready, state }, ready ? 200 : 503);
+    if (!svc.isCaller(c.req.header("authorization"), c.req.raw, serverOf(c))) return c.json({ status, ready, state }, ready ? 200 : 503);
     const self = svc.membership.get(svc.rank);
     const why = svc.participant?.masterLost
       ? `no coordinator: ${svc.participant.masterLost}`
@@ -35,6 +34,8 @@ export function introspectionRoutes(app: Hono, svc: RankService): void {
         device: svc.config.device,
         uptime_s: Math.round((Date.now() - svc.startedAt) / 100) / 10,
         heartbeat: { interval_ms: svc.heartbeatIntervalMs, timeout_ms: svc.heartbeatTimeoutMs },
+        auth: svc.authMode,
+        ...(svc.securityWarning() ? { security_warning: svc.securityWarning() } : {}),
         ...(svc.participant?.masterLost ? { master_lost: true } : {}),
         ...(svc.failure ? { error: svc.failure } : why ? { error: why } : {}),
       },
@@ -47,7 +48,7 @@ export function introspectionRoutes(app: Hono, svc: RankService): void {
   // failed, rendezvous failed for good, coordinator lost) is not, so the kubelet restarts it.
   app.get("/livez", (c) => {
     const why = svc.deadReason();
-    if (!isAuthorized(bearer, c.req.header("authorization"))) return c.json({ live: why === null, state: svc.state }, why === null ? 200 : 503);
+    if (!svc.isCaller(c.req.header("authorization"), c.req.raw, serverOf(c))) return c.json({ live: why === null, state: svc.state }, why === null ? 200 : 503);
     return c.json({ live: why === null, rank: svc.rank, state: svc.state, pid: process.pid, ...(why ? { error: why } : {}) }, why === null ? 200 : 503);
   });
 
