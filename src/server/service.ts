@@ -1,6 +1,6 @@
 // One rank service: HTTP server (Hono on Bun.serve), data plane, rendezvous, agreement.
 // `serve` builds one of these; tests build several in one process with a fake data plane.
-import { rmSync } from "node:fs";
+import { chmodSync, rmSync } from "node:fs";
 import type { Server, ServerWebSocket } from "bun";
 import { hostname } from "node:os";
 import { Agreement } from "../control/agreement";
@@ -325,7 +325,10 @@ export class RankService {
    */
   isCaller(authorization: string | null | undefined, req: Request, server: Pick<Server<LinkData>, "requestIP"> | undefined): boolean {
     if (isAuthorized(this.bearer, authorization)) return true;
-    return this.config.localUserAuth === true && server !== undefined && peerIsThisUser(server.requestIP(req), this.port);
+    if (this.config.localUserAuth !== true || server === undefined) return false;
+    // the Unix socket (mode 0600) admits only this user: no address to look up there
+    if (server === this.unixServer) return true;
+    return peerIsThisUser(server.requestIP(req), this.port);
   }
 
   /** How callers and peers prove they belong: /health's "auth". */
@@ -410,6 +413,7 @@ export class RankService {
       // Bun's types leave idleTimeout out for unix sockets, but it applies (10 s by default).
       const unixOptions = { ...options, unix: c.unixPath, idleTimeout: 0 };
       this.unixServer = Bun.serve<LinkData>(unixOptions as unknown as Parameters<typeof Bun.serve<LinkData>>[0]);
+      chmodSync(c.unixPath, 0o600); // connect(2) needs write permission: this user (and root) only
     }
   }
 
