@@ -201,6 +201,24 @@ export function decode(w: WireTensor): Tensor {
   }
 }
 
+/**
+ * The secret `moonring launch` keeps for a job of this user on this host (docs/api-extensions.md
+ * "Security"), for a rank URL on loopback; undefined elsewhere (browsers, other hosts, no file).
+ */
+function launchToken(baseUrl: string): string | undefined {
+  try {
+    const u = new URL(baseUrl);
+    if (!/^(127\.[0-9.]+|localhost|\[::1\])$/.test(u.hostname) || !u.port || typeof require !== "function") return undefined;
+    const { readFileSync } = require("node:fs") as typeof import("node:fs");
+    const { tmpdir } = require("node:os") as typeof import("node:os");
+    const dir = `${process.env.XDG_RUNTIME_DIR || tmpdir()}/moonring-${process.getuid?.()}`;
+    const token = readFileSync(`${dir}/launch-${u.port}.token`, "utf8").trim();
+    return /^[0-9a-f]{64}$/.test(token) ? token : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 type Result1 = Tensor;
 type ResultList = (Tensor | null)[];
 
@@ -218,7 +236,7 @@ export class MoonringClient {
     if (unix !== undefined) baseUrl = "http://localhost";
     this.transport = unix === undefined ? { keepalive: true } : { keepalive: true, unix };
     this.baseUrl = baseUrl.replace(/\/+$/, "");
-    this.token = opts.token ?? (typeof process !== "undefined" ? process.env.MOONRING_TOKEN || undefined : undefined);
+    this.token = opts.token ?? (typeof process !== "undefined" ? process.env.MOONRING_TOKEN || launchToken(baseUrl) : undefined);
     this.wire = opts.wire ?? "b64";
     this.graceMs = opts.httpGraceMs ?? 10_000;
   }

@@ -33,7 +33,10 @@ export function createApp(svc: RankService) {
 
   app.use("*", async (c, next) => {
     try {
-      if (!PUBLIC_PATHS.has(c.req.path) && !svc.isCaller(c.req.header("authorization") ?? browserCredential(c), c.req.raw, serverOf(c))) throw new Unauthorized();
+      if (!PUBLIC_PATHS.has(c.req.path)) {
+        const ok = svc.isCaller(c.req.header("authorization") ?? browserCredential(c), c.req.raw, serverOf(c));
+        if (ok !== true && !(await ok)) throw new Unauthorized();
+      }
       await next();
     } catch (e) {
       svc.metrics.httpRequest(c.req.method, "unmatched", e instanceof ApiError ? e.status : 500);

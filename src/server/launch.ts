@@ -45,17 +45,19 @@ export interface LaunchOptions {
  * REST without it (MOONRING_LOCAL_USER_AUTH: they could read it from the ranks' environment
  * anyway); anyone else needs it: it is in a file only this user can read.
  */
-function jobSecret(port: number): { env: Record<string, string>; tokenFile: string | null } {
+function jobSecret(port: number, nproc: number): { env: Record<string, string>; tokenFile: string | null; files: string[] } {
   const given = process.env.MOONRING_TOKEN;
-  if (given) return { env: { MOONRING_TOKEN: given }, tokenFile: null };
+  if (given) return { env: { MOONRING_TOKEN: given }, tokenFile: null, files: [] };
   const token = randomBytes(32).toString("hex");
   const tokenFile = launchTokenFile(port);
   const dir = dirname(tokenFile);
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   const st = statSync(dir);
   if (st.uid !== process.getuid?.() || (st.mode & 0o077) !== 0) throw new Error(`${dir} must be a private directory of this user (mode 0700)`);
-  writeFileSync(tokenFile, token + "\n", { mode: 0o600 });
-  return { env: { MOONRING_TOKEN: token, MOONRING_LOCAL_USER_AUTH: "1" }, tokenFile };
+  // one file per rank port: a client of any rank (MoonringClient) finds it by its URL
+  const files = Array.from({ length: nproc }, (_, r) => launchTokenFile(port + r));
+  for (const f of files) writeFileSync(f, token + "\n", { mode: 0o600 });
+  return { env: { MOONRING_TOKEN: token, MOONRING_LOCAL_USER_AUTH: "1" }, tokenFile, files };
 }
 
 /** Where launch keeps the secret of the job whose rank 0 serves on `port` (this user only). */
@@ -90,10 +92,10 @@ export async function launchMain(o: LaunchOptions): Promise<number> {
 
   let resolveDone!: (code: number) => void;
   const done = new Promise<number>((r) => (resolveDone = r));
-  const secret = jobSecret(o.port);
+  const secret = jobSecret(o.port, o.nproc);
   if (secret.tokenFile) {
     warn(`a per-job token guards the data plane and REST (MOONRING_TOKEN in ${secret.tokenFile}; this user's local processes need none)`);
-    void done.then(() => rmSync(secret.tokenFile!, { force: true }));
+    void done.then(() => secret.files.forEach((f) => rmSync(f, { force: true })));
   }
 
   const shutdown = async (why: string, code: number) => {

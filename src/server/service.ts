@@ -323,8 +323,8 @@ export class RankService {
    * connection from a process of this user (server/peer-user.ts). `server` gives the peer's
    * address; absent in app.request() tests, where only the token counts.
    */
-  isCaller(authorization: string | null | undefined, req: Request, server: Pick<Server<LinkData>, "requestIP"> | undefined): boolean {
-    if (isAuthorized(this.bearer, authorization)) return true;
+  isCaller(authorization: string | null | undefined, req: Request, server: Pick<Server<LinkData>, "requestIP"> | undefined): boolean | Promise<boolean> {
+    if (isAuthorized(this.bearer, authorization)) return true; // no promise on the hot path
     if (this.config.localUserAuth !== true || server === undefined) return false;
     // the Unix socket (mode 0600) admits only this user: no address to look up there
     if (server === this.unixServer) return true;
@@ -353,7 +353,8 @@ export class RankService {
   private async collectiveFast(op: string, req: Request, server: Server<LinkData>): Promise<Response> {
     let res: Response;
     try {
-      if (!this.isCaller(req.headers.get("authorization"), req, server)) throw new Unauthorized();
+      const ok = this.isCaller(req.headers.get("authorization"), req, server);
+      if (ok !== true && !(await ok)) throw new Unauthorized();
       res = await handleCollective(this, op, req);
     } catch (e) {
       res = errorResponse(this, e as Error, "POST", `/collective/${op}`);

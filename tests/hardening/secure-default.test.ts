@@ -38,6 +38,7 @@ describe("launch without MOONRING_TOKEN", () => {
     const token = readFileSync(file, "utf8").trim();
     expect(token).toMatch(/^[0-9a-f]{64}$/);
     expect(w.stderrText()).toContain(file);
+    expect(readFileSync(file.replace(`launch-${w.port}.`, `launch-${w.port + 1}.`), "utf8").trim()).toBe(token); // one per rank port
     const health = (await (await fetch(w.urls[0] + "/health")).json()) as { auth: string; pid: number };
     expect(health.auth).toBe("token+local-user");
     expect(health.pid).toBe(w.pids[0]!);

@@ -7,12 +7,12 @@ import type { TrafficRecord } from "../../native/types";
 import type { RankService } from "../service";
 
 export function introspectionRoutes(app: Hono, svc: RankService): void {
-  app.get("/health", (c) => {
+  app.get("/health", async (c) => {
     const ready = svc.ready;
     const state = svc.state;
     const status = ready ? "ok" : state === "failed" || state === "left" ? state : "starting";
     // Probes carry no token: with one set, strangers learn readiness only (no pid, ports, urls).
-    if (!svc.isCaller(c.req.header("authorization"), c.req.raw, serverOf(c))) return c.json({ status, ready, state }, ready ? 200 : 503);
+    if (!(await svc.isCaller(c.req.header("authorization"), c.req.raw, serverOf(c)))) return c.json({ status, ready, state }, ready ? 200 : 503);
     const self = svc.membership.get(svc.rank);
     const why = svc.participant?.masterLost
       ? `no coordinator: ${svc.participant.masterLost}`
@@ -46,9 +46,9 @@ export function introspectionRoutes(app: Hono, svc: RankService): void {
   // Liveness (kubelet livenessProbe), distinct from readiness (/health): a rank that is starting,
   // awaiting activation or left on purpose is alive; one that can never serve again (removed as
   // failed, rendezvous failed for good, coordinator lost) is not, so the kubelet restarts it.
-  app.get("/livez", (c) => {
+  app.get("/livez", async (c) => {
     const why = svc.deadReason();
-    if (!svc.isCaller(c.req.header("authorization"), c.req.raw, serverOf(c))) return c.json({ live: why === null, state: svc.state }, why === null ? 200 : 503);
+    if (!(await svc.isCaller(c.req.header("authorization"), c.req.raw, serverOf(c)))) return c.json({ live: why === null, state: svc.state }, why === null ? 200 : 503);
     return c.json({ live: why === null, rank: svc.rank, state: svc.state, pid: process.pid, ...(why ? { error: why } : {}) }, why === null ? 200 : 503);
   });
 
