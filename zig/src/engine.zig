@@ -37,17 +37,19 @@ comptime {
     std.debug.assert(ops_max == board_mod.entries_max); // a slot's board entry is its index
 }
 
+/// The MR_* status codes, from moonring.h (their one definition).
 pub const Status = struct {
-    pub const ok: i32 = 0;
-    pub const einval: i32 = -1;
-    pub const enomem: i32 = -2;
-    pub const epeer: i32 = -3;
-    pub const etimeout: i32 = -4;
-    pub const ecanceled: i32 = -5;
-    pub const eproto: i32 = -6;
-    pub const enodev: i32 = -7;
-    pub const eio: i32 = -8;
-    pub const ebusy: i32 = -9;
+    const c = @import("abi_check.zig").c;
+    pub const ok: i32 = c.MR_OK;
+    pub const einval: i32 = c.MR_EINVAL;
+    pub const enomem: i32 = c.MR_ENOMEM;
+    pub const epeer: i32 = c.MR_EPEER;
+    pub const etimeout: i32 = c.MR_ETIMEOUT;
+    pub const ecanceled: i32 = c.MR_ECANCELED;
+    pub const eproto: i32 = c.MR_EPROTO;
+    pub const enodev: i32 = c.MR_ENODEV;
+    pub const eio: i32 = c.MR_EIO;
+    pub const ebusy: i32 = c.MR_EBUSY;
 
     pub fn fromError(err: transport.Error) i32 {
         return switch (err) {
@@ -435,101 +437,21 @@ pub const Engine = struct {
         if (s.device < -1) return engine.invalid("device {d}", .{s.device});
         if (s.timeout_ms == 0) return engine.invalid("timeout_ms must be > 0", .{});
 
-        const rooted = kind.rooted();
         var group: [op.world_size_max]u32 = undefined;
-        var n: u32 = 0;
-        var group_rank: u32 = 0;
-        var root_group: u32 = 0;
-        var has_me = false;
-        var has_root = false;
-        const words: []const u64 = if (s.ranks) |bits| bits[0..op.rank_words_max] else (&s.ranks_mask)[0..1];
-        for (words, 0..) |word, w| {
-            var mask = word;
-            while (mask != 0) : (mask &= mask - 1) {
-                const r: u32 = @intCast(w * 64 + @ctz(mask));
-                if (r >= engine.world_size_max)
-                    return engine.invalid("ranks has rank {d}, outside 0..{d}", .{ r, engine.world_size_max - 1 });
-                if (r == engine.rank) {
-                    group_rank = n;
-                    has_me = true;
-                }
-                if (r == s.root) {
-                    root_group = n;
-                    has_root = true;
-                }
-                group[n] = r;
-                n += 1;
-            }
-        }
-        if (n == 0) return engine.invalid("ranks is empty", .{});
-        if (!has_me) return engine.invalid("ranks does not contain this rank ({d})", .{engine.rank});
-        if (rooted and !has_root) return engine.invalid("root/peer {d} is not in ranks", .{s.root});
-        if ((kind == .send or kind == .recv) and s.root == engine.rank)
-            return engine.invalid("{s} to itself", .{@tagName(kind)});
+        const members = try engine.groupOf(s, kind, &group);
+        const n = members.size;
         const elem: u64 = dtype.bytes();
-        const bytes_max = @as(u64, 1) << 40;
-        if (s.count > bytes_max / elem / n) return engine.invalid("count {d} is too large", .{s.count});
-        const bytes = s.count * elem;
-        const is_root = rooted and s.root == engine.rank;
-
+        if (s.count > submit_bytes_max / elem / n) return engine.invalid("count {d} is too large", .{s.count});
         var send_counts: [op.world_size_max]u64 = undefined;
         var recv_counts: [op.world_size_max]u64 = undefined;
-        var send_total: u64 = 0;
-        var recv_total: u64 = 0;
-        if (kind == .alltoall) {
-            const counts = s.counts orelse return engine.invalid("alltoall needs counts", .{});
-            if (counts[engine.rank] != counts[engine.world_size_max + engine.rank])
-                return engine.invalid("alltoall send count to itself ({d}) differs from recv count from itself ({d})", .{ counts[engine.rank], counts[engine.world_size_max + engine.rank] });
-            for (group[0..n], 0..) |g, j| {
-                send_counts[j] = counts[g];
-                recv_counts[j] = counts[engine.world_size_max + g];
-                if (send_counts[j] > bytes_max / elem or recv_counts[j] > bytes_max / elem)
-                    return engine.invalid("alltoall count for rank {d} is too large", .{g});
-                send_total += send_counts[j];
-                recv_total += recv_counts[j];
-            }
-            if (send_total > bytes_max / elem or recv_total > bytes_max / elem) return engine.invalid("alltoall counts are too large", .{});
-        }
+        const totals: CountTotals = if (kind == .alltoall) try engine.alltoallCounts(s, elem, group[0..n], &send_counts, &recv_counts) else .{};
+        try engine.checkBuffers(s, kind, s.count * elem, kind.rooted() and s.root == engine.rank, totals);
 
-        // Which buffers this rank must pass (see docs/architecture.md "Native op shapes").
-        const need_send: bool, const need_recv: bool = switch (kind) {
-            .allreduce, .allgather, .reduce_scatter => .{ bytes > 0, bytes > 0 },
-            .reduce, .gather => .{ bytes > 0, bytes > 0 and is_root },
-            .broadcast => .{ false, bytes > 0 },
-            .scatter => .{ bytes > 0 and is_root, bytes > 0 },
-            .alltoall => .{ send_total > 0, recv_total > 0 },
-            .barrier => .{ false, false },
-            .send => .{ bytes > 0, false },
-            .recv => .{ false, bytes > 0 },
-        };
-        if (need_send and s.send == null) return engine.invalid("{s} needs a send buffer", .{@tagName(kind)});
-        if (need_recv and s.recv == null) return engine.invalid("{s} needs a recv buffer", .{@tagName(kind)});
-
-        if (engine.stopping) return engine.invalid("engine is shutting down", .{});
-        // Only the used slots are looked at (they are ~8 KiB apart: a scan of all 128 was
-        // ~12% of an 8-byte op, E16).
-        var used = engine.slots_used;
-        while (used != 0) : (used &= used - 1) {
-            const other = &engine.slots[@ctz(used)];
-            std.debug.assert(other.state != .free);
-            if (other.op_id == s.op_id and (other.state == .queued or other.state == .running)) {
-                return engine.invalid("op id {d} is already in flight", .{s.op_id});
-            }
-        }
-        if (engine.slots_used == std.math.maxInt(SlotMask)) {
-            setLastError("rank {d}: {d} ops submitted and not released", .{ engine.rank, ops_max });
-            return error.Busy;
-        }
-        const index: usize = @ctz(~engine.slots_used);
+        const index = try engine.claimSlotLocked(s.op_id);
         const slot = &engine.slots[index];
-        std.debug.assert(slot.state == .free);
-        engine.slots_used |= @as(SlotMask, 1) << @intCast(index);
-        const ticket = (engine.serial << 8) | index;
-        engine.serial += 1;
         // Field by field: the slot's arrays (endpoint requests, board team, error text) are
         // large and need no reset (a struct literal rewrote ~8 KiB per op: E16).
         slot.state = state;
-        slot.ticket = ticket;
         slot.release_when_done = false;
         slot.cancel_requested = false;
         slot.kind = kind;
@@ -537,8 +459,8 @@ pub const Engine = struct {
         slot.redop = redop;
         slot.op_id = s.op_id;
         slot.group_size = n;
-        slot.group_rank = group_rank;
-        slot.root_group = if (rooted) root_group else 0;
+        slot.group_rank = members.me;
+        slot.root_group = members.root;
         slot.send = s.send;
         slot.recv = s.recv;
         slot.count = s.count;
@@ -553,6 +475,103 @@ pub const Engine = struct {
             @memcpy(slot.send_counts[0..n], send_counts[0..n]);
             @memcpy(slot.recv_counts[0..n], recv_counts[0..n]);
         }
+        return index;
+    }
+
+    /// The largest op one submit may describe (bytes per rank, and over the group).
+    const submit_bytes_max: u64 = 1 << 40;
+
+    /// alltoall: elements this rank sends and receives in all.
+    const CountTotals = struct { send: u64 = 0, recv: u64 = 0 };
+
+    /// The op's group from its ranks bitset (ascending global ranks into `group`), this rank's
+    /// place in it and the root's (0 when unrooted).
+    fn groupOf(engine: *Engine, s: Submit, kind: Collective, group: *[op.world_size_max]u32) SubmitError!struct { size: u32, me: u32, root: u32 } {
+        var n: u32 = 0;
+        var me: ?u32 = null;
+        var root: ?u32 = null;
+        const words: []const u64 = if (s.ranks) |bits| bits[0..op.rank_words_max] else (&s.ranks_mask)[0..1];
+        for (words, 0..) |word, w| {
+            var mask = word;
+            while (mask != 0) : (mask &= mask - 1) {
+                const r: u32 = @intCast(w * 64 + @ctz(mask));
+                if (r >= engine.world_size_max)
+                    return engine.invalid("ranks has rank {d}, outside 0..{d}", .{ r, engine.world_size_max - 1 });
+                if (r == engine.rank) me = n;
+                if (r == s.root) root = n;
+                group[n] = r;
+                n += 1;
+            }
+        }
+        if (n == 0) return engine.invalid("ranks is empty", .{});
+        if (me == null) return engine.invalid("ranks does not contain this rank ({d})", .{engine.rank});
+        const rooted = kind.rooted();
+        if (rooted and root == null) return engine.invalid("root/peer {d} is not in ranks", .{s.root});
+        if ((kind == .send or kind == .recv) and s.root == engine.rank)
+            return engine.invalid("{s} to itself", .{@tagName(kind)});
+        std.debug.assert(group[me.?] == engine.rank);
+        return .{ .size = n, .me = me.?, .root = if (rooted) root.? else 0 };
+    }
+
+    /// alltoall's per-peer counts in group order, checked; returns their totals.
+    fn alltoallCounts(engine: *Engine, s: Submit, elem: u64, group: []const u32, send_counts: *[op.world_size_max]u64, recv_counts: *[op.world_size_max]u64) SubmitError!CountTotals {
+        const counts = s.counts orelse return engine.invalid("alltoall needs counts", .{});
+        const world = engine.world_size_max;
+        if (counts[engine.rank] != counts[world + engine.rank])
+            return engine.invalid("alltoall send count to itself ({d}) differs from recv count from itself ({d})", .{ counts[engine.rank], counts[world + engine.rank] });
+        var send_total: u64 = 0;
+        var recv_total: u64 = 0;
+        for (group, 0..) |g, j| {
+            send_counts[j] = counts[g];
+            recv_counts[j] = counts[world + g];
+            if (send_counts[j] > submit_bytes_max / elem or recv_counts[j] > submit_bytes_max / elem)
+                return engine.invalid("alltoall count for rank {d} is too large", .{g});
+            send_total += send_counts[j];
+            recv_total += recv_counts[j];
+        }
+        if (send_total > submit_bytes_max / elem or recv_total > submit_bytes_max / elem) return engine.invalid("alltoall counts are too large", .{});
+        return .{ .send = send_total, .recv = recv_total };
+    }
+
+    /// The buffers this rank must pass (docs/architecture.md "Native op shapes") are there.
+    fn checkBuffers(engine: *Engine, s: Submit, kind: Collective, bytes: u64, is_root: bool, totals: CountTotals) SubmitError!void {
+        const need_send: bool, const need_recv: bool = switch (kind) {
+            .allreduce, .allgather, .reduce_scatter => .{ bytes > 0, bytes > 0 },
+            .reduce, .gather => .{ bytes > 0, bytes > 0 and is_root },
+            .broadcast => .{ false, bytes > 0 },
+            .scatter => .{ bytes > 0 and is_root, bytes > 0 },
+            .alltoall => .{ totals.send > 0, totals.recv > 0 },
+            .barrier => .{ false, false },
+            .send => .{ bytes > 0, false },
+            .recv => .{ false, bytes > 0 },
+        };
+        if (need_send and s.send == null) return engine.invalid("{s} needs a send buffer", .{@tagName(kind)});
+        if (need_recv and s.recv == null) return engine.invalid("{s} needs a recv buffer", .{@tagName(kind)});
+    }
+
+    /// A free slot for op `op_id` (not in flight here already), marked used, with its ticket.
+    fn claimSlotLocked(engine: *Engine, op_id: u64) SubmitError!usize {
+        if (engine.stopping) return engine.invalid("engine is shutting down", .{});
+        // Only the used slots are looked at (they are ~8 KiB apart: a scan of all 128 was
+        // ~12% of an 8-byte op, E16).
+        var used = engine.slots_used;
+        while (used != 0) : (used &= used - 1) {
+            const other = &engine.slots[@ctz(used)];
+            std.debug.assert(other.state != .free);
+            if (other.op_id == op_id and (other.state == .queued or other.state == .running)) {
+                return engine.invalid("op id {d} is already in flight", .{op_id});
+            }
+        }
+        if (engine.slots_used == std.math.maxInt(SlotMask)) {
+            setLastError("rank {d}: {d} ops submitted and not released", .{ engine.rank, ops_max });
+            return error.Busy;
+        }
+        const index: usize = @ctz(~engine.slots_used);
+        const slot = &engine.slots[index];
+        std.debug.assert(slot.state == .free);
+        engine.slots_used |= @as(SlotMask, 1) << @intCast(index);
+        slot.ticket = (engine.serial << 8) | index;
+        engine.serial += 1;
         return index;
     }
 

@@ -10,14 +10,15 @@
 const std = @import("std");
 const driver = @import("driver.zig");
 const staging = @import("staging.zig");
+const c = @import("../abi_check.zig").c;
 const ops = @import("ops_table");
 
-/// MR_E* codes of moonring.h.
-pub const MR_OK: i32 = 0;
-pub const MR_EINVAL: i32 = -1;
-pub const MR_ENOMEM: i32 = -2;
-pub const MR_ENODEV: i32 = -7;
-pub const MR_EIO: i32 = -8;
+/// MR_E* codes of moonring.h (their one definition).
+pub const MR_OK: i32 = c.MR_OK;
+pub const MR_EINVAL: i32 = c.MR_EINVAL;
+pub const MR_ENOMEM: i32 = c.MR_ENOMEM;
+pub const MR_ENODEV: i32 = c.MR_ENODEV;
+pub const MR_EIO: i32 = c.MR_EIO;
 
 /// The thread's message of the last failed mr_cuda_* call.
 pub const lastErrorMessage = driver.lastErrorMessage;

@@ -8,21 +8,7 @@ const wire = @import("wire.zig");
 const shm = @import("shm.zig");
 const link_kind = @import("link_kind.zig");
 
-pub const ops = link_kind.Ops{
-    .name = "shm",
-    .id = @intFromEnum(wire.LinkKind.shm),
-    .start = start,
-    .stop = stop,
-    .preference = preference,
-    .offer = offer,
-    .accept = accept,
-    .complete = complete,
-    .chunk_bytes = chunkBytes,
-    .send = send,
-    .receive = receive,
-    .wake = wake,
-    .destroy = destroy,
-};
+pub const ops = link_kind.opsOf("shm", .shm, @This());
 
 /// A receiver with nothing to read sleeps at most this long before checking liveness.
 const rx_idle_wait_ns: u64 = 100 * std.time.ns_per_ms;
@@ -65,7 +51,7 @@ fn linkOf(link: *anyopaque) *Link {
 }
 
 /// Off only when another kind is forced everywhere (MOONRING_TRANSPORT=tcp).
-fn start(env: *const link_kind.Env) ?*anyopaque {
+pub fn start(env: *const link_kind.Env) ?*anyopaque {
     if (env.isForced("tcp")) return null;
     std.debug.assert(env.name_prefix.len <= 64);
     const ctx = env.alloc.create(Context) catch return null;
@@ -82,13 +68,13 @@ fn start(env: *const link_kind.Env) ?*anyopaque {
     return ctx;
 }
 
-fn stop(kind: *anyopaque) void {
+pub fn stop(kind: *anyopaque) void {
     const ctx = context(kind);
     ctx.alloc.destroy(ctx);
 }
 
 /// Peers on this host (MOONRING_TRANSPORT=shm: every peer, for tests on one host).
-fn preference(kind: *anyopaque, env: *const link_kind.Env, peer: link_kind.PeerInfo) u8 {
+pub fn preference(kind: *anyopaque, env: *const link_kind.Env, peer: link_kind.PeerInfo) u8 {
     _ = kind;
     if (env.isForced("shm")) return preference_same_host;
     const same_host = peer.host_id != 0 and peer.host_id == env.host_id;
@@ -131,13 +117,13 @@ fn attachRx(blob: []const u8, creator: u32, host_id: ?u64) ?shm.Ring {
     };
 }
 
-fn offer(kind: *anyopaque, env: *const link_kind.Env, peer: link_kind.PeerInfo, blob_out: []u8) ?link_kind.Pending {
+pub fn offer(kind: *anyopaque, env: *const link_kind.Env, peer: link_kind.PeerInfo, blob_out: []u8) ?link_kind.Pending {
     _ = env;
     const link = createLink(context(kind), peer.rank) orelse return null;
     return .{ .link = link, .blob_len = writeBlob(link, blob_out) };
 }
 
-fn accept(kind: *anyopaque, env: *const link_kind.Env, peer: link_kind.PeerInfo, blob_in: []const u8, blob_out: []u8) ?link_kind.Pending {
+pub fn accept(kind: *anyopaque, env: *const link_kind.Env, peer: link_kind.PeerInfo, blob_in: []const u8, blob_out: []u8) ?link_kind.Pending {
     _ = env;
     const rx = attachRx(blob_in, peer.rank, peer.host_id) orelse return null;
     const link = createLink(context(kind), peer.rank) orelse {
@@ -148,7 +134,7 @@ fn accept(kind: *anyopaque, env: *const link_kind.Env, peer: link_kind.PeerInfo,
     return .{ .link = link, .blob_len = writeBlob(link, blob_out) };
 }
 
-fn complete(kind: *anyopaque, link_ptr: *anyopaque, peer: link_kind.PeerInfo, blob_in: []const u8) link_kind.CompleteError!void {
+pub fn complete(kind: *anyopaque, link_ptr: *anyopaque, peer: link_kind.PeerInfo, blob_in: []const u8) link_kind.CompleteError!void {
     _ = kind;
     const link = linkOf(link_ptr);
     std.debug.assert(link.rx == null);
@@ -159,11 +145,11 @@ fn complete(kind: *anyopaque, link_ptr: *anyopaque, peer: link_kind.PeerInfo, bl
     if (link.rx == null) return error.Protocol;
 }
 
-fn chunkBytes(link: *anyopaque) u32 {
+pub fn chunkBytes(link: *anyopaque) u32 {
     return linkOf(link).tx.slot_bytes;
 }
 
-fn send(link_ptr: *anyopaque, fd: sys.Fd, header: *const wire.FrameHeader, payload: []const u8, abort: link_kind.Abort) link_kind.SendError!void {
+pub fn send(link_ptr: *anyopaque, fd: sys.Fd, header: *const wire.FrameHeader, payload: []const u8, abort: link_kind.Abort) link_kind.SendError!void {
     _ = fd;
     const ring = linkOf(link_ptr).tx;
     std.debug.assert(payload.len <= ring.slot_bytes);
@@ -177,7 +163,7 @@ fn send(link_ptr: *anyopaque, fd: sys.Fd, header: *const wire.FrameHeader, paylo
     ring.publish(index);
 }
 
-fn receive(link_ptr: *anyopaque, fd: sys.Fd, rx: *const link_kind.Receiver) link_kind.RxOutcome {
+pub fn receive(link_ptr: *anyopaque, fd: sys.Fd, rx: *const link_kind.Receiver) link_kind.RxOutcome {
     const ring = linkOf(link_ptr).rx.?;
     var frames: u64 = 0;
     while (true) : (frames += 1) {
@@ -195,13 +181,13 @@ fn receive(link_ptr: *anyopaque, fd: sys.Fd, rx: *const link_kind.Receiver) link
     }
 }
 
-fn wake(link_ptr: *anyopaque) void {
+pub fn wake(link_ptr: *anyopaque) void {
     const link = linkOf(link_ptr);
     link.tx.wakeAll();
     if (link.rx) |ring| ring.wakeAll();
 }
 
-fn destroy(kind: *anyopaque, link_ptr: *anyopaque) void {
+pub fn destroy(kind: *anyopaque, link_ptr: *anyopaque) void {
     const link = linkOf(link_ptr);
     // Names are unique (salt + nonce): unlinking one the peer already unlinked is harmless.
     sys.shmUnlink(link.txName());

@@ -7,21 +7,7 @@ const wire = @import("wire.zig");
 const tcp = @import("tcp.zig");
 const link_kind = @import("link_kind.zig");
 
-pub const ops = link_kind.Ops{
-    .name = "tcp",
-    .id = @intFromEnum(wire.LinkKind.tcp),
-    .start = start,
-    .stop = stop,
-    .preference = preference,
-    .offer = offer,
-    .accept = accept,
-    .complete = complete,
-    .chunk_bytes = chunkBytes,
-    .send = send,
-    .receive = receive,
-    .wake = wake,
-    .destroy = destroy,
-};
+pub const ops = link_kind.opsOf("tcp", .tcp, @This());
 
 const Context = struct {
     alloc: std.mem.Allocator,
@@ -32,43 +18,43 @@ fn context(kind: *anyopaque) *Context {
     return @ptrCast(@alignCast(kind));
 }
 
-fn start(env: *const link_kind.Env) ?*anyopaque {
+pub fn start(env: *const link_kind.Env) ?*anyopaque {
     std.debug.assert(env.tcp_chunk_bytes > 0 and env.tcp_chunk_bytes <= wire.chunk_bytes_max);
     const ctx = env.alloc.create(Context) catch return null;
     ctx.* = .{ .alloc = env.alloc, .chunk_bytes = env.tcp_chunk_bytes };
     return ctx;
 }
 
-fn stop(kind: *anyopaque) void {
+pub fn stop(kind: *anyopaque) void {
     const ctx = context(kind);
     ctx.alloc.destroy(ctx);
 }
 
-fn preference(kind: *anyopaque, env: *const link_kind.Env, peer: link_kind.PeerInfo) u8 {
+pub fn preference(kind: *anyopaque, env: *const link_kind.Env, peer: link_kind.PeerInfo) u8 {
     _ = .{ kind, env, peer };
     return link_kind.preference_base;
 }
 
-fn offer(kind: *anyopaque, env: *const link_kind.Env, peer: link_kind.PeerInfo, blob_out: []u8) ?link_kind.Pending {
+pub fn offer(kind: *anyopaque, env: *const link_kind.Env, peer: link_kind.PeerInfo, blob_out: []u8) ?link_kind.Pending {
     _ = .{ env, peer, blob_out };
     return .{ .link = kind, .blob_len = 0 };
 }
 
-fn accept(kind: *anyopaque, env: *const link_kind.Env, peer: link_kind.PeerInfo, blob_in: []const u8, blob_out: []u8) ?link_kind.Pending {
+pub fn accept(kind: *anyopaque, env: *const link_kind.Env, peer: link_kind.PeerInfo, blob_in: []const u8, blob_out: []u8) ?link_kind.Pending {
     _ = .{ env, peer, blob_in, blob_out };
     return .{ .link = kind, .blob_len = 0 };
 }
 
-fn complete(kind: *anyopaque, link: *anyopaque, peer: link_kind.PeerInfo, blob_in: []const u8) link_kind.CompleteError!void {
+pub fn complete(kind: *anyopaque, link: *anyopaque, peer: link_kind.PeerInfo, blob_in: []const u8) link_kind.CompleteError!void {
     _ = .{ kind, link, peer };
     if (blob_in.len != 0) return error.Protocol;
 }
 
-fn chunkBytes(link: *anyopaque) u32 {
+pub fn chunkBytes(link: *anyopaque) u32 {
     return context(link).chunk_bytes;
 }
 
-fn send(link: *anyopaque, fd: sys.Fd, header: *const wire.FrameHeader, payload: []const u8, abort: link_kind.Abort) link_kind.SendError!void {
+pub fn send(link: *anyopaque, fd: sys.Fd, header: *const wire.FrameHeader, payload: []const u8, abort: link_kind.Abort) link_kind.SendError!void {
     std.debug.assert(payload.len <= context(link).chunk_bytes);
     tcp.writeFrame(fd, header, payload, abort) catch |err| return switch (err) {
         error.Closed => error.Closed,
@@ -85,7 +71,7 @@ const RxIdle = struct {
     }
 };
 
-fn receive(link: *anyopaque, fd: sys.Fd, rx: *const link_kind.Receiver) link_kind.RxOutcome {
+pub fn receive(link: *anyopaque, fd: sys.Fd, rx: *const link_kind.Receiver) link_kind.RxOutcome {
     const chunk_limit = context(link).chunk_bytes;
     const idle = RxIdle{ .rx = rx };
     var header: wire.FrameHeader = undefined;
@@ -137,10 +123,10 @@ fn discard(fd: sys.Fd, idle: RxIdle, len: u64) tcp.IoError!void {
     }
 }
 
-fn wake(link: *anyopaque) void {
+pub fn wake(link: *anyopaque) void {
     _ = link; // the link layer's shutdown of the socket wakes readers and writers
 }
 
-fn destroy(kind: *anyopaque, link: *anyopaque) void {
+pub fn destroy(kind: *anyopaque, link: *anyopaque) void {
     std.debug.assert(kind == link); // no per-link state
 }

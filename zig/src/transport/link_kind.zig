@@ -1,8 +1,8 @@
 //! Link kinds: the one table of operations every data-plane link kind implements (NCCL's
 //! transport tables, Gloo's `Pair`). TCP (kind_tcp.zig) and shared-memory rings (kind_shm.zig)
-//! are two implementations; a new kind is one new file exporting `pub const ops: Ops` plus one
-//! line in kinds.zig. Nothing above this table (links.zig, net.zig, the algorithms) knows which
-//! kind carries a link.
+//! are two implementations; a new kind is one new file exporting `pub const ops: Ops` (opsOf
+//! builds it from the file's pub functions) plus one line in kinds.zig. Nothing above this
+//! table (links.zig, net.zig, the algorithms) knows which kind carries a link.
 //!
 //! ## What a link is
 //! Every link starts as a TCP connection: links.zig dials / accepts it, runs the handshake
@@ -223,6 +223,28 @@ pub const Rendezvous = struct {
     /// Sender: the descriptor frame could not be sent; releases what expose took.
     withdraw: *const fn (link: *anyopaque, desc: []const u8) void,
 };
+
+/// The table of a kind file whose pub functions carry the ops' names (start, stop, preference,
+/// offer, accept, complete, chunkBytes, send, receive, wake, destroy; `rendezvous`, a
+/// Rendezvous, when it has one): `pub const ops = link_kind.opsOf("name", .id, @This());`.
+pub fn opsOf(comptime name: [:0]const u8, comptime id: wire.LinkKind, comptime Kind: type) Ops {
+    return .{
+        .name = name,
+        .id = @intFromEnum(id),
+        .start = Kind.start,
+        .stop = Kind.stop,
+        .preference = Kind.preference,
+        .offer = Kind.offer,
+        .accept = Kind.accept,
+        .complete = Kind.complete,
+        .chunk_bytes = Kind.chunkBytes,
+        .send = Kind.send,
+        .receive = Kind.receive,
+        .wake = Kind.wake,
+        .destroy = Kind.destroy,
+        .rendezvous = if (@hasDecl(Kind, "rendezvous")) &Kind.rendezvous else null,
+    };
+}
 
 /// The preference of the base kind (tcp): every other kind that wants a peer returns more.
 pub const preference_base: u8 = 1;

@@ -493,17 +493,19 @@ pub const Links = struct {
         link.write_mu.lock();
         defer link.write_mu.unlock();
         if (link.closing.load(.acquire)) return error.LinkClosed;
-        link.ops().send(link.state, link.fd, header, payload, abort) catch |err| {
-            if (err == error.Aborted) {
-                return if (link.closing.load(.acquire)) error.LinkClosed else error.Aborted;
-            }
-            links.mu.lock();
-            defer links.mu.unlock();
-            const already = link.closing.load(.acquire);
-            closeLinkLocked(link);
-            if (err == error.Closed) return error.PeerClosed;
-            return if (already) error.LinkClosed else error.Broken;
-        };
+        link.ops().send(link.state, link.fd, header, payload, abort) catch |err| return links.sendFailure(link, err);
+    }
+
+    /// What a kind's SendError means for the link: Closed and Broken close it; Aborted leaves
+    /// it usable (unless someone else is closing it).
+    fn sendFailure(links: *Links, link: *Link, err: link_kind.SendError) SendFailure {
+        if (err == error.Aborted) return if (link.closing.load(.acquire)) error.LinkClosed else error.Aborted;
+        links.mu.lock();
+        defer links.mu.unlock();
+        const already = link.closing.load(.acquire);
+        closeLinkLocked(link);
+        if (err == error.Closed) return error.PeerClosed;
+        return if (already) error.LinkClosed else error.Broken;
     }
 
     /// Sends `bytes` as one rendezvous (link_kind.Rendezvous) when the link's kind offers it
@@ -525,16 +527,8 @@ pub const Links = struct {
             rendezvous.withdraw(link.state, desc[0..desc_len]);
             return err;
         };
-        rendezvous.await_taken(link.state, desc[0..desc_len], abort) catch |err| {
-            // Given up (op failed or canceled): the link carries on, the peer is alive.
-            if (err == error.Aborted) return if (link.closing.load(.acquire)) error.LinkClosed else error.Aborted;
-            links.mu.lock();
-            defer links.mu.unlock();
-            const already = link.closing.load(.acquire);
-            closeLinkLocked(link);
-            if (err == error.Closed) return error.PeerClosed;
-            return if (already) error.LinkClosed else error.Broken;
-        };
+        // Aborted (op failed or canceled): the link carries on, the peer is alive.
+        rendezvous.await_taken(link.state, desc[0..desc_len], abort) catch |err| return links.sendFailure(link, err);
         return true;
     }
 
