@@ -170,11 +170,6 @@ export function fillPeriodic(out: View, table: View, phase: number): void {
   }
 }
 
-/** Fills rank `rank`'s input (elements 0..len of its send buffer). */
-export function fillInput(out: View, dtype: DTypeName, redop: RedOpName, rank: number, table = inputTable(dtype, redop)): void {
-  fillPeriodic(out, table, rankPhase(rank));
-}
-
 /** A byte pattern no correct result has (NaN for floats; odd values for integers). */
 export function poison(bytes: Uint8Array): void {
   bytes.fill(0xa5);

@@ -6,7 +6,7 @@ import type { CoordinatorLink } from "./link";
 import type { CallDesc, Decision, GoDecision, Matcher } from "./matcher";
 
 /** How long past timeout_ms a rank waits for rank 0's verdict before giving up on rank 0. */
-export const COORDINATOR_GRACE_MS = 5_000;
+const COORDINATOR_GRACE_MS = 5_000;
 
 export class Agreement {
   constructor(
@@ -67,7 +67,7 @@ function settle(d: Decision, resolve: (d: GoDecision) => void, reject: (e: Error
   else reject(decisionError(d));
 }
 
-export function decisionError(d: Exclude<Decision, GoDecision>): ApiError {
+function decisionError(d: Exclude<Decision, GoDecision>): ApiError {
   switch (d.code) {
     case "collective_mismatch":
       return new CollectiveMismatch(d.message, d.details as { calls: { rank: number; call: string }[] });

@@ -291,7 +291,7 @@ export class CollectiveRunner {
  * a closed data plane).
  */
 /** The peer a data-plane timeout (ETIMEOUT) names, if it is another member of the op. */
-export function timedOutPeer(e: unknown, d: GoDecision, me: number): number | null {
+function timedOutPeer(e: unknown, d: GoDecision, me: number): number | null {
   if (!(e instanceof NativeError || (e instanceof Error && e.name === "NativeError"))) return null;
   const ne = e as NativeError;
   const peer = ne.failedPeer;
@@ -299,7 +299,7 @@ export function timedOutPeer(e: unknown, d: GoDecision, me: number): number | nu
   return peer;
 }
 
-export function retryablePeer(e: unknown, d: GoDecision, me: number): number | null {
+function retryablePeer(e: unknown, d: GoDecision, me: number): number | null {
   if (!(e instanceof NativeError || (e instanceof Error && e.name === "NativeError"))) return null;
   const ne = e as NativeError;
   if (ne.code !== "EPEER" && ne.code !== "EPROTO" && ne.code !== "EIO") return null;

@@ -484,7 +484,7 @@ function safeReply(reply: Reply, d: Decision): void {
 }
 
 /** Whether two ranks' calls agree on what the contract says must match. */
-export function sameCall(a: CallDesc, b: CallDesc): boolean {
+function sameCall(a: CallDesc, b: CallDesc): boolean {
   if (a.op !== b.op || a.root !== b.root) return false;
   switch (a.op) {
     case "barrier":

@@ -25,16 +25,12 @@ export interface JsonTensor {
   b64?: string;
 }
 
-export const MAX_DIMS = 32;
+const MAX_DIMS = 32;
 
 export function numel(shape: readonly number[]): number {
   let n = 1;
   for (const d of shape) n *= d;
   return n;
-}
-
-export function byteLengthOf(meta: TensorMeta): number {
-  return numel(meta.shape) * dtypeInfo(meta.dtype).bytes;
 }
 
 /** Checks a shape (zod already checked types) and the byte limit; returns the byte length. */
@@ -121,7 +117,7 @@ function preview(v: unknown): string {
 }
 
 /** Typed view of `bytes` for `dtype` (bytes.byteOffset must be aligned to the item size). */
-export function typedView(dtype: DTypeName, bytes: Uint8Array) {
+function typedView(dtype: DTypeName, bytes: Uint8Array) {
   const { buffer, byteOffset } = bytes;
   const n = bytes.byteLength / dtypeInfo(dtype).bytes;
   switch (dtype) {
