@@ -212,6 +212,18 @@ export function decodeJson(
 
   const list = body.tensors;
   if (!list) throw new InvalidRequest(info.input_on === "root" ? `${op}: ${info.root} rank ${call.rootGlobal} must give "tensors" (one per rank)` : `${op}: "tensors" is required`);
+  return { call, format: decodeList(svc, call, list, owned) ?? format };
+}
+
+/**
+ * A list input ("tensors", one per group rank; null for inactive members) -> one native buffer,
+ * blocks of the active members in group order. Returns the first block's wire format.
+ */
+function decodeList(svc: RankService, call: CollectiveCall, list: (JsonTensor | null)[], owned: NativeBuffer[]): WireFormat | null {
+  const { op } = call;
+  const info = collectiveInfo(op);
+  const maxT = svc.config.maxTensorBytes;
+  let format: WireFormat | null = null;
   const ranks = svc.membership.groupRanks(call.group);
   const index = svc.membership.listIndexForActive(list.length, call.group);
   const size = svc.membership.groupSize(call.group);
@@ -256,7 +268,7 @@ export function decodeJson(
     call.count = -1;
   }
   if (call.redop) checkRedop(call.redop, first.dtype);
-  return { call, format };
+  return format;
 }
 
 function sameShape(a: number[], b: number[]): boolean {
