@@ -22,6 +22,7 @@
 // once every active rank acked the current epoch, each such op is decided again among the ranks
 // that listed it (a new op id, the same calls) and {t:"retry", opId, d} goes to each of them.
 // Members whose part had completed keep their result (their response says who contributed).
+import { rootField } from "../ops/table";
 import { Conflict, InvalidRequest, NotReady, Timeout } from "../errors";
 import type { Logger } from "../util/log";
 import { sleep } from "../util/net";
@@ -467,7 +468,7 @@ export class Coordinator {
       const members = [...items.keys()].sort((a, b) => a - b);
       const root = first.desc.root;
       if (root !== null && !items.has(root)) {
-        const field = first.desc.op === "broadcast" || first.desc.op === "scatter" ? "src" : "dst";
+        const field = rootField(first.desc.op);
         const rec = this.membership.get(root);
         const failed = !this.membership.isActive(root);
         const message = failed

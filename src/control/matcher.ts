@@ -9,8 +9,7 @@
 // removed (abandoned by every rank that joined it); ranks that had not joined owe nothing, so
 // every rank's next call starts a fresh collective. Tagged calls match by (group, tag), in any
 // order and several at once; a tag reused while an earlier one is still open queues the same way.
-import type { DTypeName, RedOpName } from "../ops/table";
-import type { CollectiveOp } from "../ops/table";
+import { collectiveInfo, rootField, type CollectiveOp, type DTypeName, type RedOpName } from "../ops/table";
 import type { Membership } from "./membership";
 
 export interface CallDesc {
@@ -294,7 +293,7 @@ export class Matcher {
         const root = first?.desc.root ?? null;
         if (first && root !== null && gone.includes(root)) {
           this.finish(c);
-          const field = first.desc.op === "broadcast" || first.desc.op === "scatter" ? "src" : "dst";
+          const field = rootField(first.desc.op);
           const d: FailDecision = {
             ok: false,
             seq: c.seq,
@@ -385,19 +384,23 @@ export class Matcher {
     const op = descs[0]!.op;
     this.events.decided?.({ seq: c.seq, group: c.group, tag: c.tag, op, outcome: "ok", members: ranks });
     const extra = c.retryOf !== undefined ? { retryOf: c.retryOf } : {};
-    if (op === "allgather" || op === "gather") {
+    const info = collectiveInfo(op);
+    if (info.input === "tensor" && info.output === "tensors") {
+      // gathers: each member's own shape
       const d: GoDecision = { ok: true, seq: c.seq, opId, ranks, shapes: descs.map((x) => x.shape!), ...extra };
       for (const r of ranks) safeReply(c.joined.get(r)!.reply, d);
       return;
     }
-    if (op === "scatter") {
+    if (info.input_on === "root") {
+      // scatter: dtype and block shape from the root
       const root = descs[0]!.root!;
       const rd = descs[ranks.indexOf(root)]!;
       const d: GoDecision = { ok: true, seq: c.seq, opId, ranks, dtype: rd.dtype!, shape: rd.shape!, ...extra };
       for (const r of ranks) safeReply(c.joined.get(r)!.reply, d);
       return;
     }
-    if (op === "alltoall") {
+    if (info.send === "counts") {
+      // alltoall: each receiver learns the shape of every block it gets
       for (let i = 0; i < ranks.length; i++) {
         const shapes = descs.map((x) => blockShapeFor(x, ranks[i]!, i));
         safeReply(c.joined.get(ranks[i]!)!.reply, { ok: true, seq: c.seq, opId, ranks, shapes, ...extra });
@@ -413,17 +416,18 @@ export class Matcher {
     const first = descs[0]!;
     let same = true;
     for (let i = 1; i < descs.length && same; i++) same = sameCall(first, descs[i]!);
-    if (first.op === "scatter" && same) {
+    const info = collectiveInfo(first.op);
+    if (info.input_on === "root" && same) {
       const root = first.root!;
       const ri = ranks.indexOf(root);
-      if (ri < 0) return invalidRoot(c, first, "src", root);
+      if (ri < 0) return invalidRoot(c, first, rootField(first.op), root);
       if (descs[ri]!.dtype === null) {
         return {
           ok: false,
           seq: c.seq,
           status: 400,
           code: "invalid_request",
-          message: `scatter (seq ${c.seq}): src rank ${root} did not give "tensors"`,
+          message: `${first.op} (seq ${c.seq}): ${rootField(first.op)} rank ${root} did not give "tensors"`,
           details: { seq: c.seq },
         };
       }
@@ -436,9 +440,9 @@ export class Matcher {
       return { ok: false, seq: c.seq, status: 409, code: "collective_mismatch", message, details: { calls, seq: c.seq } };
     }
     if (first.root !== null && !ranks.includes(first.root)) {
-      return invalidRoot(c, first, first.op === "broadcast" || first.op === "scatter" ? "src" : "dst", first.root);
+      return invalidRoot(c, first, rootField(first.op), first.root);
     }
-    if (first.op === "alltoall") {
+    if (info.send === "counts") {
       for (let i = 0; i < descs.length; i++) {
         const br = descs[i]!.blockRanks;
         const fits = br ? ranks.every((r) => br.includes(r)) : descs[i]!.shapes!.length === ranks.length;
@@ -503,10 +507,10 @@ function sameCall(a: CallDesc, b: CallDesc): boolean {
 export function describeCall(d: CallDesc): string {
   const parts: string[] = [];
   if (d.dtype) parts.push(d.dtype);
-  if (d.op === "alltoall" && d.shapes) parts.push(`counts [${d.shapes.map((s) => s.reduce((a, b) => a * b, 1)).join(", ")}]`);
+  if (collectiveInfo(d.op).send === "counts" && d.shapes) parts.push(`counts [${d.shapes.map((s) => s.reduce((a, b) => a * b, 1)).join(", ")}]`);
   else if (d.count >= 0 && d.op !== "barrier") parts.push(`count ${d.count}`);
   if (d.redop) parts.push(`op ${d.redop}`);
-  if (d.root !== null) parts.push(`${d.op === "broadcast" || d.op === "scatter" ? "src" : "dst"} ${d.root}`);
+  if (d.root !== null) parts.push(`${rootField(d.op)} ${d.root}`);
   if (d.tag !== null) parts.push(`tag ${JSON.stringify(d.tag)}`);
   return `${d.op}(${parts.join(", ")})`;
 }

@@ -72,6 +72,11 @@ export function collectiveCode(name: CollectiveName): number {
   return collectiveInfo(name).code;
 }
 
+/** The REST field naming a collective's root ("dst" or "src"; "dst" for unrooted ones). */
+export function rootField(name: CollectiveName): "dst" | "src" {
+  return collectiveInfo(name).root ?? "dst";
+}
+
 /** The collectives of POST /collective/{op}, in table order. */
 export const collectiveOps = collectives.filter((c) => c.rest).map((c) => c.name as CollectiveOp);
 
