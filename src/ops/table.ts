@@ -39,6 +39,8 @@ export interface CollectiveInfo {
   send_on: Presence;
   recv: NativeShape;
   recv_on: Presence;
+  /** What each rank gets (API docs). */
+  summary: string;
 }
 
 export const collectives: readonly CollectiveInfo[] = table.collectives as CollectiveInfo[];

@@ -5,6 +5,7 @@
 // tests/unit/openapi.test.ts fails until it is described.
 import { z } from "zod";
 import { p2pOfferSchema, registerSchema } from "../control/wire";
+import { collectiveInfo } from "../ops/table";
 import { bufferCallSchema, createSchema as createBufferSchema } from "./routes/buffers";
 import {
   collectiveOps,
@@ -160,21 +161,11 @@ const COMMON_ERRORS = [400, 401, 413, 503];
 // pending calls; 499: the client went away first (nobody reads it; listed for completeness).
 const COLLECTIVE_ERRORS = [400, 401, 404, 409, 413, 429, 499, 503, 504];
 
-const COLLECTIVE_SUMMARIES: Record<CollectiveOp, string> = {
-  allreduce: "the reduction of all ranks' tensors, on every rank",
-  reduce: "dst gets the reduction; others get null",
-  broadcast: "every rank gets src's tensor (non-src ranks send a tensor of the same dtype and shape)",
-  allgather: "list of N tensors, index j = rank j's tensor",
-  gather: "dst gets the list of N tensors; others null",
-  scatter: "rank r gets tensors[r] of src (tensors given on src only)",
-  reduce_scatter: "rank r gets the reduction over ranks of tensors[r]",
-  alltoall: "list of N: index j = rank j's tensors[r] (sizes may differ)",
-  barrier: "null, once every rank has entered",
-};
+const COLLECTIVE_SUMMARIES = Object.fromEntries(collectiveOps.map((op) => [op, collectiveInfo(op).summary])) as Record<CollectiveOp, string>;
 
 function collectiveDoc(op: string): RouteDoc {
   const o = op as CollectiveOp;
-  const schema = o === "barrier" ? collectiveSchemas.barrier : z.union([collectiveSchemas[o], bufferCallSchema]);
+  const schema = collectiveInfo(o).input === "none" ? collectiveSchemas[o] : z.union([collectiveSchemas[o], bufferCallSchema]);
   return {
     operationId: op,
     tag: "collectives",

@@ -21,6 +21,7 @@ const Collective = struct {
     send_on: []const u8,
     recv: []const u8,
     recv_on: []const u8,
+    summary: []const u8 = "",
 };
 const Table = struct {
     comment: []const u8 = "",
