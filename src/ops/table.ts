@@ -3,13 +3,9 @@
 import table from "./table.json" with { type: "json" };
 
 export type DTypeKind = "float" | "int" | "bool";
-export type DTypeName =
-  | "float16" | "bfloat16" | "float32" | "float64"
-  | "int8" | "uint8" | "int16" | "int32" | "int64" | "bool";
-export type RedOpName = "sum" | "prod" | "min" | "max" | "avg" | "band" | "bor" | "bxor";
-export type CollectiveName =
-  | "allreduce" | "reduce" | "broadcast" | "allgather" | "gather" | "scatter"
-  | "reduce_scatter" | "alltoall" | "barrier" | "send" | "recv";
+import type { CollectiveName, DTypeName, RedOpName } from "./names";
+
+export type { CollectiveName, DTypeName, RedOpName };
 /** The collectives of POST /collective/{op} (point to point is not one: table.json "rest"). */
 export type CollectiveOp = Exclude<CollectiveName, "send" | "recv">;
 
