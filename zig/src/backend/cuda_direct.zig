@@ -345,7 +345,8 @@ pub fn run(cache: *Cache, comm: transport.Comm, board: ?*board_direct.Team, o: O
     var needs_ack = false;
     for (0..n) |i| for (0..n) |j| {
         if (needs(o, @intCast(i), @intCast(j)) == .none) continue;
-        if (theirs[i].verified & (@as(u64, 1) << @intCast(o.group[j])) == 0) needs_ack = true;
+        const bit = ipc.Cache.verifiedBit(o.group[j]);
+        if (bit == 0 or theirs[i].verified & bit == 0) needs_ack = true;
     };
     if (needs_ack) {
         var acks_mine: [group_size_max]StatusMsg = undefined;

@@ -84,6 +84,7 @@ pub const Cache = struct {
     clock: u64 = 0,
     /// Bit r: a handle of global rank r was opened here successfully (cleared by dropPeer).
     verified: std.atomic.Value(u64) = .init(0),
+
     /// Set when IPC failed between this process and a peer: later ops use host staging.
     disabled: std.atomic.Value(bool) = .init(false),
     /// Log lines said once.
@@ -95,6 +96,12 @@ pub const Cache = struct {
     completed: std.atomic.Value(u64) = .init(0),
     /// Tests: every open fails (as cuIpcOpenMemHandle does between containers).
     test_fail_open: bool = false,
+
+    /// The bit of `peer` in `verified`; ranks past the mask's 64 bits (worlds hold up to
+    /// MR_WORLD_SIZE_MAX) have none, so ops with them always take the acknowledgement round.
+    pub fn verifiedBit(peer: u32) u64 {
+        return if (peer < 64) @as(u64, 1) << @intCast(peer) else 0;
+    }
 
     /// Maps the buffer `ref` of global rank `peer` into this process on device `ordinal`;
     /// returns its device address here. Pair with release().
@@ -185,7 +192,7 @@ pub const Cache = struct {
             .stale = false,
             .last_use = cache.clock,
         };
-        _ = cache.verified.fetchOr(@as(u64, 1) << @intCast(peer), .acq_rel);
+        _ = cache.verified.fetchOr(verifiedBit(peer), .acq_rel);
         return .{ .address = base + ref.offset, .slot = @intCast(index) };
     }
 
@@ -206,7 +213,7 @@ pub const Cache = struct {
     /// The peer process went away (or was replaced): close its mappings (those in use once
     /// released) and forget that IPC with it worked.
     pub fn dropPeer(cache: *Cache, peer: u32) void {
-        _ = cache.verified.fetchAnd(~(@as(u64, 1) << @intCast(peer)), .acq_rel);
+        _ = cache.verified.fetchAnd(~verifiedBit(peer), .acq_rel);
         cache.mutex.lock();
         defer cache.mutex.unlock();
         for (&cache.entries) |*slot| {
@@ -293,4 +300,17 @@ fn destroyStream(stream: driver.Stream) void {
 fn closeEntry(entry: Entry) void {
     const dev = staging.device(entry.ordinal) catch return;
     dev.ipcClose(entry.base) catch {};
+}
+
+test "cuda ipc: verified bits cover ranks 0..63 only; a wider rank drops and verifies without a shift past the mask" {
+    try std.testing.expectEqual(@as(u64, 1), Cache.verifiedBit(0));
+    try std.testing.expectEqual(@as(u64, 1) << 63, Cache.verifiedBit(63));
+    try std.testing.expectEqual(@as(u64, 0), Cache.verifiedBit(64));
+    try std.testing.expectEqual(@as(u64, 0), Cache.verifiedBit(1023));
+    var cache: Cache = .{};
+    cache.verified.store(std.math.maxInt(u64), .release);
+    cache.dropPeer(700); // peer_down of a rank past 64 (worlds of 1,024): was a shift overflow panic
+    try std.testing.expectEqual(std.math.maxInt(u64), cache.verified.load(.acquire));
+    cache.dropPeer(5);
+    try std.testing.expectEqual(std.math.maxInt(u64) & ~(@as(u64, 1) << 5), cache.verified.load(.acquire));
 }
