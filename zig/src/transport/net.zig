@@ -182,6 +182,8 @@ pub const Net = struct {
     boards: boards_mod.Boards = .{},
     /// Peers' shared buffers this rank has mapped (board ops read them in place).
     peer_maps: arena.PeerMaps = .{},
+    /// The token-less multi-host warning was logged.
+    tokenless_warned: bool = false,
     name_prefix_buf: [64]u8 = undefined,
     name_prefix_len: usize = 0,
     /// Bytes sent to / received from each peer, by link kind (metrics).
@@ -320,6 +322,12 @@ pub const Net = struct {
     pub fn setPeer(net: *Net, peer_rank: u32, addr: sys.Address, host_id: u64) void {
         net.mu.lock();
         defer net.mu.unlock();
+        if (net.opts.token.len == 0 and host_id != net.opts.host_id and !net.tokenless_warned) {
+            // The control plane warns at start too (serve without MOONRING_TOKEN); this is for
+            // every embedder of the library.
+            net.tokenless_warned = true;
+            sys.logLine("rank {d}: SECURITY WARNING: the data plane has no token and rank {d} is on another host: anything that reaches port {d} can join as a rank (set MOONRING_TOKEN; launch makes one)", .{ net.rank(), peer_rank, net.port });
+        }
         _ = net.links.setPeerLocked(peer_rank, addr, host_id);
     }
 

@@ -165,11 +165,16 @@ pub fn sendAck(fd: sys.Fd, status: wire.AckStatus, rank: u32, kind: wire.LinkKin
     sys.sendAll(fd, buf[0 .. @sizeOf(wire.Ack) + blob.len]) catch {};
 }
 
-/// Constant-time comparison for the token.
+/// Constant-time comparison for the token: the time depends on neither the bytes nor where
+/// they differ, and not on the expected token's length either (always the longest allowed).
 pub fn secretEqual(a: []const u8, b: []const u8) bool {
-    if (a.len != b.len) return false;
-    var diff: u8 = 0;
-    for (a, b) |x, y| diff |= x ^ y;
+    std.debug.assert(a.len <= wire.token_bytes_max and b.len <= wire.token_bytes_max);
+    var diff: usize = a.len ^ b.len;
+    for (0..wire.token_bytes_max) |i| {
+        const x: u8 = if (i < a.len) a[i] else 0;
+        const y: u8 = if (i < b.len) b[i] else 0;
+        diff |= x ^ y;
+    }
     return diff == 0;
 }
 
@@ -228,4 +233,7 @@ test "tcp: secretEqual" {
     try std.testing.expect(secretEqual("abc", "abc"));
     try std.testing.expect(!secretEqual("abc", "abd"));
     try std.testing.expect(!secretEqual("abc", "ab"));
+    try std.testing.expect(!secretEqual("", "a"));
+    try std.testing.expect(secretEqual("", ""));
+    try std.testing.expect(!secretEqual("ab\x00", "ab")); // padding can't make them equal
 }
