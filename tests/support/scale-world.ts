@@ -1,0 +1,58 @@
+// A world of N rank services in one process (fake data plane) running every collective once,
+// each checked exactly; exits 0 when all match. Run by tests/scale/world-1024.test.ts in a
+// child process because every rank's call waits for all the others, so the client needs one
+// connection per rank at once: Bun's fetch allows BUN_CONFIG_MAX_HTTP_REQUESTS (256 unless set
+// at process start) and queues the rest. Usage: bun tests/support/scale-world.ts N
+import { startInprocWorld } from "./inproc-world";
+
+process.env.MOONRING_LOG ??= "error";
+const N = Number(process.argv[2] ?? 1024);
+
+function check(ok: boolean, what: string): void {
+  if (!ok) throw new Error(`world of ${N}: ${what}`);
+}
+const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
+const i32 = (data: number[]) => ({ dtype: "int32", shape: [data.length], data });
+
+const t0 = performance.now();
+const w = await startInprocWorld(N, { heartbeatThread: false, heartbeatIntervalMs: 5000, heartbeatTimeoutMs: 600_000, rendezvousTimeoutMs: 600_000 });
+const startMs = performance.now() - t0;
+const times: Record<string, number> = {};
+
+async function all(path: string, body: (r: number) => unknown): Promise<any[]> {
+  const t = performance.now();
+  const res = await Promise.all(
+    w.urls.map((u, r) =>
+      fetch(u + path, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body(r)) }).then(async (x) => ({ status: x.status, body: (await x.json()) as any })),
+    ),
+  );
+  times[path.slice(12)] = Math.round(performance.now() - t);
+  const bad = res.findIndex((x) => x.status !== 200);
+  if (bad >= 0) throw new Error(`world of ${N}: ${path}: rank ${bad} got ${res[bad]!.status}: ${JSON.stringify(res[bad]!.body).slice(0, 300)}`);
+  return res.map((x) => x.body);
+}
+const firsts = (list: any[]) => list.map((t) => t.data[0]);
+const range = (f: (i: number) => number) => Array.from({ length: N }, (_, i) => f(i));
+
+try {
+  const s = (N * (N - 1)) / 2;
+  for (const b of await all("/collective/allreduce", (r) => ({ tensor: i32([r, 1, -r]) }))) check(same(b.result.data, [s, N, -s]) && b.contributors.length === N, "allreduce");
+  const rd = await all("/collective/reduce", (r) => ({ tensor: i32([r % 100, -r]), op: "max", dst: N - 1 }));
+  check(same(rd[N - 1].result.data, [Math.min(99, N - 1), 0]), "reduce");
+  for (const b of await all("/collective/broadcast", (r) => ({ tensor: i32(r === N - 3 ? [7, 77, 777] : [0, 0, 0]), src: N - 3 }))) check(same(b.result.data, [7, 77, 777]), "broadcast");
+  const ag = await all("/collective/allgather", (r) => ({ tensor: i32([r * 3]) }));
+  for (const b of [ag[0], ag[N >> 1], ag[N - 1]]) check(same(firsts(b.result), range((r) => r * 3)), "allgather");
+  const ga = await all("/collective/gather", (r) => ({ tensor: i32([r + 1]), dst: 5 }));
+  check(same(firsts(ga[5].result), range((r) => r + 1)), "gather");
+  const sc = await all("/collective/scatter", (r) => (r === N - 2 ? { src: N - 2, tensors: range((i) => i).map((i) => i32([i * 2, 1])) } : { src: N - 2 }));
+  sc.forEach((b, r) => check(same(b.result.data, [r * 2, 1]), `scatter to ${r}`));
+  const rs = await all("/collective/reduce_scatter", (r) => ({ tensors: range((i) => r + i).map((v) => i32([v])) }));
+  rs.forEach((b, i) => check(same(b.result.data, [s + N * i]), `reduce_scatter ${i}`));
+  const aa = await all("/collective/alltoall", (i) => ({ tensors: range((j) => i * N + j).map((v) => i32([v])) }));
+  for (const j of [0, N >> 2, N - 1]) check(same(firsts(aa[j].result), range((i) => i * N + j)), `alltoall to ${j}`);
+  for (const b of await all("/collective/barrier", () => ({}))) check(b.result === null, "barrier");
+  console.log(JSON.stringify({ ranks: N, start_ms: Math.round(startMs), ms: times }));
+} finally {
+  await w.stop();
+}
+process.exit(0);
