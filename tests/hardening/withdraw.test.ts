@@ -3,24 +3,14 @@
 // [1005, 1005] instead of [6, 6] with contributors [0, 1, 2] and status 200.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { Matcher, type CallDesc, type Decision } from "../../src/control/matcher";
-import { Membership } from "../../src/control/membership";
 import { sleep } from "../../src/util/net";
 import { startInprocWorld, type InprocWorld } from "../support/inproc-world";
+import { desc as matcherDesc, world } from "../support/matcher-world";
 
 process.env.MOONRING_LOG ??= "warn";
 
-function world(n: number): Membership {
-  const m = new Membership(n);
-  for (let r = 0; r < n; r++) {
-    m.upsert({ rank: r, url: `http://h:${r}`, dataHost: "h", dataPort: r, hostId: "1", pid: r, instance: String(r), state: "healthy", active: true });
-  }
-  m.setEpoch(1);
-  return m;
-}
-
-function desc(over: Partial<CallDesc> = {}): CallDesc {
-  return { op: "allreduce", group: "world", tag: null, dtype: "int32", count: 2, shape: [2], root: null, redop: "sum", timeoutMs: 10_000, ...over };
-}
+/** An allreduce of 2 int32 (the data the HTTP tests send). */
+const desc = (over: Partial<CallDesc> = {}): CallDesc => matcherDesc({ dtype: "int32", count: 2, shape: [2], ...over });
 
 describe("Matcher.withdraw", () => {
   test("a withdrawn call is answered 499 and the rank's next call takes its place", () => {

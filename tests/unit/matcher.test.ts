@@ -2,20 +2,7 @@
 // 409/504, tags, op ids.
 import { describe, expect, test } from "bun:test";
 import { Matcher, describeCall, type CallDesc, type Decision } from "../../src/control/matcher";
-import { Membership } from "../../src/control/membership";
-
-function world(n: number): Membership {
-  const m = new Membership(n);
-  for (let r = 0; r < n; r++) {
-    m.upsert({ rank: r, url: `http://h:${r}`, dataHost: "h", dataPort: r, hostId: "1", pid: r, instance: String(r), state: "healthy", active: true });
-  }
-  m.setEpoch(1);
-  return m;
-}
-
-function desc(over: Partial<CallDesc> = {}): CallDesc {
-  return { op: "allreduce", group: "world", tag: null, dtype: "float32", count: 4, shape: [4], root: null, redop: "sum", timeoutMs: 10_000, ...over };
-}
+import { desc, world } from "../support/matcher-world";
 
 function joiner(m: Matcher) {
   const got = new Map<string, Decision>();
