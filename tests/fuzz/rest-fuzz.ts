@@ -60,7 +60,8 @@ try {
     "--no-shrink",
   ];
   console.log(`[fuzz-rest] schemathesis against ${url} (seed ${seed}, ${examples} cases per operation)`);
-  const run = Bun.spawn([st, "--no-color", ...args], { stdout: "pipe", stderr: "pipe", env: { ...process.env, SCHEMATHESIS_HOOKS: "" } });
+  // cwd: the report dir, so schemathesis's .schemathesis/ cache stays out of the checkout
+  const run = Bun.spawn([st, "--no-color", ...args], { cwd: reportDir, stdout: "pipe", stderr: "pipe", env: { ...process.env, SCHEMATHESIS_HOOKS: "" } });
   const out = collect(run.stdout, []);
   const err = collect(run.stderr, []);
   const code = await Promise.race([run.exited, sleep(RUN_LIMIT_MS).then(() => "hang" as const)]);
@@ -70,7 +71,7 @@ try {
   }
   const text = out.text() + err.text();
   // every request the run made: one per "step" in the ndjson events
-  for (const f of readdirSync(reportDir)) {
+  for (const f of readdirSync(reportDir).filter((x) => x.endsWith(".ndjson"))) {
     for (const line of readFileSync(join(reportDir, f), "utf8").split("\n")) {
       if (!line) continue;
       requests += (line.match(/"response":\s*\{/g) ?? []).length;
