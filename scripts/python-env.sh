@@ -1,17 +1,19 @@
 #!/bin/sh
 # Project-local Python environments, created once and reused (git-ignored, under .tools/):
 #   sh scripts/python-env.sh client   -> .tools/py-venv     numpy, ml_dtypes, pytest
-#   sh scripts/python-env.sh torch    -> .tools/torch-venv  the same plus torch (PyPI; ~3-5 GB
-#                                                            with its nvidia-* deps, used on CPU)
+#   sh scripts/python-env.sh torch    -> .tools/torch-venv  the same plus torch==TORCH_VERSION
+#                                     (scripts/toolchain.env; PyPI, ~3-5 GB with its nvidia-* deps,
+#                                     used on CPU)
 # Prints the venv's python. A venv counts as complete only once its stamp (the requirement
 # list it was built from) is written last; a half-built one (killed install, full disk) is
 # removed and built again; a complete one with an older list gets the new packages added. flock serialises concurrent callers (parallel CI steps, helpers).
 set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
 kind=${1:-client}
+. "$root/scripts/toolchain.env"  # TORCH_VERSION
 case "$kind" in
   client) venv="$root/.tools/py-venv"; reqs="numpy ml_dtypes pytest setuptools wheel" ;;
-  torch)  venv="$root/.tools/torch-venv"; reqs="numpy ml_dtypes pytest setuptools wheel torch" ;;
+  torch)  venv="$root/.tools/torch-venv"; reqs="numpy ml_dtypes pytest setuptools wheel torch==$TORCH_VERSION" ;;
   *) echo "usage: $0 client|torch" >&2; exit 2 ;;
 esac
 log() { echo "[python-env] $*" >&2; }

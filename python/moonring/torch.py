@@ -28,7 +28,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch._C._distributed_c10d import Backend as _C10dBackend
 
 from . import client as _client
 from .client import Client, Group, OpInfo
@@ -203,10 +202,15 @@ class _Lane:
                 self._finished(work)
 
 
-class MoonringBackend(_C10dBackend):
-    """A c10d backend whose ops are REST calls to this process's rank service."""
+class MoonringBackend(dist.ProcessGroup):
+    """A c10d process group whose ops are REST calls to this process's rank service.
 
-    # plain attributes: reading the pybind properties on a Python subclass recurses
+    A ProcessGroup subclass, not a c10d Backend one: torch 2.11's Backend binding has no Python
+    constructor ("No constructor defined!"), while a ProcessGroup that a register_backend
+    creator returns becomes the group itself (torch's test_c10d_pypg.py, torchft); tested on
+    torch 2.11 and 2.15. It is its own backend for every device."""
+
+    # plain attributes: torch reads them off the backend (batch_isend_irecv: coalescing)
     supports_coalescing = False
     supports_splitting = False
     supports_shrinking = False
@@ -227,6 +231,13 @@ class MoonringBackend(_C10dBackend):
     # -- plumbing -----------------------------------------------------------------------
     def getBackendName(self) -> str:
         return BACKEND_NAME
+
+    def _get_backend(self, device: Any = None) -> "MoonringBackend":
+        """No c10d Backend is registered under this group: torch asking for the group's backend
+        of a device (batch_isend_irecv, moonring's helpers) gets the group itself."""
+        return self
+
+    get_backend = _get_backend  # torch 2.15 also asks through the public name
 
     def _op_timeout(self, opts: Any) -> datetime.timedelta:
         t = getattr(opts, "timeout", None)
@@ -505,8 +516,8 @@ def _backend_of(group: Any = None) -> MoonringBackend:
     pg = group if group is not None else dist.group.WORLD
     if pg is None:
         raise RuntimeError("moonring: no process group (call dist.init_process_group('moonring') first)")
-    b = pg._get_backend(torch.device("cpu"))
-    if not isinstance(b, MoonringBackend):
+    b = pg if isinstance(pg, MoonringBackend) else None
+    if b is None:
         raise TypeError(f"process group {pg} does not use the moonring backend")
     return b
 

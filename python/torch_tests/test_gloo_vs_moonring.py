@@ -49,7 +49,7 @@ def test_moonring_runs_every_case(runs):
 
 
 def test_cases_gloo_cannot_run_moonring_can(runs):
-    # what gloo refuses (torch 2.15: int16 tensors, all_to_all with uneven list entries) runs
+    # what gloo refuses (torch 2.11 and 2.15: int16 tensors, all_to_all with uneven list entries) runs
     # under moonring; the values are checked against references below. Printed with -s.
     gloo, moon = runs
     only = sorted({n for r in range(WORLD) for n, v in gloo[r].items() if "error" in v})
