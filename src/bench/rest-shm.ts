@@ -12,9 +12,10 @@ interface Mapped {
   bytes: Uint8Array;
 }
 
-/** The job's bearer token (RestRunner sets MOONRING_TOKEN before it launches the ranks). */
+/** The job's bearer token (RestRunner chose it); set for the duration of shmPoint. */
+let token = "";
+
 function auth(): Record<string, string> {
-  const token = process.env.MOONRING_TOKEN;
   return token ? { authorization: `Bearer ${token}` } : {};
 }
 
@@ -64,7 +65,8 @@ function shapesFor(op: BenchOp, n: number, part: number, count: number, rank: nu
 const ROOT_FIELD: Partial<Record<BenchOp, string>> = { reduce: "dst", gather: "dst", broadcast: "src", scatter: "src" };
 const REDOP_OPS = new Set<BenchOp>(["allreduce", "reduce", "reduce_scatter"]);
 
-export async function shmPoint(c: RunConfig, urls: string[], op: BenchOp, size: number): Promise<BenchResult | null> {
+export async function shmPoint(c: RunConfig, urls: string[], op: BenchOp, size: number, jobToken = ""): Promise<BenchResult | null> {
+  token = jobToken;
   if (op === "sendrecv") return null; // p2p on buffers is not a collective: body mode only
   const p = restPoint(c, op, size);
   if (!p) return null;

@@ -27,6 +27,8 @@ export class RestRunner implements Runner {
   readonly label: string;
 
   private urls: string[] = [];
+  /** The job's bearer token (this runner chose it; sharing() runners use their owner's). */
+  private token = "";
 
   /**
    * body: tensors travel in request and response bodies (octet-stream, base64 for list ops).
@@ -52,7 +54,7 @@ export class RestRunner implements Runner {
 
   async start(): Promise<void> {
     if (this.owner) {
-      ({ urls: this.urls, octet: this.octet, b64: this.b64 } = this.owner);
+      ({ urls: this.urls, octet: this.octet, b64: this.b64, token: this.token } = this.owner);
       return;
     }
     const c = this.cfg;
@@ -60,7 +62,7 @@ export class RestRunner implements Runner {
     // the job's secret, chosen here so the clients send it (a bearer compare per call, as users
     // with a token pay; launch would make one of its own otherwise)
     const token = process.env.MOONRING_TOKEN || randomBytes(32).toString("hex");
-    process.env.MOONRING_TOKEN = token; // this process's other callers of the ranks (rest-shm.ts) send it too
+    this.token = token;
     const env: Record<string, string> = { ...(process.env as Record<string, string>), MOONRING_TRANSPORT: c.transport, MOONRING_TOKEN: token };
     if (!env.MOONRING_LOG) env.MOONRING_LOG = "warn";
     this.proc = Bun.spawn(
@@ -143,7 +145,7 @@ export class RestRunner implements Runner {
   }
 
   async point(op: BenchOp, size: number): Promise<BenchResult | null> {
-    if (this.mode === "shm") return shmPoint(this.cfg, this.urls, op, size);
+    if (this.mode === "shm") return shmPoint(this.cfg, this.urls, op, size, this.token);
     const c = this.cfg;
     const p = restPoint(c, op, size);
     if (!p) return null;
