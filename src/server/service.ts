@@ -1,7 +1,8 @@
-// One rank service: HTTP server (Hono on Bun.serve), data plane, rendezvous, agreement.
-// `serve` builds one of these; tests build several in one process with a fake data plane.
-import { chmodSync, rmSync } from "node:fs";
-import type { Server, ServerWebSocket } from "bun";
+// One rank service: data plane, rendezvous, agreement, membership, coordinator failover. Its HTTP
+// listeners are server/listen.ts, its configuration server/service-config.ts. `serve` builds one
+// of these; tests build several in one process with a fake data plane.
+import { rmSync } from "node:fs";
+import type { Server } from "bun";
 import { hostname } from "node:os";
 import { Agreement } from "../control/agreement";
 import type { CallDesc, GoDecision } from "../control/matcher";
@@ -18,66 +19,21 @@ import { PeerClient } from "../control/peers";
 import { RendezvousClient, RendezvousRedirected, RendezvousServer } from "../control/rendezvous";
 import { Sequencer } from "../control/sequencer";
 import type { DataPlane, DataPlaneLinks } from "../native/types";
-import { apiErrorFromJSON, MasterLost, NotReady, type ApiError, TooManyRequests, Unauthorized } from "../errors";
-import { authorize, expectedBearer, isAuthorized } from "./auth";
+import { apiErrorFromJSON, MasterLost, NotReady, type ApiError, TooManyRequests } from "../errors";
+import { expectedBearer, isAuthorized } from "./auth";
 import { isLoopback, peerIsThisUser } from "./peer-user";
 import { Logger } from "../util/log";
 import { localRankOf, type LocalRank } from "../util/local-rank";
 import { Metrics } from "../util/metrics";
 import { httpUrl } from "../util/net";
-import { createApp, errorResponse } from "./app";
-import { handleCollective } from "./routes/collective";
-import { nativeDataPlaneFactory, type DataPlaneFactory } from "./dataplane";
+import { createApp } from "./app";
+import { nativeDataPlaneFactory } from "./dataplane";
+import { listen } from "./listen";
+import { DEFAULT_MAX_PENDING_CALLS, type ServiceConfig } from "./service-config";
 
-export interface ServiceConfig {
-  rank: number;
-  /** Initial world size N (ranks 0..N-1 rendezvous). */
-  worldSize: number;
-  /** Slots (launch --max-world-size); >= worldSize. */
-  worldSizeMax: number;
-  masterHost: string;
-  masterPort: number;
-  /** HTTP bind host and port. */
-  host: string;
-  port: number;
-  /** Address other ranks use to reach this one (default: host, or the hostname for 0.0.0.0/::). */
-  advertiseHost?: string;
-  dataPort?: number;
-  token?: string;
-  /**
-   * REST callers on this host running as this process's user need no token (launch's per-job
-   * secret: MOONRING_LOCAL_USER_AUTH=1); everyone else needs it. The data plane always does.
-   */
-  localUserAuth?: boolean;
-  device: "cpu" | "cuda";
-  join: boolean;
-  maxBodyBytes: number;
-  maxTensorBytes: number;
-  /** Calls (collectives, p2p) this rank holds at once; one more is 429 (default 1024). */
-  maxPendingCalls?: number;
-  clusterId?: string;
-  rendezvousTimeoutMs: number;
-  /** Control-plane heartbeat (rank <-> rank 0): interval and silence that counts as a failure. */
-  heartbeatIntervalMs?: number;
-  heartbeatTimeoutMs?: number;
-  /** Also serve the API on this Unix-domain socket path (serve --unix). */
-  unixPath?: string;
-  /** Group (gid) that may map this rank's shared host buffers too (mode 0660); default: owner only. */
-  shmGroup?: number | null;
-  /** LOCAL_RANK / LOCAL_WORLD_SIZE as serve read them (default: the global rank, no env). */
-  localRank?: LocalRank;
-  /** Heartbeats from a Worker over UDP (control/liveness.ts; default on). In-process test worlds of many ranks turn it off. */
-  heartbeatThread?: boolean;
-  /** Whether a restart of this rank rejoins by itself (default "manual"; docs/api-extensions.md "Rejoin"). */
-  rejoin?: "auto" | "manual";
-  /** Tests inject a fake; the real service uses src/native/engine.ts. */
-  dataPlaneFactory?: DataPlaneFactory;
-}
-
-export const DEFAULT_MAX_BODY_BYTES = 1024 * 1024 * 1024;
-export const DEFAULT_MAX_TENSOR_BYTES = 512 * 1024 * 1024;
-/** Each pending call may wait for its peers up to its timeout_ms, holding its body's memory. */
-export const DEFAULT_MAX_PENDING_CALLS = 1024;
+// The configuration and the collectives' URL parser live in their own modules; importers of service.ts keep them here.
+export { DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PENDING_CALLS, DEFAULT_MAX_TENSOR_BYTES, type ServiceConfig } from "./service-config";
+export { collectivePathOp } from "./listen";
 
 /** How many heartbeat timeouts a rank waits for a failover candidate to take over before trying the next one. */
 const FAILOVER_CONNECT_TIMEOUTS = 3;
@@ -125,7 +81,7 @@ export class RankService {
   private readyResolvers: (() => void)[] = [];
 
   /** The Authorization header every request must carry (null: no token set). */
-  private readonly bearer: Buffer | null;
+  readonly bearer: Buffer | null;
 
   /** LOCAL_RANK / LOCAL_WORLD_SIZE (torchrun): which GPU this rank uses (util/local-rank.ts). */
   readonly localRank: LocalRank;
@@ -349,73 +305,10 @@ export class RankService {
     return `no MOONRING_TOKEN while serving on ${h}: any host that reaches this rank's ports can call its REST API and join its data plane as a rank; set MOONRING_TOKEN (one secret for every rank of the job)`;
   }
 
-  /** POST /collective/{op} with a JSON body, without Hono (see listen()). */
-  private async collectiveFast(op: string, req: Request, server: Server<LinkData>): Promise<Response> {
-    let res: Response;
-    try {
-      const ok = this.isCaller(req.headers.get("authorization"), req, server);
-      if (ok !== true && !(await ok)) throw new Unauthorized();
-      res = await handleCollective(this, op, req);
-    } catch (e) {
-      res = errorResponse(this, e as Error, "POST", `/collective/${op}`);
-    }
-    this.metrics.httpRequest("POST", "/collective/:op", res.status);
-    return res;
-  }
-
   private listen(): void {
-    const c = this.config;
-    const app = this.app;
-    const svc = this;
-    const bearer = this.bearer;
-    const options = {
-      // Bun's own 413 has no JSON body: let everything through and enforce the limit in body.ts
-      maxRequestBodySize: Number.MAX_SAFE_INTEGER,
-      development: false,
-      fetch(req: Request, server: Server<LinkData>) {
-        if (req.url.includes("/internal/ws")) {
-          const u = new URL(req.url);
-          if (u.pathname === "/internal/ws") {
-            if (!svc.hub) return svc.notCoordinator();
-            try {
-              authorize(bearer, req.headers.get("authorization"), "bad token on control link");
-            } catch (e) {
-              return Response.json((e as ApiError).toJSON(), { status: 401 });
-            }
-            const rank = Number(u.searchParams.get("rank"));
-            const instance = u.searchParams.get("instance") ?? "";
-            if (server.upgrade(req, { data: { rank, instance } })) return undefined;
-            return Response.json({ error: { code: "invalid_request", message: "websocket upgrade failed" } }, { status: 400 });
-          }
-        }
-        // Fast path: collectives (JSON and octet-stream bodies) skip Hono's router, context and
-        // middleware (the same auth, metrics and error mapping inline); the rest goes through the app.
-        if (req.method === "POST") {
-          const op = collectivePathOp(req.url);
-          if (op !== null) return svc.collectiveFast(op, req, server);
-        }
-        return app.fetch(req, { server });
-      },
-      // the coordinator's hub changes hands on failover: route to the current one
-      websocket: {
-        open: (ws: ServerWebSocket<LinkData>) => (svc.hub ? svc.hub.websocket.open(ws) : ws.close(4003, "not the coordinator")),
-        message: (ws: ServerWebSocket<LinkData>, text: string | Buffer) => svc.hub?.websocket.message(ws, text),
-        close: (ws: ServerWebSocket<LinkData>, code: number, reason: string) => svc.hub?.websocket.close(ws, code, reason),
-      },
-      error(e: Error) {
-        return Response.json({ error: { code: "internal", message: String(e?.message ?? e) } }, { status: 500 });
-      },
-    };
-    // idleTimeout 0: long collectives must not be cut (Bun's default is 10 s).
-    this.server = Bun.serve<LinkData>({ ...options, hostname: c.host, port: c.port, idleTimeout: 0 });
-    // The same API on a Unix-domain socket, for programs of this host (serve --unix).
-    if (c.unixPath) {
-      rmSync(c.unixPath, { force: true }); // a socket file left by a killed rank
-      // Bun's types leave idleTimeout out for unix sockets, but it applies (10 s by default).
-      const unixOptions = { ...options, unix: c.unixPath, idleTimeout: 0 };
-      this.unixServer = Bun.serve<LinkData>(unixOptions as unknown as Parameters<typeof Bun.serve<LinkData>>[0]);
-      chmodSync(c.unixPath, 0o600); // connect(2) needs write permission: this user (and root) only
-    }
+    const servers = listen(this);
+    this.server = servers.server;
+    this.unixServer = servers.unixServer;
   }
 
   private async runRendezvous(): Promise<void> {
@@ -833,14 +726,4 @@ export class RankService {
       this.log.warn(`data plane close: ${(e as Error).message}`);
     }
   }
-}
-
-/** The op of a POST /collective/{op} URL (no trailing slash, any query), else null. */
-export function collectivePathOp(url: string): string | null {
-  // http://host:port/collective/op[?query]: the path starts at the first "/" after "//"
-  const p = url.indexOf("/", url.indexOf("//") + 2);
-  if (p < 0 || !url.startsWith("/collective/", p)) return null;
-  const q = url.indexOf("?", p);
-  const op = url.slice(p + 12, q < 0 ? url.length : q);
-  return /^[a-z_]+$/.test(op) ? op : null;
 }
