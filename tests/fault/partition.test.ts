@@ -10,6 +10,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test
 import type { Subprocess } from "bun";
 import { sleep } from "../../src/util/net";
 import { CLI, collect } from "../support/launch-world";
+import { bridgeNamespaces, removeNamespaces, sh } from "../support/netns";
 
 const id = `${process.pid % 100000}`;
 const NS = ["a", "b", "c"].map((x) => `mr${id}${x}`);
@@ -17,48 +18,16 @@ const HUB = `mr${id}h`;
 const ADDR = ["10.213.8.1", "10.213.8.2", "10.213.8.3"];
 const sock = (r: number) => `/tmp/moonring-relay-${id}-${r}.sock`;
 
-function sh(args: string[]): { ok: boolean; err: string } {
-  const p = Bun.spawnSync(args, { stdout: "pipe", stderr: "pipe" });
-  return { ok: p.exitCode === 0, err: p.stderr.toString().trim() };
-}
-
 let skipReason: string | null = null;
 const relays: Subprocess[] = [];
 let ranks: Subprocess[] = [];
 
+const NET = { hub: HUB, namespaces: NS, addrs: ADDR };
 function setup(): string | null {
   if (process.platform !== "linux") return "not Linux";
-  const steps: string[][] = [
-    ["ip", "netns", "add", HUB],
-    ["ip", "-n", HUB, "link", "add", "br0", "type", "bridge"],
-    ["ip", "-n", HUB, "link", "set", "br0", "up"],
-  ];
-  NS.forEach((ns, r) => {
-    steps.push(
-      ["ip", "netns", "add", ns],
-      ["ip", "-n", ns, "link", "add", `v${r}`, "type", "veth", "peer", "name", `h${r}`, "netns", HUB],
-      ["ip", "-n", ns, "addr", "add", `${ADDR[r]}/24`, "dev", `v${r}`],
-      ["ip", "-n", ns, "link", "set", "lo", "up"],
-      ["ip", "-n", ns, "link", "set", `v${r}`, "up"],
-      ["ip", "-n", HUB, "link", "set", `h${r}`, "master", "br0"],
-      ["ip", "-n", HUB, "link", "set", `h${r}`, "up"],
-    );
-  });
-  for (const s of steps) {
-    let r: { ok: boolean; err: string };
-    try {
-      r = sh(s);
-    } catch (e) {
-      return `${s.join(" ")}: ${(e as Error).message}`;
-    }
-    if (!r.ok) return `${s.join(" ")}: ${r.err || "failed"}`;
-  }
-  return null;
+  return bridgeNamespaces(NET);
 }
-
-function teardown(): void {
-  for (const ns of [...NS, HUB]) sh(["ip", "netns", "del", ns]); // removes the veth pairs and the bridge
-}
+const teardown = () => removeNamespaces(NET);
 
 function inNs(ns: string, args: string[]): Subprocess<"pipe", "pipe", "pipe"> {
   // TCP between the ranks: shared memory (the default between ranks of one host) is not

@@ -1,12 +1,30 @@
 // Shared multi-rank test cases. They run against in-process worlds (fake data plane,
 // tests/unit/inproc.test.ts) and real rank processes (libmoonring, tests/multirank/).
-import { expect, test } from "bun:test";
+import { afterAll, beforeAll, expect, test } from "bun:test";
 import type { DType, RedOp } from "../../src/client/index";
 import { all, expectOk } from "./http";
+import { launchWorld, type LaunchedWorld } from "./launch-world";
 import { ALL_DTYPES, FLOAT_DTYPES, expectValues, randomValues, redopsFor, refReduce, rng } from "./ref";
 
 export interface WorldRef {
   urls: () => string[];
+}
+
+/** Launches a world of n rank processes for the enclosing describe (stopped after it); its urls once started. */
+export function launchedWorldRef(n: number, opts: Parameters<typeof launchWorld>[1] = {}): WorldRef {
+  let w: LaunchedWorld | undefined;
+  beforeAll(async () => {
+    w = await launchWorld(n, opts);
+  }, 90_000);
+  afterAll(async () => {
+    await w?.stop();
+  }, 30_000);
+  return {
+    urls: () => {
+      if (!w) throw new Error("world did not start");
+      return w.urls;
+    },
+  };
 }
 
 function product(shape: number[]): number {

@@ -2,9 +2,8 @@
 // ranks, with the test verbs provider standing in for an RDMA NIC (MOONRING_VERBS_LIB; no
 // machine here has one). The shared suites (tests/support/suites.ts) check values against
 // independent references; GET /cluster must say every live link is verbs.
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { launchWorld, type LaunchedWorld } from "../support/launch-world";
-import { agreementCases, collectiveCases } from "../support/suites";
+import { describe, expect, test } from "bun:test";
+import { agreementCases, collectiveCases, launchedWorldRef } from "../support/suites";
 import { expectedDevice, providerMissing, verbsEnv } from "./provider";
 
 const missing = providerMissing();
@@ -12,19 +11,7 @@ if (missing) console.warn(`SKIP verbs collectives: ${missing}`);
 
 for (const n of missing ? [] : [2, 3, 4, 5]) {
   describe(`verbs: launched world of ${n}`, () => {
-    let w: LaunchedWorld | undefined;
-    beforeAll(async () => {
-      w = await launchWorld(n, { env: verbsEnv() });
-    }, 90_000);
-    afterAll(async () => {
-      await w?.stop();
-    }, 30_000);
-    const ref = {
-      urls: () => {
-        if (!w) throw new Error("world did not start");
-        return w.urls;
-      },
-    };
+    const ref = launchedWorldRef(n, { env: verbsEnv() });
     collectiveCases(n, ref);
     // Agreement failures, tags and p2p: at the smallest and largest size (the rest is the
     // control plane, the same for every transport).

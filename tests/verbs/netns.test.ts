@@ -15,6 +15,7 @@ import type { Subprocess } from "bun";
 import { sleep } from "../../src/util/net";
 import { CLI } from "../support/launch-world";
 import { get, post } from "../support/http";
+import { bridgeNamespaces, removeNamespaces, sh } from "../support/netns";
 import { agreementCases, collectiveCases } from "../support/suites";
 import { PROVIDER, onSystemVerbs, providerMissing } from "./provider";
 
@@ -32,11 +33,6 @@ const nsOf = (r: number) => (r < 2 ? 0 : 1);
 const port = 29700 + (process.pid % 50) * 10;
 const url = (r: number) => `http://${ADDR[nsOf(r)]}:${port + r}`;
 
-function sh(args: string[]): { ok: boolean; err: string } {
-  const p = Bun.spawnSync(args, { stdout: "pipe", stderr: "pipe" });
-  return { ok: p.exitCode === 0, err: p.stderr.toString().trim() };
-}
-
 /** Whether namespaces can be made here (checked before any test is registered). */
 function probe(): string | null {
   if (process.platform !== "linux") return "not Linux";
@@ -52,44 +48,9 @@ function probe(): string | null {
   return providerMissing();
 }
 
-function setup(): string | null {
-  const steps: string[][] = [
-    ["ip", "netns", "add", HUB],
-    ["ip", "-n", HUB, "link", "add", "br0", "type", "bridge"],
-    ["ip", "-n", HUB, "link", "set", "br0", "up"],
-    ["ip", "link", "add", HOST_VETH, "type", "veth", "peer", "name", "ht", "netns", HUB],
-    ["ip", "addr", "add", `${TEST_ADDR}/24`, "dev", HOST_VETH],
-    ["ip", "link", "set", HOST_VETH, "up"],
-    ["ip", "-n", HUB, "link", "set", "ht", "master", "br0"],
-    ["ip", "-n", HUB, "link", "set", "ht", "up"],
-  ];
-  NS.forEach((ns, i) => {
-    steps.push(
-      ["ip", "netns", "add", ns],
-      ["ip", "-n", ns, "link", "add", `v${i}`, "type", "veth", "peer", "name", `h${i}`, "netns", HUB],
-      ["ip", "-n", ns, "addr", "add", `${ADDR[i]}/24`, "dev", `v${i}`],
-      ["ip", "-n", ns, "link", "set", "lo", "up"],
-      ["ip", "-n", ns, "link", "set", `v${i}`, "up"],
-      ["ip", "-n", HUB, "link", "set", `h${i}`, "master", "br0"],
-      ["ip", "-n", HUB, "link", "set", `h${i}`, "up"],
-    );
-  });
-  for (const s of steps) {
-    let r: { ok: boolean; err: string };
-    try {
-      r = sh(s);
-    } catch (e) {
-      return `${s.join(" ")}: ${(e as Error).message}`;
-    }
-    if (!r.ok) return `${s.join(" ")}: ${r.err || "failed"}`;
-  }
-  return null;
-}
-
-function teardown(): void {
-  sh(["ip", "link", "del", HOST_VETH]);
-  for (const ns of [...NS, HUB]) sh(["ip", "netns", "del", ns]); // removes the veth pairs and the bridge
-}
+const NET = { hub: HUB, namespaces: NS, addrs: ADDR, host: { veth: HOST_VETH, addr: TEST_ADDR } };
+const setup = () => bridgeNamespaces(NET);
+const teardown = () => removeNamespaces(NET);
 
 let skipReason: string | null = probe();
 if (skipReason) console.warn(`SKIP verbs netns tests: ${skipReason} (they need root, ip netns, unshare and the test provider)`);
