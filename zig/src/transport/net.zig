@@ -24,6 +24,7 @@ const kind_verbs = @import("kind_verbs.zig");
 const links_mod = @import("links.zig");
 const traffic_mod = @import("traffic.zig");
 const boards_mod = @import("boards.zig");
+const rx_mod = @import("net_rx.zig");
 
 pub const Error = transport.Error;
 pub const world_size_max = links_mod.world_size_max;
@@ -32,11 +33,11 @@ pub const endpoints_max = 256;
 pub const links_max = links_mod.links_max;
 const EndpointMask = std.meta.Int(.unsigned, endpoints_max);
 const finished_ids_max = 256;
-const stash_entries_max = 1 << 14;
+pub const stash_entries_max = 1 << 14;
 pub const stash_bytes_default: u64 = 256 << 20;
 /// Stashed frames of an op this rank never registers are dropped after this long.
-const orphan_ttl_ns: u64 = 30 * std.time.ns_per_s;
-const stash_wait_ns: u64 = 100 * std.time.ns_per_ms;
+pub const orphan_ttl_ns: u64 = 30 * std.time.ns_per_s;
+pub const stash_wait_ns: u64 = 100 * std.time.ns_per_ms;
 const requests_max = transport.requests_in_flight_max;
 
 comptime {
@@ -75,7 +76,7 @@ pub const Failure = struct {
     }
 };
 
-const Req = struct {
+pub const Req = struct {
     kind: enum { send, recv } = .recv,
     peer: u32 = 0,
     seq: u32 = 0,
@@ -91,7 +92,7 @@ const Req = struct {
     reduce: ?transport.ReduceSpec = null,
 
     /// Puts one chunk at `offset` of the message into buf (copy, or reduce with `mine`).
-    fn deliver(req: *const Req, offset: u64, data: []const u8) void {
+    pub fn deliver(req: *const Req, offset: u64, data: []const u8) void {
         std.debug.assert(offset + data.len <= req.buf.len);
         const dst = req.buf[offset..][0..data.len];
         if (req.reduce) |r| {
@@ -262,7 +263,7 @@ pub const Net = struct {
         net.alloc.destroy(net);
     }
 
-    fn rank(net: *const Net) u32 {
+    pub fn rank(net: *const Net) u32 {
         return net.opts.rank;
     }
 
@@ -470,7 +471,7 @@ pub const Net = struct {
     }
 
     /// Frames of `op_id` that arrive from now on are dropped (until it is opened again).
-    fn markFinishedLocked(net: *Net, op_id: u64) void {
+    pub fn markFinishedLocked(net: *Net, op_id: u64) void {
         net.finished[net.finished_next] = op_id;
         net.finished_next = (net.finished_next + 1) % finished_ids_max;
         net.finished_count = @min(net.finished_count + 1, finished_ids_max);
@@ -511,7 +512,7 @@ pub const Net = struct {
         return net.fail(ep, err, peer, "{s}", .{message});
     }
 
-    fn failLocked(ep: *Endpoint, err: Error, peer: i32, comptime fmt: []const u8, args: anytype) void {
+    pub fn failLocked(ep: *Endpoint, err: Error, peer: i32, comptime fmt: []const u8, args: anytype) void {
         if (ep.failure == null) {
             var failure = Failure{ .err = err, .peer = peer };
             const text = std.fmt.bufPrint(&failure.text, fmt, args) catch failure.text[0..];
@@ -529,7 +530,7 @@ pub const Net = struct {
         return ep.failure.?.err;
     }
 
-    fn findEndpointLocked(net: *Net, op_id: u64) ?*Endpoint {
+    pub fn findEndpointLocked(net: *Net, op_id: u64) ?*Endpoint {
         var used = net.endpoints_used;
         while (used != 0) : (used &= used - 1) {
             const ep = net.endpoints[@ctz(used)].?;
@@ -538,12 +539,12 @@ pub const Net = struct {
         return null;
     }
 
-    fn finishedLocked(net: *const Net, op_id: u64) bool {
+    pub fn finishedLocked(net: *const Net, op_id: u64) bool {
         for (net.finished[0..net.finished_count]) |id| if (id == op_id and id != 0) return true;
         return false;
     }
 
-    fn findRecvLocked(ep: *Endpoint, src: u32, seq: u32) ?*Req {
+    pub fn findRecvLocked(ep: *Endpoint, src: u32, seq: u32) ?*Req {
         var used = ep.reqs_used;
         while (used != 0) : (used &= used - 1) {
             const req = &ep.reqs[@ctz(used)];
@@ -565,7 +566,7 @@ pub const Net = struct {
         ep.reqs_used &= ~(@as(u64, 1) << @intCast(index));
     }
 
-    fn checkDoneLocked(ep: *Endpoint, req: *Req) void {
+    pub fn checkDoneLocked(ep: *Endpoint, req: *Req) void {
         std.debug.assert(req.received <= req.buf.len);
         if (req.arrived and req.busy == 0 and req.received == req.buf.len) {
             req.done.store(true, .release);
@@ -657,39 +658,6 @@ pub const Net = struct {
             }
         }
         return .{ .index = index };
-    }
-
-    /// Moves stashed chunks of `req`'s message into its buffer. Entries leave the stash under
-    /// the lock and are copied with it released, so a big stash copy never stalls other links.
-    fn claimStashLocked(net: *Net, ep: *Endpoint, req: *Req) void {
-        var claims_max: usize = stash_entries_max;
-        while (claims_max > 0) : (claims_max -= 1) {
-            const index = for (net.stash.items, 0..) |entry, i| {
-                if (entry.op_id == ep.op_id and entry.src == req.peer and entry.seq == req.seq) break i;
-            } else return;
-            const entry = net.stash.swapRemove(index);
-            net.stash_bytes -= entry.data.len;
-            net.stash_cond.broadcast();
-            if (!fits(req, entry.msg_len, entry.data.len)) {
-                net.alloc.free(entry.data);
-                failLocked(ep, error.Protocol, @intCast(req.peer), "rank {d} sent message {d} of {d} bytes, expected {d}", .{ req.peer, req.seq, entry.msg_len, req.buf.len });
-                continue;
-            }
-            req.routed += entry.data.len;
-            req.busy += 1;
-            net.mu.unlock();
-            req.deliver(entry.offset, entry.data);
-            net.alloc.free(entry.data);
-            net.mu.lock();
-            req.busy -= 1;
-            req.received += entry.data.len;
-            req.arrived = true;
-        }
-    }
-
-    /// Whether a chunk of a `msg_len`-byte message fits what `req` still expects.
-    fn fits(req: *const Req, msg_len: u64, chunk_len: u64) bool {
-        return msg_len == req.buf.len and req.routed + chunk_len <= req.buf.len;
     }
 
     const SpinReq = struct {
@@ -817,222 +785,13 @@ pub const Net = struct {
         return ep.failure.?.err;
     }
 
-    // ---- receiving (link_kind.Receiver, called on links' receive threads) ----
+    // ---- receiving and the stash: net_rx.zig ----
 
-    fn sink(net: *Net) links_mod.Sink {
-        return .{ .context = net, .receiver = &receiver_vtable, .link_lost_locked = linkLostLocked };
-    }
-
-    const receiver_vtable = link_kind.Receiver.VTable{
-        .frame = rxFrame,
-        .route = rxRoute,
-        .finish_direct = rxFinishDirect,
-        .finish_stash = rxFinishStash,
-        .drop_stash = rxDropStash,
-        .abandoned = rxAbandoned,
-    };
-
-    fn of(rx: *const link_kind.Receiver) *Net {
-        return @ptrCast(@alignCast(rx.context));
-    }
-
-    fn rxFrame(rx: *const link_kind.Receiver, header: *const wire.FrameHeader, payload: []const u8) void {
-        const net = of(rx);
-        switch (net.route(rx, header, true)) {
-            .direct => |d| {
-                const req: *Req = @ptrCast(@alignCast(d.request));
-                req.deliver(header.offset, payload);
-                rxFinishDirect(rx, d, d.dest.len, true);
-            },
-            .stash => |buf| {
-                @memcpy(buf, payload);
-                rxFinishStash(rx, header, buf);
-            },
-            .discard => {},
-        }
-    }
-
-    fn rxRoute(rx: *const link_kind.Receiver, header: *const wire.FrameHeader) link_kind.Target {
-        return of(rx).route(rx, header, false);
-    }
-
-    fn rxAbandoned(rx: *const link_kind.Receiver, direct: link_kind.Direct) bool {
-        _ = rx;
-        const ep: *Endpoint = @ptrCast(@alignCast(direct.endpoint));
-        return ep.abandoned.load(.acquire);
-    }
-
-    /// Where one frame's payload goes. Waits while the stash is full (backpressure).
-    /// `in_memory`: the kind hands the payload over in memory, so a reducing receive can take
-    /// it directly; streamed payloads for reducing receives go through the stash.
-    fn route(net: *Net, rx: *const link_kind.Receiver, header: *const wire.FrameHeader, in_memory: bool) link_kind.Target {
-        net.mu.lock();
-        defer net.mu.unlock();
-        var waits: u64 = 0;
-        var waiting_since_ns: u64 = 0;
-        while (true) : (waits += 1) {
-            if (rx.stopped()) return .discard;
-            const registered = net.findEndpointLocked(header.op_id) != null;
-            if (!registered and waits > 0 and sys.monotonicNs() -| waiting_since_ns > orphan_ttl_ns) {
-                // A frame of an op this rank never runs must not block the link forever.
-                sys.logLine("rank {d}: dropping frames of op {d} from rank {d}: the op was not posted here for {d} s", .{ net.rank(), header.op_id, rx.peer, orphan_ttl_ns / std.time.ns_per_s });
-                net.markFinishedLocked(header.op_id);
-                return .discard;
-            }
-            if (waits == 0) waiting_since_ns = sys.monotonicNs();
-            if (net.findEndpointLocked(header.op_id)) |ep| {
-                if (ep.abandoned.load(.acquire)) return .discard;
-                if (findRecvLocked(ep, rx.peer, header.seq)) |req| routed: {
-                    if (req.reduce != null and !in_memory) break :routed; // via the stash (TCP reads in place)
-                    if (!fits(req, header.msg_len, header.chunk_len)) {
-                        failLocked(ep, error.Protocol, @intCast(rx.peer), "rank {d} sent message {d} of {d} bytes, expected {d}", .{ rx.peer, header.seq, header.msg_len, req.buf.len });
-                        return .discard;
-                    }
-                    req.routed += header.chunk_len;
-                    req.busy += 1;
-                    return .{ .direct = .{ .endpoint = ep, .request = req, .dest = req.buf[header.offset..][0..header.chunk_len] } };
-                }
-            } else if (net.finishedLocked(header.op_id)) {
-                return .discard;
-            }
-            if (net.stashReserveLocked(header.chunk_len)) |buf| return .{ .stash = buf };
-            if (net.evictOrphansLocked() > 0) continue;
-            if (!net.stash_full_logged) {
-                net.stash_full_logged = true;
-                sys.logLine("rank {d}: stash full ({d} bytes, {d} entries): link from rank {d} waits for op {d} to be posted", .{ net.rank(), net.stash_bytes, net.stash.items.len, rx.peer, header.op_id });
-            }
-            net.stash_cond.timedWait(&net.mu, stash_wait_ns) catch {};
-        }
-    }
-
-    /// A stash buffer of `len` bytes when the stash has room, else null.
-    fn stashReserveLocked(net: *Net, len: u32) ?[]u8 {
-        if (net.stash.items.len + net.stash_pending >= stash_entries_max) return null;
-        if (net.stash_bytes + len > net.opts.stash_bytes_max) return null;
-        const buf = net.alloc.alloc(u8, len) catch return null;
-        net.stash_pending += 1;
-        net.stash_bytes += buf.len;
-        net.stash_full_logged = false;
-        return buf;
-    }
-
-    fn rxFinishDirect(rx: *const link_kind.Receiver, direct: link_kind.Direct, written: usize, complete: bool) void {
-        const net = of(rx);
-        const ep: *Endpoint = @ptrCast(@alignCast(direct.endpoint));
-        const req: *Req = @ptrCast(@alignCast(direct.request));
-        net.mu.lock();
-        defer net.mu.unlock();
-        net.countRxLocked(rx.peer, written);
-        std.debug.assert(req.busy > 0);
-        req.busy -= 1;
-        if (complete) {
-            req.received += written;
-            req.arrived = true;
-            checkDoneLocked(ep, req);
-        }
-        ep.cond.broadcast();
-    }
-
-    fn rxDropStash(rx: *const link_kind.Receiver, buf: []u8) void {
-        const net = of(rx);
-        net.mu.lock();
-        defer net.mu.unlock();
-        std.debug.assert(net.stash_pending > 0);
-        net.stash_pending -= 1;
-        net.stash_bytes -= buf.len;
-        net.alloc.free(buf);
-        net.stash_cond.broadcast();
-    }
-
-    /// Received bytes count under the kind of the peer's live link (one per peer in practice).
-    fn countRxLocked(net: *Net, peer: u32, bytes: usize) void {
-        const kind: u8 = for (net.links.peers[peer].links) |maybe| {
-            if (maybe) |link| break link.kind;
-        } else kinds.base_index;
-        net.traffic.addRx(peer, kind, bytes);
-    }
-
-    fn rxFinishStash(rx: *const link_kind.Receiver, header: *const wire.FrameHeader, buf: []u8) void {
-        const net = of(rx);
-        net.mu.lock();
-        defer net.mu.unlock();
-        net.countRxLocked(rx.peer, buf.len);
-        std.debug.assert(net.stash_pending > 0);
-        net.stash_pending -= 1;
-        // The receive may have been posted while we copied: hand the chunk over now.
-        if (net.findEndpointLocked(header.op_id)) |ep| {
-            if (!ep.abandoned.load(.acquire)) {
-                if (findRecvLocked(ep, rx.peer, header.seq)) |req| {
-                    net.stash_bytes -= buf.len;
-                    net.stash_cond.broadcast();
-                    defer net.alloc.free(buf);
-                    if (!fits(req, header.msg_len, buf.len)) {
-                        failLocked(ep, error.Protocol, @intCast(rx.peer), "rank {d} sent message {d} of {d} bytes, expected {d}", .{ rx.peer, header.seq, header.msg_len, req.buf.len });
-                        return;
-                    }
-                    req.routed += buf.len;
-                    req.deliver(header.offset, buf);
-                    req.received += buf.len;
-                    req.arrived = true;
-                    checkDoneLocked(ep, req);
-                    return;
-                }
-            }
-        } else if (net.finishedLocked(header.op_id)) {
-            net.stash_bytes -= buf.len;
-            net.alloc.free(buf);
-            net.stash_cond.broadcast();
-            return;
-        }
-        net.stash.appendAssumeCapacity(.{
-            .op_id = header.op_id,
-            .src = rx.peer,
-            .seq = header.seq,
-            .msg_len = header.msg_len,
-            .offset = header.offset,
-            .data = buf,
-            .born_ns = sys.monotonicNs(),
-        });
-    }
-
-    fn dropStashLocked(net: *Net, index: usize) void {
-        const entry = net.stash.swapRemove(index);
-        net.stash_bytes -= entry.data.len;
-        net.alloc.free(entry.data);
-    }
-
-    /// Drops stashed frames of ops this rank has not registered for orphan_ttl_ns.
-    fn evictOrphansLocked(net: *Net) u32 {
-        const now = sys.monotonicNs();
-        var evicted: u32 = 0;
-        var i: usize = 0;
-        while (i < net.stash.items.len) {
-            const entry = net.stash.items[i];
-            if (now -| entry.born_ns > orphan_ttl_ns and net.findEndpointLocked(entry.op_id) == null) {
-                net.dropStashLocked(i);
-                evicted += 1;
-            } else i += 1;
-        }
-        if (evicted > 0) sys.logLine("rank {d}: dropped {d} stashed frame(s) of ops never posted here", .{ net.rank(), evicted });
-        return evicted;
-    }
-
-    /// A link to `peer` died (links.zig): the first pending receive from it in each op fails.
-    fn linkLostLocked(context: *anyopaque, peer: u32, outcome: link_kind.RxOutcome) void {
-        const net: *Net = @ptrCast(@alignCast(context));
-        for (net.endpoints) |maybe| {
-            const ep = maybe orelse continue;
-            var used = ep.reqs_used;
-            while (used != 0) : (used &= used - 1) {
-                const req = &ep.reqs[@ctz(used)];
-                if (req.kind != .recv or req.peer != peer or req.done.load(.monotonic)) continue;
-                if (outcome == .protocol) {
-                    failLocked(ep, error.Protocol, @intCast(peer), "rank {d} sent a bad frame", .{peer});
-                } else {
-                    failLocked(ep, error.PeerFailed, @intCast(peer), "rank {d} closed its link (message {d}: {d} of {d} bytes arrived)", .{ peer, req.seq, req.received, req.buf.len });
-                }
-                break;
-            }
-        }
-    }
+    pub const sink = rx_mod.sink;
+    pub const claimStashLocked = rx_mod.claimStashLocked;
+    pub const dropStashLocked = rx_mod.dropStashLocked;
+    pub const route = rx_mod.route;
+    pub const stashReserveLocked = rx_mod.stashReserveLocked;
+    pub const evictOrphansLocked = rx_mod.evictOrphansLocked;
+    pub const countRxLocked = rx_mod.countRxLocked;
 };
