@@ -1111,13 +1111,7 @@ test "transport choice: auto picks shm for the same host id and tcp otherwise; s
     }) |case| {
         var world = try World.init(2, .{ .mode = case.mode, .runner = dualRunner });
         defer world.deinit();
-        if (!case.same_host) {
-            try world.engine(0).setPeer(1, "127.0.0.1", world.engine(1).dataPort(), 0xaaaa);
-            try world.engine(1).setPeer(0, "127.0.0.1", world.engine(0).dataPort(), 0xbbbb);
-        }
-        const ping = Tagged{ .kind = 0, .a = 2, .b = 0 };
-        const id = nextOpId();
-        try world.expectAllOk(&.{ customOp(id, 3, &ping, 10_000), customOp(id, 3, &ping, 10_000) });
+        try pingAcross(&world, case.same_host);
         for (0..2) |r| {
             const counts = world.engine(r).net.linkCounts();
             try testing.expect(counts.tcp + counts.shm >= 1);
@@ -1428,13 +1422,7 @@ test "transport choice with verbs: auto takes verbs between host ids and shm wit
     }) |case| {
         var world = try World.init(2, .{ .mode = case.mode, .runner = dualRunner });
         defer world.deinit();
-        if (!case.same_host) {
-            try world.engine(0).setPeer(1, "127.0.0.1", world.engine(1).dataPort(), 0xaaaa);
-            try world.engine(1).setPeer(0, "127.0.0.1", world.engine(0).dataPort(), 0xbbbb);
-        }
-        const ping = Tagged{ .kind = 0, .a = 2, .b = 0 };
-        const id = nextOpId();
-        try world.expectAllOk(&.{ customOp(id, 3, &ping, 10_000), customOp(id, 3, &ping, 10_000) });
+        try pingAcross(&world, case.same_host);
         for (0..2) |r| {
             const counts = world.engine(r).net.linkCounts();
             try testing.expectEqual(@as(u32, 0), counts.tcp);
@@ -1447,4 +1435,16 @@ test "transport choice with verbs: auto takes verbs between host ids and shm wit
             }
         }
     }
+}
+
+/// Two ranks exchange one message; `same_host` false gives them different host ids, so the
+/// transport choice sees two hosts.
+fn pingAcross(world: *World, same_host: bool) !void {
+    if (!same_host) {
+        try world.engine(0).setPeer(1, "127.0.0.1", world.engine(1).dataPort(), 0xaaaa);
+        try world.engine(1).setPeer(0, "127.0.0.1", world.engine(0).dataPort(), 0xbbbb);
+    }
+    const ping = Tagged{ .kind = 0, .a = 2, .b = 0 };
+    const id = nextOpId();
+    try world.expectAllOk(&.{ customOp(id, 3, &ping, 10_000), customOp(id, 3, &ping, 10_000) });
 }
