@@ -116,7 +116,7 @@ export class Matcher {
   pending(): { group: string; tag: string | null; seq: number; members: number[]; joined: number[] }[] {
     const out = [];
     for (const list of this.open.values()) {
-      for (const c of list) out.push({ group: c.group, tag: c.tag, seq: c.seq, members: c.members, joined: [...c.joined.keys()] });
+      for (const c of list) out.push({ group: c.group, tag: c.tag, seq: c.seq, members: c.members, joined: [...c.joined.keys()].sort((a, b) => a - b) });
     }
     return out;
   }
