@@ -12,10 +12,10 @@ import { internalRoutes } from "./routes/internal";
 import { introspectionRoutes } from "./routes/introspection";
 import { membershipRoutes } from "./routes/membership";
 import { p2pRoutes } from "./routes/p2p";
-import type { RankService } from "./service";
+import type { AppFacade } from "./routes/facade";
 
 /** Maps a thrown error to its JSON response (Hono's onError and service.ts's fast path). */
-export function errorResponse(svc: RankService, err: Error, method: string, path: string): Response {
+export function errorResponse(svc: AppFacade, err: Error, method: string, path: string): Response {
   if (err instanceof ApiError) {
     svc.metrics.error(err.code);
     return jsonResponse(err.toJSON(), err.status);
@@ -28,7 +28,7 @@ export function errorResponse(svc: RankService, err: Error, method: string, path
 /** Probes answer without the bearer token (kubelet and Docker HEALTHCHECK carry none). */
 export const PUBLIC_PATHS: ReadonlySet<string> = new Set(["/health", "/livez"]);
 
-export function createApp(svc: RankService) {
+export function createApp(svc: AppFacade) {
   const app = new Hono();
 
   app.use("*", async (c, next) => {

@@ -27,6 +27,7 @@ import { localRankOf, type LocalRank } from "../util/local-rank";
 import { Metrics } from "../util/metrics";
 import { httpUrl } from "../util/net";
 import { createApp } from "./app";
+import type { Phase } from "./routes/facade";
 import { nativeDataPlaneFactory } from "./dataplane";
 import { listen } from "./listen";
 import { DEFAULT_MAX_PENDING_CALLS, type ServiceConfig } from "./service-config";
@@ -45,7 +46,8 @@ const REFUSED_FAST_MS = 500;
 /** Failovers remembered for /cluster. */
 const FAILOVERS_KEPT = 16;
 
-export type ServicePhase = "starting" | "rendezvous" | "ready" | "stopping" | "failed";
+/** The lifecycle phases (defined with the routes' views of the service, routes/facade.ts). */
+export type ServicePhase = Phase;
 
 export class RankService {
   readonly log: Logger;

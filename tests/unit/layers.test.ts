@@ -42,3 +42,29 @@ test("src/ imports point down only", () => {
   }
   expect(upward).toEqual([]);
 });
+
+// Routes see the rank service through narrow views (server/routes/facade.ts), never the whole
+// RankService: each route module's registration takes one view, and nothing in routes/ (or the
+// dashboard's state, which a route hands its view to) imports server/service.ts.
+test("route modules take a narrow view of the service, never RankService", () => {
+  const routes = join(src, "server/routes");
+  const facade = readFileSync(join(routes, "facade.ts"), "utf8");
+  const views = new Set([...facade.matchAll(/export (?:interface|type) (\w+Facade)\b/g)].map((m) => m[1]!));
+  expect(views.size).toBeGreaterThanOrEqual(8);
+  expect(facade).not.toMatch(/from\s+["']\.\.\/service["']/);
+  const offences: string[] = [];
+  let registrations = 0;
+  const modules = readdirSync(routes).filter((f) => f.endsWith(".ts") && f !== "facade.ts");
+  for (const f of [...modules.map((m) => join(routes, m)), join(src, "server/dashboard/state.ts")]) {
+    const name = relative(src, f);
+    const text = readFileSync(f, "utf8");
+    if (/from\s+["']\.\.\/service["']/.test(text)) offences.push(`${name} imports server/service.ts`);
+    if (/\bRankService\b/.test(text)) offences.push(`${name} names RankService`);
+    for (const m of text.matchAll(/export function (\w+Routes)\(app: Hono, svc: (\w+)\)/g)) {
+      registrations++;
+      if (!views.has(m[2]!)) offences.push(`${name}: ${m[1]} takes ${m[2]}, not a view of routes/facade.ts`);
+    }
+  }
+  expect(offences).toEqual([]);
+  expect(registrations).toBe(modules.length); // every route module registers through a view
+});

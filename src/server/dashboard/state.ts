@@ -3,7 +3,7 @@
 // hasn't), recent ops, failures with their cause. Membership events are recorded from the
 // moment the service is built (Membership.onChange), not from when a page opens.
 import type { MembershipView } from "../../control/membership";
-import type { RankService } from "../service";
+import type { DashboardSource } from "../routes/facade";
 
 /** Membership events kept (oldest dropped first). */
 export const EVENTS_MAX = 256;
@@ -27,7 +27,7 @@ export class DashboardState {
   /** Each rank's state and activity as last recorded (events are the differences). */
   private known = new Map<number, { state: string; active: boolean }>();
 
-  constructor(private readonly svc: RankService) {
+  constructor(private readonly svc: DashboardSource) {
     svc.membership.onChange((view) => this.record(view));
   }
 
@@ -85,9 +85,9 @@ export class DashboardState {
   }
 }
 
-const states = new WeakMap<RankService, DashboardState>();
+const states = new WeakMap<DashboardSource, DashboardState>();
 
-export function dashboardState(svc: RankService): DashboardState {
+export function dashboardState(svc: DashboardSource): DashboardState {
   let s = states.get(svc);
   if (!s) {
     s = new DashboardState(svc);

@@ -22,13 +22,13 @@ import { checkShape, encodeTensor, numel, writeTensor, type JsonTensor } from ".
 import { checkContentLength, isOctetStream, jsonResponse, octetParam, readJson, wantsOctetStream } from "../body";
 import { InvalidRequest } from "../../errors";
 import { DEFAULT_TIMEOUT_MS, dtypeSchema, MAX_TIMEOUT_MS, parseOrThrow, redopSchema } from "../schemas";
-import type { RankService } from "../service";
+import type { BuffersFacade } from "./facade";
 import { baseCall, requireReady } from "./collective";
 import { cudaDeviceFor } from "../../util/local-rank";
 
 // ---- the registry of a service (created on first use) ----
 
-const registries = new WeakMap<RankService, Promise<BufferRegistry>>();
+const registries = new WeakMap<BuffersFacade, Promise<BufferRegistry>>();
 
 const noCuda = (why: string): DeviceOps => ({
   deviceCount: () => 0,
@@ -60,7 +60,7 @@ async function loadDeviceOps(): Promise<DeviceOps> {
 }
 
 /** Host buffers in /dev/shm files when the data plane can make them (the native one can). */
-function sharedHostOps(svc: RankService): SharedHostOps | null {
+function sharedHostOps(svc: BuffersFacade): SharedHostOps | null {
   const dp = svc.dataPlane;
   if (!dp.allocShared || !dp.sharedLocation) return null;
   return {
@@ -70,7 +70,7 @@ function sharedHostOps(svc: RankService): SharedHostOps | null {
   };
 }
 
-export function registryOf(svc: RankService): Promise<BufferRegistry> {
+export function registryOf(svc: BuffersFacade): Promise<BufferRegistry> {
   let r = registries.get(svc);
   if (!r) {
     r = loadDeviceOps().then(
@@ -118,7 +118,7 @@ function parseShapeText(text: string): number[] {
   return t.split(",").map((x) => (/^\s*\d+\s*$/.test(x) ? Number(x) : NaN));
 }
 
-async function readOctet(c: Context, svc: RankService, expected: number): Promise<Uint8Array> {
+async function readOctet(c: Context, svc: BuffersFacade, expected: number): Promise<Uint8Array> {
   checkContentLength(c, svc.config.maxBodyBytes);
   const got = new Uint8Array(await c.req.arrayBuffer());
   if (got.byteLength !== expected) {
@@ -137,7 +137,7 @@ function encodeInput(t: JsonTensor, bytes: number, where: string): Uint8Array {
   return host;
 }
 
-export function buffersRoutes(app: Hono, svc: RankService): void {
+export function buffersRoutes(app: Hono, svc: BuffersFacade): void {
   app.post("/buffers", async (c) => {
     const reg = await registryOf(svc);
     const limit = svc.config.maxTensorBytes;
@@ -277,7 +277,7 @@ export const bufferCallSchema = z.strictObject({
  * buffers through the same runner as tensor bodies (control/buffer-collective.ts says where
  * each op's result goes). dst/src are group ranks, as for tensors.
  */
-export async function bufferCollective(svc: RankService, op: CollectiveOp, raw: unknown, startedAt: number, ticket: Ticket, signal?: AbortSignal): Promise<Response> {
+export async function bufferCollective(svc: BuffersFacade, op: CollectiveOp, raw: unknown, startedAt: number, ticket: Ticket, signal?: AbortSignal): Promise<Response> {
   requireReady(svc);
   const reg = await registryOf(svc);
   const body = parseOrThrow(bufferCallSchema, raw);
@@ -311,7 +311,7 @@ export async function bufferCollective(svc: RankService, op: CollectiveOp, raw: 
 }
 
 /** The call's data from its input buffer; a list op's buffer is [members, ...block]. */
-function describeInput(svc: RankService, call: CollectiveCall, input: BufferEntry): void {
+function describeInput(svc: BuffersFacade, call: CollectiveCall, input: BufferEntry): void {
   const info = collectiveInfo(call.op);
   call.dtype = input.dtype;
   call.shape = input.shape;
@@ -340,7 +340,7 @@ const sendSchema = z.strictObject({ buffer: z.string().min(1), dst: z.number().i
 const recvSchema = z.strictObject({ buffer: z.string().min(1), src: z.number().int().min(0), tag: z.string().max(256).optional(), timeout_ms: bufferCallSchema.shape.timeout_ms });
 
 /** POST /p2p/send {"buffer": id, dst, tag?}: sends the buffer's contents (any device). */
-export async function bufferSend(c: Context, svc: RankService, raw: unknown, startedAt: number, ticket: Ticket): Promise<Response> {
+export async function bufferSend(c: Context, svc: BuffersFacade, raw: unknown, startedAt: number, ticket: Ticket): Promise<Response> {
   requireReady(svc);
   const reg = await registryOf(svc);
   const body = parseOrThrow(sendSchema, raw);
@@ -357,7 +357,7 @@ export async function bufferSend(c: Context, svc: RankService, raw: unknown, sta
 }
 
 /** POST /p2p/recv {"buffer": id, src, tag?}: receives into the buffer (same dtype and size). */
-export async function bufferRecv(c: Context, svc: RankService, raw: unknown, startedAt: number): Promise<Response> {
+export async function bufferRecv(c: Context, svc: BuffersFacade, raw: unknown, startedAt: number): Promise<Response> {
   requireReady(svc);
   const reg = await registryOf(svc);
   const body = parseOrThrow(recvSchema, raw);

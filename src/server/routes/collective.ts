@@ -14,16 +14,16 @@ import { InvalidRequest, NotReady, TooLarge } from "../../errors";
 import { checkContentLength, isOctetStream, jsonResponse, octetParam, readBodyInto, readJson, wantsOctetStream, type BodySource } from "../body";
 import { collectiveSchemas, DEFAULT_TIMEOUT_MS, formatIssues, quickCollectiveBody } from "../schemas";
 import { bufferCollective, usesBuffer } from "./buffers";
-import type { RankService } from "../service";
+import type { BuffersFacade, CollectiveFacade, Readiness } from "./facade";
 
 const opSet = new Set<string>(collectiveOps);
 
-export function requireReady(svc: RankService): void {
+export function requireReady(svc: Readiness): void {
   if (svc.ready) return;
   throw svc.unavailable(); // 503 not_ready (awaiting, failed, left) or master_lost
 }
 
-export function collectiveRoutes(app: Hono, svc: RankService): void {
+export function collectiveRoutes(app: Hono, svc: CollectiveFacade): void {
   app.post("/collective/:op", (c) => handleCollective(svc, c.req.param("op"), c));
 }
 
@@ -31,7 +31,7 @@ export function collectiveRoutes(app: Hono, svc: RankService): void {
  * POST /collective/{op}. `src` is the Hono context, or the bare Request when service.ts's fast
  * path serves the call without Hono (JSON bodies only: octet-stream bodies need the context).
  */
-export async function handleCollective(svc: RankService, op: string, src: Context | Request): Promise<Response> {
+export async function handleCollective(svc: CollectiveFacade, op: string, src: Context | Request): Promise<Response> {
   const startedAt = performance.now();
   if (!opSet.has(op)) {
     throw new InvalidRequest(`unknown collective ${JSON.stringify(op)}; expected one of ${collectiveOps.join(", ")}`);
@@ -125,7 +125,7 @@ function octetResponse(res: CollectiveResult, startedAt: number): Response {
   return new Response(out, { status: 200, headers });
 }
 
-function alloc(svc: RankService, bytes: number, owned: NativeBuffer[]): NativeBuffer {
+function alloc(svc: CollectiveFacade, bytes: number, owned: NativeBuffer[]): NativeBuffer {
   let b: NativeBuffer;
   try {
     b = svc.dataPlane.alloc(Math.max(bytes, 1));
@@ -137,7 +137,7 @@ function alloc(svc: RankService, bytes: number, owned: NativeBuffer[]): NativeBu
 }
 
 /** Checks a root (a rank of the call's group, as REST gives it) and returns its global rank. */
-function toRootGlobal(svc: RankService, op: CollectiveOp, rootGroup: number | undefined, group: string): number {
+function toRootGlobal(svc: BuffersFacade, op: CollectiveOp, rootGroup: number | undefined, group: string): number {
   const m = svc.membership;
   const field = collectiveInfo(op).root!;
   if (rootGroup === undefined) throw new InvalidRequest(`${op}: "${field}" is required`);
@@ -163,7 +163,7 @@ function checkRedop(redop: RedOpName, dtype: DTypeName): void {
 /** Decodes a JSON collective body into a call whose inputs live in native memory. */
 export function decodeJson(
   raw: unknown,
-  svc: RankService,
+  svc: CollectiveFacade,
   op: CollectiveOp,
   startedAt: number,
   owned: NativeBuffer[],
@@ -219,7 +219,7 @@ export function decodeJson(
  * A list input ("tensors", one per group rank; null for inactive members) -> one native buffer,
  * blocks of the active members in group order. Returns the first block's wire format.
  */
-function decodeList(svc: RankService, call: CollectiveCall, list: (JsonTensor | null)[], owned: NativeBuffer[]): WireFormat | null {
+function decodeList(svc: CollectiveFacade, call: CollectiveCall, list: (JsonTensor | null)[], owned: NativeBuffer[]): WireFormat | null {
   const { op } = call;
   const info = collectiveInfo(op);
   const maxT = svc.config.maxTensorBytes;
@@ -279,7 +279,7 @@ const OCTET_OPS = collectiveOps.filter((op) => collectiveInfo(op).octet);
 
 async function decodeOctet(
   c: BodySource,
-  svc: RankService,
+  svc: CollectiveFacade,
   op: CollectiveOp,
   startedAt: number,
   owned: NativeBuffer[],
@@ -334,7 +334,7 @@ async function decodeOctet(
  * in the data. The root (dst/src) comes as a group rank and is kept as a global rank.
  */
 export function baseCall(
-  svc: RankService,
+  svc: BuffersFacade,
   op: CollectiveOp,
   body: { op?: RedOpName; dst?: number; src?: number; group?: string; tag?: string; timeout_ms?: number },
   startedAt: number,

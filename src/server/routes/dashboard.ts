@@ -13,7 +13,7 @@ import { streamSSE } from "hono/streaming";
 import appJs from "../dashboard/app.js" with { type: "text" };
 import { dashboardPage } from "../dashboard/page";
 import { dashboardState } from "../dashboard/state";
-import type { RankService } from "../service";
+import type { DashboardFacade } from "./facade";
 
 export const SNAPSHOT_INTERVAL_MS = 500;
 /** An SSE stream ends after this long (the browser's EventSource reconnects by itself). */
@@ -27,7 +27,7 @@ export function browserCredential(c: Context): string | undefined {
   return token === undefined ? undefined : `Bearer ${token}`;
 }
 
-export function dashboardRoutes(app: Hono, svc: RankService): void {
+export function dashboardRoutes(app: Hono, svc: DashboardFacade): void {
   const state = dashboardState(svc);
 
   app.get("/dashboard", (c) => {

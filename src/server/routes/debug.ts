@@ -5,13 +5,13 @@ import type { Hono } from "hono";
 import { z } from "zod";
 import { readJson } from "../body";
 import { parseOrThrow } from "../schemas";
-import type { RankService } from "../service";
+import type { DebugFacade } from "./facade";
 
 const blockSchema = z.strictObject({ ms: z.number().int().min(0).max(60_000) });
 
 export const testHooksEnabled = (): boolean => process.env.MOONRING_TEST_HOOKS === "1";
 
-export function debugRoutes(app: Hono, svc: RankService): void {
+export function debugRoutes(app: Hono, svc: DebugFacade): void {
   app.post("/debug/block", async (c) => {
     const { ms } = parseOrThrow(blockSchema, await readJson(c, 1 << 10));
     svc.log.warn(`test hook: blocking the event loop for ${ms} ms`);

@@ -5,14 +5,14 @@ import { NotFound } from "../../errors";
 import { readJson } from "../body";
 import { p2pOfferSchema, registerSchema } from "../../control/wire";
 import { parseOrThrow } from "../schemas";
-import type { RankService } from "../service";
+import type { InternalFacade } from "./facade";
 import { requireReady } from "./collective";
 import { z } from "zod";
 
 const readySchema = z.strictObject({ rank: z.number().int().min(0) });
 const followSchema = z.strictObject({ url: z.string().regex(/^https?:\/\/[^\s]+$/).max(2048) });
 
-export function internalRoutes(app: Hono, svc: RankService): void {
+export function internalRoutes(app: Hono, svc: InternalFacade): void {
   const rz = () => {
     if (!svc.rendezvous) throw new NotFound(`rank ${svc.rank} is not the rendezvous master (rank 0 is)`);
     return svc.rendezvous;

@@ -4,9 +4,9 @@ import { renderApiReference } from "../api-reference";
 import { buildOpenApi } from "../openapi";
 import { serverOf } from "../auth";
 import type { TrafficRecord } from "../../native/types";
-import type { RankService } from "../service";
+import type { IntrospectionFacade } from "./facade";
 
-export function introspectionRoutes(app: Hono, svc: RankService): void {
+export function introspectionRoutes(app: Hono, svc: IntrospectionFacade): void {
   app.get("/health", async (c) => {
     const ready = svc.ready;
     const state = svc.state;
@@ -103,7 +103,7 @@ export function introspectionRoutes(app: Hono, svc: RankService): void {
 }
 
 /** moonring_dataplane_bytes_total{transport, peer, direction}: what the native links moved. */
-function dataPlaneTrafficLines(svc: RankService): string[] {
+function dataPlaneTrafficLines(svc: IntrospectionFacade): string[] {
   let records: TrafficRecord[] = [];
   try {
     records = svc.dataPlane?.traffic?.() ?? [];

@@ -9,14 +9,14 @@ import type { Hono } from "hono";
 import { NotFound, NotReady } from "../../errors";
 import { readJson } from "../body";
 import { groupSchema, membershipChangeSchema, parseOrThrow } from "../schemas";
-import type { RankService } from "../service";
+import type { MembershipFacade } from "./facade";
 
-function requireConnected(svc: RankService): void {
+function requireConnected(svc: MembershipFacade): void {
   if (svc.participant?.masterLost) throw svc.unavailable();
   if (svc.phase !== "ready") throw new NotReady(`rank ${svc.rank} has not completed rendezvous`);
 }
 
-function describeGroup(svc: RankService, name: string, ranks: number[]): Record<string, unknown> {
+function describeGroup(svc: MembershipFacade, name: string, ranks: number[]): Record<string, unknown> {
   const m = svc.membership;
   const me = ranks.indexOf(svc.rank);
   return {
@@ -28,7 +28,7 @@ function describeGroup(svc: RankService, name: string, ranks: number[]): Record<
   };
 }
 
-export function membershipRoutes(app: Hono, svc: RankService): void {
+export function membershipRoutes(app: Hono, svc: MembershipFacade): void {
   for (const action of ["activate", "deactivate"] as const) {
     app.post(`/membership/${action}`, async (c) => {
       requireConnected(svc);

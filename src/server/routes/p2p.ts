@@ -6,11 +6,11 @@ import { checkShape, encodeTensor, numel, writeTensor, type JsonTensor } from ".
 import { InvalidRequest, TooLarge } from "../../errors";
 import { isOctetStream, octetParam, readBodyInto, readJson, wantsOctetStream, checkContentLength } from "../body";
 import { DEFAULT_TIMEOUT_MS, p2pRecvSchema, p2pSendSchema, parseOrThrow } from "../schemas";
-import type { RankService } from "../service";
+import type { P2pFacade } from "./facade";
 import { bufferRecv, bufferSend, usesBuffer } from "./buffers";
 import { requireReady } from "./collective";
 
-export function p2pRoutes(app: Hono, svc: RankService): void {
+export function p2pRoutes(app: Hono, svc: P2pFacade): void {
   app.post("/p2p/send", (c) => counted(svc, async () => {
     const startedAt = performance.now();
     requireReady(svc);
@@ -111,7 +111,7 @@ export function p2pRoutes(app: Hono, svc: RankService): void {
 }
 
 /** Runs a p2p call counted against the pending-call cap (429 past it, before the body is read). */
-async function counted(svc: RankService, call: () => Promise<Response>): Promise<Response> {
+async function counted(svc: P2pFacade, call: () => Promise<Response>): Promise<Response> {
   svc.admitCall();
   try {
     return await call();
@@ -120,7 +120,7 @@ async function counted(svc: RankService, call: () => Promise<Response>): Promise
   }
 }
 
-function allocOr413(svc: RankService, bytes: number): NativeBuffer {
+function allocOr413(svc: P2pFacade, bytes: number): NativeBuffer {
   try {
     return svc.dataPlane.alloc(Math.max(bytes, 1));
   } catch (e) {
