@@ -6,6 +6,7 @@
 import { localRankOf, type LocalRank } from "./util/local-rank";
 import { bytesFlag, helpText, intFlag, parseFlags, UsageError, type FlagSpec } from "./util/args";
 import { parseHostPort } from "./util/net";
+import { parseEtcdUrl } from "./control/etcd";
 import { WORLD_SIZE_MAX } from "./limits";
 import { readFileSync } from "node:fs";
 
@@ -36,6 +37,18 @@ function rejoin(flags: Record<string, string | boolean | undefined>): "auto" | "
   return v;
 }
 
+/** --rendezvous: null for the built-in one, the etcd endpoints and job otherwise. */
+function rendezvousStore(flags: Record<string, string | boolean | undefined>): { endpoints: string[]; job: string } | null {
+  const v = (flags.rendezvous as string | undefined) ?? env("MOONRING_RENDEZVOUS") ?? "builtin";
+  if (v === "builtin") return null;
+  if (!v.startsWith("etcd://")) throw new UsageError(`--rendezvous must be builtin or etcd://HOST:PORT[,HOST:PORT...][/JOB], got ${JSON.stringify(v)}`);
+  try {
+    return parseEtcdUrl(v);
+  } catch (e) {
+    throw new UsageError(`--rendezvous: ${(e as Error).message}`);
+  }
+}
+
 const SERVE_FLAGS: Record<string, FlagSpec> = {
   rank: { type: "string", help: "this rank (env RANK)" },
   "world-size": { type: "string", help: "number of ranks that rendezvous (env WORLD_SIZE)" },
@@ -48,6 +61,10 @@ const SERVE_FLAGS: Record<string, FlagSpec> = {
   join: { type: "boolean", help: "join a running world: wait in state awaiting until activated" },
   "max-world-size": { type: "string", help: "slots of the world (>= world size; default = world size)" },
   "rendezvous-timeout": { type: "string", help: "seconds to keep trying to reach rank 0 (default 300)" },
+  rendezvous: {
+    type: "string",
+    help: "builtin (default: rank 0's HTTP, --master) or etcd://HOST:PORT[,HOST:PORT...][/JOB]: rendezvous, coordinator leadership and membership epochs in etcd (env MOONRING_RENDEZVOUS)",
+  },
   "exit-with-parent": { type: "boolean", help: "exit when stdin closes (used by launch)" },
   ...COMMON_LIMITS,
   ...LOCAL_FLAGS,
@@ -152,10 +169,12 @@ async function serve(argv: string[]): Promise<number> {
   if (rank >= maxWorldSize) throw new UsageError(`--rank ${rank} is out of range for world size ${maxWorldSize}`);
   const port = intFlag(flags.port ?? env("MOONRING_PORT"), "port", { min: 0, max: 65535 }) ?? 29500 + rank;
   const host = (flags.host as string | undefined) ?? env("MOONRING_HOST") ?? "127.0.0.1";
+  const etcd = rendezvousStore(flags);
   let masterText = flags.master as string | undefined;
   if (masterText === undefined && env("MASTER_ADDR")) masterText = `${env("MASTER_ADDR")}:${env("MASTER_PORT") ?? "29500"}`;
   if (masterText === undefined) {
-    if (rank !== 0) throw new UsageError("serve needs --master HOST:PORT (or MASTER_ADDR and MASTER_PORT)");
+    // with etcd the ranks find the coordinator there: no master address needed
+    if (rank !== 0 && !etcd) throw new UsageError("serve needs --master HOST:PORT (or MASTER_ADDR and MASTER_PORT)");
     masterText = `${host === "0.0.0.0" ? "127.0.0.1" : host}:${port}`;
   }
   let master: { host: string; port: number };
@@ -166,7 +185,7 @@ async function serve(argv: string[]): Promise<number> {
   }
   const { serveMain, defaultAdvertiseHost } = await import("./server/serve");
   const advertiseHost = (flags["advertise-host"] as string | undefined) ?? env("MOONRING_ADVERTISE_HOST") ?? defaultAdvertiseHost(host);
-  if (rank === 0 && master.port !== port) {
+  if (rank === 0 && master.port !== port && !etcd) {
     process.stderr.write(`moonring serve: warning: rank 0 serves on port ${port} but --master says ${master.port}\n`);
   }
   await serveMain(
@@ -187,7 +206,8 @@ async function serve(argv: string[]): Promise<number> {
       rejoin: rejoin(flags),
       ...limits(flags),
       ...heartbeat(flags),
-      clusterId: env("MOONRING_CLUSTER_ID"),
+      clusterId: env("MOONRING_CLUSTER_ID") ?? (etcd ? `moonring@etcd/${etcd.job || "default"}` : undefined),
+      ...(etcd ? { etcd } : {}),
       rendezvousTimeoutMs: (intFlag(flags["rendezvous-timeout"], "rendezvous-timeout", { min: 1 }) ?? 300) * 1000,
       ...localAccess(flags, rank),
     },

@@ -43,6 +43,8 @@ export interface ServiceConfig {
   heartbeatThread?: boolean;
   /** Whether a restart of this rank rejoins by itself (default "manual"; docs/api-extensions.md "Rejoin"). */
   rejoin?: "auto" | "manual";
+  /** serve --rendezvous etcd://...: rendezvous, leadership and epochs in etcd (absent: built-in; control/etcd-store.ts). */
+  etcd?: { endpoints: string[]; job: string };
   /** Tests inject a fake; the real service uses src/native/engine.ts. */
   dataPlaneFactory?: DataPlaneFactory;
 }

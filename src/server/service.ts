@@ -18,6 +18,8 @@ import { Participant, type CoordinatorChannel } from "../control/participant";
 import { PeerClient } from "../control/peers";
 import { RendezvousClient, RendezvousRedirected, RendezvousServer } from "../control/rendezvous";
 import { Sequencer } from "../control/sequencer";
+import { EtcdClient } from "../control/etcd";
+import { EtcdStore, leaseTtlS, type LeaderRecord, type RendezvousStore } from "../control/etcd-store";
 import type { DataPlane, DataPlaneLinks } from "../native/types";
 import { apiErrorFromJSON, MasterLost, NotReady, type ApiError, TooManyRequests } from "../errors";
 import { expectedBearer, isAuthorized } from "./auth";
@@ -43,6 +45,9 @@ const RECRUIT_INTERVAL_MS = 1000;
 const RECRUIT_PROBES_MAX = 16;
 /** A refused connection this fast means the peer's host is up and its port closed (its process is gone). */
 const REFUSED_FAST_MS = 500;
+/** With a store: how long a rank tries to reach it at start, and one wait for a lead to change. */
+const STORE_OPEN_TIMEOUT_MS = 10_000;
+const STORE_WAIT_SPAN_MS = 2000;
 /** Failovers remembered for /cluster. */
 const FAILOVERS_KEPT = 16;
 
@@ -67,6 +72,8 @@ export class RankService {
   liveness: Liveness = Liveness.none();
   /** Rank 0: failure detection, reconciliation, activation, groups (control/coordinator.ts). */
   coordinator: Coordinator | null = null;
+  /** Where rendezvous, leadership and epochs live besides this process: null = built-in (rank 0's HTTP). */
+  store: RendezvousStore | null = null;
   /** Every rank: applies views, acks them, waits for re-issues (control/participant.ts). */
   participant!: Participant;
   private channel: CoordinatorChannel | null = null;
@@ -239,9 +246,10 @@ export class RankService {
       this.p2p.onView();
     });
     this.participant.start();
-    if (c.rank === 0) this.becomeCoordinator(null);
+    if (c.etcd) this.store = new EtcdStore(new EtcdClient(c.etcd.endpoints), c.etcd.job, leaseTtlS(this.heartbeatTimeoutMs), this.log);
+    else if (c.rank === 0) this.becomeCoordinator(null);
     this.listen();
-    this.log.info(`listening on ${this.url} (data plane port ${this.dataPlane.dataPort}); rendezvous via ${this.masterUrl}`);
+    this.log.info(`listening on ${this.url} (data plane port ${this.dataPlane.dataPort}); rendezvous via ${this.store?.description ?? this.masterUrl}`);
     void this.runRendezvous().catch((e) => {
       this.phase = "failed";
       this.failure = (e as Error).message;
@@ -320,6 +328,7 @@ export class RankService {
     const bind = c.host === "0.0.0.0" ? "127.0.0.1" : c.host === "::" ? "::1" : c.host;
     let rzUrl = c.rank === 0 ? httpUrl(bind, this.port) : this.masterUrl;
     let join = c.join;
+    if (this.store) ({ url: rzUrl, join } = await this.findCoordinatorInStore(this.store, httpUrl(bind, this.port)));
     for (;;) {
       const client = new RendezvousClient(rzUrl, this.peers, this.log, c.rendezvousTimeoutMs, () => this.redirectTo);
       try {
@@ -501,6 +510,7 @@ export class RankService {
     }
     this.startRecruiting();
     this.participant.attach(this.channel);
+    if (this.store) this.leadInStore(this.store, co);
     this.coordinatorChanged();
   }
 
@@ -563,7 +573,7 @@ export class RankService {
       busy = true;
       // rank 0 also at the --master address: a restarted pod keeps its DNS name, not its IP
       const probes = failed.map((rec) => this.recruit(rec.url, rec.instance));
-      if (failed.some((rec) => rec.rank === 0) && this.masterUrl !== this.membership.get(0)?.url) probes.push(this.recruit(this.masterUrl, this.membership.get(0)!.instance));
+      if (!this.store && failed.some((rec) => rec.rank === 0) && this.masterUrl !== this.membership.get(0)?.url) probes.push(this.recruit(this.masterUrl, this.membership.get(0)!.instance));
       void Promise.all(probes).finally(() => (busy = false));
     }, RECRUIT_INTERVAL_MS);
     this.recruiter.unref?.();
@@ -647,6 +657,7 @@ export class RankService {
     const unsure = new Set<number>();
     this.log.warn(`coordinator (rank ${lost.join(", ")}) lost: ${why}; electing a new one`);
     try {
+      if (this.store) return await this.electInStore(this.store, record, lost, why);
       for (;;) {
         if ((this.phase as ServicePhase) === "stopping") return;
         const candidate = this.membership.activeRanks().find((r) => !gone.has(r) && !unsure.has(r));
@@ -707,6 +718,121 @@ export class RankService {
     this.p2p.halt(`the coordinator is lost: ${why}`);
   }
 
+  // ---- an external rendezvous store (serve --rendezvous etcd://...; control/etcd-store.ts) ----
+
+  private leaderRecord(): LeaderRecord {
+    return { rank: this.rank, url: this.url, instance: this.instance, since_ms: Date.now() };
+  }
+
+  /**
+   * Where this rank registers: rank 0 claims the lead (create-if-absent) and registers with
+   * itself; every other rank, and a rank 0 that finds a live world's coordinator leading (a
+   * restart), registers with the coordinator the store names (a restarted rank 0 as a joiner,
+   * as the built-in rendezvous has it).
+   */
+  private async findCoordinatorInStore(store: RendezvousStore, selfUrl: string): Promise<{ url: string; join: boolean }> {
+    const c = this.config;
+    await store.open(Math.min(c.rendezvousTimeoutMs, STORE_OPEN_TIMEOUT_MS)).catch((e: Error) => {
+      throw new Error(`rendezvous store ${store.description} can't be reached: ${e.message}`);
+    });
+    const until = performance.now() + c.rendezvousTimeoutMs;
+    if (c.rank === 0 && !c.join) {
+      for (const dead = new Set<string>(); ; ) {
+        const holder = await store.claim(this.leaderRecord(), dead);
+        if (holder.instance === this.instance) {
+          this.becomeCoordinator(null);
+          return { url: selfUrl, join: false };
+        }
+        if (await this.answersAs(holder)) return { url: holder.url, join: true };
+        // the previous process of this job still holds the key (until its lease lapses), or a survivor is taking over
+        if (performance.now() > until) throw new Error(`rank ${holder.rank} (${holder.url}) holds the lead in ${store.description} but does not answer`);
+        this.log.info(`the lead is held by rank ${holder.rank} (${holder.url}, not answering): waiting for its lease to lapse or a new coordinator`);
+        await store.waitLeader((l) => l.instance !== holder.instance, STORE_WAIT_SPAN_MS);
+      }
+    }
+    const leader = await store.waitLeader(() => true, c.rendezvousTimeoutMs);
+    if (!leader) throw new Error(`no coordinator appeared in ${store.description} within ${Math.round(c.rendezvousTimeoutMs / 1000)} s`);
+    return { url: leader.url, join: c.join };
+  }
+
+  /** Whether the process a leader record names answers at its URL (it is that instance). */
+  private async answersAs(l: LeaderRecord): Promise<boolean> {
+    try {
+      const who = await this.peers.get<{ instance: string }>(`${l.url}/internal/whoami`, this.heartbeatTimeoutMs, "whoami");
+      return who.instance === l.instance;
+    } catch {
+      return false;
+    }
+  }
+
+  /** The coordinator writes each epoch's view to the store; a store naming another leader deposes it. */
+  private leadInStore(store: RendezvousStore, co: Coordinator): void {
+    const rz = this.rendezvous!;
+    const publish = () => {
+      if (this.coordinator === co && rz.isComplete) store.publishView(this.membership.view());
+    };
+    this.membership.onChange(publish);
+    const completed = rz.onComplete;
+    rz.onComplete = () => {
+      completed();
+      publish();
+    };
+    publish();
+    store.onDeposed = (holder) => {
+      if (this.coordinator !== co) return;
+      co.stop();
+      this.hub?.closeAll();
+      this.loseCoordinatorForGood(`deposed: ${holder ? `rank ${holder.rank} leads in ${store.description}` : "the lead lapsed"} (this process was cut off or stalled)`);
+    };
+  }
+
+  /**
+   * Failover with a store: the survivor the heartbeats elect (the lowest active rank not lost)
+   * takes the lead in the store by a compare-and-swap on the lost coordinator's record; the
+   * others wait for the store to name a coordinator that is not lost and follow it. A candidate
+   * that does not take the lead in time is passed over; the store, not a guess, says who leads.
+   */
+  private async electInStore(store: RendezvousStore, record: { resumedAt: number | null; coordinator: number | null }, lost: number[], why: string): Promise<void> {
+    const gone = new Set(lost);
+    const lostInstances = () => new Set([...gone].map((r) => this.membership.get(r)?.instance ?? ""));
+    const waitMs = FAILOVER_CONNECT_TIMEOUTS * this.heartbeatTimeoutMs;
+    const until = performance.now() + this.config.rendezvousTimeoutMs;
+    while ((this.phase as ServicePhase) !== "stopping") {
+      const candidate = this.membership.activeRanks().find((r) => !gone.has(r));
+      if (candidate === undefined) return this.loseCoordinatorForGood(`${why}; no active rank is left to take over`);
+      let holder: LeaderRecord | null;
+      try {
+        holder = candidate === this.rank ? await store.claim(this.leaderRecord(), lostInstances()) : await store.waitLeader((l) => !lostInstances().has(l.instance), waitMs);
+      } catch (e) {
+        if (performance.now() > until) return this.loseCoordinatorForGood(`${why}; ${store.description}: ${(e as Error).message}`);
+        this.log.warn(`failover: ${(e as Error).message}; trying again`);
+        continue;
+      }
+      if (!holder) {
+        this.log.warn(`rank ${candidate} did not take the lead in ${store.description} within ${waitMs} ms; passing it over`);
+        gone.add(candidate);
+        continue;
+      }
+      if (holder.instance === this.instance) {
+        const stored = await store.readView().catch(() => null);
+        if (stored && stored.epoch > this.membership.epoch) this.membership.applyView(stored);
+        this.becomeCoordinator({ lost: [...gone], why });
+      } else {
+        try {
+          await this.follow(holder.rank, waitMs);
+          this.log.warn(`following rank ${holder.rank}, the coordinator named by ${store.description}`);
+        } catch (e) {
+          this.log.warn(`rank ${holder.rank} leads in the store but can't be reached: ${(e as Error).message}`);
+          gone.add(holder.rank);
+          continue;
+        }
+      }
+      record.resumedAt = performance.now();
+      record.coordinator = holder.rank;
+      return;
+    }
+  }
+
   async stop(): Promise<void> {
     if ((this.phase as ServicePhase) === "stopping") return;
     this.phase = "stopping";
@@ -715,6 +841,7 @@ export class RankService {
     this.link?.close();
     this.liveness.stop();
     this.hub?.closeAll();
+    await this.store?.close();
     try {
       this.server?.stop(true);
       this.unixServer?.stop(true);
