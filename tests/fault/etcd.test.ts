@@ -176,6 +176,26 @@ describe.skipIf(skipWhy !== null)("--rendezvous etcd:// with a 3-member etcd clu
     for (const b of g) expect(b.result.map((t: any) => t.data)).toEqual([[100], [101], [102], [103]]);
     expect((await leaderInEtcd(etcd, w.job)).rank).toBe(1);
   }, 150_000);
+
+  test("rank 0 hangs (SIGSTOP) and rank 1 takes the lead; rank 0 resumed finds itself deposed in etcd and can't write an epoch", async () => {
+    etcd = await EtcdCluster.start(3);
+    const w = await startWorld(etcd, 3);
+    const r0 = ranks.find((p) => p.rank === 0)!;
+    process.kill(r0.proc.pid, "SIGSTOP");
+    await waitFor("rank 1 to lead in etcd", async () => (await leaderInEtcd(etcd!, w.job))?.rank === 1);
+    await allreduceAmong(w.urls, [1, 2]);
+    const before = await waitViewInEtcd(etcd, w.job, w.urls[1]!);
+    process.kill(r0.proc.pid, "SIGCONT");
+    // the old coordinator wakes up believing it leads; etcd says otherwise
+    await waitFor("the resumed rank 0 to step down (health failed)", async () => (await get(w.urls[0]!, "/health")).body?.state === "failed", 20_000);
+    expect(r0.stderr()).toContain("deposed");
+    await allreduceAmong(w.urls, [1, 2]);
+    const view = JSON.parse((await etcd.get(`/moonring/${w.job}/view`))!);
+    expect(view.coordinator).toBe(1);
+    expect(view.epoch).toBeGreaterThanOrEqual(before.epoch);
+    expect(view.ranks.filter((r: any) => r.active).map((r: any) => r.rank)).toEqual([1, 2]);
+    expect((await leaderInEtcd(etcd, w.job)).rank).toBe(1);
+  }, 90_000);
 });
 
 describe.skipIf(skipWhy !== null)("--rendezvous: bad etcd addresses fail at start with a clear error", () => {
