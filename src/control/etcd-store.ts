@@ -97,9 +97,20 @@ export class EtcdStore implements RendezvousStore {
   }
 
   async open(deadlineMs: number): Promise<void> {
-    this.lease = await this.client.leaseGrant(this.ttlS, deadlineMs);
-    this.keeper = setInterval(() => void this.keep(), Math.max(500, (this.ttlS * 1000) / 3));
-    this.keeper.unref?.();
+    await this.client.call("/v3/kv/range", { key: Buffer.from(this.leaderKey).toString("base64") }, deadlineMs);
+  }
+
+  /**
+   * The lease the leader key hangs on: granted at the first claim, not at open, so only
+   * candidates and coordinators keep one alive (etcd load stays flat with the world size).
+   */
+  private async ensureLease(): Promise<string> {
+    if (!this.lease) {
+      this.lease = await this.client.leaseGrant(this.ttlS);
+      this.keeper ??= setInterval(() => void this.keep(), Math.max(500, (this.ttlS * 1000) / 3));
+      this.keeper.unref?.();
+    }
+    return this.lease;
   }
 
   async leader(): Promise<LeaderRecord | null> {
@@ -115,7 +126,7 @@ export class EtcdStore implements RendezvousStore {
       if (holder && kv && !lostInstances.has(holder.instance)) return holder;
       // absent (create-if-absent), or held by a lost coordinator (compare its mod_revision)
       const compare = kv ? { key: this.leaderKey, target: "MOD" as const, modRevision: kv.modRevision } : { key: this.leaderKey, target: "CREATE" as const, createRevision: 0 };
-      const r = await this.client.txn([compare], [{ put: { key: this.leaderKey, value, lease: this.lease ?? undefined } }]);
+      const r = await this.client.txn([compare], [{ put: { key: this.leaderKey, value, lease: await this.ensureLease() } }]);
       if (r.succeeded) return this.won(value, self);
     }
     throw new Error(`etcd: the leader key ${this.leaderKey} kept changing while rank ${self.rank} tried to claim it`);
@@ -210,7 +221,7 @@ export class EtcdStore implements RendezvousStore {
   private async reassert(): Promise<void> {
     const mine = this.mine;
     if (!mine) return;
-    const r = await this.client.txn([{ key: this.leaderKey, target: "CREATE", createRevision: 0 }], [{ put: { key: this.leaderKey, value: mine, lease: this.lease ?? undefined } }]);
+    const r = await this.client.txn([{ key: this.leaderKey, target: "CREATE", createRevision: 0 }], [{ put: { key: this.leaderKey, value: mine, lease: await this.ensureLease() } }]);
     if (r.succeeded) this.log.warn(`etcd: the leader key had lapsed; put it back (${this.leaderKey})`);
   }
 

@@ -752,7 +752,21 @@ export class RankService {
     }
     const leader = await store.waitLeader(() => true, c.rendezvousTimeoutMs);
     if (!leader) throw new Error(`no coordinator appeared in ${store.description} within ${Math.round(c.rendezvousTimeoutMs / 1000)} s`);
+    this.followLeaderMoves(store, leader);
     return { url: leader.url, join: c.join };
+  }
+
+  /** While this rank is in rendezvous, a new coordinator in the store redirects it there (the one it registers with died). */
+  private followLeaderMoves(store: RendezvousStore, first: LeaderRecord): void {
+    void (async () => {
+      for (let known = first; (this.phase as ServicePhase) === "rendezvous"; ) {
+        const next = await store.waitLeader((l) => l.instance !== known.instance, STORE_WAIT_SPAN_MS).catch(() => null);
+        if (!next || (this.phase as ServicePhase) !== "rendezvous") continue;
+        this.log.warn(`the coordinator moved to rank ${next.rank} (${next.url}) during rendezvous: registering there`);
+        this.redirectTo = next.url;
+        known = next;
+      }
+    })();
   }
 
   /** Whether the process a leader record names answers at its URL (it is that instance). */

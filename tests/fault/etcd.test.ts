@@ -175,6 +175,15 @@ describe.skipIf(skipWhy !== null)("--rendezvous etcd:// with a 3-member etcd clu
     const g = expectOk(await Promise.all([0, 1, 2, 3].map((r) => post(w.urls[r]!, "/collective/allgather", { tensor: i32([r + 100]) }))), "allgather");
     for (const b of g) expect(b.result.map((t: any) => t.data)).toEqual([[100], [101], [102], [103]]);
     expect((await leaderInEtcd(etcd, w.job)).rank).toBe(1);
+
+    // the new coordinator dies too: the restarted rank 0, now the lowest active rank, takes the lead from rank 1's record
+    const oldLead = await leaderInEtcd(etcd, w.job);
+    ranks.find((p) => p.rank === 1 && p.proc.exitCode === null)!.proc.kill("SIGKILL");
+    await waitFor("rank 0 to lead again", async () => (await cluster(w.urls[3]!)).coordinator === 0, 20_000);
+    const lead0 = await leaderInEtcd(etcd, w.job);
+    expect(lead0.rank).toBe(0);
+    expect(lead0.instance).not.toBe(oldLead.instance);
+    await allreduceAmong(w.urls, [0, 2, 3]);
   }, 150_000);
 
   test("rank 0 hangs (SIGSTOP) and rank 1 takes the lead; rank 0 resumed finds itself deposed in etcd and can't write an epoch", async () => {
@@ -201,7 +210,7 @@ describe.skipIf(skipWhy !== null)("--rendezvous etcd:// with a 3-member etcd clu
 describe.skipIf(skipWhy !== null)("--rendezvous: bad etcd addresses fail at start with a clear error", () => {
   test("no etcd listening: exit 1 within the bound, naming the endpoints", async () => {
     const [port, dead] = [await freePortRange(1), await freePortRange(2)];
-    const p = serveWithEtcd(0, 2, port, `etcd://127.0.0.1:${dead},127.0.0.1:${dead + 1}/nobody`, ["--rendezvous-timeout", "3"]);
+    const p = serveWithEtcd(0, 2, port, `etcd://127.0.0.1:${dead},127.0.0.1:${dead + 1}/nobody`, ["--rendezvous-timeout", "1"]);
     ranks.push(p);
     const code = await Promise.race([p.proc.exited, Bun.sleep(30_000).then(() => "hang")]);
     expect(code).toBe(1);
@@ -213,7 +222,7 @@ describe.skipIf(skipWhy !== null)("--rendezvous: bad etcd addresses fail at star
     const server = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: () => new Response("hello", { status: 404 }) });
     try {
       const port = await freePortRange(1);
-      const p = serveWithEtcd(1, 2, port, `etcd://127.0.0.1:${server.port}`, ["--rendezvous-timeout", "3"]);
+      const p = serveWithEtcd(1, 2, port, `etcd://127.0.0.1:${server.port}`, ["--rendezvous-timeout", "1"]);
       ranks.push(p);
       const code = await Promise.race([p.proc.exited, Bun.sleep(30_000).then(() => "hang")]);
       expect(code).toBe(1);
