@@ -52,7 +52,13 @@ async function startWorld(c: EtcdCluster, n: number): Promise<World> {
 /** An allreduce (int32 sum) among `members`, checked against the sum computed here. */
 async function allreduceAmong(urls: string[], members: number[], timeoutMs = 20_000): Promise<void> {
   const inputs = urls.map(() => randInts(7));
-  const res = expectOk(await Promise.all(members.map((r) => post(urls[r]!, "/collective/allreduce", { tensor: i32(inputs[r]!), timeout_ms: timeoutMs }))), "allreduce");
+  const replies = await Promise.all(members.map((r) => post(urls[r]!, "/collective/allreduce", { tensor: i32(inputs[r]!), timeout_ms: timeoutMs })));
+  if (replies.some((x) => x.status !== 200)) {
+    const said = replies.map((x, i) => `rank ${members[i]}: ${x.status} ${JSON.stringify(x.body).slice(0, 300)}`).join("\n");
+    const logs = ranks.map((p) => `--- rank ${p.rank} (pid ${p.proc.pid}) stderr:\n${p.stderr().slice(-2500)}`).join("\n");
+    throw new Error(`allreduce among ${members.join(", ")} failed:\n${said}\n${logs}`);
+  }
+  const res = replies.map((x) => x.body);
   for (const b of res) {
     expect(b.contributors).toEqual(members);
     expect(b.result.data).toEqual(sumOver(inputs, members));
