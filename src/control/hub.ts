@@ -2,11 +2,14 @@
 // requests to the matcher and pushes messages (membership views) to ranks.
 import type { ServerWebSocket } from "bun";
 import { Logger } from "../util/log";
+import { encodeDecision } from "./decision-wire";
 import type { CallDesc, Decision, Matcher } from "./matcher";
 
 export interface LinkData {
   rank: number;
   instance: string;
+  /** The coordinator process (instance) the rank means to reach; "" when it does not say. */
+  coordinator?: string;
 }
 
 export class CoordinatorHub {
@@ -87,7 +90,7 @@ export class CoordinatorHub {
         // meanwhile still gets it (its request stays pending across the reconnect).
         this.matcher.join(rank, desc, (d: Decision) => {
           mine.delete(id);
-          this.sendTo(rank, { t: "res", id, d });
+          this.sendDecision(rank, id, d);
         });
         return;
       }
@@ -132,6 +135,23 @@ export class CoordinatorHub {
         // link going down; its close handler reports it
       }
     }
+  }
+
+  /** A decision's wire text, encoded once for all its members (one object per collective). */
+  private decisionText = new WeakMap<Decision, string>();
+
+  /** Answers a join: {t:"res", id, d} with d in the compact wire form (decision-wire.ts). */
+  private sendDecision(rank: number, id: unknown, d: Decision): boolean {
+    let text = this.decisionText.get(d);
+    if (text === undefined) this.decisionText.set(d, (text = encodeDecision(d)));
+    const ws = this.sockets.get(rank);
+    if (!ws) return false;
+    try {
+      ws.send(`{"t":"res","id":${JSON.stringify(id ?? null)},"d":${text}}`);
+    } catch {
+      return false; // link going down; its close handler reports it
+    }
+    return true;
   }
 
   sendTo(rank: number, msg: Record<string, unknown>): boolean {

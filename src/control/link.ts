@@ -24,6 +24,8 @@ interface PendingRequest {
 
 /** Close code rank 0 uses for a rank it removed from the world. */
 export const CLOSE_REMOVED = 4002;
+/** Close code of a new process at the coordinator's address: the coordinator this link followed is gone. */
+export const CLOSE_REPLACED = 4004;
 /** How long one attempt to open the link may take. */
 const OPEN_TIMEOUT_MS = 5000;
 /** Messages kept while the link reconnects. */
@@ -67,6 +69,8 @@ export class CoordinatorLink {
     private liveness: Liveness,
     /** The rank at the other end (its heartbeat thread's answers count as signs of life). */
     private coordinatorRank = 0,
+    /** The coordinator's process (its instance): a restarted process at its address refuses the link. */
+    private coordinatorInstance = "",
   ) {}
 
   get connected(): boolean {
@@ -100,7 +104,8 @@ export class CoordinatorLink {
     return new Promise((resolve, reject) => {
       const headers: Record<string, string> = {};
       if (this.token) headers.authorization = `Bearer ${this.token}`;
-      const url = `${this.wsUrl}?rank=${this.rank}&instance=${encodeURIComponent(this.instance)}`;
+      const expect = this.coordinatorInstance ? `&coordinator=${encodeURIComponent(this.coordinatorInstance)}` : "";
+      const url = `${this.wsUrl}?rank=${this.rank}&instance=${encodeURIComponent(this.instance)}${expect}`;
       const ws = new (WebSocket as unknown as new (u: string, o: unknown) => WebSocket)(url, { headers });
       let opened = false;
       // a blackholed address never answers the SYN: give up on this attempt, not on the link
@@ -136,6 +141,14 @@ export class CoordinatorLink {
           return;
         }
         const clean = ev.code === 1000 || ev.code === 1001;
+        if (ev.code === CLOSE_REPLACED) {
+          // the coordinator's container restarted in place: its heartbeat port answers again,
+          // but the process this rank followed (and its matcher) is gone: fail over now
+          this.log.warn(`rank ${this.coordinatorRank}'s address answers with a new process: ${ev.reason}`);
+          this.failPending(why);
+          this.declareLost(why);
+          return;
+        }
         if (clean || ev.code === CLOSE_REMOVED) {
           // rank 0 shut down, or it removed this rank: nothing to reconnect to
           if (clean) this.log.info(`rank 0 closed the control link (code ${ev.code}: shutting down?)`);

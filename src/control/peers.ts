@@ -2,6 +2,9 @@
 // typed errors relayed from the peer's JSON error body.
 import { apiErrorFromJSON, PeerFailed } from "../errors";
 
+/** 307/308 hops followed (a rank that no longer coordinates points at the one that does). */
+const REDIRECTS_MAX = 3;
+
 export class PeerClient {
   constructor(private token: string | undefined) {}
 
@@ -16,7 +19,7 @@ export class PeerClient {
   async post<T = unknown>(url: string, body: unknown, timeoutMs: number, what: string): Promise<T> {
     let res: Response;
     try {
-      res = await fetch(url, {
+      res = await this.fetchFollowing(url, {
         method: "POST",
         headers: this.headers(),
         body: JSON.stringify(body),
@@ -31,11 +34,28 @@ export class PeerClient {
   async get<T = unknown>(url: string, timeoutMs: number, what: string): Promise<T> {
     let res: Response;
     try {
-      res = await fetch(url, { headers: this.headers(false), signal: AbortSignal.timeout(timeoutMs) });
+      res = await this.fetchFollowing(url, { headers: this.headers(false), signal: AbortSignal.timeout(timeoutMs) });
     } catch (e) {
       throw new PeerFailed(`${what}: ${url} unreachable: ${(e as Error).message}`);
     }
     return this.read<T>(res, url, what);
+  }
+
+  /**
+   * fetch, following a rank's 307/308 to the coordinator with the same headers: fetch itself
+   * drops Authorization on a redirect to another origin, so a restarted rank registering
+   * through a rank that no longer coordinates was refused 401 (and crash-looped). The target
+   * is a rank of the same job, which holds the same token.
+   */
+  private async fetchFollowing(url: string, init: RequestInit): Promise<Response> {
+    let at = url;
+    for (let hop = 0; ; hop++) {
+      const res = await fetch(at, { ...init, redirect: "manual" });
+      const to = res.headers.get("location");
+      if ((res.status !== 307 && res.status !== 308) || !to || hop >= REDIRECTS_MAX) return res;
+      await res.arrayBuffer().catch(() => null);
+      at = new URL(to, at).href;
+    }
   }
 
   private async read<T>(res: Response, url: string, what: string): Promise<T> {

@@ -3,6 +3,7 @@
 import { chmodSync, rmSync } from "node:fs";
 import type { Server, ServerWebSocket } from "bun";
 import type { LinkData } from "../control/hub";
+import { CLOSE_REPLACED } from "../control/link";
 import { type ApiError, Unauthorized } from "../errors";
 import { errorResponse } from "./app";
 import { authorize } from "./auth";
@@ -44,7 +45,8 @@ export function listen(svc: RankService): { server: Server<LinkData>; unixServer
           }
           const rank = Number(u.searchParams.get("rank"));
           const instance = u.searchParams.get("instance") ?? "";
-          if (server.upgrade(req, { data: { rank, instance } })) return undefined;
+          const coordinator = u.searchParams.get("coordinator") ?? "";
+          if (server.upgrade(req, { data: { rank, instance, coordinator } })) return undefined;
           return Response.json({ error: { code: "invalid_request", message: "websocket upgrade failed" } }, { status: 400 });
         }
       }
@@ -58,7 +60,13 @@ export function listen(svc: RankService): { server: Server<LinkData>; unixServer
     },
     // the coordinator's hub changes hands on failover: route to the current one
     websocket: {
-      open: (ws: ServerWebSocket<LinkData>) => (svc.hub ? svc.hub.websocket.open(ws) : ws.close(4003, "not the coordinator")),
+      open: (ws: ServerWebSocket<LinkData>) => {
+        if (!svc.hub) return ws.close(4003, "not the coordinator");
+        // a restarted process at the coordinator's address (a container restarted in place): the
+        // coordinator the rank followed is gone, and this one is not it
+        if (ws.data.coordinator && ws.data.coordinator !== svc.instance) return ws.close(CLOSE_REPLACED, "a new process: the coordinator is gone");
+        svc.hub.websocket.open(ws);
+      },
       message: (ws: ServerWebSocket<LinkData>, text: string | Buffer) => svc.hub?.websocket.message(ws, text),
       close: (ws: ServerWebSocket<LinkData>, code: number, reason: string) => svc.hub?.websocket.close(ws, code, reason),
     },

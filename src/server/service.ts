@@ -520,7 +520,7 @@ export class RankService {
     const rec = this.membership.get(coord);
     if (!rec) throw new Error(`rank ${coord} (the coordinator) is not in the view`);
     const wsUrl = rec.url.replace(/^http/, "ws") + "/internal/ws";
-    const link = new CoordinatorLink(wsUrl, c.rank, this.instance, c.token, this.log, this.liveness, coord);
+    const link = new CoordinatorLink(wsUrl, c.rank, this.instance, c.token, this.log, this.liveness, coord, rec.instance);
     this.liveness.target(rec.dataHost, rec.hbPort ?? 0);
     link.onReconnect = () => this.participant.scheduleAck();
     link.onPush = (msg) => {

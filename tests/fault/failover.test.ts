@@ -99,6 +99,31 @@ describe("coordinator failover", () => {
     expect((await cluster(w.urls[3]!)).active_ranks).toEqual([0, 0, 1, 1]);
   }, 90_000);
 
+  test("rank 0 restarted in place at once (a container restart): the survivors fail over instead of following the new process", async () => {
+    // A heartbeat timeout long enough that the restarted process answers at rank 0's address
+    // (its heartbeat port too) while the survivors still try to reconnect: they must not take
+    // it for their coordinator (its matcher never saw their calls; they waited for good).
+    const SLOW = ["--heartbeat-interval-ms", "200", "--heartbeat-timeout-ms", "5000", "--rejoin", "auto"];
+    const w = await h.launch(3, SLOW);
+    const survivors = [1, 2];
+    const inputs = w.urls.map(() => randInts(6));
+    const pending = Promise.all(survivors.map((r) => post(w.urls[r]!, "/collective/allreduce", { tensor: i32(inputs[r]!), timeout_ms: 30_000 })));
+    await waitJoined(w.urls[0]!, survivors);
+    kill9(w.pids[0]!);
+    const restarted = h.join(w, 0, 3, SLOW, { join: false });
+    const res = expectOk(await pending, "allreduce waiting when rank 0 was restarted in place");
+    for (const b of res) {
+      expect(b.contributors).toEqual(survivors);
+      expect(b.result.data).toEqual(sumOver(inputs, survivors));
+    }
+    await waitState(w.urls.slice(1), 0, "healthy", 30_000).catch((e) => {
+      throw new Error(`${e.message}\nrestarted rank 0 said:\n${restarted.stderr()}\nworld:\n${w.stderrText().slice(-3000)}`);
+    });
+    await waitFor("the restarted rank 0 to be ready", async () => (await get(restarted.url, "/health")).body?.ready === true, 30_000);
+    expect((await cluster(w.urls[2]!)).coordinator).toBe(1);
+    await allreduceAmong(w.urls, [0, 1, 2]);
+  }, 90_000);
+
   test("a restarted rank 0 (--rejoin auto) is found by the new coordinator and rejoins as an ordinary rank", async () => {
     const w = await h.launch(3, [...FAST, "--rejoin", "auto"]);
     kill9(w.pids[0]!);
