@@ -367,6 +367,21 @@ function validateK8s() {
   check(`k8s manifests (typed decode + kubernetes-validate --strict + kube-score): ${lines.at(-1)}`, r.status === 0, (r.stderr ?? "").trim().slice(-500));
 }
 
+/**
+ * Whatever of this project `compose down` left (it can time out on a starved machine) is
+ * removed by force; returns what was left for the check ("" when down had removed it all).
+ */
+function removeLeftovers(): string {
+  const label = `label=com.docker.compose.project=${project}`;
+  const containers = sh(["docker", "ps", "-aq", "--filter", label]).out.trim().split("\n").filter(Boolean);
+  const networks = sh(["docker", "network", "ls", "-q", "--filter", label]).out.trim().split("\n").filter(Boolean);
+  if (containers.length > 0) sh(["docker", "rm", "-f", "-v", ...containers], { timeoutMs: 120_000 });
+  if (networks.length > 0) sh(["docker", "network", "rm", ...networks], { timeoutMs: 60_000 });
+  const still = sh(["docker", "ps", "-aq", "--filter", label]).out.trim() + sh(["docker", "network", "ls", "-q", "--filter", label]).out.trim();
+  if (still) console.log(`  could not remove project ${project}'s containers/networks: ${still}`);
+  return containers.length + networks.length > 0 ? `left by down: ${containers.length} containers, ${networks.length} networks;` : "";
+}
+
 /** Step 6: tests/deploy/heal.ts against this cluster; each step's times go to the log. */
 async function selfHealing(dc: (...a: string[]) => string[], env: Record<string, string>): Promise<void> {
   const d: Deployment = {
@@ -513,8 +528,8 @@ async function main() {
       if (args.has("--keep")) log(`--keep: cluster left up; remove with: ${dc("down", "-v").join(" ")}`);
       else {
         const d = sh(dc("down", "-v", "--remove-orphans", "-t", "5"), { env, timeoutMs: 120_000 });
-        const left = sh(["docker", "ps", "-aq", "--filter", `label=com.docker.compose.project=${project}`]).out.trim();
-        check("compose down (no containers left)", d.code === 0 && left === "", (d.err || "").trim().split("\n").slice(-3).join(" | "));
+        const left = removeLeftovers();
+        check("compose down (no containers or networks left)", d.code === 0 && left === "", `${left} ${(d.err || "").trim().split("\n").slice(-3).join(" | ")}`);
       }
     }
   }
