@@ -3,12 +3,24 @@
 //   - in-process worlds (N rank services in this process, fake data plane: control plane only),
 //   - real rank processes (`launch`, the native data plane),
 // next to the same harness's floor: every rank answering a trivial GET (/livez) at once.
+// In-process worlds also report the coordinator's own share: the time rank 0's control-link
+// handler spends per allreduce (parsing the N joins, matching, encoding and sending the N
+// decisions), the part a hierarchy of coordinators would split.
 // Usage: bun bench/control-scale.ts [--inproc 16,64,256,1024] [--procs 2,4,8] [--iters 20]
 // Prints one JSON line per point and a markdown table.
+import type { ServerWebSocket } from "bun";
+import type { LinkData } from "../src/control/hub";
+import type { RankService } from "../src/server/service";
 import { startInprocWorld } from "../tests/support/inproc-world";
 import { launchWorld } from "../tests/support/launch-world";
 
 process.env.MOONRING_LOG ??= "error";
+// One process fetches from every rank at once: Bun allows 256 concurrent requests unless told
+// (read at start-up), which queued a 1,024-rank world's calls and measured the queue.
+if (!process.env.BUN_CONFIG_MAX_HTTP_REQUESTS) {
+  const p = Bun.spawn([process.execPath, ...process.argv.slice(1)], { env: { ...process.env, BUN_CONFIG_MAX_HTTP_REQUESTS: "8192" }, stdio: ["inherit", "inherit", "inherit"] });
+  process.exit(await p.exited);
+}
 
 function arg(name: string, dflt: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -45,21 +57,45 @@ interface Point {
   allreduce_ms: number;
   barrier_ms: number;
   livez_ms: number;
+  /** In-process only: rank 0's control-link handler time per allreduce. */
+  coordinator_ms: number | null;
 }
 
-async function measure(kind: Point["kind"], urls: string[]): Promise<Point> {
+/** Sums the time rank 0's hub spends handling control-link messages (in-process worlds). */
+function coordinatorClock(svc: RankService | undefined): (() => number) | null {
+  const ws = svc?.hub?.websocket;
+  if (!ws) return null;
+  const handle = ws.message;
+  let ms = 0;
+  (ws as { message: typeof handle }).message = (s: ServerWebSocket<LinkData>, text: string | Buffer) => {
+    const t0 = performance.now();
+    handle(s, text);
+    ms += performance.now() - t0;
+  };
+  return () => {
+    const v = ms;
+    ms = 0;
+    return v;
+  };
+}
+
+async function measure(kind: Point["kind"], urls: string[], coordinator: RankService | undefined): Promise<Point> {
   const n = urls.length;
   const allreduce = (r: number) => ({ tensor: { dtype: "int32", shape: [2], data: [r, 1] } });
   for (let i = 0; i < 3; i++) await timeAll(urls, "/collective/barrier", () => ({}));
+  const clock = coordinatorClock(coordinator);
   const a: number[] = [];
   const b: number[] = [];
   const l: number[] = [];
+  const c: number[] = [];
   for (let i = 0; i < iters; i++) {
+    clock?.();
     a.push(await timeAll(urls, "/collective/allreduce", allreduce));
+    if (clock) c.push(clock());
     b.push(await timeAll(urls, "/collective/barrier", () => ({})));
     l.push(await timeAll(urls, "/livez", null));
   }
-  const p: Point = { kind, n, allreduce_ms: median(a), barrier_ms: median(b), livez_ms: median(l) };
+  const p: Point = { kind, n, allreduce_ms: median(a), barrier_ms: median(b), livez_ms: median(l), coordinator_ms: clock ? median(c) : null };
   console.log(JSON.stringify(p));
   return p;
 }
@@ -69,20 +105,21 @@ for (const n of list(arg("inproc", "16,64,256"))) {
   const t0 = performance.now();
   const w = await startInprocWorld(n, { heartbeatThread: false, heartbeatIntervalMs: 5000, heartbeatTimeoutMs: 600_000, rendezvousTimeoutMs: 600_000 });
   console.error(`in-process world of ${n}: ready in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
-  points.push(await measure("inproc", w.urls));
+  points.push(await measure("inproc", w.urls, w.services[0]));
   await w.stop();
 }
 for (const n of list(arg("procs", "2,4,8"))) {
   const w = await launchWorld(n, { readyTimeoutMs: 120_000 });
   try {
-    points.push(await measure("procs", w.urls));
+    points.push(await measure("procs", w.urls, undefined));
   } finally {
     await w.stop();
   }
 }
-console.log("\n| world | ranks | allreduce 8 B (ms) | barrier (ms) | GET /livez on every rank (ms) | allreduce / livez |");
-console.log("|---|---:|---:|---:|---:|---:|");
+console.log("\n| world | ranks | allreduce 8 B (ms) | barrier (ms) | GET /livez on every rank (ms) | allreduce / livez | coordinator per allreduce (ms) |");
+console.log("|---|---:|---:|---:|---:|---:|---:|");
 for (const p of points) {
-  console.log(`| ${p.kind === "inproc" ? "in-process, fake data plane" : "processes, native data plane"} | ${p.n} | ${p.allreduce_ms.toFixed(2)} | ${p.barrier_ms.toFixed(2)} | ${p.livez_ms.toFixed(2)} | ${(p.allreduce_ms / p.livez_ms).toFixed(2)} |`);
+  const co = p.coordinator_ms === null ? "—" : p.coordinator_ms.toFixed(2);
+  console.log(`| ${p.kind === "inproc" ? "in-process, fake data plane" : "processes, native data plane"} | ${p.n} | ${p.allreduce_ms.toFixed(2)} | ${p.barrier_ms.toFixed(2)} | ${p.livez_ms.toFixed(2)} | ${(p.allreduce_ms / p.livez_ms).toFixed(2)} | ${co} |`);
 }
 process.exit(0);

@@ -2,6 +2,7 @@
 // rank 0 itself, over the control link elsewhere) and turns the decision into a GoDecision
 // or a typed error (409 mismatch, 504 timeout, ...), identical on every member.
 import { ApiError, Cancelled, CollectiveMismatch, InvalidRequest, MasterLost, NotReady, PeerFailed, Timeout } from "../errors";
+import { decodeDecision } from "./decision-wire";
 import type { CoordinatorLink } from "./link";
 import type { CallDesc, Decision, GoDecision, Matcher } from "./matcher";
 
@@ -49,7 +50,7 @@ export class Agreement {
     armWithdraw?.(() => link.send({ t: "withdraw", id: body.id }));
     return answer.then(
       (msg) => {
-        const d = msg.d as Decision;
+        const d = decodeDecision(msg.d);
         if (d.ok) return d;
         throw decisionError(d);
       },

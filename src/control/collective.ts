@@ -176,7 +176,8 @@ export class CollectiveRunner {
   async runWith<R>(call: CollectiveCall, exec: Executor<R>): Promise<CollectiveResult<R>> {
     const desc = callDesc(call);
     /** The members this call expected (failed_ranks = those of them found failed meanwhile). */
-    const expected = this.membership.groupRanks(call.group).slice();
+    const expected = this.membership.groupRanks(call.group); // a cached list, replaced (never changed) by a new view
+    const epoch = this.membership.epoch;
     let seq: number | null = null;
     let agreeMs: number | null = null;
     const t0 = performance.now();
@@ -195,7 +196,7 @@ export class CollectiveRunner {
         agreeMs,
         dataMs: performance.now() - t0 - agreeMs,
       };
-      this.finishMembers(out, call.group, d.ranks, expected);
+      this.finishMembers(out, call.group, d.ranks, this.membership.epoch === epoch ? null : expected);
       this.record(call, d.seq, call.dtype ?? d.dtype ?? null, null, t0, agreeMs);
       return out;
     } catch (e) {
@@ -267,10 +268,12 @@ export class CollectiveRunner {
    * Fills active_ranks / contributors / failed_ranks. For a named group (POST /groups) they are
    * group ranks and active_ranks has one entry per group rank; otherwise global ranks and slots.
    */
-  private finishMembers(out: CollectiveResult<unknown>, group: string, ranks: number[], expected: number[]): void {
+  private finishMembers(out: CollectiveResult<unknown>, group: string, ranks: number[], expected: number[] | null): void {
     const m = this.membership;
-    // inactive now and not removed gracefully (a deactivated rank "left"; it did not fail)
-    const failed = expected.filter((r) => !ranks.includes(r) && !m.isActive(r) && m.get(r)?.state !== "left");
+    // inactive now and not removed gracefully (a deactivated rank "left"; it did not fail).
+    // expected is null when the view did not change during the call (nobody can have failed):
+    // every rank runs this per collective, so no O(world) scan then, let alone O(world^2)
+    const failed = expected === null ? [] : expected.filter((r) => !m.isActive(r) && m.get(r)?.state !== "left" && !ranks.includes(r));
     const def = m.groupDef(group);
     if (!def) {
       out.activeRanks = m.activeMask();
