@@ -103,6 +103,20 @@ pub fn build(b: *std.Build) void {
     run_conformance.setEnvironmentVariable("MOONRING_VERBS_LIB", fakeverbs_path);
     run_conformance.step.dependOn(&install_fakeverbs.step);
     test_step.dependOn(&run_conformance.step);
+    // The fake CUDA driver as a libcuda stand-in (device memory = host memory): the provider's
+    // dma-buf regions (GPUDirect emulation) and tests/verbs/gpu.test.ts run over it without a GPU.
+    const fakecuda_module = b.createModule(.{ .root_source_file = b.path("src/cuda/fake_libcuda.zig"), .target = target, .optimize = optimize, .link_libc = true });
+    const ops_table_module = b.createModule(.{ .root_source_file = ops_table_zig });
+    const reduce_module = b.createModule(.{ .root_source_file = b.path("src/reduce.zig"), .target = target, .optimize = optimize });
+    reduce_module.addImport("ops_table", ops_table_module);
+    fakecuda_module.addImport("ops_table", ops_table_module);
+    fakecuda_module.addImport("reduce", reduce_module);
+    fakecuda_module.addAnonymousImport("moonring_fatbin", .{ .root_source_file = fatbin });
+    const fakecuda = b.addLibrary(.{ .linkage = .dynamic, .name = "moonring_fakecuda", .root_module = fakecuda_module });
+    const install_fakecuda = b.addInstallArtifact(fakecuda, .{});
+    b.getInstallStep().dependOn(&install_fakecuda.step);
+    run_conformance.setEnvironmentVariable("MOONRING_CUDA_DRIVER", b.getInstallPath(.lib, "libmoonring_fakecuda.so"));
+    run_conformance.step.dependOn(&install_fakecuda.step);
     const verbs_step = b.step("test-verbs", "Run the test verbs provider's conformance tests");
     verbs_step.dependOn(&run_conformance.step);
 }

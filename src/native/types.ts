@@ -56,7 +56,16 @@ export class NativeError extends Error {
 /** A rank's data-plane links (GET /cluster's data_plane): see mr_engine_links in moonring.h. */
 export interface DataPlaneLinks {
   rank: number;
-  verbs: { usable: boolean; detail: string; rendezvous_direct_bytes: number; rendezvous_staged_bytes: number };
+  verbs: {
+    usable: boolean;
+    detail: string;
+    rendezvous_direct_bytes: number;
+    rendezvous_staged_bytes: number;
+    /** How device memory is registered with the NIC (dma-buf, nvidia-peermem), or why host staging. */
+    gpu: string;
+    /** Bytes RDMA-read / -written straight between device buffers (GPUDirect RDMA). */
+    gpu_direct_bytes: number;
+  };
   links: { peer: number; transport: string }[];
 }
 

@@ -144,8 +144,18 @@ const clusterAnswer = z
       .object({
         rank: z.number().int(),
         verbs: z
-          .object({ usable: z.boolean(), detail: z.string(), rendezvous_direct_bytes: z.number().int(), rendezvous_staged_bytes: z.number().int() })
-          .meta({ description: "RDMA verbs on this rank: the device in use, or why not; bytes received zero-copy (RDMA read into the posted receive) and staged (into the stash)" }),
+          .object({
+            usable: z.boolean(),
+            detail: z.string(),
+            rendezvous_direct_bytes: z.number().int(),
+            rendezvous_staged_bytes: z.number().int(),
+            gpu: z.string(),
+            gpu_direct_bytes: z.number().int(),
+          })
+          .meta({
+            description:
+              "RDMA verbs on this rank: the device in use, or why not; bytes received zero-copy (RDMA read into the posted receive) and staged (into the stash); how GPU memory is registered (dma-buf, nvidia-peermem) or why device ops use host staging, and the bytes moved by RDMA straight between device buffers",
+          }),
         links: z
           .array(z.object({ peer: z.number().int(), transport: z.string() }))
           .meta({ description: "this rank's live data-plane links: the transport (tcp, shm, verbs) to each peer it has exchanged data with" }),

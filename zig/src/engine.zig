@@ -13,6 +13,7 @@ const dispatch = @import("algo/dispatch.zig");
 const cuda_driver = @import("cuda/driver.zig");
 const staging = @import("cuda/staging.zig");
 const cuda_direct = @import("backend/cuda_direct.zig");
+const verbs_direct = @import("backend/verbs_direct.zig");
 const board_direct = @import("backend/board_direct.zig");
 const plan = @import("plan.zig");
 const board_mod = @import("transport/board.zig");
@@ -523,6 +524,7 @@ pub const Engine = struct {
         const chosen, const facts = engine.planSlot(slot);
         std.debug.assert(chosen.path != .board or !facts.device);
         if (chosen.path == .cuda_direct and engine.runCudaDirect(slot, send, recv, facts.same_host)) return;
+        if (facts.device and engine.runVerbsDirect(slot, send, recv, facts.same_host)) return;
         engine.runHost(slot, send, recv, chosen, scratch);
     }
 
@@ -565,16 +567,45 @@ pub const Engine = struct {
             break :blk &team;
         } else null;
         const outcome = cuda_direct.run(&engine.cuda_ipc, slot.ep.comm(), board, direct_op) catch |err| {
-            engine.net.close(&slot.ep);
-            if (slot.ep.failure) |failure| {
-                engine.setSlotError(slot, Status.fromError(failure.err), failure.peer, "{s}", .{failure.message()});
-                return true;
-            }
-            const status = switch (err) {
-                error.NoDevice, error.InvalidArgument, error.Cuda => |e| cudaStatus(e),
-                else => |e| Status.fromError(e),
-            };
-            engine.setSlotError(slot, status, -1, "device {d}: {s}", .{ slot.device, if (status == Status.eio or status == Status.einval or status == Status.enodev) cuda_driver.lastErrorMessage() else @errorName(err) });
+            engine.failDirect(slot, err);
+            return true;
+        };
+        if (outcome == .fallback) return false;
+        engine.net.close(&slot.ep);
+        return true;
+    }
+
+    /// A direct device path's error ends the op: the endpoint's failure (a peer) or CUDA's.
+    fn failDirect(engine: *Engine, slot: *Slot, err: cuda_direct.Error) void {
+        engine.net.close(&slot.ep);
+        if (slot.ep.failure) |failure| {
+            return engine.setSlotError(slot, Status.fromError(failure.err), failure.peer, "{s}", .{failure.message()});
+        }
+        const status = switch (err) {
+            error.NoDevice, error.InvalidArgument, error.Cuda => |e| cudaStatus(e),
+            else => |e| Status.fromError(e),
+        };
+        engine.setSlotError(slot, status, -1, "device {d}: {s}", .{ slot.device, if (status == Status.eio or status == Status.einval or status == Status.enodev) cuda_driver.lastErrorMessage() else @errorName(err) });
+    }
+
+    /// GPUDirect RDMA between hosts (backend/verbs_direct.zig): device buffers registered with
+    /// the verbs device, read and written by the peers' NICs. True when the op ended here;
+    /// false: every rank of the op falls back to host staging over the same endpoint.
+    fn runVerbsDirect(engine: *Engine, slot: *Slot, send: ?[*]const u8, recv: ?[*]u8, same_host: bool) bool {
+        const direct_op: verbs_direct.Op = .{
+            .kind = slot.kind,
+            .dtype = slot.dtype,
+            .redop = slot.redop,
+            .root = slot.root_group,
+            .count = slot.count,
+            .group = slot.group[0..slot.group_size],
+            .device = slot.device,
+            .send = if (send) |p| @intFromPtr(p) else 0,
+            .recv = if (recv) |p| @intFromPtr(p) else 0,
+            .same_host = same_host,
+        };
+        const outcome = verbs_direct.run(engine.net, &slot.ep, direct_op) catch |err| {
+            engine.failDirect(slot, err);
             return true;
         };
         if (outcome == .fallback) return false;

@@ -158,7 +158,7 @@ const Control = struct {
 
 /// Sends `mine[j]` to every peer j and receives `theirs[j]` from it; waits for every request
 /// it posted, also on error.
-fn exchangeMessages(comptime T: type, comm: transport.Comm, mine: []const T, theirs: []T) transport.Error!void {
+pub fn exchangeMessages(comptime T: type, comm: transport.Comm, mine: []const T, theirs: []T) transport.Error!void {
     const n = comm.size;
     var reqs: [2 * group_size_max]transport.Request = undefined;
     var posted: usize = 0;

@@ -90,6 +90,7 @@ pub const CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT = 16;
 pub const CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75;
 pub const CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76;
 pub const CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL = 9;
+pub const CU_MEM_RANGE_HANDLE_TYPE_DMA_BUF_FD = 1;
 pub const CU_STREAM_NON_BLOCKING = 0x1;
 pub const CU_EVENT_DISABLE_TIMING = 0x2;
 pub const CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS = 0x1;
@@ -147,6 +148,8 @@ pub const Api = struct {
     cuMemHostRegister: *const fn (ptr: *anyopaque, bytes: usize, flags: c_uint) callconv(.c) CUresult,
     cuMemHostUnregister: *const fn (ptr: *anyopaque) callconv(.c) CUresult,
     cuPointerGetAttribute: *const fn (data: *anyopaque, attribute: c_int, dptr: CUdeviceptr) callconv(.c) CUresult,
+    /// CUDA >= 11.7: a dma-buf fd over device memory (GPU memory registered with an RDMA NIC).
+    cuMemGetHandleForAddressRange: ?*const fn (handle: *anyopaque, dptr: CUdeviceptr, size: usize, handle_type: c_int, flags: c_ulonglong) callconv(.c) CUresult,
     cuStreamCreate: *const fn (stream: *?CUstream, flags: c_uint) callconv(.c) CUresult,
     cuStreamDestroy: *const fn (stream: CUstream) callconv(.c) CUresult,
     cuStreamSynchronize: *const fn (stream: ?CUstream) callconv(.c) CUresult,

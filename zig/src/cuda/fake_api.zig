@@ -17,7 +17,19 @@ pub fn Fake(comptime cpu: type) type {
         pub const device_count = 2;
         pub const sm_count = 2;
 
-        const Allocation = struct { memory: []align(256) u8, pinned: bool };
+        /// Page-aligned and page-padded like real device allocations, so a dma-buf over the
+        /// pages of an allocation (cuMemGetHandleForAddressRange) stays inside it.
+        const Allocation = struct {
+            memory: []align(page_bytes) u8,
+            pinned: bool,
+            /// CU_POINTER_ATTRIBUTE_BUFFER_ID: never reused, unlike addresses.
+            id: u64 = 0,
+
+            fn pages(a: Allocation) []align(page_bytes) u8 {
+                return a.memory.ptr[0..std.mem.alignForward(usize, @max(a.memory.len, 1), page_bytes)];
+            }
+        };
+        const page_bytes = 4096;
 
         pub const State = struct {
             allocations: [allocations_max]?Allocation = [_]?Allocation{null} ** allocations_max,
@@ -26,6 +38,7 @@ pub fn Fake(comptime cpu: type) type {
             last_grid: [2]u32 = .{ 0, 0 },
             peer_enabled: bool = false,
             alloc_bytes_max: u64 = 1 << 30,
+            ids: u64 = 0,
         };
         pub var state: State = .{};
         var state_mutex: std.Thread.Mutex = .{};
@@ -43,21 +56,22 @@ pub fn Fake(comptime cpu: type) type {
         fn add(bytes: usize, pinned: bool) ?[*]u8 {
             state_mutex.lock();
             defer state_mutex.unlock();
-            const memory = std.heap.c_allocator.alignedAlloc(u8, 256, bytes) catch return null;
+            const padded = std.heap.c_allocator.alignedAlloc(u8, page_bytes, std.mem.alignForward(usize, @max(bytes, 1), page_bytes)) catch return null;
             for (&state.allocations) |*slot| {
                 if (slot.* == null) {
-                    slot.* = .{ .memory = memory, .pinned = pinned };
-                    return memory.ptr;
+                    state.ids += 1;
+                    slot.* = .{ .memory = padded[0..bytes], .pinned = pinned, .id = state.ids };
+                    return padded.ptr;
                 }
             }
-            std.heap.c_allocator.free(memory);
+            std.heap.c_allocator.free(padded);
             return null;
         }
 
         /// Frees every allocation (tests).
         pub fn reset() void {
             for (&state.allocations) |*slot| {
-                if (slot.*) |a| std.heap.c_allocator.free(a.memory);
+                if (slot.*) |a| std.heap.c_allocator.free(a.pages());
                 slot.* = null;
             }
             state = .{};
@@ -68,7 +82,7 @@ pub fn Fake(comptime cpu: type) type {
             defer state_mutex.unlock();
             for (&state.allocations) |*slot| {
                 if (slot.*) |a| if (@intFromPtr(a.memory.ptr) == ptr and a.pinned == pinned) {
-                    std.heap.c_allocator.free(a.memory);
+                    std.heap.c_allocator.free(a.pages());
                     slot.* = null;
                     return 0;
                 };
@@ -340,7 +354,41 @@ pub fn Fake(comptime cpu: type) type {
         fn cuMemHostUnregister(_: *anyopaque) callconv(.c) CUresult {
             return 0;
         }
-        fn cuPointerGetAttribute(_: *anyopaque, _: c_int, _: CUdeviceptr) callconv(.c) CUresult {
+        fn cuPointerGetAttribute(data: *anyopaque, attribute: c_int, dptr: CUdeviceptr) callconv(.c) CUresult {
+            const buffer_id = 7;
+            if (attribute != driver.CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL and attribute != buffer_id) return 0;
+            const a = find(dptr) orelse return driver.CUDA_ERROR_INVALID_VALUE;
+            if (a.pinned) return driver.CUDA_ERROR_INVALID_VALUE;
+            if (attribute == buffer_id) {
+                const id: *align(1) u64 = @ptrCast(data);
+                id.* = a.id;
+                return 0;
+            }
+            const ordinal: *align(1) c_int = @ptrCast(data);
+            ordinal.* = 0;
+            return 0;
+        }
+        /// A dma-buf stand-in: a memfd as large as the range, named so the test verbs provider
+        /// knows it (it reaches the bytes at the registered iova through this driver).
+        fn cuMemGetHandleForAddressRange(handle: *anyopaque, dptr: CUdeviceptr, size: usize, handle_type: c_int, flags: c_ulonglong) callconv(.c) CUresult {
+            if (handle_type != driver.CU_MEM_RANGE_HANDLE_TYPE_DMA_BUF_FD or flags != 0) return driver.CUDA_ERROR_INVALID_VALUE;
+            if (dptr % page_bytes != 0 or size % page_bytes != 0 or size == 0) return driver.CUDA_ERROR_INVALID_VALUE;
+            const a = find(dptr) orelse return driver.CUDA_ERROR_INVALID_VALUE;
+            if (a.pinned or dptr + size > @intFromPtr(a.memory.ptr) + a.pages().len) return driver.CUDA_ERROR_INVALID_VALUE;
+            const fd = std.posix.memfd_create("moonring-fake-dmabuf", std.os.linux.MFD.CLOEXEC) catch return driver.CUDA_ERROR_OUT_OF_MEMORY;
+            std.posix.ftruncate(fd, size) catch {
+                std.posix.close(fd);
+                return driver.CUDA_ERROR_OUT_OF_MEMORY;
+            };
+            const out: *c_int = @ptrCast(@alignCast(handle));
+            out.* = fd;
+            return 0;
+        }
+        fn cuCtxPushCurrent(_: driver.CUcontext) callconv(.c) CUresult {
+            return 0;
+        }
+        fn cuCtxPopCurrent(out: *?driver.CUcontext) callconv(.c) CUresult {
+            out.* = null;
             return 0;
         }
         fn cuStreamCreate(s: *?driver.CUstream, flags: c_uint) callconv(.c) CUresult {
@@ -433,6 +481,8 @@ pub fn Fake(comptime cpu: type) type {
         /// (symbol, function) pairs exported by fake_libcuda.zig besides the Api table.
         pub const extra_symbols = .{
             .{ "cuCtxSynchronize", &cuCtxSynchronize },
+            .{ "cuCtxPushCurrent_v2", &cuCtxPushCurrent },
+            .{ "cuCtxPopCurrent_v2", &cuCtxPopCurrent },
             .{ "cuMemcpyHtoD_v2", &cuMemcpyHtoD },
             .{ "cuMemcpyDtoH_v2", &cuMemcpyDtoH },
             .{ "cuMemsetD8_v2", &cuMemsetD8 },
@@ -468,6 +518,7 @@ pub fn Fake(comptime cpu: type) type {
             .cuMemHostRegister = cuMemHostRegister,
             .cuMemHostUnregister = cuMemHostUnregister,
             .cuPointerGetAttribute = cuPointerGetAttribute,
+            .cuMemGetHandleForAddressRange = cuMemGetHandleForAddressRange,
             .cuStreamCreate = cuStreamCreate,
             .cuStreamDestroy = cuStreamDestroy,
             .cuStreamSynchronize = cuStreamSynchronize,

@@ -21,6 +21,8 @@ const arena = @import("arena.zig");
 const link_kind = @import("link_kind.zig");
 const kinds = @import("kinds.zig");
 const kind_verbs = @import("kind_verbs.zig");
+const verbs = @import("verbs.zig");
+const verbs_gpu = @import("verbs_gpu.zig");
 const links_mod = @import("links.zig");
 const traffic_mod = @import("traffic.zig");
 const boards_mod = @import("boards.zig");
@@ -102,6 +104,9 @@ pub const Req = struct {
         }
     }
 };
+
+/// A verbs link held for a GPUDirect op (backend/verbs_direct.zig).
+pub const VerbsHold = struct { link: *links_mod.Link, channel: *verbs.Channel };
 
 pub const Endpoint = struct {
     net: *Net = undefined,
@@ -360,7 +365,10 @@ pub const Net = struct {
         const verbs_status = kind_verbs.statusCopy();
         w.print("{{\"rank\":{d},\"verbs\":{{\"usable\":{},\"detail\":", .{ net.rank(), verbs_status.usable }) catch return stream.getWritten();
         std.json.encodeJsonString(verbs_status.message(), .{}, w) catch return stream.getWritten();
-        w.print(",\"rendezvous_direct_bytes\":{d},\"rendezvous_staged_bytes\":{d}}},\"links\":[", .{ kind_verbs.rendezvous_direct_bytes.load(.monotonic), kind_verbs.rendezvous_staged_bytes.load(.monotonic) }) catch return stream.getWritten();
+        w.print(",\"rendezvous_direct_bytes\":{d},\"rendezvous_staged_bytes\":{d},\"gpu\":", .{ kind_verbs.rendezvous_direct_bytes.load(.monotonic), kind_verbs.rendezvous_staged_bytes.load(.monotonic) }) catch return stream.getWritten();
+        const gpu_status = verbs_gpu.statusCopy();
+        std.json.encodeJsonString(gpu_status.message(), .{}, w) catch return stream.getWritten();
+        w.print(",\"gpu_direct_bytes\":{d}}},\"links\":[", .{verbs_gpu.direct_bytes.load(.monotonic)}) catch return stream.getWritten();
         net.mu.lock();
         defer net.mu.unlock();
         var first = true;
@@ -378,6 +386,24 @@ pub const Net = struct {
         }
         w.writeAll("]}") catch return stream.getWritten();
         return stream.getWritten();
+    }
+
+    /// The verbs channel of this rank's link to global rank `peer`, with the link held until
+    /// releaseVerbs; null when that link is another kind or none can be made.
+    pub fn acquireVerbs(net: *Net, ep: *Endpoint, peer: u32) ?VerbsHold {
+        const link = switch (net.links.acquire(peer, ep.deadline_ns, ep.abort())) {
+            .link => |l| l,
+            .failed => return null,
+        };
+        if (link.ops().id != @intFromEnum(wire.LinkKind.verbs)) {
+            net.links.release(link);
+            return null;
+        }
+        return .{ .link = link, .channel = @ptrCast(@alignCast(link.state)) };
+    }
+
+    pub fn releaseVerbs(net: *Net, hold: VerbsHold) void {
+        net.links.release(hold.link);
     }
 
     /// Connections the listener took so far, and threads of the link layer still running

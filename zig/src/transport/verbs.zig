@@ -458,15 +458,20 @@ pub const Channel = struct {
         if (local.len == 0) return true;
         const handle = c.dev.cache.acquire(c.dev, @intFromPtr(local.ptr), local.len) orelse return false;
         defer c.dev.cache.release(c.dev, handle);
+        return c.writeRegistered(@intFromPtr(local.ptr), local.len, handle.lkey, remote_addr, rkey, abort);
+    }
+
+    /// writeDirect of registered memory (`lkey`; host or device: verbs_gpu.zig).
+    pub fn writeRegistered(c: *Channel, local: u64, bytes: u64, lkey: u32, remote_addr: u64, rkey: u32, abort: anytype) bool {
         var offset: u64 = 0;
         var target: u64 = 0;
-        while (offset < local.len) {
-            const len: u32 = @intCast(@min(direct_write_bytes_max, local.len - offset));
+        while (offset < bytes) {
+            const len: u32 = @intCast(@min(direct_write_bytes_max, bytes - offset));
             while (c.sq_inflight.load(.acquire) + 2 > c.sq_depth) {
                 if (c.isFailed() or abort.check()) return false;
                 std.Thread.sleep(20 * std.time.ns_per_us);
             }
-            var sge = abi.Sge{ .addr = @intFromPtr(local.ptr) + offset, .length = len, .lkey = handle.lkey };
+            var sge = abi.Sge{ .addr = local + offset, .length = len, .lkey = lkey };
             var wr = abi.SendWr{ .wr_id = wr_kind_direct, .sg_list = @ptrCast(&sge), .num_sge = 1, .opcode = abi.wr_rdma_write, .send_flags = abi.send_signaled };
             wr.wr = .{ .rdma = .{ .remote_addr = remote_addr + offset, .rkey = rkey } };
             c.post_mu.lock();
@@ -591,6 +596,12 @@ pub const Channel = struct {
             offset += n;
         }
         return true;
+    }
+
+    /// RDMA-reads [remote_addr, + len) of the peer into registered memory (`lkey`; host or
+    /// device) and waits for it to land.
+    pub fn readRegistered(c: *Channel, local: u64, len: u32, lkey: u32, remote_addr: u64, rkey: u32) bool {
+        return c.read(local, len, lkey, remote_addr, rkey);
     }
 
     fn read(c: *Channel, local: usize, len: u32, lkey: u32, remote_addr: u64, rkey: u32) bool {

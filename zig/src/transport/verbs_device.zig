@@ -12,6 +12,7 @@ const OpenError = verbs.OpenError;
 const RegCache = verbs.RegCache;
 const buffers = verbs.buffers;
 const channels_max = verbs.channels_max;
+const verbs_gpu = @import("verbs_gpu.zig");
 
 const poller_idle_sleep_ns_max: u64 = 1 * std.time.ns_per_ms;
 const poller_spin_polls = 2000;
@@ -34,6 +35,8 @@ pub const Device = struct {
     stop: std.atomic.Value(bool) = .init(false),
     poller: ?std.Thread = null,
     cache: RegCache = .{},
+    /// Device (GPU) memory registrations (verbs_gpu.zig).
+    gpu_cache: verbs_gpu.Cache = .{},
 
     pub fn attach(dev: *Device, c: *Channel) bool {
         return attachImpl(dev, c);
@@ -82,6 +85,7 @@ pub const Device = struct {
         dev.mu.unlock();
         buffers.removeDevice(dev);
         dev.cache.clear(&dev.api);
+        dev.gpu_cache.clear(&dev.api);
         _ = dev.api.dealloc_pd(dev.pd);
         _ = dev.api.close_device(dev.context);
         std.heap.c_allocator.destroy(dev);

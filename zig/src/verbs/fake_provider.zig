@@ -19,6 +19,7 @@
 //! never blocks. Everything is guarded by one mutex per device context.
 const std = @import("std");
 const abi = @import("abi.zig");
+const fake_gpu = @import("fake_gpu.zig");
 const posix = std.posix;
 const gpa = std.heap.c_allocator;
 
@@ -134,7 +135,19 @@ const Ctx = struct {
 };
 
 const Pd = struct { base: abi.Pd };
-const Mr = struct { base: abi.Mr, access: c_int };
+/// `gpu`: device memory (fake_gpu.zig), reached through the CUDA driver API.
+const Mr = struct { base: abi.Mr, access: c_int, gpu: ?fake_gpu.Region = null };
+
+/// Bytes into / out of a region's memory: device regions through CUDA, host ones as a NIC.
+fn mrCopyIn(mr: ?*const Mr, dst_addr: u64, src: []const u8) bool {
+    if (mr) |m| if (m.gpu) |region| return fake_gpu.copyIn(region, dst_addr, src);
+    return copyIn(dst_addr, src);
+}
+
+fn mrCopyOut(mr: ?*const Mr, dst: []u8, src_addr: u64) bool {
+    if (mr) |m| if (m.gpu) |region| return fake_gpu.copyOut(region, dst, src_addr);
+    return copyOut(dst, src_addr);
+}
 
 const Cq = struct {
     base: abi.Cq,
@@ -492,6 +505,13 @@ export fn ibv_reg_mr(pd: *abi.Pd, addr: ?*anyopaque, length: usize, access: c_in
         setErrno(.INVAL);
         return null;
     }
+    // nvidia-peermem lets ibv_reg_mr pin device memory; emulated where the setting says so.
+    const peermem = if (std.c.getenv("MOONRING_FAKEVERBS_PEERMEM")) |v| v[0] == '1' else false;
+    const gpu = if (peermem) fake_gpu.peermemRegion(@intFromPtr(addr), length) else null;
+    return addMr(pd, addr, length, access, gpu);
+}
+
+fn addMr(pd: *abi.Pd, addr: ?*anyopaque, length: usize, access: c_int, gpu: ?fake_gpu.Region) ?*abi.Mr {
     const ctx = Ctx.of(pd.context);
     const mr = gpa.create(Mr) catch {
         setErrno(.NOMEM);
@@ -502,7 +522,7 @@ export fn ibv_reg_mr(pd: *abi.Pd, addr: ?*anyopaque, length: usize, access: c_in
     ctx.key_serial += 1;
     // Keys look random and are never 0, so a stale or made-up key does not hit a live region.
     const key: u32 = (ctx.key_serial *% 0x9e37_79b1) | 1;
-    mr.* = .{ .base = .{ .context = pd.context, .pd = pd, .addr = addr, .length = length, .handle = ctx.key_serial, .lkey = key, .rkey = key }, .access = access };
+    mr.* = .{ .base = .{ .context = pd.context, .pd = pd, .addr = addr, .length = length, .handle = ctx.key_serial, .lkey = key, .rkey = key }, .access = access, .gpu = gpu };
     ctx.mrs.append(gpa, mr) catch {
         gpa.destroy(mr);
         setErrno(.NOMEM);
@@ -519,11 +539,22 @@ export fn ibv_reg_mr_iova2(pd: *abi.Pd, addr: ?*anyopaque, length: usize, iova: 
     return ibv_reg_mr(pd, addr, length, @bitCast(access));
 }
 
-/// dma-buf registration needs a device that can reach GPU memory: this one cannot.
+/// GPU memory by dma-buf: checked as the kernel does, then reached through CUDA (fake_gpu.zig:
+/// an emulation of GPUDirect RDMA). The region's addresses are the iova (the device address,
+/// as NCCL and moonring register). MOONRING_FAKEVERBS_DMABUF=0: unsupported (EOPNOTSUPP), as
+/// on an older kernel or NIC.
 export fn ibv_reg_dmabuf_mr(pd: *abi.Pd, offset: u64, length: usize, iova: u64, fd: c_int, access: c_int) ?*abi.Mr {
-    _ = .{ pd, offset, length, iova, fd, access };
-    setErrno(.OPNOTSUPP);
-    return null;
+    if (std.c.getenv("MOONRING_FAKEVERBS_DMABUF")) |v| if (v[0] == '0') {
+        setErrno(.OPNOTSUPP);
+        return null;
+    };
+    switch (fake_gpu.checkDmabuf(offset, length, iova, fd, access)) {
+        .errno => |e| {
+            setErrno(e);
+            return null;
+        },
+        .region => |region| return addMr(pd, @ptrFromInt(iova), length, access, region),
+    }
 }
 
 export fn ibv_dereg_mr(mr_base: *abi.Mr) c_int {
@@ -962,9 +993,15 @@ fn queueRequest(qp: *Qp, wr: *abi.SendWr, sges: []const abi.Sge, total: u64) !vo
     };
     try qp.tx_out.appendSlice(gpa, std.mem.asBytes(&header));
     if (kind == .read) return;
+    const is_inline = wr.send_flags & abi.send_inline != 0;
     for (sges) |s| {
-        const src: [*]const u8 = @ptrFromInt(s.addr);
-        try qp.tx_out.appendSlice(gpa, src[0..s.length]);
+        const mr = if (is_inline or s.length == 0) null else qp.ctx().findMr(s.lkey, false);
+        try qp.tx_out.ensureUnusedCapacity(gpa, s.length);
+        const at = qp.tx_out.items.len;
+        qp.tx_out.items.len += s.length;
+        // Checked at post (sgesOk); a device region gone meanwhile sends zeros, as a NIC would
+        // send whatever the pinned pages hold.
+        if (!mrCopyOut(mr, qp.tx_out.items[at..][0..s.length], s.addr)) @memset(qp.tx_out.items[at..][0..s.length], 0);
     }
 }
 
@@ -1217,6 +1254,12 @@ fn remoteOk(qp: *Qp, header: RequestHeader, access: c_int) bool {
     return mr.base.pd == qp.base.pd and mr.access & access != 0 and inRange(mr, header.remote_addr, header.length);
 }
 
+/// The region a checked remote access lands in (null for zero-length accesses).
+fn remoteMr(qp: *Qp, header: RequestHeader) ?*const Mr {
+    if (header.length == 0) return null;
+    return qp.ctx().findMr(header.rkey, true);
+}
+
 /// A fatal responder error: NAK, the responder QP goes to error, the stream is discarded.
 fn fail(qp: *Qp, status: Response) void {
     respond(qp, status, &.{});
@@ -1232,7 +1275,7 @@ fn execute(qp: *Qp, header: RequestHeader, payload: []const u8) void {
         },
         .write => {
             if (!remoteOk(qp, header, abi.access_remote_write)) return fail(qp, .rem_access);
-            if (!copyIn(header.remote_addr, payload)) return fail(qp, .rem_access);
+            if (!mrCopyIn(remoteMr(qp, header), header.remote_addr, payload)) return fail(qp, .rem_access);
             if (header.with_imm != 0) {
                 const r = qp.rq.pop();
                 Cq.of(qp.base.recv_cq).push(.{ .wr_id = r.wr_id, .opcode = abi.wc_recv_rdma_with_imm, .byte_len = header.length, .imm_data = header.imm, .wc_flags = abi.wc_with_imm, .qp_num = qp.base.qp_num, .src_qp = qp.dest_qpn });
@@ -1250,7 +1293,7 @@ fn respondRead(qp: *Qp, header: RequestHeader) void {
     const at = qp.rx_out.items.len;
     qp.rx_out.appendSliceAssumeCapacity(std.mem.asBytes(&response));
     qp.rx_out.items.len += header.length;
-    if (!copyOut(qp.rx_out.items[at + @sizeOf(ResponseHeader) ..], header.remote_addr)) {
+    if (!mrCopyOut(remoteMr(qp, header), qp.rx_out.items[at + @sizeOf(ResponseHeader) ..], header.remote_addr)) {
         qp.rx_out.items.len = at;
         return fail(qp, .rem_access);
     }
@@ -1270,7 +1313,7 @@ fn receive(qp: *Qp, header: RequestHeader, payload: []const u8) void {
         recv_cq.push(.{ .wr_id = r.wr_id, .status = .loc_prot_err, .opcode = abi.wc_recv, .qp_num = qp.base.qp_num });
         return fail(qp, .rem_op);
     }
-    scatter(sges, payload);
+    scatter(qp, sges, payload);
     const flags: c_uint = if (header.with_imm != 0) abi.wc_with_imm else 0;
     recv_cq.push(.{ .wr_id = r.wr_id, .opcode = abi.wc_recv, .byte_len = @intCast(payload.len), .imm_data = if (header.with_imm != 0) header.imm else 0, .wc_flags = flags, .qp_num = qp.base.qp_num, .src_qp = qp.dest_qpn });
     respond(qp, .ack, &.{});
@@ -1288,12 +1331,12 @@ fn scatterOk(qp: *Qp, sges: []const abi.Sge, len: usize) bool {
     return true;
 }
 
-fn scatter(sges: []const abi.Sge, data: []const u8) void {
+fn scatter(qp: *Qp, sges: []const abi.Sge, data: []const u8) void {
     var off: usize = 0;
     for (sges) |s| {
         if (off == data.len) return;
         const part = @min(data.len - off, s.length);
-        _ = copyIn(s.addr, data[off..][0..part]);
+        _ = mrCopyIn(qp.ctx().findMr(s.lkey, false), s.addr, data[off..][0..part]);
         off += part;
     }
 }
@@ -1319,7 +1362,7 @@ fn processResponses(qp: *Qp) void {
             .rem_op => .rem_op_err,
             .rnr_wait => unreachable,
         };
-        if (header.status == .ack and e.opcode == abi.wc_rdma_read) scatter(e.sges[0..e.num_sge], data);
+        if (header.status == .ack and e.opcode == abi.wc_rdma_read) scatter(qp, e.sges[0..e.num_sge], data);
         completeSends(qp);
     }
 }
