@@ -65,6 +65,8 @@ export interface DataPlaneLinks {
     gpu: string;
     /** Bytes RDMA-read / -written straight between device buffers (GPUDirect RDMA). */
     gpu_direct_bytes: number;
+    /** Each verbs device (NIC) in use: the bytes its queue pairs were asked to move. */
+    devices: { name: string; bytes: number }[];
   };
   links: { peer: number; transport: string }[];
 }

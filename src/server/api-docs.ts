@@ -151,10 +151,11 @@ const clusterAnswer = z
             rendezvous_staged_bytes: z.number().int(),
             gpu: z.string(),
             gpu_direct_bytes: z.number().int(),
+            devices: z.array(z.object({ name: z.string(), bytes: z.number().int() })),
           })
           .meta({
             description:
-              "RDMA verbs on this rank: the device in use, or why not; bytes received zero-copy (RDMA read into the posted receive) and staged (into the stash); how GPU memory is registered (dma-buf, nvidia-peermem) or why device ops use host staging, and the bytes moved by RDMA straight between device buffers",
+              "RDMA verbs on this rank: the device in use, or why not; bytes received zero-copy (RDMA read into the posted receive) and staged (into the stash); how GPU memory is registered (dma-buf, nvidia-peermem) or why device ops use host staging, and the bytes moved by RDMA straight between device buffers; each NIC in use (several: large messages striped over them) and the bytes its queue pairs moved",
           }),
         links: z
           .array(z.object({ peer: z.number().int(), transport: z.string() }))

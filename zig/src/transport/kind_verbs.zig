@@ -90,6 +90,13 @@ const Context = struct {
     alloc: std.mem.Allocator,
     rank: u32,
     device: *verbs.Device,
+    /// Further NICs that links stripe large messages over (verbs_rail.zig).
+    rail_devices: [verbs.rails_max]*verbs.Device = undefined,
+    rail_count: u32 = 0,
+
+    fn rails(ctx: *const Context) []const *verbs.Device {
+        return ctx.rail_devices[0..ctx.rail_count];
+    }
 };
 
 fn context(kind: *anyopaque) *Context {
@@ -121,14 +128,43 @@ fn start(env: *const link_kind.Env) ?*anyopaque {
         return null;
     };
     ctx.* = .{ .alloc = env.alloc, .rank = env.rank, .device = device };
+    openRails(ctx, config);
     const ll: []const u8 = if (device.link_layer == 2) "RoCE" else "InfiniBand";
-    sys.logLine("rank {d}: RDMA verbs on {s} port {d} ({s}, GID index {d})", .{ env.rank, device.name(), device.port, ll, device.gid_index });
-    setStatus(true, "{s} port {d} ({s}, GID index {d})", .{ device.name(), device.port, ll, device.gid_index });
+    var names_buf: [128]u8 = undefined;
+    const names = railNames(ctx, &names_buf);
+    sys.logLine("rank {d}: RDMA verbs on {s} port {d} ({s}, GID index {d}){s}", .{ env.rank, device.name(), device.port, ll, device.gid_index, names });
+    setStatus(true, "{s} port {d} ({s}, GID index {d}){s}", .{ device.name(), device.port, ll, device.gid_index, names });
     return ctx;
+}
+
+/// Every further active device MOONRING_IB_HCA admits becomes a rail (up to rails_max).
+fn openRails(ctx: *Context, config: verbs.Config) void {
+    var rail_config = config;
+    while (ctx.rail_count < verbs.rails_max) {
+        rail_config.device_skip = @intCast(ctx.rail_count + 1);
+        var why: verbs.Reason = .{};
+        const rail = verbs.Device.open(rail_config, &why) catch return;
+        if (rail.link_layer != ctx.device.link_layer) {
+            sys.logLine("rank {d}: verbs device {s} not striped over (another link layer)", .{ ctx.rank, rail.name() });
+            rail.close();
+            return;
+        }
+        ctx.rail_devices[ctx.rail_count] = rail;
+        ctx.rail_count += 1;
+    }
+}
+
+fn railNames(ctx: *const Context, buf: []u8) []const u8 {
+    if (ctx.rail_count == 0) return "";
+    var stream = std.io.fixedBufferStream(buf);
+    stream.writer().writeAll(", striping over") catch return "";
+    for (ctx.rails()) |d| stream.writer().print(" {s}", .{d.name()}) catch break;
+    return stream.getWritten();
 }
 
 fn stop(kind: *anyopaque) void {
     const ctx = context(kind);
+    for (ctx.rails()) |d| d.close();
     ctx.device.close();
     ctx.alloc.destroy(ctx);
 }
@@ -142,22 +178,47 @@ fn preference(kind: *anyopaque, env: *const link_kind.Env, peer: link_kind.PeerI
 
 fn createChannel(ctx: *Context, peer: u32) ?*verbs.Channel {
     var why: verbs.Reason = .{};
-    return verbs.Channel.create(ctx.device, peer, &why) catch {
+    const channel = verbs.Channel.create(ctx.device, peer, &why) catch {
         sys.logLine("rank {d}: verbs link to rank {d} not made ({s}); using tcp", .{ ctx.rank, peer, why.message() });
         return null;
     };
+    channel.addRails(ctx.rails(), &why) catch {
+        sys.logLine("rank {d}: verbs link to rank {d} not striped ({s})", .{ ctx.rank, peer, why.message() });
+    };
+    return channel;
 }
 
+/// The blob: verbs.Blob, then the rails' tail (a peer without rails sends none).
 fn writeBlob(channel: *const verbs.Channel, blob_out: []u8) usize {
     const blob = channel.blob();
     @memcpy(blob_out[0..@sizeOf(verbs.Blob)], std.mem.asBytes(&blob));
-    return @sizeOf(verbs.Blob);
+    if (channel.rail_made == 0) return @sizeOf(verbs.Blob);
+    const tail = channel.railTail();
+    @memcpy(blob_out[@sizeOf(verbs.Blob)..][0..@sizeOf(verbs.RailTail)], std.mem.asBytes(&tail));
+    return @sizeOf(verbs.Blob) + @sizeOf(verbs.RailTail);
 }
 
 fn readBlob(blob_in: []const u8) ?verbs.Blob {
-    if (blob_in.len != @sizeOf(verbs.Blob)) return null;
+    if (blob_in.len != @sizeOf(verbs.Blob) and blob_in.len != @sizeOf(verbs.Blob) + @sizeOf(verbs.RailTail)) return null;
     const blob = std.mem.bytesToValue(verbs.Blob, blob_in[0..@sizeOf(verbs.Blob)]);
     return if (blob.valid()) blob else null;
+}
+
+/// The peer's rails (none when it sent no tail); null: a malformed tail.
+fn readTail(blob_in: []const u8) ?verbs.RailTail {
+    if (blob_in.len == @sizeOf(verbs.Blob)) return .{ .count = 0, .rails = undefined };
+    const tail = std.mem.bytesToValue(verbs.RailTail, blob_in[@sizeOf(verbs.Blob)..][0..@sizeOf(verbs.RailTail)]);
+    return if (tail.valid()) tail else null;
+}
+
+/// Both sides connect min(theirs, ours) rails; a failure there is the link's failure.
+fn connectAll(channel: *verbs.Channel, remote: verbs.Blob, blob_in: []const u8, why: *verbs.Reason) error{NoDevice}!void {
+    try channel.connect(remote, why);
+    const tail = readTail(blob_in) orelse {
+        why.set("rank {d} sent a bad rail list", .{channel.peer});
+        return error.NoDevice;
+    };
+    try channel.connectRails(tail, why);
 }
 
 fn offer(kind: *anyopaque, env: *const link_kind.Env, peer: link_kind.PeerInfo, blob_out: []u8) ?link_kind.Pending {
@@ -172,7 +233,7 @@ fn accept(kind: *anyopaque, env: *const link_kind.Env, peer: link_kind.PeerInfo,
     const remote = readBlob(blob_in) orelse return null;
     const channel = createChannel(ctx, peer.rank) orelse return null;
     var why: verbs.Reason = .{};
-    channel.connect(remote, &why) catch {
+    connectAll(channel, remote, blob_in, &why) catch {
         sys.logLine("rank {d}: verbs link from rank {d} declined ({s}); using tcp", .{ ctx.rank, peer.rank, why.message() });
         channel.destroy();
         return null;
@@ -185,7 +246,7 @@ fn complete(kind: *anyopaque, link: *anyopaque, peer: link_kind.PeerInfo, blob_i
     const channel = channelOf(link);
     const remote = readBlob(blob_in) orelse return error.Protocol;
     var why: verbs.Reason = .{};
-    channel.connect(remote, &why) catch {
+    connectAll(channel, remote, blob_in, &why) catch {
         sys.logLine("rank {d}: verbs link to rank {d} failed ({s})", .{ context(kind).rank, peer.rank, why.message() });
         return error.Protocol;
     };
@@ -290,7 +351,7 @@ fn take(channel: *verbs.Channel, rx: *const link_kind.Receiver, header: wire.Fra
         h.seal();
         switch (rx.route(&h)) {
             .direct => |d| {
-                const ok = !rx.abandoned(d) and channel.pull(d.dest, desc.addr + offset, desc.rkey);
+                const ok = !rx.abandoned(d) and channel.pullStriped(d.dest, desc, offset);
                 if (ok) _ = rendezvous_direct_bytes.fetchAdd(len, .monotonic);
                 rx.finishDirect(d, if (ok) d.dest.len else 0, ok);
                 if (!ok and channel.isFailed()) return false;

@@ -21,6 +21,9 @@ const abi = @import("../verbs/abi.zig");
 const lib = @import("../verbs/lib.zig");
 const device_mod = @import("verbs_device.zig");
 const regcache_mod = @import("verbs_regcache.zig");
+const rail_mod = @import("verbs_rail.zig");
+pub const rails_max = rail_mod.rails_max;
+pub const RailTail = rail_mod.Tail;
 
 pub const slot_header_bytes = 64;
 pub const slot_count_default: u32 = 16;
@@ -55,6 +58,8 @@ pub const Config = struct {
     gid_index: ?u8 = null,
     slot_count: u32 = slot_count_default,
     slot_bytes: u32 = slot_bytes_default,
+    /// Open the device after this many admitted ones (the rails of striping, one per NIC).
+    device_skip: u8 = 0,
 
     pub fn fromEnv() Config {
         var config = Config{};
@@ -115,6 +120,30 @@ pub const hcaAdmits = device_mod.hcaAdmits;
 pub const RegCache = regcache_mod.RegCache;
 pub const buffers = regcache_mod.buffers;
 
+/// Where a QP connects to: the peer QP's number and address.
+pub const Target = struct { qpn: u32, lid: u16, mtu: u8, gid: [16]u8 };
+
+/// INIT -> RTR -> RTS toward `target` with this module's RC settings (channels and rails).
+pub fn toRts(dev: *Device, qp: *abi.Qp, target: Target, peer: u32, why: *Reason) error{NoDevice}!void {
+    var attr = abi.QpAttr{
+        .qp_state = .rtr,
+        .path_mtu = @min(dev.mtu, target.mtu),
+        .dest_qp_num = target.qpn,
+        .max_dest_rd_atomic = 1,
+        .min_rnr_timer = qp_min_rnr_timer,
+    };
+    attr.ah_attr = .{ .port_num = dev.port, .dlid = target.lid };
+    if (dev.link_layer == abi.link_layer_ethernet) {
+        attr.ah_attr.is_global = 1;
+        attr.ah_attr.grh = .{ .dgid = .{ .raw = target.gid }, .sgid_index = dev.gid_index, .hop_limit = 64 };
+    }
+    const rtr_mask = abi.qp_state | abi.qp_av | abi.qp_path_mtu | abi.qp_dest_qpn | abi.qp_rq_psn | abi.qp_max_dest_rd_atomic | abi.qp_min_rnr_timer;
+    if (dev.api.modify_qp(qp, &attr, rtr_mask) != 0) return Channel.fail(why, "QP to RTR toward rank {d} failed on {s}", .{ peer, dev.name() });
+    attr = .{ .qp_state = .rts, .timeout = qp_timeout_code, .retry_cnt = qp_retry_count, .rnr_retry = qp_rnr_retry, .max_rd_atomic = 1 };
+    const rts_mask = abi.qp_state | abi.qp_sq_psn | abi.qp_timeout | abi.qp_retry_cnt | abi.qp_rnr_retry | abi.qp_max_qp_rd_atomic;
+    if (dev.api.modify_qp(qp, &attr, rts_mask) != 0) return Channel.fail(why, "QP to RTS toward rank {d} failed on {s}", .{ peer, dev.name() });
+}
+
 // ---- channels --------------------------------------------------------------------------------
 
 const wr_kind_ring: u64 = 1;
@@ -141,6 +170,9 @@ pub const Desc = extern struct {
     rkey: u32,
     slot: u32,
     token: u64,
+    /// The same bytes registered on the sender's rails (bit i of rail_mask: rail i has them).
+    rail_rkeys: [rails_max]u32 = [_]u32{0} ** rails_max,
+    rail_mask: u32 = 0,
 };
 
 comptime {
@@ -212,6 +244,12 @@ pub const Channel = struct {
     reads_done: std.atomic.Value(u64) = .init(0),
     /// Registered landing area for pulls whose destination is a stash buffer.
     bounce: ?Region = null,
+    /// Striping (verbs_rail.zig): rails made, and how many are connected (the peer had as many).
+    rails: [rails_max]?rail_mod.Rail = [_]?rail_mod.Rail{null} ** rails_max,
+    rail_made: u32 = 0,
+    rail_count: u32 = 0,
+    /// Rendezvous exposures' registrations on the rails' devices (under post_mu).
+    exposed_rails: [rendezvous_slots][rails_max]?RegCache.Handle = [_][rails_max]?RegCache.Handle{[_]?RegCache.Handle{null} ** rails_max} ** rendezvous_slots,
 
     fn stride(c: *const Channel) u64 {
         return slot_header_bytes + @as(u64, c.slot_bytes);
@@ -280,29 +318,39 @@ pub const Channel = struct {
             return fail(why, "rank {d} sent a bad verbs handshake", .{c.peer});
         if (remote.link_layer != c.dev.link_layer)
             return fail(why, "rank {d} is on another link layer ({d} vs {d})", .{ c.peer, remote.link_layer, c.dev.link_layer });
-        var attr = abi.QpAttr{
-            .qp_state = .rtr,
-            .path_mtu = @min(c.dev.mtu, remote.mtu),
-            .dest_qp_num = remote.qpn,
-            .max_dest_rd_atomic = 1,
-            .min_rnr_timer = qp_min_rnr_timer,
-        };
-        attr.ah_attr = .{ .port_num = c.dev.port, .dlid = remote.lid };
-        if (c.dev.link_layer == abi.link_layer_ethernet) {
-            attr.ah_attr.is_global = 1;
-            attr.ah_attr.grh = .{ .dgid = .{ .raw = remote.gid }, .sgid_index = c.dev.gid_index, .hop_limit = 64 };
-        }
-        const rtr_mask = abi.qp_state | abi.qp_av | abi.qp_path_mtu | abi.qp_dest_qpn | abi.qp_rq_psn | abi.qp_max_dest_rd_atomic | abi.qp_min_rnr_timer;
-        if (c.dev.api.modify_qp(c.qp, &attr, rtr_mask) != 0) return fail(why, "QP to RTR toward rank {d} failed on {s}", .{ c.peer, c.dev.name() });
-        attr = .{ .qp_state = .rts, .timeout = qp_timeout_code, .retry_cnt = qp_retry_count, .rnr_retry = qp_rnr_retry, .max_rd_atomic = 1 };
-        const rts_mask = abi.qp_state | abi.qp_sq_psn | abi.qp_timeout | abi.qp_retry_cnt | abi.qp_rnr_retry | abi.qp_max_qp_rd_atomic;
-        if (c.dev.api.modify_qp(c.qp, &attr, rts_mask) != 0) return fail(why, "QP to RTS toward rank {d} failed on {s}", .{ c.peer, c.dev.name() });
+        try toRts(c.dev, c.qp, .{ .qpn = remote.qpn, .lid = remote.lid, .mtu = remote.mtu, .gid = remote.gid }, c.peer, why);
         c.remote = remote;
+    }
+
+    /// Makes one rail (striping; verbs_rail.zig) per further device of `devices`, in INIT.
+    pub fn addRails(c: *Channel, devices: []const *Device, why: *Reason) error{NoDevice}!void {
+        std.debug.assert(c.rail_made == 0 and devices.len <= rails_max);
+        for (devices) |d| {
+            c.rails[c.rail_made] = try rail_mod.Rail.create(d, why);
+            c.rail_made += 1;
+        }
+    }
+
+    /// The blob's tail: this side's rails.
+    pub fn railTail(c: *const Channel) rail_mod.Tail {
+        var tail = rail_mod.Tail{ .count = c.rail_made, .rails = undefined };
+        @memset(std.mem.asBytes(&tail.rails), 0);
+        for (c.rails[0..c.rail_made], 0..) |r, i| tail.rails[i] = r.?.info();
+        return tail;
+    }
+
+    /// Connects min(ours, theirs) rails, in device order on both sides.
+    pub fn connectRails(c: *Channel, tail: rail_mod.Tail, why: *Reason) error{NoDevice}!void {
+        const n = @min(c.rail_made, tail.count);
+        for (0..n) |i| try c.rails[i].?.connect(tail.rails[i], c.peer, why);
+        c.rail_count = @intCast(n);
     }
 
     pub fn destroy(c: *Channel) void {
         const dev = c.dev;
         dev.detach(c);
+        for (&c.rails) |*maybe| if (maybe.*) |*r| r.destroy();
+        for (c.exposed_rails) |handles| for (handles, 0..) |maybe, i| if (maybe) |h| c.rails[i].?.dev.cache.release(c.rails[i].?.dev, h);
         var attr = abi.QpAttr{ .qp_state = .err };
         _ = dev.api.modify_qp(c.qp, &attr, abi.qp_state);
         _ = dev.api.destroy_qp(c.qp);
@@ -342,6 +390,7 @@ pub const Channel = struct {
             _ = c.sq_inflight.fetchSub(1, .acq_rel);
             return false;
         }
+        if (wr.num_sge > 0) _ = c.dev.bytes.fetchAdd(wr.sg_list.?[0].length, .monotonic);
         return true;
     }
 
@@ -528,7 +577,20 @@ pub const Channel = struct {
         c.exposed_token[slot] = token;
         const word: *volatile u64 = @ptrCast(@alignCast(c.credit.bytes.ptr + taken_offset + 8 * slot));
         word.* = 0;
-        return .{ .addr = @intFromPtr(bytes.ptr), .len = bytes.len, .rkey = handle.rkey, .slot = slot, .token = token };
+        var desc = Desc{ .addr = @intFromPtr(bytes.ptr), .len = bytes.len, .rkey = handle.rkey, .slot = slot, .token = token };
+        if (bytes.len >= rail_mod.stripe_bytes_min) c.exposeRails(bytes, &desc);
+        return desc;
+    }
+
+    /// The exposure registered on every connected rail's device too (under post_mu).
+    fn exposeRails(c: *Channel, bytes: []const u8, desc: *Desc) void {
+        for (c.rails[0..c.rail_count], 0..) |maybe, i| {
+            const d = maybe.?.dev;
+            const h = d.cache.acquire(d, @intFromPtr(bytes.ptr), bytes.len) orelse continue;
+            c.exposed_rails[desc.slot][i] = h;
+            desc.rail_rkeys[i] = h.rkey;
+            desc.rail_mask |= @as(u32, 1) << @intCast(i);
+        }
     }
 
     /// Sender: releases an exposure (after the peer took it, or when it was never sent).
@@ -538,8 +600,11 @@ pub const Channel = struct {
         const handle = c.exposed[desc.slot];
         c.exposed[desc.slot] = null;
         c.exposed_mask &= ~(@as(u32, 1) << @intCast(desc.slot));
+        const rail_handles = c.exposed_rails[desc.slot];
+        c.exposed_rails[desc.slot] = [_]?RegCache.Handle{null} ** rails_max;
         c.post_mu.unlock();
         if (handle) |h| c.dev.cache.release(c.dev, h);
+        for (rail_handles, 0..) |maybe, i| if (maybe) |h| c.rails[i].?.dev.cache.release(c.rails[i].?.dev, h);
     }
 
     /// Sender: its op gave up on this exposure; it is released once the peer took it.
@@ -582,6 +647,47 @@ pub const Channel = struct {
         const handle = c.dev.cache.acquire(c.dev, @intFromPtr(dest.ptr), dest.len) orelse return c.pullStaged(dest, remote_addr, rkey);
         defer c.dev.cache.release(c.dev, handle);
         return c.read(@intFromPtr(dest.ptr), @intCast(dest.len), handle.lkey, remote_addr, rkey);
+    }
+
+    /// Receiver: `dest` from the exposure `desc` at `offset`, striped over the first NIC and
+    /// every rail the sender registered the bytes on (one stripe per NIC, all in flight).
+    pub fn pullStriped(c: *Channel, dest: []u8, desc: Desc, offset: u64) bool {
+        const usable: u32 = if (c.rail_count == 0) 0 else desc.rail_mask & ((@as(u32, 1) << @intCast(c.rail_count)) - 1);
+        const ways: u64 = 1 + @popCount(usable);
+        if (ways == 1 or dest.len < rail_mod.stripe_bytes_min) return c.pull(dest, desc.addr + offset, desc.rkey);
+        const stripe = std.mem.alignForward(u64, (dest.len + ways - 1) / ways, 4096);
+        var handles: [rails_max]?RegCache.Handle = [_]?RegCache.Handle{null} ** rails_max;
+        defer for (handles, 0..) |maybe, i| if (maybe) |h| c.rails[i].?.dev.cache.release(c.rails[i].?.dev, h);
+        var at: u64 = stripe;
+        for (0..c.rail_count) |i| {
+            if (usable & (@as(u32, 1) << @intCast(i)) == 0 or at >= dest.len) continue;
+            const d = c.rails[i].?.dev;
+            const len = @min(stripe, dest.len - at);
+            // Not registrable on that NIC: the whole piece goes over the first one.
+            handles[i] = d.cache.acquire(d, @intFromPtr(dest.ptr) + at, len) orelse return c.pull(dest, desc.addr + offset, desc.rkey);
+            at += len;
+        }
+        at = stripe;
+        var posted = true;
+        for (0..c.rail_count) |i| {
+            const h = handles[i] orelse continue;
+            const len = @min(stripe, dest.len - at);
+            posted = posted and c.rails[i].?.postRead(@intFromPtr(dest.ptr) + at, @intCast(len), h.lkey, desc.addr + offset + at, desc.rail_rkeys[i]);
+            at += len;
+        }
+        const first = posted and c.pull(dest[0..@min(stripe, dest.len)], desc.addr + offset, desc.rkey);
+        var rails_ok = posted;
+        for (c.rails[0..c.rail_count]) |*maybe| {
+            const rail = &maybe.*.?;
+            if (rail.reads_posted == 0) continue;
+            if (rail.awaitReads(&c.failed)) |status| {
+                c.failWith("RDMA read over {s} toward rank {d} failed: {s} (status {d})", .{ rail.dev.name(), c.peer, c.dev.api.statusText(status), @intFromEnum(status) });
+                rail.reads_posted = 0;
+                rails_ok = false;
+            }
+        }
+        if (!posted) c.failWith("could not post a striped RDMA read toward rank {d}", .{c.peer});
+        return first and rails_ok;
     }
 
     /// Receiver: pulls through the registered bounce area (for destinations not worth

@@ -35,6 +35,9 @@ pub const Device = struct {
     stop: std.atomic.Value(bool) = .init(false),
     poller: ?std.Thread = null,
     cache: RegCache = .{},
+    /// Bytes this device's queue pairs were asked to move (RDMA writes and sends posted,
+    /// RDMA reads posted: GET /cluster's per-NIC counters).
+    bytes: std.atomic.Value(u64) = .init(0),
     /// Device (GPU) memory registrations (verbs_gpu.zig).
     gpu_cache: verbs_gpu.Cache = .{},
 
@@ -104,11 +107,18 @@ pub const Device = struct {
             return error.NoDevice;
         }
         var i: usize = 0;
+        var skip = dev.config.device_skip;
         while (i < @as(usize, @intCast(count))) : (i += 1) {
             const device = list[i] orelse continue;
             const dev_name = std.mem.span(dev.api.get_device_name(device) orelse continue);
             const context = dev.api.open_device(device) orelse continue;
             if (dev.pickPort(context, dev_name)) {
+                if (skip > 0) {
+                    // An earlier rail has this one (striping: one Device per NIC).
+                    skip -= 1;
+                    _ = dev.api.close_device(context);
+                    continue;
+                }
                 dev.context = context;
                 const n = @min(dev_name.len, dev.name_buf.len);
                 @memcpy(dev.name_buf[0..n], dev_name[0..n]);
@@ -117,7 +127,11 @@ pub const Device = struct {
             }
             _ = dev.api.close_device(context);
         }
-        why.set("{s}: no active port on {d} device(s) matching MOONRING_IB_HCA='{s}'", .{ path, count, dev.config.hca });
+        if (dev.config.device_skip > 0) {
+            why.set("{s}: no more than {d} active device(s)", .{ path, dev.config.device_skip });
+        } else {
+            why.set("{s}: no active port on {d} device(s) matching MOONRING_IB_HCA='{s}'", .{ path, count, dev.config.hca });
+        }
         return error.NoDevice;
     }
 

@@ -151,6 +151,21 @@ pub const buffers = struct {
         };
     }
 
+    /// The open devices' names and byte counters (GET /cluster), at most out.len of them.
+    pub fn deviceBytes(out: []DeviceBytes) usize {
+        mu.lock();
+        defer mu.unlock();
+        var n: usize = 0;
+        for (devices) |maybe| if (maybe) |dev| {
+            if (n == out.len) break;
+            out[n] = .{ .dev = dev, .bytes = dev.bytes.load(.monotonic) };
+            n += 1;
+        };
+        return n;
+    }
+
+    pub const DeviceBytes = struct { dev: *Device, bytes: u64 };
+
     pub fn removeDevice(dev: *Device) void {
         mu.lock();
         defer mu.unlock();

@@ -23,7 +23,10 @@ const fake_gpu = @import("fake_gpu.zig");
 const posix = std.posix;
 const gpa = std.heap.c_allocator;
 
-const device_name = "moonring_fake0";
+/// Devices ("NICs") the provider shows: MOONRING_FAKEVERBS_DEVICES (default 1), named
+/// moonring_fake0, moonring_fake1, ...; each its own contexts, port and GUID. They share the
+/// namespace's GID table (one host's addresses): QPs are told apart by number, as on RoCE.
+const devices_max = 4;
 const gids_max = 16;
 const qps_max = 1024;
 const sge_max = 16;
@@ -276,16 +279,27 @@ const Qp = struct {
 
 // ---- device ----------------------------------------------------------------------------------
 
-var the_device: abi.Device = .{};
-var device_list: [2]?*abi.Device = .{ null, null };
+var devices: [devices_max]abi.Device = [_]abi.Device{.{}} ** devices_max;
+var device_list: [devices_max + 1]?*abi.Device = [_]?*abi.Device{null} ** (devices_max + 1);
+var device_count: usize = 1;
+/// MOONRING_FAKEVERBS_FAIL_DEVICE=<name>: that device's link is down (a pulled cable): every
+/// request posted there completes with IBV_WC_RETRY_EXC_ERR (tests of striping's failure path).
+var failing_device: ?usize = null;
 var gid_table: [gids_max]abi.Gid = undefined;
 var gid_count: usize = 0;
 var device_once = std.once(initDevice);
 
 fn initDevice() void {
-    @memcpy(the_device.name[0..device_name.len], device_name);
-    @memcpy(the_device.dev_name[0..7], "uverbs0");
-    device_list[0] = &the_device;
+    if (std.c.getenv("MOONRING_FAKEVERBS_DEVICES")) |v| {
+        device_count = std.math.clamp(std.fmt.parseInt(usize, std.mem.span(v), 10) catch 1, 1, devices_max);
+    }
+    const failing: []const u8 = if (std.c.getenv("MOONRING_FAKEVERBS_FAIL_DEVICE")) |v| std.mem.span(v) else "";
+    for (devices[0..device_count], 0..) |*d, i| {
+        const name = std.fmt.bufPrintZ(&d.name, "moonring_fake{d}", .{i}) catch unreachable;
+        _ = std.fmt.bufPrintZ(&d.dev_name, "uverbs{d}", .{i}) catch unreachable;
+        device_list[i] = d;
+        if (std.mem.eql(u8, name, failing)) failing_device = i;
+    }
     loadGids();
 }
 
@@ -331,7 +345,7 @@ fn loadGids() void {
 
 export fn ibv_get_device_list(num: ?*c_int) ?[*]?*abi.Device {
     device_once.call();
-    if (num) |n| n.* = 1;
+    if (num) |n| n.* = @intCast(device_count);
     return &device_list;
 }
 
@@ -344,8 +358,13 @@ export fn ibv_get_device_name(device: *abi.Device) [*:0]const u8 {
 }
 
 export fn ibv_get_device_guid(device: *abi.Device) u64 {
-    _ = device;
-    return std.mem.nativeToBig(u64, 0x6d6f6f6e_00000001);
+    return std.mem.nativeToBig(u64, 0x6d6f6f6e_00000001 + @as(u64, deviceIndex(device)));
+}
+
+fn deviceIndex(device: *const abi.Device) usize {
+    const index = (@intFromPtr(device) - @intFromPtr(&devices[0])) / @sizeOf(abi.Device);
+    std.debug.assert(index < device_count);
+    return index;
 }
 
 export fn ibv_open_device(device: *abi.Device) ?*abi.Context {
@@ -393,10 +412,9 @@ export fn ibv_close_device(context: *abi.Context) c_int {
 }
 
 export fn ibv_query_device(context: *abi.Context, attr: *abi.DeviceAttr) c_int {
-    _ = context;
     attr.* = .{};
     @memcpy(attr.fw_ver[0..9], "moonring0");
-    attr.node_guid = ibv_get_device_guid(&the_device);
+    attr.node_guid = ibv_get_device_guid(context.device);
     attr.max_mr_size = 1 << 40;
     attr.page_size_cap = 4096;
     attr.vendor_id = 0x6d72;
@@ -953,7 +971,7 @@ fn postOne(qp: *Qp, wr: *abi.SendWr) c_int {
         entry.status = .loc_len_err;
     } else if (!is_inline and !sgesOk(qp, sges, if (wr.opcode == abi.wr_rdma_read) abi.access_local_write else 0)) {
         entry.status = .loc_prot_err;
-    } else if (qp.peer_lost) {
+    } else if (qp.peer_lost or failing_device == deviceIndex(qp.base.context.device)) {
         entry.status = .retry_exc_err;
     } else {
         if (wr.opcode == abi.wr_rdma_read) {
