@@ -769,6 +769,12 @@ export class RankService {
     })();
   }
 
+  /** The leader the store names if it is one this rank thought lost but it answers as itself (else null). */
+  private async liveLostLeader(store: RendezvousStore, lost: Set<string>): Promise<LeaderRecord | null> {
+    const held = await store.leader();
+    return held && lost.has(held.instance) && (await this.answersAs(held)) ? held : null;
+  }
+
   /** Whether the process a leader record names answers at its URL (it is that instance). */
   private async answersAs(l: LeaderRecord): Promise<boolean> {
     try {
@@ -816,7 +822,12 @@ export class RankService {
       if (candidate === undefined) return this.loseCoordinatorForGood(`${why}; no active rank is left to take over`);
       let holder: LeaderRecord | null;
       try {
-        holder = candidate === this.rank ? await store.claim(this.leaderRecord(), lostInstances()) : await store.waitLeader((l) => !lostInstances().has(l.instance), waitMs);
+        // A coordinator that still answers as itself was not lost (this rank alone missed its
+        // heartbeats): follow it again rather than take the lead from it or pass others over.
+        const alive = await this.liveLostLeader(store, lostInstances());
+        if (alive) holder = alive;
+        else if (candidate === this.rank) holder = await store.claim(this.leaderRecord(), lostInstances());
+        else holder = (await store.waitLeader((l) => !lostInstances().has(l.instance), waitMs)) ?? (await this.liveLostLeader(store, lostInstances()));
       } catch (e) {
         if (performance.now() > until) return this.loseCoordinatorForGood(`${why}; ${store.description}: ${(e as Error).message}`);
         this.log.warn(`failover: ${(e as Error).message}; trying again`);
@@ -829,7 +840,8 @@ export class RankService {
       }
       if (holder.instance === this.instance) {
         const stored = await store.readView().catch(() => null);
-        if (stored && stored.epoch > this.membership.epoch) this.membership.applyView(stored);
+        const ours = stored?.ranks.some((r) => r.rank === this.rank && r.instance === this.instance);
+        if (stored && ours && stored.epoch > this.membership.epoch) this.membership.applyView(stored);
         this.becomeCoordinator({ lost: [...gone], why });
       } else {
         try {
