@@ -48,6 +48,8 @@ const REFUSED_FAST_MS = 500;
 /** With a store: how long a rank tries to reach it at start, and one wait for a lead to change. */
 const STORE_OPEN_TIMEOUT_MS = 10_000;
 const STORE_WAIT_SPAN_MS = 2000;
+/** How many ranks of a stored view a restarted rank 0 asks whether the world still runs. */
+const STORE_PROBES_MAX = 16;
 /** Failovers remembered for /cluster. */
 const FAILOVERS_KEPT = 16;
 
@@ -737,16 +739,22 @@ export class RankService {
     });
     const until = performance.now() + c.rendezvousTimeoutMs;
     if (c.rank === 0 && !c.join) {
-      for (const dead = new Set<string>(); ; ) {
-        const holder = await store.claim(this.leaderRecord(), dead);
+      for (;;) {
+        if (performance.now() > until) throw new Error(`no live coordinator in ${store.description} and the running world's ranks did not take the lead within ${Math.round(c.rendezvousTimeoutMs / 1000)} s`);
+        const held = await store.leader();
+        // a lapsed lead while ranks of the last view still run: they are taking over; don't start a world beside theirs
+        if (!held && (await this.storedWorldRuns(store))) {
+          await store.waitLeader(() => true, STORE_WAIT_SPAN_MS);
+          continue;
+        }
+        const holder = held ?? (await store.claim(this.leaderRecord(), new Set()));
         if (holder.instance === this.instance) {
           this.becomeCoordinator(null);
           return { url: selfUrl, join: false };
         }
         if (await this.answersAs(holder)) return { url: holder.url, join: true };
-        // the previous process of this job still holds the key (until its lease lapses), or a survivor is taking over
-        if (performance.now() > until) throw new Error(`rank ${holder.rank} (${holder.url}) holds the lead in ${store.description} but does not answer`);
-        this.log.info(`the lead is held by rank ${holder.rank} (${holder.url}, not answering): waiting for its lease to lapse or a new coordinator`);
+        // the previous process of this job holds the key (until its lease lapses, or a survivor takes over)
+        this.log.info(`the lead is held by rank ${holder.rank} (${holder.url}, not answering): waiting for a new coordinator or its lease to lapse`);
         await store.waitLeader((l) => l.instance !== holder.instance, STORE_WAIT_SPAN_MS);
       }
     }
@@ -767,6 +775,14 @@ export class RankService {
         known = next;
       }
     })();
+  }
+
+  /** Whether an active rank (other than this one) of the view in the store still answers as itself. */
+  private async storedWorldRuns(store: RendezvousStore): Promise<boolean> {
+    const view = await store.readView().catch(() => null);
+    const others = (view?.ranks ?? []).filter((r) => r.active && r.rank !== this.rank).slice(0, STORE_PROBES_MAX);
+    const alive = await Promise.all(others.map((r) => this.answersAs({ rank: r.rank, url: r.url, instance: r.instance, since_ms: 0 })));
+    return alive.some(Boolean);
   }
 
   /** The leader the store names if it is one this rank thought lost but it answers as itself (else null). */
@@ -818,6 +834,7 @@ export class RankService {
     const waitMs = FAILOVER_CONNECT_TIMEOUTS * this.heartbeatTimeoutMs;
     const until = performance.now() + this.config.rendezvousTimeoutMs;
     while ((this.phase as ServicePhase) !== "stopping") {
+      if (performance.now() > until) return this.loseCoordinatorForGood(`${why}; no coordinator could be agreed in ${store.description} within ${Math.round(this.config.rendezvousTimeoutMs / 1000)} s`);
       const candidate = this.membership.activeRanks().find((r) => !gone.has(r));
       if (candidate === undefined) return this.loseCoordinatorForGood(`${why}; no active rank is left to take over`);
       let holder: LeaderRecord | null;

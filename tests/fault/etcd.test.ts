@@ -192,6 +192,25 @@ describe.skipIf(skipWhy !== null)("--rendezvous etcd:// with a 3-member etcd clu
     await allreduceAmong(w.urls, [0, 2, 3]);
   }, 150_000);
 
+  test("rank 0 restarted in place at once (a pod restart): the survivors take the lead in etcd from the dead process, and the new rank 0 rejoins as an ordinary rank", async () => {
+    etcd = await EtcdCluster.start(3);
+    const w = await startWorld(etcd, 3);
+    const before = await leaderInEtcd(etcd, w.job);
+    ranks.find((p) => p.rank === 0)!.proc.kill("SIGKILL");
+    await ranks.find((p) => p.rank === 0)!.proc.exited;
+    const again = serveWithEtcd(0, 3, w.port, w.rendezvous, FAST);
+    ranks.push(again);
+    await waitFor(`the restarted rank 0 ready (stderr: ${again.stderr().slice(-400)})`, async () => (await get(again.url, "/health")).body?.ready === true, 30_000);
+    await waitState(w.urls, 0, "healthy", 30_000).catch((e: Error) => {
+      throw new Error(`${e.message}\n${ranks.map((p) => `--- rank ${p.rank} (pid ${p.proc.pid}):\n${p.stderr().slice(-3000)}`).join("\n")}`);
+    });
+    const lead = await leaderInEtcd(etcd, w.job);
+    expect(lead.rank).toBe(1);
+    expect(lead.instance).not.toBe(before.instance);
+    expect((await cluster(again.url)).coordinator).toBe(1);
+    await allreduceAmong(w.urls, [0, 1, 2]);
+  }, 90_000);
+
   test("rank 0 hangs (SIGSTOP) and rank 1 takes the lead; rank 0 resumed finds itself deposed in etcd and can't write an epoch", async () => {
     etcd = await EtcdCluster.start(3);
     const w = await startWorld(etcd, 3);
