@@ -138,43 +138,7 @@ function encodeInput(t: JsonTensor, bytes: number, where: string): Uint8Array {
 }
 
 export function buffersRoutes(app: Hono, svc: BuffersFacade): void {
-  app.post("/buffers", async (c) => {
-    const reg = await registryOf(svc);
-    const limit = svc.config.maxTensorBytes;
-    if (isOctetStream(c)) {
-      const meta = parseOrThrow(
-        createSchema,
-        { dtype: octetParam(c, "dtype"), shape: parseShapeText(octetParam(c, "shape") ?? ""), device: octetParam(c, "device") },
-        "query",
-      );
-      const bytes = checkShape(meta, "buffer", Number.MAX_SAFE_INTEGER);
-      const device = reg.parseDevice(meta.device);
-      const data = await readOctet(c, svc, bytes);
-      const e = reg.create(meta.dtype, meta.shape, device);
-      try {
-        reg.write(e, data);
-      } catch (err) {
-        reg.delete(e.id);
-        throw err;
-      }
-      return c.json(describe(e), 201);
-    }
-    const body = parseOrThrow(createSchema, await readJson(c, svc.config.maxBodyBytes));
-    const hasValues = body.data !== undefined || body.b64 !== undefined;
-    const bytes = checkShape(body, "buffer", hasValues ? limit : Number.MAX_SAFE_INTEGER);
-    const device = reg.parseDevice(body.device);
-    // Values first (a 400 allocates nothing); no values: zeros.
-    const host = hasValues ? encodeInput(body as JsonTensor, bytes, "buffer") : null;
-    const e = reg.create(body.dtype, body.shape, device);
-    try {
-      if (host) reg.write(e, host);
-      else if (device >= 0) zeroDevice(reg, e);
-    } catch (err) {
-      reg.delete(e.id);
-      throw err;
-    }
-    return c.json(describe(e), 201);
-  });
+  app.post("/buffers", (c) => createBuffer(svc, c));
 
   app.get("/buffers", async (c) => {
     const reg = await registryOf(svc);
@@ -200,23 +164,7 @@ export function buffersRoutes(app: Hono, svc: BuffersFacade): void {
     return c.json({ ...describe(e), ...encodeTensor(e.dtype, e.shape, bytes, format) });
   });
 
-  app.put("/buffers/:id", async (c) => {
-    const reg = await registryOf(svc);
-    const e = reg.get(c.req.param("id"));
-    if (isOctetStream(c)) {
-      reg.write(e, await readOctet(c, svc, e.byteLength));
-      return c.json(describe(e));
-    }
-    const raw = await readJson(c, svc.config.maxBodyBytes);
-    const body = parseOrThrow(createSchema.partial(), raw) as Partial<JsonTensor> & { device?: string };
-    if (body.dtype !== undefined && body.dtype !== e.dtype) throw new InvalidRequest(`buffer ${e.id} is ${e.dtype}, not ${body.dtype}`);
-    if (body.shape !== undefined && numel(body.shape) !== numel(e.shape)) {
-      throw new InvalidRequest(`buffer ${e.id} has shape ${JSON.stringify(e.shape)}; got ${JSON.stringify(body.shape)}`);
-    }
-    if (body.data === undefined && body.b64 === undefined) throw new InvalidRequest(`PUT /buffers/${e.id}: give "data" or "b64"`);
-    reg.write(e, encodeInput({ dtype: e.dtype, shape: e.shape, data: body.data, b64: body.b64 }, e.byteLength, "buffer"));
-    return c.json(describe(e));
-  });
+  app.put("/buffers/:id", (c) => overwriteBuffer(svc, c));
 
   app.delete("/buffers/:id", async (c) => {
     const reg = await registryOf(svc);
@@ -224,25 +172,86 @@ export function buffersRoutes(app: Hono, svc: BuffersFacade): void {
     return c.json({ ...describe(e), deleted: true });
   });
 
-  app.get("/buffers/:id/ipc", async (c) => {
-    const reg = await registryOf(svc);
-    const e = reg.get(c.req.param("id"));
-    if (e.device < 0) {
-      // A host buffer: its /dev/shm file, which np.memmap / mmap / torch.frombuffer map.
-      const { path, offset } = reg.shmLocation(e);
-      return c.json({ buffer: e.id, device: "cpu", kind: "shm", path, offset, bytes: e.byteLength, dtype: e.dtype, shape: e.shape, rank: svc.rank, pid: process.pid });
-    }
-    const { handle, offset } = reg.ipc(e);
-    return c.json({
-      ...describe(e),
-      kind: "cuda_ipc",
-      handle: b64(handle),
-      offset,
-      device_index: e.device,
-      rank: svc.rank,
-      pid: process.pid,
-    });
+  app.get("/buffers/:id/ipc", (c) => shareBuffer(svc, c));
+}
+
+/** GET /buffers/:id/ipc: how another process of this host maps the buffer (a CUDA IPC handle, or the /dev/shm file). */
+async function shareBuffer(svc: BuffersFacade, c: Context): Promise<Response> {
+  const reg = await registryOf(svc);
+  const e = reg.get(c.req.param("id"));
+  if (e.device < 0) {
+    // A host buffer: its /dev/shm file, which np.memmap / mmap / torch.frombuffer map.
+    const { path, offset } = reg.shmLocation(e);
+    return c.json({ buffer: e.id, device: "cpu", kind: "shm", path, offset, bytes: e.byteLength, dtype: e.dtype, shape: e.shape, rank: svc.rank, pid: process.pid });
+  }
+  const { handle, offset } = reg.ipc(e);
+  return c.json({
+    ...describe(e),
+    kind: "cuda_ipc",
+    handle: b64(handle),
+    offset,
+    device_index: e.device,
+    rank: svc.rank,
+    pid: process.pid,
   });
+}
+
+/** PUT /buffers/:id: new values in place (same dtype and element count). */
+async function overwriteBuffer(svc: BuffersFacade, c: Context): Promise<Response> {
+  const reg = await registryOf(svc);
+  const e = reg.get(c.req.param("id"));
+  if (isOctetStream(c)) {
+    reg.write(e, await readOctet(c, svc, e.byteLength));
+    return c.json(describe(e));
+  }
+  const raw = await readJson(c, svc.config.maxBodyBytes);
+  const body = parseOrThrow(createSchema.partial(), raw) as Partial<JsonTensor> & { device?: string };
+  if (body.dtype !== undefined && body.dtype !== e.dtype) throw new InvalidRequest(`buffer ${e.id} is ${e.dtype}, not ${body.dtype}`);
+  if (body.shape !== undefined && numel(body.shape) !== numel(e.shape)) {
+    throw new InvalidRequest(`buffer ${e.id} has shape ${JSON.stringify(e.shape)}; got ${JSON.stringify(body.shape)}`);
+  }
+  if (body.data === undefined && body.b64 === undefined) throw new InvalidRequest(`PUT /buffers/${e.id}: give "data" or "b64"`);
+  reg.write(e, encodeInput({ dtype: e.dtype, shape: e.shape, data: body.data, b64: body.b64 }, e.byteLength, "buffer"));
+  return c.json(describe(e));
+}
+
+/** POST /buffers: a new buffer from JSON values or raw bytes (zeros without values). */
+async function createBuffer(svc: BuffersFacade, c: Context): Promise<Response> {
+  const reg = await registryOf(svc);
+  const limit = svc.config.maxTensorBytes;
+  if (isOctetStream(c)) {
+    const meta = parseOrThrow(
+      createSchema,
+      { dtype: octetParam(c, "dtype"), shape: parseShapeText(octetParam(c, "shape") ?? ""), device: octetParam(c, "device") },
+      "query",
+    );
+    const bytes = checkShape(meta, "buffer", Number.MAX_SAFE_INTEGER);
+    const device = reg.parseDevice(meta.device);
+    const data = await readOctet(c, svc, bytes);
+    const e = reg.create(meta.dtype, meta.shape, device);
+    try {
+      reg.write(e, data);
+    } catch (err) {
+      reg.delete(e.id);
+      throw err;
+    }
+    return c.json(describe(e), 201);
+  }
+  const body = parseOrThrow(createSchema, await readJson(c, svc.config.maxBodyBytes));
+  const hasValues = body.data !== undefined || body.b64 !== undefined;
+  const bytes = checkShape(body, "buffer", hasValues ? limit : Number.MAX_SAFE_INTEGER);
+  const device = reg.parseDevice(body.device);
+  // Values first (a 400 allocates nothing); no values: zeros.
+  const host = hasValues ? encodeInput(body as JsonTensor, bytes, "buffer") : null;
+  const e = reg.create(body.dtype, body.shape, device);
+  try {
+    if (host) reg.write(e, host);
+    else if (device >= 0) zeroDevice(reg, e);
+  } catch (err) {
+    reg.delete(e.id);
+    throw err;
+  }
+  return c.json(describe(e), 201);
 }
 
 function zeroDevice(reg: BufferRegistry, e: BufferEntry): void {

@@ -1,5 +1,5 @@
 // GET /health (readiness), /livez (liveness), /cluster, /metrics, /openapi.json, /debug/recent
-import type { Hono } from "hono";
+import type { Context, Hono } from "hono";
 import { renderApiReference } from "../api-reference";
 import { buildOpenApi } from "../openapi";
 import { serverOf } from "../auth";
@@ -7,41 +7,7 @@ import type { TrafficRecord } from "../../native/types";
 import type { IntrospectionFacade } from "./facade";
 
 export function introspectionRoutes(app: Hono, svc: IntrospectionFacade): void {
-  app.get("/health", async (c) => {
-    const ready = svc.ready;
-    const state = svc.state;
-    const status = ready ? "ok" : state === "failed" || state === "left" ? state : "starting";
-    // Probes carry no token: with one set, strangers learn readiness only (no pid, ports, urls).
-    if (!(await svc.isCaller(c.req.header("authorization"), c.req.raw, serverOf(c)))) return c.json({ status, ready, state }, ready ? 200 : 503);
-    const self = svc.membership.get(svc.rank);
-    const why = svc.participant?.masterLost
-      ? `no coordinator: ${svc.participant.masterLost}`
-      : (state === "failed" || state === "left") && self?.reason
-        ? self.reason
-        : null;
-    return c.json(
-      {
-        status,
-        rank: svc.rank,
-        world_size: svc.membership.worldSize,
-        ready,
-        pid: process.pid,
-        state: svc.state,
-        epoch: svc.membership.epoch,
-        phase: svc.phase,
-        url: svc.url,
-        data_port: svc.dataPlane?.dataPort ?? null,
-        device: svc.config.device,
-        uptime_s: Math.round((Date.now() - svc.startedAt) / 100) / 10,
-        heartbeat: { interval_ms: svc.heartbeatIntervalMs, timeout_ms: svc.heartbeatTimeoutMs },
-        auth: svc.authMode,
-        ...(svc.securityWarning() ? { security_warning: svc.securityWarning() } : {}),
-        ...(svc.participant?.masterLost ? { master_lost: true } : {}),
-        ...(svc.failure ? { error: svc.failure } : why ? { error: why } : {}),
-      },
-      ready ? 200 : 503,
-    );
-  });
+  app.get("/health", (c) => health(svc, c));
 
   // Liveness (kubelet livenessProbe), distinct from readiness (/health): a rank that is starting,
   // awaiting activation or left on purpose is alive; one that can never serve again (removed as
@@ -100,6 +66,43 @@ export function introspectionRoutes(app: Hono, svc: IntrospectionFacade): void {
       ...(svc.matcher ? { pending: svc.matcher.pending() } : {}),
     });
   });
+}
+
+/** GET /health: readiness; strangers (no token) learn readiness only. */
+async function health(svc: IntrospectionFacade, c: Context): Promise<Response> {
+  const ready = svc.ready;
+  const state = svc.state;
+  const status = ready ? "ok" : state === "failed" || state === "left" ? state : "starting";
+  // Probes carry no token: with one set, strangers learn readiness only (no pid, ports, urls).
+  if (!(await svc.isCaller(c.req.header("authorization"), c.req.raw, serverOf(c)))) return c.json({ status, ready, state }, ready ? 200 : 503);
+  const self = svc.membership.get(svc.rank);
+  const why = svc.participant?.masterLost
+    ? `no coordinator: ${svc.participant.masterLost}`
+    : (state === "failed" || state === "left") && self?.reason
+      ? self.reason
+      : null;
+  return c.json(
+    {
+      status,
+      rank: svc.rank,
+      world_size: svc.membership.worldSize,
+      ready,
+      pid: process.pid,
+      state: svc.state,
+      epoch: svc.membership.epoch,
+      phase: svc.phase,
+      url: svc.url,
+      data_port: svc.dataPlane?.dataPort ?? null,
+      device: svc.config.device,
+      uptime_s: Math.round((Date.now() - svc.startedAt) / 100) / 10,
+      heartbeat: { interval_ms: svc.heartbeatIntervalMs, timeout_ms: svc.heartbeatTimeoutMs },
+      auth: svc.authMode,
+      ...(svc.securityWarning() ? { security_warning: svc.securityWarning() } : {}),
+      ...(svc.participant?.masterLost ? { master_lost: true } : {}),
+      ...(svc.failure ? { error: svc.failure } : why ? { error: why } : {}),
+    },
+    ready ? 200 : 503,
+  );
 }
 
 /** moonring_dataplane_bytes_total{transport, peer, direction}: what the native links moved. */
