@@ -35,6 +35,13 @@ export interface CollectiveInfo {
   send_on: Presence;
   recv: NativeShape;
   recv_on: Presence;
+  /** The send buffer may be omitted: the data is read from recv (broadcast in place). */
+  send_in_recv: boolean;
+  /** The links path's algorithm file (zig/src/algo/<algorithm>.zig, registered in algorithms.zig). */
+  algorithm: string;
+  /** The same-host board backend / the CUDA IPC direct backend runs it. */
+  board: boolean;
+  cuda_direct: boolean;
   /** What each rank gets (API docs). */
   summary: string;
 }

@@ -128,18 +128,43 @@ pub fn alltoallCounts(engine: *Engine, s: Submit, elem: u64, group: []const u32,
 
 /// The buffers this rank must pass (docs/architecture.md "Native op shapes") are there.
 pub fn checkBuffers(engine: *Engine, s: Submit, kind: Collective, bytes: u64, is_root: bool, totals: CountTotals) SubmitError!void {
-    const need_send: bool, const need_recv: bool = switch (kind) {
-        .allreduce, .allgather, .reduce_scatter => .{ bytes > 0, bytes > 0 },
-        .reduce, .gather => .{ bytes > 0, bytes > 0 and is_root },
-        .broadcast => .{ false, bytes > 0 },
-        .scatter => .{ bytes > 0 and is_root, bytes > 0 },
-        .alltoall => .{ totals.send > 0, totals.recv > 0 },
-        .barrier => .{ false, false },
-        .send => .{ bytes > 0, false },
-        .recv => .{ false, bytes > 0 },
-    };
+    const need_send, const need_recv = buffersNeeded(kind, bytes, is_root, totals);
     if (need_send and s.send == null) return engine.invalid("{s} needs a send buffer", .{@tagName(kind)});
     if (need_recv and s.recv == null) return engine.invalid("{s} needs a recv buffer", .{@tagName(kind)});
+}
+
+/// Whether this rank must pass a send and a recv buffer, from the table's native op shapes: a
+/// buffer of some bytes, present on this rank (every member or the root), and for send not one
+/// the table lets recv stand in for (broadcast in place).
+fn buffersNeeded(kind: Collective, bytes: u64, is_root: bool, totals: CountTotals) struct { bool, bool } {
+    const Side = struct {
+        fn needed(shape: op.NativeShape, root_only: bool, op_bytes: u64, counted: u64, root: bool) bool {
+            if (root_only and !root) return false;
+            return switch (shape) {
+                .none => false,
+                .count, .count_n => op_bytes > 0,
+                .counts => counted > 0,
+            };
+        }
+    };
+    const send = !kind.sendInRecv() and Side.needed(kind.sendShape(), kind.sendOnRootOnly(), bytes, totals.send, is_root);
+    const recv = Side.needed(kind.recvShape(), kind.recvOnRootOnly(), bytes, totals.recv, is_root);
+    return .{ send, recv };
+}
+
+test "buffersNeeded: the table's shapes give the engine's buffer rules" {
+    const t = CountTotals{ .send = 2, .recv = 0 };
+    const cases = .{
+        .{ .allreduce, true, true, true },  .{ .allgather, false, true, true }, .{ .reduce_scatter, false, true, true },
+        .{ .reduce, false, true, false },   .{ .reduce, true, true, true },     .{ .gather, false, true, false },
+        .{ .broadcast, true, false, true }, .{ .scatter, false, false, true },  .{ .scatter, true, true, true },
+        .{ .alltoall, false, true, false }, .{ .barrier, true, false, false },  .{ .send, false, true, false },
+        .{ .recv, false, false, true },
+    };
+    inline for (cases) |c| {
+        try std.testing.expectEqual(.{ c[2], c[3] }, buffersNeeded(c[0], 8, c[1], t));
+        try std.testing.expectEqual(.{ false, false }, buffersNeeded(c[0], 0, c[1], .{})); // nothing to move
+    }
 }
 
 /// A free slot for op `op_id` (not in flight here already), marked used, with its ticket.

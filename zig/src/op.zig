@@ -6,6 +6,7 @@ const ops = @import("ops_table");
 pub const DType = ops.DType;
 pub const RedOp = ops.RedOp;
 pub const Collective = ops.Collective;
+pub const NativeShape = ops.NativeShape;
 
 /// Ranks of the world (slots). A group crosses the C ABI as a bitset of `rank_words_max` u64
 /// words (mr_submit's `ranks`), bit r of word r/64 = global rank r.
@@ -45,7 +46,7 @@ pub fn bufferBytes(kind: Collective, elem_bytes: u64, count: u64, n: u64, is_roo
     return .{ send * elem_bytes, recv * elem_bytes };
 }
 
-fn shapeElements(shape: ops.NativeShape, count: u64, n: u64, counts: []const u64) u64 {
+fn shapeElements(shape: NativeShape, count: u64, n: u64, counts: []const u64) u64 {
     return switch (shape) {
         .none => 0,
         .count => count,

@@ -17,27 +17,20 @@ const sys = @import("sys.zig");
 const kinds = @import("transport/kinds.zig");
 const board_mod = @import("transport/board.zig");
 const common = @import("algo/common.zig");
+const algorithms = @import("algo/algorithms.zig");
 
 pub const Path = enum { cuda_direct, board, links };
 
-pub const Algorithm = enum {
-    /// A group of one: send -> recv.
-    alone,
-    allreduce_rd,
-    allreduce_ring,
-    reduce_tree,
-    reduce_chain,
-    broadcast_tree,
-    broadcast_chain,
-    allgather_ring,
-    gather_linear,
-    scatter_linear,
-    reduce_scatter_ring,
-    alltoall_pairwise,
-    barrier_dissemination,
-    p2p,
-    /// The backend decides (board_direct, cuda_direct).
-    backend,
+/// What runs an op: `alone` (a group of one: send -> recv), one algorithm file of the links path
+/// per value (generated from algo/algorithms.zig, in its order), or `backend` (board_direct,
+/// cuda_direct decide).
+pub const Algorithm = blk: {
+    const files = @typeInfo(algorithms).@"struct".decls;
+    var fields: [files.len + 2]std.builtin.Type.EnumField = undefined;
+    fields[0] = .{ .name = "alone", .value = 0 };
+    for (files, 1..) |file, i| fields[i] = .{ .name = file.name, .value = i };
+    fields[files.len + 1] = .{ .name = "backend", .value = files.len + 1 };
+    break :blk @Type(.{ .@"enum" = .{ .tag_type = u8, .fields = &fields, .decls = &.{}, .is_exhaustive = true } });
 };
 
 pub const Plan = struct { path: Path, algorithm: Algorithm };
@@ -154,30 +147,27 @@ pub fn plan(q: Query, config: *const Config) Plan {
     return .{ .path = .links, .algorithm = algorithm(q.kind, q.bytes, config.tuning) };
 }
 
-/// The collectives the CUDA IPC direct path runs (backend/cuda_direct.zig).
+/// The collectives the CUDA IPC direct path runs (the table's "cuda_direct"; backend/cuda_direct.zig).
 pub fn cudaDirectRuns(q: Query) bool {
-    if (q.ranks < 2 or q.ranks > cuda_group_size_max) return false;
-    return switch (q.kind) {
-        .barrier, .send, .recv => false,
-        .alltoall => true, // counts differ per rank; the backend's hello tells
-        else => q.bytes > 0,
-    };
+    if (q.ranks < 2 or q.ranks > cuda_group_size_max or !q.kind.cudaDirect()) return false;
+    // alltoall's counts differ per rank: the backend's hello tells whether there is anything to move
+    return q.kind.sendShape() == .counts or q.bytes > 0;
 }
 
 /// The CUDA IPC direct path's largest group (mr_reduceN_* sources).
 pub const cuda_group_size_max = @import("cuda/driver.zig").reduce_sources_max;
 
-/// Whether the board runs this op: a board collective, its largest contribution inline or
-/// read with process_vm_readv, and under MOONRING_BOARD_BYTES_MAX.
+/// Whether the board runs this op: a board collective (the table's "board"), its largest
+/// contribution (one rank's send buffer) inline or read with process_vm_readv, and under
+/// MOONRING_BOARD_BYTES_MAX.
 pub fn boardRuns(q: Query, config: *const Config) bool {
-    if (!config.board or q.ranks < 2 or q.ranks > board_mod.counts_max) return false;
+    if (!config.board or !q.kind.board() or q.ranks < 2 or q.ranks > board_mod.counts_max) return false;
     if (q.bytes > config.board_bytes_max) return false;
-    const largest: u64 = switch (q.kind) {
-        .send, .recv => return false,
-        .allreduce, .reduce, .allgather, .gather, .broadcast => q.bytes,
-        .scatter, .reduce_scatter => q.bytes *| q.ranks,
-        .alltoall => std.math.maxInt(u64), // ranks send different totals: assume large
-        .barrier => 0,
+    const largest: u64 = switch (q.kind.sendShape()) {
+        .none => 0,
+        .count => q.bytes,
+        .count_n => q.bytes *| q.ranks,
+        .counts => std.math.maxInt(u64), // ranks send different totals: assume large
     };
     return largest <= board_mod.inline_bytes_max or config.board_cma;
 }
@@ -189,13 +179,19 @@ pub fn algorithm(kind: op.Collective, bytes: u64, tuning: common.Tuning) Algorit
         .allreduce => if (small) .allreduce_rd else .allreduce_ring,
         .reduce => if (small) .reduce_tree else .reduce_chain,
         .broadcast => if (small) .broadcast_tree else .broadcast_chain,
-        .allgather => .allgather_ring,
-        .gather => .gather_linear,
-        .scatter => .scatter_linear,
-        .reduce_scatter => .reduce_scatter_ring,
-        .alltoall => .alltoall_pairwise,
-        .barrier => .barrier_dissemination,
-        .send, .recv => .p2p,
+        else => tableAlgorithm(kind),
+    };
+}
+
+/// The table's algorithm of `kind` ("algorithm" in src/ops/table.json); a name that is not
+/// registered in algo/algorithms.zig fails the build.
+fn tableAlgorithm(kind: op.Collective) Algorithm {
+    return switch (kind) {
+        inline else => |k| comptime blk: {
+            @setEvalBranchQuota(10_000);
+            break :blk std.meta.stringToEnum(Algorithm, k.algorithm()) orelse
+                @compileError("src/ops/table.json: " ++ @tagName(k) ++ "'s algorithm " ++ k.algorithm() ++ " is not in zig/src/algo/algorithms.zig");
+        },
     };
 }
 
@@ -219,6 +215,14 @@ test "plan: links algorithms by size (small_bytes is the switch point)" {
     }
     // A group of one never touches a link.
     try testing.expectEqual(Plan{ .path = .links, .algorithm = .alone }, plan(query(.allreduce, 1 << 20, 1), &config));
+}
+
+test "plan: the table's algorithm is the planner's choice for large ops" {
+    const tuning = common.Tuning{};
+    inline for (@typeInfo(op.Collective).@"enum".fields) |field| {
+        const kind: op.Collective = @enumFromInt(field.value);
+        try testing.expectEqual(tableAlgorithm(kind), algorithm(kind, 1 << 40, tuning));
+    }
 }
 
 test "plan: the board takes same-host host collectives with live boards, within its limits" {

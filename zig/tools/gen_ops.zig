@@ -21,6 +21,10 @@ const Collective = struct {
     send_on: []const u8,
     recv: []const u8,
     recv_on: []const u8,
+    send_in_recv: bool,
+    algorithm: []const u8,
+    board: bool,
+    cuda_direct: bool,
     summary: []const u8 = "",
 };
 const Table = struct {
@@ -63,7 +67,21 @@ fn writeCollectives(z: anytype, collectives: []const Collective) !void {
         try z.print("    pub fn {s}OnRootOnly(self: Collective) bool {{\n        return switch (self) {{\n", .{side});
         for (collectives) |c| try z.print("            .{s} => {},\n", .{ c.name, std.mem.eql(u8, @field(c, side ++ "_on"), "root") });
     }
+    try z.writeAll("        };\n    }\n\n");
+    try writeFlag(z, collectives, "sendInRecv", "send_in_recv", "The send buffer may be omitted: the data is read from recv (in place).");
+    try writeFlag(z, collectives, "board", "board", "The same-host board backend runs it (backend/board_direct.zig).");
+    try writeFlag(z, collectives, "cudaDirect", "cuda_direct", "The CUDA IPC direct backend runs it (backend/cuda_direct.zig).");
+    try z.writeAll("    /// The algorithm file (zig/src/algo/<name>.zig) the links path runs unless plan.zig picks\n");
+    try z.writeAll("    /// another by size.\n    pub fn algorithm(self: Collective) []const u8 {\n        return switch (self) {\n");
+    for (collectives) |c| try z.print("            .{s} => \"{s}\",\n", .{ c.name, c.algorithm });
     try z.writeAll("        };\n    }\n};\n");
+}
+
+/// One boolean method of Collective from a table field.
+fn writeFlag(z: anytype, collectives: []const Collective, comptime method: []const u8, comptime field: []const u8, comptime doc: []const u8) !void {
+    try z.writeAll("    /// " ++ doc ++ "\n    pub fn " ++ method ++ "(self: Collective) bool {\n        return switch (self) {\n");
+    for (collectives) |c| try z.print("            .{s} => {},\n", .{ c.name, @field(c, field) });
+    try z.writeAll("        };\n    }\n\n");
 }
 
 fn supports(op: RedOp, kind: []const u8) bool {

@@ -25,19 +25,8 @@ const plan = @import("../plan.zig");
 
 pub const Tuning = common.Tuning;
 
-pub const allreduce_rd = @import("allreduce_rd.zig");
-pub const allreduce_ring = @import("allreduce_ring.zig");
-pub const reduce_tree = @import("reduce_tree.zig");
-pub const reduce_chain = @import("reduce_chain.zig");
-pub const broadcast_tree = @import("broadcast_tree.zig");
-pub const broadcast_chain = @import("broadcast_chain.zig");
-pub const allgather_ring = @import("allgather_ring.zig");
-pub const gather_linear = @import("gather_linear.zig");
-pub const scatter_linear = @import("scatter_linear.zig");
-pub const reduce_scatter_ring = @import("reduce_scatter_ring.zig");
-pub const alltoall_pairwise = @import("alltoall_pairwise.zig");
-pub const barrier_dissemination = @import("barrier_dissemination.zig");
-pub const p2p = @import("p2p.zig");
+/// The algorithm files, by name (algorithms.zig: one line per file).
+pub const algorithms = @import("algorithms.zig");
 
 
 /// Runs one op of `desc` over `comm` (this rank's view of the op's group). `scratch` provides
@@ -59,37 +48,17 @@ pub fn runTuned(comm: transport.Comm, desc: op.OpDesc, scratch: std.mem.Allocato
     if (n == 1) return runAlone(desc);
     // The planner names the algorithm (one table for the engine, the tests and this).
     switch (plan.algorithm(desc.kind, bytes, tuning)) {
-        .allreduce_rd => try allreduce_rd.run(comm, desc, scratch, tuning),
-        .allreduce_ring => try allreduce_ring.run(comm, desc, scratch, tuning),
-        .reduce_tree => try reduce_tree.run(comm, desc, scratch, tuning),
-        .reduce_chain => try reduce_chain.run(comm, desc, scratch, tuning),
-        .broadcast_tree => try broadcast_tree.run(comm, desc, scratch, tuning),
-        .broadcast_chain => try broadcast_chain.run(comm, desc, scratch, tuning),
-        .allgather_ring => try allgather_ring.run(comm, desc, scratch, tuning),
-        .gather_linear => try gather_linear.run(comm, desc, scratch, tuning),
-        .scatter_linear => try scatter_linear.run(comm, desc, scratch, tuning),
-        .reduce_scatter_ring => try reduce_scatter_ring.run(comm, desc, scratch, tuning),
-        .alltoall_pairwise => try alltoall_pairwise.run(comm, desc, scratch, tuning),
-        .barrier_dissemination => try barrier_dissemination.run(comm, desc, scratch, tuning),
-        .p2p => try p2p.run(comm, desc, scratch, tuning),
         .alone, .backend => unreachable, // n > 1; backends are not run from here
+        inline else => |algorithm| try @field(algorithms, @tagName(algorithm)).run(comm, desc, scratch, tuning),
     }
 }
 
 /// Checks `desc` for group rank `rank` of `n` (see run()).
 pub fn validate(n: u32, rank: u32, desc: op.OpDesc) transport.Error!void {
     if (n == 0 or n > op.world_size_max or rank >= n) return error.Protocol;
-    switch (desc.kind) {
-        .allreduce, .reduce, .reduce_scatter => {
-            if (!desc.redop.supports(desc.dtype.kind())) return error.Protocol;
-        },
-        else => {},
-    }
-    switch (desc.kind) {
-        .reduce, .broadcast, .gather, .scatter => if (desc.root >= n) return error.Protocol,
-        .send, .recv => if (desc.root >= n or desc.root == rank) return error.Protocol,
-        else => {},
-    }
+    if (desc.kind.reduces() and !desc.redop.supports(desc.dtype.kind())) return error.Protocol;
+    if (desc.kind.rooted() and desc.root >= n) return error.Protocol;
+    if ((desc.kind == .send or desc.kind == .recv) and desc.root == rank) return error.Protocol;
     // Every byte count an algorithm forms must fit: count * element bytes * n.
     const es: u64 = desc.elementBytes();
     const bytes = std.math.mul(u64, desc.count, es) catch return error.Protocol;
@@ -110,19 +79,13 @@ pub fn validate(n: u32, rank: u32, desc: op.OpDesc) transport.Error!void {
 /// A group of one: the result is this rank's own data (a reduction over one rank, avg
 /// divided by 1 included).
 fn runAlone(desc: op.OpDesc) transport.Error!void {
-    const es: u64 = desc.elementBytes();
-    const bytes: u64 = switch (desc.kind) {
-        .allreduce, .reduce, .broadcast, .allgather, .gather, .scatter, .reduce_scatter => desc.count * es,
-        .alltoall => desc.send_counts[0] * es,
-        .barrier => 0,
-        .send, .recv => unreachable, // validate(): no peer in a group of one
-    };
+    std.debug.assert(desc.kind != .send and desc.kind != .recv); // validate(): no peer in a group of one
+    // The table's recv shape for n = 1 (the root is this rank); send holds as many bytes.
+    const send_bytes, const bytes = op.bufferBytes(desc.kind, desc.elementBytes(), desc.count, 1, true, desc.send_counts, desc.recv_counts);
+    std.debug.assert(bytes == 0 or send_bytes == bytes);
     const recv = common.bytesPtrMut(desc.recv, bytes);
     common.move(recv, common.bytesPtr(desc.send, bytes));
-    switch (desc.kind) {
-        .allreduce, .reduce, .reduce_scatter => reduce.canonicalize(desc.dtype, recv),
-        else => {},
-    }
+    if (desc.kind.reduces()) reduce.canonicalize(desc.dtype, recv);
 }
 
 test {

@@ -86,6 +86,7 @@ pub fn run(t: *Team, desc: common.OpDesc, scratch: std.mem.Allocator) Error!void
     const n = t.size();
     std.debug.assert(n >= 2 and t.me < n and t.global.len == n and t.departed_serials.len == n);
     std.debug.assert(n <= board_mod.counts_max);
+    std.debug.assert(desc.kind.board()); // the table's "board" (plan.boardRuns)
     std.debug.assert(t.entry < board_mod.entries_max);
     var entries: [board_mod.counts_max]u32 = undefined;
     var mapped: [board_mod.counts_max][2]?arena.PeerMaps.Mapped = undefined;
@@ -523,7 +524,7 @@ const Op = struct {
                 }
             },
             .barrier => {},
-            .send, .recv => unreachable,
+            else => unreachable, // plan.boardRuns: only the collectives the table marks "board"
         }
     }
 };

@@ -209,7 +209,7 @@ fn needs(o: Op, i: u32, j: u32) Need {
         .broadcast, .scatter => if (i != o.root and j == o.root) .send else .none,
         .reduce => if (i == o.root) .send else .none,
         .gather => if (i != o.root and j == o.root) .recv else .none,
-        .barrier, .send, .recv => .none,
+        else => .none, // not run here (the table's "cuda_direct")
     };
 }
 
@@ -618,7 +618,7 @@ fn part(cache: *Cache, o: Op, me: u32, theirs: *const [group_size_max]Hello, map
                 try copy(stream, kernel_copy, recv[j] + h.block_offset, src, bytes);
             }
         },
-        .barrier, .send, .recv => unreachable,
+        else => unreachable, // plan.cudaDirectRuns: only the collectives the table marks "cuda_direct"
     }
     if (launched) |p| p.* = sys.monotonicNs();
     try stream.synchronize();
