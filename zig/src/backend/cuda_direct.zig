@@ -257,6 +257,56 @@ pub fn run(cache: *Cache, comm: transport.Comm, board: ?*board_direct.Team, o: O
     sys.spinHotFor(hot_ns);
 
     // ---- 1. hello ----
+    var theirs: [group_size_max]Hello = undefined;
+    if (!try hello(cache, &control, o, me, &theirs)) return .fallback;
+    if (trace) t[1] = sys.monotonicNs();
+    // ---- 2. map the peer buffers this rank needs ----
+    var mapped: Mapped = .{ .cache = cache };
+    defer mapped.releaseAll();
+    const local_ok = mapPeers(cache, o, me, &theirs, &mapped);
+    var detail_buf: [240]u8 = undefined;
+    const detail = if (local_ok) "" else copyText(&detail_buf, driver.lastErrorMessage());
+    if (trace) t[2] = sys.monotonicNs();
+    if (!try ackMappings(cache, &control, o, me, &theirs, local_ok, detail)) return .fallback;
+
+    // ---- 3. this rank's part ----
+    if (trace) t[3] = sys.monotonicNs();
+    var part_error: ?driver.Error = null;
+    if (local_ok) {
+        part(cache, o, me, &theirs, &mapped, if (trace) &t[4] else null) catch |err| {
+            part_error = err;
+        };
+    } else {
+        part_error = driver.fail(error.Cuda, "{s}", .{detail});
+    }
+    var part_message_buf: [240]u8 = undefined;
+    const part_message = if (part_error != null) copyText(&part_message_buf, driver.lastErrorMessage()) else "";
+
+    const t_part = if (trace) sys.monotonicNs() else 0;
+    sys.spinHotFor(hot_ns);
+    // ---- 4. final barrier with status ----
+    try finalBarrier(&control, o, me, part_error, part_message);
+    _ = cache.completed.fetchAdd(1, .monotonic);
+    if (trace) {
+        t[5] = sys.monotonicNs();
+        const us = std.time.ns_per_us;
+        sys.logLine("rank {d}: cuda direct {s} n={d} {d} B: hello {d} us, map {d} us (opens {d}), ack {d} us, launch {d} us, sync {d} us, barrier {d} us", .{
+            my_rank,                  @tagName(o.kind),                o.group.len,                    o.count * es,
+            (t[1] - t[0]) / us,       (t[2] - t[1]) / us,              cache.opens.load(.monotonic) - opens_before,
+            (t[3] - t[2]) / us,       (if (t[4] > t[3]) t[4] - t[3] else 0) / us,
+            (if (t[4] > t[3]) t_part - t[4] else t_part - t[3]) / us, (t[5] - t_part) / us,
+        });
+    }
+    return .done;
+}
+
+/// Step 1, the hello: every rank tells every peer whether it can go direct (its buffers' IPC
+/// references, in place, alltoall's block places). False: the op falls back to host staging,
+/// on every rank alike (said once).
+fn hello(cache: *Cache, control: *Control, o: Op, me: u32, theirs: *[group_size_max]Hello) Error!bool {
+    const n: u32 = @intCast(o.group.len);
+    const my_rank = o.group[me];
+    const es = o.dtype.bytes();
     var refusal: ?Reason = null;
     var detail_buf: [240]u8 = undefined;
     var detail: []const u8 = "";
@@ -285,7 +335,6 @@ pub fn run(cache: *Cache, comm: transport.Comm, board: ?*board_direct.Team, o: O
     if (refusal == null) base.flags |= Hello.flag_ipc_ok;
     if (in_place) base.flags |= Hello.flag_in_place;
     var mine: [group_size_max]Hello = undefined;
-    var theirs: [group_size_max]Hello = undefined;
     for (0..n) |j| {
         mine[j] = base;
         if (o.kind == .alltoall) {
@@ -299,19 +348,21 @@ pub fn run(cache: *Cache, comm: transport.Comm, board: ?*board_direct.Team, o: O
     for (theirs[0..n]) |h| if (h.magic != hello_magic) return error.Protocol;
     if (refusal) |reason| {
         say(cache, my_rank, reason, detail);
-        return .fallback;
+        return false;
     }
     for (theirs[0..n]) |h| {
         if (h.flags & Hello.flag_ipc_ok == 0) {
             say(cache, my_rank, .peer_refused, "");
-            return .fallback;
+            return false;
         }
     }
+    return true;
+}
 
-    if (trace) t[1] = sys.monotonicNs();
-    // ---- 2. map the peer buffers this rank needs ----
-    var mapped: Mapped = .{ .cache = cache };
-    defer mapped.releaseAll();
+/// Step 2: maps the peer buffers this rank needs (needs()). False when one could not be opened
+/// or a peer gave none (driver.lastErrorMessage() says why).
+fn mapPeers(cache: *Cache, o: Op, me: u32, theirs: *const [group_size_max]Hello, mapped: *Mapped) bool {
+    const n: u32 = @intCast(o.group.len);
     var local_ok = true;
     for (0..n) |jj| {
         const j: u32 = @intCast(jj);
@@ -340,8 +391,13 @@ pub fn run(cache: *Cache, comm: transport.Comm, board: ?*board_direct.Team, o: O
             break;
         }
     }
-    if (!local_ok) detail = copyText(&detail_buf, driver.lastErrorMessage());
-    if (trace) t[2] = sys.monotonicNs();
+    return local_ok;
+}
+
+/// Step 2b: when some mapping is new to some rank, every rank says whether its mappings opened;
+/// a refusal anywhere falls back on every rank (and turns the direct path off here). True: go on.
+fn ackMappings(cache: *Cache, control: *Control, o: Op, me: u32, theirs: *const [group_size_max]Hello, local_ok: bool, detail: []const u8) Error!bool {
+    const n: u32 = @intCast(o.group.len);
     var needs_ack = false;
     for (0..n) |i| for (0..n) |j| {
         if (needs(o, @intCast(i), @intCast(j)) == .none) continue;
@@ -361,49 +417,27 @@ pub fn run(cache: *Cache, comm: transport.Comm, board: ?*board_direct.Team, o: O
         }
         if (!all_ok) {
             cache.disabled.store(true, .release);
-            say(cache, my_rank, if (local_ok) .peer_refused else .open_failed, detail);
-            return .fallback;
+            say(cache, o.group[me], if (local_ok) .peer_refused else .open_failed, detail);
+            return false;
         }
     }
+    return true;
+}
 
-    // ---- 3. this rank's part ----
-    if (trace) t[3] = sys.monotonicNs();
-    var part_error: ?driver.Error = null;
-    if (local_ok) {
-        part(cache, o, me, &theirs, &mapped, if (trace) &t[4] else null) catch |err| {
-            part_error = err;
-        };
-    } else {
-        part_error = driver.fail(error.Cuda, "{s}", .{detail});
-    }
-    var part_message_buf: [240]u8 = undefined;
-    const part_message = if (part_error != null) copyText(&part_message_buf, driver.lastErrorMessage()) else "";
-
-    const t_part = if (trace) sys.monotonicNs() else 0;
-    sys.spinHotFor(hot_ns);
-    // ---- 4. final barrier with status ----
+/// Step 4: every rank tells every peer whether its part succeeded; this rank's error, else the
+/// first peer's, fails the op on every rank.
+fn finalBarrier(control: *Control, o: Op, me: u32, part_error: ?driver.Error, part_message: []const u8) Error!void {
+    const n: u32 = @intCast(o.group.len);
     var done_mine: [group_size_max]StatusMsg = undefined;
     var done: [group_size_max]StatusMsg = undefined;
     for (done_mine[0..n]) |*d| d.* = .{ .ok = @intFromBool(part_error == null) };
     done[me] = done_mine[me];
     try control.exchange(StatusMsg, done_mine[0..n], done[0..n]);
-    if (part_error) |err| return driver.fail(err, "rank {d}: CUDA IPC direct {s}: {s}", .{ my_rank, @tagName(o.kind), part_message });
+    if (part_error) |err| return driver.fail(err, "rank {d}: CUDA IPC direct {s}: {s}", .{ o.group[me], @tagName(o.kind), part_message });
     for (done[0..n], 0..) |d, j| {
         if (d.magic != status_magic) return error.Protocol;
         if (d.ok == 0) return driver.fail(error.Cuda, "rank {d} failed its part of the CUDA IPC direct {s} (see its log)", .{ o.group[j], @tagName(o.kind) });
     }
-    _ = cache.completed.fetchAdd(1, .monotonic);
-    if (trace) {
-        t[5] = sys.monotonicNs();
-        const us = std.time.ns_per_us;
-        sys.logLine("rank {d}: cuda direct {s} n={d} {d} B: hello {d} us, map {d} us (opens {d}), ack {d} us, launch {d} us, sync {d} us, barrier {d} us", .{
-            my_rank,                  @tagName(o.kind),                o.group.len,                    o.count * es,
-            (t[1] - t[0]) / us,       (t[2] - t[1]) / us,              cache.opens.load(.monotonic) - opens_before,
-            (t[3] - t[2]) / us,       (if (t[4] > t[3]) t[4] - t[3] else 0) / us,
-            (if (t[4] > t[3]) t_part - t[4] else t_part - t[3]) / us, (t[5] - t_part) / us,
-        });
-    }
-    return .done;
 }
 
 fn copyText(buf: []u8, text: []const u8) []const u8 {
@@ -527,45 +561,7 @@ fn part(cache: *Cache, o: Op, me: u32, theirs: *const [group_size_max]Hello, map
     send[me] = o.send;
     recv[me] = o.recv;
     switch (o.kind) {
-        .allreduce => {
-            const begin, const end = blockRange(o.count, es, n, me);
-            if (end > begin) {
-                // MOONRING_CUDA_PIPELINE=1: reduce chunk k (stream) while chunk k-1 is pushed
-                // (a second stream, ordered by an event). Default: one reduce, then one push.
-                const chunks = pipelineChunks((end - begin) * es, o.config.pipeline);
-                const push_stream = if (chunks > 1) try cache.takeStream(o.device) else stream;
-                defer if (chunks > 1) cache.putStream(push_stream);
-                const event = if (chunks > 1) try stream.device.createEvent(false) else null;
-                defer if (event) |e| e.destroy();
-                for (0..chunks) |k| {
-                    const c_begin, const c_end = chunkRange(begin, end, es, chunks, k);
-                    if (c_end == c_begin) continue;
-                    var srcs: [group_size_max]u64 = undefined;
-                    for (0..n) |j| srcs[j] = send[j] + c_begin * es;
-                    const dst = o.recv + c_begin * es;
-                    try reduceInto(stream, o, dst, srcs[0..n], c_end - c_begin);
-                    if (event) |e| {
-                        // cuStreamWaitEvent waits for the record made just before it.
-                        try e.record(stream);
-                        try push_stream.waitEvent(e);
-                    }
-                    const push_bytes = (c_end - c_begin) * es;
-                    var fanout: Fanout = .{ .cache = cache, .ordinal = o.device };
-                    defer fanout.deinit();
-                    const fan = chunks == 1 and n > 2 and push_bytes >= parallel_push_min_bytes and parallelPush(o.config.push_parallel);
-                    if (fan) try fanout.fork(stream);
-                    // Peers in turn from me + 1: at any moment each rank pushes into a
-                    // different peer (all ranks starting at rank 0 would all write into it).
-                    for (1..n) |step| {
-                        const j = (me + step) % n;
-                        const s = if (fan) try fanout.streamFor(j) else push_stream;
-                        try copy(s, kernel_copy, recv[j] + c_begin * es, dst, push_bytes);
-                    }
-                    if (fan) try fanout.finish();
-                }
-                if (chunks > 1) try push_stream.synchronize();
-            }
-        },
+        .allreduce => try allreducePart(cache, o, me, stream, send[0..n], recv[0..n]),
         .reduce_scatter => {
             var srcs: [group_size_max]u64 = undefined;
             for (0..n) |j| srcs[j] = send[j] + me * o.count * es;
@@ -599,29 +595,80 @@ fn part(cache: *Cache, o: Op, me: u32, theirs: *const [group_size_max]Hello, map
             const bytes = o.count * es;
             try copy(stream, kernel_copy, o.recv, send[o.root] + me * bytes, bytes);
         },
-        .alltoall => {
-            // Peers in turn from me + 1 (no incast on one rank), this rank's own block last.
-            for (1..n + 1) |k| {
-                const j = (me + k) % n;
-                const bytes = o.send_counts[j] * es;
-                const src = o.send + prefix(o.send_counts, j) * es;
-                if (j == me) {
-                    try copy(stream, kernel_copy, o.recv + prefix(o.recv_counts, j) * es, src, bytes);
-                    continue;
-                }
-                const h = &theirs[j];
-                if (h.block_bytes != bytes) {
-                    return driver.fail(error.InvalidArgument, "alltoall: {d} bytes for rank {d}, which expects {d}", .{ bytes, o.group[j], h.block_bytes });
-                }
-                if (bytes == 0) continue;
-                if (recv[j] == 0) return driver.fail(error.InvalidArgument, "alltoall: rank {d} has no recv buffer for {d} bytes", .{ o.group[j], bytes });
-                try copy(stream, kernel_copy, recv[j] + h.block_offset, src, bytes);
-            }
-        },
+        .alltoall => try alltoallPart(o, me, stream, theirs, recv[0..n]),
         else => unreachable, // plan.cudaDirectRuns: only the collectives the table marks "cuda_direct"
     }
     if (launched) |p| p.* = sys.monotonicNs();
     try stream.synchronize();
+}
+
+/// allreduce's part: this rank reduces its block of every rank's send (in chunks with
+/// MOONRING_CUDA_PIPELINE=1) and pushes it into every rank's recv.
+fn allreducePart(cache: *Cache, o: Op, me: u32, stream: driver.Stream, send: []const u64, recv: []const u64) driver.Error!void {
+    const n: u32 = @intCast(o.group.len);
+    const es = o.dtype.bytes();
+    const kernel_copy = o.config.copy_kernel;
+    const begin, const end = blockRange(o.count, es, n, me);
+    if (end > begin) {
+        // MOONRING_CUDA_PIPELINE=1: reduce chunk k (stream) while chunk k-1 is pushed
+        // (a second stream, ordered by an event). Default: one reduce, then one push.
+        const chunks = pipelineChunks((end - begin) * es, o.config.pipeline);
+        const push_stream = if (chunks > 1) try cache.takeStream(o.device) else stream;
+        defer if (chunks > 1) cache.putStream(push_stream);
+        const event = if (chunks > 1) try stream.device.createEvent(false) else null;
+        defer if (event) |e| e.destroy();
+        for (0..chunks) |k| {
+            const c_begin, const c_end = chunkRange(begin, end, es, chunks, k);
+            if (c_end == c_begin) continue;
+            var srcs: [group_size_max]u64 = undefined;
+            for (0..n) |j| srcs[j] = send[j] + c_begin * es;
+            const dst = o.recv + c_begin * es;
+            try reduceInto(stream, o, dst, srcs[0..n], c_end - c_begin);
+            if (event) |e| {
+                // cuStreamWaitEvent waits for the record made just before it.
+                try e.record(stream);
+                try push_stream.waitEvent(e);
+            }
+            const push_bytes = (c_end - c_begin) * es;
+            var fanout: Fanout = .{ .cache = cache, .ordinal = o.device };
+            defer fanout.deinit();
+            const fan = chunks == 1 and n > 2 and push_bytes >= parallel_push_min_bytes and parallelPush(o.config.push_parallel);
+            if (fan) try fanout.fork(stream);
+            // Peers in turn from me + 1: at any moment each rank pushes into a
+            // different peer (all ranks starting at rank 0 would all write into it).
+            for (1..n) |step| {
+                const j = (me + step) % n;
+                const s = if (fan) try fanout.streamFor(j) else push_stream;
+                try copy(s, kernel_copy, recv[j] + c_begin * es, dst, push_bytes);
+            }
+            if (fan) try fanout.finish();
+        }
+        if (chunks > 1) try push_stream.synchronize();
+    }
+}
+
+/// alltoall's part: this rank writes its block for rank j into j's recv, where j's hello said.
+fn alltoallPart(o: Op, me: u32, stream: driver.Stream, theirs: *const [group_size_max]Hello, recv: []const u64) driver.Error!void {
+    const n: u32 = @intCast(o.group.len);
+    const es = o.dtype.bytes();
+    const kernel_copy = o.config.copy_kernel;
+    // Peers in turn from me + 1 (no incast on one rank), this rank's own block last.
+    for (1..n + 1) |k| {
+        const j = (me + k) % n;
+        const bytes = o.send_counts[j] * es;
+        const src = o.send + prefix(o.send_counts, j) * es;
+        if (j == me) {
+            try copy(stream, kernel_copy, o.recv + prefix(o.recv_counts, j) * es, src, bytes);
+            continue;
+        }
+        const h = &theirs[j];
+        if (h.block_bytes != bytes) {
+            return driver.fail(error.InvalidArgument, "alltoall: {d} bytes for rank {d}, which expects {d}", .{ bytes, o.group[j], h.block_bytes });
+        }
+        if (bytes == 0) continue;
+        if (recv[j] == 0) return driver.fail(error.InvalidArgument, "alltoall: rank {d} has no recv buffer for {d} bytes", .{ o.group[j], bytes });
+        try copy(stream, kernel_copy, recv[j] + h.block_offset, src, bytes);
+    }
 }
 
 test {
