@@ -530,7 +530,7 @@ test "strangers: 300 idle connections neither fill the link slots nor keep a rea
         var world = try World.init(2, .{ .mode = mode, .runner = dualRunner });
         defer world.deinit();
         const port = world.engine(0).dataPort();
-        // More idle connections than link slots (links_max) and handshake slots, each
+        // More idle connections than handshake slots (handshakes_max), each
         // accepted before rank 1 dials (the accept queue is FIFO).
         var fds: [300]sys.Fd = undefined;
         var opened: usize = 0;

@@ -126,6 +126,14 @@ pub fn setNoDelay(fd: Fd) void {
     setOptInt(fd, linux.IPPROTO.TCP, linux.TCP.NODELAY, 1);
 }
 
+/// O_NONBLOCK on `fd` (a verbs completion channel: events are taken without blocking).
+pub fn setNonBlocking(fd: Fd) bool {
+    const flags = linux.fcntl(fd, linux.F.GETFL, 0);
+    if (errnoOf(flags) != .SUCCESS) return false;
+    const rc = linux.fcntl(fd, linux.F.SETFL, flags | @as(usize, 1 << @bitOffsetOf(linux.O, "NONBLOCK")));
+    return errnoOf(rc) == .SUCCESS;
+}
+
 /// SO_RCVTIMEO: a blocking recv returns WouldBlock after `ms` without data (0 = never).
 pub fn setRecvTimeout(fd: Fd, ms: u32) void {
     const tv = linux.timeval{ .sec = @intCast(ms / 1000), .usec = @intCast((ms % 1000) * 1000) };

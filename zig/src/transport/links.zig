@@ -18,8 +18,9 @@ const op = @import("../op.zig");
 const log_limit = @import("../log_limit.zig");
 
 pub const world_size_max = op.world_size_max;
-/// Established links one rank accepts at once.
-pub const links_max = 256;
+/// Established links one rank keeps at once (of every kind): one each way to every peer of the
+/// largest world. A bound, not a table: a flood of connections is bounded by handshakes_max.
+pub const links_max = 2 * world_size_max;
 pub const links_per_peer_max = 4;
 /// Accepted connections not yet authenticated, at most: a flood of idle or slow connections
 /// can't hold more, and when full the oldest goes, so a real peer (which sends its Hello at

@@ -24,13 +24,15 @@ const regcache_mod = @import("verbs_regcache.zig");
 const rail_mod = @import("verbs_rail.zig");
 pub const rails_max = rail_mod.rails_max;
 pub const RailTail = rail_mod.Tail;
+const op = @import("../op.zig");
 
 pub const slot_header_bytes = 64;
 pub const slot_count_default: u32 = 16;
 pub const slot_bytes_default: u32 = 256 * 1024;
 pub const slot_count_max: u32 = 256;
-/// Channels (peers) one device serves.
-pub const channels_max = 64;
+/// Channels (links) one device serves: one per peer of the largest world, and room for a
+/// replacement made while the old link to a restarted peer still closes.
+pub const channels_max = 2 * op.world_size_max;
 /// Zero-copy writes one channel has in flight at once.
 const direct_writes_max = 16;
 /// Largest single RDMA write (messages above it go as several).
@@ -274,7 +276,7 @@ pub const Channel = struct {
         const bounce = Region.alloc(dev, dev.config.slot_bytes, local) orelse return fail(why, "bounce registration failed on {s}", .{dev.name()});
         errdefer bounce.free(dev);
         const sq_depth = 2 * n + direct_writes_max + 2;
-        const cq = dev.api.create_cq(dev.context, @intCast(sq_depth + n + 4), null, null, 0) orelse return fail(why, "ibv_create_cq failed on {s}", .{dev.name()});
+        const cq = dev.api.create_cq(dev.context, @intCast(sq_depth + n + 4), null, dev.comp_channel, 0) orelse return fail(why, "ibv_create_cq failed on {s}", .{dev.name()});
         errdefer _ = dev.api.destroy_cq(cq);
         var init_attr = abi.QpInitAttr{ .send_cq = cq, .recv_cq = cq, .cap = .{ .max_send_wr = sq_depth, .max_recv_wr = n, .max_send_sge = 1, .max_recv_sge = 1, .max_inline_data = 64 }, .sq_sig_all = 1 };
         const qp = dev.api.create_qp(dev.pd, &init_attr) orelse return fail(why, "ibv_create_qp failed on {s}", .{dev.name()});
@@ -354,7 +356,7 @@ pub const Channel = struct {
         var attr = abi.QpAttr{ .qp_state = .err };
         _ = dev.api.modify_qp(c.qp, &attr, abi.qp_state);
         _ = dev.api.destroy_qp(c.qp);
-        _ = dev.api.destroy_cq(c.cq);
+        device_mod.destroyCq(dev, c.cq);
         for (c.exposed) |maybe| if (maybe) |h| dev.cache.release(dev, h);
         c.rx.free(dev);
         c.tx.free(dev);

@@ -1,7 +1,10 @@
 //! The verbs device (split from verbs.zig): opening libibverbs, picking the device / port /
 //! GID that MOONRING_IB_HCA / MOONRING_IB_GID_INDEX admit, and the one poller thread per device
-//! that drains its channels' completion queues.
+//! that drains its channels' completion queues. The poller spins a while after the last
+//! completion, then arms every CQ (ibv_req_notify_cq) and blocks on the device's completion
+//! channel fd (poll with a timeout, so stop() is noticed); without a channel it sleeps instead.
 const std = @import("std");
+const sys = @import("../sys.zig");
 const abi = @import("../verbs/abi.zig");
 const lib = @import("../verbs/lib.zig");
 const verbs = @import("verbs.zig");
@@ -14,8 +17,15 @@ const buffers = verbs.buffers;
 const channels_max = verbs.channels_max;
 const verbs_gpu = @import("verbs_gpu.zig");
 
+const poller_idle_sleep_ns_min: u64 = 10 * std.time.ns_per_us;
 const poller_idle_sleep_ns_max: u64 = 1 * std.time.ns_per_ms;
+/// Idle polls of every CQ before the poller blocks (a completion soon after another is
+/// picked up without a wake-up's latency).
 const poller_spin_polls = 2000;
+/// Longest block on the completion channel: stop() is noticed within it.
+const poller_block_ms_max: i32 = 100;
+/// Events taken per wake-up, at most: one per CQ waits at a time.
+const events_per_wake_max = channels_max;
 
 pub const Device = struct {
     api: lib.Api,
@@ -31,9 +41,13 @@ pub const Device = struct {
     name_buf: [64]u8,
     config: Config,
     mu: std.Thread.Mutex = .{},
-    channels: [channels_max]?*Channel = [_]?*Channel{null} ** channels_max,
+    /// channels[0..channel_count] are attached (dense: the poller walks only those).
+    channels: [channels_max]*Channel = undefined,
+    channel_count: u32 = 0,
     stop: std.atomic.Value(bool) = .init(false),
     poller: ?std.Thread = null,
+    /// Every channel's CQ reports here (non-blocking fd); null: the poller sleeps when idle.
+    comp_channel: ?*abi.CompChannel = null,
     cache: RegCache = .{},
     /// Bytes this device's queue pairs were asked to move (RDMA writes and sends posted,
     /// RDMA reads posted: GET /cluster's per-NIC counters).
@@ -71,7 +85,9 @@ pub const Device = struct {
             why.set("{s}: ibv_alloc_pd failed", .{dev.name()});
             return error.NoDevice;
         };
+        dev.comp_channel = openCompChannel(&dev.api, dev.context);
         dev.poller = std.Thread.spawn(.{ .stack_size = 256 * 1024 }, pollLoop, .{dev}) catch {
+            if (dev.comp_channel) |ch| _ = dev.api.destroy_comp_channel(ch);
             _ = dev.api.dealloc_pd(dev.pd);
             why.set("could not start the verbs poller thread", .{});
             return error.OutOfMemory;
@@ -84,11 +100,12 @@ pub const Device = struct {
         dev.stop.store(true, .release);
         if (dev.poller) |t| t.join();
         dev.mu.lock();
-        for (dev.channels) |c| std.debug.assert(c == null);
+        std.debug.assert(dev.channel_count == 0);
         dev.mu.unlock();
         buffers.removeDevice(dev);
         dev.cache.clear(&dev.api);
         dev.gpu_cache.clear(&dev.api);
+        if (dev.comp_channel) |ch| _ = dev.api.destroy_comp_channel(ch);
         _ = dev.api.dealloc_pd(dev.pd);
         _ = dev.api.close_device(dev.context);
         std.heap.c_allocator.destroy(dev);
@@ -215,19 +232,21 @@ fn gidType(context: *abi.Context, port: u8, index: u8) GidType {
     return if (std.mem.indexOf(u8, text[0..n], "v2") != null) .roce_v2 else .other;
 }
 
+/// The device's completion channel with a non-blocking fd, or null (the poller then sleeps).
+fn openCompChannel(api: *const lib.Api, context: *abi.Context) ?*abi.CompChannel {
+    const ch = api.create_comp_channel(context) orelse return null;
+    if (sys.setNonBlocking(ch.fd)) return ch;
+    _ = api.destroy_comp_channel(ch);
+    return null;
+}
+
 fn pollLoop(dev: *Device) void {
-    var idle_polls: u64 = 0;
-    var sleep_ns: u64 = 10 * std.time.ns_per_us;
+    var idle_polls: u32 = 0;
+    var sleep_ns: u64 = poller_idle_sleep_ns_min;
     while (!dev.stop.load(.acquire)) {
-        var busy = false;
-        dev.mu.lock();
-        for (dev.channels) |maybe| {
-            if (maybe) |c| busy = c.drain() or busy;
-        }
-        dev.mu.unlock();
-        if (busy) {
+        if (drainAll(dev)) {
             idle_polls = 0;
-            sleep_ns = 10 * std.time.ns_per_us;
+            sleep_ns = poller_idle_sleep_ns_min;
             continue;
         }
         idle_polls += 1;
@@ -235,27 +254,76 @@ fn pollLoop(dev: *Device) void {
             std.atomic.spinLoopHint();
             continue;
         }
-        std.Thread.sleep(sleep_ns);
-        sleep_ns = @min(sleep_ns * 2, poller_idle_sleep_ns_max);
+        idle_polls = 0;
+        if (dev.comp_channel) |ch| {
+            blockOnChannel(dev, ch);
+        } else {
+            std.Thread.sleep(sleep_ns);
+            sleep_ns = @min(sleep_ns * 2, poller_idle_sleep_ns_max);
+        }
+    }
+}
+
+/// One poll of every attached channel's CQ. True when one had completions.
+fn drainAll(dev: *Device) bool {
+    var busy = false;
+    dev.mu.lock();
+    defer dev.mu.unlock();
+    for (dev.channels[0..dev.channel_count]) |c| busy = c.drain() or busy;
+    return busy;
+}
+
+/// Arms every CQ, looks once more (a completion that landed before its CQ was armed raises
+/// no event), then sleeps on the channel's fd until an event or poller_block_ms_max.
+fn blockOnChannel(dev: *Device, ch: *abi.CompChannel) void {
+    dev.mu.lock();
+    for (dev.channels[0..dev.channel_count]) |c| _ = dev.api.reqNotifyCq(c.cq, false);
+    dev.mu.unlock();
+    if (drainAll(dev)) return;
+    _ = sys.pollFd(ch.fd, std.posix.POLL.IN, poller_block_ms_max) catch {};
+    takeEvents(dev, ch);
+}
+
+/// Takes and acks every waiting event, under dev.mu: a channel's CQ is destroyed under it too
+/// (Channel.destroy), so no event of a CQ is taken without its ack before the CQ goes.
+fn takeEvents(dev: *Device, ch: *abi.CompChannel) void {
+    dev.mu.lock();
+    defer dev.mu.unlock();
+    var taken: u32 = 0;
+    while (taken < events_per_wake_max) : (taken += 1) {
+        var cq: ?*abi.Cq = null;
+        var cq_context: ?*anyopaque = null;
+        if (dev.api.get_cq_event(ch, &cq, &cq_context) != 0) return;
+        dev.api.ack_cq_events(cq.?, 1);
     }
 }
 
 fn attachImpl(dev: *Device, c: *Channel) bool {
     dev.mu.lock();
     defer dev.mu.unlock();
-    for (&dev.channels) |*slot| {
-        if (slot.* == null) {
-            slot.* = c;
-            return true;
-        }
-    }
-    return false;
+    std.debug.assert(dev.channel_count <= channels_max);
+    if (dev.channel_count == channels_max) return false;
+    dev.channels[dev.channel_count] = c;
+    dev.channel_count += 1;
+    // Armed at once: a poller blocked on the channel wakes for this CQ's first completion.
+    if (dev.comp_channel != null) _ = dev.api.reqNotifyCq(c.cq, false);
+    return true;
+}
+
+/// Destroys a detached channel's CQ under dev.mu (see takeEvents).
+pub fn destroyCq(dev: *Device, cq: *abi.Cq) void {
+    dev.mu.lock();
+    defer dev.mu.unlock();
+    _ = dev.api.destroy_cq(cq);
 }
 
 fn detachImpl(dev: *Device, c: *Channel) void {
     dev.mu.lock();
     defer dev.mu.unlock();
-    for (&dev.channels) |*slot| {
-        if (slot.* == c) slot.* = null;
+    for (dev.channels[0..dev.channel_count], 0..) |attached, i| {
+        if (attached != c) continue;
+        dev.channel_count -= 1;
+        dev.channels[i] = dev.channels[dev.channel_count];
+        return;
     }
 }

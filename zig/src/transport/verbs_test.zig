@@ -138,6 +138,54 @@ test "verbs: zero-copy write into an exposed buffer, then a frame completes it" 
     try testing.expect(p.a.cache.hits == 1);
 }
 
+test "verbs: more channels on one device than the old cap of 64 (100 peers), each carrying its own frames" {
+    if (!providerNamed()) return error.SkipZigTest;
+    defer lib.dropTestProvider();
+    const peers = 100;
+    comptime std.debug.assert(peers > 64 and peers <= verbs.channels_max);
+    var why: verbs.Reason = .{};
+    const config = verbs.Config{ .slot_count = 2, .slot_bytes = 4096 };
+    const hub = try verbs.Device.open(config, &why);
+    defer hub.close();
+    const far = try verbs.Device.open(config, &why);
+    defer far.close();
+    var out_links: [peers]*verbs.Channel = undefined;
+    var in_links: [peers]*verbs.Channel = undefined;
+    var made: usize = 0;
+    defer for (out_links[0..made], in_links[0..made]) |o, i| {
+        o.destroy();
+        i.destroy();
+    };
+    while (made < peers) : (made += 1) {
+        out_links[made] = try verbs.Channel.create(hub, @intCast(made + 1), &why);
+        in_links[made] = verbs.Channel.create(far, 0, &why) catch |err| {
+            out_links[made].destroy();
+            return err;
+        };
+        try out_links[made].connect(in_links[made].blob(), &why);
+        try in_links[made].connect(out_links[made].blob(), &why);
+    }
+    try testing.expectEqual(@as(u32, peers), hub.channel_count);
+    var payload: [8]u8 = undefined;
+    for (out_links, 0..) |c, i| {
+        std.mem.writeInt(u64, &payload, 1000 + i, .little);
+        try sendFrame(c, @intCast(i), &payload);
+    }
+    // Every link delivers its own frame, and the answers come back on the right one.
+    var got: [16]u8 = undefined;
+    for (in_links, 0..) |c, i| {
+        const h = try recvFrame(c, &got);
+        try testing.expectEqual(@as(u32, @intCast(i)), h.seq);
+        try testing.expectEqual(@as(u64, 1000 + i), std.mem.readInt(u64, got[0..8], .little));
+        std.mem.writeInt(u64, &payload, 5000 + i, .little);
+        try sendFrame(c, @intCast(i), &payload);
+    }
+    for (out_links, 0..) |c, i| {
+        _ = try recvFrame(c, &got);
+        try testing.expectEqual(@as(u64, 5000 + i), std.mem.readInt(u64, got[0..8], .little));
+    }
+}
+
 test "verbs: the peer's QP goes away, the channel fails naming the peer" {
     if (!providerNamed()) return error.SkipZigTest;
     defer lib.dropTestProvider();

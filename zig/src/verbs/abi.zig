@@ -191,9 +191,17 @@ pub const Mr = extern struct {
     rkey: u32,
 };
 
+/// struct ibv_comp_channel: `fd` becomes readable when an armed CQ (ibv_req_notify_cq) of
+/// this channel gets a completion; ibv_get_cq_event takes the event, ibv_ack_cq_events acks it.
+pub const CompChannel = extern struct {
+    context: *Context,
+    fd: c_int,
+    refcnt: c_int,
+};
+
 pub const Cq = extern struct {
     context: *Context,
-    channel: ?*anyopaque,
+    channel: ?*CompChannel,
     cq_context: ?*anyopaque,
     handle: u32,
     cqe: c_int,

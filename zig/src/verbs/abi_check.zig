@@ -27,6 +27,7 @@ test "abi.zig matches <infiniband/verbs.h>" {
     try expectSame(abi.Pd, c.struct_ibv_pd);
     try expectSame(abi.Mr, c.struct_ibv_mr);
     try expectSame(abi.Cq, c.struct_ibv_cq);
+    try expectSame(abi.CompChannel, c.struct_ibv_comp_channel);
     try expectSame(abi.Qp, c.struct_ibv_qp);
     try expectSame(abi.Wc, c.struct_ibv_wc);
     try expectSame(abi.Sge, c.struct_ibv_sge);

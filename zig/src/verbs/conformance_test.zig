@@ -1,7 +1,8 @@
 //! Conformance tests of the test verbs provider (libmoonring_fakeverbs.so, loaded the way the
 //! core loads libibverbs: lib.zig through $MOONRING_VERBS_LIB). Cases ported from
 //! google/rdma-unit-test (unit/rc_test.cc LoopbackRcQpTest, unit/qp_test.cc QpTest /
-//! QpStateTest / QpPostTest, unit/cq_test.cc CqOverflowTest, unit/mr_test.cc MrTest); the
+//! QpStateTest / QpPostTest, unit/cq_test.cc CqOverflowTest, unit/mr_test.cc MrTest,
+//! cases/comp_channel_test.cc CompChannelTest in comp_channel_test.zig); the
 //! test names say which. Plus two-process cases the suite runs on two hosts: delivery between
 //! processes, and retry-exceeded when the peer process is killed.
 const std = @import("std");
@@ -12,6 +13,7 @@ const testing = std.testing;
 comptime {
     if (@import("verbs_options").verbs_header) _ = @import("abi_check.zig");
     _ = @import("dmabuf_test.zig");
+    _ = @import("comp_channel_test.zig");
 }
 
 const buffer_bytes = 64 << 10;
@@ -32,7 +34,7 @@ pub fn api() !*const lib.Api {
     return &api_storage.?;
 }
 
-const Client = struct {
+pub const Client = struct {
     context: *abi.Context,
     pd: *abi.Pd,
     cq: *abi.Cq,
@@ -42,8 +44,13 @@ const Client = struct {
     gid: abi.Gid,
 
     fn init(v: *const lib.Api, context: *abi.Context, content: u8, cap: abi.QpCap) !Client {
+        return initOn(v, context, content, cap, null);
+    }
+
+    /// With its CQ on a completion channel (comp_channel_test.zig).
+    pub fn initOn(v: *const lib.Api, context: *abi.Context, content: u8, cap: abi.QpCap, channel: ?*abi.CompChannel) !Client {
         const pd = v.alloc_pd(context) orelse return error.Verbs;
-        const cq = v.create_cq(context, 64, null, null, 0) orelse return error.Verbs;
+        const cq = v.create_cq(context, 64, null, channel, 0) orelse return error.Verbs;
         var init_attr = abi.QpInitAttr{ .send_cq = cq, .recv_cq = cq, .cap = cap };
         const qp = v.create_qp(pd, &init_attr) orelse return error.Verbs;
         const buffer = try testing.allocator.alloc(u8, buffer_bytes);
@@ -55,7 +62,7 @@ const Client = struct {
         return .{ .context = context, .pd = pd, .cq = cq, .qp = qp, .buffer = buffer, .mr = mr, .gid = gid };
     }
 
-    fn deinit(c: *Client, v: *const lib.Api) void {
+    pub fn deinit(c: *Client, v: *const lib.Api) void {
         _ = v.destroy_qp(c.qp);
         _ = v.dereg_mr(c.mr);
         _ = v.destroy_cq(c.cq);
@@ -68,10 +75,14 @@ const Client = struct {
     }
 };
 
-const default_cap = abi.QpCap{ .max_send_wr = 16, .max_recv_wr = 16, .max_send_sge = 2, .max_recv_sge = 2, .max_inline_data = 64 };
+pub const default_cap = abi.QpCap{ .max_send_wr = 16, .max_recv_wr = 16, .max_send_sge = 2, .max_recv_sge = 2, .max_inline_data = 64 };
+
+/// RC transport timeout 2^18 x 4.096 us ~ 1.07 s per try (rdma-unit-test uses 14, ~67 ms): on
+/// this shared 2-core machine a loaded progress thread must not look like a dead peer.
+const qp_timeout_code: u8 = 18;
 
 /// RESET -> INIT -> RTR -> RTS toward (gid, qpn), with the attributes rdma-unit-test uses.
-fn bringUp(v: *const lib.Api, qp: *abi.Qp, gid: abi.Gid, qpn: u32, rnr_retry: u8) !void {
+pub fn bringUp(v: *const lib.Api, qp: *abi.Qp, gid: abi.Gid, qpn: u32, rnr_retry: u8) !void {
     var attr = abi.QpAttr{ .qp_state = .init, .port_num = 1, .qp_access_flags = @intCast(abi.access_local_write | abi.access_remote_write | abi.access_remote_read) };
     try testing.expectEqual(@as(c_int, 0), v.modify_qp(qp, &attr, abi.qp_state | abi.qp_pkey_index | abi.qp_port | abi.qp_access_flags));
     attr = .{ .qp_state = .rtr, .path_mtu = abi.mtu_1024, .dest_qp_num = qpn, .max_dest_rd_atomic = 4, .min_rnr_timer = 1 };
@@ -79,7 +90,7 @@ fn bringUp(v: *const lib.Api, qp: *abi.Qp, gid: abi.Gid, qpn: u32, rnr_retry: u8
     attr.ah_attr.grh.dgid = gid;
     attr.ah_attr.grh.hop_limit = 64;
     try testing.expectEqual(@as(c_int, 0), v.modify_qp(qp, &attr, abi.qp_state | abi.qp_av | abi.qp_path_mtu | abi.qp_dest_qpn | abi.qp_rq_psn | abi.qp_max_dest_rd_atomic | abi.qp_min_rnr_timer));
-    attr = .{ .qp_state = .rts, .timeout = 14, .retry_cnt = 3, .rnr_retry = rnr_retry, .max_rd_atomic = 4 };
+    attr = .{ .qp_state = .rts, .timeout = qp_timeout_code, .retry_cnt = 3, .rnr_retry = rnr_retry, .max_rd_atomic = 4 };
     try testing.expectEqual(@as(c_int, 0), v.modify_qp(qp, &attr, abi.qp_state | abi.qp_sq_psn | abi.qp_timeout | abi.qp_retry_cnt | abi.qp_rnr_retry | abi.qp_max_qp_rd_atomic));
 }
 

@@ -47,7 +47,9 @@ const RequestHeader = extern struct {
     kind: Kind,
     with_imm: u8,
     rnr_retry: u8,
-    min_rnr_timer: u8,
+    /// The solicited-event bit (IBV_SEND_SOLICITED): a receive completion it causes wakes a CQ
+    /// armed for solicited completions only.
+    solicited: u8,
     imm: u32,
     length: u32,
     rkey: u32,
@@ -115,6 +117,7 @@ const Ctx = struct {
     mrs: std.ArrayListUnmanaged(*Mr) = .{},
     pds: u32 = 0,
     cqs: u32 = 0,
+    channels: u32 = 0,
     key_serial: u32 = 0,
     qp_serial: u64 = 0,
     wake: [2]posix.fd_t,
@@ -160,18 +163,88 @@ const Cq = struct {
     /// More completions arrived than the CQ holds: the CQ is in error (like hardware).
     overrun: bool = false,
     users: u32 = 0,
+    /// ibv_req_notify_cq: which next completion raises an event on the channel (one-shot).
+    arm: Arm = .none,
+    /// An event of this CQ waits in its channel (events collapse: at most one waits).
+    event_waiting: bool = false,
+    /// Events taken by ibv_get_cq_event; ibv_destroy_cq needs them all acked
+    /// (base.comp_events_completed), as rdma-core's does.
+    events_taken: u32 = 0,
+
+    const Arm = enum { none, solicited, any };
 
     fn of(cq: *abi.Cq) *Cq {
         return @fieldParentPtr("base", cq);
     }
 
     fn push(cq: *Cq, wc: abi.Wc) void {
+        cq.pushCompletion(wc, false);
+    }
+
+    /// A completion; `solicited`: a receive of a request that carried the solicited-event bit.
+    fn pushCompletion(cq: *Cq, wc: abi.Wc, solicited: bool) void {
         if (cq.count == cq.entries.len) {
             cq.overrun = true;
             return;
         }
         cq.entries[(cq.head + cq.count) % cq.entries.len] = wc;
         cq.count += 1;
+        // Solicited-only arming fires on solicited receives and on errors (IB spec 11.4.2.2).
+        const fire = switch (cq.arm) {
+            .none => false,
+            .solicited => solicited or wc.status != .success,
+            .any => true,
+        };
+        if (!fire) return;
+        cq.arm = .none;
+        Channel.of(cq.base.channel.?).post(cq);
+    }
+};
+
+/// A completion channel. The application's fd is one end of a socket pair; one byte waits in
+/// it while events do, so poll() on the fd says "an event waits" exactly like the kernel's.
+const Channel = struct {
+    base: abi.CompChannel,
+    /// Our end: a byte written here makes base.fd readable.
+    bell_fd: posix.fd_t,
+    /// CQs with an event not taken yet, oldest first.
+    waiting: std.ArrayListUnmanaged(*Cq) = .{},
+
+    fn of(channel: *abi.CompChannel) *Channel {
+        return @fieldParentPtr("base", channel);
+    }
+
+    /// Under ctx.mu: queues an event of `cq` (collapsed into one already waiting).
+    fn post(ch: *Channel, cq: *Cq) void {
+        if (cq.event_waiting) return;
+        ch.waiting.append(gpa, cq) catch return; // lost like an event past a full queue
+        cq.event_waiting = true;
+        if (ch.waiting.items.len == 1) _ = posix.send(ch.bell_fd, "e", posix.MSG.DONTWAIT | posix.MSG.NOSIGNAL) catch {};
+    }
+
+    /// Under ctx.mu: the oldest waiting event's CQ, or null.
+    fn take(ch: *Channel) ?*Cq {
+        if (ch.waiting.items.len == 0) return null;
+        const cq = ch.waiting.orderedRemove(0);
+        cq.event_waiting = false;
+        if (ch.waiting.items.len == 0) ch.silenceBell();
+        return cq;
+    }
+
+    /// Under ctx.mu: a destroyed CQ's waiting event goes (the kernel drops unread events too).
+    fn forget(ch: *Channel, cq: *Cq) void {
+        for (ch.waiting.items, 0..) |w, i| {
+            if (w != cq) continue;
+            _ = ch.waiting.orderedRemove(i);
+            cq.event_waiting = false;
+            if (ch.waiting.items.len == 0) ch.silenceBell();
+            return;
+        }
+    }
+
+    fn silenceBell(ch: *Channel) void {
+        var byte: [1]u8 = undefined;
+        _ = posix.recv(ch.base.fd, &byte, posix.MSG.DONTWAIT) catch {};
     }
 };
 
@@ -397,7 +470,7 @@ export fn ibv_open_device(device: *abi.Device) ?*abi.Context {
 export fn ibv_close_device(context: *abi.Context) c_int {
     const ctx = Ctx.of(context);
     ctx.mu.lock();
-    const busy = ctx.qps.items.len != 0 or ctx.mrs.items.len != 0 or ctx.pds != 0 or ctx.cqs != 0;
+    const busy = ctx.qps.items.len != 0 or ctx.mrs.items.len != 0 or ctx.pds != 0 or ctx.cqs != 0 or ctx.channels != 0;
     ctx.mu.unlock();
     if (busy) return @intFromEnum(posix.E.BUSY);
     ctx.stop.store(true, .release);
@@ -603,8 +676,8 @@ fn inRange(mr: *const Mr, addr: u64, len: u64) bool {
 
 // ---- completion queues -----------------------------------------------------------------------
 
-export fn ibv_create_cq(context: *abi.Context, cqe: c_int, cq_context: ?*anyopaque, channel: ?*anyopaque, comp_vector: c_int) ?*abi.Cq {
-    if (cqe <= 0 or cqe > cqe_max or comp_vector != 0) {
+export fn ibv_create_cq(context: *abi.Context, cqe: c_int, cq_context: ?*anyopaque, channel: ?*abi.CompChannel, comp_vector: c_int) ?*abi.Cq {
+    if (cqe <= 0 or cqe > cqe_max or comp_vector != 0 or (channel != null and channel.?.context != context)) {
         setErrno(.INVAL);
         return null;
     }
@@ -620,6 +693,7 @@ export fn ibv_create_cq(context: *abi.Context, cqe: c_int, cq_context: ?*anyopaq
     };
     ctx.mu.lock();
     ctx.cqs += 1;
+    if (channel) |ch| ch.refcnt += 1;
     ctx.mu.unlock();
     return &cq.base;
 }
@@ -630,6 +704,13 @@ export fn ibv_destroy_cq(cq_base: *abi.Cq) c_int {
     ctx.mu.lock();
     defer ctx.mu.unlock();
     if (cq.users != 0) return @intFromEnum(posix.E.BUSY);
+    // rdma-core's ibv_destroy_cq waits until every event taken was acked (a hang when one never
+    // is); the test provider refuses instead, so the mistake shows.
+    if (cq.base.comp_events_completed < cq.events_taken) return @intFromEnum(posix.E.BUSY);
+    if (cq.base.channel) |ch| {
+        Channel.of(ch).forget(cq);
+        ch.refcnt -= 1;
+    }
     ctx.cqs -= 1;
     gpa.free(cq.entries);
     gpa.destroy(cq);
@@ -652,9 +733,82 @@ fn pollCq(cq_base: *abi.Cq, num_entries: c_int, wc: [*]abi.Wc) callconv(.c) c_in
     return @intCast(n);
 }
 
-fn reqNotifyCq(cq: *abi.Cq, solicited_only: c_int) callconv(.c) c_int {
-    _ = .{ cq, solicited_only };
-    return @intFromEnum(posix.E.OPNOTSUPP);
+/// Arms the CQ: its next completion (solicited_only: its next solicited receive or error)
+/// raises one event on its channel. Asking for "any" after "solicited" widens the arm; the
+/// reverse keeps "any" (rdma-unit-test's UpgradeRequest / DowngradeRequest).
+fn reqNotifyCq(cq_base: *abi.Cq, solicited_only: c_int) callconv(.c) c_int {
+    const cq = Cq.of(cq_base);
+    const ctx = Ctx.of(cq_base.context);
+    ctx.mu.lock();
+    defer ctx.mu.unlock();
+    if (cq_base.channel == null) return @intFromEnum(posix.E.INVAL);
+    cq.arm = if (solicited_only == 0 or cq.arm == .any) .any else .solicited;
+    return 0;
+}
+
+export fn ibv_create_comp_channel(context: *abi.Context) ?*abi.CompChannel {
+    const ctx = Ctx.of(context);
+    const ch = gpa.create(Channel) catch {
+        setErrno(.NOMEM);
+        return null;
+    };
+    var pair: [2]posix.fd_t = undefined;
+    if (std.c.socketpair(posix.AF.UNIX, posix.SOCK.STREAM | posix.SOCK.CLOEXEC, 0, &pair) != 0) {
+        gpa.destroy(ch);
+        return null;
+    }
+    ch.* = .{ .base = .{ .context = context, .fd = pair[0], .refcnt = 0 }, .bell_fd = pair[1] };
+    ctx.mu.lock();
+    ctx.channels += 1;
+    ctx.mu.unlock();
+    return &ch.base;
+}
+
+export fn ibv_destroy_comp_channel(channel: *abi.CompChannel) c_int {
+    const ctx = Ctx.of(channel.context);
+    const ch = Channel.of(channel);
+    ctx.mu.lock();
+    defer ctx.mu.unlock();
+    if (channel.refcnt != 0) return @intFromEnum(posix.E.BUSY);
+    ctx.channels -= 1;
+    posix.close(channel.fd);
+    posix.close(ch.bell_fd);
+    ch.waiting.deinit(gpa);
+    gpa.destroy(ch);
+    return 0;
+}
+
+/// The oldest waiting event: its CQ and cq_context. Blocks until there is one, unless the
+/// application made the channel's fd non-blocking (then -1 with errno EAGAIN), like rdma-core.
+export fn ibv_get_cq_event(channel: *abi.CompChannel, cq_out: *?*abi.Cq, cq_context_out: *?*anyopaque) c_int {
+    const ctx = Ctx.of(channel.context);
+    const ch = Channel.of(channel);
+    while (true) {
+        ctx.mu.lock();
+        if (ch.take()) |cq| {
+            cq.events_taken += 1;
+            cq_out.* = &cq.base;
+            cq_context_out.* = cq.base.cq_context;
+            ctx.mu.unlock();
+            return 0;
+        }
+        ctx.mu.unlock();
+        const flags = posix.fcntl(channel.fd, posix.F.GETFL, 0) catch 0;
+        if (flags & @as(usize, 1 << @bitOffsetOf(posix.O, "NONBLOCK")) != 0) {
+            setErrno(.AGAIN);
+            return -1;
+        }
+        var fds = [1]posix.pollfd{.{ .fd = channel.fd, .events = posix.POLL.IN, .revents = 0 }};
+        _ = posix.poll(&fds, -1) catch {};
+    }
+}
+
+/// Acks events taken from the CQ (rdma-core adds to comp_events_completed under cq->mutex).
+export fn ibv_ack_cq_events(cq_base: *abi.Cq, nevents: c_uint) void {
+    const ctx = Ctx.of(cq_base.context);
+    ctx.mu.lock();
+    defer ctx.mu.unlock();
+    cq_base.comp_events_completed +%= nevents;
 }
 
 // ---- queue pairs -----------------------------------------------------------------------------
@@ -1003,7 +1157,7 @@ fn queueRequest(qp: *Qp, wr: *abi.SendWr, sges: []const abi.Sge, total: u64) !vo
         .kind = kind,
         .with_imm = @intFromBool(wr.opcode == abi.wr_send_with_imm or wr.opcode == abi.wr_rdma_write_with_imm),
         .rnr_retry = qp.rnr_retry,
-        .min_rnr_timer = 0,
+        .solicited = @intFromBool(wr.send_flags & abi.send_solicited != 0),
         .imm = wr.imm_data,
         .length = @intCast(total),
         .rkey = if (kind == .send) 0 else wr.wr.rdma.rkey,
@@ -1296,7 +1450,7 @@ fn execute(qp: *Qp, header: RequestHeader, payload: []const u8) void {
             if (!mrCopyIn(remoteMr(qp, header), header.remote_addr, payload)) return fail(qp, .rem_access);
             if (header.with_imm != 0) {
                 const r = qp.rq.pop();
-                Cq.of(qp.base.recv_cq).push(.{ .wr_id = r.wr_id, .opcode = abi.wc_recv_rdma_with_imm, .byte_len = header.length, .imm_data = header.imm, .wc_flags = abi.wc_with_imm, .qp_num = qp.base.qp_num, .src_qp = qp.dest_qpn });
+                Cq.of(qp.base.recv_cq).pushCompletion(.{ .wr_id = r.wr_id, .opcode = abi.wc_recv_rdma_with_imm, .byte_len = header.length, .imm_data = header.imm, .wc_flags = abi.wc_with_imm, .qp_num = qp.base.qp_num, .src_qp = qp.dest_qpn }, header.solicited != 0);
             }
             respond(qp, .ack, &.{});
         },
@@ -1333,7 +1487,7 @@ fn receive(qp: *Qp, header: RequestHeader, payload: []const u8) void {
     }
     scatter(qp, sges, payload);
     const flags: c_uint = if (header.with_imm != 0) abi.wc_with_imm else 0;
-    recv_cq.push(.{ .wr_id = r.wr_id, .opcode = abi.wc_recv, .byte_len = @intCast(payload.len), .imm_data = if (header.with_imm != 0) header.imm else 0, .wc_flags = flags, .qp_num = qp.base.qp_num, .src_qp = qp.dest_qpn });
+    recv_cq.pushCompletion(.{ .wr_id = r.wr_id, .opcode = abi.wc_recv, .byte_len = @intCast(payload.len), .imm_data = if (header.with_imm != 0) header.imm else 0, .wc_flags = flags, .qp_num = qp.base.qp_num, .src_qp = qp.dest_qpn }, header.solicited != 0);
     respond(qp, .ack, &.{});
 }
 

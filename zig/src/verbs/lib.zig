@@ -24,13 +24,18 @@ pub const Api = struct {
     /// rdma-core >= 34; GPU memory by dma-buf.
     reg_dmabuf_mr: ?*const fn (pd: *abi.Pd, offset: u64, length: usize, iova: u64, fd: c_int, access: c_int) callconv(.c) ?*abi.Mr,
     dereg_mr: *const fn (mr: *abi.Mr) callconv(.c) c_int,
-    create_cq: *const fn (context: *abi.Context, cqe: c_int, cq_context: ?*anyopaque, channel: ?*anyopaque, comp_vector: c_int) callconv(.c) ?*abi.Cq,
+    create_cq: *const fn (context: *abi.Context, cqe: c_int, cq_context: ?*anyopaque, channel: ?*abi.CompChannel, comp_vector: c_int) callconv(.c) ?*abi.Cq,
     destroy_cq: *const fn (cq: *abi.Cq) callconv(.c) c_int,
     create_qp: *const fn (pd: *abi.Pd, init: *abi.QpInitAttr) callconv(.c) ?*abi.Qp,
     modify_qp: *const fn (qp: *abi.Qp, attr: *abi.QpAttr, mask: c_int) callconv(.c) c_int,
     query_qp: *const fn (qp: *abi.Qp, attr: *abi.QpAttr, mask: c_int, init: *abi.QpInitAttr) callconv(.c) c_int,
     destroy_qp: *const fn (qp: *abi.Qp) callconv(.c) c_int,
     wc_status_str: *const fn (status: abi.WcStatus) callconv(.c) [*:0]const u8,
+    /// Completion channels: the CQ poller blocks on one instead of sleeping when idle.
+    create_comp_channel: *const fn (context: *abi.Context) callconv(.c) ?*abi.CompChannel,
+    destroy_comp_channel: *const fn (channel: *abi.CompChannel) callconv(.c) c_int,
+    get_cq_event: *const fn (channel: *abi.CompChannel, cq: *?*abi.Cq, cq_context: *?*anyopaque) callconv(.c) c_int,
+    ack_cq_events: *const fn (cq: *abi.Cq, nevents: c_uint) callconv(.c) void,
 
     pub fn postSend(_: *const Api, qp: *abi.Qp, wr: *abi.SendWr) c_int {
         var bad: ?*abi.SendWr = null;
@@ -44,6 +49,12 @@ pub const Api = struct {
 
     pub fn pollCq(_: *const Api, cq: *abi.Cq, wc: []abi.Wc) c_int {
         return cq.context.ops.poll_cq.?(cq, @intCast(wc.len), wc.ptr);
+    }
+
+    /// ibv_req_notify_cq (an inline of verbs.h): the next completion raises an event on the
+    /// CQ's channel (with `solicited_only`: only a solicited receive or an error does).
+    pub fn reqNotifyCq(_: *const Api, cq: *abi.Cq, solicited_only: bool) c_int {
+        return cq.context.ops.req_notify_cq.?(cq, @intFromBool(solicited_only));
     }
 
     pub fn statusText(api: *const Api, status: abi.WcStatus) []const u8 {
