@@ -13,8 +13,9 @@ echo "== bun test (one process per file)"
 # Bun's per-process cap of 256 concurrent fetches, timers) can't starve the next file, as they
 # did in one shared process (the dashboard, 256-rank and netns kill tests failed only there).
 failed=""
-# The 1,024-rank world (about 90 s) runs in CI only: `npm run test:scale` (.ci/run).
-files=$(find tests -name '*.test.ts' | grep -v '^tests/scale/world-1024' | sort)
+# The 1,024-rank world (about 90 s) runs in CI only: `npm run test:scale` (.ci/run); so do the
+# suites across network namespaces (tests/netns and the fault suite there: `npm run test:netns`).
+files=$(find tests -name '*.test.ts' | grep -v '^tests/scale/world-1024' | grep -v '^tests/netns/' | sort)
 for f in $files; do
   bun test "./$f" || failed="$failed $f"
 done

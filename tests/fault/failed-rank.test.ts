@@ -16,7 +16,8 @@ describe("failed rank", () => {
     const alive = [0, 2, 3];
     kill9(w.pids[1]!);
     await waitState(alive.map((r) => urls[r]!), 1, "failed");
-    expect(await w.waitForLine(/^rank 1 exited/)).toContain("ranks 0, 2, 3 keep running");
+    // The launcher says so (a world in network namespaces has no launcher: MOONRING_TEST_NETNS).
+    if (!("spawnRank" in w)) expect(await w.waitForLine(/^rank 1 exited/)).toContain("ranks 0, 2, 3 keep running");
     const c = await cluster(urls[0]!);
     expect(c.active_ranks).toEqual([1, 0, 1, 1]);
     expect(c.ranks[1].state).toBe("failed");

@@ -5,6 +5,7 @@ import type { Subprocess } from "bun";
 import { sleep } from "../../src/util/net";
 import { get, post, type Reply } from "./http";
 import { CLI, collect, launchWorld, pidAlive, waitGone, type LaunchedWorld } from "./launch-world";
+import type { NetnsWorld } from "./netns-world";
 
 export interface Joiner {
   rank: number;
@@ -27,6 +28,11 @@ export class Harness {
 
   /** `serve --rank R --join` against world w (a replacement for a dead slot, or a new rank). */
   join(w: LaunchedWorld, rank: number, worldSize: number, extra: string[] = [], opts: { join?: boolean } = {}): Joiner {
+    if ("spawnRank" in w) {
+      // A world in network namespaces (MOONRING_TEST_NETNS): the rank starts in its own.
+      const j = (w as NetnsWorld).spawnRank(rank, worldSize, extra, opts.join !== false);
+      return { rank, url: j.url, proc: j.proc as unknown as Joiner["proc"], stderr: j.stderr };
+    }
     const env: Record<string, string> = { ...(process.env as Record<string, string>), MOONRING_LOG: process.env.MOONRING_LOG ?? "warn" };
     for (const k of ["RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "MOONRING_TOKEN"]) delete env[k];
     const port = w.port + rank;

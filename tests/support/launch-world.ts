@@ -2,6 +2,7 @@
 // stop() ends the launcher and checks that every rank process is gone.
 import type { Subprocess } from "bun";
 import { freePortRange, sleep } from "../../src/util/net";
+import { launchNetnsWorld, netnsLayout } from "./netns-world";
 
 export const ROOT = new URL("../../", import.meta.url).pathname;
 export const CLI = `${ROOT}src/cli.ts`;
@@ -61,6 +62,9 @@ export async function launchWorld(
   n: number,
   opts: { args?: string[]; env?: Record<string, string>; token?: string; readyTimeoutMs?: number } = {},
 ): Promise<LaunchedWorld> {
+  // MOONRING_TEST_NETNS: the ranks in network namespaces as separate hosts (tests/support/netns-world.ts).
+  const layout = netnsLayout();
+  if (layout) return launchNetnsWorld(n, layout, opts);
   const port = await freePortRange(n);
   const env: Record<string, string> = { ...(process.env as Record<string, string>), MOONRING_LOG: process.env.MOONRING_LOG ?? "warn", ...opts.env };
   if (opts.token) env.MOONRING_TOKEN = opts.token;
