@@ -32,6 +32,12 @@ async function allreduceBinary(url: string, fill: number, count: number): Promis
   }
 }
 
+/** moonring_collective_reissues_total of the coordinator (the lowest live rank). */
+async function reissues(url: string): Promise<number> {
+  const line = (await (await fetch(`${url}/metrics`)).text()).split("\n").find((l) => l.startsWith("moonring_collective_reissues_total"));
+  return Number(line?.split(" ").pop() ?? NaN);
+}
+
 /** Bytes the other ranks' data planes have received from `victim` (GET /metrics). */
 async function bytesFrom(urls: string[], victim: number): Promise<number> {
   const texts = await Promise.all(urls.map((u, r) => (r === victim ? "" : fetch(`${u}/metrics`).then((x) => x.text()))));
@@ -56,6 +62,7 @@ export async function killMidAllreduce(urls: string[], victim: number, what: str
   const wholeMs = performance.now() - w0;
   const pid = (await get(urls[victim]!, "/health")).body.pid as number;
   const before = await bytesFrom(urls, victim);
+  const reissuesBefore = await reissues(urls[survivors[0]!]!);
   const t0 = performance.now();
   let done = false;
   const pending = Promise.all(ranks.map((r) => allreduceBinary(urls[r]!, r + 1, count))).finally(() => (done = true));
@@ -88,6 +95,11 @@ export async function killMidAllreduce(urls: string[], victim: number, what: str
       expect({ status: x.status, code: x.error?.code }).toEqual({ status: 503, code: "peer_failed" });
       expect(x.error.message).toContain(`rank ${victim}`);
     }
+  }
+  // Answered without the victim after its bytes had started to move: the survivors' data
+  // plane failed naming it (EPEER) and the coordinator re-issued the op among them.
+  if (midOp && survivors.some((r) => res[r]!.status === 200 && !res[r]!.contributors.includes(victim))) {
+    expect(await reissues(urls[survivors[0]!]!)).toBeGreaterThan(reissuesBefore);
   }
   // The survivors go on among themselves once the dead rank is out of the membership.
   const until = Date.now() + 20_000;
