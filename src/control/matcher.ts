@@ -127,7 +127,7 @@ export class Matcher {
     let c: OpenCollective | undefined;
     if (list) {
       for (const x of list) {
-        if (!x.joined.has(rank) && x.members.includes(rank)) {
+        if (!x.joined.has(rank) && isMember(x.members, rank)) {
           c = x;
           break;
         }
@@ -513,4 +513,22 @@ export function describeCall(d: CallDesc): string {
   if (d.root !== null) parts.push(`${rootField(d.op)} ${d.root}`);
   if (d.tag !== null) parts.push(`tag ${JSON.stringify(d.tag)}`);
   return `${d.op}(${parts.join(", ")})`;
+}
+
+/**
+ * Whether `rank` is in `members` (ascending global ranks, as every member list here is): a
+ * binary search, since each of a world's joins asks it once (includes() made matching
+ * O(world^2) per collective).
+ */
+function isMember(members: readonly number[], rank: number): boolean {
+  let lo = 0;
+  let hi = members.length - 1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >> 1;
+    const m = members[mid]!;
+    if (m === rank) return true;
+    if (m < rank) lo = mid + 1;
+    else hi = mid - 1;
+  }
+  return false;
 }

@@ -411,13 +411,15 @@ export class RankService {
    */
   private syncPeers(view: MembershipView, prev: MembershipView | null): void {
     const meActive = !this.participant?.masterLost && view.ranks.some((r) => r.rank === this.rank && r.active);
+    // by rank: a find() per rank made each view O(world^2) on every rank (3.5 s for 1,024 in-process)
+    const before = new Map(prev?.ranks.map((x) => [x.rank, x]));
     for (const r of view.ranks) {
       if (r.rank === this.rank) continue;
       if (!meActive || !r.active) {
         this.markPeerDown(r.rank);
         continue;
       }
-      const p = prev?.ranks.find((x) => x.rank === r.rank);
+      const p = before.get(r.rank);
       const same = p && p.dataHost === r.dataHost && p.dataPort === r.dataPort && p.hostId === r.hostId && p.instance === r.instance;
       if (same && !this.downPeers.has(r.rank)) continue;
       this.downPeers.delete(r.rank);
