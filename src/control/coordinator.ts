@@ -32,6 +32,7 @@ import type { Liveness } from "./liveness";
 import type { CallDesc, Decision, Matcher } from "./matcher";
 import type { Membership, MembershipView, RankState } from "./membership";
 import type { RendezvousServer } from "./rendezvous";
+import { ViewDeltas } from "./view-delta";
 
 export const DEFAULT_HEARTBEAT_INTERVAL_MS = 500;
 export const DEFAULT_HEARTBEAT_TIMEOUT_MS = 2000;
@@ -90,6 +91,8 @@ export class Coordinator {
   private stopped = false;
   private timer: ReturnType<typeof setInterval> | null = null;
   private lastTick = 0;
+  /** View changes go out as deltas against the view pushed before (view-delta.ts). */
+  private deltas = new ViewDeltas();
   /** Failures and re-issues since start (metrics, tests). */
   readonly stats = { failures: 0, retries: 0, linkChecks: 0, linkChecksPassed: 0 };
 
@@ -143,6 +146,7 @@ export class Coordinator {
     hub.handle("activate", (_r, msg) => this.activate(msg.ranks));
     hub.handle("deactivate", (_r, msg) => this.deactivate(msg.ranks));
     hub.handle("group", (_r, msg) => this.defineGroup(msg.name, msg.ranks));
+    hub.handle("view_full", () => ({ view: this.membership.view() }));
     this.membership.onChange((view) => this.onViewChange(view));
     this.lastTick = performance.now();
     this.timer = setInterval(() => this.tick(), this.opts.heartbeatIntervalMs);
@@ -178,7 +182,7 @@ export class Coordinator {
   }
 
   private onViewChange(view: MembershipView): void {
-    this.hub.broadcast({ t: "view", view });
+    this.hub.broadcast(this.deltas.next(view));
     this.check();
   }
 

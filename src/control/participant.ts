@@ -10,6 +10,7 @@ import type { Logger } from "../util/log";
 import type { CollectiveRunner, RetryHooks } from "./collective";
 import type { GoDecision } from "./matcher";
 import type { Membership, MembershipView } from "./membership";
+import { applyViewDelta, type ViewDelta } from "./view-delta";
 
 /** How this rank talks to rank 0 (the control link; in-process on rank 0 itself). */
 export interface CoordinatorChannel {
@@ -61,7 +62,8 @@ export class Participant implements RetryHooks {
   onPush(msg: Record<string, unknown>): void {
     switch (msg.t) {
       case "view":
-        this.membership.applyView(msg.view as MembershipView);
+        if (msg.view) this.membership.applyView(msg.view as MembershipView);
+        else if (!applyViewDelta(this.membership, msg.delta as ViewDelta)) this.fetchFullView();
         return;
       case "retry":
         this.onRetry(msg);
@@ -73,6 +75,19 @@ export class Participant implements RetryHooks {
         void this.linkCheck(msg);
         return;
     }
+  }
+
+  private fetchingView = false;
+
+  /** A view delta that did not fit this rank's view (a push missed): the coordinator's full view. */
+  private fetchFullView(): void {
+    const ch = this.channel;
+    if (!ch || this.fetchingView) return;
+    this.fetchingView = true;
+    ch.request({ t: "view_full" }, SETTLE_WAIT_MS)
+      .then((res) => this.membership.applyView(res.view as MembershipView))
+      .catch((e: Error) => this.log.warn(`full view not fetched (retried at the next push): ${e.message}`))
+      .finally(() => (this.fetchingView = false));
   }
 
   private async linkCheck(msg: Record<string, unknown>): Promise<void> {
