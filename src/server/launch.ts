@@ -116,20 +116,7 @@ export async function launchMain(o: LaunchOptions): Promise<number> {
   process.on("SIGTERM", () => void shutdown("SIGTERM", 0));
 
   for (let r = 0; r < o.nproc; r++) {
-    const args = [
-      process.execPath,
-      o.cliPath,
-      "serve",
-      "--rank", String(r),
-      "--world-size", String(o.nproc),
-      "--master", `${o.host.includes(":") ? `[${connectHost}]` : connectHost}:${o.port}`,
-      "--port", String(o.port + r),
-      "--host", o.host,
-      "--device", o.device,
-      "--exit-with-parent",
-      ...(o.maxWorldSize !== o.nproc ? ["--max-world-size", String(o.maxWorldSize)] : []),
-      ...o.serveArgs,
-    ];
+    const args = serveCommand(o, r, connectHost);
     // one host: local rank = rank, as torchrun sets them (the GPU choice reads them)
     const env = { ...process.env, ...secret.env, LOCAL_RANK: String(r), LOCAL_WORLD_SIZE: String(o.nproc) };
     const child = Bun.spawn(args, { stdin: "pipe", stdout: "inherit", stderr: "inherit", env });
@@ -154,14 +141,42 @@ export async function launchMain(o: LaunchOptions): Promise<number> {
   const urls = Array.from({ length: o.nproc }, (_, r) => httpUrl(connectHost, o.port + r));
   const shown = Array.from({ length: o.nproc }, (_, r) => httpUrl(o.host, o.port + r));
   const headers: Record<string, string> = { authorization: `Bearer ${secret.env.MOONRING_TOKEN}` };
-  const deadline = Date.now() + o.readyTimeoutMs;
-  const isReady = new Array<boolean>(o.nproc).fill(false);
-  while (!shuttingDown && isReady.some((x) => !x)) {
-    if (Date.now() > deadline) {
-      const missing = isReady.flatMap((x, r) => (x ? [] : [r]));
-      void shutdown(`ranks ${missing.join(", ")} not ready after ${Math.round(o.readyTimeoutMs / 1000)} s`, 1);
-      break;
-    }
+  const missing = await waitReady(urls, headers, o.readyTimeoutMs, () => shuttingDown);
+  if (missing.length > 0) void shutdown(`ranks ${missing.join(", ")} not ready after ${Math.round(o.readyTimeoutMs / 1000)} s`, 1);
+  if (!shuttingDown) {
+    ready = true;
+    for (let r = 0; r < o.nproc; r++) say(`rank ${r} ready ${shown[r]}`);
+  }
+  return done;
+}
+
+/** The `moonring serve` command line of rank r. */
+function serveCommand(o: LaunchOptions, r: number, connectHost: string): string[] {
+  return [
+    process.execPath,
+    o.cliPath,
+    "serve",
+    "--rank", String(r),
+    "--world-size", String(o.nproc),
+    "--master", `${o.host.includes(":") ? `[${connectHost}]` : connectHost}:${o.port}`,
+    "--port", String(o.port + r),
+    "--host", o.host,
+    "--device", o.device,
+    "--exit-with-parent",
+    ...(o.maxWorldSize !== o.nproc ? ["--max-world-size", String(o.maxWorldSize)] : []),
+    ...o.serveArgs,
+  ];
+}
+
+/**
+ * Polls every rank's /health until all say ready, or `stopped()`; returns the ranks still not
+ * ready when the timeout passed (empty otherwise).
+ */
+async function waitReady(urls: string[], headers: Record<string, string>, timeoutMs: number, stopped: () => boolean): Promise<number[]> {
+  const deadline = Date.now() + timeoutMs;
+  const isReady = new Array<boolean>(urls.length).fill(false);
+  while (!stopped() && isReady.some((x) => !x)) {
+    if (Date.now() > deadline) return isReady.flatMap((x, r) => (x ? [] : [r]));
     await Promise.all(
       urls.map(async (u, r) => {
         if (isReady[r]) return;
@@ -176,9 +191,5 @@ export async function launchMain(o: LaunchOptions): Promise<number> {
     );
     if (isReady.some((x) => !x)) await sleep(50);
   }
-  if (!shuttingDown) {
-    ready = true;
-    for (let r = 0; r < o.nproc; r++) say(`rank ${r} ready ${shown[r]}`);
-  }
-  return done;
+  return [];
 }
