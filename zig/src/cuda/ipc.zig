@@ -110,6 +110,29 @@ pub const Cache = struct {
         cache.mutex.lock();
         defer cache.mutex.unlock();
         cache.clock += 1;
+        if (cache.reuseLocked(ordinal, peer, ref)) |mapping| return mapping;
+        cache.closeOverlapsLocked(ordinal, peer, ref);
+        const index = try cache.victimLocked();
+        const base, const bytes = try cache.openLocked(ordinal, peer, ref);
+        cache.entries[index] = .{
+            .peer = peer,
+            .ordinal = ordinal,
+            .handle = ref.handle,
+            .base = base,
+            .bytes = bytes,
+            .owner_base = ref.owner_base,
+            .owner_bytes = ref.owner_bytes,
+            .refs = 1,
+            .stale = false,
+            .last_use = cache.clock,
+        };
+        _ = cache.verified.fetchOr(verifiedBit(peer), .acq_rel);
+        return .{ .address = base + ref.offset, .slot = @intCast(index) };
+    }
+
+    /// acquire(): a live mapping of `ref` (same peer, device and handle, the range inside it),
+    /// counted; null when there is none.
+    fn reuseLocked(cache: *Cache, ordinal: i32, peer: u32, ref: *const Ref) ?Mapping {
         for (&cache.entries, 0..) |*slot, i| {
             const entry = &(slot.* orelse continue);
             if (entry.peer != peer or entry.ordinal != ordinal or entry.stale) continue;
@@ -127,10 +150,14 @@ pub const Cache = struct {
             entry.last_use = cache.clock;
             return .{ .address = entry.base + ref.offset, .slot = @intCast(i) };
         }
-        // Mappings of this peer whose allocation overlaps the new one in the peer's address
-        // space: freed there since (live allocations never overlap), so close them. CUDA
-        // refuses to map an allocation's memory twice (CUDA_ERROR_ALREADY_MAPPED), and small
-        // cuMemAllocs share memory, so a stale mapping can block a new one.
+        return null;
+    }
+
+    /// acquire(): mappings of this peer whose allocation overlaps the new one in the peer's
+    /// address space were freed there since (live allocations never overlap), so close them.
+    /// CUDA refuses to map an allocation's memory twice (CUDA_ERROR_ALREADY_MAPPED), and small
+    /// cuMemAllocs share memory, so a stale mapping can block a new one.
+    fn closeOverlapsLocked(cache: *Cache, ordinal: i32, peer: u32, ref: *const Ref) void {
         for (&cache.entries) |*slot| {
             const entry = &(slot.* orelse continue);
             if (entry.peer != peer or entry.ordinal != ordinal) continue;
@@ -141,7 +168,10 @@ pub const Cache = struct {
                 slot.* = null;
             } else entry.stale = true;
         }
-        // A free slot, else the least recently used unreferenced entry.
+    }
+
+    /// acquire(): a free slot, else the least recently used unreferenced entry (closed, emptied).
+    fn victimLocked(cache: *Cache) Error!usize {
         var victim: ?usize = null;
         for (cache.entries, 0..) |slot, i| {
             const entry = slot orelse {
@@ -154,7 +184,11 @@ pub const Cache = struct {
         const index = victim orelse return driver.fail(error.OutOfMemory, "CUDA IPC: {d} peer buffers mapped and in use", .{entries_max});
         if (cache.entries[index]) |old| closeEntry(old);
         cache.entries[index] = null;
+        return index;
+    }
 
+    /// acquire(): opens `ref`'s handle on device `ordinal`; its base here and its allocation's bytes.
+    fn openLocked(cache: *Cache, ordinal: i32, peer: u32, ref: *const Ref) Error!struct { u64, u64 } {
         if (cache.test_fail_open) return driver.fail(error.Cuda, "CUDA cuIpcOpenMemHandle failed (test)", .{});
         const dev = try staging.device(ordinal);
         _ = cache.opens.fetchAdd(1, .monotonic);
@@ -180,20 +214,7 @@ pub const Cache = struct {
             dev.ipcClose(base) catch {};
             return driver.fail(error.InvalidArgument, "CUDA IPC: rank {d}'s buffer [+{d}, {d} bytes) overruns its allocation ({d} bytes)", .{ peer, ref.offset, ref.bytes, range.bytes });
         }
-        cache.entries[index] = .{
-            .peer = peer,
-            .ordinal = ordinal,
-            .handle = ref.handle,
-            .base = base,
-            .bytes = range.bytes,
-            .owner_base = ref.owner_base,
-            .owner_bytes = ref.owner_bytes,
-            .refs = 1,
-            .stale = false,
-            .last_use = cache.clock,
-        };
-        _ = cache.verified.fetchOr(verifiedBit(peer), .acq_rel);
-        return .{ .address = base + ref.offset, .slot = @intCast(index) };
+        return .{ base, range.bytes };
     }
 
     /// An op is done with the mapping acquire() returned.
