@@ -7,6 +7,9 @@
 #   .carry/zig-tests.xz     Zig test binary (ReleaseSafe) of the tests that need a GPU to mean
 #                           something: zig/src/cuda/* ("cuda") and the engine's "device buffers"
 #   .carry/deps.tar.xz      node_modules/hono + zod (the rank services' runtime dependencies)
+#   .carry/libmoonring_fakeverbs.so  the test verbs provider (GPUDirect emulated through CUDA):
+#                           tests/verbs/gpu.test.ts on the real driver, with the ranks' links over it
+#   .carry/verbs-tests.xz   the provider's conformance tests (zig/src/verbs, incl. dma-buf on a GPU)
 #   .carry/manifest.txt     git revision, checksums, versions
 # Builds into a temporary prefix (never touches zig/zig-out, which others use).
 # Usage: sh scripts/gpu/pack.sh     then, on the GPU machine: sh scripts/gpu/run.sh
@@ -32,6 +35,7 @@ fi
   { log "zig build failed"; exit 1; }
 cp "$tmp/prefix/lib/libmoonring.so" "$carry/libmoonring.so"
 cp "$tmp/prefix/lib/moonring.fatbin" "$carry/moonring.fatbin"
+cp "$tmp/prefix/lib/libmoonring_fakeverbs.so" "$carry/libmoonring_fakeverbs.so"
 
 log "building the Zig GPU test binary (filters: cuda, device buffers)"
 "$root/.tools/bin/zig" run zig/tools/gen_ops.zig -- src/ops/table.json "$tmp/ops_table.zig" "$tmp/ops_table.cuh"
@@ -42,6 +46,16 @@ if "$root/.tools/bin/zig" test -OReleaseSafe -lc -Izig/include --test-filter cud
   xz -T2 -c "$tmp/zig-tests" > "$carry/zig-tests.xz"
 else
   log "warning: the Zig test binary did not build; run.sh will skip the Zig GPU tests"
+fi
+
+log "building the verbs provider's conformance test binary (dma-buf over a real GPU there)"
+rm -f "$carry/verbs-tests.xz"
+echo 'pub const verbs_header = false;' > "$tmp/verbs_options.zig"
+if "$root/.tools/bin/zig" test -OReleaseSafe -lc --test-no-exec -femit-bin="$tmp/verbs-tests" --dep verbs_options \
+  -Mroot=zig/src/verbs/conformance_test.zig -Mverbs_options="$tmp/verbs_options.zig" --cache-dir zig/.zig-cache; then
+  xz -T2 -c "$tmp/verbs-tests" > "$carry/verbs-tests.xz"
+else
+  log "warning: the verbs test binary did not build; run.sh will skip it"
 fi
 
 # The runtime dependencies of the rank services (REST tests launch ranks on the GPU machine).
@@ -63,10 +77,10 @@ fi
   echo "bun: $("$bun_bin" --version)"
   echo "nvcc: $("$root/.tools/bin/nvcc" --version | tail -1)"
   echo "zig: $("$root/.tools/bin/zig" version)"
-  ( cd "$carry" && sha256sum bun.xz libmoonring.so moonring.fatbin $(ls zig-tests.xz deps.tar.xz 2>/dev/null) )
+  ( cd "$carry" && sha256sum bun.xz libmoonring.so moonring.fatbin libmoonring_fakeverbs.so $(ls zig-tests.xz verbs-tests.xz deps.tar.xz 2>/dev/null) )
 } > "$carry/manifest.txt"
 
-total=$(cat "$carry"/bun.xz "$carry"/libmoonring.so "$carry"/moonring.fatbin "$carry"/manifest.txt $(ls "$carry"/zig-tests.xz "$carry"/deps.tar.xz 2>/dev/null) | wc -c)
+total=$(cat "$carry"/bun.xz "$carry"/libmoonring.so "$carry"/moonring.fatbin "$carry"/libmoonring_fakeverbs.so "$carry"/manifest.txt $(ls "$carry"/zig-tests.xz "$carry"/verbs-tests.xz "$carry"/deps.tar.xz 2>/dev/null) | wc -c)
 if [ -d "$carry/out" ]; then log "note: $carry/out exists; remove it before carrying"; fi
 cat "$carry/manifest.txt" >&2
 log "carry: $((total / 1024 / 1024)) MiB of $((carry_bytes_max / 1024 / 1024)) MiB"

@@ -5,6 +5,9 @@
 # Writes under $OUT (default: a fresh temporary directory, printed):
 #   env.txt (nvidia-smi, manifest, versions), test.log, test-device-N.log (other GPUs),
 #   zig-test.log (Zig tests of zig/src/cuda + the engine's device-buffer tests, if carried),
+#   verbs-gpu.log (tests/verbs/gpu.test.ts: device buffers over RDMA verbs through the test
+#   provider, GPUDirect emulated with the real driver), verbs-tests.log (the provider's
+#   conformance tests incl. dma-buf on this GPU), both when .carry/ has the provider,
 #   bench.log + bench.json, torch_ref.log + torch_ref.json (if PyTorch is installed), summary.txt
 #   with --coll-bench (needs 2 GPUs): coll-moonring.jsonl, coll-nccl.jsonl, coll-bench.txt (moonring
 #   `bench --device cuda --via native` next to NCCL via torchrun, 8 B..256 MiB, busbw side by side)
@@ -107,6 +110,30 @@ if [ -f .carry/zig-tests.xz ]; then
   [ "$status" -eq 0 ] && status=$s
 else
   log "no .carry/zig-tests.xz: Zig GPU tests not run"
+fi
+
+# --- GPU memory over RDMA verbs (the test provider; GPUDirect emulated through this driver) --
+if [ -f .carry/libmoonring_fakeverbs.so ] && [ -z "${MOONRING_GPU_TESTS:-}" ]; then
+  limit 240 env MOONRING_GPU_REQUIRED=1 MOONRING_TEST_VERBS_PROVIDER="$root/.carry/libmoonring_fakeverbs.so" \
+    "$bun" test tests/verbs/gpu.test.ts > "$out/verbs-gpu.log" 2>&1
+  s=$?
+  grep -Eq '^ *[0-9]+ pass' "$out/verbs-gpu.log" || { log "no bun test results in verbs-gpu.log"; [ "$s" -eq 0 ] && s=1; }
+  tail -4 "$out/verbs-gpu.log" | tee -a "$out/summary.txt" >&2
+  grep -h "GPU memory over verbs" "$out/verbs-gpu.log" | head -2 | tee -a "$out/summary.txt" >&2
+  log "tests/verbs/gpu.test.ts (verbs, test provider): exit $s"
+  [ "$status" -eq 0 ] && status=$s
+  if [ -f .carry/verbs-tests.xz ]; then
+    if command -v xz >/dev/null 2>&1; then xz -dc .carry/verbs-tests.xz > "$work/verbs-tests"; else
+      python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' .carry/verbs-tests.xz "$work/verbs-tests"; fi
+    chmod +x "$work/verbs-tests"
+    limit 120 env MOONRING_VERBS_LIB="$root/.carry/libmoonring_fakeverbs.so" "$work/verbs-tests" > "$out/verbs-tests.log" 2>&1
+    s=$?
+    tail -1 "$out/verbs-tests.log" | tee -a "$out/summary.txt" >&2
+    log "verbs provider conformance (dma-buf on this GPU): exit $s"
+    [ "$status" -eq 0 ] && status=$s
+  fi
+else
+  log "no .carry/libmoonring_fakeverbs.so: verbs GPU tests not run"
 fi
 
 # --- benchmarks ---------------------------------------------------------------------------

@@ -65,6 +65,8 @@ export interface DataPlaneLinks {
     gpu: string;
     /** Bytes RDMA-read / -written straight between device buffers (GPUDirect RDMA). */
     gpu_direct_bytes: number;
+    /** Device allocations registered with the NIC so far (the registration cache's misses). */
+    gpu_registrations: number;
     /** Each verbs device (NIC) in use: the bytes its queue pairs were asked to move. */
     devices: { name: string; bytes: number }[];
   };

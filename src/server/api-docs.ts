@@ -151,6 +151,7 @@ const clusterAnswer = z
             rendezvous_staged_bytes: z.number().int(),
             gpu: z.string(),
             gpu_direct_bytes: z.number().int(),
+            gpu_registrations: z.number().int(),
             devices: z.array(z.object({ name: z.string(), bytes: z.number().int() })),
           })
           .meta({

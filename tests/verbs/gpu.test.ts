@@ -83,7 +83,7 @@ class World {
     expect(res.status).toBe(200);
     return decode(dtype, new Uint8Array(await res.arrayBuffer()));
   }
-  async verbs(r: number): Promise<{ gpu: string; gpu_direct_bytes: number }> {
+  async verbs(r: number): Promise<{ gpu: string; gpu_direct_bytes: number; gpu_registrations: number }> {
     return (await this.json(r, "GET", "/cluster")).data_plane.verbs;
   }
 }
@@ -165,6 +165,32 @@ for (const n of missing ? [] : [2, 3]) {
       else expect(mode).toContain("dma-buf");
       await runAll(world, n, !mode.startsWith("host staging"));
     }, 180_000);
+
+    test.skipIf(n !== 2)("registration cache: the same buffers again register nothing; freed ones are dropped", async () => {
+      if ((await world.verbs(0)).gpu.startsWith("host staging")) return; // said above
+      const regs = async () => Promise.all([0, 1].map(async (r) => (await world.verbs(r)).gpu_registrations));
+      const k = 1 << 16;
+      const ids = await Promise.all([0, 1].map((r) => world.buffer(r, "int32", [k], new Float64Array(k).fill(r + 1))));
+      const allreduce = () => Promise.all([0, 1].map((r) => world.json(r, "POST", "/collective/allreduce", { buffer: ids[r], op: "sum" })));
+      const r0 = await regs();
+      await allreduce();
+      const r1 = await regs();
+      for (let r = 0; r < 2; r++) expect(r1[r]! - r0[r]!).toBeGreaterThanOrEqual(2); // the buffer + the scratch
+      await allreduce();
+      await allreduce();
+      const r2 = await regs();
+      // The same buffer hits the cache; only the per-op scratch (a new allocation) registers.
+      for (let r = 0; r < 2; r++) expect(r2[r]! - r1[r]!).toBe(2);
+      for (let r = 0; r < 2; r++) expectValues(`allreduce x3 rank ${r}`, await world.read(r, ids[r]!, "int32"), new Float64Array(k).fill(12));
+      await Promise.all([0, 1].map((r) => world.call(r, "DELETE", `/buffers/${ids[r]}`)));
+      const again = await Promise.all([0, 1].map((r) => world.buffer(r, "int32", [k], new Float64Array(k).fill(r))));
+      await Promise.all([0, 1].map((r) => world.json(r, "POST", "/collective/allreduce", { buffer: again[r], op: "sum" })));
+      const r3 = await regs();
+      // Even where the new buffer reuses the old address, it is registered anew.
+      for (let r = 0; r < 2; r++) expect(r3[r]! - r2[r]!).toBe(2);
+      for (let r = 0; r < 2; r++) expectValues(`after re-allocation rank ${r}`, await world.read(r, again[r]!, "int32"), new Float64Array(k).fill(1));
+      await Promise.all([0, 1].map((r) => world.call(r, "DELETE", `/buffers/${again[r]}`)));
+    }, 60_000);
   });
 }
 

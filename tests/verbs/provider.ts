@@ -6,7 +6,8 @@
 import { existsSync } from "node:fs";
 import { ROOT } from "../support/launch-world";
 
-export const PROVIDER = `${ROOT}zig/zig-out/lib/libmoonring_fakeverbs.so`;
+// MOONRING_TEST_VERBS_PROVIDER: another build of it (scripts/gpu/run.sh: the carried one).
+export const PROVIDER = process.env.MOONRING_TEST_VERBS_PROVIDER ?? `${ROOT}zig/zig-out/lib/libmoonring_fakeverbs.so`;
 export const onSystemVerbs = process.env.MOONRING_TEST_VERBS === "system";
 
 /** Why verbs tests can't run here, or null. */

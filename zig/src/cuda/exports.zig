@@ -10,6 +10,7 @@
 const std = @import("std");
 const driver = @import("driver.zig");
 const staging = @import("staging.zig");
+const verbs_buffers = @import("../transport/verbs_regcache.zig").buffers;
 const c = @import("../abi_check.zig").c;
 const ops = @import("ops_table");
 
@@ -57,6 +58,7 @@ pub export fn mr_cuda_alloc(device: i32, bytes: u64) u64 {
 
 pub export fn mr_cuda_free(device: i32, dptr: u64) i32 {
     driver.clearError();
+    verbs_buffers.dropDeviceMemory(dptr);
     const dev = staging.device(device) catch |err| return code(err);
     return result(dev.free(dptr));
 }

@@ -368,7 +368,7 @@ pub const Net = struct {
         w.print(",\"rendezvous_direct_bytes\":{d},\"rendezvous_staged_bytes\":{d},\"gpu\":", .{ kind_verbs.rendezvous_direct_bytes.load(.monotonic), kind_verbs.rendezvous_staged_bytes.load(.monotonic) }) catch return stream.getWritten();
         const gpu_status = verbs_gpu.statusCopy();
         std.json.encodeJsonString(gpu_status.message(), .{}, w) catch return stream.getWritten();
-        w.print(",\"gpu_direct_bytes\":{d},\"devices\":[", .{verbs_gpu.direct_bytes.load(.monotonic)}) catch return stream.getWritten();
+        w.print(",\"gpu_direct_bytes\":{d},\"gpu_registrations\":{d},\"devices\":[", .{ verbs_gpu.direct_bytes.load(.monotonic), verbs_gpu.registrations.load(.monotonic) }) catch return stream.getWritten();
         var devices: [16]verbs.buffers.DeviceBytes = undefined;
         for (devices[0..verbs.buffers.deviceBytes(&devices)], 0..) |d, i| {
             w.print("{s}{{\"name\":\"{s}\",\"bytes\":{d}}}", .{ if (i == 0) "" else ",", d.dev.name(), d.bytes }) catch return stream.getWritten();

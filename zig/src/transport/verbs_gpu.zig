@@ -21,6 +21,7 @@ const lib = @import("../verbs/lib.zig");
 const driver = @import("../cuda/driver.zig");
 const staging = @import("../cuda/staging.zig");
 const verbs = @import("verbs.zig");
+const regcache = @import("verbs_regcache.zig");
 const Device = verbs.Device;
 
 /// Device allocations one verbs device keeps registered.
@@ -51,6 +52,8 @@ var status_mu: std.Thread.Mutex = .{};
 var said_fallback = std.atomic.Value(bool).init(false);
 /// Bytes moved by RDMA straight between device buffers (GET /cluster; tests check it grows).
 pub var direct_bytes = std.atomic.Value(u64).init(0);
+/// Device allocations registered so far (GET /cluster: cache hits leave it alone).
+pub var registrations = std.atomic.Value(u64).init(0);
 
 pub fn statusCopy() Status {
     status_mu.lock();
@@ -113,6 +116,7 @@ pub const Cache = struct {
         e.* = .{};
         const mr, const mode = register(dev, ordinal, range.start, range.len, why) orelse return null;
         cache.registrations += 1;
+        _ = registrations.fetchAdd(1, .monotonic);
         e.* = .{ .start = range.start, .len = range.len, .buffer_id = range.buffer_id, .mr = mr, .mode = mode, .users = 1, .last_use = cache.clock };
         return .{ .index = @intCast(slot), .lkey = mr.lkey, .rkey = mr.rkey, .mode = mode };
     }
@@ -129,30 +133,15 @@ pub const Cache = struct {
     pub fn forget(cache: *Cache, dev: *Device, start: u64, len: u64) void {
         cache.mu.lock();
         defer cache.mu.unlock();
-        for (&cache.entries) |*e| {
-            if (e.mr == null or e.users > 0) continue;
-            if (start < e.start + e.len and e.start < start + len) {
-                _ = dev.api.dereg_mr(e.mr.?);
-                e.* = .{};
-            }
-        }
+        regcache.forgetRange(&cache.entries, &dev.api, start, len);
     }
 
     fn victim(cache: *Cache) ?usize {
-        var best: ?usize = null;
-        for (cache.entries, 0..) |e, i| {
-            if (e.mr == null) return i;
-            if (e.users > 0) continue;
-            if (best == null or e.last_use < cache.entries[best.?].last_use) best = i;
-        }
-        return best;
+        return regcache.victimOf(&cache.entries);
     }
 
     pub fn clear(cache: *Cache, api: *const lib.Api) void {
-        for (&cache.entries) |*e| {
-            if (e.mr) |mr| _ = api.dereg_mr(mr);
-            e.* = .{};
-        }
+        regcache.clearAll(&cache.entries, api);
     }
 };
 

@@ -79,32 +79,49 @@ pub const RegCache = struct {
     pub fn forget(cache: *RegCache, dev: *Device, addr: usize, len: usize) void {
         cache.mu.lock();
         defer cache.mu.unlock();
-        for (&cache.entries) |*e| {
-            if (e.mr == null or e.users > 0) continue;
-            if (addr < e.start + e.len and e.start < addr + len) {
-                _ = dev.api.dereg_mr(e.mr.?);
-                e.* = .{};
-            }
-        }
+        forgetRange(&cache.entries, &dev.api, addr, len);
     }
 
     fn victim(cache: *RegCache) ?usize {
-        var best: ?usize = null;
-        for (cache.entries, 0..) |e, i| {
-            if (e.mr == null) return i;
-            if (e.users > 0) continue;
-            if (best == null or e.last_use < cache.entries[best.?].last_use) best = i;
-        }
-        return best;
+        return victimOf(&cache.entries);
     }
 
     pub fn clear(cache: *RegCache, api: *const lib.Api) void {
-        for (&cache.entries) |*e| {
-            if (e.mr) |mr| _ = api.dereg_mr(mr);
+        clearAll(&cache.entries, api);
+    }
+};
+
+// Shared by the registration caches (this one, verbs_gpu.Cache): `entries` is an array of
+// structs with start, len, mr, users and last_use.
+
+/// An empty entry, else the least recently used one nobody holds.
+pub fn victimOf(entries: anytype) ?usize {
+    var best: ?usize = null;
+    for (entries, 0..) |e, i| {
+        if (e.mr == null) return i;
+        if (e.users > 0) continue;
+        if (best == null or e.last_use < entries[best.?].last_use) best = i;
+    }
+    return best;
+}
+
+/// Deregisters every unused entry overlapping [start, start + len).
+pub fn forgetRange(entries: anytype, api: *const lib.Api, start: u64, len: u64) void {
+    for (entries) |*e| {
+        if (e.mr == null or e.users > 0) continue;
+        if (start < e.start + e.len and e.start < start + len) {
+            _ = api.dereg_mr(e.mr.?);
             e.* = .{};
         }
     }
-};
+}
+
+pub fn clearAll(entries: anytype, api: *const lib.Api) void {
+    for (entries) |*e| {
+        if (e.mr) |mr| _ = api.dereg_mr(mr);
+        e.* = .{};
+    }
+}
 
 /// The host buffers mr_alloc / mr_alloc_shared handed out and mr_free has not taken back yet
 /// (process-wide): the memory the registration cache may keep registered. mr_free drops a
@@ -133,6 +150,14 @@ pub const buffers = struct {
             r.* = .{};
         };
         for (devices) |maybe| if (maybe) |dev| dev.cache.forget(dev, ptr, len);
+    }
+
+    /// mr_cuda_free: the device allocation at `dptr` goes; its GPU registrations go first
+    /// (a dma-buf registration would keep the freed memory alive until evicted).
+    pub fn dropDeviceMemory(dptr: u64) void {
+        mu.lock();
+        defer mu.unlock();
+        for (devices) |maybe| if (maybe) |dev| dev.gpu_cache.forget(dev, dptr, 1);
     }
 
     pub fn contains(start: usize, len: usize) bool {

@@ -127,7 +127,12 @@ const DeviceBuffer = struct {
         @memset(host, fill);
         try testing.expectEqual(@as(c_int, 0), c.cuMemcpyHtoD_v2(dptr, host.ptr, bytes));
         var fd: c_int = -1;
-        try testing.expectEqual(@as(c_int, 0), c.cuMemGetHandleForAddressRange(&fd, dptr, bytes, 1, 0));
+        const exported = c.cuMemGetHandleForAddressRange(&fd, dptr, bytes, 1, 0);
+        if (exported != 0) {
+            _ = c.cuMemFree_v2(dptr);
+            std.debug.print("skipped: this CUDA driver exports no dma-buf (CUDA error {d}; proprietary kernel module?)\n", .{exported});
+            return error.SkipZigTest;
+        }
         defer std.posix.close(fd); // the registration holds the dma-buf, not the descriptor
         const v = try api();
         const mr = v.reg_dmabuf_mr.?(pd, 0, bytes, dptr, fd, access_all) orelse return error.Registration;
@@ -155,7 +160,7 @@ test "MrTest.DmaBuf: RDMA write, read and send between device buffers" {
     };
     var p = try conformance.Pair.init(7);
     defer p.deinit();
-    const bytes = 16 * page_bytes;
+    const bytes = 512 * page_bytes; // 2 MiB: one GPU page, so the range is page-aligned on a GPU
     const a = try DeviceBuffer.init(c, p.local.pd, bytes, 'x');
     defer a.deinit(c);
     const b = try DeviceBuffer.init(c, p.remote.pd, bytes, 'y');
