@@ -43,6 +43,7 @@ const block_align_bytes = 256;
 /// One RDMA read or write moves at most this much (larger ones go in pieces).
 const piece_bytes_max: u64 = verbs.pull_bytes_max;
 const hello_magic: u32 = 0x4D52_4744; // "MRGD"
+const gpu_page_bytes: u64 = 2 << 20;
 const status_magic: u32 = 0x4D52_4753; // "MRGS"
 
 pub const Op = struct {
@@ -131,7 +132,10 @@ pub fn run(net: *netmod.Net, ep: *netmod.Endpoint, o: Op) Error!Outcome {
 
     var scratch: u64 = 0;
     const block_bytes = allreduceBlockBytes(o);
-    if (o.kind == .allreduce) scratch = try dev.alloc(2 * block_bytes);
+    // Whole GPU pages: a dma-buf covers whole pages, so a small allocation sharing its page
+    // with others might not export.
+    const scratch_bytes = std.mem.alignForward(u64, 2 * block_bytes, gpu_page_bytes);
+    if (o.kind == .allreduce) scratch = try dev.alloc(scratch_bytes);
     defer if (scratch != 0) dev.free(scratch) catch {};
 
     var peers = Peers{ .net = net };
@@ -141,7 +145,7 @@ pub fn run(net: *netmod.Net, ep: *netmod.Endpoint, o: Op) Error!Outcome {
     for (0..n) |j| {
         mine[j] = .{};
         if (j == me) continue;
-        mine[j] = offer(&peers, ep, o, j, send_bytes, recv_bytes, scratch, 2 * block_bytes);
+        mine[j] = offer(&peers, ep, o, j, send_bytes, recv_bytes, scratch, scratch_bytes);
     }
     mine[me].ok = 1;
     theirs[me] = mine[me];

@@ -50,6 +50,7 @@ pub const Status = struct {
 var status: Status = .{};
 var status_mu: std.Thread.Mutex = .{};
 var said_fallback = std.atomic.Value(bool).init(false);
+var said_modes = std.atomic.Value(u8).init(0);
 /// Bytes moved by RDMA straight between device buffers (GET /cluster; tests check it grows).
 pub var direct_bytes = std.atomic.Value(u64).init(0);
 /// Device allocations registered so far (GET /cluster: cache hits leave it alone).
@@ -174,12 +175,12 @@ fn allocationOf(ordinal: i32, dptr: u64, len: u64, why: *verbs.Reason) ?Range {
 fn register(dev: *Device, ordinal: i32, start: u64, len: u64, why: *verbs.Reason) ?struct { *abi.Mr, Mode } {
     var dmabuf_why: verbs.Reason = .{};
     if (registerDmabuf(dev, ordinal, start, len, &dmabuf_why)) |mr| {
-        noteMode(dev, .dmabuf, "dma-buf (ibv_reg_dmabuf_mr) on {s}", .{dev.name()});
+        noteMode(.dmabuf, "dma-buf (ibv_reg_dmabuf_mr) on {s}", .{dev.name()});
         return .{ mr, .dmabuf };
     }
     if (peermemLoaded()) {
         if (dev.api.reg_mr(dev.pd, @ptrFromInt(start), len, access)) |mr| {
-            noteMode(dev, .peermem, "nvidia-peermem (ibv_reg_mr on device memory) on {s}; dma-buf: {s}", .{ dev.name(), dmabuf_why.message() });
+            noteMode(.peermem, "nvidia-peermem (ibv_reg_mr on device memory) on {s}; dma-buf: {s}", .{ dev.name(), dmabuf_why.message() });
             return .{ mr, .peermem };
         }
         why.set("dma-buf: {s}; nvidia-peermem: ibv_reg_mr on device memory failed (errno {d})", .{ dmabuf_why.message(), std.c._errno().* });
@@ -217,11 +218,11 @@ fn registerDmabuf(dev: *Device, ordinal: i32, start: u64, len: u64, why: *verbs.
     return mr;
 }
 
-fn noteMode(dev: *Device, mode: Mode, comptime fmt: []const u8, args: anytype) void {
-    const before = statusCopy();
+/// Said once per process and mode (a driver may export some allocations and not others).
+fn noteMode(mode: Mode, comptime fmt: []const u8, args: anytype) void {
     setStatus(mode, fmt, args);
-    if (before.mode != mode) sys.logLine("GPU memory over verbs: " ++ fmt, args);
-    _ = dev;
+    const bit = @as(u8, 1) << @as(u3, @intCast(@intFromEnum(mode)));
+    if (said_modes.fetchOr(bit, .acq_rel) & bit == 0) sys.logLine("GPU memory over verbs: " ++ fmt, args);
 }
 
 /// nvidia-peermem (or the older nv_peer_mem) is loaded, or MOONRING_IB_PEERMEM says what to do.
