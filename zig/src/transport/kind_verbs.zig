@@ -358,7 +358,9 @@ fn take(channel: *verbs.Channel, rx: *const link_kind.Receiver, header: wire.Fra
                 piece_max = verbs.pull_bytes_max;
             },
             .stash => |buf| {
-                if (!channel.pullStaged(buf, desc.addr + offset, desc.rkey)) {
+                // With several NICs a stash piece is striped too (registered per use on each).
+                const pulled = if (channel.rail_count > 0) channel.pullStriped(buf, desc, offset) else channel.pullStaged(buf, desc.addr + offset, desc.rkey);
+                if (!pulled) {
                     rx.dropStash(buf);
                     return false;
                 }
