@@ -2,11 +2,11 @@
 // transport each pair uses, every collective and p2p against independent references, and
 // kill -9 of a rank mid-allreduce. Used by tests/verbs/netns.test.ts (npm test) and
 // tests/netns/collectives.test.ts (npm run test:netns).
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { get, post } from "./http";
 import { killMidAllreduce } from "./kill-mid-op";
-import { launchNetnsWorld, namespaceOf, netnsProbe, type NetnsLayout, type NetnsWorld } from "./netns-world";
-import { agreementCases, collectiveCases } from "./suites";
+import { launchNetnsWorld, namespaceOf, netnsProbe, type NetnsLayout } from "./netns-world";
+import { agreementCases, collectiveCases, startedWorldRef } from "./suites";
 
 const skipReason = netnsProbe();
 
@@ -17,19 +17,7 @@ export function netnsWorldSuite(layout: NetnsLayout, n: number): void {
   }
   const hosts = namespaceOf(layout, n - 1) + 1;
   describe(`verbs across network namespaces: ${n} ranks on ${hosts} "hosts" (${layout === "rank" ? "one rank each" : "two ranks per host, shm within"})`, () => {
-    let w: NetnsWorld | undefined;
-    beforeAll(async () => {
-      w = await launchNetnsWorld(n, layout);
-    }, 90_000);
-    afterAll(async () => {
-      await w?.stop();
-    }, 30_000);
-    const ref = {
-      urls: () => {
-        if (!w) throw new Error("world did not start");
-        return w.urls;
-      },
-    };
+    const ref = startedWorldRef(() => launchNetnsWorld(n, layout));
 
     test(`N=${n} each rank's /cluster: shm to the ranks of its own namespace, verbs to every other`, async () => {
       // alltoall with a block per pair: every pair exchanges bytes, so every pair has a link.

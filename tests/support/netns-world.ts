@@ -108,8 +108,9 @@ export async function launchNetnsWorld(n: number, layout: NetnsLayout, opts: { a
     const ns = namespaceOf(layout, rank);
     const serve = [process.execPath, CLI, "serve", "--rank", String(rank), "--world-size", String(worldSize), "--master", `${addrOf(0)}:${port}`];
     serve.push("--host", addrOf(rank), "--port", String(port + rank), "--exit-with-parent", ...(join ? ["--join"] : []), ...extra);
-    // Its own hostname per namespace: a different host id, as on another machine.
-    const script = `hostname mrn-host-${ns} && exec "$@"`;
+    // Its own hostname per namespace and world: a host id of its own, as on another machine
+    // (two test runs at once must not share one: same-host shared memory is found by host id).
+    const script = `hostname mrn-${serial}-host${ns} && exec "$@"`;
     const proc = Bun.spawn(["ip", "netns", "exec", net.namespaces[ns]!, "unshare", "--uts", "sh", "-c", script, "sh", ...serve], { stdin: "pipe", stdout: "pipe", stderr: "pipe", env });
     procs.push(proc);
     const err = collect(proc.stderr, []);
@@ -129,6 +130,9 @@ export async function launchNetnsWorld(n: number, layout: NetnsLayout, opts: { a
     for (const pid of left) process.kill(pid, "SIGKILL");
     removeNamespaces(net);
     if (left.length) throw new Error(`rank processes still running after stop: ${left.join(", ")}`);
+    // A rank that crashed (not killed by the test) fails the world, with what it said.
+    const crashed = procs.filter((p) => p.signalCode !== null && p.signalCode !== "SIGKILL" && p.signalCode !== "SIGTERM");
+    if (crashed.length) throw new Error(`rank processes crashed (${crashed.map((p) => `pid ${p.pid}: ${p.signalCode}`).join(", ")}):\n${stderrText().slice(-8000)}`);
     // Between namespaces verbs must carry every link: a fallback to tcp would make the run prove nothing.
     const fallbacks = stderrText().split("\n").filter((l) => /verbs.*(not available|not made|declined)|using tcp/.test(l));
     if (fallbacks.length) throw new Error(`verbs fell back in a namespace world:\n${fallbacks.join("\n")}`);

@@ -12,9 +12,14 @@ export interface WorldRef {
 
 /** Launches a world of n rank processes for the enclosing describe (stopped after it); its urls once started. */
 export function launchedWorldRef(n: number, opts: Parameters<typeof launchWorld>[1] = {}): WorldRef {
-  let w: LaunchedWorld | undefined;
+  return startedWorldRef(() => launchWorld(n, opts));
+}
+
+/** A world `start` makes for the enclosing describe (stopped after it); its urls once started. */
+export function startedWorldRef(start: () => Promise<Pick<LaunchedWorld, "urls" | "stop">>): WorldRef {
+  let w: Pick<LaunchedWorld, "urls" | "stop"> | undefined;
   beforeAll(async () => {
-    w = await launchWorld(n, opts);
+    w = await start();
   }, 90_000);
   afterAll(async () => {
     await w?.stop();
