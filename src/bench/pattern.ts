@@ -6,7 +6,7 @@
 // tolerance). Because inputs repeat with period 11, every expected output is "a table of 11
 // values starting at some phase": checking a buffer is one pass with no per-element modulo.
 import { toBFloat16Bits, toFloat16Bits, fromBFloat16Bits, fromFloat16Bits } from "../tensor/half";
-import { dtypeInfo, type DTypeName, type RedOpName } from "../ops/table";
+import { dtypeInfo, storageArray, type DTypeName, type RedOpName } from "../ops/table";
 import type { BenchOp, PointShape } from "./spec";
 
 export const PERIOD = 11;
@@ -20,26 +20,7 @@ export function viewOf(dtype: DTypeName, bytes: Uint8Array, elems?: number): Vie
   const len = elems ?? Math.floor(bytes.byteLength / size);
   if (len * size > bytes.byteLength) throw new Error(`viewOf: ${len} ${dtype} need ${len * size} bytes, have ${bytes.byteLength}`);
   const { buffer, byteOffset } = bytes;
-  switch (dtype) {
-    case "float32":
-      return new Float32Array(buffer, byteOffset, len);
-    case "float64":
-      return new Float64Array(buffer, byteOffset, len);
-    case "float16":
-    case "bfloat16":
-      return new Uint16Array(buffer, byteOffset, len);
-    case "int8":
-      return new Int8Array(buffer, byteOffset, len);
-    case "uint8":
-    case "bool":
-      return new Uint8Array(buffer, byteOffset, len);
-    case "int16":
-      return new Int16Array(buffer, byteOffset, len);
-    case "int32":
-      return new Int32Array(buffer, byteOffset, len);
-    case "int64":
-      return new BigInt64Array(buffer, byteOffset, len);
-  }
+  return new (storageArray(dtype))(buffer, byteOffset, len) as View;
 }
 
 /** The 11 input values of rank 0 (rank j's are these rotated by 3j). */

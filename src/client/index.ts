@@ -12,7 +12,7 @@
 // single-tensor ops (allreduce, reduce, broadcast, allgather, gather, p2p send/recv).
 // Errors are MoonringError with the contract's `code` (invalid_request, collective_mismatch,
 // too_large, not_ready, timeout, ...), HTTP `status` and `details` (e.g. missing_ranks).
-import { dtypes, type DTypeName, type RedOpName } from "../ops/table";
+import { dtypes, storageArray, type DTypeName, type RedOpName } from "../ops/table";
 import { fromBFloat16Bits, fromFloat16Bits, toBFloat16Bits, toFloat16Bits } from "../tensor/half";
 
 export type DType = DTypeName;
@@ -43,18 +43,7 @@ export interface Tensor<D extends DType = DType> {
 }
 
 const ITEM = Object.fromEntries(dtypes.map((d) => [d.name, d.bytes])) as Record<DType, number>;
-const CTOR: Record<DType, { new (n: number): AnyTypedArray; new (b: ArrayBuffer, o: number, n: number): AnyTypedArray }> = {
-  float16: Uint16Array,
-  bfloat16: Uint16Array,
-  float32: Float32Array,
-  float64: Float64Array,
-  int8: Int8Array,
-  uint8: Uint8Array,
-  int16: Int16Array,
-  int32: Int32Array,
-  int64: BigInt64Array as never,
-  bool: Uint8Array,
-};
+const CTOR = Object.fromEntries(dtypes.map((d) => [d.name, storageArray(d.name)])) as Record<DType, { new (n: number): AnyTypedArray; new (b: ArrayBuffer, o: number, n: number): AnyTypedArray }>;
 
 export function toFloat16(values: ArrayLike<number>): Uint16Array {
   return Uint16Array.from(Array.from(values), toFloat16Bits);

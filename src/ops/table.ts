@@ -61,6 +61,37 @@ export function dtypeInfo(name: DTypeName): DTypeInfo {
   return info;
 }
 
+/** The typed arrays dtypes are stored in. */
+export type StorageArray = Float32Array | Float64Array | Int8Array | Uint8Array | Int16Array | Uint16Array | Int32Array | Uint32Array | BigInt64Array | BigUint64Array;
+export interface StorageArrayCtor {
+  new (n: number): StorageArray;
+  new (buffer: ArrayBufferLike, byteOffset: number, length: number): StorageArray;
+}
+
+/** By kind and element bytes; 16-bit floats are stored as raw Uint16 bits, bool as Uint8. */
+const STORAGE: Record<DTypeKind | "uint", Record<number, StorageArrayCtor>> = {
+  float: { 2: Uint16Array, 4: Float32Array, 8: Float64Array },
+  int: { 1: Int8Array, 2: Int16Array, 4: Int32Array, 8: BigInt64Array as unknown as StorageArrayCtor },
+  uint: { 1: Uint8Array, 2: Uint16Array, 4: Uint32Array, 8: BigUint64Array as unknown as StorageArrayCtor },
+  bool: { 1: Uint8Array },
+};
+
+function storageOf(d: DTypeInfo): StorageArrayCtor {
+  // an int dtype named uint* is unsigned (uint8, ...)
+  const ctor = STORAGE[d.kind === "int" && d.name.startsWith("uint") ? "uint" : d.kind][d.bytes];
+  if (!ctor) throw new Error(`src/ops/table.json: no typed array for ${d.kind} dtype ${d.name} of ${d.bytes} bytes`);
+  return ctor;
+}
+
+const storageByName = new Map(dtypes.map((d) => [d.name, storageOf(d)]));
+
+/** The typed array a dtype's elements are stored in, from the table's kind and bytes (codec, client, bench). */
+export function storageArray(name: DTypeName): StorageArrayCtor {
+  const ctor = storageByName.get(name);
+  if (!ctor) throw new Error(`unknown dtype ${name}`);
+  return ctor;
+}
+
 export function redopInfo(name: RedOpName): RedOpInfo {
   const info = redopByName.get(name);
   if (!info) throw new Error(`unknown reduce op ${name}`);

@@ -2,7 +2,7 @@
 // Values are checked here, element by element, without zod (zod sees metadata only).
 // int64 is exact (BigInt); NaN/±Infinity are the strings "NaN", "Infinity", "-Infinity";
 // float16/bfloat16 round to nearest even from the float64 value.
-import { dtypeInfo, type DTypeName } from "../ops/table";
+import { dtypeInfo, storageArray, type DTypeName } from "../ops/table";
 import { InvalidRequest, TooLarge } from "../errors";
 import { fromBFloat16Bits, fromFloat16Bits, toBFloat16Bits, toFloat16Bits } from "./half";
 
@@ -119,27 +119,7 @@ function preview(v: unknown): string {
 /** Typed view of `bytes` for `dtype` (bytes.byteOffset must be aligned to the item size). */
 function typedView(dtype: DTypeName, bytes: Uint8Array) {
   const { buffer, byteOffset } = bytes;
-  const n = bytes.byteLength / dtypeInfo(dtype).bytes;
-  switch (dtype) {
-    case "float32":
-      return new Float32Array(buffer, byteOffset, n);
-    case "float64":
-      return new Float64Array(buffer, byteOffset, n);
-    case "float16":
-    case "bfloat16":
-    case "uint8":
-      return dtype === "uint8" ? new Uint8Array(buffer, byteOffset, n) : new Uint16Array(buffer, byteOffset, n);
-    case "int8":
-      return new Int8Array(buffer, byteOffset, n);
-    case "int16":
-      return new Int16Array(buffer, byteOffset, n);
-    case "int32":
-      return new Int32Array(buffer, byteOffset, n);
-    case "int64":
-      return new BigInt64Array(buffer, byteOffset, n);
-    case "bool":
-      return new Uint8Array(buffer, byteOffset, n);
-  }
+  return new (storageArray(dtype))(buffer, byteOffset, bytes.byteLength / dtypeInfo(dtype).bytes);
 }
 
 /** Writes the JSON `data` list (flat, row-major) into `target` (exactly numel * itemsize bytes). */
