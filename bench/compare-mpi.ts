@@ -1,7 +1,11 @@
 // moonring vs Open MPI on this host, in one run (interleaved per op), plus a memory-bandwidth
 // bound for allreduce and 8-byte latencies.
-//   bun bench/compare-mpi.ts --nproc 2 --ops allreduce,allgather,reduce_scatter,broadcast,alltoall \
-//       --min-bytes 8 --max-bytes 67108864 [--transport auto] [--repeat 1] [--out bench/results/raw] [--no-rest]
+//   bun bench/compare-mpi.ts --ranks 2,4 [--ops allreduce,...] [--min-bytes 8] [--max-bytes 64M] \
+//       [--transport auto] [--repeat 1] [--out bench/results/raw] [--no-rest]
+// Default: all 8 collectives (allreduce, reduce, broadcast, allgather, gather, scatter,
+// reduce_scatter, alltoall), 8 B..64 MiB; --ranks runs the whole comparison once per rank count.
+// On the shared 2-core box run it as `chrt -f 10 bun bench/compare-mpi.ts ...` (both peers
+// inherit the priority; bench/NOTES.md E24 for why the bench workers then JIT on their thread).
 //
 // moonring: `moonring bench --via native --json` (worker processes on the data plane directly).
 // Open MPI: ../shared/bench/mpi_bench.c (built here if needed). It steps sizes x4, so it runs twice
@@ -27,9 +31,18 @@ const ROOT = new URL("../", import.meta.url).pathname;
 const CLI = join(ROOT, "src/cli.ts");
 const BUILD = join(ROOT, "bench/.build");
 
+const ALL_OPS = ["allreduce", "reduce", "broadcast", "allgather", "gather", "scatter", "reduce_scatter", "alltoall"] as const;
+// Targets (issue 17): every op >= 1.0x Open MPI at every size; the 8-byte allreduce through the
+// bench worker <= 1.5x Open MPI's, the engine alone <= 1.0x; allreduce >= 85% of the bound.
+const TARGET_RATIO = 1.0;
+const TARGET_WORKER_LAT = 1.5;
+const TARGET_ENGINE_LAT = 1.0;
+const TARGET_BOUND = 0.85;
+
 const FLAGS = {
   nproc: { type: "string", help: "ranks (default 2)" },
-  ops: { type: "string", help: "comma list (default allreduce,allgather,reduce_scatter,broadcast,alltoall)" },
+  ranks: { type: "string", help: "comma list of rank counts, e.g. 2,4: one full comparison per count (more ranks than CPUs: oversubscribed, MPI too)" },
+  ops: { type: "string", help: `comma list (default ${ALL_OPS.join(",")})` },
   "min-bytes": { type: "string", help: "default 8" },
   "max-bytes": { type: "string", help: "default 64M" },
   transport: { type: "string", help: "moonring transport: tcp, shm, auto (default auto)" },
@@ -188,12 +201,22 @@ try {
   process.exit(64);
 }
 if (args.help) {
-  console.log("Usage: bun bench/compare-mpi.ts [--nproc 2] [--ops a,b] [--min-bytes 8] [--max-bytes 64M] [--transport auto] [--repeat K] [--out DIR] [--no-rest] [--no-membw]");
+  console.log("Usage: bun bench/compare-mpi.ts [--ranks 2,4 | --nproc 2] [--ops a,b] [--min-bytes 8] [--max-bytes 64M] [--transport auto] [--repeat K] [--out DIR] [--no-rest] [--no-membw]");
   for (const [k, v] of Object.entries(FLAGS)) console.log(`  --${k.padEnd(12)} ${v.help}`);
   process.exit(0);
 }
-const nproc = intFlag(args.nproc, "nproc", { min: 2, max: 64 }) ?? 2;
-const ops = ((args.ops as string | undefined) ?? "allreduce,allgather,reduce_scatter,broadcast,alltoall").split(",").map((s) => s.trim());
+if (typeof args.ranks === "string" && args.ranks.includes(",")) {
+  // One comparison per rank count, one after the other (each prints its own table).
+  const rest = process.argv.slice(2).filter((a, i, all) => a !== "--ranks" && all[i - 1] !== "--ranks" && !a.startsWith("--ranks="));
+  let code = 0;
+  for (const n of args.ranks.split(",").map((x) => x.trim())) {
+    const p = Bun.spawnSync([process.execPath, new URL(import.meta.url).pathname, "--nproc", n, ...rest], { stdout: "inherit", stderr: "inherit" });
+    code ||= p.exitCode ?? 1;
+  }
+  process.exit(code);
+}
+const nproc = intFlag((args.ranks as string | undefined) ?? args.nproc, "nproc", { min: 2, max: 64 }) ?? 2;
+const ops = ((args.ops as string | undefined) ?? ALL_OPS.join(",")).split(",").map((s) => s.trim());
 const minBytes = bytesFlag(args["min-bytes"], "min-bytes") ?? 8;
 const maxBytes = bytesFlag(args["max-bytes"], "max-bytes") ?? 64 << 20;
 const transport = (args.transport as string | undefined) ?? "auto";
@@ -312,6 +335,7 @@ for (const op of ops) {
   say(header);
   const sizes = [...new Set(variants.flatMap((v) => mr[v.name]!.map((r) => r.bytes)))].sort((a, b) => a - b);
   const minRatio: Record<string, { r: number; at: number }> = {};
+  const losing: Record<string, string[]> = {};
   for (const bytes of sizes) {
     const q = p.find((x) => x.bytes === bytes);
     const b = bound.get(bytes);
@@ -322,8 +346,8 @@ for (const op of ops) {
     variants.forEach((v, i) => {
       const r = rows[i];
       const ratio = r && q && q.busbw_gbps > 0 ? r.busbw_gbps / q.busbw_gbps : NaN;
-      const lo = isAr ? 64 << 10 : 1 << 20;
-      if (bytes >= lo && Number.isFinite(ratio) && ratio < (minRatio[v.name]?.r ?? Infinity)) minRatio[v.name] = { r: ratio, at: bytes };
+      if (Number.isFinite(ratio) && ratio < (minRatio[v.name]?.r ?? Infinity)) minRatio[v.name] = { r: ratio, at: bytes };
+      if (Number.isFinite(ratio) && ratio < TARGET_RATIO) (losing[v.name] ??= []).push(sizeLabel(bytes));
       line += ` ${pad(Number.isFinite(ratio) ? ratio.toFixed(2) : "-", many ? w : 6)}`;
     });
     for (const r of rows) line += ` ${pad(r ? r.time_us.toFixed(1) : "-", many ? w : 9)}`;
@@ -336,12 +360,13 @@ for (const op of ops) {
   }
   for (const v of variants) {
     const m = minRatio[v.name];
-    if (m) verdicts.push(`${m.r >= 1 ? "PASS" : "FAIL"} ${vn(v)}${op}: min ratio ${m.r.toFixed(2)} (at ${sizeLabel(m.at)}B) over ${isAr ? "64K" : "1M"}B..${sizeLabel(maxBytes)}B, target >= 1.00`);
+    const lost = losing[v.name] ?? [];
+    if (m) verdicts.push(`${m.r >= TARGET_RATIO ? "PASS" : "FAIL"} ${vn(v)}${op}: min ratio ${m.r.toFixed(2)} (at ${sizeLabel(m.at)}B) over ${sizeLabel(minBytes)}B..${sizeLabel(maxBytes)}B, target >= ${TARGET_RATIO.toFixed(2)}${lost.length ? `; below at ${lost.length} size(s): ${lost.join(" ")}` : ""}`);
     if (isAr && bound.size) {
       const big = mr[v.name]!.filter((r) => r.bytes >= 16 << 20 && bound.has(r.bytes));
       if (big.length) {
         const worst = Math.min(...big.map((r) => r.busbw_gbps / bound.get(r.bytes)!.busbw));
-        verdicts.push(`${worst >= 0.85 ? "PASS" : "FAIL"} ${vn(v)}allreduce: ${(100 * worst).toFixed(0)}% of the memory-bandwidth bound at >= 16M (worst size), target >= 85%`);
+        verdicts.push(`${worst >= TARGET_BOUND ? "PASS" : "FAIL"} ${vn(v)}allreduce: ${(100 * worst).toFixed(0)}% of the memory-bandwidth bound at >= 16M (worst size), target >= ${100 * TARGET_BOUND}%`);
       }
     }
   }
@@ -362,7 +387,11 @@ for (const v of variants) {
   if (l.rest) say(`${v.name} REST: batch (all ranks' calls) p50 ${f2(l.rest.p50_us)} us, p99 ${f2(l.rest.p99_us)} us; single call p50 ${f2(l.rest.call_p50_us)} us, p99 ${f2(l.rest.call_p99_us)} us`);
   if (l.native && mpiLat) {
     const x = l.native.time_us / Math.max(mpiLat.time_us, 0.05);
-    verdicts.push(`${x <= 2 ? "PASS" : "FAIL"} ${vn(v)}8-byte allreduce native ${l.native.time_us.toFixed(2)} us = ${x.toFixed(0)}x Open MPI ${mpiLat.time_us.toFixed(2)} us, target <= 2x`);
+    verdicts.push(`${x <= TARGET_WORKER_LAT ? "PASS" : "FAIL"} ${vn(v)}8-byte allreduce through the bench worker: mean ${l.native.time_us.toFixed(2)} us = ${x.toFixed(2)}x Open MPI ${mpiLat.time_us.toFixed(2)} us, target <= ${TARGET_WORKER_LAT}x`);
+  }
+  if (l.engine && mpiLat) {
+    const x = l.engine.time_us / Math.max(mpiLat.time_us, 0.05);
+    verdicts.push(`${x <= TARGET_ENGINE_LAT ? "PASS" : "FAIL"} ${vn(v)}8-byte allreduce, engine alone: mean ${l.engine.time_us.toFixed(2)} us = ${x.toFixed(2)}x Open MPI ${mpiLat.time_us.toFixed(2)} us, target <= ${TARGET_ENGINE_LAT}x`);
   }
   if (l.rest) verdicts.push(`${(l.rest.call_p50_us ?? Infinity) <= 200 ? "PASS" : "FAIL"} ${vn(v)}REST 8-byte allreduce p50 ${f2(l.rest.call_p50_us)} us per call (batch ${f2(l.rest.p50_us)} us), target <= 200 us`);
 }

@@ -50,7 +50,9 @@ const ranks = Object.freeze(Array.from({ length: n }, (_, r) => r)) as number[];
 // this thread, mr_run), "async" (mr_submit + completion, as the REST service does) or "wait"
 // (mr_submit + this thread parked in mr_wait).
 const completion = process.env.MOONRING_BENCH_COMPLETION ?? (dp.runBlocking ? "blocking" : "async");
-let runOp = (op: NativeOp): Promise<void> => dp.run(op);
+// Blocking runs return nothing (no promise, no microtask turn, nothing allocated per op: a
+// young-generation GC every few hundred ops was a 0.3-1 ms stall in the timed region, E25).
+let runOp = (op: NativeOp): Promise<void> | void => dp.run(op);
 // Ranks that drive ops on their own thread spin on shared memory: bind rank r's thread to CPU
 // r mod CPUs, as Open MPI binds its ranks to cores by default (MOONRING_BENCH_BIND=none: don't).
 // Two unbound ranks land on one CPU now and then and take turns for whole sizes (E19).
@@ -63,14 +65,7 @@ if (completion === "blocking" && n <= cpus && (process.env.MOONRING_BENCH_BIND ?
 }
 if (completion === "blocking" && dp.runBlocking) {
   const runBlocking = dp.runBlocking.bind(dp);
-  runOp = (op) => {
-    try {
-      runBlocking(op);
-      return Promise.resolve();
-    } catch (e) {
-      return Promise.reject(e);
-    }
-  };
+  runOp = runBlocking;
 }
 if (completion === "wait") {
   const { native } = await import("../native/ffi");
@@ -107,9 +102,13 @@ function ensure(buf: NativeBuffer | null, bytes: number): NativeBuffer {
   return dp.alloc(want, device >= 0 ? device : undefined);
 }
 
-async function barrier(timeoutMs: number): Promise<void> {
+const barrierOp: NativeOp = { kind: "barrier", dtype: "uint8", opId: 0n, ranks, count: 0, timeoutMs: 0 };
+/** A data-plane barrier (one op object reused). Awaits only when the op ran asynchronously. */
+function barrier(timeoutMs: number): Promise<void> | void {
   if (n === 1) return;
-  await runOp({ kind: "barrier", dtype: "uint8", opId: nextStep() << 8n, ranks, count: 0, timeoutMs });
+  barrierOp.opId = nextStep() << 8n;
+  barrierOp.timeoutMs = timeoutMs;
+  return runOp(barrierOp);
 }
 
 /** `bytes` of `buf` from byte `offset` on, as a buffer of its own (in-place blocks); never released on its own. */
@@ -148,7 +147,7 @@ function pointBuffers(op: string, shape: PointShape, isz: number, inPlace: boole
 }
 
 /** One step of the op; both buffers are ready. */
-function stepRunner(op: string, dtype: DTypeName, redop: string, root: number, shape: PointShape, timeoutMs: number, s: NativeBuffer, r: NativeBuffer): () => Promise<unknown> {
+function stepRunner(op: string, dtype: DTypeName, redop: string, root: number, shape: PointShape, timeoutMs: number, s: NativeBuffer, r: NativeBuffer): () => Promise<unknown> | void {
   const base = { dtype, ranks, timeoutMs };
   const isRoot = rank === root;
   // One op object per point, its id bumped per step (no allocation per timed op).
@@ -243,18 +242,30 @@ async function point(m: Extract<ParentMsg, { cmd: "point" }>): Promise<WorkerMsg
   prepare();
   const step = stepRunner(m.op, m.dtype, m.redop, m.root, shape, m.timeoutMs, sendNB, recvNB);
   let wrong: number | null = check === "none" ? null : 0;
-  const timesUs: number[] = [];
+  // Preallocated: no array growth inside the timed loop.
+  const times = new Float64Array(Math.max(1, m.iters));
+  let timed = 0;
 
+  // Collect now, outside the timed loop (which allocates next to nothing): the point's setup
+  // (fill, check tables, messages) filled the young generation, and its collection would
+  // otherwise land in a timed iteration (0.2-11 ms stalls, E25). Open MPI's C has no GC.
+  Bun.gc(true);
+  // Idle a moment: the JIT compiles on its own threads, which share this thread's priority
+  // under `chrt -f` and get no CPU while both ranks spin (the op path then stays in the
+  // interpreter: 15 us per 8-byte op instead of 1.3, E24). Compiled here, not mid-loop.
+  await Bun.sleep(jitIdleMs);
   if (m.sync === "barrier") {
     for (let it = -m.warmup; it < m.iters; it++) {
       // in place the last step overwrote the input: lay it out again
       if (check === "every" && it >= 0 && !bcastRoot) (inPlace ? prepare : poisonRecv)();
-      await barrier(m.timeoutMs);
+      const b = barrier(m.timeoutMs);
+      if (b) await b;
       const t0 = performance.now();
-      await step();
+      const p = step();
+      if (p) await p;
       const dt = performance.now() - t0;
       if (it >= 0) {
-        timesUs.push(dt * 1000);
+        times[timed++] = dt * 1000;
         if (check === "every") wrong! += verify();
       }
     }
@@ -262,8 +273,11 @@ async function point(m: Extract<ParentMsg, { cmd: "point" }>): Promise<WorkerMsg
     for (let it = 0; it < m.warmup; it++) await step();
     await barrier(m.timeoutMs);
     const t0 = performance.now();
-    for (let it = 0; it < m.iters; it++) await step();
-    timesUs.push(((performance.now() - t0) * 1000) / Math.max(1, m.iters));
+    for (let it = 0; it < m.iters; it++) {
+      const p = step();
+      if (p) await p;
+    }
+    times[timed++] = ((performance.now() - t0) * 1000) / Math.max(1, m.iters);
   }
   if (check === "once") {
     prepare();
@@ -271,10 +285,11 @@ async function point(m: Extract<ParentMsg, { cmd: "point" }>): Promise<WorkerMsg
     await step();
     wrong = verify();
   }
-  return { ev: "point", rank, timesUs, wrong };
+  return { ev: "point", rank, timesUs: Array.from(times.subarray(0, timed)), wrong };
 }
 
 let warmed = false;
+const jitIdleMs = Number(process.env.MOONRING_BENCH_JIT_IDLE_MS ?? 20);
 const runtimeWarmupOps = Number(process.env.MOONRING_BENCH_RUNTIME_WARMUP ?? 500);
 for await (const line of console) {
   const m = parseLine<ParentMsg>(line);
@@ -289,6 +304,9 @@ for await (const line of console) {
         // first size of every run times the compiler (E21). Open MPI's C needs no such warm-up.
         warmed = true;
         for (let i = 0; i < runtimeWarmupOps; i++) await barrier(m.timeoutMs);
+        // ... and the timed loop itself, untimed and unchecked: with the JIT on this thread
+        // (native.ts) a tier-up compile would otherwise stall some timed iteration (E25).
+        if (runtimeWarmupOps > 0) await point({ ...m, size: Math.min(m.size, 1024), iters: runtimeWarmupOps * 4, warmup: 0, check: "none" });
       }
       send(await point(m));
     } else if (m.cmd === "exit") {

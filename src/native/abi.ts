@@ -14,6 +14,20 @@ export const MR_EIO = -8;
 export const MR_EBUSY = -9;
 export const MR_WORLD_SIZE_MAX = 1024;
 export const MR_RANK_WORDS = 16;
+export const MR_RUN_ARG_KIND = 0;
+export const MR_RUN_ARG_DTYPE = 1;
+export const MR_RUN_ARG_REDOP = 2;
+export const MR_RUN_ARG_OP_ID = 3;
+export const MR_RUN_ARG_RANKS = 4;
+export const MR_RUN_ARG_ROOT = 5;
+export const MR_RUN_ARG_SEND = 6;
+export const MR_RUN_ARG_RECV = 7;
+export const MR_RUN_ARG_COUNT = 8;
+export const MR_RUN_ARG_COUNTS = 9;
+export const MR_RUN_ARG_DEVICE = 10;
+export const MR_RUN_ARG_TIMEOUT_MS = 11;
+export const MR_RUN_ARG_TICKET = 12;
+export const MR_RUN_ARGS = 13;
 
 /** The MR_E* status codes by name without the MR_ prefix. */
 export const statusCodes = {
@@ -69,6 +83,8 @@ export interface NativeSymbols {
   mr_start(engine: number | ArrayBufferView | null, kind: number, dtype: number, redop: number, op_id: number | bigint, ranks: number | ArrayBufferView | null, root: number, send: number | ArrayBufferView | null, recv: number | ArrayBufferView | null, count: number | bigint, counts: number | ArrayBufferView | null, device: number, timeout_ms: number): number | bigint;
   /** int64_t mr_run(mr_engine *engine, uint32_t kind, uint32_t dtype, uint32_t redop, uint64_t op_id, const uint64_t *ranks, uint32_t root, const void *send, void *recv, uint64_t count, const uint64_t *counts, int32_t device, uint32_t timeout_ms); */
   mr_run(engine: number | ArrayBufferView | null, kind: number, dtype: number, redop: number, op_id: number | bigint, ranks: number | ArrayBufferView | null, root: number, send: number | ArrayBufferView | null, recv: number | ArrayBufferView | null, count: number | bigint, counts: number | ArrayBufferView | null, device: number, timeout_ms: number): number | bigint;
+  /** int32_t mr_run_packed(mr_engine *engine, uint64_t *args); */
+  mr_run_packed(engine: number | ArrayBufferView | null, args: number | ArrayBufferView | null): number;
   /** int32_t mr_op_status(mr_engine *engine, uint64_t ticket); */
   mr_op_status(engine: number | ArrayBufferView | null, ticket: number | bigint): number;
   /** int32_t mr_poll(mr_engine *engine, uint64_t *tickets_out, int32_t *status_out, uint32_t max); */

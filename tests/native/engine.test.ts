@@ -146,6 +146,41 @@ describe("errors", () => {
     b.release();
   });
 
+  test("runBlocking (mr_run_packed): exact result, refusals and failures like run()", () => {
+    const p = planes[0]!;
+    const b = p.alloc(16);
+    const out = p.alloc(16);
+    const input = Float64Array.from([3.5, -1, 2 ** 40, 7]);
+    new Float64Array(b.bytes.buffer, b.bytes.byteOffset, 2).set(input.subarray(0, 2));
+    p.runBlocking!({ kind: "allreduce", dtype: "float64", redop: "max", opId: nextOpId++, ranks: [0], count: 2, send: b, recv: out, timeoutMs: 1000 });
+    expect(Array.from(new Float64Array(out.bytes.buffer, out.bytes.byteOffset, 2))).toEqual([3.5, -1]);
+    // Refused (nothing ran): EINVAL with the engine's message.
+    const refused = (() => {
+      try {
+        p.runBlocking!({ kind: "allreduce", dtype: "float32", redop: "band", opId: nextOpId++, ranks: all, count: 4, send: b, recv: b, timeoutMs: 1000 });
+      } catch (e) {
+        return e as NativeError;
+      }
+    })();
+    expect(refused).toBeInstanceOf(NativeError);
+    expect(refused!.code).toBe("EINVAL");
+    expect(refused!.message).toContain("band");
+    // Ran and failed: the op's own error (its ticket released after reading it).
+    const failed = (() => {
+      try {
+        p.runBlocking!({ kind: "allreduce", dtype: "float64", redop: "sum", opId: nextOpId++, ranks: [0, 1], count: 1, send: b, recv: b, timeoutMs: 100 });
+      } catch (e) {
+        return e as NativeError;
+      }
+    })();
+    expect(failed).toBeInstanceOf(NativeError);
+    expect(failed!.code).toBe("ETIMEOUT");
+    expect(failed!.failedPeer).toBe(1);
+    expect(failed!.message).toContain("rank 1");
+    b.release();
+    out.release();
+  });
+
   test("peerDown fails a waiting op at once with EPEER; setPeer brings the peer back", async () => {
     const b = planes[1]!.alloc(8);
     const pending = planes[1]!

@@ -105,6 +105,26 @@ int64_t mr_start(mr_engine *engine, uint32_t kind, uint32_t dtype, uint32_t redo
 int64_t mr_run(mr_engine *engine, uint32_t kind, uint32_t dtype, uint32_t redop, uint64_t op_id,
                const uint64_t *ranks, uint32_t root, const void *send, void *recv, uint64_t count,
                const uint64_t *counts, int32_t device, uint32_t timeout_ms);
+/* mr_run for callers whose per-call argument conversion costs more than a small op (bun:ffi:
+ * ~0.1 us per argument-heavy call): the arguments in args[0..MR_RUN_ARGS) at the MR_RUN_ARG_*
+ * indexes (pointers and the device as u64), the op run on the calling thread. Returns MR_OK
+ * (nothing to release), or a negative MR_E* code: args[MR_RUN_ARG_TICKET] is then 0 when the op
+ * was refused (mr_last_error), else the failed op's ticket (mr_op_error, mr_release it). */
+int32_t mr_run_packed(mr_engine *engine, uint64_t *args);
+#define MR_RUN_ARG_KIND 0
+#define MR_RUN_ARG_DTYPE 1
+#define MR_RUN_ARG_REDOP 2
+#define MR_RUN_ARG_OP_ID 3
+#define MR_RUN_ARG_RANKS 4
+#define MR_RUN_ARG_ROOT 5
+#define MR_RUN_ARG_SEND 6
+#define MR_RUN_ARG_RECV 7
+#define MR_RUN_ARG_COUNT 8
+#define MR_RUN_ARG_COUNTS 9
+#define MR_RUN_ARG_DEVICE 10
+#define MR_RUN_ARG_TIMEOUT_MS 11
+#define MR_RUN_ARG_TICKET 12
+#define MR_RUN_ARGS 13
 /* Status of a completed ticket (MR_OK or MR_E*); MR_EBUSY while it runs. */
 int32_t mr_op_status(mr_engine *engine, uint64_t ticket);
 /* Drains up to max completions: tickets_out[i] finished with status_out[i] (MR_OK or MR_E*).

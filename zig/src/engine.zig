@@ -403,6 +403,13 @@ pub const Engine = struct {
     /// hand-off to a worker and back). Returns its ticket, complete: its status is
     /// opStatus(); it is not reported by poll(); release() it like any other.
     pub fn runNow(engine: *Engine, s: Submit) SubmitError!u64 {
+        return (try engine.runNowStatus(s, false)).ticket;
+    }
+
+    /// runNow(); with `release_ok` a slot whose op succeeded is freed at once (one call and
+    /// one lock instead of run, status and release: mr_run_packed). Returns the ticket (stale
+    /// when freed) and the op's status.
+    pub fn runNowStatus(engine: *Engine, s: Submit, release_ok: bool) SubmitError!struct { ticket: u64, status: i32 } {
         const slot = blk: {
             engine.mu.lock();
             defer engine.mu.unlock();
@@ -413,8 +420,10 @@ pub const Engine = struct {
         defer engine.mu.unlock();
         std.debug.assert(slot.state == .running);
         const ticket = slot.ticket;
-        if (slot.release_when_done) engine.freeSlotLocked(slot) else slot.state = .done;
-        return ticket;
+        const status = slot.status;
+        const free_now = slot.release_when_done or (release_ok and status == Status.ok);
+        if (free_now) engine.freeSlotLocked(slot) else slot.state = .done;
+        return .{ .ticket = ticket, .status = status };
     }
 
     /// Status of a completed ticket; Status.ebusy while it runs, einval when unknown.

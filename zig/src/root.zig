@@ -269,6 +269,42 @@ comptime {
     @export(&mr_run, .{ .name = "mr_run" });
 }
 
+/// mr_run with its arguments in one array (moonring.h MR_RUN_ARG_*), its status returned and a
+/// successful op's ticket released: one FFI crossing and no 64-bit result per op (NOTES E25).
+pub export fn mr_run_packed(handle: ?*c.mr_engine, args: [*c]u64) i32 {
+    const engine = engineOf(handle) orelse return Status.einval;
+    if (args == null) {
+        engine_mod.setLastError("mr_run_packed: args is NULL", .{});
+        return Status.einval;
+    }
+    const a = args[0..c.MR_RUN_ARGS];
+    a[c.MR_RUN_ARG_TICKET] = 0;
+    if (a[c.MR_RUN_ARG_KIND] > std.math.maxInt(u32) or a[c.MR_RUN_ARG_DTYPE] > std.math.maxInt(u32) or
+        a[c.MR_RUN_ARG_REDOP] > std.math.maxInt(u32) or a[c.MR_RUN_ARG_ROOT] > std.math.maxInt(u32) or
+        a[c.MR_RUN_ARG_TIMEOUT_MS] > std.math.maxInt(u32))
+    {
+        engine_mod.setLastError("mr_run_packed: an argument is out of range", .{});
+        return Status.einval;
+    }
+    const s = submitArgs(
+        @intCast(a[c.MR_RUN_ARG_KIND]),
+        @intCast(a[c.MR_RUN_ARG_DTYPE]),
+        @intCast(a[c.MR_RUN_ARG_REDOP]),
+        a[c.MR_RUN_ARG_OP_ID],
+        @ptrFromInt(a[c.MR_RUN_ARG_RANKS]),
+        @intCast(a[c.MR_RUN_ARG_ROOT]),
+        @ptrFromInt(a[c.MR_RUN_ARG_SEND]),
+        @ptrFromInt(a[c.MR_RUN_ARG_RECV]),
+        a[c.MR_RUN_ARG_COUNT],
+        @ptrFromInt(a[c.MR_RUN_ARG_COUNTS]),
+        @truncate(@as(i64, @bitCast(a[c.MR_RUN_ARG_DEVICE]))),
+        @intCast(a[c.MR_RUN_ARG_TIMEOUT_MS]),
+    );
+    const done = engine.runNowStatus(s, true) catch |err| return @intCast(submitStatus(err));
+    if (done.status != Status.ok) a[c.MR_RUN_ARG_TICKET] = done.ticket;
+    return done.status;
+}
+
 pub export fn mr_op_status(handle: ?*c.mr_engine, ticket: u64) i32 {
     const engine = engineOf(handle) orelse return Status.einval;
     return engine.opStatus(ticket);

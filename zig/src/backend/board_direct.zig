@@ -213,11 +213,13 @@ const Op = struct {
         }
         e.send_serial = 0;
         e.recv_serial = 0;
+        e.wrote_peer_recv = 0;
         if (e.inline_data == 0) if (arena.locate(e.send_addr, send.len)) |loc| {
             e.send_serial = loc.serial;
             e.send_offset = loc.offset;
         };
-        if (o.desc.kind == .allreduce) if (arena.locate(e.recv_addr, send.len)) |loc| {
+        const writes_recv_here = o.desc.kind == .allreduce or (o.desc.kind == .reduce and o.t.me == o.desc.root);
+        if (writes_recv_here) if (arena.locate(e.recv_addr, send.len)) |loc| {
             e.recv_serial = loc.serial;
             e.recv_offset = loc.offset;
         };
@@ -447,6 +449,60 @@ const Op = struct {
         }
     }
 
+    /// With two ranks: the peer's recv buffer, mapped writable, when it is a shared buffer
+    /// (the phased allreduce then writes its reduced block there too); else null.
+    fn pairRecv(o: *Op) ?[]u8 {
+        if (o.t.size() != 2) return null;
+        const shared = o.peerShared(1 - o.t.me, .recv) orelse return null;
+        // PeerMaps maps peers' buffers read-write (sys.mapShared).
+        return @constCast(shared);
+    }
+
+    /// dst = the reduction of part [offset, offset+dst.len), written to `also` as well, piece
+    /// by piece so the second write reads from cache: per rank the allreduce then reads S
+    /// and writes S, the bound's traffic, instead of reading 1.5 S (E27). In place is safe:
+    /// each piece of a source is read before the same piece of `also` (which may be that
+    /// source) is written, and nobody else reads it.
+    fn reduceToBoth(o: *Op, send: []const u8, offset: u64, dst: []u8, also: []u8) Error!void {
+        std.debug.assert(dst.len == also.len and o.t.size() == 2);
+        var done: u64 = 0;
+        while (done < dst.len) {
+            const len: u64 = @min(dst.len - done, piece_bytes);
+            const piece = dst[@intCast(done)..][0..@intCast(len)];
+            try o.reduceAll(send, offset + done, piece);
+            @memcpy(also[@intCast(done)..][0..@intCast(len)], piece);
+            done += len;
+        }
+    }
+
+    /// Reduce of two ranks: each reduces half; the other rank writes its half straight into the
+    /// root's recv when it can map it (else the root reduces it too), so both ranks' memory
+    /// bandwidth works (E28). In place is safe as in reduceToBoth.
+    fn reducePair(o: *Op, send: []const u8) Error!void {
+        const d = o.desc;
+        const t = o.t;
+        const es_ = o.es();
+        const root = d.root;
+        const other: u32 = 1 - root;
+        const half = common.block(d.count, 2, other);
+        const half_offset = half.start * es_;
+        const half_bytes = half.len * es_;
+        if (t.me == other) {
+            const root_recv = o.pairRecv();
+            if (root_recv) |r| try o.reduceAll(send, half_offset, r[@intCast(half_offset)..][0..@intCast(half_bytes)]);
+            @atomicStore(u32, &o.own().entry(t.entry).wrote_peer_recv, @intFromBool(root_recv != null), .release);
+            o.own().setPhase(t.entry, Phase.reduced);
+            o.ringPeers();
+            return;
+        }
+        const recv = common.bytesPtrMut(d.recv, d.count * es_);
+        const own_half = common.block(d.count, 2, root);
+        try o.reduceAll(send, own_half.start * es_, recv[@intCast(own_half.start * es_)..][0..@intCast(own_half.len * es_)]);
+        try o.waitFor(PhaseAtLeast{ .o = o, .p = other, .phase = Phase.reduced }, other, "to reduce its half");
+        if (@atomicLoad(u32, &t.boards[other].entry(o.entries[other]).wrote_peer_recv, .acquire) == 1) return;
+        try o.reduceAll(send, half_offset, recv[@intCast(half_offset)..][0..@intCast(half_bytes)]);
+    }
+
     /// No contribution needs a CMA read, and writing dst can't change a source before it is
     /// read: dst may be our own send only with two ranks (dst = s0 op s1 element by element).
     fn directSources(o: *Op, send: []const u8, dst: []const u8) bool {
@@ -475,13 +531,21 @@ const Op = struct {
                 if (c <= allreduceAllBytesMax(t)) return o.reduceAll(send, 0, recv);
                 // Block me reduced here, the others read from their reducers' recv.
                 const mine = common.block(d.count, n, me);
-                try o.reduceAll(send, mine.start * es_, recv[@intCast(mine.start * es_)..][0..@intCast(mine.len * es_)]);
+                const mine_bytes = recv[@intCast(mine.start * es_)..][0..@intCast(mine.len * es_)];
+                // Two ranks, the peer's recv mapped: the reduced block goes to both recvs while
+                // it is in cache, and the peer copies nothing afterwards (E27).
+                const pair_recv = o.pairRecv();
+                if (pair_recv) |peer_recv| {
+                    try o.reduceToBoth(send, mine.start * es_, mine_bytes, peer_recv[@intCast(mine.start * es_)..][0..mine_bytes.len]);
+                } else try o.reduceAll(send, mine.start * es_, mine_bytes);
+                @atomicStore(u32, &o.own().entry(t.entry).wrote_peer_recv, @intFromBool(pair_recv != null), .release);
                 o.own().setPhase(t.entry, Phase.reduced);
                 o.ringPeers();
                 for (1..n) |k| {
                     const p: u32 = @intCast((me + k) % n);
                     // Reduced also means p read our send (which may be our recv) for its block.
                     try o.waitFor(PhaseAtLeast{ .o = o, .p = p, .phase = Phase.reduced }, p, "to reduce its block");
+                    if (@atomicLoad(u32, &t.boards[p].entry(o.entries[p]).wrote_peer_recv, .acquire) == 1) continue;
                     const blk = common.block(d.count, n, p);
                     const dst = recv[@intCast(blk.start * es_)..][0..@intCast(blk.len * es_)];
                     if (o.peerShared(p, .recv)) |shared| {
@@ -491,7 +555,9 @@ const Op = struct {
                     try o.copyFrom(p, t.boards[p].entry(o.entries[p]).recv_addr + blk.start * es_, dst);
                 }
             },
-            .reduce => if (me == d.root) try o.reduceAll(send, 0, common.bytesPtrMut(d.recv, c)),
+            .reduce => if (n == 2 and c > allreduceAllBytesMax(t)) {
+                try o.reducePair(send);
+            } else if (me == d.root) try o.reduceAll(send, 0, common.bytesPtrMut(d.recv, c)),
             .broadcast => {
                 const recv = common.bytesPtrMut(d.recv, c);
                 if (me == d.root) {

@@ -68,7 +68,10 @@ pub const Entry = extern struct {
     abort_ns: u64 = 0,
     /// Global rank whose failure made the owner give up, or -1 (timeout, cancel).
     abort_cause: i32 = -1,
-    pad0: [8]u8 = [_]u8{0} ** 8,
+    /// Two ranks, allreduce / reduce: 1 when the owner wrote its reduced block into the
+    /// reader's recv too (the reader then neither copies nor reduces it; board_direct E27, E28).
+    wrote_peer_recv: u32 = 0,
+    pad0: [4]u8 = [_]u8{0} ** 4,
     // Reader-written line.
     departed: u32 align(64) = 0,
     pad1: [60]u8 = [_]u8{0} ** 60,
