@@ -75,6 +75,39 @@ describe("collectives over the native data plane", () => {
     }
   });
 
+  // Two ranks above 64 KiB on the board: each reduces half and writes it into the other's recv
+  // when that is a shared buffer it can map (NOTES E27, E28), else the old copy path runs.
+  // Every mix of shared and plain buffers, in and out of place, against an f64 reference.
+  for (const kind of ["allreduce", "reduce"] as const) {
+    for (const [shared0, shared1] of [[true, true], [true, false], [false, true], [false, false]]) {
+      for (const inPlace of [false, true]) {
+        test(`${kind}, 2 ranks, 1 MiB f64, shared buffers ${shared0}/${shared1}, in place ${inPlace}`, async () => {
+          const count = (1 << 20) / 8 + 3; // odd: halves differ
+          const r = rng(11);
+          const pair = [planes[0]!, planes[1]!];
+          const inputs = pair.map(() => Float64Array.from({ length: count }, () => Math.floor(r() * 2 ** 30) - 2 ** 29));
+          const make = (p: NativeDataPlane, shared: boolean) => (shared ? p.allocShared(count * 8) : p.alloc(count * 8));
+          const sends = pair.map((p, i) => make(p, [shared0, shared1][i]!));
+          const recvs = inPlace ? sends : pair.map((p, i) => make(p, [shared0, shared1][i]!));
+          sends.forEach((b, i) => new Float64Array(b.bytes.buffer, b.bytes.byteOffset, count).set(inputs[i]!));
+          const opId = nextOpId++;
+          await Promise.all(
+            pair.map((p, i) => p.run({ kind, dtype: "float64", redop: "sum", root: 1, opId, ranks: [0, 1], count, send: sends[i], recv: kind === "reduce" && i === 0 ? undefined : recvs[i], timeoutMs: 10_000 })),
+          );
+          for (let i = 0; i < 2; i++) {
+            if (kind === "reduce" && i === 0) continue;
+            const got = new Float64Array(recvs[i]!.bytes.buffer, recvs[i]!.bytes.byteOffset, count);
+            for (let k = 0; k < count; k++) {
+              const expected = inputs[0]![k]! + inputs[1]![k]!;
+              if (got[k] !== expected) throw new Error(`rank ${i} element ${k}: ${got[k]} != ${expected}`);
+            }
+          }
+          for (const b of new Set([...sends, ...recvs])) b.release();
+        });
+      }
+    }
+  }
+
   test("allgather int32: block j is rank j's input", async () => {
     const count = 257;
     const sends = planes.map((p, i) => {
