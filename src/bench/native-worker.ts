@@ -56,9 +56,10 @@ let runOp = (op: NativeOp): Promise<void> | void => dp.run(op);
 // Ranks that drive ops on their own thread spin on shared memory: bind rank r's thread to CPU
 // r mod CPUs, as Open MPI binds its ranks to cores by default (MOONRING_BENCH_BIND=none: don't).
 // Two unbound ranks land on one CPU now and then and take turns for whole sizes (E19).
-// More ranks than CPUs (oversubscribed): no binding, as Open MPI does not bind then either.
+// More ranks than CPUs (oversubscribed) too: unbound, 4 ranks on 2 CPUs took 40-60 us per
+// 8-byte op against 14-17 bound (E30); compare-mpi binds Open MPI's ranks the same way then.
 const cpus = Math.max(1, (await import("node:os")).availableParallelism());
-if (completion === "blocking" && n <= cpus && (process.env.MOONRING_BENCH_BIND ?? "core") !== "none") {
+if (completion === "blocking" && (process.env.MOONRING_BENCH_BIND ?? "core") !== "none") {
   const { native } = await import("../native/ffi");
   const cpu = rank % cpus;
   if (native.mr_pin_thread(cpu) !== 0) process.stderr.write(`bench: rank ${rank}: could not bind to CPU ${cpu}; running unbound\n`);
