@@ -370,6 +370,9 @@ export class NativeDataPlane implements DataPlane {
   private readonly packed = new BigUint64Array(new ArrayBuffer(8 * abi.MR_RUN_ARGS));
   private readonly packed32 = new Uint32Array(this.packed.buffer);
   private readonly packedPtr = ptr(this.packed);
+  /** alltoall's counts for runBlocking (2 x worldSizeMax u64, as u32 halves), address once. */
+  private readonly packedCounts = new Uint32Array(new ArrayBuffer(16 * WORLD_SIZE_MAX));
+  private readonly packedCountsPtr = ptr(this.packedCounts);
   /** Address of each group bitset of maskOf() (for the packed arguments). */
   private readonly maskPtrs = new WeakMap<BigUint64Array, number>();
 
@@ -403,8 +406,6 @@ export class NativeDataPlane implements DataPlane {
    * blocking embedder); the REST service never calls it (it would stall its event loop).
    */
   runBlocking(op: NativeOp): void {
-    // alltoall's counts array is built per call: the general path.
-    if (op.kind === "alltoall") return this.runBlockingSlow(op);
     const engine = this.engine();
     const mask = this.maskOf(op);
     let maskPtr = this.maskPtrs.get(mask);
@@ -424,7 +425,7 @@ export class NativeDataPlane implements DataPlane {
     this.put(abi.MR_RUN_ARG_SEND, send ? Number(send.address) : 0);
     this.put(abi.MR_RUN_ARG_RECV, recv ? Number(recv.address) : 0);
     this.put(abi.MR_RUN_ARG_COUNT, op.count);
-    this.put(abi.MR_RUN_ARG_COUNTS, 0);
+    this.put(abi.MR_RUN_ARG_COUNTS, op.kind === "alltoall" ? this.putCounts(op) : 0);
     this.put(abi.MR_RUN_ARG_DEVICE, send?.device ?? recv?.device ?? -1);
     this.put(abi.MR_RUN_ARG_TIMEOUT_MS, op.timeoutMs);
     const status = native.mr_run_packed(engine, this.packedPtr);
@@ -436,12 +437,28 @@ export class NativeDataPlane implements DataPlane {
     throw error;
   }
 
-  private runBlockingSlow(op: NativeOp): void {
-    const { ticket } = this.start(op, native.mr_run);
-    const status = native.mr_op_status(this.handle, ticket) as number;
-    const error = status === 0 ? null : this.opFailure(ticket, status);
-    native.mr_release(this.handle, ticket);
-    if (error) throw error;
+  /** alltoall's per-rank counts into packedCounts (only the group's entries: the engine reads
+   *  no others); returns its address. */
+  private putCounts(op: NativeOp): number {
+    const sendCounts = op.sendCounts ?? [];
+    const recvCounts = op.recvCounts ?? [];
+    if (sendCounts.length !== op.ranks.length || recvCounts.length !== op.ranks.length) {
+      throw new NativeError(`rank ${this.rank}: alltoall op ${op.opId}: need one send and recv count per rank`, "EINVAL");
+    }
+    for (let i = 0; i < op.ranks.length; i++) {
+      this.putCount(op, op.ranks[i]!, sendCounts[i]!);
+      this.putCount(op, this.worldSizeMax + op.ranks[i]!, recvCounts[i]!);
+    }
+    return this.packedCountsPtr;
+  }
+
+  private putCount(op: NativeOp, at: number, v: number): void {
+    if (!Number.isSafeInteger(v) || v < 0 || at >= 2 * this.worldSizeMax) {
+      throw new NativeError(`rank ${this.rank}: alltoall op ${op.opId}: bad count ${v}`, "EINVAL");
+    }
+    const lo = v >>> 0;
+    this.packedCounts[2 * at] = lo;
+    this.packedCounts[2 * at + 1] = (v - lo) / 0x1_0000_0000;
   }
 
   private submit(op: NativeOp): Promise<void> {
