@@ -187,6 +187,13 @@ describe("errors", () => {
     new Float64Array(b.bytes.buffer, b.bytes.byteOffset, 2).set(input.subarray(0, 2));
     p.runBlocking!({ kind: "allreduce", dtype: "float64", redop: "max", opId: nextOpId++, ranks: [0], count: 2, send: b, recv: out, timeoutMs: 1000 });
     expect(Array.from(new Float64Array(out.bytes.buffer, out.bytes.byteOffset, 2))).toEqual([3.5, -1]);
+    // alltoall's counts go through a preallocated array: one rank gets its own part back.
+    new Float64Array(b.bytes.buffer, b.bytes.byteOffset, 2).set([6, -2.25]);
+    p.runBlocking!({ kind: "alltoall", dtype: "float64", opId: nextOpId++, ranks: [0], count: 2, sendCounts: [2], recvCounts: [2], send: b, recv: out, timeoutMs: 1000 });
+    expect(Array.from(new Float64Array(out.bytes.buffer, out.bytes.byteOffset, 2))).toEqual([6, -2.25]);
+    expect(() =>
+      p.runBlocking!({ kind: "alltoall", dtype: "float64", opId: nextOpId++, ranks: [0], count: 2, sendCounts: [1.5], recvCounts: [2], send: b, recv: out, timeoutMs: 1000 }),
+    ).toThrow(/bad count 1.5/);
     // Refused (nothing ran): EINVAL with the engine's message.
     const refused = (() => {
       try {
