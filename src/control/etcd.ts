@@ -8,7 +8,7 @@
 import { sleep } from "../util/net";
 
 /** One request to one endpoint: a member that does not answer within this is skipped. */
-export const ETCD_REQUEST_TIMEOUT_MS = 2000;
+export const ETCD_REQUEST_TIMEOUT_MS = 1000;
 /** How long a call keeps trying the endpoints (rounds) before it fails. */
 export const ETCD_CALL_DEADLINE_MS = 8000;
 /** Pause between two rounds over every endpoint. */
