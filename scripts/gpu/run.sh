@@ -7,7 +7,8 @@
 #   zig-test.log (Zig tests of zig/src/cuda + the engine's device-buffer tests, if carried),
 #   verbs-gpu.log (tests/verbs/gpu.test.ts: device buffers over RDMA verbs through the test
 #   provider, GPUDirect emulated with the real driver), verbs-tests.log (the provider's
-#   conformance tests incl. dma-buf on this GPU), both when .carry/ has the provider,
+#   conformance tests incl. dma-buf on this GPU), both when .carry/ has the provider (skip them:
+#   MOONRING_SKIP_VERBS_GPU=1),
 #   bench.log + bench.json, torch_ref.log + torch_ref.json (if PyTorch is installed), summary.txt
 #   with --coll-bench (needs 2 GPUs): coll-moonring.jsonl, coll-nccl.jsonl, coll-bench.txt (moonring
 #   `bench --device cuda --via native` next to NCCL via torchrun, 8 B..256 MiB, busbw side by side)
@@ -61,6 +62,8 @@ fi
 export MOONRING_LIB="${MOONRING_LIB:-$root/.carry/libmoonring.so}"
 export MOONRING_FATBIN="${MOONRING_FATBIN:-$(dirname "$MOONRING_LIB")/moonring.fatbin}"
 [ -f "$MOONRING_LIB" ] || { log "no library at $MOONRING_LIB (run scripts/gpu/pack.sh)"; exit 2; }
+# The test verbs provider, for tests/verbs/gpu.test.ts (device buffers over RDMA verbs).
+[ -f .carry/libmoonring_fakeverbs.so ] && export MOONRING_TEST_VERBS_PROVIDER="${MOONRING_TEST_VERBS_PROVIDER:-$root/.carry/libmoonring_fakeverbs.so}"
 
 {
   echo "== date"; date -u
@@ -113,9 +116,8 @@ else
 fi
 
 # --- GPU memory over RDMA verbs (the test provider; GPUDirect emulated through this driver) --
-if [ -f .carry/libmoonring_fakeverbs.so ] && [ -z "${MOONRING_GPU_TESTS:-}" ]; then
-  limit 240 env MOONRING_GPU_REQUIRED=1 MOONRING_TEST_VERBS_PROVIDER="$root/.carry/libmoonring_fakeverbs.so" \
-    "$bun" test tests/verbs/gpu.test.ts > "$out/verbs-gpu.log" 2>&1
+if [ -f .carry/libmoonring_fakeverbs.so ] && [ "${MOONRING_SKIP_VERBS_GPU:-0}" != 1 ]; then
+  limit 240 env MOONRING_GPU_REQUIRED=1 "$bun" test tests/verbs/gpu.test.ts > "$out/verbs-gpu.log" 2>&1
   s=$?
   grep -Eq '^ *[0-9]+ pass' "$out/verbs-gpu.log" || { log "no bun test results in verbs-gpu.log"; [ "$s" -eq 0 ] && s=1; }
   tail -4 "$out/verbs-gpu.log" | tee -a "$out/summary.txt" >&2
