@@ -1,6 +1,7 @@
 //! Shared pieces of the collective algorithms: tuning constants, block partitions, bounded
 //! request tracking, and the pipelined exchange every ring / pairwise step is built from.
 const std = @import("std");
+const builtin = @import("builtin");
 const transport = @import("../transport/transport.zig");
 const op = @import("../op.zig");
 const reduce = @import("../reduce.zig");
@@ -107,6 +108,43 @@ pub fn move(dst: []u8, src: []const u8) void {
         std.mem.copyBackwards(u8, dst, src);
     }
 }
+
+/// dst = src (disjoint) with non-temporal stores where the CPU has them (x86-64 SSE2
+/// movntdq): the destination lines are not read for ownership first nor kept in this cache,
+/// for data the caller will not touch again soon (the peer's copy of a reduced block,
+/// NOTES E32). Ends with a store fence, so a release store after it orders after the data.
+pub fn copyNonTemporal(dst: []u8, src: []const u8) void {
+    std.debug.assert(dst.len == src.len and !overlaps(dst, src));
+    if (comptime builtin.cpu.arch != .x86_64) return @memcpy(dst, src);
+    if (dst.len < nt_bytes_min) return @memcpy(dst, src);
+    const head: usize = (16 - @intFromPtr(dst.ptr) % 16) % 16;
+    @memcpy(dst[0..head], src[0..head]);
+    const body = (dst.len - head) / 64 * 64;
+    var i: usize = head;
+    while (i < head + body) : (i += 64) {
+        const d = dst.ptr + i;
+        const s_ = src.ptr + i;
+        asm volatile (
+            \\movdqu (%[s]), %%xmm0
+            \\movdqu 16(%[s]), %%xmm1
+            \\movdqu 32(%[s]), %%xmm2
+            \\movdqu 48(%[s]), %%xmm3
+            \\movntdq %%xmm0, (%[d])
+            \\movntdq %%xmm1, 16(%[d])
+            \\movntdq %%xmm2, 32(%[d])
+            \\movntdq %%xmm3, 48(%[d])
+            :
+            : [s] "r" (s_),
+              [d] "r" (d),
+            : "xmm0", "xmm1", "xmm2", "xmm3", "memory"
+        );
+    }
+    @memcpy(dst[head + body ..], src[head + body ..]);
+    asm volatile ("sfence" ::: "memory");
+}
+
+/// Below this a non-temporal copy is not worth its fence.
+const nt_bytes_min = 4096;
 
 pub fn overlaps(a: []const u8, b: []const u8) bool {
     if (a.len == 0 or b.len == 0) return false;

@@ -34,6 +34,11 @@ const Error = common.Error;
 const inline_always_bytes = 4 << 10;
 /// Reductions and CMA copies go through scratch in pieces of this size (L2-resident).
 const piece_bytes = 64 << 10;
+/// Two-rank allreduces of at least this many bytes (out of place) write the peer's copy of a
+/// reduced piece with non-temporal stores: there the working set (4 x the op) no longer fits
+/// the last-level cache, and skipping the read for ownership gave +15-25% at 64 MiB, while at
+/// 16 MiB (cache-resident) it cost 5% (NOTES E32).
+const nt_op_bytes_min = 64 << 20;
 /// One process_vm_readv moves at most this much, so a cancel is seen between calls.
 const copy_bytes_max = 4 << 20;
 /// A sleeping waiter re-checks liveness, cancel and the deadline this often.
@@ -465,12 +470,18 @@ const Op = struct {
     /// source) is written, and nobody else reads it.
     fn reduceToBoth(o: *Op, send: []const u8, offset: u64, dst: []u8, also: []u8) Error!void {
         std.debug.assert(dst.len == also.len and o.t.size() == 2);
+        // In place the peer's recv is the peer's send we just read (in our cache): ordinary
+        // stores are cheaper there, and below nt_op_bytes_min everything is cache-resident.
+        const peer_send = o.peerShared(1 - o.t.me, .send);
+        const in_place = peer_send == null or common.overlaps(peer_send.?, also);
+        const non_temporal = !in_place and o.desc.count * o.es() >= nt_op_bytes_min;
         var done: u64 = 0;
         while (done < dst.len) {
             const len: u64 = @min(dst.len - done, piece_bytes);
             const piece = dst[@intCast(done)..][0..@intCast(len)];
+            const out = also[@intCast(done)..][0..@intCast(len)];
             try o.reduceAll(send, offset + done, piece);
-            @memcpy(also[@intCast(done)..][0..@intCast(len)], piece);
+            if (non_temporal) common.copyNonTemporal(out, piece) else @memcpy(out, piece);
             done += len;
         }
     }
