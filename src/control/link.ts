@@ -120,6 +120,16 @@ export class CoordinatorLink {
       }, OPEN_TIMEOUT_MS);
       ws.onopen = () => {
         clearTimeout(timer);
+        if (this.closing) {
+          // retired or closed while this attempt was under way: it must not come back to life
+          reject(new LinkClosedError("link closed"));
+          try {
+            ws.close(1000, "closed");
+          } catch {
+            // not open
+          }
+          return;
+        }
         opened = true;
         this.ws = ws;
         this.lastHeardMs = performance.now();
@@ -324,6 +334,26 @@ export class CoordinatorLink {
     for (const [id, p] of this.pending) {
       this.pending.delete(id);
       p.reject(new LinkClosedError(why));
+    }
+  }
+
+  /**
+   * Closes a link this process replaced with a newer one to the same coordinator: no "bye"
+   * (the rank stays), no onDown (the coordinator is not lost), no reconnect.
+   */
+  retire(why: string): void {
+    this.closing = true;
+    if (this.sweeper) clearInterval(this.sweeper);
+    this.sweeper = null;
+    if (this.heartbeat) clearInterval(this.heartbeat);
+    this.heartbeat = null;
+    this.failPending(why);
+    const ws = this.ws;
+    this.ws = null;
+    try {
+      ws?.close(1000, "replaced");
+    } catch {
+      // already closed
     }
   }
 

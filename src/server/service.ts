@@ -332,7 +332,9 @@ export class RankService {
     let join = c.join;
     if (this.store) ({ url: rzUrl, join } = await this.findCoordinatorInStore(this.store, httpUrl(bind, this.port)));
     for (;;) {
-      const client = new RendezvousClient(rzUrl, this.peers, this.log, c.rendezvousTimeoutMs, () => this.redirectTo);
+      // a redirect that arrives once this rank follows a coordinator is late (sent before it
+      // registered): it is in its world already, and following again would open a second link
+      const client = new RendezvousClient(rzUrl, this.peers, this.log, c.rendezvousTimeoutMs, () => (this.link ? null : this.redirectTo));
       try {
         await this.rendezvousAt(client, join);
         return;
@@ -352,7 +354,11 @@ export class RankService {
 
   /** A running world's coordinator found this restarted rank in rendezvous: go and join it. */
   followWorld(url: string): boolean {
-    if (this.phase !== "rendezvous" || this.rendezvous?.isComplete) return false;
+    // A rank that follows a coordinator already is in its world (still in "rendezvous" only
+    // while it reports ready). A recruiter's probe sent before it registered must not make it
+    // register and follow again: its two control links replaced each other at the hub (close
+    // 4000) over and over, and its first collective never reached the matcher.
+    if (this.phase !== "rendezvous" || this.rendezvous?.isComplete || this.link) return false;
     if (this.rendezvous) {
       // a restarted rank 0 that started a fresh rendezvous: give up the coordinator role
       this.coordinator?.stop();
@@ -392,6 +398,7 @@ export class RankService {
     if (!join && c.rank < c.worldSize) await client.ready(c.rank);
     if ((this.phase as ServicePhase) === "stopping") return;
     this.phase = "ready";
+    this.redirectTo = null;
     this.log.info(
       this.membership.isActive(c.rank)
         ? `ready: world of ${this.membership.activeRanks().length} ranks (epoch ${this.membership.epoch})`
@@ -538,6 +545,9 @@ export class RankService {
       else setTimeout(() => this.onCoordinatorLost(coord, why), this.heartbeatIntervalMs).unref?.();
     };
     await link.connect(connectMs);
+    // one control link per process: a previous one (a rendezvous that started over) would
+    // fight this one at the hub, each replacing the other on reconnect
+    this.link?.retire("replaced by a new control link of this process");
     this.link = link;
     this.agreement = new Agreement(c.rank, null, link);
     this.channel = {
@@ -576,17 +586,20 @@ export class RankService {
       if (failed.length === 0) return;
       busy = true;
       // rank 0 also at the --master address: a restarted pod keeps its DNS name, not its IP
-      const probes = failed.map((rec) => this.recruit(rec.url, rec.instance));
-      if (!this.store && failed.some((rec) => rec.rank === 0) && this.masterUrl !== this.membership.get(0)?.url) probes.push(this.recruit(this.masterUrl, this.membership.get(0)!.instance));
+      const probes = failed.map((rec) => this.recruit(rec.rank, rec.url, rec.instance));
+      if (!this.store && failed.some((rec) => rec.rank === 0) && this.masterUrl !== this.membership.get(0)?.url) probes.push(this.recruit(0, this.masterUrl, this.membership.get(0)!.instance));
       void Promise.all(probes).finally(() => (busy = false));
     }, RECRUIT_INTERVAL_MS);
     this.recruiter.unref?.();
   }
 
-  private async recruit(url: string, oldInstance: string): Promise<void> {
+  private async recruit(rank: number, url: string, oldInstance: string): Promise<void> {
     try {
       const who = await this.peers.get<{ instance: string; phase: string; complete: boolean }>(`${url}/internal/whoami`, RECRUIT_INTERVAL_MS, "whoami");
       if (who.instance === oldInstance || who.phase !== "rendezvous" || who.complete) return;
+      // it may have registered here while whoami was under way: then it needs no telling
+      const rec = this.membership.get(rank);
+      if (rec?.state !== "failed" || rec.instance !== oldInstance) return;
       await this.peers.post(`${url}/internal/follow`, { url: this.url }, RECRUIT_INTERVAL_MS, "follow");
       this.log.info(`found a restarted process at ${url} still in rendezvous: told it to join this world`);
     } catch {
