@@ -160,6 +160,30 @@ export class P2P {
     this.onView();
   }
 
+  /**
+   * What waits here now, for GET /debug/recent (at most `limit` entries each): per (dst, tag)
+   * the next send's sequence number (sends are numbered as they arrive, in order), per
+   * (src, tag) the offers that arrived and wait for a recv, and the recvs that wait for an offer.
+   */
+  pending(limit = 100): {
+    sends: { dst: number; tag: string; next_seq: number }[];
+    offers: { src: number; tag: string; seq: number }[];
+    recvs: { src: number; tag: string; waiting: number }[];
+  } {
+    const sends = [...this.sendSeq].slice(0, limit).map(([key, next]) => {
+      const [dst, tag] = key.split("\u0000") as [string, string];
+      return { dst: Number(dst), tag, next_seq: next };
+    });
+    const offers: { src: number; tag: string; seq: number }[] = [];
+    const recvs: { src: number; tag: string; waiting: number }[] = [];
+    for (const [key, st] of this.pairs) {
+      const tag = key.slice(key.indexOf("\u0000") + 1);
+      for (const [seq, e] of st.offers) if (!e.tomb && offers.length < limit) offers.push({ src: st.src, tag, seq });
+      if (st.waiters.length > 0 && recvs.length < limit) recvs.push({ src: st.src, tag, waiting: st.waiters.length });
+    }
+    return { sends, offers, recvs };
+  }
+
   /** /p2p/send: resolves once the receiver has the data. */
   async send(dst: number, tag: string, dtype: DTypeName, shape: number[], buf: NativeBuffer, timeoutMs: number): Promise<void> {
     this.checkPeer(dst, "p2p send");

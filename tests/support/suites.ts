@@ -245,6 +245,15 @@ function sleep(ms: number) {
   return new Promise((r) => setTimeout(r, ms));
 }
 
+/** Polls `ok` until it holds (a condition, not a fixed sleep); fails after timeoutMs. */
+async function waitUntil(what: string, ok: () => Promise<boolean>, timeoutMs = 20_000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!(await ok())) {
+    if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(5);
+  }
+}
+
 /** Agreement failures, tags and p2p at world size N >= 2. */
 export function agreementCases(n: number, world: WorldRef): void {
   const last = n - 1;
@@ -357,9 +366,13 @@ export function agreementCases(n: number, world: WorldRef): void {
           : bigBytes,
       });
     const h = await import("./http");
-    // every rank: the big call first, then (50 ms later) a small one; rank 0's big body trickles in
+    // every rank: the big call first, then, once every rank holds it (its place in line is
+    // taken on arrival, before the body is read), a small one; rank 0's big body trickles in
     const bigs = urls.map((u, r) => big(u, r === 0));
-    await sleep(50);
+    await waitUntil("every rank to hold its big call", async () => {
+      const d = await Promise.all(urls.map((u) => h.get(u, "/debug/recent?limit=1")));
+      return d.every((x) => x.status === 200 && x.body.calls_in_flight >= 1);
+    });
     const smalls = urls.map((u, r) => h.post(u, "/collective/allreduce", { tensor: { dtype: "int32", shape: [1], data: [r] } }));
     for (const res of await Promise.all(bigs)) {
       expect(res.status).toBe(200);
@@ -383,11 +396,18 @@ export function agreementCases(n: number, world: WorldRef): void {
     expect(s.body.ok).toBe(true);
     expect(rcv.status).toBe(200);
     expect(rcv.body.result).toEqual({ dtype: "bfloat16", shape: [3], data: [1.5, "NaN", -2] });
-    // five sends with the same tag, started in order; received in that order
+    // five sends with the same tag, each numbered by rank `last` before the next one starts
+    // (its /debug/recent says so: no sleep); received in that order
+    const nextSeq = async (): Promise<number> => {
+      const d = await h.get(urls[last]!, "/debug/recent?limit=1");
+      expect(d.status).toBe(200);
+      return (d.body.p2p.sends as { dst: number; tag: string; next_seq: number }[]).find((x) => x.dst === 0 && x.tag === "seq")?.next_seq ?? 0;
+    };
+    const base = await nextSeq();
     const sends: Promise<unknown>[] = [];
     for (let k = 0; k < 5; k++) {
       sends.push(h.post(urls[last]!, "/p2p/send", { tensor: { dtype: "int64", shape: [1], data: [String(k)] }, dst: 0, tag: "seq" }));
-      await sleep(30);
+      await waitUntil(`rank ${last} to number send ${k}`, async () => (await nextSeq()) === base + k + 1);
     }
     for (let k = 0; k < 5; k++) {
       const x = await h.post(urls[0]!, "/p2p/recv", { src: last, tag: "seq" });

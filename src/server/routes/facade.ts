@@ -126,6 +126,9 @@ export interface IntrospectionFacade extends CallerCheck {
   readonly dataPlane?: Pick<DataPlane, "dataPort" | "traffic">;
   readonly coordinator: Pick<Coordinator, "stats"> | null;
   readonly matcher: Pick<Matcher, "pending" | "pendingCount"> | null;
+  readonly p2p: Pick<P2P, "pending">;
+  /** Collective and p2p calls admitted and not answered yet (each took its place in line on arrival). */
+  readonly callsInFlight: number;
   readonly metrics: Pick<Metrics, "render" | "recentEntries">;
   readonly log: Pick<Logger, "warn">;
   securityWarning(): string | null;

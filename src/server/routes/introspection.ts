@@ -64,6 +64,8 @@ export function introspectionRoutes(app: Hono, svc: IntrospectionFacade): void {
       rank: svc.rank,
       recent: svc.metrics.recentEntries(limit),
       ...(svc.matcher ? { pending: svc.matcher.pending() } : {}),
+      calls_in_flight: svc.callsInFlight,
+      p2p: svc.p2p.pending(),
     });
   });
 }
