@@ -3,8 +3,7 @@
 // (manual evict: POST /membership/deactivate, /activate), and named groups (POST /groups)
 // that survive a member's death. Every process started here is ended here.
 import { afterEach, describe, expect, test } from "bun:test";
-import { sleep } from "../../src/util/net";
-import { cluster, expectOk, get, Harness, i32, kill9, post, randInts, sumOver, waitHealth, waitState } from "../support/fault";
+import { cluster, expectOk, get, Harness, i32, kill9, post, randInts, sumOver, waitHealth, waitJoined, waitState } from "../support/fault";
 
 const h = new Harness();
 afterEach(() => h.cleanup());
@@ -91,7 +90,7 @@ describe("elastic membership", () => {
     const inputs = [0, 1, 2, 3].map(() => randInts(3));
     // ranks 0, 1, 3 wait in an allreduce that rank 2 never joins; rank 2 is then deactivated
     const pending = Promise.all([0, 1, 3].map((r) => post(u[r]!, "/collective/allreduce", { tensor: i32(inputs[r]!), timeout_ms: 20_000 })));
-    await sleep(200);
+    await waitJoined(u[0]!, [0, 1, 3]);
     const d = await post(u[3]!, "/membership/deactivate", { ranks: [2] });
     expect(d.status).toBe(200);
     expect(d.body.active_ranks).toEqual([1, 1, 0, 1]);
@@ -170,7 +169,7 @@ describe("elastic membership", () => {
 
     // group rank 1 (global 2) dies while the other members wait in a group allreduce
     const pending = Promise.all([1, 3].map((r) => post(u[r]!, "/collective/allreduce", { tensor: i32(inputs[r]!), group: "g", timeout_ms: 20_000 })));
-    await sleep(200);
+    await waitJoined(u[0]!, [1, 3]);
     kill9(w.pids[2]!);
     for (const b of expectOk(await pending, "g allreduce with a member killed")) {
       expect(b.contributors).toEqual([0, 2]);

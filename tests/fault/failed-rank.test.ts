@@ -3,8 +3,7 @@
 // processes. Values are checked against references computed over the `contributors` each
 // response names. Every process started here is ended here.
 import { afterEach, describe, expect, test } from "bun:test";
-import { sleep } from "../../src/util/net";
-import { cluster, expectOk, get, Harness, i32, kill9, post, randInts, sumOver, waitFor, waitHealth, waitState } from "../support/fault";
+import { cluster, expectOk, get, Harness, i32, kill9, post, randInts, sumOver, waitFor, waitHealth, waitJoined, waitState } from "../support/fault";
 
 const h = new Harness();
 afterEach(() => h.cleanup());
@@ -159,7 +158,7 @@ describe("failed rank", () => {
       ...[0, 1].map((r) => post(w.urls[r]!, "/collective/allgather", { tensor: i32(inputs[r]!), timeout_ms: 20_000 })),
       ...[1, 0].map((r) => post(w.urls[r]!, "/collective/allreduce", { tensor: i32(inputs[r]!), tag: "t1", timeout_ms: 20_000 })),
     ]);
-    await sleep(200);
+    await waitJoined(w.urls[0]!, [0, 1], 2);
     kill9(w.pids[2]!);
     kill9(w.pids[3]!);
     const [g0, g1, t1, t0] = expectOk(await pending, "calls with two ranks killed");
@@ -179,7 +178,7 @@ describe("failed rank", () => {
     const w = await h.launch(3, ["--heartbeat-interval-ms", "200", "--heartbeat-timeout-ms", "1000"]);
     const inputs = [randInts(3), randInts(3), randInts(3)];
     const pending = Promise.all([0, 1].map((r) => post(w.urls[r]!, "/collective/allreduce", { tensor: i32(inputs[r]!), timeout_ms: 20_000 })));
-    await sleep(100);
+    await waitJoined(w.urls[0]!, [0, 1]);
     const t0 = performance.now();
     h.stop(w.pids[2]!);
     const res = expectOk(await pending, "allreduce with a hung rank");

@@ -5,8 +5,7 @@
 // rank processes. Every process started here is ended here.
 import { afterAll, describe, expect, test } from "bun:test";
 import type { LaunchedWorld } from "../support/launch-world";
-import { cluster, expectOk, get, Harness, i32, kill9, post, randInts, sumOver, waitHealth, waitState } from "../support/fault";
-import { sleep } from "../../src/util/net";
+import { cluster, expectOk, get, Harness, i32, kill9, post, randInts, sumOver, waitHealth, waitJoined, waitState } from "../support/fault";
 
 const h = new Harness();
 afterAll(() => h.cleanup());
@@ -43,7 +42,7 @@ async function fullAllreduce(w: LaunchedWorld): Promise<void> {
 }
 
 /**
- * The survivors call `path`; `victim` never does and is killed after 300 ms. Returns the
+ * The survivors call `path`; `victim` never does and is killed once they all wait in it. Returns the
  * survivors' answers (checked to be 200, without the victim, naming it failed).
  */
 async function killDuring(w: LaunchedWorld, victim: number, path: string, body: (r: number) => Record<string, unknown>): Promise<any[]> {
@@ -51,7 +50,7 @@ async function killDuring(w: LaunchedWorld, victim: number, path: string, body: 
   const pid = await pidOf(w.urls[victim]!);
   const t0 = performance.now();
   const pending = Promise.all(survivors.map((r) => post(w.urls[r]!, path, { ...body(r), timeout_ms: 20_000 })));
-  await sleep(300);
+  await waitJoined(w.urls[0]!, survivors);
   const tk = performance.now();
   kill9(pid);
   const res = expectOk(await pending, `${path} with rank ${victim} killed`);

@@ -101,6 +101,22 @@ export async function waitState(urls: string[], rank: number, state: string, tim
   );
 }
 
+/**
+ * Waits until the coordinator at `coordUrl` holds `count` collectives that every rank of `ranks`
+ * has joined (their calls wait in agreement): a kill after this hits calls in flight, with no
+ * fixed sleep that may be too short under load.
+ */
+export async function waitJoined(coordUrl: string, ranks: number[], count = 1, timeoutMs = 20_000): Promise<void> {
+  await waitFor(
+    `ranks ${ranks.join(", ")} to wait in ${count} collective(s) at ${coordUrl}`,
+    async () => {
+      const pending = ((await get(coordUrl, "/debug/recent?limit=1")).body?.pending ?? []) as { joined: number[] }[];
+      return pending.filter((c) => ranks.every((r) => c.joined.includes(r))).length >= count;
+    },
+    timeoutMs,
+  );
+}
+
 /** Waits until `url` answers /health with `state`. */
 export async function waitHealth(url: string, state: string, timeoutMs = 20_000): Promise<any> {
   return waitFor(`${url} /health state ${state}`, async () => {

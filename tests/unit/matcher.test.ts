@@ -58,7 +58,8 @@ describe("matcher", () => {
     const { got, join } = joiner(m);
     const k0 = join(0, desc({ timeoutMs: 30 }));
     const k1 = join(1, desc({ timeoutMs: 5000 }));
-    await new Promise((r) => setTimeout(r, 80));
+    // wait for both answers (a deadline, not a fixed sleep: a loaded machine fires timers late)
+    for (const until = Date.now() + 10_000; !(got.has(k0) && got.has(k1)) && Date.now() < until; ) await Bun.sleep(5);
     for (const k of [k0, k1]) {
       const d = got.get(k)!;
       expect(d.ok).toBe(false);
