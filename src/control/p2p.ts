@@ -6,7 +6,7 @@
 // answer says the receiver has the data. One HTTP round trip per message.
 import type { DataPlane, NativeBuffer, NativeError } from "../native/types";
 import { dtypeInfo, type DTypeName } from "../ops/table";
-import { InvalidRequest, PeerFailed, Timeout } from "../errors";
+import { Cancelled, InvalidRequest, PeerFailed, Timeout } from "../errors";
 import type { P2POffer } from "./wire";
 import type { Logger } from "../util/log";
 import type { Metrics } from "../util/metrics";
@@ -256,18 +256,38 @@ export class P2P {
     });
   }
 
-  /** /p2p/recv */
-  recv(src: number, tag: string, timeoutMs: number): Promise<ReceivedTensor> {
+  /**
+   * /p2p/recv. Once `signal` aborts (the HTTP client went away) a recv that no send has met yet
+   * is withdrawn (499 cancelled): left behind, it took the next message from src, meant for the
+   * client's next recv. One that met its send already completes (the message goes nowhere).
+   */
+  recv(src: number, tag: string, timeoutMs: number, signal?: AbortSignal): Promise<ReceivedTensor> {
     this.checkPeer(src, "p2p recv");
     this.syncIncarnation(src);
+    const what = `p2p recv(src ${src}${tag ? `, tag ${JSON.stringify(tag)}` : ""})`;
+    if (signal?.aborted) return Promise.reject(new Cancelled(`rank ${this.rank}: ${what} not posted: its client disconnected first`));
     const st = this.pair(src, tag);
     return new Promise<ReceivedTensor>((resolve, reject) => {
-      const w: Waiter = { resolve, reject, timer: null, deadline: performance.now() + timeoutMs };
+      const withdraw = () => {
+        const i = st.waiters.indexOf(w);
+        if (i < 0) return; // met its send already
+        st.waiters.splice(i, 1);
+        if (w.timer) clearTimeout(w.timer);
+        reject(new Cancelled(`rank ${this.rank}: ${what} was withdrawn: its client disconnected before a send came`));
+      };
+      const settled = () => signal?.removeEventListener("abort", withdraw);
+      const w: Waiter = {
+        resolve: (r) => (settled(), resolve(r)),
+        reject: (e) => (settled(), reject(e)),
+        timer: null,
+        deadline: performance.now() + timeoutMs,
+      };
+      signal?.addEventListener("abort", withdraw, { once: true });
       w.timer = setTimeout(() => {
         w.timer = null;
         const i = st.waiters.indexOf(w);
         if (i >= 0) st.waiters.splice(i, 1);
-        reject(
+        w.reject(
           new Timeout(
             `p2p: rank ${this.rank} got no send from rank ${src}${tag ? ` (tag ${JSON.stringify(tag)})` : ""} within ${timeoutMs} ms`,
             { missing_ranks: [src] },

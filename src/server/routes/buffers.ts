@@ -371,7 +371,7 @@ export async function bufferRecv(c: Context, svc: BuffersFacade, raw: unknown, s
   const reg = await registryOf(svc);
   const body = parseOrThrow(recvSchema, raw);
   const e = reg.get(body.buffer);
-  const got = await svc.p2p.recv(body.src, body.tag ?? "", body.timeout_ms ?? DEFAULT_TIMEOUT_MS);
+  const got = await svc.p2p.recv(body.src, body.tag ?? "", body.timeout_ms ?? DEFAULT_TIMEOUT_MS, c.req.raw.signal);
   try {
     if (got.dtype !== e.dtype || got.byteLength !== e.byteLength) {
       throw new InvalidRequest(

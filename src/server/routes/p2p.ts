@@ -86,7 +86,7 @@ async function p2pRecv(svc: P2pFacade, c: Context): Promise<Response> {
   const body = parseOrThrow(p2pRecvSchema, raw);
   let got;
   try {
-    got = await svc.p2p.recv(body.src, body.tag ?? "", body.timeout_ms ?? DEFAULT_TIMEOUT_MS);
+    got = await svc.p2p.recv(body.src, body.tag ?? "", body.timeout_ms ?? DEFAULT_TIMEOUT_MS, c.req.raw.signal);
   } catch (e) {
     svc.metrics.op("recv", (e as { code?: string }).code ?? "error", 0, (performance.now() - startedAt) / 1000);
     throw e;
