@@ -49,6 +49,18 @@ export function namespaceOf(layout: NetnsLayout, rank: number): number {
 
 let worldSerial = 0;
 
+/** Namespaces made by this process and not removed yet: removed at exit too (a test that
+ * timed out in its launch or stop would otherwise leave them behind). */
+const liveNets = new Set<BridgedNamespaces>();
+process.on("exit", () => {
+  for (const net of liveNets) removeNamespaces(net);
+});
+
+function removeNet(net: BridgedNamespaces): void {
+  removeNamespaces(net);
+  liveNets.delete(net);
+}
+
 /** A /24 under 10.0.0.0/8 that no route of this namespace uses (concurrent runs pick others). */
 function freeSubnet(): string {
   const routes = Bun.spawnSync(["ip", "-4", "route", "show"], { stdout: "pipe" }).stdout.toString();
@@ -85,9 +97,10 @@ export async function launchNetnsWorld(n: number, layout: NetnsLayout, opts: { a
     addrs: Array.from({ length: nsCount }, (_, k) => `${subnet}.${k + 1}`),
     host: { veth: `mrn${serial}t`, addr: `${subnet}.254` },
   };
+  liveNets.add(net);
   const failed = bridgeNamespaces(net);
   if (failed) {
-    removeNamespaces(net);
+    removeNet(net);
     throw new Error(`network namespaces: ${failed}`);
   }
   const port = 29000 + (process.pid % 90) * 10;
@@ -128,7 +141,7 @@ export async function launchNetnsWorld(n: number, layout: NetnsLayout, opts: { a
     await Promise.all(procs.map((p) => p.exited));
     const left = await waitGone(pids);
     for (const pid of left) process.kill(pid, "SIGKILL");
-    removeNamespaces(net);
+    removeNet(net);
     if (left.length) throw new Error(`rank processes still running after stop: ${left.join(", ")}`);
     // A rank that crashed (not killed by the test) fails the world, with what it said.
     const crashed = procs.filter((p) => p.signalCode !== null && p.signalCode !== "SIGKILL" && p.signalCode !== "SIGTERM");
@@ -162,7 +175,7 @@ export async function launchNetnsWorld(n: number, layout: NetnsLayout, opts: { a
   } catch (e) {
     for (const p of procs) p.kill("SIGKILL");
     await Promise.all(procs.map((p) => p.exited));
-    removeNamespaces(net);
+    removeNet(net);
     throw e;
   }
   const waitForLine = async (re: RegExp) => {
