@@ -12,10 +12,19 @@ export interface LinkData {
   coordinator?: string;
 }
 
+/** Answers kept per rank process for repeated joins (a rank has at most this many calls in flight across a reconnect). */
+const ANSWERS_KEPT = 64;
+
 export class CoordinatorHub {
   private sockets = new Map<number, ServerWebSocket<LinkData>>();
   /** Per rank process (rank/instance, across its reconnects): request id -> a join not decided yet (so a "withdraw" can name it). */
   private undecided = new Map<string, Map<unknown, CallDesc>>();
+  /**
+   * Per rank process: the answers to its last joins (request id -> wire text). A rank whose link
+   * closed sends its pending requests again on the new one: a decision that went out on the old
+   * link (or found no link) is sent again instead of the join joining a second time.
+   */
+  private answered = new Map<string, Answers>();
   /** Called when a rank's link closes (fault tolerance hooks in here). */
   onRankDisconnected: (rank: number, code: number, reason: string, instance: string) => void = () => {};
   onRankConnected: (rank: number) => void = () => {};
@@ -66,6 +75,7 @@ export class CoordinatorHub {
       }
       this.sockets.set(ws.data.rank, ws);
       for (const key of this.undecided.keys()) if (key.startsWith(`${ws.data.rank}/`) && key !== linkKey(ws)) this.undecided.delete(key);
+      for (const key of this.answered.keys()) if (key.startsWith(`${ws.data.rank}/`) && key !== linkKey(ws)) this.answered.delete(key);
       this.log.debug(`control link from rank ${ws.data.rank} open`);
       this.onRankConnected(ws.data.rank);
     },
@@ -85,12 +95,24 @@ export class CoordinatorHub {
         const key = linkKey(ws);
         let mine = this.undecided.get(key);
         if (!mine) this.undecided.set(key, (mine = new Map()));
+        if (mine.has(id)) return; // a repeat (the rank's link reconnected): it is joined already
+        const kept = this.answered.get(key);
+        const before = kept?.texts.get(id);
+        if (before !== undefined) {
+          ws.send(answerText(id, before)); // a repeat of a decided join: its answer may have been lost
+          return;
+        }
+        if (msg.re === 1 && kept && typeof id === "number" && id <= kept.forgottenUpTo) {
+          // decided so long ago that its answer is forgotten: never join it a second time
+          ws.send(answerText(id, encodeDecision(lostAnswer(rank, desc))));
+          return;
+        }
         mine.set(id, desc);
         // The decision goes to the rank's link at decision time: a rank that reconnected
         // meanwhile still gets it (its request stays pending across the reconnect).
         this.matcher.join(rank, desc, (d: Decision) => {
           mine.delete(id);
-          this.sendDecision(rank, id, d);
+          this.sendDecision(key, rank, id, d);
         });
         return;
       }
@@ -140,14 +162,22 @@ export class CoordinatorHub {
   /** A decision's wire text, encoded once for all its members (one object per collective). */
   private decisionText = new WeakMap<Decision, string>();
 
-  /** Answers a join: {t:"res", id, d} with d in the compact wire form (decision-wire.ts). */
-  private sendDecision(rank: number, id: unknown, d: Decision): boolean {
+  /** Answers a join: {t:"res", id, d} with d in the compact wire form (decision-wire.ts); kept for a repeat. */
+  private sendDecision(key: string, rank: number, id: unknown, d: Decision): boolean {
     let text = this.decisionText.get(d);
     if (text === undefined) this.decisionText.set(d, (text = encodeDecision(d)));
+    let kept = this.answered.get(key);
+    if (!kept) this.answered.set(key, (kept = { texts: new Map(), forgottenUpTo: 0 }));
+    kept.texts.set(id, text);
+    if (kept.texts.size > ANSWERS_KEPT) {
+      const oldest = kept.texts.keys().next().value;
+      kept.texts.delete(oldest);
+      if (typeof oldest === "number") kept.forgottenUpTo = Math.max(kept.forgottenUpTo, oldest);
+    }
     const ws = this.sockets.get(rank);
-    if (!ws) return false;
+    if (!ws || linkKey(ws) !== key) return false; // gone, or a newer process of the rank
     try {
-      ws.send(`{"t":"res","id":${JSON.stringify(id ?? null)},"d":${text}}`);
+      ws.send(answerText(id, text));
     } catch {
       return false; // link going down; its close handler reports it
     }
@@ -175,6 +205,28 @@ export class CoordinatorHub {
     }
     this.sockets.clear();
   }
+}
+
+interface Answers {
+  /** request id -> the decision's wire text (shared by the collective's members) */
+  texts: Map<unknown, string>;
+  /** Every id up to this one that is not in texts was answered and forgotten (ids only grow). */
+  forgottenUpTo: number;
+}
+
+function answerText(id: unknown, decision: string): string {
+  return `{"t":"res","id":${JSON.stringify(id ?? null)},"d":${decision}}`;
+}
+
+function lostAnswer(rank: number, desc: CallDesc): Decision {
+  return {
+    ok: false,
+    seq: 0,
+    status: 503,
+    code: "peer_failed",
+    message: `rank ${rank}: the coordinator's answer to its ${desc.op} was lost with its control link and is no longer known; the call may have run without this rank's result`,
+    details: { rank },
+  };
 }
 
 /** A rank process's key: its requests stay pending across reconnects of its link. */

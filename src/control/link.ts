@@ -6,7 +6,8 @@
 // Liveness: both ends send {t:"hb"} every heartbeat interval; any message counts as a sign of
 // life, and so do the answers of rank 0's heartbeat thread (control/liveness.ts), which a busy
 // event loop on either side does not delay. A link that closes is reconnected (requests stay
-// pending, new ones wait in a bounded outbox) for as long as rank 0's heartbeat thread still
+// pending and are sent again on the new link, new ones wait in a bounded outbox) for as long as
+// rank 0's heartbeat thread still
 // answers, or one heartbeat timeout when it doesn't: only then is rank 0 lost and onDown fires.
 import { Logger } from "../util/log";
 import { sleep } from "../util/net";
@@ -20,6 +21,8 @@ interface PendingRequest {
   /** performance.now() deadline; one sweeper timer checks them all (no timer per request). */
   deadline: number;
   timeoutMs: number;
+  /** The request as sent: sent again on a reconnected link (the hub answers a repeat once). */
+  text: string;
 }
 
 /** Close code rank 0 uses for a rank it removed from the world. */
@@ -30,6 +33,8 @@ export const CLOSE_REPLACED = 4004;
 const OPEN_TIMEOUT_MS = 5000;
 /** Messages kept while the link reconnects. */
 const OUTBOX_MAX = 1024;
+/** Request ids, unique in this process (across its links): the hub knows a repeat by its id. */
+let nextRequestId = 1;
 
 export class LinkClosedError extends Error {
   constructor(message: string) {
@@ -41,15 +46,14 @@ export class LinkClosedError extends Error {
 export class CoordinatorLink {
   private ws: WebSocket | null = null;
   private pending = new Map<number, PendingRequest>();
-  private nextId = 1;
   private closing = false;
   private connectedOnce = false;
   private sweeper: ReturnType<typeof setInterval> | null = null;
   private heartbeat: ReturnType<typeof setInterval> | null = null;
   private lastHeardMs = 0;
   private reconnecting = false;
-  /** Messages sent while reconnecting: [request id or 0, text]; flushed on reconnect. */
-  private outbox: [number, string][] = [];
+  /** Requests made while reconnecting (ids); sent with the pending ones on reconnect. */
+  private outbox: number[] = [];
   private heartbeatTimeoutMs = 0;
   /** The link reconnected after a close (the service re-acknowledges its view). */
   onReconnect: () => void = () => {};
@@ -189,7 +193,7 @@ export class CoordinatorLink {
         try {
           await this.open();
           this.log.info(`control link to rank 0 reconnected (attempt ${attempt})`);
-          this.flushOutbox();
+          this.resendPending();
           this.onReconnect();
           return;
         } catch (e) {
@@ -208,14 +212,20 @@ export class CoordinatorLink {
     }
   }
 
-  private flushOutbox(): void {
+  /**
+   * A request sent on a link that closed may never have been read there, and its answer may
+   * have been lost with the link: every pending request goes again, in order, on the new link.
+   * The hub takes a repeated id once (a join it holds stays one join; a decided one is answered
+   * again).
+   */
+  private resendPending(): void {
     const ws = this.ws;
-    for (const [id, text] of this.outbox.splice(0)) {
-      if (id !== 0 && !this.pending.has(id)) continue; // timed out meanwhile
+    this.outbox.length = 0;
+    for (const [, p] of this.pending) {
       try {
-        ws?.send(text);
+        ws?.send(`{"re":1,${p.text.slice(1)}`); // "re": a repeat (see the hub)
       } catch {
-        // closed again: its close handler reconnects, the request times out
+        return; // closed again: its close handler reconnects and this runs again
       }
     }
   }
@@ -299,14 +309,14 @@ export class CoordinatorLink {
     if (!open && !(this.reconnecting && this.outbox.length < OUTBOX_MAX)) {
       return Promise.reject(new LinkClosedError(`no control link to rank 0 (${this.connectedOnce ? "lost" : "not connected yet"})`));
     }
-    const id = this.nextId++;
+    const id = nextRequestId++;
     if (!this.sweeper) this.startSweeper();
     return new Promise((resolve, reject) => {
-      this.pending.set(id, { resolve, reject, deadline: performance.now() + timeoutMs, timeoutMs });
       body.id = id;
       const text = JSON.stringify(body);
+      this.pending.set(id, { resolve, reject, deadline: performance.now() + timeoutMs, timeoutMs, text });
       if (open) ws.send(text);
-      else this.outbox.push([id, text]);
+      else this.outbox.push(id);
     });
   }
 
