@@ -288,6 +288,26 @@ function floatOut(v: number): number | string {
   return v !== v ? "NaN" : v > 0 ? "Infinity" : "-Infinity";
 }
 
+/** Widest JSON text of one element, its comma included ("-2.2250738585072014e-308,", "\"-9223372036854775808\","). */
+const JSON_ELEMENT_CHARS_MAX: Record<DTypeName, number> = {
+  float16: 25,
+  bfloat16: 25,
+  float32: 25,
+  float64: 25,
+  int8: 5,
+  uint8: 4,
+  int16: 7,
+  int32: 12,
+  int64: 23,
+  bool: 6,
+};
+
+/** Upper bound of the text encodeTensor makes for these bytes (exact for b64), without making it. */
+export function encodedTensorCharsMax(dtype: DTypeName, byteLength: number, format: WireFormat): number {
+  if (format === "b64") return 4 * Math.ceil(byteLength / 3);
+  return (byteLength / dtypeInfo(dtype).bytes) * JSON_ELEMENT_CHARS_MAX[dtype];
+}
+
 /** A tensor as JSON in the request's format (`b64` in -> `b64` out). */
 export function encodeTensor(dtype: DTypeName, shape: number[], bytes: Uint8Array, format: WireFormat): JsonTensor {
   if (format === "b64") return { dtype, shape, b64: (bytes as unknown as { toBase64(): string }).toBase64() };

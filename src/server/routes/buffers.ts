@@ -18,9 +18,9 @@ import { bufferExecutor } from "../../control/buffer-collective";
 import type { CollectiveCall } from "../../control/collective";
 import type { Ticket } from "../../control/sequencer";
 import { collectiveInfo, redopRejection, type CollectiveOp } from "../../ops/table";
-import { checkShape, encodeTensor, numel, writeTensor, type JsonTensor } from "../../tensor/codec";
+import { checkShape, encodedTensorCharsMax, encodeTensor, numel, writeTensor, type JsonTensor } from "../../tensor/codec";
 import { checkContentLength, isOctetStream, jsonResponse, octetParam, readJson, wantsOctetStream } from "../body";
-import { InvalidRequest } from "../../errors";
+import { InvalidRequest, TooLarge } from "../../errors";
 import { DEFAULT_TIMEOUT_MS, dtypeSchema, MAX_TIMEOUT_MS, parseOrThrow, redopSchema } from "../schemas";
 import type { BuffersFacade } from "./facade";
 import { baseCall, requireReady } from "./collective";
@@ -148,8 +148,8 @@ export function buffersRoutes(app: Hono, svc: BuffersFacade): void {
   app.get("/buffers/:id", async (c) => {
     const reg = await registryOf(svc);
     const e = reg.get(c.req.param("id"));
-    const bytes = reg.read(e);
     if (wantsOctetStream(c)) {
+      const bytes = reg.read(e);
       return new Response(e.device < 0 ? bytes.slice() : bytes, {
         headers: {
           "content-type": "application/octet-stream",
@@ -161,7 +161,16 @@ export function buffersRoutes(app: Hono, svc: BuffersFacade): void {
       });
     }
     const format = c.req.query("format") === "b64" ? "b64" : "data";
-    return c.json({ ...describe(e), ...encodeTensor(e.dtype, e.shape, bytes, format) });
+    // the JSON form is built whole on the event loop: past the body limit, the client must take the bytes
+    const chars = encodedTensorCharsMax(e.dtype, e.byteLength, format);
+    if (chars > svc.config.maxBodyBytes) {
+      throw new TooLarge(
+        `buffer ${e.id} (${e.byteLength} bytes) as JSON (${format}) could take up to ${chars} bytes, over the limit of ${svc.config.maxBodyBytes} bytes: ` +
+          `read it with Accept: application/octet-stream`,
+        { limit_bytes: svc.config.maxBodyBytes, encoded_bytes_max: chars, bytes: e.byteLength, accept: "application/octet-stream" },
+      );
+    }
+    return c.json({ ...describe(e), ...encodeTensor(e.dtype, e.shape, reg.read(e), format) });
   });
 
   app.put("/buffers/:id", (c) => overwriteBuffer(svc, c));
