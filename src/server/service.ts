@@ -19,7 +19,7 @@ import { PeerClient } from "../control/peers";
 import { RendezvousClient, RendezvousRedirected, RendezvousServer } from "../control/rendezvous";
 import { Sequencer } from "../control/sequencer";
 import { EtcdClient } from "../control/etcd";
-import { EtcdStore, leaseTtlS, type LeaderRecord, type RendezvousStore } from "../control/etcd-store";
+import { EtcdStore, leaseTtlS, type RendezvousStore } from "../control/etcd-store";
 import type { DataPlane, DataPlaneLinks } from "../native/types";
 import { apiErrorFromJSON, MasterLost, NotReady, type ApiError, TooManyRequests } from "../errors";
 import { expectedBearer, isAuthorized } from "./auth";
@@ -33,23 +33,17 @@ import type { Phase } from "./routes/facade";
 import { nativeDataPlaneFactory } from "./dataplane";
 import { listen } from "./listen";
 import { DEFAULT_MAX_PENDING_CALLS, type ServiceConfig } from "./service-config";
+import { electInStore, FAILOVER_CONNECT_TIMEOUTS, findCoordinatorInStore, leadInStore } from "./service-store";
 
 // The configuration and the collectives' URL parser live in their own modules; importers of service.ts keep them here.
 export { DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PENDING_CALLS, DEFAULT_MAX_TENSOR_BYTES, type ServiceConfig } from "./service-config";
 export { collectivePathOp } from "./listen";
 
-/** How many heartbeat timeouts a rank waits for a failover candidate to take over before trying the next one. */
-const FAILOVER_CONNECT_TIMEOUTS = 3;
 /** How often the coordinator looks for restarted processes of failed ranks, and how many per round. */
 const RECRUIT_INTERVAL_MS = 1000;
 const RECRUIT_PROBES_MAX = 16;
 /** A refused connection this fast means the peer's host is up and its port closed (its process is gone). */
 const REFUSED_FAST_MS = 500;
-/** With a store: how long a rank tries to reach it at start, and one wait for a lead to change. */
-const STORE_OPEN_TIMEOUT_MS = 10_000;
-const STORE_WAIT_SPAN_MS = 2000;
-/** How many ranks of a stored view a restarted rank 0 asks whether the world still runs. */
-const STORE_PROBES_MAX = 16;
 /** Failovers remembered for /cluster. */
 const FAILOVERS_KEPT = 16;
 
@@ -330,7 +324,7 @@ export class RankService {
     const bind = c.host === "0.0.0.0" ? "127.0.0.1" : c.host === "::" ? "::1" : c.host;
     let rzUrl = c.rank === 0 ? httpUrl(bind, this.port) : this.masterUrl;
     let join = c.join;
-    if (this.store) ({ url: rzUrl, join } = await this.findCoordinatorInStore(this.store, httpUrl(bind, this.port)));
+    if (this.store) ({ url: rzUrl, join } = await findCoordinatorInStore(this, this.store, httpUrl(bind, this.port)));
     for (;;) {
       // a redirect that arrives once this rank follows a coordinator is late (sent before it
       // registered): it is in its world already, and following again would open a second link
@@ -350,7 +344,7 @@ export class RankService {
   }
 
   /** Where a running world's coordinator told this rank, still in rendezvous, to register (POST /internal/follow). */
-  private redirectTo: string | null = null;
+  redirectTo: string | null = null;
 
   /** A running world's coordinator found this restarted rank in rendezvous: go and join it. */
   followWorld(url: string): boolean {
@@ -470,7 +464,7 @@ export class RankService {
    * failed in a new epoch that names this rank as coordinator, and every other active rank has
    * a heartbeat timeout of grace to connect before the usual detection applies.
    */
-  private becomeCoordinator(takeover: { lost: number[]; why: string } | null): void {
+  becomeCoordinator(takeover: { lost: number[]; why: string } | null): void {
     const c = this.config;
     // op ids past any the predecessor used (it numbered from 1 up; 2^40 ops per coordinator)
     const firstOpId = takeover ? BigInt(this.membership.epoch + 1) << 40n : 1n;
@@ -521,12 +515,12 @@ export class RankService {
     }
     this.startRecruiting();
     this.participant.attach(this.channel);
-    if (this.store) this.leadInStore(this.store, co);
+    if (this.store) leadInStore(this, this.store, co);
     this.coordinatorChanged();
   }
 
   /** Follows the coordinator `coord`: its control link, heartbeats to its heartbeat thread. */
-  private async follow(coord: number, connectMs: number): Promise<void> {
+  async follow(coord: number, connectMs: number): Promise<void> {
     const c = this.config;
     const rec = this.membership.get(coord);
     if (!rec) throw new Error(`rank ${coord} (the coordinator) is not in the view`);
@@ -674,7 +668,7 @@ export class RankService {
     const unsure = new Set<number>();
     this.log.warn(`coordinator (rank ${lost.join(", ")}) lost: ${why}; electing a new one`);
     try {
-      if (this.store) return await this.electInStore(this.store, record, lost, why);
+      if (this.store) return await electInStore(this, this.store, record, lost, why);
       for (;;) {
         if ((this.phase as ServicePhase) === "stopping") return;
         const candidate = this.membership.activeRanks().find((r) => !gone.has(r) && !unsure.has(r));
@@ -727,168 +721,12 @@ export class RankService {
   }
 
   /** No coordinator can be found: every call fails fast with 503 master_lost from now on. */
-  private loseCoordinatorForGood(why: string): void {
+  loseCoordinatorForGood(why: string): void {
     this.log.error(`coordinator lost: ${why}; this rank fails every call with 503 master_lost until it is restarted`);
     this.participant.lost(why);
     this.coordinatorChanged();
     for (const r of this.membership.all()) if (r.rank !== this.rank) this.markPeerDown(r.rank);
     this.p2p.halt(`the coordinator is lost: ${why}`);
-  }
-
-  // ---- an external rendezvous store (serve --rendezvous etcd://...; control/etcd-store.ts) ----
-
-  private leaderRecord(): LeaderRecord {
-    return { rank: this.rank, url: this.url, instance: this.instance, since_ms: Date.now() };
-  }
-
-  /**
-   * Where this rank registers: rank 0 claims the lead (create-if-absent) and registers with
-   * itself; every other rank, and a rank 0 that finds a live world's coordinator leading (a
-   * restart), registers with the coordinator the store names (a restarted rank 0 as a joiner,
-   * as the built-in rendezvous has it).
-   */
-  private async findCoordinatorInStore(store: RendezvousStore, selfUrl: string): Promise<{ url: string; join: boolean }> {
-    const c = this.config;
-    await store.open(Math.min(c.rendezvousTimeoutMs, STORE_OPEN_TIMEOUT_MS)).catch((e: Error) => {
-      throw new Error(`rendezvous store ${store.description} can't be reached: ${e.message}`);
-    });
-    const until = performance.now() + c.rendezvousTimeoutMs;
-    if (c.rank === 0 && !c.join) {
-      for (;;) {
-        if (performance.now() > until) throw new Error(`no live coordinator in ${store.description} and the running world's ranks did not take the lead within ${Math.round(c.rendezvousTimeoutMs / 1000)} s`);
-        const held = await store.leader();
-        // a lapsed lead while ranks of the last view still run: they are taking over; don't start a world beside theirs
-        if (!held && (await this.storedWorldRuns(store))) {
-          await store.waitLeader(() => true, STORE_WAIT_SPAN_MS);
-          continue;
-        }
-        const holder = held ?? (await store.claim(this.leaderRecord(), new Set()));
-        if (holder.instance === this.instance) {
-          this.becomeCoordinator(null);
-          return { url: selfUrl, join: false };
-        }
-        if (await this.answersAs(holder)) return { url: holder.url, join: true };
-        // the previous process of this job holds the key (until its lease lapses, or a survivor takes over)
-        this.log.info(`the lead is held by rank ${holder.rank} (${holder.url}, not answering): waiting for a new coordinator or its lease to lapse`);
-        await store.waitLeader((l) => l.instance !== holder.instance, STORE_WAIT_SPAN_MS);
-      }
-    }
-    const leader = await store.waitLeader(() => true, c.rendezvousTimeoutMs);
-    if (!leader) throw new Error(`no coordinator appeared in ${store.description} within ${Math.round(c.rendezvousTimeoutMs / 1000)} s`);
-    this.followLeaderMoves(store, leader);
-    return { url: leader.url, join: c.join };
-  }
-
-  /** While this rank is in rendezvous, a new coordinator in the store redirects it there (the one it registers with died). */
-  private followLeaderMoves(store: RendezvousStore, first: LeaderRecord): void {
-    void (async () => {
-      for (let known = first; (this.phase as ServicePhase) === "rendezvous"; ) {
-        const next = await store.waitLeader((l) => l.instance !== known.instance, STORE_WAIT_SPAN_MS).catch(() => null);
-        if (!next || (this.phase as ServicePhase) !== "rendezvous") continue;
-        this.log.warn(`the coordinator moved to rank ${next.rank} (${next.url}) during rendezvous: registering there`);
-        this.redirectTo = next.url;
-        known = next;
-      }
-    })();
-  }
-
-  /** Whether an active rank (other than this one) of the view in the store still answers as itself. */
-  private async storedWorldRuns(store: RendezvousStore): Promise<boolean> {
-    const view = await store.readView().catch(() => null);
-    const others = (view?.ranks ?? []).filter((r) => r.active && r.rank !== this.rank).slice(0, STORE_PROBES_MAX);
-    const alive = await Promise.all(others.map((r) => this.answersAs({ rank: r.rank, url: r.url, instance: r.instance, since_ms: 0 })));
-    return alive.some(Boolean);
-  }
-
-  /** The leader the store names if it is one this rank thought lost but it answers as itself (else null). */
-  private async liveLostLeader(store: RendezvousStore, lost: Set<string>): Promise<LeaderRecord | null> {
-    const held = await store.leader();
-    return held && lost.has(held.instance) && (await this.answersAs(held)) ? held : null;
-  }
-
-  /** Whether the process a leader record names answers at its URL (it is that instance). */
-  private async answersAs(l: LeaderRecord): Promise<boolean> {
-    try {
-      const who = await this.peers.get<{ instance: string }>(`${l.url}/internal/whoami`, this.heartbeatTimeoutMs, "whoami");
-      return who.instance === l.instance;
-    } catch {
-      return false;
-    }
-  }
-
-  /** The coordinator writes each epoch's view to the store; a store naming another leader deposes it. */
-  private leadInStore(store: RendezvousStore, co: Coordinator): void {
-    const rz = this.rendezvous!;
-    const publish = () => {
-      if (this.coordinator === co && rz.isComplete) store.publishView(this.membership.view());
-    };
-    this.membership.onChange(publish);
-    const completed = rz.onComplete;
-    rz.onComplete = () => {
-      completed();
-      publish();
-    };
-    publish();
-    store.onDeposed = (holder) => {
-      if (this.coordinator !== co) return;
-      co.stop();
-      this.hub?.closeAll();
-      this.loseCoordinatorForGood(`deposed: ${holder ? `rank ${holder.rank} leads in ${store.description}` : "the lead lapsed"} (this process was cut off or stalled)`);
-    };
-  }
-
-  /**
-   * Failover with a store: the survivor the heartbeats elect (the lowest active rank not lost)
-   * takes the lead in the store by a compare-and-swap on the lost coordinator's record; the
-   * others wait for the store to name a coordinator that is not lost and follow it. A candidate
-   * that does not take the lead in time is passed over; the store, not a guess, says who leads.
-   */
-  private async electInStore(store: RendezvousStore, record: { resumedAt: number | null; coordinator: number | null }, lost: number[], why: string): Promise<void> {
-    const gone = new Set(lost);
-    const lostInstances = () => new Set([...gone].map((r) => this.membership.get(r)?.instance ?? ""));
-    const waitMs = FAILOVER_CONNECT_TIMEOUTS * this.heartbeatTimeoutMs;
-    const until = performance.now() + this.config.rendezvousTimeoutMs;
-    while ((this.phase as ServicePhase) !== "stopping") {
-      if (performance.now() > until) return this.loseCoordinatorForGood(`${why}; no coordinator could be agreed in ${store.description} within ${Math.round(this.config.rendezvousTimeoutMs / 1000)} s`);
-      const candidate = this.membership.activeRanks().find((r) => !gone.has(r));
-      if (candidate === undefined) return this.loseCoordinatorForGood(`${why}; no active rank is left to take over`);
-      let holder: LeaderRecord | null;
-      try {
-        // A coordinator that still answers as itself was not lost (this rank alone missed its
-        // heartbeats): follow it again rather than take the lead from it or pass others over.
-        const alive = await this.liveLostLeader(store, lostInstances());
-        if (alive) holder = alive;
-        else if (candidate === this.rank) holder = await store.claim(this.leaderRecord(), lostInstances());
-        else holder = (await store.waitLeader((l) => !lostInstances().has(l.instance), waitMs)) ?? (await this.liveLostLeader(store, lostInstances()));
-      } catch (e) {
-        if (performance.now() > until) return this.loseCoordinatorForGood(`${why}; ${store.description}: ${(e as Error).message}`);
-        this.log.warn(`failover: ${(e as Error).message}; trying again`);
-        continue;
-      }
-      if (!holder) {
-        this.log.warn(`rank ${candidate} did not take the lead in ${store.description} within ${waitMs} ms; passing it over`);
-        gone.add(candidate);
-        continue;
-      }
-      if (holder.instance === this.instance) {
-        const stored = await store.readView().catch(() => null);
-        const ours = stored?.ranks.some((r) => r.rank === this.rank && r.instance === this.instance);
-        if (stored && ours && stored.epoch > this.membership.epoch) this.membership.applyView(stored);
-        this.becomeCoordinator({ lost: [...gone], why });
-      } else {
-        try {
-          await this.follow(holder.rank, waitMs);
-          this.log.warn(`following rank ${holder.rank}, the coordinator named by ${store.description}`);
-        } catch (e) {
-          this.log.warn(`rank ${holder.rank} leads in the store but can't be reached: ${(e as Error).message}`);
-          gone.add(holder.rank);
-          continue;
-        }
-      }
-      record.resumedAt = performance.now();
-      record.coordinator = holder.rank;
-      return;
-    }
   }
 
   async stop(): Promise<void> {
