@@ -69,26 +69,7 @@ export class RendezvousServer {
     const auto = b.rejoin === "auto" && this.complete;
     const join = b.join === true || b.rank >= N || auto;
     const prev = m.get(b.rank);
-    if (prev && prev.instance !== b.instance) {
-      let replaceable = prev.state === "failed" || prev.state === "left";
-      if (!replaceable && auto) {
-        if (!this.previousGone(b.rank)) {
-          throw new NotReady(`rank ${b.rank}: its previous process (pid ${prev.pid} at ${prev.url}) still looks alive; retry once it is gone`, {
-            rank: b.rank,
-            registered_pid: prev.pid,
-          });
-        }
-        this.replaced(b.rank, `restarted: a new process (pid ${b.pid} at ${b.url}) registered for its slot`);
-        replaceable = true;
-      }
-      if (!replaceable || !join) {
-        throw new Conflict(
-          `duplicate rank ${b.rank}: already registered by pid ${prev.pid} at ${prev.url}; refusing ${from}` +
-            (replaceable ? " (a replacement must start with --join)" : ""),
-          { rank: b.rank, registered_pid: prev.pid, registered_url: prev.url },
-        );
-      }
-    }
+    if (prev && prev.instance !== b.instance) this.takeSlot(b, prev, from, auto, join);
     if (prev && prev.instance === b.instance) return { ok: true, epoch: m.epoch, complete: this.complete }; // a retry
     const record: RankRecord = {
       rank: b.rank,
@@ -105,6 +86,36 @@ export class RendezvousServer {
     };
     m.upsert(record);
     this.log.info(`rendezvous: registered ${from}${join ? " as a joiner (awaiting)" : ""}`);
+    this.registered();
+    return { ok: true, epoch: m.epoch, complete: this.complete };
+  }
+
+  /** A new process for a slot `prev` holds: it replaces a failed, left or (auto) gone one, else 409/503. */
+  private takeSlot(b: RegisterBody, prev: RankRecord, from: string, auto: boolean, join: boolean): void {
+    let replaceable = prev.state === "failed" || prev.state === "left";
+    if (!replaceable && auto) {
+      if (!this.previousGone(b.rank)) {
+        throw new NotReady(`rank ${b.rank}: its previous process (pid ${prev.pid} at ${prev.url}) still looks alive; retry once it is gone`, {
+          rank: b.rank,
+          registered_pid: prev.pid,
+        });
+      }
+      this.replaced(b.rank, `restarted: a new process (pid ${b.pid} at ${b.url}) registered for its slot`);
+      replaceable = true;
+    }
+    if (!replaceable || !join) {
+      throw new Conflict(
+        `duplicate rank ${b.rank}: already registered by pid ${prev.pid} at ${prev.url}; refusing ${from}` +
+          (replaceable ? " (a replacement must start with --join)" : ""),
+        { rank: b.rank, registered_pid: prev.pid, registered_url: prev.url },
+      );
+    }
+  }
+
+  /** After a registration: the last of the initial ranks completes rendezvous (epoch 1); a joiner makes a new epoch. */
+  private registered(): void {
+    const m = this.membership;
+    const N = m.initialWorldSize;
     if (!this.complete) {
       let n = 0;
       for (let r = 0; r < N; r++) if (m.get(r)?.active) n++;
@@ -119,7 +130,6 @@ export class RendezvousServer {
       m.update([]); // new epoch with the joiner in it
       this.onViewChange(m.view());
     }
-    return { ok: true, epoch: m.epoch, complete: this.complete };
   }
 
   /** Abandons this (fresh) rendezvous for the coordinator of an established world at `url`. */
