@@ -242,7 +242,25 @@ async function point(m: Extract<ParentMsg, { cmd: "point" }>): Promise<WorkerMsg
   };
   prepare();
   const step = stepRunner(m.op, m.dtype, m.redop, m.root, shape, m.timeoutMs, sendNB, recvNB);
-  let wrong: number | null = check === "none" ? null : 0;
+  const { times, timed, wrong: wrongTimed } = await timeIterations(m, step, { inPlace, bcastRoot, prepare, poisonRecv, verify });
+  let wrong = wrongTimed;
+  if (check === "once") {
+    prepare();
+    await barrier(m.timeoutMs);
+    await step();
+    wrong = verify();
+  }
+  return { ev: "point", rank, timesUs: Array.from(times.subarray(0, timed)), wrong };
+}
+
+/** The timed iterations of a point (after a GC and a JIT idle): each op's time (sync barrier), or
+ * the mean over all (free-running); `wrong` counts the errors of check "every". */
+async function timeIterations(
+  m: Extract<ParentMsg, { cmd: "point" }>,
+  step: ReturnType<typeof stepRunner>,
+  io: { inPlace: boolean; bcastRoot: boolean; prepare: () => void; poisonRecv: () => void; verify: () => number },
+): Promise<{ times: Float64Array; timed: number; wrong: number | null }> {
+  let wrong: number | null = m.check === "none" ? null : 0;
   // Preallocated: no array growth inside the timed loop.
   const times = new Float64Array(Math.max(1, m.iters));
   let timed = 0;
@@ -258,7 +276,7 @@ async function point(m: Extract<ParentMsg, { cmd: "point" }>): Promise<WorkerMsg
   if (m.sync === "barrier") {
     for (let it = -m.warmup; it < m.iters; it++) {
       // in place the last step overwrote the input: lay it out again
-      if (check === "every" && it >= 0 && !bcastRoot) (inPlace ? prepare : poisonRecv)();
+      if (m.check === "every" && it >= 0 && !io.bcastRoot) (io.inPlace ? io.prepare : io.poisonRecv)();
       const b = barrier(m.timeoutMs);
       if (b) await b;
       const t0 = performance.now();
@@ -267,7 +285,7 @@ async function point(m: Extract<ParentMsg, { cmd: "point" }>): Promise<WorkerMsg
       const dt = performance.now() - t0;
       if (it >= 0) {
         times[timed++] = dt * 1000;
-        if (check === "every") wrong! += verify();
+        if (m.check === "every") wrong! += io.verify();
       }
     }
   } else {
@@ -280,13 +298,7 @@ async function point(m: Extract<ParentMsg, { cmd: "point" }>): Promise<WorkerMsg
     }
     times[timed++] = ((performance.now() - t0) * 1000) / Math.max(1, m.iters);
   }
-  if (check === "once") {
-    prepare();
-    await barrier(m.timeoutMs);
-    await step();
-    wrong = verify();
-  }
-  return { ev: "point", rank, timesUs: Array.from(times.subarray(0, timed)), wrong };
+  return { times, timed, wrong };
 }
 
 let warmed = false;

@@ -104,6 +104,9 @@ function numLabel(v: number): string {
   return String(Number(v.toPrecision(2)));
 }
 
+/** SVG coordinates to 0.1 px. */
+const f = (x: number) => x.toFixed(1);
+
 const COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22"];
 
 export interface PlotOptions {
@@ -134,7 +137,6 @@ export function renderSvg(series: Series[], opts: PlotOptions = {}): string {
   if (y1 <= y0) y1 = y0 + 1;
   const X = (b: number) => ml + ((lx(b) - x0) / (x1 - x0)) * pw;
   const Y = (v: number) => mt + ph - ((ly(v) - y0) / (y1 - y0)) * ph;
-  const f = (x: number) => x.toFixed(1);
   const out: string[] = [];
   out.push(`<?xml version="1.0" encoding="UTF-8"?>`);
   out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="sans-serif" font-size="12">`);
@@ -161,7 +163,13 @@ export function renderSvg(series: Series[], opts: PlotOptions = {}): string {
   out.push(`</g>`);
   out.push(`<text x="${f(ml + pw / 2)}" y="${H - 16}" text-anchor="middle">message size (bytes, log scale)</text>`);
   out.push(`<text transform="translate(18 ${f(mt + ph / 2)}) rotate(-90)" text-anchor="middle">${esc(opts.yLabel ?? "busbw (GB/s, log scale)")}</text>`);
-  // series
+  drawSeries(out, series, X, Y, ml + pw, mt);
+  out.push(`</svg>`);
+  return out.join("\n") + "\n";
+}
+
+/** The series' lines and points, and their legend right of the plot (from x = legendX). */
+function drawSeries(out: string[], series: Series[], X: (bytes: number) => number, Y: (value: number) => number, legendX: number, mt: number): void {
   const groups: string[] = [];
   const solidInGroup = new Map<string, number>();
   // Same group, same color: the peer dashed, several own series solid, dotted, dash-dot.
@@ -182,9 +190,7 @@ export function renderSvg(series: Series[], opts: PlotOptions = {}): string {
     for (const q of p) out.push(`<circle cx="${f(X(q.bytes))}" cy="${f(Y(q.value))}" r="2.8" fill="${color}"><title>${esc(`${s.label}: ${q.bytes} B, ${q.value} GB/s`)}</title></circle>`);
     out.push(`</g>`);
     const ly0 = mt + 10 + i * 20;
-    out.push(`<line x1="${ml + pw + 14}" y1="${ly0}" x2="${ml + pw + 40}" y2="${ly0}" stroke="${color}" stroke-width="2"${dash}/>`);
-    out.push(`<text x="${ml + pw + 46}" y="${ly0 + 4}">${esc(s.label)}</text>`);
+    out.push(`<line x1="${legendX + 14}" y1="${ly0}" x2="${legendX + 40}" y2="${ly0}" stroke="${color}" stroke-width="2"${dash}/>`);
+    out.push(`<text x="${legendX + 46}" y="${ly0 + 4}">${esc(s.label)}</text>`);
   });
-  out.push(`</svg>`);
-  return out.join("\n") + "\n";
 }
