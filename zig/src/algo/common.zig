@@ -256,21 +256,7 @@ pub fn exchange(comm: Comm, tuning: Tuning, element_bytes: u64, to: ?u32, out: [
     var j: u64 = 0;
     while (j < @max(sends_total, recvs_total)) : (j += 1) {
         while (recvs_posted < recvs_total and recvs_posted < j + recv_window) : (recvs_posted += 1) {
-            const piece = sliceOf(into, slice, recvs_posted);
-            if (on_receive) {
-                const r = combine.reduce;
-                const spec = transport.ReduceSpec{ .mine = sliceOf(r.mine.?, slice, recvs_posted), .dtype = @intFromEnum(r.dtype), .redop = @intFromEnum(r.redop), .apply = applyReduce };
-                std.debug.assert(recvs.requests.len < recvs.requests.capacity());
-                recvs.requests.appendAssumeCapacity(try comm.irecvReduce(from.?, piece, spec));
-                continue;
-            }
-            switch (combine) {
-                .copy => try recvs.irecv(from.?, piece),
-                .reduce => |r| {
-                    const slot = r.tmp[(recvs_posted % tuning.depth) * slot_bytes ..][0..piece.len];
-                    try recvs.irecv(from.?, slot);
-                },
-            }
+            try postExchangeRecv(comm, tuning, &recvs, from.?, into, slice, slot_bytes, combine, on_receive, recvs_posted);
         }
         if (j < sends_total) {
             try sends.isend(to.?, sliceOf(out, slice, j));
@@ -279,22 +265,47 @@ pub fn exchange(comm: Comm, tuning: Tuning, element_bytes: u64, to: ?u32, out: [
         if (j < recvs_total) {
             try recvs.waitOldest();
             if (on_receive) continue;
-            switch (combine) {
-                .copy => {},
-                .reduce => |r| {
-                    const piece = sliceOf(into, slice, j);
-                    const slot = r.tmp[(j % tuning.depth) * slot_bytes ..][0..piece.len];
-                    if (r.mine) |m| {
-                        const src = sliceOf(m, slice, j);
-                        if (src.ptr != piece.ptr) @memcpy(piece, src);
-                    }
-                    reduce.reduceInto(r.dtype, r.redop, piece, slot);
-                },
-            }
+            reduceExchangeSlot(tuning, into, slice, slot_bytes, combine, j);
         }
     }
     std.debug.assert(recvs.len() == 0);
     try sends.waitAll();
+}
+
+/// Posts receive `k` of an exchange: reduced on receive into its slice of `into`, else into
+/// that slice (copy) or its tmp slot (reduce).
+fn postExchangeRecv(comm: Comm, tuning: Tuning, recvs: *Inflight, from: u32, into: []u8, slice: u64, slot_bytes: u64, combine: Combine, on_receive: bool, k: u64) Error!void {
+    const piece = sliceOf(into, slice, k);
+    if (on_receive) {
+        const r = combine.reduce;
+        const spec = transport.ReduceSpec{ .mine = sliceOf(r.mine.?, slice, k), .dtype = @intFromEnum(r.dtype), .redop = @intFromEnum(r.redop), .apply = applyReduce };
+        std.debug.assert(recvs.requests.len < recvs.requests.capacity());
+        recvs.requests.appendAssumeCapacity(try comm.irecvReduce(from, piece, spec));
+        return;
+    }
+    switch (combine) {
+        .copy => try recvs.irecv(from, piece),
+        .reduce => |r| {
+            const slot = r.tmp[(k % tuning.depth) * slot_bytes ..][0..piece.len];
+            try recvs.irecv(from, slot);
+        },
+    }
+}
+
+/// Receive `j` of an exchange has landed: in reduce mode, into[j] = (mine[j] if given) op its tmp slot.
+fn reduceExchangeSlot(tuning: Tuning, into: []u8, slice: u64, slot_bytes: u64, combine: Combine, j: u64) void {
+    switch (combine) {
+        .copy => {},
+        .reduce => |r| {
+            const piece = sliceOf(into, slice, j);
+            const slot = r.tmp[(j % tuning.depth) * slot_bytes ..][0..piece.len];
+            if (r.mine) |m| {
+                const src = sliceOf(m, slice, j);
+                if (src.ptr != piece.ptr) @memcpy(piece, src);
+            }
+            reduce.reduceInto(r.dtype, r.redop, piece, slot);
+        },
+    }
 }
 
 /// Scratch for an exchange in reduce mode receiving up to `into_bytes_max` bytes.
