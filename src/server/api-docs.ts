@@ -354,11 +354,11 @@ export const routeDocs: Record<string, RouteDoc> = {
   "GET /buffers/:id": {
     operationId: "buffer_read",
     tag: "buffers",
-    summary: "a buffer's values (JSON, ?format=b64) or raw bytes with Accept: application/octet-stream",
+    summary: "a buffer's values (JSON, ?format=b64; 413 past max_body_bytes) or raw bytes with Accept: application/octet-stream",
     params: bufferId,
     query: { format: { description: "data (default) or b64", schema: { type: "string", enum: ["data", "b64"] } } },
     responses: { "200": { description: "metadata and values", schema: bufferWithValues, octet: true } },
-    errors: [401, 404],
+    errors: [401, 404, 413],
   },
   "PUT /buffers/:id": {
     operationId: "buffer_write",
