@@ -13,11 +13,10 @@ const dispatch = @import("algo/dispatch.zig");
 const cuda_driver = @import("cuda/driver.zig");
 const staging = @import("cuda/staging.zig");
 const cuda_direct = @import("backend/cuda_direct.zig");
-const verbs_direct = @import("backend/verbs_direct.zig");
-const board_direct = @import("backend/board_direct.zig");
 const plan = @import("plan.zig");
 const board_mod = @import("transport/board.zig");
 const admit = @import("engine_admit.zig");
+const paths = @import("engine_paths.zig");
 
 pub const Collective = op.Collective;
 pub const DType = op.DType;
@@ -124,7 +123,7 @@ pub const Submit = struct {
 
 pub const SlotState = enum { free, queued, running, done };
 
-const Slot = struct {
+pub const Slot = struct {
     /// The planner's facts about this op that need no lookup (same_host and boards_live are
     /// the engine's to fill).
     fn query(slot: *const Slot) plan.Query {
@@ -173,14 +172,7 @@ const Slot = struct {
     error_text: [error_text_bytes_max]u8 = undefined,
 };
 
-fn cudaStatus(err: staging.Error) i32 {
-    return switch (err) {
-        error.NoDevice => Status.enodev,
-        error.InvalidArgument => Status.einval,
-        error.OutOfMemory => Status.enomem,
-        error.Cuda => Status.eio,
-    };
-}
+const cudaStatus = paths.cudaStatus;
 
 const Completion = struct { ticket: u64, status: i32 };
 
@@ -497,7 +489,7 @@ pub const Engine = struct {
         engine.cq_cond.broadcast();
     }
 
-    fn setSlotError(engine: *Engine, slot: *Slot, status: i32, peer: i32, comptime fmt: []const u8, args: anytype) void {
+    pub fn setSlotError(engine: *Engine, slot: *Slot, status: i32, peer: i32, comptime fmt: []const u8, args: anytype) void {
         slot.status = status;
         slot.failed_peer = peer;
         const prefix = std.fmt.bufPrint(&slot.error_text, "rank {d}: {s} op {d}: ", .{ engine.rank, @tagName(slot.kind), slot.op_id }) catch unreachable;
@@ -551,76 +543,11 @@ pub const Engine = struct {
         return .{ plan.plan(facts, &engine.config), facts };
     }
 
-    /// The CUDA IPC direct path (backend/cuda_direct.zig): ranks of one host read and write
-    /// each other's device buffers over NVLink. True when the op ended here (done or failed);
-    /// false: every rank of the op falls back to host staging over the same endpoint.
-    fn runCudaDirect(engine: *Engine, slot: *Slot, send: ?[*]const u8, recv: ?[*]u8, same_host: bool) bool {
-        const direct_op: cuda_direct.Op = .{
-            .kind = slot.kind,
-            .dtype = slot.dtype,
-            .redop = slot.redop,
-            .root = slot.root_group,
-            .count = slot.count,
-            .send_counts = slot.send_counts[0..if (slot.kind == .alltoall) slot.group_size else 0],
-            .recv_counts = slot.recv_counts[0..if (slot.kind == .alltoall) slot.group_size else 0],
-            .group = slot.group[0..slot.group_size],
-            .device = slot.device,
-            .send = if (send) |p| @intFromPtr(p) else 0,
-            .recv = if (recv) |p| @intFromPtr(p) else 0,
-            .same_host = same_host,
-            .config = &engine.config.cuda,
-        };
-        var team: board_direct.Team = undefined;
-        const board: ?*board_direct.Team = if (same_host and engine.net.boardTeam(&slot.ep, &slot.board_team)) blk: {
-            team = engine.boardTeamOf(slot);
-            break :blk &team;
-        } else null;
-        const outcome = cuda_direct.run(&engine.cuda_ipc, slot.ep.comm(), board, direct_op) catch |err| {
-            engine.failDirect(slot, err);
-            return true;
-        };
-        if (outcome == .fallback) return false;
-        engine.net.close(&slot.ep);
-        return true;
-    }
+    // ---- the direct device paths and the board: engine_paths.zig ----
 
-    /// A direct device path's error ends the op: the endpoint's failure (a peer) or CUDA's.
-    fn failDirect(engine: *Engine, slot: *Slot, err: cuda_direct.Error) void {
-        engine.net.close(&slot.ep);
-        if (slot.ep.failure) |failure| {
-            return engine.setSlotError(slot, Status.fromError(failure.err), failure.peer, "{s}", .{failure.message()});
-        }
-        const status = switch (err) {
-            error.NoDevice, error.InvalidArgument, error.Cuda => |e| cudaStatus(e),
-            else => |e| Status.fromError(e),
-        };
-        engine.setSlotError(slot, status, -1, "device {d}: {s}", .{ slot.device, if (status == Status.eio or status == Status.einval or status == Status.enodev) cuda_driver.lastErrorMessage() else @errorName(err) });
-    }
-
-    /// GPUDirect RDMA between hosts (backend/verbs_direct.zig): device buffers registered with
-    /// the verbs device, read and written by the peers' NICs. True when the op ended here;
-    /// false: every rank of the op falls back to host staging over the same endpoint.
-    fn runVerbsDirect(engine: *Engine, slot: *Slot, send: ?[*]const u8, recv: ?[*]u8, same_host: bool) bool {
-        const direct_op: verbs_direct.Op = .{
-            .kind = slot.kind,
-            .dtype = slot.dtype,
-            .redop = slot.redop,
-            .root = slot.root_group,
-            .count = slot.count,
-            .group = slot.group[0..slot.group_size],
-            .device = slot.device,
-            .send = if (send) |p| @intFromPtr(p) else 0,
-            .recv = if (recv) |p| @intFromPtr(p) else 0,
-            .same_host = same_host,
-        };
-        const outcome = verbs_direct.run(engine.net, &slot.ep, direct_op) catch |err| {
-            engine.failDirect(slot, err);
-            return true;
-        };
-        if (outcome == .fallback) return false;
-        engine.net.close(&slot.ep);
-        return true;
-    }
+    pub const runCudaDirect = paths.runCudaDirect;
+    pub const runVerbsDirect = paths.runVerbsDirect;
+    pub const runOnBoard = paths.runOnBoard;
 
     /// Host buffers (device ones staged through pinned host mirrors: copy in, host
     /// algorithm, copy out) on the board or over the links, as planned.
@@ -670,49 +597,7 @@ pub const Engine = struct {
         }
     }
 
-    // ---- the board (same-host groups, backend/board_direct.zig) ----
-
-    fn runOnBoard(engine: *Engine, slot: *Slot, desc: op.OpDesc, scratch: std.mem.Allocator) transport.Error!void {
-        try dispatch.validate(slot.group_size, slot.group_rank, desc);
-        var team = engine.boardTeamOf(slot);
-        return board_direct.run(&team, desc, scratch);
-    }
-
-    /// The op's view of the board, after net.boardTeam() filled slot.board_team.
-    fn boardTeamOf(engine: *Engine, slot: *Slot) board_direct.Team {
-        const n = slot.group_size;
-        const control = board_direct.Control{ .context = slot, .check = boardCheck, .fail = boardFail, .failed_peer = boardFailedPeer };
-        return .{
-            .me = slot.group_rank,
-            .boards = slot.board_team.boards[0..n],
-            .global = slot.group[0..n],
-            .entry = @intCast(engine.slotIndex(slot)),
-            .serial = slot.ticket,
-            .op_id = slot.op_id,
-            .departed_serials = slot.board_team.departed_serials[0..n],
-            .control = control,
-            .cma = engine.config.board_cma,
-            .allreduce_all_bytes = engine.config.board_allreduce_all_bytes,
-            .maps = &engine.net.peer_maps,
-        };
-    }
-
-    fn boardCheck(context: *anyopaque, peer: u32, what: []const u8) ?transport.Error {
-        const slot: *Slot = @ptrCast(@alignCast(context));
-        return slot.ep.net.stopCheck(&slot.ep, slot.group[peer], what);
-    }
-
-    fn boardFail(context: *anyopaque, err: transport.Error, peer: ?u32, message: []const u8) transport.Error {
-        const slot: *Slot = @ptrCast(@alignCast(context));
-        return slot.ep.net.failOp(&slot.ep, err, if (peer) |p| @intCast(slot.group[p]) else -1, message);
-    }
-
-    fn boardFailedPeer(context: *anyopaque) i32 {
-        const slot: *Slot = @ptrCast(@alignCast(context));
-        return slot.ep.net.failedPeer(&slot.ep);
-    }
-
-    fn slotIndex(engine: *const Engine, slot: *const Slot) usize {
+    pub fn slotIndex(engine: *const Engine, slot: *const Slot) usize {
         const index = (@intFromPtr(slot) - @intFromPtr(&engine.slots[0])) / @sizeOf(Slot);
         std.debug.assert(index < ops_max and &engine.slots[index] == slot);
         return index;

@@ -46,19 +46,9 @@ const hello_magic: u32 = 0x4D52_4744; // "MRGD"
 const gpu_page_bytes: u64 = 2 << 20;
 const status_magic: u32 = 0x4D52_4753; // "MRGS"
 
-pub const Op = struct {
-    kind: op.Collective,
-    dtype: op.DType,
-    redop: op.RedOp,
-    root: u32,
-    count: u64,
-    /// Global ranks of the group (ascending).
-    group: []const u32,
-    device: i32,
-    send: u64,
-    recv: u64,
-    same_host: bool,
-};
+/// The engine's device op (cuda_direct.Op: kind, dtype, redop, group root, count, global group
+/// ranks, device pointers, same_host); the alltoall counts and CUDA knobs are not read here.
+pub const Op = cuda_direct.Op;
 
 /// Whether the op takes part at all: the same answer on every rank (agreed kind, count and
 /// group; host placement; MOONRING_TRANSPORT, set alike on every rank).
