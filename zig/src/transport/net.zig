@@ -7,8 +7,8 @@
 //!
 //! Receiving: each link's receive thread hands every frame to this layer (link_kind.Receiver),
 //! which routes it by (op id, source rank, message sequence): straight into a posted receive
-//! buffer, else into a bounded stash that irecv() claims later. A full stash stops the link's
-//! thread (backpressure through TCP / the ring). Sending is synchronous on the op's thread
+//! buffer, else into a bounded stash that irecv() claims later (net_rx.zig). A full stash stops the link's
+//! thread (backpressure through TCP / the ring). Sending (net_tx.zig) is synchronous on the op's thread
 //! (isend returns once the bytes are in the kernel or the ring); a frame is one chunk of a
 //! message, so big messages interleave with other ops.
 //! Failures: a link that closes fails the ops waiting on that peer (PeerFailed naming it); every
@@ -27,6 +27,7 @@ const links_mod = @import("links.zig");
 const traffic_mod = @import("traffic.zig");
 const boards_mod = @import("boards.zig");
 const rx_mod = @import("net_rx.zig");
+const tx_mod = @import("net_tx.zig");
 
 pub const Error = transport.Error;
 pub const world_size_max = links_mod.world_size_max;
@@ -40,7 +41,7 @@ pub const stash_bytes_default: u64 = 256 << 20;
 /// Stashed frames of an op this rank never registers are dropped after this long.
 pub const orphan_ttl_ns: u64 = 30 * std.time.ns_per_s;
 pub const stash_wait_ns: u64 = 100 * std.time.ns_per_ms;
-const requests_max = transport.requests_in_flight_max;
+pub const requests_max = transport.requests_in_flight_max;
 
 comptime {
     std.debug.assert(requests_max <= 64); // reqs_used is a u64 mask
@@ -147,7 +148,7 @@ pub const Endpoint = struct {
         return self.mustStop();
     }
 
-    fn abort(self: *const Endpoint) link_kind.Abort {
+    pub fn abort(self: *const Endpoint) link_kind.Abort {
         return .{ .context = self, .check_fn = abortCheck };
     }
 };
@@ -584,7 +585,7 @@ pub const Net = struct {
         return null;
     }
 
-    fn allocReqLocked(ep: *Endpoint) ?u32 {
+    pub fn allocReqLocked(ep: *Endpoint) ?u32 {
         if (ep.reqs_used == std.math.maxInt(u64)) return null;
         const index: u32 = @ctz(~ep.reqs_used);
         if (index >= requests_max) return null;
@@ -592,7 +593,7 @@ pub const Net = struct {
         return index;
     }
 
-    fn freeReqLocked(ep: *Endpoint, index: u32) void {
+    pub fn freeReqLocked(ep: *Endpoint, index: u32) void {
         std.debug.assert(ep.reqs[index].busy == 0);
         ep.reqs_used &= ~(@as(u64, 1) << @intCast(index));
     }
@@ -606,7 +607,7 @@ pub const Net = struct {
     }
 
     /// Why the op must stop now, or null.
-    fn stopReason(net: *Net, ep: *Endpoint, peer: u32, what: []const u8) ?Error {
+    pub fn stopReason(net: *Net, ep: *Endpoint, peer: u32, what: []const u8) ?Error {
         if (ep.failed.load(.acquire)) {
             net.mu.lock();
             defer net.mu.unlock();
@@ -619,202 +620,9 @@ pub const Net = struct {
         return null;
     }
 
-    // ---- Comm ----
+    // ---- the Comm table and sending: net_tx.zig ----
 
-    const comm_vtable = transport.Comm.VTable{ .isend = commIsend, .irecv = commIrecv, .wait = commWait, .irecv_reduce = commIrecvReduce };
-
-    fn commIrecvReduce(context: *anyopaque, peer_group: u32, bytes: []u8, spec: transport.ReduceSpec) Error!transport.Request {
-        return commIrecvImpl(context, peer_group, bytes, spec);
-    }
-
-    fn commIsend(context: *anyopaque, peer_group: u32, bytes: []const u8) Error!transport.Request {
-        const ep: *Endpoint = @ptrCast(@alignCast(context));
-        const net = ep.net;
-        std.debug.assert(peer_group < ep.group_size and peer_group != ep.group_rank);
-        const peer = ep.group[peer_group];
-        const index, const seq = blk: {
-            net.mu.lock();
-            defer net.mu.unlock();
-            if (ep.failure) |f| return f.err;
-            const index = allocReqLocked(ep) orelse {
-                failLocked(ep, error.OutOfMemory, -1, "more than {d} requests in flight", .{requests_max});
-                return error.OutOfMemory;
-            };
-            const seq = ep.send_seq[peer_group];
-            ep.send_seq[peer_group] += 1;
-            ep.reqs[index] = .{ .kind = .send, .peer = peer, .seq = seq };
-            break :blk .{ index, seq };
-        };
-        net.sendMessage(ep, peer, seq, bytes) catch |err| {
-            net.mu.lock();
-            defer net.mu.unlock();
-            freeReqLocked(ep, index);
-            return err;
-        };
-        ep.reqs[index].done.store(true, .release);
-        return .{ .index = index };
-    }
-
-    fn commIrecv(context: *anyopaque, peer_group: u32, bytes: []u8) Error!transport.Request {
-        return commIrecvImpl(context, peer_group, bytes, null);
-    }
-
-    fn commIrecvImpl(context: *anyopaque, peer_group: u32, bytes: []u8, reduce_spec: ?transport.ReduceSpec) Error!transport.Request {
-        const ep: *Endpoint = @ptrCast(@alignCast(context));
-        const net = ep.net;
-        std.debug.assert(peer_group < ep.group_size and peer_group != ep.group_rank);
-        const peer = ep.group[peer_group];
-        net.mu.lock();
-        defer net.mu.unlock();
-        if (ep.failure) |f| return f.err;
-        const index = allocReqLocked(ep) orelse {
-            failLocked(ep, error.OutOfMemory, -1, "more than {d} requests in flight", .{requests_max});
-            return error.OutOfMemory;
-        };
-        const seq = ep.recv_seq[peer_group];
-        ep.recv_seq[peer_group] += 1;
-        const req = &ep.reqs[index];
-        req.* = .{ .kind = .recv, .peer = peer, .seq = seq, .buf = bytes, .reduce = reduce_spec };
-        net.claimStashLocked(ep, req);
-        checkDoneLocked(ep, req);
-        // A peer that is gone can't send the rest (what it sent before leaving was stashed).
-        if (!req.done.load(.acquire)) {
-            const p = &net.links.peers[peer];
-            if (p.down) {
-                failLocked(ep, error.PeerFailed, @intCast(peer), "rank {d} was marked down", .{peer});
-            } else if (p.lost and p.lost_protocol) {
-                failLocked(ep, error.Protocol, @intCast(peer), "rank {d} sent a bad frame", .{peer});
-            } else if (p.lost) {
-                failLocked(ep, error.PeerFailed, @intCast(peer), "rank {d} closed its link", .{peer});
-            }
-        }
-        return .{ .index = index };
-    }
-
-    const SpinReq = struct {
-        ep: *Endpoint,
-        req: *Req,
-        fn ready(self: SpinReq) bool {
-            return self.req.done.load(.acquire) or self.ep.failed.load(.acquire);
-        }
-    };
-
-    fn commWait(context: *anyopaque, request: transport.Request) Error!void {
-        const ep: *Endpoint = @ptrCast(@alignCast(context));
-        const net = ep.net;
-        std.debug.assert(request.index < requests_max);
-        std.debug.assert(ep.reqs_used & (@as(u64, 1) << @intCast(request.index)) != 0);
-        const req = &ep.reqs[request.index];
-        // Spin briefly: a small message usually lands within microseconds.
-        _ = sys.spinUntil(SpinReq{ .ep = ep, .req = req }, SpinReq.ready);
-        net.mu.lock();
-        defer net.mu.unlock();
-        var wakeups: u64 = 0;
-        while (true) : (wakeups += 1) {
-            if (req.done.load(.acquire)) {
-                freeReqLocked(ep, request.index);
-                return;
-            }
-            if (ep.failure) |f| return f.err;
-            if (ep.canceled.load(.acquire)) {
-                failLocked(ep, error.Canceled, -1, "canceled", .{});
-                continue;
-            }
-            if (net.links.stopping.load(.acquire)) {
-                failLocked(ep, error.Canceled, -1, "engine shutting down", .{});
-                continue;
-            }
-            const now = sys.monotonicNs();
-            if (now >= ep.deadline_ns) {
-                failLocked(ep, error.Timeout, @intCast(req.peer), "timed out after {d} ms waiting for message {d} ({d} bytes, {d} arrived) from rank {d}", .{ ep.timeout_ms, req.seq, req.buf.len, req.received, req.peer });
-                continue;
-            }
-            ep.cond.timedWait(&net.mu, ep.deadline_ns - now) catch {};
-        }
-    }
-
-    // ---- sending ----
-
-    fn sendMessage(net: *Net, ep: *Endpoint, peer: u32, seq: u32, bytes: []const u8) Error!void {
-        const link = try net.acquireLink(ep, peer);
-        defer net.links.release(link);
-        const template = wire.FrameHeader{ .src_rank = @intCast(net.rank()), .op_id = ep.op_id, .seq = seq, .chunk_len = 0, .msg_len = bytes.len, .offset = 0 };
-        const zero_copy = net.links.sendRendezvous(link, template, bytes, ep.abort()) catch |err|
-            return net.sendFailed(ep, link.peer, seq, err);
-        if (zero_copy) {
-            net.traffic.addTx(link.peer, link.kind, bytes.len);
-            return;
-        }
-        const chunk_max: u64 = link.chunkBytes();
-        var offset: u64 = 0;
-        var chunks_max: u64 = bytes.len / chunk_max + 1;
-        while (chunks_max > 0) : (chunks_max -= 1) {
-            if (net.stopReason(ep, peer, "sending to")) |err| return err;
-            const chunk_len: u32 = @intCast(@min(chunk_max, bytes.len - offset));
-            var header = wire.FrameHeader{
-                .src_rank = @intCast(net.rank()),
-                .op_id = ep.op_id,
-                .seq = seq,
-                .chunk_len = chunk_len,
-                .msg_len = bytes.len,
-                .offset = offset,
-            };
-            header.seal();
-            net.links.send(link, &header, bytes[offset..][0..chunk_len], ep.abort()) catch |err|
-                return net.sendFailed(ep, link.peer, seq, err);
-            net.traffic.addTx(link.peer, link.kind, chunk_len);
-            offset += chunk_len;
-            if (offset == bytes.len) return;
-        }
-        unreachable;
-    }
-
-    /// The op's failure after links.send gave up on message `seq` to `peer`.
-    fn sendFailed(net: *Net, ep: *Endpoint, peer: u32, seq: u32, err: links_mod.SendFailure) Error {
-        net.mu.lock();
-        defer net.mu.unlock();
-        switch (err) {
-            error.PeerClosed => failLocked(ep, error.PeerFailed, @intCast(peer), "rank {d} closed its link while we sent message {d}", .{ peer, seq }),
-            error.LinkClosed => failLocked(ep, error.PeerFailed, @intCast(peer), "link to rank {d} closed while we sent message {d}", .{ peer, seq }),
-            error.Broken, error.Aborted => if (ep.failure == null) {
-                if (ep.canceled.load(.acquire)) {
-                    failLocked(ep, error.Canceled, -1, "canceled", .{});
-                } else if (net.links.stopping.load(.acquire)) {
-                    failLocked(ep, error.Canceled, -1, "engine shutting down", .{});
-                } else {
-                    failLocked(ep, error.Timeout, @intCast(peer), "timed out after {d} ms sending to rank {d} (it stopped reading)", .{ ep.timeout_ms, peer });
-                }
-            },
-        }
-        return ep.failure.?.err;
-    }
-
-    /// A live link to `peer` (dialing it when there is none), with a reference held.
-    fn acquireLink(net: *Net, ep: *Endpoint, peer_rank: u32) Error!*links_mod.Link {
-        const why = switch (net.links.acquire(peer_rank, ep.deadline_ns, ep.abort())) {
-            .link => |link| return link,
-            .failed => |why| why,
-        };
-        if (why == .stop) return net.stopReason(ep, peer_rank, "connecting to") orelse error.Canceled;
-        net.mu.lock();
-        defer net.mu.unlock();
-        switch (why) {
-            .stop => unreachable,
-            .down => failLocked(ep, error.PeerFailed, @intCast(peer_rank), "rank {d} was marked down", .{peer_rank}),
-            .no_address => failLocked(ep, error.PeerFailed, @intCast(peer_rank), "rank {d} has no data-plane address", .{peer_rank}),
-            .dial => |d| failLocked(ep, error.PeerFailed, @intCast(peer_rank), "could not connect to rank {d} at {any}: {s}", .{ peer_rank, d.addr, switch (d.err) {
-                error.Refused => "connection refused",
-                error.TimedOut => "timed out",
-                error.Rejected => "handshake rejected (cluster id / token / rank mismatch?)",
-                error.Dropped => "it dropped the connection before the handshake (flooded or shutting down)",
-                error.Protocol => "bad handshake reply",
-                else => "unreachable",
-            } }),
-            .reset => failLocked(ep, error.PeerFailed, @intCast(peer_rank), "rank {d} was reset while connecting", .{peer_rank}),
-            .no_thread => failLocked(ep, error.OutOfMemory, -1, "could not start a link thread", .{}),
-        }
-        return ep.failure.?.err;
-    }
+    pub const comm_vtable = tx_mod.comm_vtable;
 
     // ---- receiving and the stash: net_rx.zig ----
 
