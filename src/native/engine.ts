@@ -5,7 +5,6 @@
 // process alive only while ops are in flight.
 import { ptr, toArrayBuffer, type Pointer } from "bun:ffi";
 import { rmSync } from "node:fs";
-import * as abi from "./abi";
 import { MR_RANK_WORDS, statusCodes } from "./abi";
 import { native, statusName } from "./ffi";
 import { collectiveCode, dtypeInfo, redopInfo } from "../ops/table";
@@ -21,6 +20,7 @@ import {
   type TrafficRecord,
 } from "./types";
 import { WORLD_SIZE_MAX } from "../limits";
+import { RunArgsCache } from "./run-args";
 
 /** u64 words of mr_submit's group bitset (moonring.h MR_RANK_WORDS). */
 const rankWords = MR_RANK_WORDS;
@@ -365,23 +365,10 @@ export class NativeDataPlane implements DataPlane {
     return { ticket, counts };
   }
 
-  /** runBlocking's mr_run_packed arguments (moonring.h MR_RUN_ARG_*), written as u32 halves
-   *  (no BigInt per field), their address taken once (an ArrayBuffer's memory does not move). */
-  private readonly packed = new BigUint64Array(new ArrayBuffer(8 * abi.MR_RUN_ARGS));
-  private readonly packed32 = new Uint32Array(this.packed.buffer);
-  private readonly packedPtr = ptr(this.packed);
-  /** alltoall's counts for runBlocking (2 x worldSizeMax u64, as u32 halves), address once. */
-  private readonly packedCounts = new Uint32Array(new ArrayBuffer(16 * WORLD_SIZE_MAX));
-  private readonly packedCountsPtr = ptr(this.packedCounts);
+  /** runBlocking's mr_run_packed argument block. */
+  private runArgs: RunArgsCache | null = null;
   /** Address of each group bitset of maskOf() (for the packed arguments). */
   private readonly maskPtrs = new WeakMap<BigUint64Array, number>();
-
-  /** Field i of the packed arguments = v (an integer below 2^53, or -1 as the i64 device). */
-  private put(i: number, v: number): void {
-    const lo = v >>> 0;
-    this.packed32[2 * i] = lo;
-    this.packed32[2 * i + 1] = v < 0 ? 0xffffffff : (v - lo) / 0x1_0000_0000;
-  }
 
   /** ranks -> mr_submit's group bitset (MR_RANK_WORDS u64 words), remembered per frozen ranks array. */
   private readonly masks = new WeakMap<readonly number[], BigUint64Array>();
@@ -407,59 +394,30 @@ export class NativeDataPlane implements DataPlane {
    */
   runBlocking(op: NativeOp): void {
     const engine = this.engine();
-    const mask = this.maskOf(op);
-    let maskPtr = this.maskPtrs.get(mask);
-    if (maskPtr === undefined) this.maskPtrs.set(mask, (maskPtr = ptr(mask)));
     const { send, recv } = op;
     if ((send instanceof HostOrDeviceBuffer && send.isReleased) || (recv instanceof HostOrDeviceBuffer && recv.isReleased)) {
       throw new NativeError(`rank ${this.rank}: ${op.kind} op ${op.opId}: buffer already released`, "EINVAL");
     }
     // One FFI call of two arguments instead of three calls (mr_run's 13 arguments, a BigInt
-    // ticket): ~0.5 us less per op (bench/NOTES.md E25).
-    this.put(abi.MR_RUN_ARG_KIND, collectiveCode(op.kind));
-    this.put(abi.MR_RUN_ARG_DTYPE, dtypeInfo(op.dtype).code);
-    this.put(abi.MR_RUN_ARG_REDOP, op.redop ? redopInfo(op.redop).code : 0);
-    this.packed[abi.MR_RUN_ARG_OP_ID] = op.opId;
-    this.put(abi.MR_RUN_ARG_RANKS, maskPtr);
-    this.put(abi.MR_RUN_ARG_ROOT, op.root ?? 0);
-    this.put(abi.MR_RUN_ARG_SEND, send ? Number(send.address) : 0);
-    this.put(abi.MR_RUN_ARG_RECV, recv ? Number(recv.address) : 0);
-    this.put(abi.MR_RUN_ARG_COUNT, op.count);
-    this.put(abi.MR_RUN_ARG_COUNTS, op.kind === "alltoall" ? this.putCounts(op) : 0);
-    this.put(abi.MR_RUN_ARG_DEVICE, send?.device ?? recv?.device ?? -1);
-    this.put(abi.MR_RUN_ARG_TIMEOUT_MS, op.timeoutMs);
-    const status = native.mr_run_packed(engine, this.packedPtr);
+    // ticket): ~0.5 us less per op (bench/NOTES.md E25); an op object reused with a new id is
+    // not encoded again (E33).
+    const args = (this.runArgs ??= new RunArgsCache(this.rank, this.worldSizeMax)).encode(op, this.maskAddressOf);
+    const status = native.mr_run_packed(engine, args.address);
     if (status === 0) return;
-    const ticket = this.packed[abi.MR_RUN_ARG_TICKET]!;
+    const ticket = args.ticket;
     if (ticket === 0n) throw new NativeError(lastError(), codeOf(status));
     const error = this.opFailure(ticket, status);
     native.mr_release(this.handle, ticket);
     throw error;
   }
 
-  /** alltoall's per-rank counts into packedCounts (only the group's entries: the engine reads
-   *  no others); returns its address. */
-  private putCounts(op: NativeOp): number {
-    const sendCounts = op.sendCounts ?? [];
-    const recvCounts = op.recvCounts ?? [];
-    if (sendCounts.length !== op.ranks.length || recvCounts.length !== op.ranks.length) {
-      throw new NativeError(`rank ${this.rank}: alltoall op ${op.opId}: need one send and recv count per rank`, "EINVAL");
-    }
-    for (let i = 0; i < op.ranks.length; i++) {
-      this.putCount(op, op.ranks[i]!, sendCounts[i]!);
-      this.putCount(op, this.worldSizeMax + op.ranks[i]!, recvCounts[i]!);
-    }
-    return this.packedCountsPtr;
-  }
-
-  private putCount(op: NativeOp, at: number, v: number): void {
-    if (!Number.isSafeInteger(v) || v < 0 || at >= 2 * this.worldSizeMax) {
-      throw new NativeError(`rank ${this.rank}: alltoall op ${op.opId}: bad count ${v}`, "EINVAL");
-    }
-    const lo = v >>> 0;
-    this.packedCounts[2 * at] = lo;
-    this.packedCounts[2 * at + 1] = (v - lo) / 0x1_0000_0000;
-  }
+  /** The address of op's group bitset (maskOf), taken once per bitset. */
+  private readonly maskAddressOf = (op: NativeOp): number => {
+    const mask = this.maskOf(op);
+    let address = this.maskPtrs.get(mask);
+    if (address === undefined) this.maskPtrs.set(mask, (address = ptr(mask)));
+    return address;
+  };
 
   private submit(op: NativeOp): Promise<void> {
     // mr_start: when every peer of a small same-host op has started it, it ran right here.

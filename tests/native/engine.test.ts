@@ -2,7 +2,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { NativeDataPlane, lastError } from "../../src/native/engine";
 import { constants, missingSymbols, parsePrototypes, prototypes } from "../../src/native/ffi";
-import { NativeError, type NativeBuffer } from "../../src/native/types";
+import { NativeError, type NativeBuffer, type NativeOp } from "../../src/native/types";
 
 const n = 3;
 const worldSizeMax = 4;
@@ -219,6 +219,61 @@ describe("errors", () => {
     expect(failed!.message).toContain("rank 1");
     b.release();
     out.release();
+  });
+
+  test("runBlocking: op objects reused with other fields run as they are now (cached argument blocks)", () => {
+    const p = planes[0]!;
+    const view = (buf: NativeBuffer) => new Float64Array(buf.bytes.buffer, buf.bytes.byteOffset, 4);
+    const bufs = [p.alloc(32), p.alloc(32), p.alloc(32)];
+    view(bufs[0]!).set([1.5, -2, 8, 4]);
+    view(bufs[1]!).set([-3, 9, 0.25, 6]);
+    const ranks = Object.freeze([0]) as number[];
+    const op: NativeOp = { kind: "allreduce", dtype: "float64", redop: "sum", opId: 0n, ranks, count: 4, send: bufs[0], recv: bufs[2], timeoutMs: 1000 };
+    // Six other op objects in between: more than the blocks kept, so op's block is rewritten too.
+    const others: NativeOp[] = Array.from({ length: 6 }, (_, i) => ({ kind: "allreduce", dtype: "float64", redop: "max", opId: 0n, ranks, count: 1 + (i % 4), send: bufs[1], recv: bufs[2], timeoutMs: 1000 }));
+    const expected: number[][] = [];
+    const got: number[][] = [];
+    const run = (o: NativeOp, want: number[]) => {
+      view(bufs[2]!).fill(-1);
+      o.opId = nextOpId++;
+      p.runBlocking!(o);
+      got.push(Array.from(view(bufs[2]!)));
+      expected.push(want);
+    };
+    run(op, [1.5, -2, 8, 4]);
+    run(op, [1.5, -2, 8, 4]); // reused as is
+    op.count = 2;
+    run(op, [1.5, -2, -1, -1]);
+    op.send = bufs[1];
+    run(op, [-3, 9, -1, -1]);
+    op.dtype = "float32"; // 2 float32 = the bytes of the first float64 only
+    run(op, [-3, -1, -1, -1]);
+    op.dtype = "float64";
+    op.count = 4;
+    for (const [i, o] of others.entries()) {
+      run(o, [-3, 9, 0.25, 6].map((x, k) => (k < 1 + (i % 4) ? x : -1)));
+      run(op, [-3, 9, 0.25, 6]);
+    }
+    expect(got).toEqual(expected);
+    // A ranks array that is not frozen may change in place: never trusted from the cache.
+    const open = [0];
+    const mutable: NativeOp = { ...op, ranks: open, opId: nextOpId++ };
+    p.runBlocking!(mutable);
+    open[0] = 3; // not a member of a 3-rank world's ops here: refused, not run with the old group
+    mutable.opId = nextOpId++;
+    expect(() => p.runBlocking!(mutable)).toThrow(NativeError);
+    // alltoall counts arrays changed in place are read again.
+    const counts = [4];
+    const a2a: NativeOp = { kind: "alltoall", dtype: "float64", opId: nextOpId++, ranks, count: 4, sendCounts: counts, recvCounts: counts, send: bufs[0], recv: bufs[2], timeoutMs: 1000 };
+    view(bufs[2]!).fill(-1);
+    p.runBlocking!(a2a);
+    expect(Array.from(view(bufs[2]!))).toEqual([1.5, -2, 8, 4]);
+    counts[0] = 1;
+    a2a.opId = nextOpId++;
+    view(bufs[2]!).fill(-1);
+    p.runBlocking!(a2a);
+    expect(Array.from(view(bufs[2]!))).toEqual([1.5, -1, -1, -1]);
+    for (const b of bufs) b.release();
   });
 
   test("peerDown fails a waiting op at once with EPEER; setPeer brings the peer back", async () => {
