@@ -5,8 +5,8 @@
 //
 // Op ids: every rank runs the same sequence of steps (the parent sends every worker the same
 // commands), and each step takes the next value c of a per-process counter, so a step's id
-// is the same on every rank without any exchange: collectives use c << 8, the send of rank s
-// in a sendrecv step uses (c << 8) | (s + 1) (its receiver computes the same from s).
+// is the same on every rank without any exchange: collectives use c * 256, the send of rank s
+// in a sendrecv step uses c * 256 + s + 1 (its receiver computes the same from s).
 import { nativeDataPlaneFactory } from "../server/dataplane";
 import type { DataPlane, NativeBuffer, NativeOp } from "../native/types";
 import { dtypeInfo, type DTypeName } from "../ops/table";
@@ -79,7 +79,8 @@ if (completion === "wait") {
     return p;
   };
 }
-let counter = 1n;
+// Op ids are numbers (a BigInt counter allocated two BigInts per op, ~35 ns, E35).
+let counter = 1;
 const nextStep = () => counter++;
 
 // Buffers grow to the largest point seen and are reused (like mpi_bench.c's two arrays).
@@ -103,11 +104,11 @@ function ensure(buf: NativeBuffer | null, bytes: number): NativeBuffer {
   return dp.alloc(want, device >= 0 ? device : undefined);
 }
 
-const barrierOp: NativeOp = { kind: "barrier", dtype: "uint8", opId: 0n, ranks, count: 0, timeoutMs: 0 };
+const barrierOp: NativeOp = { kind: "barrier", dtype: "uint8", opId: 0, ranks, count: 0, timeoutMs: 0 };
 /** A data-plane barrier (one op object reused). Awaits only when the op ran asynchronously. */
 function barrier(timeoutMs: number): Promise<void> | void {
   if (n === 1) return;
-  barrierOp.opId = nextStep() << 8n;
+  barrierOp.opId = nextStep() * 256;
   barrierOp.timeoutMs = timeoutMs;
   return runOp(barrierOp);
 }
@@ -153,9 +154,9 @@ function stepRunner(op: string, dtype: DTypeName, redop: string, root: number, s
   const isRoot = rank === root;
   // One op object per point, its id bumped per step (no allocation per timed op).
   const make = (o: Omit<NativeOp, "opId" | "ranks" | "timeoutMs" | "dtype">) => {
-    const op = { ...base, ...o, opId: 0n } as NativeOp;
+    const op = { ...base, ...o, opId: 0 } as NativeOp;
     return () => {
-      op.opId = nextStep() << 8n;
+      op.opId = nextStep() * 256;
       return runOp(op);
     };
   };
@@ -183,10 +184,10 @@ function stepRunner(op: string, dtype: DTypeName, redop: string, root: number, s
       const next = (rank + 1) % n;
       const prev = (rank - 1 + n) % n;
       return () => {
-        const c = nextStep() << 8n;
+        const c = nextStep() * 256;
         return Promise.all([
-          dp.run({ ...base, kind: "send", root: next, count: shape.count, send: s, opId: c | BigInt(rank + 1) }),
-          dp.run({ ...base, kind: "recv", root: prev, count: shape.count, recv: r, opId: c | BigInt(prev + 1) }),
+          dp.run({ ...base, kind: "send", root: next, count: shape.count, send: s, opId: c + rank + 1 }),
+          dp.run({ ...base, kind: "recv", root: prev, count: shape.count, recv: r, opId: c + prev + 1 }),
         ]);
       };
     }
@@ -303,7 +304,11 @@ async function timeIterations(
 
 let warmed = false;
 const jitIdleMs = Number(process.env.MOONRING_BENCH_JIT_IDLE_MS ?? 20);
-const runtimeWarmupOps = Number(process.env.MOONRING_BENCH_RUNTIME_WARMUP ?? 500);
+// Untimed iterations of the timed loop before the first point, in rounds of warmupRoundIters:
+// the op path reaches its top JIT tier (FTL) only after some 30-50k calls, and each round's GC
+// and idle (timeIterations) let the JIT threads finish what the round asked for (E34).
+const runtimeWarmupIters = Number(process.env.MOONRING_BENCH_RUNTIME_WARMUP ?? 32_000);
+const warmupRoundIters = 2000;
 for await (const line of console) {
   const m = parseLine<ParentMsg>(line);
   if (!m) continue;
@@ -313,13 +318,11 @@ for await (const line of console) {
       send({ ev: "peered", rank });
     } else if (m.cmd === "point") {
       if (!warmed) {
-        // Before the first point, JIT-compile the op path (a few hundred barriers): otherwise the
-        // first size of every run times the compiler (E21). Open MPI's C needs no such warm-up.
+        // Before the first point, JIT-compile the op path: otherwise the first size of every
+        // run times the compiler (E21, E34). Open MPI's C needs no such warm-up.
         warmed = true;
-        for (let i = 0; i < runtimeWarmupOps; i++) await barrier(m.timeoutMs);
-        // ... and the timed loop itself, untimed and unchecked: with the JIT on this thread
-        // (native.ts) a tier-up compile would otherwise stall some timed iteration (E25).
-        if (runtimeWarmupOps > 0) await point({ ...m, size: Math.min(m.size, 1024), iters: runtimeWarmupOps * 4, warmup: 0, check: "none" });
+        const warmup = { ...m, size: Math.min(m.size, 1024), iters: warmupRoundIters, warmup: 0, check: "none" as const };
+        for (let done = 0; done < runtimeWarmupIters; done += warmupRoundIters) await point(warmup);
       }
       send(await point(m));
     } else if (m.cmd === "exit") {

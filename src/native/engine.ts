@@ -20,7 +20,7 @@ import {
   type TrafficRecord,
 } from "./types";
 import { WORLD_SIZE_MAX } from "../limits";
-import { RunArgsCache } from "./run-args";
+import { RunArgsCache, badOpId } from "./run-args";
 
 /** u64 words of mr_submit's group bitset (moonring.h MR_RANK_WORDS). */
 const rankWords = MR_RANK_WORDS;
@@ -320,6 +320,9 @@ export class NativeDataPlane implements DataPlane {
   /** mr_submit / mr_run with the op's arguments; returns the ticket (> 0) or throws. */
   private start(op: NativeOp, fn: typeof native.mr_submit): { ticket: bigint; counts: BigUint64Array | null } {
     const engine = this.engine();
+    if (typeof op.opId === "number" && !(Number.isSafeInteger(op.opId) && op.opId >= 0)) {
+      throw badOpId(this.rank, op);
+    }
     const mask = this.maskOf(op);
     let counts: BigUint64Array | null = null;
     if (op.kind === "alltoall") {

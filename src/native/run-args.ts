@@ -9,6 +9,11 @@ import * as abi from "./abi";
 import { collectiveCode, dtypeInfo, redopInfo } from "../ops/table";
 import { NativeError, type NativeBuffer, type NativeOp } from "./types";
 
+/** The refusal of an op id that is a number but no unsigned integer below 2^53. */
+export function badOpId(rank: number, op: NativeOp): NativeError {
+  return new NativeError(`rank ${rank}: ${op.kind} op ${op.opId}: an op id is an unsigned integer below 2^53 (or a bigint)`, "EINVAL");
+}
+
 /** Blocks kept: the ops a caller alternates between (the bench: 2). */
 const RUN_ARGS_BLOCKS = 4;
 
@@ -72,7 +77,7 @@ class RunArgs {
   /** Writes what may differ in an op this block holds: its id, and alltoall's counts (arrays change in place). */
   refresh(op: NativeOp): void {
     if (op.kind === "alltoall") this.putCounts(op);
-    this.words[abi.MR_RUN_ARG_OP_ID] = op.opId;
+    this.putOpId(op);
   }
 
   /** The ticket mr_run_packed left for a failed op (0n: it failed before it had one). */
@@ -112,7 +117,7 @@ class RunArgs {
     this.put(abi.MR_RUN_ARG_COUNTS, op.kind === "alltoall" ? this.putCounts(op) : 0);
     this.put(abi.MR_RUN_ARG_DEVICE, send?.device ?? recv?.device ?? -1);
     this.put(abi.MR_RUN_ARG_TIMEOUT_MS, op.timeoutMs);
-    this.words[abi.MR_RUN_ARG_OP_ID] = op.opId;
+    this.putOpId(op);
     if (!Object.isFrozen(op.ranks)) return;
     this.op = op;
     this.kind = op.kind;
@@ -124,6 +129,18 @@ class RunArgs {
     this.recv = recv;
     this.count = op.count;
     this.timeoutMs = op.timeoutMs;
+  }
+
+  /** The op id: a number as u32 halves (no BigInt conversion), a bigint as it is. */
+  private putOpId(op: NativeOp): void {
+    const id = op.opId;
+    if (typeof id === "bigint") {
+      this.words[abi.MR_RUN_ARG_OP_ID] = id;
+    } else if (Number.isSafeInteger(id) && id >= 0) {
+      this.put(abi.MR_RUN_ARG_OP_ID, id);
+    } else {
+      throw badOpId(this.rank, op);
+    }
   }
 
   /** Field i = v (an integer below 2^53, or -1 as the i64 device). */

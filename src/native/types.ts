@@ -25,8 +25,9 @@ export interface NativeOp {
   kind: CollectiveName;
   dtype: DTypeName;
   redop?: RedOpName;
-  /** Agreed by the group; identical on every participant. */
-  opId: bigint;
+  /** Agreed by the group; identical on every participant. An unsigned integer: a bigint, or a
+   *  number below 2^53 (which spares a caller that counts ids the BigInt arithmetic). */
+  opId: bigint | number;
   /** Global ranks taking part, ascending. */
   ranks: number[];
   /** Global rank: root of rooted collectives, or the peer of send/recv. */

@@ -276,6 +276,27 @@ describe("errors", () => {
     for (const b of bufs) b.release();
   });
 
+  test("op ids may be numbers below 2^53; other numbers are refused with EINVAL", async () => {
+    const p = planes[0]!;
+    const b = p.alloc(16);
+    const out = p.alloc(16);
+    new Float64Array(b.bytes.buffer, b.bytes.byteOffset, 2).set([2 ** 52 + 1, -0.5]);
+    const ranks = Object.freeze([0]) as number[];
+    const op: NativeOp = { kind: "allreduce", dtype: "float64", redop: "sum", opId: Number(nextOpId++), ranks, count: 2, send: b, recv: out, timeoutMs: 1000 };
+    p.runBlocking!(op);
+    expect(Array.from(new Float64Array(out.bytes.buffer, out.bytes.byteOffset, 2))).toEqual([2 ** 52 + 1, -0.5]);
+    op.opId = 2 ** 53 - 1 - Number(nextOpId++); // the largest ids too (halves written separately)
+    p.runBlocking!(op);
+    await p.run({ ...op, opId: Number(nextOpId++) });
+    for (const bad of [-256, 1.5, 2 ** 53, Number.NaN]) {
+      op.opId = bad;
+      expect(() => p.runBlocking!(op)).toThrow(/unsigned integer below 2\^53/);
+      await expect(p.run({ ...op })).rejects.toThrow(/unsigned integer below 2\^53/);
+    }
+    b.release();
+    out.release();
+  });
+
   test("peerDown fails a waiting op at once with EPEER; setPeer brings the peer back", async () => {
     const b = planes[1]!.alloc(8);
     const pending = planes[1]!

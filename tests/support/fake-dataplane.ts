@@ -40,7 +40,7 @@ export class FakeHub {
   }
 
   submit(rank: number, op: NativeOp): Promise<void> {
-    this.log.push({ rank, kind: op.kind, opId: op.opId, ranks: op.ranks, count: op.count });
+    this.log.push({ rank, kind: op.kind, opId: BigInt(op.opId), ranks: op.ranks, count: op.count });
     const key = op.opId.toString();
     let m = this.ops.get(key);
     if (!m) {
