@@ -85,6 +85,10 @@ export interface NativeSymbols {
   mr_run(engine: number | ArrayBufferView | null, kind: number, dtype: number, redop: number, op_id: number | bigint, ranks: number | ArrayBufferView | null, root: number, send: number | ArrayBufferView | null, recv: number | ArrayBufferView | null, count: number | bigint, counts: number | ArrayBufferView | null, device: number, timeout_ms: number): number | bigint;
   /** int32_t mr_run_packed(mr_engine *engine, uint64_t *args); */
   mr_run_packed(engine: number | ArrayBufferView | null, args: number | ArrayBufferView | null): number;
+  /** int32_t mr_run_bind(mr_engine *engine, const uint64_t *cell); */
+  mr_run_bind(engine: number | ArrayBufferView | null, cell: number | ArrayBufferView | null): number;
+  /** int32_t mr_run_bound(void); */
+  mr_run_bound(): number;
   /** int32_t mr_op_status(mr_engine *engine, uint64_t ticket); */
   mr_op_status(engine: number | ArrayBufferView | null, ticket: number | bigint): number;
   /** int32_t mr_poll(mr_engine *engine, uint64_t *tickets_out, int32_t *status_out, uint32_t max); */

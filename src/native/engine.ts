@@ -155,6 +155,9 @@ function sizeClass(bytes: number): number {
   return c;
 }
 
+/** The data plane mr_run_bind tied this thread's mr_run_bound to (runBlocking). */
+let boundPlane: NativeDataPlane | null = null;
+
 export class NativeDataPlane implements DataPlane {
   readonly rank: number;
   readonly dataPort: number;
@@ -401,11 +404,16 @@ export class NativeDataPlane implements DataPlane {
     if ((send instanceof HostOrDeviceBuffer && send.isReleased) || (recv instanceof HostOrDeviceBuffer && recv.isReleased)) {
       throw new NativeError(`rank ${this.rank}: ${op.kind} op ${op.opId}: buffer already released`, "EINVAL");
     }
-    // One FFI call of two arguments instead of three calls (mr_run's 13 arguments, a BigInt
-    // ticket): ~0.5 us less per op (bench/NOTES.md E25); an op object reused with a new id is
-    // not encoded again (E33).
-    const args = (this.runArgs ??= new RunArgsCache(this.rank, this.worldSizeMax)).encode(op, this.maskAddressOf);
-    const status = native.mr_run_packed(engine, args.address);
+    // One FFI call instead of three (mr_run's 13 arguments, a BigInt ticket): ~0.5 us less per
+    // op (bench/NOTES.md E25); an op object reused with a new id is not encoded again (E33).
+    const runArgs = (this.runArgs ??= new RunArgsCache(this.rank, this.worldSizeMax));
+    const args = runArgs.encode(op, this.maskAddressOf);
+    // mr_run_bound: a call without arguments (bun:ffi allocates per argument, E36).
+    if (boundPlane !== this) {
+      if (native.mr_run_bind(engine, runArgs.cellAddress) !== 0) throw new NativeError(lastError(), "EINVAL");
+      boundPlane = this;
+    }
+    const status = native.mr_run_bound();
     if (status === 0) return;
     const ticket = args.ticket;
     if (ticket === 0n) throw new NativeError(lastError(), codeOf(status));
@@ -537,6 +545,10 @@ export class NativeDataPlane implements DataPlane {
       for (let i = 0; i < 2000 && Atomics.load(this.waiterFlag, 2) === 0; i++) Bun.sleepSync(1);
       this.waiter.terminate();
       this.waiter = null;
+    }
+    if (boundPlane === this) {
+      native.mr_run_bind(null, null);
+      boundPlane = null;
     }
     // Stops native threads; in-flight ops end with ECANCELED (drained below).
     native.mr_engine_destroy(handle);

@@ -21,26 +21,36 @@ const RUN_ARGS_BLOCKS = 4;
 export class RunArgsCache {
   private readonly blocks: RunArgs[] = [];
   private next = 0;
+  /** mr_run_bind's cell: the address of the block encode() returned last, as u32 halves. */
+  private readonly cell = new Uint32Array(2);
+  readonly cellAddress = ptr(this.cell);
 
   constructor(
     private readonly rank: number,
     private readonly worldSizeMax: number,
   ) {}
 
-  /** The block to pass for `op` (`ranksAddress`: the address of its group bitset), written. */
+  /** The block to pass for `op` (`ranksAddress`: the address of its group bitset), written, and
+   *  the cell pointed at it. */
   encode(op: NativeOp, ranksAddress: (op: NativeOp) => number): RunArgs {
     const blocks = this.blocks;
     for (let i = 0; i < blocks.length; i++) {
       const block = blocks[i]!;
       if (block.holds(op)) {
         block.refresh(op);
-        return block;
+        return this.point(block);
       }
     }
     let block = blocks[this.next];
     if (block === undefined) blocks.push((block = new RunArgs(this.rank, this.worldSizeMax)));
     this.next = (this.next + 1) % RUN_ARGS_BLOCKS;
     block.encodeAll(op, ranksAddress(op));
+    return this.point(block);
+  }
+
+  private point(block: RunArgs): RunArgs {
+    this.cell[0] = block.addressLow;
+    this.cell[1] = block.addressHigh;
     return block;
   }
 }
@@ -50,6 +60,8 @@ class RunArgs {
   private readonly halves = new Uint32Array(this.words.buffer);
   /** The block's address, for mr_run_packed (an ArrayBuffer's memory does not move). */
   readonly address = ptr(this.words);
+  readonly addressLow = this.address >>> 0;
+  readonly addressHigh = (this.address - this.addressLow) / 0x1_0000_0000;
   /** alltoall's counts (2 x worldSizeMax u64, as u32 halves): send counts, then recv counts. */
   private readonly counts: Uint32Array;
   private readonly countsAddress: number;

@@ -255,6 +255,22 @@ describe("errors", () => {
       run(op, [-3, 9, 0.25, 6]);
     }
     expect(got).toEqual(expected);
+    // Two data planes on one thread take turns binding mr_run_bound: each runs its own op.
+    const q = planes[1]!;
+    const qIn = q.alloc(32);
+    const qOut = q.alloc(32);
+    view(qIn).set([7, 7.5, -7, 70]);
+    const qOp: NativeOp = { kind: "allreduce", dtype: "float64", redop: "min", opId: 0n, ranks: Object.freeze([1]) as number[], count: 4, send: qIn, recv: qOut, timeoutMs: 1000 };
+    for (let i = 0; i < 3; i++) {
+      view(qOut).fill(0);
+      qOp.opId = nextOpId++;
+      q.runBlocking!(qOp);
+      expect(Array.from(view(qOut))).toEqual([7, 7.5, -7, 70]);
+      run(op, [-3, 9, 0.25, 6]);
+    }
+    expect(got.at(-1)).toEqual([-3, 9, 0.25, 6]);
+    qIn.release();
+    qOut.release();
     // A ranks array that is not frozen may change in place: never trusted from the cache.
     const open = [0];
     const mutable: NativeOp = { ...op, ranks: open, opId: nextOpId++ };

@@ -305,6 +305,32 @@ pub export fn mr_run_packed(handle: ?*c.mr_engine, args: [*c]u64) i32 {
     return done.status;
 }
 
+/// What mr_run_bind tied the calling thread to (mr_run_bound): the engine, and the cell that
+/// holds the address of the argument block to run.
+threadlocal var bound_engine: ?*c.mr_engine = null;
+threadlocal var bound_cell: ?*const u64 = null;
+
+pub export fn mr_run_bind(handle: ?*c.mr_engine, cell: [*c]const u64) i32 {
+    if (handle == null or cell == null) {
+        bound_engine = null;
+        bound_cell = null;
+        return Status.ok;
+    }
+    if (engineOf(handle) == null) return Status.einval;
+    bound_engine = handle;
+    bound_cell = @ptrCast(cell);
+    return Status.ok;
+}
+
+pub export fn mr_run_bound() i32 {
+    const cell = bound_cell orelse {
+        engine_mod.setLastError("mr_run_bound: nothing bound on this thread (mr_run_bind)", .{});
+        return Status.einval;
+    };
+    const args: [*c]u64 = @ptrFromInt(@as(*const volatile u64, cell).*);
+    return mr_run_packed(bound_engine, args);
+}
+
 pub export fn mr_op_status(handle: ?*c.mr_engine, ticket: u64) i32 {
     const engine = engineOf(handle) orelse return Status.einval;
     return engine.opStatus(ticket);
