@@ -169,7 +169,7 @@ function membwAt(bin: string, size: number): { copy: number; add: number } {
 }
 
 /** The engine alone (C harness over the C ABI, no JS): 8-byte allreduce at 2 ranks, driven
- *  like the bench drives it (mr_run, or mr_submit + mr_wait with MOONRING_BENCH_COMPLETION=async). */
+ *  like the bench drives it (mr_run_packed, or mr_submit + mr_wait with MOONRING_BENCH_COMPLETION=async). */
 function engineLatency(v: Variant, iters: number): Rec | undefined {
   const libPath = v.env.MOONRING_LIB || process.env.MOONRING_LIB || join(ROOT, "zig/zig-out/lib/libmoonring.so");
   const src = join(ROOT, "bench/native-latency.c");
@@ -181,7 +181,7 @@ function engineLatency(v: Variant, iters: number): Rec | undefined {
       return undefined;
     }
   }
-  // As the bench drives ops: on the calling thread (mr_run) unless the variant asks for async.
+  // As the bench drives ops: on the calling thread (mr_run_packed) unless the variant asks for async.
   const blocking = (v.env.MOONRING_BENCH_COMPLETION ?? process.env.MOONRING_BENCH_COMPLETION ?? "blocking") === "blocking";
   const r = sh([bin, libPath, String(iters), "8"], { env: { ...v.env, NL_BLOCKING: blocking ? "1" : "0" } });
   if (r.code !== 0) {

@@ -19,7 +19,7 @@
 
 #define SYM(name) static __typeof__(&name) p_##name
 SYM(mr_engine_create); SYM(mr_engine_data_port); SYM(mr_host_id); SYM(mr_engine_set_peer);
-SYM(mr_pin_thread); SYM(mr_submit); SYM(mr_run); SYM(mr_op_status); SYM(mr_wait); SYM(mr_poll); SYM(mr_release); SYM(mr_engine_destroy); SYM(mr_last_error);
+SYM(mr_pin_thread); SYM(mr_submit); SYM(mr_run_packed); SYM(mr_wait); SYM(mr_poll); SYM(mr_release); SYM(mr_engine_destroy); SYM(mr_last_error);
 
 static double now_us(void) {
   struct timespec t;
@@ -27,15 +27,20 @@ static double now_us(void) {
   return t.tv_sec * 1e6 + t.tv_nsec * 1e-3;
 }
 
-static int blocking; /* NL_BLOCKING=1: mr_run on this thread instead of mr_submit + mr_wait */
+static int blocking; /* NL_BLOCKING=1: mr_run_packed on this thread instead of mr_submit + mr_wait */
 static const uint64_t ranks01[MR_RANK_WORDS] = {3}; /* ranks 0 and 1 */
 
 static int run_op(mr_engine *e, uint32_t kind, uint64_t id, void *send, void *recv, uint64_t count) {
   if (blocking) {
-    int64_t b = p_mr_run(e, kind, 2 /* f32 */, 0 /* sum */, id, ranks01, 0, send, recv, count, NULL, -1, 30000);
-    if (b <= 0) return (int)b;
-    int status = p_mr_op_status(e, (uint64_t)b);
-    p_mr_release(e, (uint64_t)b);
+    /* As runBlocking (src/native/engine.ts) calls it: mr_run_packed, one call (it binds it with
+       mr_run_bind / mr_run_bound only to spare bun:ffi's per-argument cost). */
+    uint64_t a[MR_RUN_ARGS] = {0};
+    a[MR_RUN_ARG_KIND] = kind; a[MR_RUN_ARG_DTYPE] = 2 /* f32 */; a[MR_RUN_ARG_REDOP] = 0 /* sum */;
+    a[MR_RUN_ARG_OP_ID] = id; a[MR_RUN_ARG_RANKS] = (uint64_t)(uintptr_t)ranks01;
+    a[MR_RUN_ARG_SEND] = (uint64_t)(uintptr_t)send; a[MR_RUN_ARG_RECV] = (uint64_t)(uintptr_t)recv;
+    a[MR_RUN_ARG_COUNT] = count; a[MR_RUN_ARG_DEVICE] = (uint64_t)-1; a[MR_RUN_ARG_TIMEOUT_MS] = 30000;
+    int status = p_mr_run_packed(e, a);
+    if (status != 0 && a[MR_RUN_ARG_TICKET] != 0) p_mr_release(e, a[MR_RUN_ARG_TICKET]);
     return status;
   }
   int64_t t = p_mr_submit(e, kind, 2 /* f32 */, 0 /* sum */, id, ranks01, 0, send, recv, count, NULL, -1, 30000);
@@ -66,7 +71,7 @@ int main(int argc, char **argv) {
 blocking = getenv("NL_BLOCKING") && getenv("NL_BLOCKING")[0] == '1';
 #define LOAD(name) p_##name = dlsym(lib, #name)
   LOAD(mr_engine_create); LOAD(mr_engine_data_port); LOAD(mr_host_id); LOAD(mr_engine_set_peer);
-  LOAD(mr_pin_thread); LOAD(mr_submit); LOAD(mr_run); LOAD(mr_op_status); LOAD(mr_wait); LOAD(mr_poll); LOAD(mr_release); LOAD(mr_engine_destroy); LOAD(mr_last_error);
+  LOAD(mr_pin_thread); LOAD(mr_submit); LOAD(mr_run_packed); LOAD(mr_wait); LOAD(mr_poll); LOAD(mr_release); LOAD(mr_engine_destroy); LOAD(mr_last_error);
   int up[2][2], down[2][2];
   double *times = mmap(0, sizeof(double) * 2 * iters, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   char cluster[64];
