@@ -373,8 +373,7 @@ export class NativeDataPlane implements DataPlane {
 
   /** runBlocking's mr_run_packed argument block. */
   private runArgs: RunArgsCache | null = null;
-  /** Address of each group bitset of maskOf() (for the packed arguments). */
-  private readonly maskPtrs = new WeakMap<BigUint64Array, number>();
+  private readonly maskOfOp = (op: NativeOp): BigUint64Array => this.maskOf(op);
 
   /** ranks -> mr_submit's group bitset (MR_RANK_WORDS u64 words), remembered per frozen ranks array. */
   private readonly masks = new WeakMap<readonly number[], BigUint64Array>();
@@ -407,7 +406,7 @@ export class NativeDataPlane implements DataPlane {
     // One FFI call instead of three (mr_run's 13 arguments, a BigInt ticket): ~0.5 us less per
     // op (bench/NOTES.md E25); an op object reused with a new id is not encoded again (E33).
     const runArgs = (this.runArgs ??= new RunArgsCache(this.rank, this.worldSizeMax));
-    const args = runArgs.encode(op, this.maskAddressOf);
+    const args = runArgs.encode(op, this.maskOfOp);
     // mr_run_bound: a call without arguments (bun:ffi allocates per argument, E36).
     if (boundPlane !== this) {
       if (native.mr_run_bind(engine, runArgs.cellAddress) !== 0) throw new NativeError(lastError(), "EINVAL");
@@ -421,14 +420,6 @@ export class NativeDataPlane implements DataPlane {
     native.mr_release(this.handle, ticket);
     throw error;
   }
-
-  /** The address of op's group bitset (maskOf), taken once per bitset. */
-  private readonly maskAddressOf = (op: NativeOp): number => {
-    const mask = this.maskOf(op);
-    let address = this.maskPtrs.get(mask);
-    if (address === undefined) this.maskPtrs.set(mask, (address = ptr(mask)));
-    return address;
-  };
 
   private submit(op: NativeOp): Promise<void> {
     // mr_start: when every peer of a small same-host op has started it, it ran right here.

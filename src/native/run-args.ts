@@ -1,9 +1,9 @@
 // mr_run_packed's argument blocks (moonring.h MR_RUN_ARG_*) for NativeDataPlane.runBlocking: u64
 // arrays whose addresses are taken once, written as u32 halves from numbers (no BigInt per
-// field). Each block remembers the op it holds: a caller that reuses its op objects and changes
-// only their ids between calls (the native bench: a barrier, then the timed op; a training
-// loop's allreduce) skips the encoding, which was ~0.2 us of the 0.45 us a 1-rank 8-byte op
-// took (bench/NOTES.md E33).
+// field). Each block remembers the fields of the op it holds: a caller whose ops differ from
+// earlier ones only in their ids (the native bench: a barrier, then the timed op; a training
+// loop's allreduce, one op object reused or a new one per step) skips the encoding, which was
+// ~0.2-0.3 us of a 1-rank 8-byte op (bench/NOTES.md E33, E38).
 import { ptr } from "bun:ffi";
 import * as abi from "./abi";
 import { collectiveCode, dtypeInfo, redopInfo } from "../ops/table";
@@ -30,9 +30,8 @@ export class RunArgsCache {
     private readonly worldSizeMax: number,
   ) {}
 
-  /** The block to pass for `op` (`ranksAddress`: the address of its group bitset), written, and
-   *  the cell pointed at it. */
-  encode(op: NativeOp, ranksAddress: (op: NativeOp) => number): RunArgs {
+  /** The block to pass for `op` (`maskOf`: its group bitset), written, and the cell pointed at it. */
+  encode(op: NativeOp, maskOf: (op: NativeOp) => BigUint64Array): RunArgs {
     const blocks = this.blocks;
     for (let i = 0; i < blocks.length; i++) {
       const block = blocks[i]!;
@@ -44,7 +43,7 @@ export class RunArgsCache {
     let block = blocks[this.next];
     if (block === undefined) blocks.push((block = new RunArgs(this.rank, this.worldSizeMax)));
     this.next = (this.next + 1) % RUN_ARGS_BLOCKS;
-    block.encodeAll(op, ranksAddress(op));
+    block.encodeAll(op, maskOf(op));
     return this.point(block);
   }
 
@@ -66,12 +65,17 @@ class RunArgs {
   private readonly counts: Uint32Array;
   private readonly countsAddress: number;
 
-  // The op last encoded and its fields then (op === null: nothing to reuse).
-  private op: NativeOp | null = null;
+  // The fields of the op last encoded (valid: false: nothing to reuse).
+  private valid = false;
   private kind = "";
   private dtype = "";
   private redop: string | undefined;
+  /** The ranks array as passed, whether it was frozen (then identity suffices), its values. */
   private ranks: readonly number[] | null = null;
+  private ranksFrozen = false;
+  private ranksCopy: number[] = [];
+  /** The group bitset the block points at: referenced here so its memory lives as long. */
+  private mask: BigUint64Array | null = null;
   private root: number | undefined;
   private send: NativeBuffer | undefined;
   private recv: NativeBuffer | undefined;
@@ -97,15 +101,15 @@ class RunArgs {
     return this.words[abi.MR_RUN_ARG_TICKET]!;
   }
 
-  /** `op` is the object this block was written from, none of its fields changed since (ranks
-   *  are compared by identity: only a frozen ranks array is remembered). */
+  /** `op` has the fields this block was written from, its id aside (buffers by identity, ranks
+   *  by value: a frozen ranks array by identity). */
   holds(op: NativeOp): boolean {
     return (
-      op === this.op &&
+      this.valid &&
       op.kind === this.kind &&
       op.dtype === this.dtype &&
       op.redop === this.redop &&
-      op.ranks === this.ranks &&
+      this.sameRanks(op.ranks) &&
       op.root === this.root &&
       op.send === this.send &&
       op.recv === this.recv &&
@@ -114,14 +118,25 @@ class RunArgs {
     );
   }
 
-  /** Writes every field of `op` (`ranksAddress`: the address of its group bitset). */
-  encodeAll(op: NativeOp, ranksAddress: number): void {
-    this.op = null; // a throw below leaves nothing to reuse
+  private sameRanks(ranks: readonly number[]): boolean {
+    if (ranks === this.ranks && this.ranksFrozen) return true;
+    const copy = this.ranksCopy;
+    if (ranks.length !== copy.length) return false;
+    for (let i = 0; i < copy.length; i++) if (ranks[i] !== copy[i]) return false;
+    return true;
+  }
+
+  /** Writes every field of `op` (`mask`: its group bitset). */
+  encodeAll(op: NativeOp, mask: BigUint64Array): void {
+    this.valid = false; // a throw below leaves nothing to reuse
     const { send, recv } = op;
+    if (mask !== this.mask) {
+      this.put(abi.MR_RUN_ARG_RANKS, ptr(mask));
+      this.mask = mask;
+    }
     this.put(abi.MR_RUN_ARG_KIND, collectiveCode(op.kind));
     this.put(abi.MR_RUN_ARG_DTYPE, dtypeInfo(op.dtype).code);
     this.put(abi.MR_RUN_ARG_REDOP, op.redop ? redopInfo(op.redop).code : 0);
-    this.put(abi.MR_RUN_ARG_RANKS, ranksAddress);
     this.put(abi.MR_RUN_ARG_ROOT, op.root ?? 0);
     this.put(abi.MR_RUN_ARG_SEND, send ? Number(send.address) : 0);
     this.put(abi.MR_RUN_ARG_RECV, recv ? Number(recv.address) : 0);
@@ -130,12 +145,13 @@ class RunArgs {
     this.put(abi.MR_RUN_ARG_DEVICE, send?.device ?? recv?.device ?? -1);
     this.put(abi.MR_RUN_ARG_TIMEOUT_MS, op.timeoutMs);
     this.putOpId(op);
-    if (!Object.isFrozen(op.ranks)) return;
-    this.op = op;
+    this.valid = true;
     this.kind = op.kind;
     this.dtype = op.dtype;
     this.redop = op.redop;
     this.ranks = op.ranks;
+    this.ranksFrozen = Object.isFrozen(op.ranks);
+    this.ranksCopy = op.ranks.slice();
     this.root = op.root;
     this.send = send;
     this.recv = recv;

@@ -254,6 +254,8 @@ describe("errors", () => {
       run(o, [-3, 9, 0.25, 6].map((x, k) => (k < 1 + (i % 4) ? x : -1)));
       run(op, [-3, 9, 0.25, 6]);
     }
+    // New op objects and ranks arrays per call, with equal fields or not, run as they are.
+    for (let i = 0; i < 6; i++) run({ ...op, ranks: [0], send: bufs[i % 2], count: 3 + (i % 3 === 2 ? 1 : 0) }, [...(i % 2 === 0 ? [1.5, -2, 8] : [-3, 9, 0.25]), i % 3 === 2 ? (i % 2 === 0 ? 4 : 6) : -1]);
     expect(got).toEqual(expected);
     // Two data planes on one thread take turns binding mr_run_bound: each runs its own op.
     const q = planes[1]!;
