@@ -4,6 +4,8 @@
    "engine" and "JS + FFI + promise".
    Build: cc -O2 -I zig/include -o bench/.build/native-latency bench/native-latency.c -ldl
    Usage: native-latency LIBMOONRING.so [ITERS=2000] [BYTES=8]
+   NL_RANKS=n (default 2, at most 16) ranks; NL_KIND=code (default 0, allreduce; 2 broadcast,
+   4 gather, 5 scatter, 1 reduce: root 0; BYTES per rank, gather/scatter blocks of BYTES).
    Prints one JSON line: mean/p50/p99/min of the slowest rank per iteration (us). */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -28,9 +30,10 @@ static double now_us(void) {
 }
 
 static int blocking; /* NL_BLOCKING=1: mr_run_packed on this thread instead of mr_submit + mr_wait */
-static const uint64_t ranks01[MR_RANK_WORDS] = {3}; /* ranks 0 and 1 */
+static uint64_t ranks01[MR_RANK_WORDS] = {3}; /* the world's ranks (0 and 1 unless NL_RANKS) */
 
 static int run_op(mr_engine *e, uint32_t kind, uint64_t id, void *send, void *recv, uint64_t count) {
+  if (kind == 8) count = 0; /* barrier */
   if (blocking) {
     /* As runBlocking (src/native/engine.ts) calls it: mr_run_packed, one call (it binds it with
        mr_run_bind / mr_run_bound only to spare bun:ffi's per-argument cost). */
@@ -72,43 +75,51 @@ blocking = getenv("NL_BLOCKING") && getenv("NL_BLOCKING")[0] == '1';
 #define LOAD(name) p_##name = dlsym(lib, #name)
   LOAD(mr_engine_create); LOAD(mr_engine_data_port); LOAD(mr_host_id); LOAD(mr_engine_set_peer);
   LOAD(mr_pin_thread); LOAD(mr_submit); LOAD(mr_run_packed); LOAD(mr_wait); LOAD(mr_poll); LOAD(mr_release); LOAD(mr_engine_destroy); LOAD(mr_last_error);
-  int up[2][2], down[2][2];
-  double *times = mmap(0, sizeof(double) * 2 * iters, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  int nr = getenv("NL_RANKS") ? atoi(getenv("NL_RANKS")) : 2;
+  int kind = getenv("NL_KIND") ? atoi(getenv("NL_KIND")) : 0;
+  if (nr < 2 || nr > 16) { fprintf(stderr, "NL_RANKS: 2..16\n"); return 2; }
+  ranks01[0] = (1ull << nr) - 1;
+  int up[16][2], down[16][2];
+  double *times = mmap(0, sizeof(double) * nr * iters, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   char cluster[64];
   snprintf(cluster, sizeof cluster, "native-latency-%d", getpid());
-  for (int r = 0; r < 2; r++) { if (pipe(up[r]) || pipe(down[r])) return 1; }
-  for (int r = 0; r < 2; r++) {
+  for (int r = 0; r < nr; r++) { if (pipe(up[r]) || pipe(down[r])) return 1; }
+  for (int r = 0; r < nr; r++) {
     if (fork() == 0) {
       /* Like the bench (and Open MPI's default): a rank that spins gets its own CPU. */
       if (blocking && !(getenv("NL_BIND") && strcmp(getenv("NL_BIND"), "none") == 0)) p_mr_pin_thread(r % sysconf(_SC_NPROCESSORS_ONLN));
-      mr_engine *e = p_mr_engine_create(r, 2, (const uint8_t *)cluster, strlen(cluster), (const uint8_t *)"", 0, (const uint8_t *)"127.0.0.1", 9, 0);
+      mr_engine *e = p_mr_engine_create(r, nr, (const uint8_t *)cluster, strlen(cluster), (const uint8_t *)"", 0, (const uint8_t *)"127.0.0.1", 9, 0);
       if (!e) { uint8_t m[256]; size_t n = p_mr_last_error(m, sizeof m); fprintf(stderr, "create: %.*s\n", (int)n, m); _exit(1); }
       uint16_t port = p_mr_engine_data_port(e);
       if (write(up[r][1], &port, 2) != 2) _exit(1);
-      uint16_t ports[2];
-      if (read(down[r][0], ports, 4) != 4) _exit(1);
-      p_mr_engine_set_peer(e, 1 - r, (const uint8_t *)"127.0.0.1", 9, ports[1 - r], p_mr_host_id());
+      uint16_t ports[16];
+      if (read(down[r][0], ports, 2 * nr) != 2 * nr) _exit(1);
+      for (int q = 0; q < nr; q++) if (q != r) p_mr_engine_set_peer(e, q, (const uint8_t *)"127.0.0.1", 9, ports[q], p_mr_host_id());
       size_t count = bytes / 4 ? bytes / 4 : 1;
-      float *a = calloc(count, 4), *b = calloc(count, 4);
+      float *a = calloc(count * nr, 4), *b = calloc(count * nr, 4);
       uint64_t id = 1;
       for (int it = -50; it < iters; it++) {
         if (run_op(e, 8 /* barrier */, (id++) << 8, NULL, NULL, 0)) _exit(3);
         double t0 = now_us();
-        if (run_op(e, 0 /* allreduce */, (id++) << 8, a, b, count)) _exit(3);
+        if (run_op(e, kind, (id++) << 8, a, b, count)) _exit(3);
         if (it >= 0) times[r * iters + it] = now_us() - t0;
       }
       p_mr_engine_destroy(e);
       _exit(0);
     }
   }
-  uint16_t ports[2];
-  for (int r = 0; r < 2; r++) if (read(up[r][0], &ports[r], 2) != 2) return 1;
-  for (int r = 0; r < 2; r++) if (write(down[r][1], ports, 4) != 4) return 1;
+  uint16_t ports[16];
+  for (int r = 0; r < nr; r++) if (read(up[r][0], &ports[r], 2) != 2) return 1;
+  for (int r = 0; r < nr; r++) if (write(down[r][1], ports, 2 * nr) != 2 * nr) return 1;
   int bad = 0, status;
-  for (int r = 0; r < 2; r++) { wait(&status); bad |= !WIFEXITED(status) || WEXITSTATUS(status); }
+  for (int r = 0; r < nr; r++) { wait(&status); bad |= !WIFEXITED(status) || WEXITSTATUS(status); }
   if (bad) { fprintf(stderr, "a rank failed\n"); return 1; }
   double *mx = malloc(sizeof(double) * iters), sum = 0;
-  for (int i = 0; i < iters; i++) { mx[i] = times[i] > times[iters + i] ? times[i] : times[iters + i]; sum += mx[i]; }
+  for (int i = 0; i < iters; i++) {
+    mx[i] = times[i];
+    for (int r = 1; r < nr; r++) if (times[r * iters + i] > mx[i]) mx[i] = times[r * iters + i];
+    sum += mx[i];
+  }
   qsort(mx, iters, sizeof(double), cmp);
   printf("{\"bytes\":%zu,\"iters\":%d,\"mean_us\":%.2f,\"p50_us\":%.2f,\"p99_us\":%.2f,\"min_us\":%.2f}\n", bytes, iters, sum / iters, mx[iters / 2], mx[(int)(iters * 0.99)], mx[0]);
   return 0;

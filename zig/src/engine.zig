@@ -13,6 +13,7 @@ const dispatch = @import("algo/dispatch.zig");
 const cuda_driver = @import("cuda/driver.zig");
 const staging = @import("cuda/staging.zig");
 const cuda_direct = @import("backend/cuda_direct.zig");
+const board_direct = @import("backend/board_direct.zig");
 const plan = @import("plan.zig");
 const board_mod = @import("transport/board.zig");
 const admit = @import("engine_admit.zig");
@@ -35,7 +36,7 @@ pub const error_text_bytes_max = 400;
 comptime {
     std.debug.assert(ops_max <= 256); // the slot index is a ticket's low byte
     std.debug.assert(ops_max <= netmod.endpoints_max);
-    std.debug.assert(ops_max == board_mod.entries_max); // a slot's board entry is its index
+    std.debug.assert(2 * ops_max == board_mod.entries_max); // a slot's board entries: boardEntry()
 }
 
 /// The MR_* status codes, from moonring.h (their one definition).
@@ -166,6 +167,8 @@ pub const Slot = struct {
     deadline_ns: u64 = 0,
     ep: netmod.Endpoint = .{},
     board_team: netmod.BoardTeam = undefined,
+    /// Which of the slot's two board entries its op uses (toggled at every admission).
+    board_turn: u1 = 0,
     status: i32 = 0,
     failed_peer: i32 = -1,
     error_len: usize = 0,
@@ -364,11 +367,23 @@ pub const Engine = struct {
         // The same test runSlot() applies (boardUsable), else the op would wait on the links.
         if (!plan.boardRuns(slot.query(), &engine.config)) return false;
         if (!engine.net.boardTeamOf(slot.group[0..slot.group_size], &slot.board_team)) return false;
+        const me = slot.group_rank;
+        // The entry's earlier publish lingers with readers still to come: settling it may wait.
+        const own = slot.board_team.boards[me];
+        const entry = engine.boardEntry(slot);
+        if (own.inUse(entry) and own.departed(entry) < own.entry(entry).readers) return false;
+        const bytes = slot.count * slot.dtype.bytes();
+        const pair_reduce = slot.kind == .reduce and slot.group_size == 2 and bytes > engine.config.board_allreduce_all_bytes;
+        const eager = engine.boardEager(slot);
+        var reads_any = false;
         for (0..slot.group_size) |p| {
-            if (p == slot.group_rank) continue;
+            if (p == me or !board_direct.reads(slot.kind, me, slot.root_group, @intCast(p), pair_reduce, eager)) continue;
+            reads_any = true;
             if (slot.board_team.boards[p].find(slot.op_id, slot.board_team.departed_serials[p], 0) == null) return false;
         }
-        return true;
+        // Reading nobody, it only publishes: at once when its part is copied into the board
+        // (board_direct.inline_always_bytes), else it would wait here for its readers.
+        return reads_any or bytes * slot.group_size <= board_direct.inline_always_bytes;
     }
 
     fn enqueueLocked(engine: *Engine, index: usize) SubmitError!u64 {
@@ -492,6 +507,8 @@ pub const Engine = struct {
     pub fn setSlotError(engine: *Engine, slot: *Slot, status: i32, peer: i32, comptime fmt: []const u8, args: anytype) void {
         slot.status = status;
         slot.failed_peer = peer;
+        // Same-host owners whose inline contribution to this op lingers stop waiting for us.
+        if (engine.net.boards.own) |own| own.recordGaveUp(slot.op_id);
         const prefix = std.fmt.bufPrint(&slot.error_text, "rank {d}: {s} op {d}: ", .{ engine.rank, @tagName(slot.kind), slot.op_id }) catch unreachable;
         const rest = std.fmt.bufPrint(slot.error_text[prefix.len..], fmt, args) catch slot.error_text[prefix.len..];
         slot.error_len = prefix.len + rest.len;
@@ -595,6 +612,18 @@ pub const Engine = struct {
                 engine.setSlotError(slot, Status.fromError(err), -1, "algorithm failed: {s}", .{@errorName(err)});
             }
         }
+    }
+
+    /// The board entry `slot`'s op publishes in: in eager groups (board_direct.zig, where a
+    /// publish may linger) the slot's two entries in turn, else its first.
+    pub fn boardEntry(engine: *const Engine, slot: *const Slot) u32 {
+        const turn: u32 = if (engine.boardEager(slot)) slot.board_turn else 0;
+        return @intCast(2 * engine.slotIndex(slot) + turn);
+    }
+
+    /// The group runs board ops eagerly (plan.Config.board_eager_ranks_min).
+    pub fn boardEager(engine: *const Engine, slot: *const Slot) bool {
+        return slot.group_size >= engine.config.board_eager_ranks_min;
     }
 
     pub fn slotIndex(engine: *const Engine, slot: *const Slot) usize {

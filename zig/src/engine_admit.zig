@@ -51,6 +51,7 @@ pub fn admitLocked(engine: *Engine, s: Submit, state: SlotState) SubmitError!usi
     slot.dtype = dtype;
     slot.redop = redop;
     slot.op_id = s.op_id;
+    slot.board_turn +%= 1;
     slot.group_size = n;
     slot.group_rank = members.me;
     slot.root_group = members.root;

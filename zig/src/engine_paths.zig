@@ -109,13 +109,14 @@ pub fn boardTeamOf(engine: *Engine, slot: *Slot) board_direct.Team {
         .me = slot.group_rank,
         .boards = slot.board_team.boards[0..n],
         .global = slot.group[0..n],
-        .entry = @intCast(engine.slotIndex(slot)),
+        .entry = engine.boardEntry(slot),
         .serial = slot.ticket,
         .op_id = slot.op_id,
         .departed_serials = slot.board_team.departed_serials[0..n],
         .control = control,
         .cma = engine.config.board_cma,
         .allreduce_all_bytes = engine.config.board_allreduce_all_bytes,
+        .eager = engine.boardEager(slot),
         .maps = &engine.net.peer_maps,
     };
 }

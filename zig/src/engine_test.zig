@@ -9,6 +9,7 @@ const wire = @import("transport/wire.zig");
 const op = @import("op.zig");
 const sys = @import("sys.zig");
 const dispatch = @import("algo/dispatch.zig");
+const plan = @import("plan.zig");
 const arena = @import("transport/arena.zig");
 
 const Engine = engine_mod.Engine;
@@ -28,6 +29,8 @@ const WorldOptions = struct {
     tcp_chunk_bytes: u32 = 64 * 1024,
     shm_slot_bytes: u32 = 16 * 1024,
     shm_slot_count: u32 = 8,
+    /// The engines' knobs (null: from the environment).
+    config: ?plan.Config = null,
 };
 
 const World = struct {
@@ -55,6 +58,7 @@ const World = struct {
                 .tcp_chunk_bytes = options.tcp_chunk_bytes,
                 .shm_slot_bytes = options.shm_slot_bytes,
                 .shm_slot_count = options.shm_slot_count,
+                .config = options.config,
             });
         }
         for (0..n) |r| for (0..n) |p| {
@@ -1353,6 +1357,89 @@ test "board: every collective on shared buffers (peers read them in place), 2..4
             try (CollectiveCase(i32){ .world = &world, .kind = .alltoall, .count = c, .shared = true }).run(seed + 9);
         }
     }
+}
+
+/// Board knobs with eager groups from two ranks on (plan.Config.board_eager_ranks_min).
+fn eagerConfig() plan.Config {
+    var config = plan.Config.fromEnv();
+    config.board_eager_ranks_min = 2;
+    return config;
+}
+
+test "board, eager: every collective, tiny / inline / large, plain and shared buffers, 2..4 ranks, roots 0 and last, twice (lingering publishes settled)" {
+    for (2..5) |nn| {
+        const n: u32 = @intCast(nn);
+        var world = try World.init(n, .{ .mode = .shm, .config = eagerConfig() });
+        defer world.deinit();
+        var seed: u64 = 9100 + n;
+        for ([_]usize{ 1, 1000, 70_000 }) |c| for ([_]bool{ false, true }) |shared| for (0..2) |_| {
+            seed += 17;
+            try (CollectiveCase(i32){ .world = &world, .kind = .allreduce, .count = c, .shared = shared }).run(seed + 1);
+            for ([_]u32{ 0, n - 1 }) |root| {
+                try (CollectiveCase(i64){ .world = &world, .kind = .reduce, .count = c, .root = root, .shared = shared }).run(seed + 3);
+                try (CollectiveCase(u8){ .world = &world, .kind = .broadcast, .count = c, .root = root, .shared = shared }).run(seed + 4);
+                try (CollectiveCase(f32){ .world = &world, .kind = .gather, .count = c, .root = root, .shared = shared }).run(seed + 5);
+                try (CollectiveCase(i32){ .world = &world, .kind = .scatter, .count = c, .root = root, .shared = shared }).run(seed + 6);
+            }
+            try (CollectiveCase(i16){ .world = &world, .kind = .allgather, .count = c, .shared = shared }).run(seed + 7);
+            try (CollectiveCase(i32){ .world = &world, .kind = .reduce_scatter, .count = c, .shared = shared }).run(seed + 8);
+            try (CollectiveCase(i32){ .world = &world, .kind = .alltoall, .count = c, .shared = shared }).run(seed + 9);
+        };
+    }
+}
+
+/// A broadcast of `data` from rank 0 run by rank `r` alone (runNow); returns its status.
+fn broadcastAlone(world: *World, r: usize, id: u64, buf: *[64]f32, timeout_ms: u32) !i32 {
+    const s = Submit{ .kind = @intFromEnum(op.Collective.broadcast), .dtype = @intFromEnum(op.DType.f32), .redop = 0, .op_id = id, .ranks_mask = world.fullMask(), .root = 0, .send = @ptrCast(buf), .recv = @ptrCast(buf), .count = 64, .counts = null, .device = -1, .timeout_ms = timeout_ms };
+    const ticket = try world.engine(r).runNow(s);
+    defer world.engine(r).release(ticket);
+    return world.engine(r).opStatus(ticket);
+}
+
+test "board, eager: a broadcast root returns before its readers start; they get what it sent (the board's copy), not what its buffer holds later" {
+    var world = try World.init(3, .{ .mode = .shm, .config = eagerConfig() });
+    defer world.deinit();
+    var bufs: [3][64]f32 = undefined;
+    for (0..4) |round| {
+        const id = nextOpId();
+        for (&bufs[0], 0..) |*v, k| v.* = @floatFromInt(round * 1000 + k);
+        // Alone: nobody else has started the op, yet the root completes it.
+        try testing.expectEqual(Status.ok, try broadcastAlone(&world, 0, id, &bufs[0], 10_000));
+        @memset(&bufs[0], -1); // the root's buffer changes before anyone read it
+        for (1..3) |r| {
+            @memset(&bufs[r], 0);
+            try testing.expectEqual(Status.ok, try broadcastAlone(&world, r, id, &bufs[r], 10_000));
+            for (bufs[r], 0..) |v, k| try testing.expectEqual(@as(f32, @floatFromInt(round * 1000 + k)), v);
+        }
+    }
+}
+
+test "board, eager: a reader that never comes does not hold the root's entry; a re-issued op id replaces the earlier attempt's publish" {
+    var world = try World.init(3, .{ .mode = .shm, .config = eagerConfig() });
+    defer world.deinit();
+    var bufs: [3][64]f32 = undefined;
+    const abandoned = nextOpId();
+    @memset(&bufs[0], 7);
+    try testing.expectEqual(Status.ok, try broadcastAlone(&world, 0, abandoned, &bufs[0], 10_000));
+    // Rank 2 never runs `abandoned`; rank 1 reads it. The root's later ops reuse the entry
+    // (two slots' worth of turns) after waiting for rank 2 a bounded time, and stay exact.
+    try testing.expectEqual(Status.ok, try broadcastAlone(&world, 1, abandoned, &bufs[1], 10_000));
+    for (bufs[1]) |v| try testing.expectEqual(@as(f32, 7), v);
+    for (0..3) |round| {
+        const id = nextOpId();
+        @memset(&bufs[0], @floatFromInt(round + 1));
+        for (0..3) |r| try testing.expectEqual(Status.ok, try broadcastAlone(&world, r, id, &bufs[r], 10_000));
+        for (bufs[1..3]) |row| for (row) |v| try testing.expectEqual(@as(f32, @floatFromInt(round + 1)), v);
+    }
+    // The same op id again (a retry after a failure elsewhere) with new data: rank 2 reads
+    // this attempt's publish, not the first attempt's that still lingered.
+    const retried = nextOpId();
+    @memset(&bufs[0], 3);
+    try testing.expectEqual(Status.ok, try broadcastAlone(&world, 0, retried, &bufs[0], 10_000));
+    @memset(&bufs[0], 4);
+    try testing.expectEqual(Status.ok, try broadcastAlone(&world, 0, retried, &bufs[0], 10_000));
+    try testing.expectEqual(Status.ok, try broadcastAlone(&world, 2, retried, &bufs[2], 10_000));
+    for (bufs[2]) |v| try testing.expectEqual(@as(f32, 4), v);
 }
 
 test "start: the last rank to start a small board op runs it on its own thread, complete on return; the first one runs it async" {

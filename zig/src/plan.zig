@@ -64,6 +64,11 @@ pub const Config = struct {
     /// MOONRING_BOARD_ALLREDUCE_ALL: board allreduces up to this many bytes x (n - 1) have
     /// every rank reduce everything (backend/board_direct.zig); every rank must agree.
     board_allreduce_all_bytes: u64 = 64 << 10,
+    /// MOONRING_BOARD_EAGER_RANKS: board groups of at least this many ranks run rooted ops
+    /// one way and return before their readers are done (backend/board_direct.zig "eager");
+    /// default: more ranks than the host's CPUs, where waiting for a descheduled peer costs
+    /// most. Every rank must agree.
+    board_eager_ranks_min: u32 = std.math.maxInt(u32),
     cuda: CudaConfig = .{},
     /// Algorithm thresholds of the links path (algo/common.zig).
     tuning: common.Tuning = .{},
@@ -79,6 +84,8 @@ pub const Config = struct {
         config.board_cma = !envIs("MOONRING_BOARD_CMA", "0") and cmaUsable();
         if (sys.envU64("MOONRING_BOARD_BYTES_MAX")) |bytes| config.board_bytes_max = bytes;
         if (sys.envU64("MOONRING_BOARD_ALLREDUCE_ALL")) |bytes| config.board_allreduce_all_bytes = @max(bytes, 1);
+        config.board_eager_ranks_min = sys.onlineCpus() + 1;
+        if (sys.envU64("MOONRING_BOARD_EAGER_RANKS")) |ranks| config.board_eager_ranks_min = @intCast(@min(@max(ranks, 2), std.math.maxInt(u32)));
         config.cuda = .{
             .ipc = !envIs("MOONRING_CUDA_IPC", "0") and !envIs("MOONRING_CUDA_IPC", "off"),
             .trace = envIs("MOONRING_CUDA_TRACE", "1"),

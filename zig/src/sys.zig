@@ -562,6 +562,16 @@ pub fn processRead(pid: i32, local: []u8, remote: u64) ProcessReadError!void {
     }
 }
 
+/// CPUs online on this host: every process of the host sees the same number (unlike the
+/// affinity mask of a bound thread), so ranks of one host can base a shared choice on it.
+extern "c" fn sysconf(name: c_int) c_long;
+
+pub fn onlineCpus() u32 {
+    const sc_nprocessors_onln: c_int = 84; // glibc and musl on Linux (std.c._SC lacks it)
+    const n = sysconf(sc_nprocessors_onln);
+    return if (n > 0) @intCast(@min(n, std.math.maxInt(u32))) else 1;
+}
+
 /// Binds the calling thread to CPU `cpu` (like Open MPI's default --bind-to core for a rank:
 /// two ranks that spin on shared memory must not share a CPU). False when it can't.
 pub fn pinThread(cpu: u32) bool {

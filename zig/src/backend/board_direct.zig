@@ -17,6 +17,14 @@
 //!
 //! Every rank arrives at every peer's entry and departs it when done; an owner returns only
 //! after all its readers departed, so its buffers are never read after the op.
+//!
+//! Eager groups (Team.eager: by default more ranks than the host has CPUs, where waiting for
+//! a descheduled peer is what costs) differ in two ways (bench/NOTES.md E50). Rooted ops are
+//! one-way, as Open MPI's eager sends are: broadcast / scatter, only the root publishes and
+//! the others read it; reduce / gather, only the others publish and the root reads them. And
+//! an owner whose contribution was copied into the board returns without waiting for its
+//! readers: the publish "lingers" until the entry's next use, which waits for them then (an
+//! engine slot has two entries used in turn, so that is two ops later).
 const std = @import("std");
 const common = @import("../algo/common.zig");
 const op = @import("../op.zig");
@@ -31,7 +39,7 @@ const Phase = board_mod.Phase;
 const Error = common.Error;
 
 /// Contributions up to this size are always copied into the board (when they fit).
-const inline_always_bytes = 4 << 10;
+pub const inline_always_bytes = 4 << 10;
 /// Reductions and CMA copies go through scratch in pieces of this size (L2-resident).
 const piece_bytes = 64 << 10;
 /// Two-rank allreduces of at least this many bytes (out of place) write the peer's copy of a
@@ -43,6 +51,10 @@ const nt_op_bytes_min = 64 << 20;
 const copy_bytes_max = 4 << 20;
 /// A sleeping waiter re-checks liveness, cancel and the deadline this often.
 const sleep_ns = 1 * std.time.ns_per_ms;
+/// A lingering publish whose readers neither departed nor gave up within this is freed
+/// anyway (a reader still reading it then fails its check, it never gets wrong bytes): a
+/// reader that vanished without a trace does not hold the entry forever.
+const linger_wait_ns_max = 2 * std.time.ns_per_s;
 const check_what = "waiting on the board for";
 
 comptime {
@@ -78,6 +90,8 @@ pub const Team = struct {
     cma: bool,
     /// Allreduces up to this x (n - 1) bytes: every rank reduces everything (plan.Config).
     allreduce_all_bytes: u64 = 64 << 10,
+    /// Rooted ops one way, inline publishes linger (plan.Config.board_eager_ranks_min).
+    eager: bool = false,
     /// Peers' shared buffers mapped by this rank (the net's).
     maps: *arena.PeerMaps,
 
@@ -94,9 +108,10 @@ pub fn run(t: *Team, desc: common.OpDesc, scratch: std.mem.Allocator) Error!void
     std.debug.assert(desc.kind.board()); // the table's "board" (plan.boardRuns)
     std.debug.assert(t.entry < board_mod.entries_max);
     var entries: [board_mod.counts_max]u32 = undefined;
+    var serials: [board_mod.counts_max]u64 = undefined;
     var mapped: [board_mod.counts_max][2]?arena.PeerMaps.Mapped = undefined;
     @memset(mapped[0..n], .{ null, null });
-    var state = Op{ .t = t, .desc = desc, .scratch = scratch, .entries = entries[0..n], .mapped = mapped[0..n] };
+    var state = Op{ .t = t, .desc = desc, .scratch = scratch, .entries = entries[0..n], .serials = serials[0..n], .mapped = mapped[0..n] };
     return state.runPublished();
 }
 
@@ -104,8 +119,9 @@ const Op = struct {
     t: *Team,
     desc: common.OpDesc,
     scratch: std.mem.Allocator,
-    /// Entry index of each peer's publish (valid after arrive()).
+    /// Entry index and serial of each peer's publish (valid after arrive()).
     entries: []u32,
+    serials: []u64,
     published: bool = false,
     /// contribution(): copy it into the board (else peers read it where it is).
     publish_inline: bool = false,
@@ -130,16 +146,53 @@ const Op = struct {
         const t = o.t;
         const n = t.size();
         const send = try o.contribution();
-        try o.publish(send);
+        if (o.readers() > 0) try o.publish(send);
         // Before the snapshot is freed (the defers above run after this): peers stop reading.
         errdefer o.abort();
-        for (0..n) |p| if (p != t.me) try o.arrive(@intCast(p));
+        for (0..n) |p| if (p != t.me and o.readsFrom(@intCast(p))) try o.arrive(@intCast(p));
         try o.body(send);
-        for (0..n) |p| if (p != t.me) o.departFrom(@intCast(p));
+        for (0..n) |p| if (p != t.me and o.readsFrom(@intCast(p))) try o.departFrom(@intCast(p));
+        if (!o.published) return;
+        // Copied into the board and nothing else of ours is read: readers need only the
+        // entry, which stays until its next use (publish() waits for them there).
+        if (o.t.eager and o.publish_inline and !o.peersReadMore()) {
+            o.published = false;
+            return;
+        }
         // Our buffers stay valid until every reader is done with them.
         try o.waitFor(DepartedAll{ .o = o }, null, "the other ranks to finish reading");
         o.own().free(t.entry);
         o.published = false;
+    }
+
+    /// Whether this rank reads group rank p's entry: rooted ops move data one way only.
+    fn readsFrom(o: *const Op, p: u32) bool {
+        if (!o.t.eager) return true;
+        return reads(o.desc.kind, o.t.me, o.desc.root, p, o.pairReduce(), true);
+    }
+
+    /// How many ranks read this rank's entry (0: it publishes nothing).
+    fn readers(o: *const Op) u32 {
+        const n = o.t.size();
+        if (!o.t.eager) return n - 1;
+        const pair_reduce = o.pairReduce();
+        var count: u32 = 0;
+        for (0..n) |q| {
+            if (q != o.t.me and reads(o.desc.kind, @intCast(q), o.desc.root, o.t.me, pair_reduce, true)) count += 1;
+        }
+        return count;
+    }
+
+    /// Two-rank reduce in halves (reducePair): both ranks read each other.
+    fn pairReduce(o: *const Op) bool {
+        return o.desc.kind == .reduce and o.t.size() == 2 and o.desc.count * o.es() > allreduceAllBytesMax(o.t);
+    }
+
+    /// Peers read more of ours than the published contribution: our recv or a later phase
+    /// (the allreduce in phases, the two-rank reduce).
+    fn peersReadMore(o: *const Op) bool {
+        const c = o.desc.count * o.es();
+        return (o.desc.kind == .allreduce and c > allreduceAllBytesMax(o.t)) or o.pairReduce();
     }
 
     /// Marks this rank's entry aborted (peers waiting on it fail at once).
@@ -203,9 +256,10 @@ const Op = struct {
         const e = b.entry(t.entry);
         // An aborted publish of an earlier op in this slot stays until the slot is reused.
         if (e.phase == Phase.aborted) b.free(t.entry);
+        if (b.inUse(t.entry)) try o.settleLinger();
+        if (t.eager) o.replaceEarlierAttempt();
         std.debug.assert(b.phaseOf(t.entry) == Phase.free);
-        e.send_bytes = send.len;
-        e.readers = t.size() - 1;
+        e.readers = o.readers();
         e.recv_addr = @intFromPtr(o.desc.recv);
         if (o.publish_inline) {
             std.debug.assert(send.len <= board_mod.inlineBytes(t.entry));
@@ -216,10 +270,11 @@ const Op = struct {
             e.inline_data = 0;
             e.send_addr = @intFromPtr(send.ptr);
         }
+        e.send_bytes = send.len;
         e.send_serial = 0;
         e.recv_serial = 0;
         e.wrote_peer_recv = 0;
-        if (e.inline_data == 0) if (arena.locate(e.send_addr, send.len)) |loc| {
+        if (!o.publish_inline) if (arena.locate(e.send_addr, send.len)) |loc| {
             e.send_serial = loc.serial;
             e.send_offset = loc.offset;
         };
@@ -235,6 +290,30 @@ const Op = struct {
         o.ringPeers();
     }
 
+    /// The entry still holds an earlier op's lingering publish: wait until its readers
+    /// departed, gave up or died (bounded by linger_wait_ns_max), then free it.
+    fn settleLinger(o: *Op) Error!void {
+        const b = o.own();
+        const index = o.t.entry;
+        const lingering = LingerDone{ .o = o, .op_id = @atomicLoad(u64, &b.header.ids[index], .acquire), .give_up_ns = sys.monotonicNs() + linger_wait_ns_max };
+        try o.waitFor(lingering, null, "the other ranks to finish reading an earlier op");
+        if (b.departed(index) < b.entry(index).readers) {
+            sys.logLine("rank {d}: op {d}: freed board entry {d} of op {d} that {d} of {d} reader(s) never finished reading", .{ o.t.global[o.t.me], o.t.op_id, index, lingering.op_id, b.entry(index).readers - b.departed(index), b.entry(index).readers });
+        }
+        b.free(index);
+    }
+
+    /// An op id re-issued after a failure: a publish of the earlier attempt that lingers in
+    /// another entry must not be found by this attempt's readers (admission runs one op per
+    /// id at a time, so an entry of ours with this id is such a leftover).
+    fn replaceEarlierAttempt(o: *Op) void {
+        const b = o.own();
+        for (0..board_mod.entries_max) |i| {
+            if (i == o.t.entry or @atomicLoad(u64, &b.header.ids[i], .monotonic) != o.t.op_id) continue;
+            if (b.inUse(@intCast(i))) b.free(@intCast(i));
+        }
+    }
+
     fn ringPeers(o: *const Op) void {
         for (o.t.boards, 0..) |b, p| if (p != o.t.me) b.ring();
     }
@@ -245,20 +324,28 @@ const Op = struct {
             p: u32,
             fn ready(self: @This()) Readiness {
                 const t = self.o.t;
-                const index = t.boards[self.p].find(t.op_id, t.departed_serials[self.p], self.o.start_ns) orelse return .not_yet;
-                if (t.boards[self.p].phaseOf(index) == Phase.aborted) return .aborted;
-                self.o.entries[self.p] = index;
+                const board = t.boards[self.p];
+                const found = board.find(t.op_id, t.departed_serials[self.p], self.o.start_ns) orelse return .not_yet;
+                if (board.phaseOf(found.index) == Phase.aborted) return .aborted;
+                self.o.entries[self.p] = found.index;
+                self.o.serials[self.p] = found.serial;
                 return .ready;
             }
         };
         try o.waitFor(Found{ .o = o, .p = p }, p, "to join the op");
     }
 
-    fn departFrom(o: *Op, p: u32) void {
+    /// Done with p's entry. Fails when p replaced the publish meanwhile (its op id re-issued,
+    /// or our read outlasted linger_wait_ns_max): what we read may be mixed.
+    fn departFrom(o: *Op, p: u32) Error!void {
         const t = o.t;
         const b = t.boards[p];
         const index = o.entries[p];
-        t.departed_serials[p][index] = @atomicLoad(u64, &b.entry(index).serial, .acquire);
+        const serial = @atomicLoad(u64, &b.entry(index).serial, .acquire);
+        if (serial != o.serials[p] or b.phaseOf(index) == Phase.free) {
+            return o.failPeer(error.Protocol, p, "replaced its contribution", "to be read (it re-issued the op id, or this rank read for too long)");
+        }
+        t.departed_serials[p][index] = serial;
         b.depart(index);
         b.ring();
     }
@@ -271,7 +358,27 @@ const Op = struct {
         o: *Op,
         fn ready(self: @This()) Readiness {
             const t = self.o.t;
-            return if (t.boards[t.me].departed(t.entry) >= t.size() - 1) .ready else .not_yet;
+            const board = t.boards[t.me];
+            return if (board.departed(t.entry) >= board.entry(t.entry).readers) .ready else .not_yet;
+        }
+    };
+
+    const LingerDone = struct {
+        o: *Op,
+        op_id: u64,
+        give_up_ns: u64,
+        fn ready(self: @This()) Readiness {
+            const t = self.o.t;
+            const b = t.boards[t.me];
+            const wanted = b.entry(t.entry).readers;
+            var done = b.departed(t.entry);
+            if (done >= wanted) return .ready;
+            // Peers of this op that gave up on that one, or died, will not depart it.
+            for (t.boards, 0..) |peer, p| {
+                if (p != t.me and (peer.gaveUp(self.op_id) or !peer.aliveFlag())) done += 1;
+            }
+            if (done >= wanted or sys.monotonicNs() >= self.give_up_ns) return .ready;
+            return .not_yet;
         }
     };
 
@@ -632,6 +739,20 @@ pub fn exchangeRecords(t: *Team, round: u32, record_bytes: usize, mine: []const 
     round_team.serial = t.serial *% 8 +% round;
     // Inline records, no overlap: nothing is allocated.
     return run(&round_team, desc, std.heap.page_allocator);
+}
+
+/// Whether group rank `reader` reads rank `owner`'s board entry in an op of `kind`: broadcast
+/// and scatter read only the root; in reduce and gather only the root reads; the others read
+/// every peer (`pair_reduce`: the two-rank reduce in halves, where both read each other).
+pub fn reads(kind: op.Collective, reader: u32, root: u32, owner: u32, pair_reduce: bool, eager: bool) bool {
+    std.debug.assert(reader != owner);
+    if (!eager) return true; // everyone meets everyone: a rank returns when all are done
+    return switch (kind) {
+        .broadcast, .scatter => owner == root,
+        .gather => reader == root,
+        .reduce => reader == root or pair_reduce,
+        else => true,
+    };
 }
 
 /// Allreduce up to this size: every rank reduces every contribution (one synchronisation, n x

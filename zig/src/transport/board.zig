@@ -9,18 +9,27 @@
 //! entry) and `entries_max` entries, one per engine op slot. The owner writes an entry (its
 //! contribution inline, or its buffer addresses for peers to read with process_vm_readv),
 //! then its op id; readers find the entry by op id, read, and "depart" (count up). The owner
-//! frees an entry only after every reader departed, so an entry never changes under a reader.
+//! frees an entry only after every reader departed (or gave up), so an entry never changes
+//! under a reader; an inline publish may outlive its op ("linger", board_direct.zig) and is
+//! freed when the entry is next used. Readers still check, after reading, that the publish they
+//! read is the one they found (an op id re-issued after a failure replaces a lingering one).
 const std = @import("std");
 const sys = @import("../sys.zig");
 
-pub const entries_max = 128;
+/// Two per engine op slot (engine.ops_max), used in turn: an inline publish that lingers
+/// after its op (board_direct.zig) is settled only two ops later in that slot, when its
+/// readers are long done, not at the start of the next op.
+pub const entries_max = 256;
 /// A contribution up to its entry's capacity is copied into the board; larger ones are read
 /// from the owner's buffer with process_vm_readv (CMA). The first entries (the engine hands
 /// out the lowest free slot, so an op that runs alone uses entry 0) hold more.
 pub const inline_bytes_max = 32 << 10;
 pub const inline_bytes_large = 256 << 10;
-pub const entries_large = 8;
+pub const entries_large = 16;
 pub const counts_max = 64;
+/// Op ids this rank's recent failed ops had (a ring): an owner whose inline publish lingers
+/// stops waiting for a reader that gave up on that op.
+pub const gave_up_max = 64;
 const magic: u64 = 0x4d52_424f_4152_4401; // "MRBOARD" v1
 const header_bytes = 4096 * 2;
 const entry_bytes = 1024;
@@ -40,7 +49,10 @@ const Header = extern struct {
     pid: i32,
     incarnation: u64,
     segment_bytes: u64,
-    pad0: [32]u8 = [_]u8{0} ** 32,
+    /// 1 + the highest entry index ever published: readers scan the ids below it only (an
+    /// engine that runs one op at a time uses entries 0 and 1). In this read-mostly line.
+    ids_high: u32 = 0,
+    pad0: [28]u8 = [_]u8{0} ** 28,
     /// 1 while the owner's engine lives (0 after a clean shutdown).
     alive: u32 align(64) = 0,
     pad1: [60]u8 = [_]u8{0} ** 60,
@@ -51,6 +63,9 @@ const Header = extern struct {
     pad2: [56]u8 = [_]u8{0} ** 56,
     /// The op id of each published entry (valid only while the entry's phase is not free).
     ids: [entries_max]u64 align(64) = [_]u64{0} ** entries_max,
+    /// Ring of the op ids of this rank's failed ops (recordGaveUp), 0 = empty.
+    gave_up_next: u32 align(64) = 0,
+    gave_up: [gave_up_max]u64 = [_]u64{0} ** gave_up_max,
 };
 
 pub const Entry = extern struct {
@@ -60,18 +75,18 @@ pub const Entry = extern struct {
     inline_data: u32 = 0,
     /// Changes on every publish, so a reader never mistakes an old publish for a new one.
     serial: u64 = 0,
+    /// The published op (as header.ids[this entry]; read with the serial, it tells a reader
+    /// that the entry was not replaced while it looked: holds()).
+    op_id: u64 = 0,
     send_bytes: u64 = 0,
     send_addr: u64 = 0,
     recv_addr: u64 = 0,
-    readers: u32 = 0,
     /// When the owner gave up (monotonic ns; one clock for the host).
     abort_ns: u64 = 0,
+    /// How many ranks read this publish (board_direct: rooted ops may be one-way).
+    readers: u32 = 0,
     /// Global rank whose failure made the owner give up, or -1 (timeout, cancel).
     abort_cause: i32 = -1,
-    /// Two ranks, allreduce / reduce: 1 when the owner wrote its reduced block into the
-    /// reader's recv too (the reader then neither copies nor reduces it; board_direct E27, E28).
-    wrote_peer_recv: u32 = 0,
-    pad0: [4]u8 = [_]u8{0} ** 4,
     // Reader-written line.
     departed: u32 align(64) = 0,
     pad1: [60]u8 = [_]u8{0} ** 60,
@@ -81,7 +96,10 @@ pub const Entry = extern struct {
     send_offset: u64 = 0,
     recv_serial: u64 = 0,
     recv_offset: u64 = 0,
-    pad2: [32]u8 = [_]u8{0} ** 32,
+    /// Two ranks, allreduce / reduce: 1 when the owner wrote its reduced block into the
+    /// reader's recv too (the reader then neither copies nor reduces it; board_direct E27, E28).
+    wrote_peer_recv: u32 = 0,
+    pad2: [28]u8 = [_]u8{0} ** 28,
     /// alltoall: the owner's send counts in group order (elements).
     send_counts: [counts_max]u64 = [_]u64{0} ** counts_max,
 };
@@ -92,6 +110,9 @@ comptime {
     std.debug.assert(@sizeOf(Entry) <= entry_bytes);
     std.debug.assert(inline_bytes_max % 64 == 0 and inline_bytes_large % 64 == 0);
     std.debug.assert(inline_bytes_large >= inline_bytes_max and entries_large <= entries_max);
+    std.debug.assert(gave_up_max >= 16);
+    std.debug.assert(@offsetOf(Entry, "abort_cause") + 4 <= 64); // the owner's first line
+
 }
 
 pub fn segmentBytes() u64 {
@@ -207,18 +228,29 @@ pub const Board = struct {
     /// The entry the owner published for `op_id`, or null. Skips what this reader already
     /// departed (`departed_serials`, per index) and publishes aborted before `since_ns` (an
     /// op id re-issued after a failure must not find the failed attempt).
-    pub fn find(board: Board, op_id: u64, departed_serials: *const [entries_max]u64, since_ns: u64) ?u32 {
-        for (0..entries_max) |i| {
+    pub fn find(board: Board, op_id: u64, departed_serials: *const [entries_max]u64, since_ns: u64) ?Found {
+        const high = @min(@atomicLoad(u32, &board.header.ids_high, .acquire), entries_max);
+        for (0..high) |i| {
             if (@atomicLoad(u64, &board.header.ids[i], .acquire) != op_id) continue;
-            const index: u32 = @intCast(i);
-            const e = board.entry(index);
-            const phase = @atomicLoad(u32, &e.phase, .acquire);
-            if (phase == Phase.free) continue;
-            if (phase == Phase.aborted and @atomicLoad(u64, &e.abort_ns, .acquire) < since_ns) continue;
-            if (@atomicLoad(u64, &e.serial, .acquire) == departed_serials[i]) continue;
-            return index;
+            if (board.holds(@intCast(i), op_id, departed_serials, since_ns)) |serial| return .{ .index = @intCast(i), .serial = serial };
         }
         return null;
+    }
+
+    pub const Found = struct { index: u32, serial: u64 };
+
+    /// The serial of entry `index`'s publish when it is one of `op_id` this reader has not
+    /// departed, else null (find's test for one entry: a reader that guesses where its peer
+    /// published reads one line, not the ids). The serial is read before and after the other
+    /// fields, so they all belong to that publish (the owner may be replacing it).
+    pub fn holds(board: Board, index: u32, op_id: u64, departed_serials: *const [entries_max]u64, since_ns: u64) ?u64 {
+        const e = board.entry(index);
+        const serial = @atomicLoad(u64, &e.serial, .acquire);
+        const phase = @atomicLoad(u32, &e.phase, .acquire);
+        if (phase == Phase.free or @atomicLoad(u64, &e.op_id, .acquire) != op_id) return null;
+        if (phase == Phase.aborted and @atomicLoad(u64, &e.abort_ns, .acquire) < since_ns) return null;
+        if (@atomicLoad(u64, &e.serial, .acquire) != serial or serial == departed_serials[index]) return null;
+        return serial;
     }
 
     /// Owner: gives up on entry `index`; readers that wait on it fail.
@@ -232,7 +264,9 @@ pub const Board = struct {
     pub fn publish(board: Board, index: u32, op_id: u64, serial: u64) void {
         const e = board.entry(index);
         std.debug.assert(e.phase == Phase.free);
+        if (@atomicLoad(u32, &board.header.ids_high, .monotonic) <= index) _ = @atomicRmw(u32, &board.header.ids_high, .Max, index + 1, .acq_rel);
         @atomicStore(u32, &e.departed, 0, .release);
+        @atomicStore(u64, &e.op_id, op_id, .release);
         @atomicStore(u64, &e.serial, serial, .release);
         @atomicStore(u32, &e.phase, Phase.published, .release);
         @atomicStore(u64, &board.header.ids[index], op_id, .release);
@@ -245,7 +279,29 @@ pub const Board = struct {
     /// Owner: the entry is done with (every reader departed, or the op gave up).
     pub fn free(board: Board, index: u32) void {
         @atomicStore(u32, &board.entry(index).phase, Phase.free, .release);
+        @atomicStore(u64, &board.entry(index).op_id, 0, .release);
         @atomicStore(u64, &board.header.ids[index], 0, .release);
+    }
+
+    /// Published and not yet freed: an inline publish whose op ended before its readers
+    /// departed (board_direct: "linger"), or an entry in use.
+    pub fn inUse(board: Board, index: u32) bool {
+        const phase = board.phaseOf(index);
+        return phase != Phase.free and phase != Phase.aborted;
+    }
+
+    /// This rank's op `op_id` failed: owners waiting for it to read their lingering publish of
+    /// that op stop waiting. Any thread may call it.
+    pub fn recordGaveUp(board: Board, op_id: u64) void {
+        const h = board.header;
+        const at = @atomicRmw(u32, &h.gave_up_next, .Add, 1, .acq_rel) % gave_up_max;
+        @atomicStore(u64, &h.gave_up[at], op_id, .release);
+    }
+
+    /// Whether this board's owner recorded a failure of op `op_id` lately (gave_up_max).
+    pub fn gaveUp(board: Board, op_id: u64) bool {
+        for (&board.header.gave_up) |*id| if (@atomicLoad(u64, id, .acquire) == op_id) return true;
+        return false;
     }
 
     /// Reader: done with entry `index` of this board.
@@ -310,24 +366,26 @@ test "board: publish, find, depart, free; a departed publish is not found again"
     try std.testing.expectError(error.BadBoard, Board.open(name, 2));
 
     var departed = [_]u64{0} ** entries_max;
-    try std.testing.expectEqual(@as(?u32, null), peer.find(7, &departed, 0));
+    try std.testing.expectEqual(@as(?Board.Found, null), peer.find(7, &departed, 0));
     const e = own.entry(5);
     e.send_bytes = 8;
     e.inline_data = 1;
     @memcpy(own.data(5)[0..8], "abcdefgh");
     own.publish(5, 7, 1);
     own.ring();
-    const found = peer.find(7, &departed, 0) orelse return error.NotFound;
+    const found = (peer.find(7, &departed, 0) orelse return error.NotFound).index;
     try std.testing.expectEqual(@as(u32, 5), found);
     try std.testing.expectEqualStrings("abcdefgh", peer.data(found)[0..8]);
+    try std.testing.expectEqual(@as(?u64, 1), peer.holds(5, 7, &departed, 0));
+    try std.testing.expect(peer.holds(4, 7, &departed, 0) == null and peer.holds(5, 8, &departed, 0) == null);
     peer.depart(found);
     departed[found] = 1;
     try std.testing.expectEqual(@as(u32, 1), own.departed(5));
     // Until the owner frees it the entry still holds op 7, but this reader is done with it.
-    try std.testing.expectEqual(@as(?u32, null), peer.find(7, &departed, 0));
+    try std.testing.expectEqual(@as(?Board.Found, null), peer.find(7, &departed, 0));
     own.free(5);
     own.publish(5, 7, 2); // the same op id again (ids may be reused): a new serial
-    try std.testing.expectEqual(@as(?u32, 5), peer.find(7, &departed, 0));
+    try std.testing.expectEqual(@as(?u32, 5), (peer.find(7, &departed, 0) orelse return error.NotFound).index);
     try std.testing.expect(peer.ownerAlive());
     own.markDead();
     try std.testing.expect(!peer.ownerAlive());
