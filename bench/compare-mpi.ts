@@ -5,7 +5,8 @@
 // Default: all 8 collectives (allreduce, reduce, broadcast, allgather, gather, scatter,
 // reduce_scatter, alltoall), 8 B..64 MiB; --ranks runs the whole comparison once per rank count.
 // On the shared 2-core box run it as `chrt -f 10 bun bench/compare-mpi.ts ...` (both peers
-// inherit the priority; bench/NOTES.md E24 for why the bench workers then JIT on their thread).
+// inherit the priority; bench/NOTES.md E24 and E34 for how the bench workers still get their
+// JIT compiles done: idles before each point, and a warm-up until the op path is in its top tier).
 //
 // moonring: `moonring bench --via native --json` (worker processes on the data plane directly).
 // Open MPI: ../shared/bench/mpi_bench.c (built here if needed). It steps sizes x4, so it runs twice
