@@ -289,6 +289,11 @@ async function timeIterations(
         if (m.check === "every") wrong! += io.verify();
       }
     }
+    // Untimed: no rank goes on to its next JS (the point's JSON, ~0.5 ms) while a rank that
+    // shares its CPU (more ranks than CPUs) is still in the last timed op: under chrt the
+    // finished one would hold the CPU, the last op took 0.6-0.9 ms at 4 ranks on 2 CPUs (E39).
+    const b = barrier(m.timeoutMs);
+    if (b) await b;
   } else {
     for (let it = 0; it < m.warmup; it++) await step();
     await barrier(m.timeoutMs);
