@@ -256,8 +256,9 @@ const Op = struct {
         const e = b.entry(t.entry);
         // An aborted publish of an earlier op in this slot stays until the slot is reused.
         if (e.phase == Phase.aborted) b.free(t.entry);
+        // Also when this op is not eager: an earlier one in this slot (a larger group) was.
         if (b.inUse(t.entry)) try o.settleLinger();
-        if (t.eager) o.replaceEarlierAttempt();
+        o.replaceEarlierAttempt();
         std.debug.assert(b.phaseOf(t.entry) == Phase.free);
         e.readers = o.readers();
         e.recv_addr = @intFromPtr(o.desc.recv);
@@ -308,7 +309,7 @@ const Op = struct {
     /// id at a time, so an entry of ours with this id is such a leftover).
     fn replaceEarlierAttempt(o: *Op) void {
         const b = o.own();
-        for (0..board_mod.entries_max) |i| {
+        for (0..b.idsHigh()) |i| {
             if (i == o.t.entry or @atomicLoad(u64, &b.header.ids[i], .monotonic) != o.t.op_id) continue;
             if (b.inUse(@intCast(i))) b.free(@intCast(i));
         }
@@ -341,8 +342,9 @@ const Op = struct {
         const t = o.t;
         const b = t.boards[p];
         const index = o.entries[p];
-        const serial = @atomicLoad(u64, &b.entry(index).serial, .acquire);
-        if (serial != o.serials[p] or b.phaseOf(index) == Phase.free) {
+        const serial = o.serials[p];
+        // Only an eager owner may replace a publish before its readers departed.
+        if (t.eager and (@atomicLoad(u64, &b.entry(index).serial, .acquire) != serial or b.phaseOf(index) == Phase.free)) {
             return o.failPeer(error.Protocol, p, "replaced its contribution", "to be read (it re-issued the op id, or this rank read for too long)");
         }
         t.departed_serials[p][index] = serial;

@@ -75,18 +75,19 @@ pub const Entry = extern struct {
     inline_data: u32 = 0,
     /// Changes on every publish, so a reader never mistakes an old publish for a new one.
     serial: u64 = 0,
-    /// The published op (as header.ids[this entry]; read with the serial, it tells a reader
-    /// that the entry was not replaced while it looked: holds()).
-    op_id: u64 = 0,
     send_bytes: u64 = 0,
     send_addr: u64 = 0,
     recv_addr: u64 = 0,
-    /// When the owner gave up (monotonic ns; one clock for the host).
-    abort_ns: u64 = 0,
     /// How many ranks read this publish (board_direct: rooted ops may be one-way).
     readers: u32 = 0,
+    /// When the owner gave up (monotonic ns; one clock for the host).
+    abort_ns: u64 = 0,
     /// Global rank whose failure made the owner give up, or -1 (timeout, cancel).
     abort_cause: i32 = -1,
+    /// Two ranks, allreduce / reduce: 1 when the owner wrote its reduced block into the
+    /// reader's recv too (the reader then neither copies nor reduces it; board_direct E27, E28).
+    wrote_peer_recv: u32 = 0,
+    pad0: [4]u8 = [_]u8{0} ** 4,
     // Reader-written line.
     departed: u32 align(64) = 0,
     pad1: [60]u8 = [_]u8{0} ** 60,
@@ -96,10 +97,10 @@ pub const Entry = extern struct {
     send_offset: u64 = 0,
     recv_serial: u64 = 0,
     recv_offset: u64 = 0,
-    /// Two ranks, allreduce / reduce: 1 when the owner wrote its reduced block into the
-    /// reader's recv too (the reader then neither copies nor reduces it; board_direct E27, E28).
-    wrote_peer_recv: u32 = 0,
-    pad2: [28]u8 = [_]u8{0} ** 28,
+    /// The published op (as header.ids[this entry]; read between two reads of the serial, it
+    /// tells a reader the entry was not replaced while it looked: holds()).
+    op_id: u64 = 0,
+    pad2: [24]u8 = [_]u8{0} ** 24,
     /// alltoall: the owner's send counts in group order (elements).
     send_counts: [counts_max]u64 = [_]u64{0} ** counts_max,
 };
@@ -111,7 +112,6 @@ comptime {
     std.debug.assert(inline_bytes_max % 64 == 0 and inline_bytes_large % 64 == 0);
     std.debug.assert(inline_bytes_large >= inline_bytes_max and entries_large <= entries_max);
     std.debug.assert(gave_up_max >= 16);
-    std.debug.assert(@offsetOf(Entry, "abort_cause") + 4 <= 64); // the owner's first line
 
 }
 
@@ -229,12 +229,16 @@ pub const Board = struct {
     /// departed (`departed_serials`, per index) and publishes aborted before `since_ns` (an
     /// op id re-issued after a failure must not find the failed attempt).
     pub fn find(board: Board, op_id: u64, departed_serials: *const [entries_max]u64, since_ns: u64) ?Found {
-        const high = @min(@atomicLoad(u32, &board.header.ids_high, .acquire), entries_max);
-        for (0..high) |i| {
+        for (0..board.idsHigh()) |i| {
             if (@atomicLoad(u64, &board.header.ids[i], .acquire) != op_id) continue;
             if (board.holds(@intCast(i), op_id, departed_serials, since_ns)) |serial| return .{ .index = @intCast(i), .serial = serial };
         }
         return null;
+    }
+
+    /// 1 + the highest entry index ever published here (find scans below it).
+    pub fn idsHigh(board: Board) u32 {
+        return @min(@atomicLoad(u32, &board.header.ids_high, .acquire), entries_max);
     }
 
     pub const Found = struct { index: u32, serial: u64 };
@@ -337,7 +341,8 @@ pub fn spinNs() u64 {
     return spin_ns;
 }
 
-/// CPUs of this host (cached).
+/// CPUs of this host (cached): the online count, not this thread's affinity, which a rank
+/// bound to one core (mr_pin_thread) would see as 1 and so think itself oversubscribed.
 pub fn cpuCount() u32 {
     cpus_once.call();
     return cpus;
@@ -346,7 +351,7 @@ pub fn cpuCount() u32 {
 var cpus_once = std.once(computeCpus);
 var cpus: u32 = 1;
 fn computeCpus() void {
-    cpus = @intCast(@max(1, std.Thread.getCpuCount() catch 1));
+    cpus = sys.onlineCpus();
 }
 
 var spin_once = std.once(computeSpin);
