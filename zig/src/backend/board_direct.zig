@@ -154,8 +154,10 @@ const Op = struct {
         for (0..n) |p| if (p != t.me and o.readsFrom(@intCast(p))) try o.departFrom(@intCast(p));
         if (!o.published) return;
         // Copied into the board and nothing else of ours is read: readers need only the
-        // entry, which stays until its next use (publish() waits for them there).
-        if (o.t.eager and o.publish_inline and !o.peersReadMore()) {
+        // entry, which stays until its next use (publish() waits for them there). Not a
+        // barrier: its ranks leave together only if each waits for the others to read it
+        // (lingering barriers let the last rank in run ahead by a wake-up: E53).
+        if (o.t.eager and o.publish_inline and !o.peersReadMore() and o.desc.kind != .barrier) {
             o.published = false;
             return;
         }
@@ -323,6 +325,7 @@ const Op = struct {
         const Found = struct {
             o: *Op,
             p: u32,
+            const yield_soon = true;
             fn ready(self: @This()) Readiness {
                 const t = self.o.t;
                 const board = t.boards[self.p];
@@ -348,7 +351,7 @@ const Op = struct {
             return o.failPeer(error.Protocol, p, "replaced its contribution", "to be read (it re-issued the op id, or this rank read for too long)");
         }
         t.departed_serials[p][index] = serial;
-        b.depart(index);
+        b.depart(index, t.me);
         b.ring();
     }
 
@@ -420,7 +423,12 @@ const Op = struct {
                 .aborted => return o.failAborted(peer.?, what),
                 .not_yet => {},
             }
-            if (spins % 64 != 63) {
+            // Waiting for a peer to join an op every rank needs (not rooted, not the barrier,
+            // whose ranks should leave together) while oversubscribed: every rank must run
+            // before anyone finishes, so hand the CPU over soon (E54).
+            const yield_soon = oversubscribed and @hasDecl(Cond, "yield_soon") and !rootedOrBarrier(o.desc.kind);
+            const check_every: u32 = if (yield_soon) 4 else 64;
+            if (spins % check_every != check_every - 1) {
                 std.atomic.spinLoopHint();
                 continue;
             }
@@ -741,6 +749,13 @@ pub fn exchangeRecords(t: *Team, round: u32, record_bytes: usize, mine: []const 
     round_team.serial = t.serial *% 8 +% round;
     // Inline records, no overlap: nothing is allocated.
     return run(&round_team, desc, std.heap.page_allocator);
+}
+
+fn rootedOrBarrier(kind: op.Collective) bool {
+    return switch (kind) {
+        .broadcast, .scatter, .gather, .reduce, .barrier => true,
+        else => false,
+    };
 }
 
 /// Whether group rank `reader` reads rank `owner`'s board entry in an op of `kind`: broadcast

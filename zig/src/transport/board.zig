@@ -89,8 +89,10 @@ pub const Entry = extern struct {
     wrote_peer_recv: u32 = 0,
     pad0: [4]u8 = [_]u8{0} ** 4,
     // Reader-written line.
-    departed: u32 align(64) = 0,
-    pad1: [60]u8 = [_]u8{0} ** 60,
+    /// Byte r is 1 once group rank r departed: each reader stores its own byte (a plain
+    /// store that drains in the background), where a shared counter took a locked add on a
+    /// line the owner holds, one cross-core stall per reader per op (E52).
+    departed: [counts_max]u8 align(64) = [_]u8{0} ** counts_max,
     /// Owner-written: where the send / recv buffers lie when they are shared buffers
     /// (arena.zig; serial 0: not shared, read with CMA).
     send_serial: u64 align(64) = 0,
@@ -269,7 +271,8 @@ pub const Board = struct {
         const e = board.entry(index);
         std.debug.assert(e.phase == Phase.free);
         if (@atomicLoad(u32, &board.header.ids_high, .monotonic) <= index) _ = @atomicRmw(u32, &board.header.ids_high, .Max, index + 1, .acq_rel);
-        @atomicStore(u32, &e.departed, 0, .release);
+        const flags: *align(64) volatile @Vector(counts_max, u8) = @ptrCast(&e.departed);
+        flags.* = @splat(0);
         @atomicStore(u64, &e.op_id, op_id, .release);
         @atomicStore(u64, &e.serial, serial, .release);
         @atomicStore(u32, &e.phase, Phase.published, .release);
@@ -308,13 +311,17 @@ pub const Board = struct {
         return false;
     }
 
-    /// Reader: done with entry `index` of this board.
-    pub fn depart(board: Board, index: u32) void {
-        _ = @atomicRmw(u32, &board.entry(index).departed, .Add, 1, .acq_rel);
+    /// Reader `reader` (its group rank): done with entry `index` of this board.
+    pub fn depart(board: Board, index: u32, reader: u32) void {
+        std.debug.assert(reader < counts_max);
+        @atomicStore(u8, &board.entry(index).departed[reader], 1, .release);
     }
 
+    /// How many readers departed entry `index`.
     pub fn departed(board: Board, index: u32) u32 {
-        return @atomicLoad(u32, &board.entry(index).departed, .acquire);
+        const flags: *align(64) const volatile @Vector(counts_max, u8) = @ptrCast(&board.entry(index).departed);
+        const set = flags.* != @as(@Vector(counts_max, u8), @splat(0));
+        return std.simd.countTrues(set);
     }
 
     /// Wakes the owner's threads that sleep in wait() (only a syscall when one sleeps).
@@ -383,7 +390,7 @@ test "board: publish, find, depart, free; a departed publish is not found again"
     try std.testing.expectEqualStrings("abcdefgh", peer.data(found)[0..8]);
     try std.testing.expectEqual(@as(?u64, 1), peer.holds(5, 7, &departed, 0));
     try std.testing.expect(peer.holds(4, 7, &departed, 0) == null and peer.holds(5, 8, &departed, 0) == null);
-    peer.depart(found);
+    peer.depart(found, 1);
     departed[found] = 1;
     try std.testing.expectEqual(@as(u32, 1), own.departed(5));
     // Until the owner frees it the entry still holds op 7, but this reader is done with it.
