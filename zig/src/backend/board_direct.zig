@@ -40,6 +40,15 @@ const Error = common.Error;
 
 /// Contributions up to this size are always copied into the board (when they fit).
 pub const inline_always_bytes = 4 << 10;
+/// Eager groups: rooted ops copy contributions up to this size into the board even from
+/// shared buffers (measured, E55: broadcast's readers each read it all, so 8 KiB there).
+fn eagerCopyBytesMax(kind: op.Collective) u64 {
+    return switch (kind) {
+        .broadcast => 8 << 10,
+        .gather, .scatter, .reduce => 32 << 10,
+        else => 0,
+    };
+}
 /// Reductions and CMA copies go through scratch in pieces of this size (L2-resident).
 const piece_bytes = 64 << 10;
 /// Two-rank allreduces of at least this many bytes (out of place) write the peer's copy of a
@@ -220,7 +229,10 @@ const Op = struct {
         // reader's cache, E20); tiny parts always (a mapping lookup costs more than the copy).
         const fits = bytes <= board_mod.inlineBytes(o.t.entry);
         const shared = bytes > inline_always_bytes and arena.locate(@intFromPtr(send.ptr), bytes) != null;
-        o.publish_inline = fits and !shared;
+        // Eager rooted ops copy shared parts too (up to eager_copy_bytes_max): the owner then
+        // returns without waiting for its descheduled readers (E55).
+        const copy_anyway = o.t.eager and bytes <= eagerCopyBytesMax(d.kind);
+        o.publish_inline = fits and (!shared or copy_anyway);
         if (o.publish_inline) return send;
         // The part of recv whose writes may change what peers read of our send.
         const recv_bytes: u64 = switch (d.kind) {
