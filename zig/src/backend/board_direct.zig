@@ -38,8 +38,9 @@ const Board = board_mod.Board;
 const Phase = board_mod.Phase;
 const Error = common.Error;
 
-/// Contributions up to this size are always copied into the board (when they fit).
-pub const inline_always_bytes = 4 << 10;
+/// Contributions up to this size are always copied into the board (when they fit); larger ones
+/// in shared buffers are read in place: from 2 KiB that is faster than the copy (E56).
+pub const inline_always_bytes = 1 << 10;
 /// Eager groups: rooted ops copy contributions up to this size into the board even from
 /// shared buffers (measured, E55: broadcast's readers each read it all, so 8 KiB there).
 fn eagerCopyBytesMax(kind: op.Collective) u64 {
@@ -226,7 +227,7 @@ const Op = struct {
         const send = common.bytesPtr(d.send, bytes);
         // Copied into the board when it fits, unless it lies in a shared buffer (then peers read
         // it in place: copying in cost ~12 us per 64 KiB here, every line stolen back from the
-        // reader's cache, E20); tiny parts always (a mapping lookup costs more than the copy).
+        // reader's cache, E20); parts up to 1 KiB always (a mapping lookup costs more, E56).
         const fits = bytes <= board_mod.inlineBytes(o.t.entry);
         const shared = bytes > inline_always_bytes and arena.locate(@intFromPtr(send.ptr), bytes) != null;
         // Eager rooted ops copy shared parts too (up to eager_copy_bytes_max): the owner then
