@@ -230,7 +230,7 @@ const Op = struct {
         // reader's cache, E20); parts up to 1 KiB always (a mapping lookup costs more, E56).
         const fits = bytes <= board_mod.inlineBytes(o.t.entry);
         const shared = bytes > inline_always_bytes and arena.locate(@intFromPtr(send.ptr), bytes) != null;
-        // Eager rooted ops copy shared parts too (up to eager_copy_bytes_max): the owner then
+        // Eager rooted ops copy shared parts too (up to eagerCopyBytesMax): the owner then
         // returns without waiting for its descheduled readers (E55).
         const copy_anyway = o.t.eager and bytes <= eagerCopyBytesMax(d.kind);
         o.publish_inline = fits and (!shared or copy_anyway);

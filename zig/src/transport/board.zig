@@ -6,7 +6,7 @@
 //! (bench/NOTES.md E15).
 //!
 //! Layout: a header (owner pid, liveness, the doorbell futex peers ring, the op id of each
-//! entry) and `entries_max` entries, one per engine op slot. The owner writes an entry (its
+//! entry) and `entries_max` entries, two per engine op slot. The owner writes an entry (its
 //! contribution inline, or its buffer addresses for peers to read with process_vm_readv),
 //! then its op id; readers find the entry by op id, read, and "depart" (count up). The owner
 //! frees an entry only after every reader departed (or gave up), so an entry never changes
@@ -246,9 +246,8 @@ pub const Board = struct {
     pub const Found = struct { index: u32, serial: u64 };
 
     /// The serial of entry `index`'s publish when it is one of `op_id` this reader has not
-    /// departed, else null (find's test for one entry: a reader that guesses where its peer
-    /// published reads one line, not the ids). The serial is read before and after the other
-    /// fields, so they all belong to that publish (the owner may be replacing it).
+    /// departed, else null (find's test for one entry). The serial is read before and after
+    /// the other fields, so they all belong to that publish (the owner may be replacing it).
     pub fn holds(board: Board, index: u32, op_id: u64, departed_serials: *const [entries_max]u64, since_ns: u64) ?u64 {
         const e = board.entry(index);
         const serial = @atomicLoad(u64, &e.serial, .acquire);
@@ -307,6 +306,7 @@ pub const Board = struct {
 
     /// Whether this board's owner recorded a failure of op `op_id` lately (gave_up_max).
     pub fn gaveUp(board: Board, op_id: u64) bool {
+        if (op_id == 0) return false; // 0 marks an empty place in the ring
         for (&board.header.gave_up) |*id| if (@atomicLoad(u64, id, .acquire) == op_id) return true;
         return false;
     }
