@@ -1335,6 +1335,23 @@ test "board: an in-place allreduce on a small-capacity entry (contribution read 
     for (0..2) |r| for (bufs[r], 0..) |v, k| try testing.expectEqual(@as(i32, @intCast(k * 6 + 1000)), v);
 }
 
+/// Every collective once on `world` (roots 0 and last, several dtypes and ops), `c` elements per
+/// rank, each result checked against its f64 / exact-int reference (CollectiveCase).
+fn everyCollective(world: *World, c: usize, shared: bool, seed: u64) !void {
+    const n = world.n;
+    try (CollectiveCase(i32){ .world = world, .kind = .allreduce, .count = c, .shared = shared }).run(seed + 1);
+    try (CollectiveCase(f32){ .world = world, .kind = .allreduce, .redop = .avg, .count = c, .shared = shared }).run(seed + 2);
+    for ([_]u32{ 0, n - 1 }) |root| {
+        try (CollectiveCase(i64){ .world = world, .kind = .reduce, .count = c, .root = root, .shared = shared }).run(seed + 3);
+        try (CollectiveCase(u8){ .world = world, .kind = .broadcast, .count = c, .root = root, .shared = shared }).run(seed + 4);
+        try (CollectiveCase(f32){ .world = world, .kind = .gather, .count = c, .root = root, .shared = shared }).run(seed + 5);
+        try (CollectiveCase(i32){ .world = world, .kind = .scatter, .count = c, .root = root, .shared = shared }).run(seed + 6);
+    }
+    try (CollectiveCase(i16){ .world = world, .kind = .allgather, .count = c, .shared = shared }).run(seed + 7);
+    try (CollectiveCase(i32){ .world = world, .kind = .reduce_scatter, .count = c, .shared = shared }).run(seed + 8);
+    try (CollectiveCase(i32){ .world = world, .kind = .alltoall, .count = c, .shared = shared }).run(seed + 9);
+}
+
 test "board: every collective on shared buffers (peers read them in place), 2..4 ranks, roots 0 and last" {
     for (2..5) |nn| {
         const n: u32 = @intCast(nn);
@@ -1344,17 +1361,7 @@ test "board: every collective on shared buffers (peers read them in place), 2..4
         // 300_001 elements: large (shared, not inline), blocks of unequal length.
         for ([_]usize{ 300_001, 70_000 }) |c| {
             seed += 13;
-            try (CollectiveCase(i32){ .world = &world, .kind = .allreduce, .count = c, .shared = true }).run(seed + 1);
-            try (CollectiveCase(f32){ .world = &world, .kind = .allreduce, .redop = .avg, .count = c, .shared = true }).run(seed + 2);
-            for ([_]u32{ 0, n - 1 }) |root| {
-                try (CollectiveCase(i64){ .world = &world, .kind = .reduce, .count = c, .root = root, .shared = true }).run(seed + 3);
-                try (CollectiveCase(u8){ .world = &world, .kind = .broadcast, .count = c, .root = root, .shared = true }).run(seed + 4);
-                try (CollectiveCase(f32){ .world = &world, .kind = .gather, .count = c, .root = root, .shared = true }).run(seed + 5);
-                try (CollectiveCase(i32){ .world = &world, .kind = .scatter, .count = c, .root = root, .shared = true }).run(seed + 6);
-            }
-            try (CollectiveCase(i16){ .world = &world, .kind = .allgather, .count = c, .shared = true }).run(seed + 7);
-            try (CollectiveCase(i32){ .world = &world, .kind = .reduce_scatter, .count = c, .shared = true }).run(seed + 8);
-            try (CollectiveCase(i32){ .world = &world, .kind = .alltoall, .count = c, .shared = true }).run(seed + 9);
+            try everyCollective(&world, c, true, seed);
         }
     }
 }
@@ -1374,16 +1381,7 @@ test "board, eager: every collective, tiny / inline / large, plain and shared bu
         var seed: u64 = 9100 + n;
         for ([_]usize{ 1, 1000, 70_000 }) |c| for ([_]bool{ false, true }) |shared| for (0..2) |_| {
             seed += 17;
-            try (CollectiveCase(i32){ .world = &world, .kind = .allreduce, .count = c, .shared = shared }).run(seed + 1);
-            for ([_]u32{ 0, n - 1 }) |root| {
-                try (CollectiveCase(i64){ .world = &world, .kind = .reduce, .count = c, .root = root, .shared = shared }).run(seed + 3);
-                try (CollectiveCase(u8){ .world = &world, .kind = .broadcast, .count = c, .root = root, .shared = shared }).run(seed + 4);
-                try (CollectiveCase(f32){ .world = &world, .kind = .gather, .count = c, .root = root, .shared = shared }).run(seed + 5);
-                try (CollectiveCase(i32){ .world = &world, .kind = .scatter, .count = c, .root = root, .shared = shared }).run(seed + 6);
-            }
-            try (CollectiveCase(i16){ .world = &world, .kind = .allgather, .count = c, .shared = shared }).run(seed + 7);
-            try (CollectiveCase(i32){ .world = &world, .kind = .reduce_scatter, .count = c, .shared = shared }).run(seed + 8);
-            try (CollectiveCase(i32){ .world = &world, .kind = .alltoall, .count = c, .shared = shared }).run(seed + 9);
+            try everyCollective(&world, c, shared, seed);
         };
     }
 }
@@ -1433,6 +1431,16 @@ test "board, eager: a reader that never comes does not hold the root's entry; a 
     }
     // The same op id again (a retry after a failure elsewhere) with new data: rank 2 reads
     // this attempt's publish, not the first attempt's that still lingered.
+    // The first attempt goes to the slot's first entry, so a reader that scans the ids in
+    // order would meet it before the second attempt's (a lone op on a group of one only flips
+    // the slot's turn when needed).
+    if (world.engine(0).slots[0].board_turn == 0) {
+        var lone = [_]f32{0} ** 64;
+        const s = Submit{ .kind = @intFromEnum(op.Collective.broadcast), .dtype = @intFromEnum(op.DType.f32), .redop = 0, .op_id = nextOpId(), .ranks_mask = 1, .root = 0, .send = @ptrCast(&lone), .recv = @ptrCast(&lone), .count = 64, .counts = null, .device = -1, .timeout_ms = 10_000 };
+        const ticket = try world.engine(0).runNow(s);
+        world.engine(0).release(ticket);
+    }
+    try testing.expectEqual(@as(u1, 1), world.engine(0).slots[0].board_turn);
     const retried = nextOpId();
     @memset(&bufs[0], 3);
     try testing.expectEqual(Status.ok, try broadcastAlone(&world, 0, retried, &bufs[0], 10_000));

@@ -26,13 +26,7 @@ fn commIsend(context: *anyopaque, peer_group: u32, bytes: []const u8) Error!tran
     const index, const seq = blk: {
         net.mu.lock();
         defer net.mu.unlock();
-        if (ep.failure) |f| return f.err;
-        const index = Net.allocReqLocked(ep) orelse {
-            Net.failLocked(ep, error.OutOfMemory, -1, "more than {d} requests in flight", .{net_mod.requests_max});
-            return error.OutOfMemory;
-        };
-        const seq = ep.send_seq[peer_group];
-        ep.send_seq[peer_group] += 1;
+        const index, const seq = try claimRequestLocked(ep, &ep.send_seq[peer_group]);
         ep.reqs[index] = .{ .kind = .send, .peer = peer, .seq = seq };
         break :blk .{ index, seq };
     };
@@ -46,6 +40,20 @@ fn commIsend(context: *anyopaque, peer_group: u32, bytes: []const u8) Error!tran
     return .{ .index = index };
 }
 
+/// A free request of `ep` and the next sequence number of `seq_next` (the peer's send or receive
+/// counter), which it advances; net.mu held. Fails when the op already failed or has
+/// requests_max requests in flight.
+fn claimRequestLocked(ep: *Endpoint, seq_next: *u32) Error!struct { u32, u32 } {
+    if (ep.failure) |f| return f.err;
+    const index = Net.allocReqLocked(ep) orelse {
+        Net.failLocked(ep, error.OutOfMemory, -1, "more than {d} requests in flight", .{net_mod.requests_max});
+        return error.OutOfMemory;
+    };
+    const seq = seq_next.*;
+    seq_next.* += 1;
+    return .{ index, seq };
+}
+
 fn commIrecv(context: *anyopaque, peer_group: u32, bytes: []u8) Error!transport.Request {
     return commIrecvImpl(context, peer_group, bytes, null);
 }
@@ -57,13 +65,7 @@ fn commIrecvImpl(context: *anyopaque, peer_group: u32, bytes: []u8, reduce_spec:
     const peer = ep.group[peer_group];
     net.mu.lock();
     defer net.mu.unlock();
-    if (ep.failure) |f| return f.err;
-    const index = Net.allocReqLocked(ep) orelse {
-        Net.failLocked(ep, error.OutOfMemory, -1, "more than {d} requests in flight", .{net_mod.requests_max});
-        return error.OutOfMemory;
-    };
-    const seq = ep.recv_seq[peer_group];
-    ep.recv_seq[peer_group] += 1;
+    const index, const seq = try claimRequestLocked(ep, &ep.recv_seq[peer_group]);
     const req = &ep.reqs[index];
     req.* = .{ .kind = .recv, .peer = peer, .seq = seq, .buf = bytes, .reduce = reduce_spec };
     net.claimStashLocked(ep, req);
