@@ -340,7 +340,7 @@ pub const Engine = struct {
             // that started and then stalled, not the op's whole timeout.
             if (slot.timeout_ms > inline_wait_ms_max) {
                 slot.timeout_ms = inline_wait_ms_max;
-                slot.deadline_ns = @min(slot.deadline_ns, sys.monotonicNs() + inline_wait_ms_max * std.time.ns_per_ms);
+                slot.deadline_ns = @min(slot.deadline_ns, sys.deadlineNs(inline_wait_ms_max));
             }
             engine.runSlot(slot, false, std.heap.c_allocator);
             engine.mu.lock();
@@ -521,7 +521,7 @@ pub const Engine = struct {
         slot.failed_peer = -1;
         slot.error_len = 0;
         if (canceled) return engine.setSlotError(slot, Status.ecanceled, -1, "canceled before it started", .{});
-        if (sys.monotonicNs() >= slot.deadline_ns)
+        if (sys.pastDeadline(slot.deadline_ns))
             return engine.setSlotError(slot, Status.etimeout, -1, "timed out after {d} ms before it started", .{slot.timeout_ms});
 
         // Buffers the op shapes let a rank omit (non-root reduce/gather recv, ...) are never

@@ -60,7 +60,7 @@ pub fn admitLocked(engine: *Engine, s: Submit, state: SlotState) SubmitError!usi
     slot.count = s.count;
     slot.device = s.device;
     slot.timeout_ms = s.timeout_ms;
-    slot.deadline_ns = sys.monotonicNs() + @as(u64, s.timeout_ms) * std.time.ns_per_ms;
+    slot.deadline_ns = sys.deadlineNs(s.timeout_ms);
     slot.status = Status.ok;
     slot.failed_peer = -1;
     slot.error_len = 0;

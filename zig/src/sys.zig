@@ -15,6 +15,37 @@ fn errnoOf(rc: usize) linux.E {
 
 // ---- time ----
 
+/// A deadline `timeout_ms` from now on the monotonic clock, read coarsely: CLOCK_MONOTONIC_COARSE
+/// costs ~5 ns where CLOCK_MONOTONIC costs ~22 (a KVM guest, bench/NOTES.md E58) and lags it
+/// by at most one tick, which is added, so the deadline is never early (at most a tick late).
+pub fn deadlineNs(timeout_ms: u64) u64 {
+    coarse_once.call();
+    return coarseNs() + coarse_tick_ns + timeout_ms * std.time.ns_per_ms;
+}
+
+/// Whether `deadline_ns` (monotonic) has passed, read coarsely: never before it has (the
+/// coarse clock lags), at most a tick after.
+pub fn pastDeadline(deadline_ns: u64) bool {
+    return coarseNs() >= deadline_ns;
+}
+
+fn coarseNs() u64 {
+    var ts: std.c.timespec = undefined;
+    const rc = std.c.clock_gettime(.MONOTONIC_COARSE, &ts);
+    std.debug.assert(rc == 0);
+    return @as(u64, @intCast(ts.sec)) * std.time.ns_per_s + @as(u64, @intCast(ts.nsec));
+}
+
+var coarse_once = std.once(computeCoarseTick);
+/// The coarse clock's resolution (a scheduler tick: 1-10 ms; 4 ms here).
+var coarse_tick_ns: u64 = 10 * std.time.ns_per_ms;
+fn computeCoarseTick() void {
+    var ts: std.c.timespec = undefined;
+    if (std.c.clock_getres(.MONOTONIC_COARSE, &ts) != 0) return;
+    const tick = @as(u64, @intCast(ts.sec)) * std.time.ns_per_s + @as(u64, @intCast(ts.nsec));
+    if (tick > 0 and tick <= std.time.ns_per_s) coarse_tick_ns = tick;
+}
+
 /// Monotonic nanoseconds (CLOCK_MONOTONIC).
 pub fn monotonicNs() u64 {
     // P4: libc's clock_gettime goes through the vDSO; std.os.linux's does not in a
