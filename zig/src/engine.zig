@@ -375,11 +375,14 @@ pub const Engine = struct {
         const bytes = slot.count * slot.dtype.bytes();
         const pair_reduce = slot.kind == .reduce and slot.group_size == 2 and bytes > engine.config.board_allreduce_all_bytes;
         const eager = engine.boardEager(slot);
+        const lanes = engine.boardLanes(slot);
         var reads_any = false;
         for (0..slot.group_size) |p| {
             if (p == me or !board_direct.reads(slot.kind, me, slot.root_group, @intCast(p), pair_reduce, eager)) continue;
             reads_any = true;
-            if (slot.board_team.boards[p].find(slot.op_id, slot.board_team.departed_serials[p], 0) == null) return false;
+            const peer_board = slot.board_team.boards[p];
+            if (lanes) if (peer_board.laneHolds(slot.group[me], slot.op_id) != null) continue;
+            if (peer_board.find(slot.op_id, slot.board_team.departed_serials[p], 0) == null) return false;
         }
         // Reading nobody, it only publishes: at once when its part is copied into the board
         // (board_direct.inline_always_bytes), else it would wait here for its readers.
@@ -621,9 +624,16 @@ pub const Engine = struct {
         return @intCast(2 * engine.slotIndex(slot) + turn);
     }
 
-    /// The group runs board ops eagerly (plan.Config.board_eager_ranks_min).
+    /// The group runs board ops eagerly (plan.Config.board_eager_ranks_min), or this op goes
+    /// through the pair lanes, which are eager too.
     pub fn boardEager(engine: *const Engine, slot: *const Slot) bool {
-        return slot.group_size >= engine.config.board_eager_ranks_min;
+        return slot.group_size >= engine.config.board_eager_ranks_min or engine.boardLanes(slot);
+    }
+
+    /// The op goes through the pair lanes (board_direct.usesLanes): host buffers only (the
+    /// CUDA direct path's control records use the entries).
+    pub fn boardLanes(engine: *const Engine, slot: *const Slot) bool {
+        return slot.device < 0 and board_direct.usesLanes(slot.kind, slot.group[0..slot.group_size], slot.count, slot.dtype.bytes(), engine.config.board_lanes);
     }
 
     pub fn slotIndex(engine: *const Engine, slot: *const Slot) usize {

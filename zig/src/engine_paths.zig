@@ -117,6 +117,7 @@ pub fn boardTeamOf(engine: *Engine, slot: *Slot) board_direct.Team {
         .cma = engine.config.board_cma,
         .allreduce_all_bytes = engine.config.board_allreduce_all_bytes,
         .eager = engine.boardEager(slot),
+        .lanes = engine.boardLanes(slot),
         .maps = &engine.net.peer_maps,
     };
 }

@@ -11,6 +11,7 @@ const sys = @import("sys.zig");
 const dispatch = @import("algo/dispatch.zig");
 const plan = @import("plan.zig");
 const arena = @import("transport/arena.zig");
+const board_mod = @import("transport/board.zig");
 
 const Engine = engine_mod.Engine;
 const Status = engine_mod.Status;
@@ -1448,6 +1449,72 @@ test "board, eager: a reader that never comes does not hold the root's entry; a 
     try testing.expectEqual(Status.ok, try broadcastAlone(&world, 0, retried, &bufs[0], 10_000));
     try testing.expectEqual(Status.ok, try broadcastAlone(&world, 2, retried, &bufs[2], 10_000));
     for (bufs[2]) |v| try testing.expectEqual(@as(f32, 4), v);
+}
+
+/// Board knobs with the pair lanes on or off (plan.Config.board_lanes).
+fn lanesConfig(on: bool) plan.Config {
+    var config = plan.Config.fromEnv();
+    config.board_lanes = on;
+    return config;
+}
+
+test "board, lanes: every collective at 2 ranks, sizes below, at and above a lane cell, lanes on and off, three times (cells reused)" {
+    for ([_]bool{ true, false }) |on| {
+        var world = try World.init(2, .{ .mode = .shm, .config = lanesConfig(on) });
+        defer world.deinit();
+        var seed: u64 = 9400 + @as(u64, @intFromBool(on));
+        // 128 x i32 scatter / reduce_scatter = 1024 B (a full cell); 129: the entries.
+        for ([_]usize{ 1, 17, 128, 129, 300 }) |c| for ([_]bool{ false, true }) |shared| for (0..3) |_| {
+            seed += 19;
+            try everyCollective(&world, c, shared, seed);
+        };
+    }
+}
+
+test "board, lanes: a 2-rank broadcast root runs ten ops ahead of its reader (more than a lane's cells: the rest go to entries); each arrives exactly" {
+    var world = try World.init(2, .{ .mode = .shm, .config = lanesConfig(true) });
+    defer world.deinit();
+    var bufs: [2][64]f32 = undefined;
+    var ids: [10]u64 = undefined;
+    for (&ids, 0..) |*id, round| {
+        id.* = nextOpId();
+        for (&bufs[0], 0..) |*v, k| v.* = @floatFromInt(round * 1000 + k);
+        try testing.expectEqual(Status.ok, try broadcastAlone(&world, 0, id.*, &bufs[0], 10_000));
+        @memset(&bufs[0], -1); // what the reader gets is the lane's (or entry's) copy
+    }
+    try testing.expect(ids.len > board_mod.lane_cells);
+    for (ids, 0..) |id, round| {
+        @memset(&bufs[1], 0);
+        try testing.expectEqual(Status.ok, try broadcastAlone(&world, 1, id, &bufs[1], 10_000));
+        for (bufs[1], 0..) |v, k| try testing.expectEqual(@as(f32, @floatFromInt(round * 1000 + k)), v);
+    }
+}
+
+test "board, lanes: an op its reader never runs holds its cell; the ops after it, two rounds of cells, go through lanes or entries and arrive exactly" {
+    var world = try World.init(2, .{ .mode = .shm, .config = lanesConfig(true) });
+    defer world.deinit();
+    var bufs: [2][64]f32 = undefined;
+    @memset(&bufs[0], 7);
+    try testing.expectEqual(Status.ok, try broadcastAlone(&world, 0, nextOpId(), &bufs[0], 10_000)); // rank 1 never runs it
+    for (0..2 * board_mod.lane_cells + 1) |round| {
+        const id = nextOpId();
+        @memset(&bufs[0], @floatFromInt(round + 1));
+        for (0..2) |r| try testing.expectEqual(Status.ok, try broadcastAlone(&world, r, id, &bufs[r], 10_000));
+        for (bufs[1]) |v| try testing.expectEqual(@as(f32, @floatFromInt(round + 1)), v);
+    }
+}
+
+test "board, lanes: a re-issued op id replaces the earlier attempt's lane publish" {
+    var world = try World.init(2, .{ .mode = .shm, .config = lanesConfig(true) });
+    defer world.deinit();
+    var bufs: [2][64]f32 = undefined;
+    const retried = nextOpId();
+    @memset(&bufs[0], 3);
+    try testing.expectEqual(Status.ok, try broadcastAlone(&world, 0, retried, &bufs[0], 10_000));
+    @memset(&bufs[0], 4);
+    try testing.expectEqual(Status.ok, try broadcastAlone(&world, 0, retried, &bufs[0], 10_000));
+    try testing.expectEqual(Status.ok, try broadcastAlone(&world, 1, retried, &bufs[1], 10_000));
+    for (bufs[1]) |v| try testing.expectEqual(@as(f32, 4), v);
 }
 
 test "start: the last rank to start a small board op runs it on its own thread, complete on return; the first one runs it async" {

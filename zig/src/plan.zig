@@ -69,6 +69,9 @@ pub const Config = struct {
     /// default: more ranks than the host's CPUs, where waiting for a descheduled peer costs
     /// most. Every rank must agree.
     board_eager_ranks_min: u32 = std.math.maxInt(u32),
+    /// MOONRING_BOARD_LANES=0: two-rank groups' small ops use the entries, not the pair lanes
+    /// (backend/board_direct.zig). Every rank must agree.
+    board_lanes: bool = true,
     cuda: CudaConfig = .{},
     /// Algorithm thresholds of the links path (algo/common.zig).
     tuning: common.Tuning = .{},
@@ -85,6 +88,7 @@ pub const Config = struct {
         if (sys.envU64("MOONRING_BOARD_BYTES_MAX")) |bytes| config.board_bytes_max = bytes;
         if (sys.envU64("MOONRING_BOARD_ALLREDUCE_ALL")) |bytes| config.board_allreduce_all_bytes = @max(bytes, 1);
         config.board_eager_ranks_min = sys.onlineCpus() + 1;
+        config.board_lanes = !envIs("MOONRING_BOARD_LANES", "0");
         if (sys.envU64("MOONRING_BOARD_EAGER_RANKS")) |ranks| config.board_eager_ranks_min = @intCast(@min(@max(ranks, 2), std.math.maxInt(u32)));
         config.cuda = .{
             .ipc = !envIs("MOONRING_CUDA_IPC", "0") and !envIs("MOONRING_CUDA_IPC", "off"),

@@ -25,6 +25,11 @@
 //! an owner whose contribution was copied into the board returns without waiting for its
 //! readers: the publish "lingers" until the entry's next use, which waits for them then (an
 //! engine slot has two entries used in turn, so that is two ops later).
+//!
+//! Two-rank groups run small ops through the pair lanes (board.zig, bench/NOTES.md E59), as
+//! eager groups: the owner copies its contribution into its lane to the peer and returns; the
+//! reader finds it in one line and marks it consumed. An owner whose lane cell is still taken
+//! publishes in its entry instead; readers look in both.
 const std = @import("std");
 const common = @import("../algo/common.zig");
 const op = @import("../op.zig");
@@ -41,6 +46,8 @@ const Error = common.Error;
 /// Contributions up to this size are always copied into the board (when they fit); larger ones
 /// in shared buffers are read in place: from 2 KiB that is faster than the copy (E56).
 pub const inline_always_bytes = 1 << 10;
+/// Op.entries[p] when rank p's contribution is in its lane cell, not an entry.
+const lane_entry: u32 = board_mod.entries_max;
 /// Eager groups: rooted ops copy contributions up to this size into the board even from
 /// shared buffers (measured, E55: broadcast's readers each read it all, so 8 KiB there).
 fn eagerCopyBytesMax(kind: op.Collective) u64 {
@@ -61,14 +68,31 @@ const nt_op_bytes_min = 64 << 20;
 const copy_bytes_max = 4 << 20;
 /// A sleeping waiter re-checks liveness, cancel and the deadline this often.
 const sleep_ns = 1 * std.time.ns_per_ms;
-/// A lingering publish whose readers neither departed nor gave up within this is freed
-/// anyway (a reader still reading it then fails its check, it never gets wrong bytes): a
-/// reader that vanished without a trace does not hold the entry forever.
+/// A lingering publish (or an unconsumed lane cell) whose readers neither departed nor gave up
+/// within this is freed anyway (a reader still reading it then fails its check, it never gets
+/// wrong bytes): a reader that vanished without a trace does not hold the entry forever.
 const linger_wait_ns_max = 2 * std.time.ns_per_s;
 const check_what = "waiting on the board for";
 
 comptime {
     std.debug.assert(piece_bytes % 64 == 0 and copy_bytes_max % piece_bytes == 0);
+    // Lane contributions are always copied (contribution(): inline up to this size).
+    std.debug.assert(board_mod.lane_bytes_max <= inline_always_bytes);
+}
+
+/// Whether an op of a two-rank group runs through the pair lanes: small enough for a lane
+/// cell, both ranks below lane_peers_max. Every rank of the group computes the same answer.
+pub fn usesLanes(kind: op.Collective, group: []const u32, count: u64, element_bytes: u64, lanes_on: bool) bool {
+    if (!lanes_on or group.len != 2) return false;
+    if (group[0] >= board_mod.lane_peers_max or group[1] >= board_mod.lane_peers_max) return false;
+    const c = count * element_bytes;
+    const sent_max: u64 = switch (kind) {
+        .allreduce, .reduce, .broadcast, .allgather, .gather => c,
+        .scatter, .reduce_scatter => 2 * c,
+        .barrier => 0,
+        else => return false, // alltoall: counts per rank (the entry's send_counts)
+    };
+    return sent_max <= board_mod.lane_bytes_max;
 }
 
 /// How the op reports and checks failures (the net endpoint it was opened on).
@@ -102,6 +126,8 @@ pub const Team = struct {
     allreduce_all_bytes: u64 = 64 << 10,
     /// Rooted ops one way, inline publishes linger (plan.Config.board_eager_ranks_min).
     eager: bool = false,
+    /// Through the pair lanes (usesLanes; implies eager).
+    lanes: bool = false,
     /// Peers' shared buffers mapped by this rank (the net's).
     maps: *arena.PeerMaps,
 
@@ -117,6 +143,7 @@ pub fn run(t: *Team, desc: common.OpDesc, scratch: std.mem.Allocator) Error!void
     std.debug.assert(n <= board_mod.counts_max);
     std.debug.assert(desc.kind.board()); // the table's "board" (plan.boardRuns)
     std.debug.assert(t.entry < board_mod.entries_max);
+    std.debug.assert(!t.lanes or (t.eager and n == 2));
     var entries: [board_mod.counts_max]u32 = undefined;
     var serials: [board_mod.counts_max]u64 = undefined;
     var mapped: [board_mod.counts_max][2]?arena.PeerMaps.Mapped = undefined;
@@ -268,6 +295,12 @@ const Op = struct {
     fn publish(o: *Op, send: []const u8) Error!void {
         const t = o.t;
         const b = o.own();
+        if (t.lanes) {
+            std.debug.assert(o.publish_inline and t.size() == 2);
+            const peer: u32 = 1 - t.me;
+            // Op id 0 marks an unused cell: that op (tests only) uses its entry.
+            if (t.op_id != 0 and b.lanePublish(t.global[peer], t.op_id, t.serial, send, t.boards[peer], linger_wait_ns_max)) return o.ringPeers();
+        }
         const e = b.entry(t.entry);
         // An aborted publish of an earlier op in this slot stays until the slot is reused.
         if (e.phase == Phase.aborted) b.free(t.entry);
@@ -342,6 +375,11 @@ const Op = struct {
             fn ready(self: @This()) Readiness {
                 const t = self.o.t;
                 const board = t.boards[self.p];
+                if (t.lanes) if (board.laneHolds(t.global[t.me], t.op_id)) |serial| {
+                    self.o.entries[self.p] = lane_entry;
+                    self.o.serials[self.p] = serial;
+                    return .ready;
+                };
                 const found = board.find(t.op_id, t.departed_serials[self.p], self.o.start_ns) orelse return .not_yet;
                 if (board.phaseOf(found.index) == Phase.aborted) return .aborted;
                 self.o.entries[self.p] = found.index;
@@ -359,6 +397,13 @@ const Op = struct {
         const b = t.boards[p];
         const index = o.entries[p];
         const serial = o.serials[p];
+        if (index == lane_entry) {
+            if (!b.laneStill(t.global[t.me], t.op_id, serial)) {
+                return o.failPeer(error.Protocol, p, "replaced its contribution", "to be read (it re-issued the op id)");
+            }
+            // No ring: an owner never waits for its lane to be consumed.
+            return b.laneConsume(t.global[t.me], t.op_id, serial);
+        }
         // Only an eager owner may replace a publish before its readers departed.
         if (t.eager and (@atomicLoad(u64, &b.entry(index).serial, .acquire) != serial or b.phaseOf(index) == Phase.free)) {
             return o.failPeer(error.Protocol, p, "replaced its contribution", "to be read (it re-issued the op id, or this rank read for too long)");
@@ -496,6 +541,11 @@ const Op = struct {
         if (p == o.t.me) return send[@intCast(offset)..][0..@intCast(len)];
         const b = o.t.boards[p];
         const index = o.entries[p];
+        if (index == lane_entry) {
+            const lane_data = b.laneData(o.t.global[o.t.me], o.t.op_id);
+            if (offset + len > lane_data.len) return o.failPeer(error.Protocol, p, "published fewer bytes than the op needs", "(sizes differ between ranks)");
+            return lane_data[@intCast(offset)..][0..@intCast(len)];
+        }
         const e = b.entry(index);
         if (offset + len > e.send_bytes) {
             return o.failPeer(error.Protocol, p, "published fewer bytes than the op needs", "(sizes differ between ranks)");
@@ -509,6 +559,7 @@ const Op = struct {
     /// Rank p's send (its contribution) or recv buffer, mapped, when it is a shared buffer
     /// (arena.zig); null: read it with CMA.
     fn peerShared(o: *Op, p: u32, which: enum { send, recv }) ?[]const u8 {
+        if (o.entries[p] == lane_entry) return null;
         const e = o.t.boards[p].entry(o.entries[p]);
         const serial, const offset, const bytes = switch (which) {
             .send => .{ e.send_serial, e.send_offset, e.send_bytes },
@@ -654,7 +705,7 @@ const Op = struct {
         if (t.size() > 2 and common.overlaps(send, dst)) return false;
         for (0..t.size()) |pi| {
             const p: u32 = @intCast(pi);
-            if (p == t.me or t.boards[p].entry(o.entries[p]).inline_data == 1) continue;
+            if (p == t.me or o.entries[p] == lane_entry or t.boards[p].entry(o.entries[p]).inline_data == 1) continue;
             if (o.peerShared(p, .send) == null) return false;
         }
         return true;
@@ -763,6 +814,7 @@ pub fn exchangeRecords(t: *Team, round: u32, record_bytes: usize, mine: []const 
     };
     var round_team = t.*;
     round_team.serial = t.serial *% 8 +% round;
+    round_team.lanes = false; // alltoall: counts per rank, in the entry
     // Inline records, no overlap: nothing is allocated.
     return run(&round_team, desc, std.heap.page_allocator);
 }

@@ -30,7 +30,7 @@ pub const counts_max = 64;
 /// Op ids this rank's recent failed ops had (a ring): an owner whose inline publish lingers
 /// stops waiting for a reader that gave up on that op.
 pub const gave_up_max = 64;
-const magic: u64 = 0x4d52_424f_4152_4401; // "MRBOARD" v1
+const magic: u64 = 0x4d52_424f_4152_4402; // "MRBOARD" v2 (pair lanes)
 const header_bytes = 4096 * 2;
 const entry_bytes = 1024;
 
@@ -114,11 +114,50 @@ comptime {
     std.debug.assert(inline_bytes_max % 64 == 0 and inline_bytes_large % 64 == 0);
     std.debug.assert(inline_bytes_large >= inline_bytes_max and entries_large <= entries_max);
     std.debug.assert(gave_up_max >= 16);
+    std.debug.assert(@sizeOf(LaneCell) == lane_cell_bytes and @offsetOf(LaneCell, "data") == lane_data_offset);
+    std.debug.assert(lane_bytes_max <= lane_cell_bytes - lane_data_offset and lane_data_offset % 16 == 0);
+    std.debug.assert(@sizeOf(Lane) % 64 == 0 and std.math.isPowerOfTwo(lane_cells));
 
 }
 
+/// Pair lanes (board_direct.zig, E59): a ring of cells per peer through which two-rank groups
+/// run small ops as Open MPI's fast boxes do. The owner writes a cell (its contribution and the
+/// op id, in the line the reader polls) and returns; the reader finds it with one line transfer
+/// and marks it consumed in a line of its own. Peers of global rank >= lane_peers_max use the
+/// entries only. Pages of lanes never used are never touched (the segment is sparse).
+pub const lane_peers_max = 64;
+pub const lane_cells = 8;
+/// A contribution up to this many bytes goes through a lane.
+pub const lane_bytes_max = 1024;
+const lane_cell_bytes = 1088;
+const lane_data_offset = 32;
+
+pub const LaneCell = extern struct {
+    /// The op whose contribution this is (0: never used); written last, in the polled line.
+    op_id: u64 align(64) = 0,
+    /// Changes on every publish (the engine's ticket), so a reader tells publishes apart.
+    serial: u64 = 0,
+    bytes: u32 = 0,
+    pad0: u32 = 0,
+    /// When the owner wrote it (sys.coarseNs): an unconsumed publish older than the owner's
+    /// bound is taken back (a reader that never came does not hold the cell forever).
+    published_ns: u64 = 0,
+    /// The first bytes of the data share the op id's line: an 8-byte op moves one line.
+    data: [lane_cell_bytes - lane_data_offset]u8 = undefined,
+};
+
+pub const Lane = extern struct {
+    /// Reader-written: the serial of the publish it consumed, per cell.
+    consumed: [lane_cells]u64 align(64) = [_]u64{0} ** lane_cells,
+    cells: [lane_cells]LaneCell,
+};
+
 pub fn segmentBytes() u64 {
-    return header_bytes + entries_max * @as(u64, entry_bytes) + dataStart(entries_max);
+    return lanesStart() + lane_peers_max * @as(u64, @sizeOf(Lane));
+}
+
+fn lanesStart() u64 {
+    return std.mem.alignForward(u64, header_bytes + entries_max * @as(u64, entry_bytes) + dataStart(entries_max), 4096);
 }
 
 /// Bytes of entry `index`'s data area.
@@ -309,6 +348,75 @@ pub const Board = struct {
         if (op_id == 0) return false; // 0 marks an empty place in the ring
         for (&board.header.gave_up) |*id| if (@atomicLoad(u64, id, .acquire) == op_id) return true;
         return false;
+    }
+
+    /// The lane through which this board's owner sends to global rank `peer` (null: none).
+    pub fn lane(board: Board, peer: u32) ?*Lane {
+        if (peer >= lane_peers_max) return null;
+        return @ptrCast(@alignCast(board.segment.ptr + lanesStart() + @as(u64, peer) * @sizeOf(Lane)));
+    }
+
+    /// The cell op `op_id` uses in a lane.
+    pub fn laneCell(op_id: u64) u32 {
+        return @intCast(op_id % lane_cells);
+    }
+
+    /// The serial of this owner's lane publish of `op_id` for global rank `reader`, when that
+    /// reader has not consumed it yet; else null.
+    pub fn laneHolds(board: Board, reader: u32, op_id: u64) ?u64 {
+        const l = board.lane(reader) orelse return null;
+        const index = laneCell(op_id);
+        const cell = &l.cells[index];
+        if (@atomicLoad(u64, &cell.op_id, .acquire) != op_id) return null;
+        const serial = @atomicLoad(u64, &cell.serial, .acquire);
+        if (serial == @atomicLoad(u64, &l.consumed[index], .monotonic)) return null;
+        return serial;
+    }
+
+    /// Owner: writes `contribution` into the lane to global rank `reader` as op `op_id`'s
+    /// publish, when the cell is free: its last publish consumed, or of this op id (an earlier
+    /// attempt), or of an op the reader gave up on (`gave_up`, the reader's board), or older
+    /// than `stale_ns`. False: use an entry.
+    pub fn lanePublish(board: Board, reader: u32, op_id: u64, serial: u64, contribution: []const u8, gave_up: Board, stale_ns: u64) bool {
+        std.debug.assert(contribution.len <= lane_bytes_max and op_id != 0 and serial != 0);
+        const l = board.lane(reader) orelse return false;
+        const index = laneCell(op_id);
+        const cell = &l.cells[index];
+        const held = @atomicLoad(u64, &cell.op_id, .monotonic);
+        const now_ns = sys.coarseNs();
+        if (held != 0) {
+            const consumed = @atomicLoad(u64, &l.consumed[index], .acquire) == cell.serial;
+            const stale = now_ns -| cell.published_ns >= stale_ns;
+            if (!consumed and held != op_id and !stale and !gave_up.gaveUp(held)) return false;
+            // A reader that finds the old id meanwhile sees the serial change (laneStill).
+            @atomicStore(u64, &cell.op_id, 0, .release);
+        }
+        cell.bytes = @intCast(contribution.len);
+        cell.published_ns = now_ns;
+        @atomicStore(u64, &cell.serial, serial, .release);
+        @memcpy(cell.data[0..contribution.len], contribution);
+        @atomicStore(u64, &cell.op_id, op_id, .release);
+        return true;
+    }
+
+    /// Reader: the owner's lane publish it read (`serial`) is still in place (not replaced
+    /// while it read: then what it read may be mixed).
+    pub fn laneStill(board: Board, reader: u32, op_id: u64, serial: u64) bool {
+        const l = board.lane(reader) orelse return false;
+        const cell = &l.cells[laneCell(op_id)];
+        return @atomicLoad(u64, &cell.op_id, .acquire) == op_id and @atomicLoad(u64, &cell.serial, .acquire) == serial;
+    }
+
+    /// Reader: done with the owner's lane publish `serial` of `op_id` (the owner may reuse it).
+    pub fn laneConsume(board: Board, reader: u32, op_id: u64, serial: u64) void {
+        const l = board.lane(reader) orelse return;
+        @atomicStore(u64, &l.consumed[laneCell(op_id)], serial, .release);
+    }
+
+    /// The data of the owner's lane publish of `op_id` for `reader` (after laneHolds).
+    pub fn laneData(board: Board, reader: u32, op_id: u64) []const u8 {
+        const cell = &board.lane(reader).?.cells[laneCell(op_id)];
+        return cell.data[0..@min(cell.bytes, lane_bytes_max)];
     }
 
     /// Reader `reader` (its group rank): done with entry `index` of this board.
