@@ -152,6 +152,46 @@ pub const Lane = extern struct {
     cells: [lane_cells]LaneCell,
 };
 
+/// Hints the CPU to move the lines of [ptr, ptr+len) from its private caches to the shared
+/// last-level cache (CLDEMOTE; a no-op on CPUs without it: the opcode is a hint NOP), so the
+/// peer that reads them next finds them there instead of snooping this core (E60).
+fn demoteLines(ptr: [*]const u8, len: usize) void {
+    if (comptime @import("builtin").cpu.arch != .x86_64) return;
+    cldemote_once.call();
+    if (!cldemote) return; // a hint NOP elsewhere on Intel; not relied upon on other vendors
+    var offset: usize = 0;
+    while (offset < len) : (offset += 64) {
+        // cldemote (%rax): NP 0F 1C /0.
+        asm volatile (".byte 0x0f, 0x1c, 0x00"
+            :
+            : [p] "{rax}" (ptr + offset),
+            : "memory"
+        );
+    }
+}
+
+var cldemote_once = std.once(detectCldemote);
+var cldemote = false;
+fn detectCldemote() void {
+    if (comptime @import("builtin").cpu.arch != .x86_64) return;
+    var max_leaf: u32 = undefined;
+    asm volatile ("cpuid"
+        : [eax] "={eax}" (max_leaf),
+        : [leaf] "{eax}" (@as(u32, 0)),
+          [sub] "{ecx}" (@as(u32, 0)),
+        : "ebx", "edx"
+    );
+    if (max_leaf < 7) return;
+    var features: u32 = undefined;
+    asm volatile ("cpuid"
+        : [ecx] "={ecx}" (features),
+        : [leaf] "{eax}" (@as(u32, 7)),
+          [sub] "{ecx}" (@as(u32, 0)),
+        : "eax", "ebx", "edx"
+    );
+    cldemote = (features >> 25) & 1 == 1; // CPUID.(7,0):ECX.CLDEMOTE
+}
+
 pub fn segmentBytes() u64 {
     return lanesStart() + lane_peers_max * @as(u64, @sizeOf(Lane));
 }
@@ -396,6 +436,7 @@ pub const Board = struct {
         @atomicStore(u64, &cell.serial, serial, .release);
         @memcpy(cell.data[0..contribution.len], contribution);
         @atomicStore(u64, &cell.op_id, op_id, .release);
+        demoteLines(@ptrCast(cell), lane_data_offset + contribution.len);
         return true;
     }
 
