@@ -130,13 +130,18 @@ describe("failed rank", () => {
     }, 30_000);
     kill9(w.pids[3]!);
     const res = await pending;
-    expect(res[3]!.status).not.toBe(200); // its HTTP connection died with it
+    // Rank 3's HTTP connection died with it (-1), unless it had answered before the kill: nothing
+    // failed before, so then with its complete result (checked below with the survivors').
+    expect([-1, 200]).toContain(res[3]!.status);
     // A survivor whose part completed before the death keeps its result (all four contributed);
     // the others take part in the re-issue, which runs among exactly them (docs/api-extensions.md).
     const survivors = res.slice(0, 3);
-    for (const x of survivors) expect(x.status).toBe(200);
-    const reissued = survivors.filter((x) => !x.contributors!.includes(3)).map((x) => x.r);
     for (const x of survivors) {
+      if (x.status !== 200) throw new Error(`rank ${x.r} answered ${x.status}: ${x.body}\nworld:\n${w.stderrText().slice(-4000)}`);
+    }
+    const reissued = survivors.filter((x) => !x.contributors!.includes(3)).map((x) => x.r);
+    if (res[3]!.status === 200) expect(res[3]!.contributors).toEqual([0, 1, 2, 3]);
+    for (const x of res[3]!.status === 200 ? res : survivors) {
       const contributors = x.contributors!;
       expect(contributors).toEqual(contributors.includes(3) ? [0, 1, 2, 3] : reissued);
       const base = contributors.reduce((a, c) => a + c + 1, 0);
