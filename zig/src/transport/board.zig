@@ -396,9 +396,11 @@ pub const Board = struct {
         return @ptrCast(@alignCast(board.segment.ptr + lanesStart() + @as(u64, peer) * @sizeOf(Lane)));
     }
 
-    /// The cell op `op_id` uses in a lane.
+    /// The cell op `op_id` uses in a lane: consecutive ids take consecutive cells, and so do ids
+    /// that step by 256 (the bench worker's), which plain `op_id % lane_cells` would put all in
+    /// one cell, so that a root running ahead would find it taken at every op.
     pub fn laneCell(op_id: u64) u32 {
-        return @intCast(op_id % lane_cells);
+        return @intCast((op_id ^ (op_id >> 8) ^ (op_id >> 16)) % lane_cells);
     }
 
     /// The serial of this owner's lane publish of `op_id` for global rank `reader`, when that
