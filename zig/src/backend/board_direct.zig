@@ -541,15 +541,12 @@ const Op = struct {
         if (p == o.t.me) return send[@intCast(offset)..][0..@intCast(len)];
         const b = o.t.boards[p];
         const index = o.entries[p];
-        if (index == lane_entry) {
-            const lane_data = b.laneData(o.t.global[o.t.me], o.t.op_id);
-            if (offset + len > lane_data.len) return o.failPeer(error.Protocol, p, "published fewer bytes than the op needs", "(sizes differ between ranks)");
-            return lane_data[@intCast(offset)..][0..@intCast(len)];
-        }
-        const e = b.entry(index);
-        if (offset + len > e.send_bytes) {
+        const published_bytes = if (index == lane_entry) b.laneData(o.t.global[o.t.me], o.t.op_id).len else b.entry(index).send_bytes;
+        if (offset + len > published_bytes) {
             return o.failPeer(error.Protocol, p, "published fewer bytes than the op needs", "(sizes differ between ranks)");
         }
+        if (index == lane_entry) return b.laneData(o.t.global[o.t.me], o.t.op_id)[@intCast(offset)..][0..@intCast(len)];
+        const e = b.entry(index);
         if (e.inline_data == 1) return b.data(index)[@intCast(offset)..][0..@intCast(len)];
         if (o.peerShared(p, .send)) |shared| return shared[@intCast(offset)..][0..@intCast(len)];
         try o.copyFrom(p, e.send_addr + offset, buf[0..@intCast(len)]);
