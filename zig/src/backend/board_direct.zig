@@ -381,9 +381,11 @@ const Op = struct {
                     return .ready;
                 };
                 const found = board.find(t.op_id, t.departed_serials[self.p], self.o.start_ns) orelse return .not_yet;
-                if (board.phaseOf(found.index) == Phase.aborted) return .aborted;
+                // Set before .aborted too: failAborted reads the cause from this entry (it read
+                // a stale index, so waiters named the wrong rank and a survivor was removed).
                 self.o.entries[self.p] = found.index;
                 self.o.serials[self.p] = found.serial;
+                if (board.phaseOf(found.index) == Phase.aborted) return .aborted;
                 return .ready;
             }
         };
@@ -515,6 +517,7 @@ const Op = struct {
     /// group (the one that died), else p.
     fn failAborted(o: *Op, p: u32, what: []const u8) Error {
         const t = o.t;
+        std.debug.assert(o.entries[p] < board_mod.entries_max); // lane cells never abort
         const e = t.boards[p].entry(o.entries[p]);
         const cause = @atomicLoad(i32, &e.abort_cause, .acquire);
         for (t.global, 0..) |g, q| {
