@@ -108,7 +108,7 @@ describe.skipIf(skipWhy !== null)("--rendezvous etcd:// with a 3-member etcd clu
     })();
     await waitFor("a few collectives before the kill", async () => done >= 5);
     killedAt = Date.now();
-    etcd.kill9(victim);
+    await etcd.kill9(victim);
     await stream;
     expect(done).toBe(30);
     const newLeader = await etcd.waitLeader();
@@ -135,7 +135,7 @@ describe.skipIf(skipWhy !== null)("--rendezvous etcd:// with a 3-member etcd clu
     // a follower this time (the raft leader is the other test's victim)
     const raftLeader = await etcd.waitLeader();
     const follower = [0, 1, 2].find((i) => i !== raftLeader)!;
-    etcd.kill9(follower);
+    await etcd.kill9(follower);
     await allreduceAmong(w.urls, [0, 1, 2, 3]);
 
     const survivors = [1, 2, 3];

@@ -101,8 +101,14 @@ export class EtcdCluster {
     return -1;
   }
 
-  kill9(i: number): void {
+  /**
+   * SIGKILL, then waits until the process is gone: until then alive() still lists it (a member
+   * in a disk sync dies only when the sync returns), and waitLeader() could name it from a
+   * survivor that has not noticed yet (etcd.test.ts saw the killed leader "elected" again once).
+   */
+  async kill9(i: number): Promise<void> {
     this.members[i]!.proc.kill("SIGKILL");
+    await this.members[i]!.proc.exited;
   }
 
   /** A key's value (UTF-8) read from any live member, or null. */
