@@ -116,20 +116,16 @@ describe("failed rank", () => {
         return { r, status: -1, body: String(e) };
       }
     };
-    const pending = Promise.all([0, 1, 2, 3].map(call));
-    // Rank 0 lists the collective as pending while ranks join; once it is gone, every rank
-    // joined and the data plane moves bytes (a 16 MiB allreduce of 4 ranks takes 100s of ms).
-    let seen = false;
-    await waitFor("the allreduce to be decided", async () => {
-      for (let i = 0; i < 200; i++) {
-        const d = (await get(w.urls[0]!, "/debug/recent?limit=1")).body;
-        if (d.pending.length > 0) seen = true;
-        else if (seen) return true;
-      }
-      return false;
-    }, 30_000);
+    // Ranks 0-2 call first and wait in agreement; rank 3 calls once they do, so the collective
+    // is seen pending and is decided when it leaves rank 0's pending list: every rank joined and
+    // the data plane moves bytes (a 16 MiB allreduce of 4 ranks takes 100s of ms). (Polling for
+    // "pending, then gone" alone missed a pending spell shorter than one poll: a 30 s wait.)
+    const first = Promise.all([0, 1, 2].map(call));
+    await waitJoined(w.urls[0]!, [0, 1, 2]);
+    const last = call(3);
+    await waitFor("the allreduce to be decided", async () => ((await get(w.urls[0]!, "/debug/recent?limit=1")).body.pending as unknown[]).length === 0, 30_000);
     kill9(w.pids[3]!);
-    const res = await pending;
+    const res = [...(await first), await last];
     // Rank 3's HTTP connection died with it (-1), unless it had answered before the kill: nothing
     // failed before, so then with its complete result (checked below with the survivors').
     expect([-1, 200]).toContain(res[3]!.status);
