@@ -10,10 +10,13 @@ const RANGE_FILE = "/proc/sys/net/ipv4/ip_local_port_range";
 describe("freePortRange", () => {
   test.skipIf(!existsSync(RANGE_FILE))("every port of 50 ranges of 4 lies outside ip_local_port_range", async () => {
     const [lo, hi] = readFileSync(RANGE_FILE, "utf8").trim().split(/\s+/).map(Number) as [number, number];
+    // A machine whose ephemeral range leaves no 4 ports from 10000 up has no choice (any range).
+    const room = lo - 4 >= 10000 || hi + 4 <= 65535;
+    if (!room) console.warn(`ip_local_port_range ${lo}-${hi} leaves no room: only the bounds are checked`);
     for (let i = 0; i < 50; i++) {
       const base = await freePortRange(4);
       for (let p = base; p < base + 4; p++) {
-        expect(p >= lo && p <= hi).toBe(false);
+        if (room) expect(p >= lo && p <= hi).toBe(false);
         expect(p).toBeGreaterThanOrEqual(10000);
         expect(p).toBeLessThanOrEqual(65535);
       }
