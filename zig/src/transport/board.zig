@@ -174,22 +174,25 @@ var cldemote_once = std.once(detectCldemote);
 var cldemote = false;
 fn detectCldemote() void {
     if (comptime @import("builtin").cpu.arch != .x86_64) return;
-    var max_leaf: u32 = undefined;
+    if (cpuid(0).eax < 7) return;
+    cldemote = (cpuid(7).ecx >> 25) & 1 == 1; // CPUID.(7,0):ECX.CLDEMOTE
+}
+
+/// CPUID leaf `leaf`, subleaf 0 (as std.zig.system.x86 does it).
+fn cpuid(leaf: u32) struct { eax: u32, ecx: u32 } {
+    var eax: u32 = undefined;
+    var ebx: u32 = undefined;
+    var ecx: u32 = undefined;
+    var edx: u32 = undefined;
     asm volatile ("cpuid"
-        : [eax] "={eax}" (max_leaf),
-        : [leaf] "{eax}" (@as(u32, 0)),
-          [sub] "{ecx}" (@as(u32, 0)),
-        : "ebx", "edx"
+        : [_] "={eax}" (eax),
+          [_] "={ebx}" (ebx),
+          [_] "={ecx}" (ecx),
+          [_] "={edx}" (edx),
+        : [_] "{eax}" (leaf),
+          [_] "{ecx}" (@as(u32, 0)),
     );
-    if (max_leaf < 7) return;
-    var features: u32 = undefined;
-    asm volatile ("cpuid"
-        : [ecx] "={ecx}" (features),
-        : [leaf] "{eax}" (@as(u32, 7)),
-          [sub] "{ecx}" (@as(u32, 0)),
-        : "eax", "ebx", "edx"
-    );
-    cldemote = (features >> 25) & 1 == 1; // CPUID.(7,0):ECX.CLDEMOTE
+    return .{ .eax = eax, .ecx = ecx };
 }
 
 pub fn segmentBytes() u64 {
@@ -396,11 +399,11 @@ pub const Board = struct {
         return @ptrCast(@alignCast(board.segment.ptr + lanesStart() + @as(u64, peer) * @sizeOf(Lane)));
     }
 
-    /// The cell op `op_id` uses in a lane: consecutive ids take consecutive cells, and so do ids
-    /// that step by 256 (the bench worker's), which plain `op_id % lane_cells` would put all in
-    /// one cell, so that a root running ahead would find it taken at every op.
+    /// The cell op `op_id` uses in a lane: consecutive ids (the coordinator's) take consecutive
+    /// cells. Ids that step by 256 (the bench worker's) all take one, which measured faster
+    /// than spreading them in the bench's barrier-paced loop (E61).
     pub fn laneCell(op_id: u64) u32 {
-        return @intCast((op_id ^ (op_id >> 8) ^ (op_id >> 16)) % lane_cells);
+        return @intCast(op_id % lane_cells);
     }
 
     /// The serial of this owner's lane publish of `op_id` for global rank `reader`, when that
