@@ -13,7 +13,7 @@ const dispatch = @import("algo/dispatch.zig");
 const cuda_driver = @import("cuda/driver.zig");
 const staging = @import("cuda/staging.zig");
 const cuda_direct = @import("backend/cuda_direct.zig");
-const board_direct = @import("backend/board_direct.zig");
+const board_rules = @import("backend/board_rules.zig");
 const plan = @import("plan.zig");
 const board_mod = @import("transport/board.zig");
 const admit = @import("engine_admit.zig");
@@ -378,15 +378,15 @@ pub const Engine = struct {
         const lanes = engine.boardLanes(slot);
         var reads_any = false;
         for (0..slot.group_size) |p| {
-            if (p == me or !board_direct.reads(slot.kind, me, slot.root_group, @intCast(p), pair_reduce, eager)) continue;
+            if (p == me or !board_rules.reads(slot.kind, me, slot.root_group, @intCast(p), pair_reduce, eager)) continue;
             reads_any = true;
             const peer_board = slot.board_team.boards[p];
             if (lanes) if (peer_board.laneHolds(slot.group[me], slot.op_id) != null) continue;
             if (peer_board.find(slot.op_id, slot.board_team.departed_serials[p], 0) == null) return false;
         }
         // Reading nobody, it only publishes: at once when its part is copied into the board
-        // (board_direct.inline_always_bytes), else it would wait here for its readers.
-        return reads_any or bytes * slot.group_size <= board_direct.inline_always_bytes;
+        // (board_rules.inline_always_bytes), else it would wait here for its readers.
+        return reads_any or bytes * slot.group_size <= board_rules.inline_always_bytes;
     }
 
     fn enqueueLocked(engine: *Engine, index: usize) SubmitError!u64 {
@@ -630,10 +630,10 @@ pub const Engine = struct {
         return slot.group_size >= engine.config.board_eager_ranks_min or engine.boardLanes(slot);
     }
 
-    /// The op goes through the pair lanes (board_direct.usesLanes): host buffers only (the
+    /// The op goes through the pair lanes (board_rules.usesLanes): host buffers only (the
     /// CUDA direct path's control records use the entries).
     pub fn boardLanes(engine: *const Engine, slot: *const Slot) bool {
-        return slot.device < 0 and board_direct.usesLanes(slot.kind, slot.group[0..slot.group_size], slot.count, slot.dtype.bytes(), engine.config.board_lanes);
+        return slot.device < 0 and board_rules.usesLanes(slot.kind, slot.group[0..slot.group_size], slot.count, slot.dtype.bytes(), engine.config.board_lanes);
     }
 
     pub fn slotIndex(engine: *const Engine, slot: *const Slot) usize {

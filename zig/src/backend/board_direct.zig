@@ -29,7 +29,8 @@
 //! Two-rank groups run small ops through the pair lanes (board.zig, bench/NOTES.md E59), as
 //! eager groups: the owner copies its contribution into its lane to the peer and returns; the
 //! reader finds it in one line and marks it consumed. An owner whose lane cell is still taken
-//! publishes in its entry instead; readers look in both.
+//! publishes in its entry instead; readers look in both. Which of these an op does (who reads
+//! whom, what is copied, lanes or not) is board_rules.zig: every rank decides it alike.
 const std = @import("std");
 const common = @import("../algo/common.zig");
 const op = @import("../op.zig");
@@ -38,25 +39,18 @@ const sys = @import("../sys.zig");
 const board_mod = @import("../transport/board.zig");
 const arena = @import("../transport/arena.zig");
 const transport = @import("../transport/transport.zig");
+const rules = @import("board_rules.zig");
 
 const Board = board_mod.Board;
 const Phase = board_mod.Phase;
 const Error = common.Error;
+const inline_always_bytes = rules.inline_always_bytes;
+const eagerCopyBytesMax = rules.eagerCopyBytesMax;
+const reads = rules.reads;
+const rootedOrBarrier = rules.rootedOrBarrier;
 
-/// Contributions up to this size are always copied into the board (when they fit); larger ones
-/// in shared buffers are read in place: from 2 KiB that is faster than the copy (E56).
-pub const inline_always_bytes = 1 << 10;
 /// Op.entries[p] when rank p's contribution is in its lane cell, not an entry.
 const lane_entry: u32 = board_mod.entries_max;
-/// Eager groups: rooted ops copy contributions up to this size into the board even from
-/// shared buffers (measured, E55: broadcast's readers each read it all, so 8 KiB there).
-fn eagerCopyBytesMax(kind: op.Collective) u64 {
-    return switch (kind) {
-        .broadcast => 8 << 10,
-        .gather, .scatter, .reduce => 32 << 10,
-        else => 0,
-    };
-}
 /// Reductions and CMA copies go through scratch in pieces of this size (L2-resident).
 const piece_bytes = 64 << 10;
 /// Two-rank allreduces of at least this many bytes (out of place) write the peer's copy of a
@@ -76,23 +70,6 @@ const check_what = "waiting on the board for";
 
 comptime {
     std.debug.assert(piece_bytes % 64 == 0 and copy_bytes_max % piece_bytes == 0);
-    // Lane contributions are always copied (contribution(): inline up to this size).
-    std.debug.assert(board_mod.lane_bytes_max <= inline_always_bytes);
-}
-
-/// Whether an op of a two-rank group runs through the pair lanes: small enough for a lane
-/// cell, both ranks below lane_peers_max. Every rank of the group computes the same answer.
-pub fn usesLanes(kind: op.Collective, group: []const u32, count: u64, element_bytes: u64, lanes_on: bool) bool {
-    if (!lanes_on or group.len != 2) return false;
-    if (group[0] >= board_mod.lane_peers_max or group[1] >= board_mod.lane_peers_max) return false;
-    const c = count * element_bytes;
-    const sent_max: u64 = switch (kind) {
-        .allreduce, .reduce, .broadcast, .allgather, .gather => c,
-        .scatter, .reduce_scatter => 2 * c,
-        .barrier => 0,
-        else => return false, // alltoall: counts per rank (the entry's send_counts)
-    };
-    return sent_max <= board_mod.lane_bytes_max;
 }
 
 /// How the op reports and checks failures (the net endpoint it was opened on).
@@ -131,7 +108,7 @@ pub const Team = struct {
     /// Peers' shared buffers mapped by this rank (the net's).
     maps: *arena.PeerMaps,
 
-    fn size(t: *const Team) u32 {
+    pub fn size(t: *const Team) u32 {
         return @intCast(t.boards.len);
     }
 };
@@ -790,61 +767,7 @@ const Op = struct {
     }
 };
 
-/// One all-to-all round of fixed-size records among the team, for the CUDA direct path's
-/// control messages (hello, acks, final status): rank j gets `mine[j]`, `theirs[j]` is what
-/// rank j gave this rank. Rounds of one op reuse this rank's entry; `round` (0..7) keeps
-/// their publishes distinct.
-pub fn exchangeRecords(t: *Team, round: u32, record_bytes: usize, mine: []const u8, theirs: []u8) Error!void {
-    const n = t.size();
-    std.debug.assert(round < 8);
-    std.debug.assert(mine.len == record_bytes * n and theirs.len == record_bytes * n);
-    std.debug.assert(record_bytes * n <= board_mod.inline_bytes_max);
-    var counts: [board_mod.counts_max]u64 = undefined;
-    @memset(counts[0..n], record_bytes);
-    const desc = common.OpDesc{
-        .kind = .alltoall,
-        .dtype = .u8,
-        .redop = .sum,
-        .root = 0,
-        .count = record_bytes,
-        .send_counts = counts[0..n],
-        .recv_counts = counts[0..n],
-        .send = mine.ptr,
-        .recv = theirs.ptr,
-    };
-    var round_team = t.*;
-    round_team.serial = t.serial *% 8 +% round;
-    round_team.lanes = false; // alltoall: counts per rank, in the entry
-    // Inline records, no overlap: nothing is allocated.
-    return run(&round_team, desc, std.heap.page_allocator);
-}
-
-fn rootedOrBarrier(kind: op.Collective) bool {
-    return switch (kind) {
-        .broadcast, .scatter, .gather, .reduce, .barrier => true,
-        else => false,
-    };
-}
-
-/// Whether group rank `reader` reads rank `owner`'s board entry in an op of `kind`: broadcast
-/// and scatter read only the root; in reduce and gather only the root reads; the others read
-/// every peer (`pair_reduce`: the two-rank reduce in halves, where both read each other).
-pub fn reads(kind: op.Collective, reader: u32, root: u32, owner: u32, pair_reduce: bool, eager: bool) bool {
-    std.debug.assert(reader != owner);
-    if (!eager) return true; // everyone meets everyone: a rank returns when all are done
-    return switch (kind) {
-        .broadcast, .scatter => owner == root,
-        .gather => reader == root,
-        .reduce => reader == root or pair_reduce,
-        else => true,
-    };
-}
-
-/// Allreduce up to this size: every rank reduces every contribution (one synchronisation, n x
-/// the data read); above: reduce-scatter then copy (two, ~2 x). Team.allreduce_all_bytes
-/// ($MOONRING_BOARD_ALLREDUCE_ALL, plan.Config) sets it; every rank must agree. Which ops run
-/// here at all is plan.boardRuns.
+/// board_rules.allreduceAllBytesMax for this team.
 fn allreduceAllBytesMax(t: *const Team) u64 {
-    std.debug.assert(t.size() >= 2 and t.allreduce_all_bytes >= 1);
-    return t.allreduce_all_bytes / (t.size() - 1);
+    return rules.allreduceAllBytesMax(t.size(), t.allreduce_all_bytes);
 }

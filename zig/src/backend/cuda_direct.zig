@@ -2,7 +2,7 @@
 //! of one host: every rank maps its peers' device buffers (cuda/ipc.zig) and reads or writes
 //! them directly (NVLink / PCIe P2P) with the reduction kernels and cuMemcpyDtoDAsync, instead
 //! of staging through host memory and the CPU algorithms. Small control messages (handles,
-//! barriers) go over the board (board_direct.exchangeRecords: the waiting thread is woken by
+//! barriers) go over the board (exchangeRecords: the waiting thread is woken by
 //! the peer itself) when the engine has one for the group, else over the op's `Comm`.
 //!
 //! Protocol of one op, every rank of the group (group ranks; messages per pair in order):
@@ -43,6 +43,7 @@ const driver = @import("../cuda/driver.zig");
 const staging = @import("../cuda/staging.zig");
 const ipc = @import("../cuda/ipc.zig");
 const board_direct = @import("board_direct.zig");
+const board_mod = @import("../transport/board.zig");
 const plan = @import("../plan.zig");
 
 pub const Cache = ipc.Cache;
@@ -150,11 +151,40 @@ const Control = struct {
         if (c.board) |team| {
             defer c.rounds += 1;
             if (@import("builtin").is_test) _ = board_rounds_for_test.fetchAdd(1, .monotonic);
-            return board_direct.exchangeRecords(team, c.rounds, @sizeOf(T), std.mem.sliceAsBytes(mine), std.mem.sliceAsBytes(theirs));
+            return exchangeRecords(team, c.rounds, @sizeOf(T), std.mem.sliceAsBytes(mine), std.mem.sliceAsBytes(theirs));
         }
         return exchangeMessages(T, c.comm, mine, theirs);
     }
 };
+
+/// One all-to-all round of fixed-size records among the team, for the CUDA direct path's
+/// control messages (hello, acks, final status): rank j gets `mine[j]`, `theirs[j]` is what
+/// rank j gave this rank. Rounds of one op reuse this rank's entry; `round` (0..7) keeps
+/// their publishes distinct.
+fn exchangeRecords(t: *board_direct.Team, round: u32, record_bytes: usize, mine: []const u8, theirs: []u8) transport.Error!void {
+    const n = t.size();
+    std.debug.assert(round < 8);
+    std.debug.assert(mine.len == record_bytes * n and theirs.len == record_bytes * n);
+    std.debug.assert(record_bytes * n <= board_mod.inline_bytes_max);
+    var counts: [board_mod.counts_max]u64 = undefined;
+    @memset(counts[0..n], record_bytes);
+    const desc = op.OpDesc{
+        .kind = .alltoall,
+        .dtype = .u8,
+        .redop = .sum,
+        .root = 0,
+        .count = record_bytes,
+        .send_counts = counts[0..n],
+        .recv_counts = counts[0..n],
+        .send = mine.ptr,
+        .recv = theirs.ptr,
+    };
+    var round_team = t.*;
+    round_team.serial = t.serial *% 8 +% round;
+    round_team.lanes = false; // alltoall: counts per rank, in the entry
+    // Inline records, no overlap: nothing is allocated.
+    return board_direct.run(&round_team, desc, std.heap.page_allocator);
+}
 
 /// Sends `mine[j]` to every peer j and receives `theirs[j]` from it; waits for every request
 /// it posted, also on error.
