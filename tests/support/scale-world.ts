@@ -15,21 +15,40 @@ const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b)
 const i32 = (data: number[]) => ({ dtype: "int32", shape: [data.length], data });
 
 const t0 = performance.now();
-const w = await startInprocWorld(N, { heartbeatThread: false, heartbeatIntervalMs: 5000, heartbeatTimeoutMs: 600_000, rendezvousTimeoutMs: 600_000 });
+// progress on stderr: the parent shows its tail when this process fails or has to be killed
+const progress = (what: string) => process.stderr.write(`[scale-world ${Math.round(performance.now() - t0)} ms] ${what}\n`);
+progress(`starting ${N} ranks`);
+const w = await startInprocWorld(N, { heartbeatThread: false, heartbeatIntervalMs: 5000, heartbeatTimeoutMs: 600_000, rendezvousTimeoutMs: 240_000 });
 const startMs = performance.now() - t0;
+progress("ready");
 const times: Record<string, number> = {};
+/** A call's answer is an error long before the parent's deadline (tests/scale/world-1024.test.ts). */
+const callTimeoutMs = 120_000;
 
 async function all(path: string, body: (r: number) => unknown): Promise<any[]> {
   const t = performance.now();
-  const res = await Promise.all(
-    w.urls.map((u, r) =>
-      fetch(u + path, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body(r)) }).then(async (x) => ({ status: x.status, body: (await x.json()) as any })),
-    ),
-  );
-  times[path.slice(12)] = Math.round(performance.now() - t);
-  const bad = res.findIndex((x) => x.status !== 200);
-  if (bad >= 0) throw new Error(`world of ${N}: ${path}: rank ${bad} got ${res[bad]!.status}: ${JSON.stringify(res[bad]!.body).slice(0, 300)}`);
-  return res.map((x) => x.body);
+  progress(`${path}: ${N} calls`);
+  const pending = new Set(w.urls.keys());
+  // A call that never answers shows up here (which ranks, how many) instead of as a silent hang.
+  const watch = setInterval(() => progress(`${path}: ${pending.size} calls unanswered, ranks ${[...pending].slice(0, 8).join(",")}...`), 30_000);
+  try {
+    const res = await Promise.all(
+      w.urls.map((u, r) =>
+        fetch(u + path, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body(r)), signal: AbortSignal.timeout(callTimeoutMs) })
+          .then(async (x) => ({ status: x.status, body: (await x.json()) as any }))
+          .catch((e: Error) => {
+            throw new Error(`world of ${N}: ${path}: rank ${r}: ${e.name}: ${e.message}`);
+          })
+          .finally(() => pending.delete(r)),
+      ),
+    );
+    times[path.slice(12)] = Math.round(performance.now() - t);
+    const bad = res.findIndex((x) => x.status !== 200);
+    if (bad >= 0) throw new Error(`world of ${N}: ${path}: rank ${bad} got ${res[bad]!.status}: ${JSON.stringify(res[bad]!.body).slice(0, 300)}`);
+    return res.map((x) => x.body);
+  } finally {
+    clearInterval(watch);
+  }
 }
 const firsts = (list: any[]) => list.map((t) => t.data[0]);
 const range = (f: (i: number) => number) => Array.from({ length: N }, (_, i) => f(i));
@@ -53,6 +72,8 @@ try {
   for (const b of await all("/collective/barrier", () => ({}))) check(b.result === null, "barrier");
   console.log(JSON.stringify({ ranks: N, start_ms: Math.round(startMs), ms: times }));
 } finally {
+  progress("stopping");
   await w.stop();
+  progress("stopped");
 }
 process.exit(0);
