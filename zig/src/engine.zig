@@ -169,6 +169,12 @@ pub const Slot = struct {
     board_team: netmod.BoardTeam = undefined,
     /// Which of the slot's two board entries its op uses (toggled at every admission).
     board_turn: u1 = 0,
+    /// The endpoint was prepared at admission and registers only if the op has to wait
+    /// (preparedOnAdmission, engine_paths.boardCheck).
+    ep_prepared: bool = false,
+    /// Freed by the thread that ran it, without the lock (runNowStatus); the next admission
+    /// reclaims it under the lock (claimSlotLocked), and no ticket finds it meanwhile.
+    freed_unlocked: std.atomic.Value(bool) = .init(false),
     status: i32 = 0,
     failed_peer: i32 = -1,
     error_len: usize = 0,
@@ -265,7 +271,7 @@ pub const Engine = struct {
         engine.mu.lock();
         engine.stopping = true;
         for (&engine.slots) |*slot| {
-            if (slot.state == .running) engine.net.cancel(&slot.ep);
+            if (slot.state == .running and !slot.freed_unlocked.load(.acquire)) engine.net.cancel(&slot.ep);
         }
         engine.work_cond.broadcast();
         const workers = engine.workers_count;
@@ -333,7 +339,7 @@ pub const Engine = struct {
         const slot = blk: {
             engine.mu.lock();
             defer engine.mu.unlock();
-            break :blk &engine.slots[try engine.admitLocked(s, .running)];
+            break :blk try engine.admitRunningLocked(s);
         };
         if (engine.peersPublished(slot)) {
             // The caller's thread (an event loop) waits at most inline_wait_ms_max for a peer
@@ -352,7 +358,18 @@ pub const Engine = struct {
         engine.mu.lock();
         defer engine.mu.unlock();
         slot.state = .queued;
+        slot.ep_prepared = false; // a worker opens it as usual
         return engine.enqueueLocked(engine.slotIndex(slot));
+    }
+
+    /// Admits an op the calling thread runs now. A lane op's endpoint is prepared here, under
+    /// the lock a cancel takes, so no cancel is lost and runSlot() needs no lock of its own
+    /// (E62: the lock pairs' locked instructions wait for the op's stores to the peer's lines).
+    fn admitRunningLocked(engine: *Engine, s: Submit) SubmitError!*Slot {
+        const slot = &engine.slots[try engine.admitLocked(s, .running)];
+        slot.ep_prepared = engine.boardLanes(slot) and !engine.stopping;
+        if (slot.ep_prepared) engine.net.prepare(&slot.ep, slot.op_id, slot.group[0..slot.group_size], slot.group_rank, slot.deadline_ns, slot.timeout_ms);
+        return slot;
     }
 
     /// Ops up to this size (bytes per rank) may run on the submitting thread (start()).
@@ -423,16 +440,21 @@ pub const Engine = struct {
         const slot = blk: {
             engine.mu.lock();
             defer engine.mu.unlock();
-            break :blk &engine.slots[try engine.admitLocked(s, .running)];
+            break :blk try engine.admitRunningLocked(s);
         };
         engine.runSlot(slot, false, std.heap.c_allocator);
+        const ticket = slot.ticket;
+        const status = slot.status;
+        if (release_ok and status == Status.ok) {
+            // No lock: its locked instruction would wait for this op's stores to the peers'
+            // lines to drain (E62); the next admission does that when they are long done.
+            slot.freed_unlocked.store(true, .release);
+            return .{ .ticket = ticket, .status = status };
+        }
         engine.mu.lock();
         defer engine.mu.unlock();
         std.debug.assert(slot.state == .running);
-        const ticket = slot.ticket;
-        const status = slot.status;
-        const free_now = slot.release_when_done or (release_ok and status == Status.ok);
-        if (free_now) engine.freeSlotLocked(slot) else slot.state = .done;
+        if (slot.release_when_done) engine.freeSlotLocked(slot) else slot.state = .done;
         return .{ .ticket = ticket, .status = status };
     }
 
@@ -452,16 +474,17 @@ pub const Engine = struct {
     pub const checkBuffers = admit.checkBuffers;
     pub const claimSlotLocked = admit.claimSlotLocked;
 
-    fn freeSlotLocked(engine: *Engine, slot: *Slot) void {
+    pub fn freeSlotLocked(engine: *Engine, slot: *Slot) void {
         const index = engine.slotIndex(slot);
         std.debug.assert(engine.slots_used & (@as(SlotMask, 1) << @intCast(index)) != 0);
         slot.state = .free;
+        slot.freed_unlocked.store(false, .monotonic);
         engine.slots_used &= ~(@as(SlotMask, 1) << @intCast(index));
     }
 
     fn slotOf(engine: *Engine, ticket: u64) ?*Slot {
         const slot = &engine.slots[@as(usize, @intCast(ticket & 0xff)) % ops_max];
-        if (slot.state == .free or slot.ticket != ticket) return null;
+        if (slot.state == .free or slot.ticket != ticket or slot.freed_unlocked.load(.acquire)) return null;
         return slot;
     }
 
@@ -533,17 +556,25 @@ pub const Engine = struct {
         var send: ?[*]const u8 = slot.send;
         if (send == null and (slot.kind == .broadcast or slot.kind == .scatter)) send = recv;
 
-        engine.net.open(&slot.ep, slot.op_id, slot.group[0..slot.group_size], slot.group_rank, slot.deadline_ns, slot.timeout_ms) catch |err| {
-            return engine.setSlotError(slot, Status.einval, -1, "cannot register op: {s}", .{@errorName(err)});
-        };
-        // A cancel that raced with the start.
-        engine.mu.lock();
-        const cancel_now = slot.cancel_requested or engine.stopping;
-        engine.mu.unlock();
-        if (cancel_now) engine.net.cancel(&slot.ep);
+        if (!slot.ep_prepared) {
+            engine.net.open(&slot.ep, slot.op_id, slot.group[0..slot.group_size], slot.group_rank, slot.deadline_ns, slot.timeout_ms) catch |err| {
+                return engine.setSlotError(slot, Status.einval, -1, "cannot register op: {s}", .{@errorName(err)});
+            };
+            // A cancel that raced with the start.
+            engine.mu.lock();
+            const cancel_now = slot.cancel_requested or engine.stopping;
+            engine.mu.unlock();
+            if (cancel_now) engine.net.cancel(&slot.ep);
+        }
 
         const chosen, const facts = engine.planSlot(slot);
         std.debug.assert(chosen.path != .board or !facts.device);
+        if (!slot.ep.registered and chosen.path != .board) {
+            // Prepared for the board, planned for the links (the peer's board is gone).
+            engine.net.register(&slot.ep) catch |err| {
+                return engine.setSlotError(slot, Status.einval, -1, "cannot register op: {s}", .{@errorName(err)});
+            };
+        }
         if (chosen.path == .cuda_direct and engine.runCudaDirect(slot, send, recv, facts.same_host)) return;
         if (facts.device and engine.runVerbsDirect(slot, send, recv, facts.same_host)) return;
         engine.runHost(slot, send, recv, chosen, scratch);
@@ -580,6 +611,7 @@ pub const Engine = struct {
             const send_bytes, const recv_bytes = slot.bufferBytes();
             const send_dptr: u64 = if (send) |p| @intFromPtr(p) else 0;
             const recv_dptr: u64 = if (recv) |p| @intFromPtr(p) else 0;
+            std.debug.assert(slot.ep.registered); // device ops never take the lanes
             mirror = staging.HostMirror.begin(slot.device, send_dptr, send_bytes, recv_dptr, recv_bytes) catch |err| {
                 engine.net.close(&slot.ep);
                 return engine.setSlotError(slot, cudaStatus(err), -1, "device {d}: {s}", .{ slot.device, cuda_driver.lastErrorMessage() });
@@ -603,7 +635,7 @@ pub const Engine = struct {
             engine.runOnBoard(slot, desc, scratch)
         else
             engine.runner(slot.ep.comm(), desc, scratch);
-        engine.net.close(&slot.ep);
+        if (slot.ep.registered) engine.net.close(&slot.ep);
         if (result) |_| {
             if (mirror) |*m| m.finish() catch |err| {
                 return engine.setSlotError(slot, cudaStatus(err), -1, "device {d}: copying the result back: {s}", .{ slot.device, cuda_driver.lastErrorMessage() });

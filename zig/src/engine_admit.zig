@@ -52,6 +52,7 @@ pub fn admitLocked(engine: *Engine, s: Submit, state: SlotState) SubmitError!usi
     slot.redop = redop;
     slot.op_id = s.op_id;
     slot.board_turn +%= 1;
+    slot.ep_prepared = false;
     slot.group_size = n;
     slot.group_rank = members.me;
     slot.root_group = members.root;
@@ -177,6 +178,10 @@ pub fn claimSlotLocked(engine: *Engine, op_id: u64) SubmitError!usize {
     while (used != 0) : (used &= used - 1) {
         const other = &engine.slots[@ctz(used)];
         std.debug.assert(other.state != .free);
+        if (other.freed_unlocked.load(.acquire)) {
+            engine.freeSlotLocked(other);
+            continue;
+        }
         if (other.op_id == op_id and (other.state == .queued or other.state == .running)) {
             return engine.invalid("op id {d} is already in flight", .{op_id});
         }

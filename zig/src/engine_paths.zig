@@ -124,7 +124,13 @@ pub fn boardTeamOf(engine: *Engine, slot: *Slot) board_direct.Team {
 
 fn boardCheck(context: *anyopaque, peer: u32, what: []const u8) ?transport.Error {
     const slot: *Slot = @ptrCast(@alignCast(context));
-    return slot.ep.net.stopCheck(&slot.ep, slot.group[peer], what);
+    const net = slot.ep.net;
+    // A lane op that has to wait after all registers now: peers marked down and cancels
+    // reach it from here on (and one since its start fails it here).
+    if (!slot.ep.registered) net.register(&slot.ep) catch |err| {
+        return net.failOp(&slot.ep, error.Protocol, -1, @errorName(err));
+    };
+    return net.stopCheck(&slot.ep, slot.group[peer], what);
 }
 
 fn boardFail(context: *anyopaque, err: transport.Error, peer: ?u32, message: []const u8) transport.Error {

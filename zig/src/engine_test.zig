@@ -1517,6 +1517,76 @@ test "board, lanes: a re-issued op id replaces the earlier attempt's lane publis
     try expectReissueReplaces(&world, 1);
 }
 
+test "board, lanes: a lane op registers with the net only once it waits; a peer marked down then, or since it started, fails it naming the peer" {
+    var world = try World.init(2, .{ .mode = .shm, .config = lanesConfig(true) });
+    defer world.deinit();
+    // Rank 1 reads a broadcast that rank 0 never runs: it waits, so it registers.
+    const Outcome = struct { status: i32 = 0, peer: i32 = -2, text: [256]u8 = undefined, len: usize = 0 };
+    const Reader = struct {
+        fn run(w: *World, id: u64, out: *Outcome) void {
+            var buf = [_]f32{0} ** 64;
+            const s = Submit{ .kind = @intFromEnum(op.Collective.broadcast), .dtype = @intFromEnum(op.DType.f32), .redop = 0, .op_id = id, .ranks_mask = 3, .root = 0, .send = @ptrCast(&buf), .recv = @ptrCast(&buf), .count = 64, .counts = null, .device = -1, .timeout_ms = 60_000 };
+            const e = w.engine(1);
+            const ticket = e.runNow(s) catch return;
+            out.status = e.opStatus(ticket);
+            out.peer = e.opFailedPeer(ticket);
+            out.len = e.opError(ticket, &out.text);
+            e.release(ticket);
+        }
+    };
+    var outcome = Outcome{};
+    const start = sys.monotonicNs();
+    const thread = try std.Thread.spawn(.{}, Reader.run, .{ &world, nextOpId(), &outcome });
+    var polls: u32 = 0;
+    while (registeredOps(world.engine(1)) == 0) : (polls += 1) {
+        try testing.expect(polls < 10_000); // 10 s: it registers after spinning ~50 us
+        std.Thread.sleep(std.time.ns_per_ms);
+    }
+    try world.engine(1).peerDown(0);
+    thread.join();
+    try testing.expectEqual(Status.epeer, outcome.status);
+    try testing.expectEqual(@as(i32, 0), outcome.peer);
+    try testing.expect(std.mem.indexOf(u8, outcome.text[0..@min(outcome.len, outcome.text.len)], "rank 0 was marked down") != null);
+    try testing.expect(sys.monotonicNs() - start < 30 * std.time.ns_per_s);
+    try testing.expectEqual(@as(u32, 0), registeredOps(world.engine(1)));
+
+    // Marked down between prepare (at admission) and a late register: failed as if registered.
+    const net = world.engine(0).net;
+    var ep: @TypeOf(world.engine(0).slots[0].ep) = .{};
+    net.prepare(&ep, nextOpId(), &[_]u32{ 0, 1 }, 0, sys.deadlineNs(1000), 1000);
+    try world.engine(0).peerDown(1);
+    try net.register(&ep);
+    try testing.expect(ep.failed.load(.acquire));
+    try testing.expectEqual(@as(i32, 1), net.failedPeer(&ep));
+    net.close(&ep);
+}
+
+fn registeredOps(engine: *Engine) u32 {
+    engine.net.mu.lock();
+    defer engine.net.mu.unlock();
+    return @popCount(engine.net.endpoints_used);
+}
+
+test "runNowStatus: a successful op's slot is freed without the lock; its ticket is unknown at once, and the slots are reclaimed (3 x ops_max ops)" {
+    var world = try World.init(2, .{ .mode = .shm, .config = lanesConfig(true) });
+    defer world.deinit();
+    const e = world.engine(0);
+    var lone = [_]f32{0} ** 64;
+    for (0..3 * engine_mod.ops_max) |i| {
+        lone[0] = @floatFromInt(i);
+        const s = Submit{ .kind = @intFromEnum(op.Collective.broadcast), .dtype = @intFromEnum(op.DType.f32), .redop = 0, .op_id = nextOpId(), .ranks_mask = 1, .root = 0, .send = @ptrCast(&lone), .recv = @ptrCast(&lone), .count = 64, .counts = null, .device = -1, .timeout_ms = 10_000 };
+        const done = try e.runNowStatus(s, true);
+        try testing.expectEqual(Status.ok, done.status);
+        try testing.expectEqual(Status.einval, e.opStatus(done.ticket));
+        try testing.expectEqual(@as(f32, @floatFromInt(i)), lone[0]);
+    }
+    // A failed op keeps its slot for opError() until released.
+    const bad = Submit{ .kind = @intFromEnum(op.Collective.broadcast), .dtype = @intFromEnum(op.DType.f32), .redop = 0, .op_id = nextOpId(), .ranks_mask = 3, .root = 1, .send = @ptrCast(&lone), .recv = @ptrCast(&lone), .count = 64, .counts = null, .device = -1, .timeout_ms = 50 };
+    const failed = try e.runNowStatus(bad, true);
+    try testing.expectEqual(Status.etimeout, failed.status);
+    try expectFailure(e, failed.ticket, Status.etimeout, 1, &.{"timed out"});
+}
+
 test "start: the last rank to start a small board op runs it on its own thread, complete on return; the first one runs it async" {
     var world = try World.init(3, .{ .mode = .shm });
     defer world.deinit();

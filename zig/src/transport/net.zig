@@ -131,6 +131,8 @@ pub const Endpoint = struct {
     registered: bool = false,
     /// Where open() put it in Net.endpoints.
     endpoint_index: u32 = 0,
+    /// Net.peers_marked_down when prepare() ran.
+    peers_marked_down: u64 = 0,
 
     pub fn comm(self: *Endpoint) transport.Comm {
         std.debug.assert(self.registered);
@@ -177,6 +179,8 @@ pub const Net = struct {
     endpoints: [endpoints_max]?*Endpoint = [_]?*Endpoint{null} ** endpoints_max,
     /// Bit i: endpoints[i] is registered.
     endpoints_used: EndpointMask = 0,
+    /// peerDown() calls so far: a late register() fails the op when one came since prepare().
+    peers_marked_down: std.atomic.Value(u64) = .init(0),
     finished: [finished_ids_max]u64 = [_]u64{0} ** finished_ids_max,
     finished_next: u32 = 0,
     finished_count: u32 = 0,
@@ -343,6 +347,7 @@ pub const Net = struct {
         net.mu.lock();
         defer net.mu.unlock();
         net.links.peerDownLocked(peer_rank);
+        _ = net.peers_marked_down.fetchAdd(1, .release);
         for (net.endpoints) |maybe| {
             const ep = maybe orelse continue;
             if (!ep.group_set.isSet(peer_rank)) continue;
@@ -429,6 +434,14 @@ pub const Net = struct {
 
     /// Registers an op. `group[i]` = global rank of group rank i (ascending).
     pub fn open(net: *Net, ep: *Endpoint, op_id: u64, group: []const u32, group_rank: u32, deadline_ns: u64, timeout_ms: u32) error{ TooManyOps, DuplicateOp }!void {
+        net.prepare(ep, op_id, group, group_rank, deadline_ns, timeout_ms);
+        return net.register(ep);
+    }
+
+    /// open()'s first half: the endpoint's fields, without the lock. An op that may finish on
+    /// the board alone (lanes) registers only if it has to wait (register()), so the peers'
+    /// failures (peerDown) and the engine's cancel reach it from then on.
+    pub fn prepare(net: *Net, ep: *Endpoint, op_id: u64, group: []const u32, group_rank: u32, deadline_ns: u64, timeout_ms: u32) void {
         std.debug.assert(group.len > 0 and group.len <= world_size_max and group_rank < group.len);
         std.debug.assert(group[group_rank] == net.rank());
         // Field by field: `reqs` (~5 KiB) needs no reset (reqs_used says which are live).
@@ -446,6 +459,7 @@ pub const Net = struct {
         ep.cond = .{};
         ep.reqs_used = 0;
         ep.registered = false;
+        ep.peers_marked_down = net.peers_marked_down.load(.acquire);
         @memset(ep.send_seq[0..group.len], 0);
         @memset(ep.recv_seq[0..group.len], 0);
         for (group, 0..) |g, i| {
@@ -454,6 +468,12 @@ pub const Net = struct {
             ep.group[i] = g;
             ep.group_set.set(g);
         }
+    }
+
+    /// open()'s second half: from here on peerDown() fails the op and close() must be called.
+    pub fn register(net: *Net, ep: *Endpoint) error{ TooManyOps, DuplicateOp }!void {
+        std.debug.assert(!ep.registered);
+        const op_id = ep.op_id;
         net.mu.lock();
         defer net.mu.unlock();
         // Only the registered endpoints are looked at (E16: copying and scanning all 256 was
@@ -467,6 +487,13 @@ pub const Net = struct {
         // An id reused after it finished here: frames for it are welcome again.
         for (net.finished[0..net.finished_count]) |*id| {
             if (id.* == op_id) id.* = 0;
+        }
+        // A peer of the group marked down since prepare() fails the op, as peerDown() would
+        // have had it been registered then.
+        if (net.peers_marked_down.load(.acquire) != ep.peers_marked_down) {
+            for (ep.group[0..ep.group_size]) |g| {
+                if (g != net.rank() and net.links.peers[g].down) failLocked(ep, error.PeerFailed, @intCast(g), "rank {d} was marked down", .{g});
+            }
         }
         ep.registered = true;
         net.endpoints[slot] = ep;
