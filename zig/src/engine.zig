@@ -166,7 +166,7 @@ pub const Slot = struct {
     timeout_ms: u32 = 0,
     deadline_ns: u64 = 0,
     ep: netmod.Endpoint = .{},
-    board_team: netmod.BoardTeam = undefined,
+    board_team: netmod.BoardTeam = .{},
     /// Which of the slot's two board entries its op uses (toggled at every admission).
     board_turn: u1 = 0,
     /// The endpoint was prepared at admission and registers only if the op has to wait

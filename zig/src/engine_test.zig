@@ -36,37 +36,52 @@ const WorldOptions = struct {
 
 const World = struct {
     n: u32,
+    options: WorldOptions,
     engines: [ranks_max]?*Engine = [_]?*Engine{null} ** ranks_max,
     cluster_buf: [64]u8 = undefined,
     cluster_len: usize = 0,
 
     fn init(n: u32, options: WorldOptions) !World {
         std.debug.assert(n >= 1 and n <= ranks_max);
-        var world = World{ .n = n };
+        var world = World{ .n = n, .options = options };
         const cluster_id = try std.fmt.bufPrint(&world.cluster_buf, "test-{d}-{d}", .{ std.os.linux.getpid(), cluster_counter.fetchAdd(1, .monotonic) });
         world.cluster_len = cluster_id.len;
         errdefer world.deinit();
-        for (0..n) |r| {
-            world.engines[r] = try Engine.create(testing.allocator, .{
-                .rank = @intCast(r),
-                .world_size_max = ranks_max + 1, // one free slot, like launch --max-world-size
-                .cluster_id = cluster_id,
-                .listen_host = "127.0.0.1",
-                .mode = options.mode,
-                .host_id = test_host_id,
-                .runner = options.runner,
-                .stash_bytes_max = if (options.stash_bytes_max != 0) options.stash_bytes_max else 64 << 20,
-                .tcp_chunk_bytes = options.tcp_chunk_bytes,
-                .shm_slot_bytes = options.shm_slot_bytes,
-                .shm_slot_count = options.shm_slot_count,
-                .config = options.config,
-            });
-        }
+        for (0..n) |r| world.engines[r] = try world.create(r);
         for (0..n) |r| for (0..n) |p| {
             if (r == p) continue;
             try world.engine(r).setPeer(@intCast(p), "127.0.0.1", world.engine(p).dataPort(), test_host_id);
         };
         return world;
+    }
+
+    fn create(world: *const World, r: usize) !*Engine {
+        const options = world.options;
+        return Engine.create(testing.allocator, .{
+            .rank = @intCast(r),
+            .world_size_max = ranks_max + 1, // one free slot, like launch --max-world-size
+            .cluster_id = world.cluster(),
+            .listen_host = "127.0.0.1",
+            .mode = options.mode,
+            .host_id = test_host_id,
+            .runner = options.runner,
+            .stash_bytes_max = if (options.stash_bytes_max != 0) options.stash_bytes_max else 64 << 20,
+            .tcp_chunk_bytes = options.tcp_chunk_bytes,
+            .shm_slot_bytes = options.shm_slot_bytes,
+            .shm_slot_count = options.shm_slot_count,
+            .config = options.config,
+        });
+    }
+
+    /// Rank r stops and starts again (a new port, a new board); the others are told.
+    fn restart(world: *World, r: usize) !void {
+        world.kill(r);
+        world.engines[r] = try world.create(r);
+        for (0..world.n) |p| {
+            if (p == r) continue;
+            try world.engine(p).setPeer(@intCast(r), "127.0.0.1", world.engine(r).dataPort(), test_host_id);
+            try world.engine(r).setPeer(@intCast(p), "127.0.0.1", world.engine(p).dataPort(), test_host_id);
+        }
     }
 
     fn engine(world: *const World, r: usize) *Engine {
@@ -1565,6 +1580,34 @@ fn registeredOps(engine: *Engine) u32 {
     engine.net.mu.lock();
     defer engine.net.mu.unlock();
     return @popCount(engine.net.endpoints_used);
+}
+
+test "board, lanes: a restarted peer's new board is used (each slot's cached board team is refreshed), by lane ops and worker ops alike" {
+    var world = try World.init(2, .{ .mode = .shm, .config = lanesConfig(true) });
+    defer world.deinit();
+    for (0..3) |life| {
+        if (life > 0) try world.restart(1);
+        for (0..4) |round| {
+            const value: f32 = @floatFromInt(life * 100 + round);
+            var bufs: [2][64]f32 = .{ [_]f32{value} ** 64, [_]f32{0} ** 64 };
+            const id = nextOpId();
+            for (0..2) |r| try testing.expectEqual(Status.ok, try broadcastAlone(&world, r, id, &bufs[r], 10_000));
+            for (bufs[1]) |v| try testing.expectEqual(value, v);
+            var x: [2][16]i32 = undefined;
+            var args: [2]Submit = undefined;
+            const sum_id = nextOpId();
+            for (0..2) |r| {
+                @memset(&x[r], @intCast(r + 1 + life));
+                args[r] = .{ .kind = @intFromEnum(op.Collective.allreduce), .dtype = @intFromEnum(op.DType.i32), .redop = 0, .op_id = sum_id, .ranks_mask = 3, .root = 0, .send = @ptrCast(&x[r]), .recv = @ptrCast(&x[r]), .count = 16, .counts = null, .device = -1, .timeout_ms = 10_000 };
+            }
+            try world.expectAllOk(&args);
+            for (x) |row| for (row) |v| try testing.expectEqual(@as(i32, @intCast(3 + 2 * life)), v);
+        }
+    }
+    // Marked down (alive, its board too): the cached team is not used, the op fails at once.
+    try world.engine(0).peerDown(1);
+    var buf = [_]f32{1} ** 64;
+    try testing.expectEqual(Status.epeer, try broadcastAlone(&world, 0, nextOpId(), &buf, 10_000));
 }
 
 test "runNowStatus: a successful op's slot is freed without the lock; its ticket is unknown at once, and the slots are reclaimed (3 x ops_max ops)" {

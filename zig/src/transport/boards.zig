@@ -19,8 +19,28 @@ const PeerBoard = struct {
 /// The boards of one op's group, in group order (Net.boardTeam).
 /// Board ops run only in groups of at most board_mod.counts_max ranks.
 pub const BoardTeam = struct {
-    boards: [board_mod.counts_max]board_mod.Board,
-    departed_serials: [board_mod.counts_max]*[board_mod.entries_max]u64,
+    boards: [board_mod.counts_max]board_mod.Board = undefined,
+    departed_serials: [board_mod.counts_max]*[board_mod.entries_max]u64 = undefined,
+    /// The group this team was last filled for (0 ranks: none) and the net's team epoch then
+    /// (Net.boardTeamOf reuses it without the lock while neither changed).
+    filled_ranks: u32 = 0,
+    filled_group: [board_mod.counts_max]u32 = undefined,
+    filled_epoch: u64 = 0,
+
+    /// Filled for `group` at `epoch`, and every board of it still has its owner.
+    pub fn current(team: *const BoardTeam, group: []const u32, epoch: u64) bool {
+        if (team.filled_ranks != group.len or team.filled_epoch != epoch) return false;
+        if (!std.mem.eql(u32, team.filled_group[0..group.len], group)) return false;
+        for (team.boards[0..group.len]) |b| if (!b.aliveFlag()) return false;
+        return true;
+    }
+
+    pub fn markFilled(team: *BoardTeam, group: []const u32, epoch: u64) void {
+        std.debug.assert(group.len <= board_mod.counts_max);
+        team.filled_ranks = @intCast(group.len);
+        @memcpy(team.filled_group[0..group.len], group);
+        team.filled_epoch = epoch;
+    }
 };
 
 /// Sweeping our rank's stale segments keeps the board of another live process that claims
@@ -47,6 +67,8 @@ pub const Boards = struct {
     peers: [world_size_max]PeerBoard = [_]PeerBoard{.{}} ** world_size_max,
     /// Boards replaced while an op may still read them; unmapped at deinit.
     retired: std.BoundedArray(board_mod.Board, retired_boards_max) = .{},
+    /// Peer boards (re)mapped so far: a team filled before one was may name a stale board.
+    reopened: std.atomic.Value(u64) = .init(0),
 
     /// Creates this rank's board under `prefix` + port.
     pub fn create(boards: *Boards, rank: u32, prefix: []const u8, port: u16, incarnation_id: u64) !void {
@@ -110,6 +132,7 @@ pub const Boards = struct {
                     boards.retired.appendAssumeCapacity(old);
                 }
                 pb.* = .{ .board = fresh, .generation = peer.generation };
+                _ = boards.reopened.fetchAdd(1, .release);
             }
             team.boards[i] = pb.board.?;
             team.departed_serials[i] = &pb.departed_serials;

@@ -161,6 +161,9 @@ pub const Links = struct {
     listener: ?std.Thread = null,
     stopping: std.atomic.Value(bool) = .init(false),
     peers: [world_size_max]Peer = [_]Peer{.{}} ** world_size_max,
+    /// Bumped (under the lock) whenever a peer's address, host, down / lost state or
+    /// generation changes: what a cached board team depends on (Net.boardTeamOf).
+    peers_changed: std.atomic.Value(u64) = .init(0),
     peer_cond: std.Thread.Condition = .{},
     threads_live: u32 = 0,
     threads_cond: std.Thread.Condition = .{},
@@ -241,6 +244,7 @@ pub const Links = struct {
         // The first address keeps links the peer already dialed to us (it may have learned our
         // address first); a changed address, or a peer down / lost, starts over.
         const changed = if (peer.addr) |old| !old.eql(addr) or peer.host_id != host_id else false;
+        _ = links.peers_changed.fetchAdd(1, .release);
         if (!changed and !peer.down and !peer.lost) {
             peer.addr = addr;
             peer.host_id = host_id;
@@ -262,6 +266,7 @@ pub const Links = struct {
         const peer = &links.peers[peer_rank];
         peer.down = true;
         peer.generation +%= 1;
+        _ = links.peers_changed.fetchAdd(1, .release);
         for (peer.links) |maybe| if (maybe) |link| closeLinkLocked(link);
         links.peer_cond.broadcast();
     }
@@ -456,6 +461,7 @@ pub const Links = struct {
         }
         peer.links[free_slot.?] = link;
         link.generation = peer.generation;
+        if (peer.lost) _ = links.peers_changed.fetchAdd(1, .release);
         peer.lost = false;
         links.links_live += 1;
         return true;
@@ -727,6 +733,7 @@ pub const Links = struct {
             if (maybe) |other| others = others or !other.closing.load(.acquire);
         }
         if (!others) {
+            _ = links.peers_changed.fetchAdd(1, .release);
             peer.lost = true;
             peer.lost_protocol = outcome == .protocol;
         }

@@ -301,11 +301,24 @@ pub const Net = struct {
     }
 
     /// boardTeam() for a group (global ranks, ascending) before its endpoint is open.
+    /// Without the lock when `team` was filled for this group and nothing it depends on
+    /// changed since (teamEpoch): the lock's locked instructions wait for the previous op's
+    /// stores to the peers' lines (E62).
     pub fn boardTeamOf(net: *Net, group: []const u32, team: *BoardTeam) bool {
         if (net.boards.own == null) return false;
+        if (team.current(group, net.teamEpoch())) return true;
         net.mu.lock();
         defer net.mu.unlock();
-        return net.boards.teamLocked(net.rank(), group, &net.links.peers, net, boardPeer, shmPrefix, team);
+        team.filled_ranks = 0;
+        if (!net.boards.teamLocked(net.rank(), group, &net.links.peers, net, boardPeer, shmPrefix, team)) return false;
+        team.markFilled(group, net.teamEpoch()); // changes only under the lock we hold
+        return true;
+    }
+
+    /// Grows whenever a board team lookup could answer differently: a peer set, marked down,
+    /// lost or back, a peer's board mapped again.
+    fn teamEpoch(net: *Net) u64 {
+        return net.links.peers_changed.load(.acquire) +% net.boards.reopened.load(.acquire);
     }
 
     /// Whether a peer's board is reachable: on this host (MOONRING_TRANSPORT=shm: any peer).
