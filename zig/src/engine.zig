@@ -665,7 +665,12 @@ pub const Engine = struct {
     /// The op goes through the pair lanes (board_rules.usesLanes): host buffers only (the
     /// CUDA direct path's control records use the entries).
     pub fn boardLanes(engine: *const Engine, slot: *const Slot) bool {
-        return slot.device < 0 and board_rules.usesLanes(slot.kind, slot.group[0..slot.group_size], slot.count, slot.dtype.bytes(), engine.config.board_lanes);
+        if (slot.device >= 0) return false;
+        const pair_count = if (slot.kind == .alltoall and slot.group_size == 2) blk: {
+            const peer = 1 - slot.group_rank;
+            break :blk @max(slot.send_counts[peer], slot.recv_counts[peer]);
+        } else 0;
+        return board_rules.usesLanes(slot.kind, slot.group[0..slot.group_size], slot.count, slot.dtype.bytes(), pair_count, engine.config.board_lanes);
     }
 
     pub fn slotIndex(engine: *const Engine, slot: *const Slot) usize {

@@ -1485,8 +1485,9 @@ test "board, lanes: every collective at 2 ranks, sizes below, at and above a lan
         var world = try World.init(2, .{ .mode = .shm, .config = lanesConfig(on) });
         defer world.deinit();
         var seed: u64 = 9400 + @as(u64, @intFromBool(on));
-        // 128 x i32 scatter / reduce_scatter = 1024 B (a full cell); 129: the entries.
-        for ([_]usize{ 1, 17, 128, 129, 300 }) |c| for ([_]bool{ false, true }) |shared| for (0..3) |_| {
+        // 256 x i32 (allreduce, scatter and reduce_scatter blocks) = 1024 B, a full cell; 257:
+        // the entries. Alltoall sends c + 0..2 elements per pair: 254 and 255 straddle it too.
+        for ([_]usize{ 1, 17, 128, 254, 255, 256, 257, 300 }) |c| for ([_]bool{ false, true }) |shared| for (0..3) |_| {
             seed += 19;
             try everyCollective(&world, c, shared, seed);
         };

@@ -145,6 +145,8 @@ const Op = struct {
     /// group's part of an array of the caller (no 3 KiB reset per op).
     mapped: [][2]?arena.PeerMaps.Mapped,
     snapshot: ?[]u8 = null,
+    /// Where the peer's lane publish starts in its contribution (two ranks: one peer).
+    lane_part_offset: u64 = 0,
 
     fn es(o: *const Op) u64 {
         return o.desc.elementBytes();
@@ -273,10 +275,14 @@ const Op = struct {
         const t = o.t;
         const b = o.own();
         if (t.lanes) {
-            std.debug.assert(o.publish_inline and t.size() == 2);
+            std.debug.assert(t.size() == 2);
             const peer: u32 = 1 - t.me;
-            // Op id 0 marks an unused cell: that op (tests only) uses its entry.
-            if (t.op_id != 0 and b.lanePublish(t.global[peer], t.op_id, t.serial, send, t.boards[peer], linger_wait_ns_max)) return o.ringPeers();
+            const part = rules.lanePart(o.desc.kind, peer, o.desc.count * o.es(), o.es(), o.desc.send_counts, send.len);
+            std.debug.assert(part.len <= board_mod.lane_bytes_max and part.offset + part.len <= send.len);
+            // Op id 0 marks an unused cell: that op (tests only) uses its entry; so does a
+            // part that starts past what the cell can say (an alltoall's own block > 4 GiB).
+            const in_lane = t.op_id != 0 and part.offset <= std.math.maxInt(u32);
+            if (in_lane and b.lanePublish(t.global[peer], t.op_id, t.serial, send[@intCast(part.offset)..][0..@intCast(part.len)], @intCast(part.offset), t.boards[peer], linger_wait_ns_max)) return o.ringPeers();
         }
         const e = b.entry(t.entry);
         // An aborted publish of an earlier op in this slot stays until the slot is reused.
@@ -355,6 +361,7 @@ const Op = struct {
                 if (t.lanes) if (board.laneHolds(t.global[t.me], t.op_id)) |serial| {
                     self.o.entries[self.p] = lane_entry;
                     self.o.serials[self.p] = serial;
+                    self.o.lane_part_offset = board.lanePartOffset(t.global[t.me], t.op_id);
                     return .ready;
                 };
                 const found = board.find(t.op_id, t.departed_serials[self.p], self.o.start_ns) orelse return .not_yet;
@@ -521,11 +528,13 @@ const Op = struct {
         if (p == o.t.me) return send[@intCast(offset)..][0..@intCast(len)];
         const b = o.t.boards[p];
         const index = o.entries[p];
+        // A lane holds the part [lane_part_offset, + its length) of p's contribution.
+        const data_start = if (index == lane_entry) o.lane_part_offset else 0;
         const published_bytes = if (index == lane_entry) b.laneData(o.t.global[o.t.me], o.t.op_id).len else b.entry(index).send_bytes;
-        if (offset + len > published_bytes) {
+        if (offset < data_start or offset + len > data_start + published_bytes) {
             return o.failPeer(error.Protocol, p, "published fewer bytes than the op needs", "(sizes differ between ranks)");
         }
-        if (index == lane_entry) return b.laneData(o.t.global[o.t.me], o.t.op_id)[@intCast(offset)..][0..@intCast(len)];
+        if (index == lane_entry) return b.laneData(o.t.global[o.t.me], o.t.op_id)[@intCast(offset - data_start)..][0..@intCast(len)];
         const e = b.entry(index);
         if (e.inline_data == 1) return b.data(index)[@intCast(offset)..][0..@intCast(len)];
         if (o.peerShared(p, .send)) |shared| return shared[@intCast(offset)..][0..@intCast(len)];
@@ -690,6 +699,22 @@ const Op = struct {
 
     // ---- the collectives ----
 
+    /// Where rank p's part for us starts in p's send (bytes): p's counts before ours, from
+    /// its entry; a lane holds just that part (board_rules.lanePart).
+    fn alltoallPartOffset(o: *Op, p: u32) Error!u64 {
+        const d = o.desc;
+        const me = o.t.me;
+        const es_ = o.es();
+        if (p != me and o.entries[p] == lane_entry) {
+            const published = o.t.boards[p].laneData(o.t.global[me], o.t.op_id).len;
+            if (published == d.recv_counts[p] * es_) return o.lane_part_offset;
+        } else {
+            const counts: []const u64 = if (p == me) d.send_counts else o.t.boards[p].entry(o.entries[p]).send_counts[0..o.t.size()];
+            if (counts[me] == d.recv_counts[p]) return op.countsTotal(counts[0..me]) * es_;
+        }
+        return o.failPeer(error.Protocol, p, "sends a different count than this rank receives", "(alltoall counts differ)");
+    }
+
     fn body(o: *Op, send: []const u8) Error!void {
         const d = o.desc;
         const t = o.t;
@@ -751,13 +776,8 @@ const Op = struct {
                 for (0..n) |pi| {
                     const p: u32 = @intCast(pi);
                     const len = d.recv_counts[p] * es_;
-                    // Where p's part for us starts in p's send: p's counts before ours.
-                    const counts: []const u64 = if (p == me) d.send_counts else t.boards[p].entry(o.entries[p]).send_counts[0..n];
-                    if (counts[me] != d.recv_counts[p]) {
-                        return o.failPeer(error.Protocol, p, "sends a different count than this rank receives", "(alltoall counts differ)");
-                    }
-                    const send_offset = op.countsTotal(counts[0..me]);
-                    try o.copyPart(send, p, send_offset * es_, recv[@intCast(recv_offset)..][0..@intCast(len)]);
+                    const send_offset = try o.alltoallPartOffset(p);
+                    try o.copyPart(send, p, send_offset, recv[@intCast(recv_offset)..][0..@intCast(len)]);
                     recv_offset += len;
                 }
             },

@@ -24,19 +24,30 @@ comptime {
     std.debug.assert(board_mod.lane_bytes_max <= inline_always_bytes);
 }
 
-/// Whether an op of a two-rank group runs through the pair lanes: small enough for a lane
-/// cell, both ranks below lane_peers_max. Every rank of the group computes the same answer.
-pub fn usesLanes(kind: op.Collective, group: []const u32, count: u64, element_bytes: u64, lanes_on: bool) bool {
+/// Whether an op of a two-rank group runs through the pair lanes: what one rank publishes
+/// for the other fits a lane cell (scatter, reduce_scatter and alltoall publish only the
+/// reader's part), both ranks below lane_peers_max. `alltoall_pair_count`: the larger of the
+/// two ranks' counts for each other (both ranks see the same pair), so every rank of the
+/// group computes the same answer.
+pub fn usesLanes(kind: op.Collective, group: []const u32, count: u64, element_bytes: u64, alltoall_pair_count: u64, lanes_on: bool) bool {
     if (!lanes_on or group.len != 2) return false;
     if (group[0] >= board_mod.lane_peers_max or group[1] >= board_mod.lane_peers_max) return false;
-    const c = count * element_bytes;
     const sent_max: u64 = switch (kind) {
-        .allreduce, .reduce, .broadcast, .allgather, .gather => c,
-        .scatter, .reduce_scatter => 2 * c,
+        .allreduce, .reduce, .broadcast, .allgather, .gather, .scatter, .reduce_scatter => count,
+        .alltoall => alltoall_pair_count,
         .barrier => 0,
-        else => return false, // alltoall: counts per rank (the entry's send_counts)
+        else => return false,
     };
-    return sent_max <= board_mod.lane_bytes_max;
+    return sent_max * element_bytes <= board_mod.lane_bytes_max;
+}
+
+/// The part of a contribution that rank `reader` of a lane op reads: [offset, offset + len).
+pub fn lanePart(kind: op.Collective, reader: u32, part_bytes: u64, element_bytes: u64, send_counts: []const u64, contribution_bytes: u64) struct { offset: u64, len: u64 } {
+    return switch (kind) {
+        .scatter, .reduce_scatter => .{ .offset = reader * part_bytes, .len = part_bytes },
+        .alltoall => .{ .offset = op.countsTotal(send_counts[0..reader]) * element_bytes, .len = send_counts[reader] * element_bytes },
+        else => .{ .offset = 0, .len = contribution_bytes },
+    };
 }
 
 /// Whether group rank `reader` reads rank `owner`'s board entry in an op of `kind`: broadcast

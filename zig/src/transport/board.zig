@@ -30,7 +30,7 @@ pub const counts_max = 64;
 /// Op ids this rank's recent failed ops had (a ring): an owner whose inline publish lingers
 /// stops waiting for a reader that gave up on that op.
 pub const gave_up_max = 64;
-const magic: u64 = 0x4d52_424f_4152_4402; // "MRBOARD" v2 (pair lanes)
+const magic: u64 = 0x4d52_424f_4152_4403; // "MRBOARD" v3 (pair lanes carry a part's offset)
 const header_bytes = 4096 * 2;
 const entry_bytes = 1024;
 
@@ -138,7 +138,9 @@ pub const LaneCell = extern struct {
     /// Changes on every publish (the engine's ticket), so a reader tells publishes apart.
     serial: u64 = 0,
     bytes: u32 = 0,
-    pad0: u32 = 0,
+    /// Where the published bytes start in the owner's whole contribution (scatter,
+    /// reduce_scatter and alltoall publish only the reader's part).
+    part_offset: u32 = 0,
     /// When the owner wrote it (sys.coarseNs): an unconsumed publish older than the owner's
     /// bound is taken back (a reader that never came does not hold the cell forever).
     published_ns: u64 = 0,
@@ -418,12 +420,12 @@ pub const Board = struct {
         return serial;
     }
 
-    /// Owner: writes `contribution` into the lane to global rank `reader` as op `op_id`'s
-    /// publish, when the cell is free: its last publish consumed, or of this op id (an earlier
-    /// attempt), or of an op the reader gave up on (`gave_up`, the reader's board), or older
-    /// than `stale_ns`. False: use an entry.
-    pub fn lanePublish(board: Board, reader: u32, op_id: u64, serial: u64, contribution: []const u8, gave_up: Board, stale_ns: u64) bool {
-        std.debug.assert(contribution.len <= lane_bytes_max and op_id != 0 and serial != 0);
+    /// Owner: writes `part` (bytes from `part_offset` on of its contribution) into the lane to
+    /// global rank `reader` as op `op_id`'s publish, when the cell is free: its last publish
+    /// consumed, or of this op id (an earlier attempt), or of an op the reader gave up on
+    /// (`gave_up`, the reader's board), or older than `stale_ns`. False: use an entry.
+    pub fn lanePublish(board: Board, reader: u32, op_id: u64, serial: u64, part: []const u8, part_offset: u32, gave_up: Board, stale_ns: u64) bool {
+        std.debug.assert(part.len <= lane_bytes_max and op_id != 0 and serial != 0);
         const l = board.lane(reader) orelse return false;
         const index = laneCell(op_id);
         const cell = &l.cells[index];
@@ -436,12 +438,13 @@ pub const Board = struct {
             // A reader that finds the old id meanwhile sees the serial change (laneStill).
             @atomicStore(u64, &cell.op_id, 0, .release);
         }
-        cell.bytes = @intCast(contribution.len);
+        cell.bytes = @intCast(part.len);
+        cell.part_offset = part_offset;
         cell.published_ns = now_ns;
         @atomicStore(u64, &cell.serial, serial, .release);
-        @memcpy(cell.data[0..contribution.len], contribution);
+        @memcpy(cell.data[0..part.len], part);
         @atomicStore(u64, &cell.op_id, op_id, .release);
-        demoteLines(@ptrCast(cell), lane_data_offset + contribution.len);
+        demoteLines(@ptrCast(cell), lane_data_offset + part.len);
         return true;
     }
 
@@ -463,6 +466,11 @@ pub const Board = struct {
     pub fn laneData(board: Board, reader: u32, op_id: u64) []const u8 {
         const cell = &board.lane(reader).?.cells[laneCell(op_id)];
         return cell.data[0..@min(cell.bytes, lane_bytes_max)];
+    }
+
+    /// Where laneData() starts in the owner's whole contribution.
+    pub fn lanePartOffset(board: Board, reader: u32, op_id: u64) u64 {
+        return board.lane(reader).?.cells[laneCell(op_id)].part_offset;
     }
 
     /// Reader `reader` (its group rank): done with entry `index` of this board.
