@@ -303,7 +303,7 @@ pub const Net = struct {
     /// boardTeam() for a group (global ranks, ascending) before its endpoint is open.
     /// Without the lock when `team` was filled for this group and nothing it depends on
     /// changed since (teamEpoch): the lock's locked instructions wait for the previous op's
-    /// stores to the peers' lines (E62).
+    /// stores to the peers' lines (E63).
     pub fn boardTeamOf(net: *Net, group: []const u32, team: *BoardTeam) bool {
         if (net.boards.own == null) return false;
         if (team.current(group, net.teamEpoch())) return true;
