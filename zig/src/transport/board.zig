@@ -486,15 +486,12 @@ pub const Board = struct {
         return std.simd.countTrues(set);
     }
 
-    /// Wakes the owner's threads that sleep in wait(): nothing (no locked instruction) unless
-    /// one sleeps, since a locked add waits for this thread's stores to the peers' lines to
-    /// drain (E62: 15% of a two-rank 8-byte op). A sleeper that registers while this rank's
-    /// publish is still in flight may be missed; it then wakes at its timeout (sleep_ns, after
-    /// spinning spinNs() first).
+    /// Wakes the owner's threads that sleep in wait() (only a syscall when one sleeps). The
+    /// locked add also makes this thread's earlier stores (the publish) visible before it
+    /// goes on: without it a rooted op's reader waited longer (E66).
     pub fn ring(board: Board) void {
-        if (@atomicLoad(u32, &board.header.sleepers, .monotonic) == 0) return;
         _ = @atomicRmw(u32, &board.header.doorbell, .Add, 1, .release);
-        sys.futexWake(&board.header.doorbell, std.math.maxInt(u32));
+        if (@atomicLoad(u32, &board.header.sleepers, .acquire) != 0) sys.futexWake(&board.header.doorbell, std.math.maxInt(u32));
     }
 
     /// Owner's threads: sleep until rung or `timeout_ns`, unless `ready` already holds.
