@@ -2,8 +2,16 @@
 // each checked exactly; exits 0 when all match. Run by tests/scale/world-1024.test.ts in a
 // child process because every rank's call waits for all the others, so the client needs one
 // connection per rank at once: Bun's fetch allows BUN_CONFIG_MAX_HTTP_REQUESTS (256 unless set
-// at process start) and queues the rest. Usage: bun tests/support/scale-world.ts N
+// at process start) and queues the rest.
+// Usage: Malloc=1 BUN_CONFIG_MAX_HTTP_REQUESTS=8192 bun tests/support/scale-world.ts N
+//
+// The parent starts it with Malloc=1: with Bun's own allocator its ~3.5 GB heap shreds into
+// tens of thousands of memory maps and, at vm.max_map_count, the process spins in madvise for
+// good (tests/support/vm-maps.ts). Its progress lines and summary give its map count.
+// MOONRING_SCALE_TAKE_MAPS=45000 takes that many map slots first: without Malloc=1 the world
+// then hangs in the same livelock every run (the reproduction), with it it passes.
 import { startInprocWorld } from "./inproc-world";
+import { mapCount, mapLimit, takeMapSlots } from "./vm-maps";
 
 process.env.MOONRING_LOG ??= "error";
 const N = Number(process.argv[2] ?? 1024);
@@ -14,10 +22,20 @@ function check(ok: boolean, what: string): void {
 const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
 const i32 = (data: number[]) => ({ dtype: "int32", shape: [data.length], data });
 
+const takeMaps = Number(process.env.MOONRING_SCALE_TAKE_MAPS ?? 0);
+if (takeMaps > 0) await takeMapSlots(takeMaps);
+const limit = mapLimit();
+/** The most memory maps this process had at a progress line (the parent checks it against the limit). */
+let mapsMax = 0;
+
 const t0 = performance.now();
 // progress on stderr: the parent shows its tail when this process fails or has to be killed
-const progress = (what: string) => process.stderr.write(`[scale-world ${Math.round(performance.now() - t0)} ms] ${what}\n`);
-progress(`starting ${N} ranks`);
+const progress = (what: string) => {
+  const maps = mapCount();
+  mapsMax = Math.max(mapsMax, maps);
+  process.stderr.write(`[scale-world ${Math.round(performance.now() - t0)} ms] ${what} (${maps} of ${limit} memory maps)\n`);
+};
+progress(`starting ${N} ranks${takeMaps > 0 ? ` (${takeMaps} map slots taken)` : ""}${process.env.Malloc === "1" ? "" : "; no Malloc=1: this may hang (see above)"}`);
 const w = await startInprocWorld(N, { heartbeatThread: false, heartbeatIntervalMs: 5000, heartbeatTimeoutMs: 600_000, rendezvousTimeoutMs: 240_000 });
 const startMs = performance.now() - t0;
 progress("ready");
@@ -70,7 +88,8 @@ try {
   const aa = await all("/collective/alltoall", (i) => ({ tensors: range((j) => i * N + j).map((v) => i32([v])) }));
   for (const j of [0, N >> 2, N - 1]) check(same(firsts(aa[j].result), range((i) => i * N + j)), `alltoall to ${j}`);
   for (const b of await all("/collective/barrier", () => ({}))) check(b.result === null, "barrier");
-  console.log(JSON.stringify({ ranks: N, start_ms: Math.round(startMs), ms: times }));
+  progress("all checked");
+  console.log(JSON.stringify({ ranks: N, start_ms: Math.round(startMs), ms: times, maps_max: mapsMax, map_limit: limit, maps_taken: takeMaps }));
 } finally {
   progress("stopping");
   await w.stop();
