@@ -1382,6 +1382,15 @@ test "board: every collective on shared buffers (peers read them in place), 2..4
     }
 }
 
+test "board: a 2-rank allreduce of 32 MiB (the peer's copy of each reduced piece written with non-temporal stores), plain and shared buffers, is exact" {
+    var world = try World.init(2, .{ .mode = .shm });
+    defer world.deinit();
+    for ([_]bool{ false, true }) |shared| {
+        try (CollectiveCase(i32){ .world = &world, .kind = .allreduce, .count = 8 << 20, .shared = shared }).run(9901);
+        try (CollectiveCase(f32){ .world = &world, .kind = .allreduce, .redop = .max, .count = (8 << 20) + 3, .shared = shared }).run(9902);
+    }
+}
+
 /// Board knobs with eager groups from two ranks on (plan.Config.board_eager_ranks_min).
 fn eagerConfig() plan.Config {
     var config = plan.Config.fromEnv();

@@ -55,9 +55,9 @@ const lane_entry: u32 = board_mod.entries_max;
 const piece_bytes = 64 << 10;
 /// Two-rank allreduces of at least this many bytes (out of place) write the peer's copy of a
 /// reduced piece with non-temporal stores: there the working set (4 x the op) no longer fits
-/// the last-level cache, and skipping the read for ownership gave +15-25% at 64 MiB, while at
-/// 16 MiB (cache-resident) it cost 5% (NOTES E32).
-const nt_op_bytes_min = 64 << 20;
+/// the last-level cache, and skipping the read for ownership gave +15-25% at 64 MiB and +12%
+/// at 32 MiB, while at 16 MiB (cache-resident) it cost 5% (NOTES E32, E67).
+const nt_op_bytes_min = 32 << 20;
 /// One process_vm_readv moves at most this much, so a cancel is seen between calls.
 const copy_bytes_max = 4 << 20;
 /// A sleeping waiter re-checks liveness, cancel and the deadline this often.
