@@ -470,7 +470,8 @@ pub const Board = struct {
 
     /// Where laneData() starts in the owner's whole contribution.
     pub fn lanePartOffset(board: Board, reader: u32, op_id: u64) u64 {
-        return board.lane(reader).?.cells[laneCell(op_id)].part_offset;
+        const cell = &board.lane(reader).?.cells[laneCell(op_id)]; // `&`: not a copy of the cells
+        return cell.part_offset;
     }
 
     /// Reader `reader` (its group rank): done with entry `index` of this board.
