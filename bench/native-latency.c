@@ -5,7 +5,8 @@
    Build: cc -O2 -I zig/include -o bench/.build/native-latency bench/native-latency.c -ldl
    Usage: native-latency LIBMOONRING.so [ITERS=2000] [BYTES=8]
    NL_RANKS=n (default 2, at most 16) ranks; NL_KIND=code (default 0, allreduce; 2 broadcast,
-   4 gather, 5 scatter, 1 reduce: root 0; BYTES per rank, gather/scatter blocks of BYTES).
+   4 gather, 5 scatter, 1 reduce: root 0; 7 alltoall; BYTES per rank, gather/scatter/alltoall
+   blocks of BYTES).
    Prints one JSON line: mean/p50/p99/min of the slowest rank per iteration (us). */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -32,8 +33,13 @@ static double now_us(void) {
 static int blocking; /* NL_BLOCKING=1: mr_run_packed on this thread instead of mr_submit + mr_wait */
 static uint64_t ranks01[MR_RANK_WORDS] = {3}; /* the world's ranks (0 and 1 unless NL_RANKS) */
 
+/* alltoall (kind 7): `count` elements to and from every rank (mr_submit's counts: send counts
+   per global rank, then recv counts; the world is the ranks 0..n-1). */
+static uint64_t alltoall_counts[32];
+
 static int run_op(mr_engine *e, uint32_t kind, uint64_t id, void *send, void *recv, uint64_t count) {
   if (kind == 8) count = 0; /* barrier */
+  const uint64_t *counts = kind == 7 ? alltoall_counts : NULL;
   if (blocking) {
     /* As runBlocking (src/native/engine.ts) calls it: mr_run_packed, one call (it binds it with
        mr_run_bind / mr_run_bound only to spare bun:ffi's per-argument cost). */
@@ -41,12 +47,12 @@ static int run_op(mr_engine *e, uint32_t kind, uint64_t id, void *send, void *re
     a[MR_RUN_ARG_KIND] = kind; a[MR_RUN_ARG_DTYPE] = 2 /* f32 */; a[MR_RUN_ARG_REDOP] = 0 /* sum */;
     a[MR_RUN_ARG_OP_ID] = id; a[MR_RUN_ARG_RANKS] = (uint64_t)(uintptr_t)ranks01;
     a[MR_RUN_ARG_SEND] = (uint64_t)(uintptr_t)send; a[MR_RUN_ARG_RECV] = (uint64_t)(uintptr_t)recv;
-    a[MR_RUN_ARG_COUNT] = count; a[MR_RUN_ARG_DEVICE] = (uint64_t)-1; a[MR_RUN_ARG_TIMEOUT_MS] = 30000;
+    a[MR_RUN_ARG_COUNT] = count; a[MR_RUN_ARG_COUNTS] = (uint64_t)(uintptr_t)counts; a[MR_RUN_ARG_DEVICE] = (uint64_t)-1; a[MR_RUN_ARG_TIMEOUT_MS] = 30000;
     int status = p_mr_run_packed(e, a);
     if (status != 0 && a[MR_RUN_ARG_TICKET] != 0) p_mr_release(e, a[MR_RUN_ARG_TICKET]);
     return status;
   }
-  int64_t t = p_mr_submit(e, kind, 2 /* f32 */, 0 /* sum */, id, ranks01, 0, send, recv, count, NULL, -1, 30000);
+  int64_t t = p_mr_submit(e, kind, 2 /* f32 */, 0 /* sum */, id, ranks01, 0, send, recv, count, counts, -1, 30000);
   if (t <= 0) return (int)t;
   uint64_t tickets[8];
   int32_t st[8];
@@ -96,6 +102,7 @@ blocking = getenv("NL_BLOCKING") && getenv("NL_BLOCKING")[0] == '1';
       if (read(down[r][0], ports, 2 * nr) != 2 * nr) _exit(1);
       for (int q = 0; q < nr; q++) if (q != r) p_mr_engine_set_peer(e, q, (const uint8_t *)"127.0.0.1", 9, ports[q], p_mr_host_id());
       size_t count = bytes / 4 ? bytes / 4 : 1;
+      for (int q = 0; q < nr; q++) alltoall_counts[q] = alltoall_counts[nr + q] = count;
       float *a = calloc(count * nr, 4), *b = calloc(count * nr, 4);
       uint64_t id = 1;
       for (int it = -50; it < iters; it++) {
