@@ -170,7 +170,7 @@ pub const Slot = struct {
     /// Which of the slot's two board entries its op uses (toggled at every admission).
     board_turn: u1 = 0,
     /// The endpoint was prepared at admission and registers only if the op has to wait
-    /// (preparedOnAdmission, engine_paths.boardCheck).
+    /// (admitRunningLocked, engine_paths.boardCheck).
     ep_prepared: bool = false,
     /// Freed by the thread that ran it, without the lock (runNowStatus); the next admission
     /// reclaims it under the lock (claimSlotLocked), and no ticket finds it meanwhile.
@@ -347,6 +347,9 @@ pub const Engine = struct {
             if (slot.timeout_ms > inline_wait_ms_max) {
                 slot.timeout_ms = inline_wait_ms_max;
                 slot.deadline_ns = @min(slot.deadline_ns, sys.deadlineNs(inline_wait_ms_max));
+                // A lane op's endpoint, prepared at admission, keeps the deadline it waits by.
+                slot.ep.timeout_ms = slot.timeout_ms;
+                slot.ep.deadline_ns = slot.deadline_ns;
             }
             engine.runSlot(slot, false, std.heap.c_allocator);
             engine.mu.lock();
