@@ -181,7 +181,7 @@ fn exchangeRecords(t: *board_direct.Team, round: u32, record_bytes: usize, mine:
     };
     var round_team = t.*;
     round_team.serial = t.serial *% 8 +% round;
-    round_team.lanes = false; // alltoall: counts per rank, in the entry
+    round_team.lanes = false; // the control records go through the entries (device ops never take lanes)
     // Inline records, no overlap: nothing is allocated.
     return board_direct.run(&round_team, desc, std.heap.page_allocator);
 }

@@ -131,8 +131,8 @@ pub const Endpoint = struct {
     registered: bool = false,
     /// Where open() put it in Net.endpoints.
     endpoint_index: u32 = 0,
-    /// Net.peers_marked_down when prepare() ran.
-    peers_marked_down: u64 = 0,
+    /// links.peers_changed when prepare() ran.
+    peers_changed: u64 = 0,
 
     pub fn comm(self: *Endpoint) transport.Comm {
         std.debug.assert(self.registered);
@@ -179,8 +179,6 @@ pub const Net = struct {
     endpoints: [endpoints_max]?*Endpoint = [_]?*Endpoint{null} ** endpoints_max,
     /// Bit i: endpoints[i] is registered.
     endpoints_used: EndpointMask = 0,
-    /// peerDown() calls so far: a late register() fails the op when one came since prepare().
-    peers_marked_down: std.atomic.Value(u64) = .init(0),
     finished: [finished_ids_max]u64 = [_]u64{0} ** finished_ids_max,
     finished_next: u32 = 0,
     finished_count: u32 = 0,
@@ -360,7 +358,6 @@ pub const Net = struct {
         net.mu.lock();
         defer net.mu.unlock();
         net.links.peerDownLocked(peer_rank);
-        _ = net.peers_marked_down.fetchAdd(1, .release);
         for (net.endpoints) |maybe| {
             const ep = maybe orelse continue;
             if (!ep.group_set.isSet(peer_rank)) continue;
@@ -472,7 +469,7 @@ pub const Net = struct {
         ep.cond = .{};
         ep.reqs_used = 0;
         ep.registered = false;
-        ep.peers_marked_down = net.peers_marked_down.load(.acquire);
+        ep.peers_changed = net.links.peers_changed.load(.acquire);
         @memset(ep.send_seq[0..group.len], 0);
         @memset(ep.recv_seq[0..group.len], 0);
         for (group, 0..) |g, i| {
@@ -502,8 +499,8 @@ pub const Net = struct {
             if (id.* == op_id) id.* = 0;
         }
         // A peer of the group marked down since prepare() fails the op, as peerDown() would
-        // have had it been registered then.
-        if (net.peers_marked_down.load(.acquire) != ep.peers_marked_down) {
+        // have had it been registered then (peerDownLocked bumps links.peers_changed).
+        if (net.links.peers_changed.load(.acquire) != ep.peers_changed) {
             for (ep.group[0..ep.group_size]) |g| {
                 if (g != net.rank() and net.links.peers[g].down) failLocked(ep, error.PeerFailed, @intCast(g), "rank {d} was marked down", .{g});
             }
